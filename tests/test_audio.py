@@ -6,8 +6,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiochat.audio import (AudioError, SAMPLE_RATE, check_audio, load_audio, loudness, mel_spectrogram,
-                             normalize_loudness, pan, save_audio)
+from audiochat.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    check_audio,
+    load_audio,
+    loudness,
+    mel_spectrogram,
+    normalize_loudness,
+    pan,
+    save_audio,
+)
 
 
 def test_missing_file(tmp_path):

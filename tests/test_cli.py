@@ -8,7 +8,6 @@ import soundfile as sf
 
 from audiochat.scene import Scene
 
-
 AUDIOCHAT = Path(sys.executable).parent / "audiochat"  # the installed console script
 
 
