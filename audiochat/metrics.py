@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .scene import Scene, Source, to_seglst
+from .scene import Scene, to_seglst
 
 # %% auto #0
-__all__ = ['DEFAULT_COLLAR', 'WordErrorRate', 'check_segments', 'Alignment', 'overlaps', 'align_words', 'speaker_streams',
-           'cpwer_from_scratch', 'word_intervals', 'word_points', 'timed_streams', 'tcpwer_from_scratch',
-           'plot_word_timeline', 'tcpwer', 'cpwer']
+__all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'WordErrorRate', 'check_segments', 'Alignment', 'overlaps', 'align_words',
+           'speaker_streams', 'cpwer_from_scratch', 'word_intervals', 'word_points', 'timed_streams',
+           'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -206,26 +206,42 @@ def tcpwer_from_scratch(reference, hypothesis, collar: float = DEFAULT_COLLAR) -
     return _minimum_permutation(ref, hyp, align)
 
 # %% ../nbs/14_metrics.ipynb #8fc0951f
+VERDICT_COLORS = dict(correct="tab:green", substitution="tab:orange", insertion="tab:red", deletion="tab:red")
+
 def plot_word_timeline(reference, hypothesis, collar: float = DEFAULT_COLLAR, title: str | None = None):
-    "Reference words (bars) and hypothesis words (points with collar whiskers), one lane pair per assigned speaker."
+    "Reference words (bars) and hypothesis words (points, collar as a line), coloured by their tcpWER verdict."
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     reference, hypothesis = _check_pair(reference, hypothesis)
     result = tcpwer_from_scratch(reference, hypothesis, collar)
     ref, hyp = timed_streams(reference), timed_streams(hypothesis, points=True)
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.9 * max(1, len(result.assignment))))
-    labels = []
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * max(1, len(result.assignment))))
+    ticks = []
     for lane, (r, h) in enumerate(result.assignment):
-        y = 2 * lane
-        for w, a, b in ref.get(r, []):
-            ax.barh(y + 0.5, b - a, left=a, height=0.6, color="tab:blue", alpha=0.35, edgecolor="tab:blue")
+        rs, hs, y = ref.get(r, []), hyp.get(h, []), 2 * lane
+        al = align_words([w for w, _, _ in rs], [w for w, _, _ in hs], [(a, b) for _, a, b in rs],
+                         [(t - collar, t + collar) for _, t, _ in hs])
+        verdict = {}
+        for i, j in al.pairs:
+            v = "deletion" if j is None else "insertion" if i is None else "correct" if rs[i][0] == hs[j][0] else "substitution"
+            verdict[("r", i)] = verdict[("h", j)] = v
+        for i, (w, a, b) in enumerate(rs):
+            bad = verdict[("r", i)] == "deletion"
+            ax.barh(y + 0.5, b - a, left=a, height=0.6, color="tab:blue", alpha=0.3,
+                    edgecolor="tab:red" if bad else "tab:blue", linewidth=2 if bad else 1)
             ax.text((a + b) / 2, y + 0.5, w, ha="center", va="center", fontsize=8)
-        for w, t, _ in hyp.get(h, []):
-            ax.errorbar(t, y - 0.3, xerr=collar, fmt="o", color="tab:orange", ms=4, capsize=3, lw=1)
-            ax.text(t, y - 0.05, w, ha="center", va="bottom", fontsize=8, color="tab:red")
-        labels += [(y - 0.3, f"hyp: {h}"), (y + 0.5, f"ref: {r}")]
-    ax.set_yticks([y for y, _ in labels], [l for _, l in labels], fontsize=8)
+        for j, (w, t, _) in enumerate(hs):
+            color, yy = VERDICT_COLORS[verdict[("h", j)]], y - 0.35 - 0.15 * (j % 3)  # staggered collar lines
+            ax.plot([t - collar, t + collar], [yy, yy], color=color, lw=1, alpha=0.7)
+            ax.plot(t, yy, "o", color=color, ms=4)
+            ax.text(t, y - 0.05, w, ha="center", va="bottom", fontsize=8, color=color)
+        ticks += [(y - 0.5, f"hyp: {h}"), (y + 0.5, f"ref: {r}")]
+    ax.set_yticks([y for y, _ in ticks], [l for _, l in ticks], fontsize=8)
     ax.set_xlabel("time (s)")
-    ax.set_title(title or f"tcpWER {result.error_rate:.1%} (collar {collar} s): bars = reference words, dots = hypothesis words")
+    ax.legend(handles=[Line2D([], [], color=c, marker="o", lw=1, label=k) for k, c in list(VERDICT_COLORS.items())[:3]],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title or f"tcpWER {result.error_rate:.1%}, collar {collar} s (bars: reference words, dots: hypothesis words)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
