@@ -33,9 +33,9 @@ __all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SR', 
            'MIN7', 'SUS', 'MUSIC_MOODS', 'MAX_SPEEDUP', 'LIMIT_CEILING', 'LIMIT_WINDOW', 'ToolError',
            'UnknownSoundError', 'TimingError', 'EspeakNotFoundError', 'Speaker', 'Emotion', 'get_speaker',
            'get_emotion', 'espeak_program', 'clean_text', 'espeak_args', 'trim_silence', 'speak', 'phonemes', 'band',
-           'shaped_noise', 'moving_band', 'smooth_random', 'random_curve', 'tone', 'decay', 'place', 'times_regular',
-           'times_poisson', 'events', 'SoundEffect', 'resolve_sound', 'synth_sfx', 'midi_hz', 'MusicMood',
-           'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render', 'Toolbox']
+           'shaped_noise', 'moving_filter', 'moving_band', 'smooth_random', 'random_curve', 'tone', 'decay', 'place',
+           'times_regular', 'times_poisson', 'events', 'SoundEffect', 'resolve_sound', 'synth_sfx', 'midi_hz',
+           'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render', 'Toolbox']
 
 # %% ../nbs/03_tools.ipynb #f0b2effc
 class ToolError(ValueError):
@@ -80,8 +80,8 @@ SPEAKERS = {
     "man": Speaker("en-us+m1", 40, 170),
     "woman": Speaker("en-us+f2", 58, 170),
     "old man": Speaker("en-gb+grandpa", 30, 130, 2),
-    "old woman": Speaker("en-gb+grandma", 50, 135, 2),
-    "boy": Speaker("en-us+m4", 78, 185),
+    "old woman": Speaker("en-gb+grandma", 90, 135, 2),
+    "boy": Speaker("en-us+f1", 50, 185),
     "girl": Speaker("en-us+f5", 88, 180),
     "robot": Speaker("en-us+klatt2", 50, 160),
     "announcer": Speaker("en-us+announcer", 45, 175),
@@ -156,11 +156,17 @@ SPEECH_SILENCE_DB = -45.0  # trim leading/trailing audio quieter than this (dB r
 def trim_silence(x: torch.Tensor, threshold_db: float = SPEECH_SILENCE_DB, pad: float = 0.02) -> torch.Tensor:
     "Cut leading and trailing samples below `threshold_db` relative to the peak, keeping `pad` seconds around."
     x = check_audio(x)
-    a = x.abs().amax(0)
-    keep = torch.nonzero(a > a.max() * 10 ** (threshold_db / 20)).flatten()
-    if keep.numel() == 0: return x
+    a = np.abs(x.numpy()).max(0)
+    keep = np.flatnonzero(a > a.max() * 10 ** (threshold_db / 20))
+    if len(keep) == 0: return x
     p = int(pad * SAMPLE_RATE)
-    return x[:, max(0, keep[0].item() - p): keep[-1].item() + 1 + p]
+    return x[:, max(0, keep[0] - p): keep[-1] + 1 + p]
+
+@functools.lru_cache(maxsize=4)
+def _resampler(sr: int):
+    "torchaudio's resampler from `sr` to SAMPLE_RATE with its kernel built once (same filter as `audio.resample`)."
+    import torchaudio
+    return torchaudio.transforms.Resample(sr, SAMPLE_RATE)
 
 @functools.lru_cache(maxsize=512)
 def _speak_cached(program: str, text: str, args: tuple) -> torch.Tensor:
@@ -169,7 +175,8 @@ def _speak_cached(program: str, text: str, args: tuple) -> torch.Tensor:
         raise ToolError("speaker", f"espeak-ng failed ({r.returncode}): {r.stderr.decode(errors='replace').strip()}")
     data, sr = sf.read(io.BytesIO(r.stdout), dtype="float32", always_2d=True)
     x = torch.from_numpy(data.T.copy()).mean(0, keepdim=True)
-    return resample(trim_silence(x), sr, SAMPLE_RATE)
+    x = trim_silence(x)
+    return x if sr == SAMPLE_RATE else _resampler(sr)(x)
 
 def speak(text: str, speaker: str = "narrator", emotion: str | None = None, rate_factor: float = 1.0) -> torch.Tensor:
     "Speech for `text` as (1, T) at SAMPLE_RATE: espeak-ng with a speaker preset, an emotion, an extra rate factor."
@@ -202,15 +209,21 @@ def shaped_noise(n: int, rng, gain) -> np.ndarray:
     x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * gain(np.fft.rfftfreq(n, 1 / SR)), n)
     return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
 
+def moving_filter(x: np.ndarray, centre, width: float = 0.5, size: int = 512) -> np.ndarray:
+    "Filter `x` with a band-pass whose centre (Hz) follows `centre(times_s)`: STFT, Gaussian gain in log2 f, overlap-add."
+    n, hop = len(x), size // 4
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (size, size)), size)[::hop]
+    S = np.fft.rfft(frames * np.hanning(size + 1)[:-1], axis=1)  # short-time spectra, periodic Hann window
+    f = np.maximum(np.fft.rfftfreq(size, 1 / SR), 10)[None]
+    c = np.asarray(centre(np.arange(len(S)) * hop / SR), dtype=np.float64)[:, None]
+    y = np.fft.irfft(S * np.exp(-0.5 * (np.log2(f / c) / width) ** 2), size, axis=1).reshape(len(S), 4, hop)
+    out = np.zeros((len(S) + 3) * hop)
+    for k in range(4): out[k * hop:(len(S) + k) * hop] += y[:, k].reshape(-1)  # overlap-add (Hann sum is 2)
+    return out[size:size + n] / 2
+
 def moving_band(n: int, rng, centre, width: float = 0.5) -> np.ndarray:
-    "Noise through a band-pass whose centre (Hz) follows `centre(times_s)`; `width` is in octaves-ish (log2 sigma)."
-    x = torch.from_numpy(rng.standard_normal(n + 512))
-    win = torch.hann_window(512, dtype=torch.float64)
-    S = torch.stft(x, 512, 128, window=win, return_complex=True)
-    f = torch.fft.rfftfreq(512, 1 / SR, dtype=torch.float64)[:, None].clamp(min=10)
-    c = torch.from_numpy(np.asarray(centre(np.arange(S.shape[1]) * 128 / SR), dtype=np.float64))[None]
-    S = S * torch.exp(-0.5 * (torch.log2(f / c) / width) ** 2)
-    y = torch.istft(S, 512, 128, window=win, length=n + 512)[:n].numpy()
+    "Noise through a moving band-pass (see `moving_filter`), unit RMS."
+    y = moving_filter(rng.standard_normal(n), centre, width)
     return y / (np.sqrt(np.mean(y ** 2)) + 1e-12)
 
 def smooth_random(n: int, rng, rate: float, lo: float, hi: float) -> np.ndarray:
@@ -414,12 +427,10 @@ def _cat(n, rng):
 
 def _crowd_murmur(n, rng):
     out = np.zeros(n)
-    for _ in range(8):
-        f0 = smooth_random(n, rng, 3, 90, 230); formant = smooth_random(n, rng, 5, 400, 2200)
-        phi = 2 * np.pi * np.cumsum(f0) / SR
-        voice = sum(np.exp(-0.5 * ((k * f0 - formant) / 400) ** 2) * np.sin(k * phi) for k in range(1, 16))
-        syll = np.clip(smooth_random(n, rng, 8, -0.6, 1.0), 0, None)
-        out += voice * syll
+    for _ in range(8):  # eight voices: a buzz (sawtooth at a wandering pitch) through a moving formant, in syllables
+        buzz = 2 * ((np.cumsum(smooth_random(n, rng, 3, 90, 230)) / SR) % 1) - 1
+        voice = moving_filter(buzz, random_curve(n, rng, 5, 400, 2200), 0.6)
+        out += voice * np.clip(smooth_random(n, rng, 8, -0.6, 1.0), 0, None)
     return out + 0.2 * shaped_noise(n, rng, band(200, 3000)) * out.std()
 
 def _car_horn(n, rng):
@@ -673,11 +684,12 @@ def fit_speech(text: str, speaker: str, emotion: str | None, seconds: float, whe
 
 def limit_peaks(x: torch.Tensor, ceiling: float = LIMIT_CEILING, window: float = LIMIT_WINDOW) -> torch.Tensor:
     "Peak limiter: smooth gain <= min(1, ceiling/|x|) (min-filter then moving average, both +-`window` s)."
-    r = (ceiling / x.abs().amax(0).clamp(min=1e-12)).clamp(max=1.0)[None, None]
+    F = torch.nn.functional
+    r = (ceiling / x.double().abs().amax(0).clamp(min=1e-12)).clamp(max=1.0)[None, None]
     w = max(1, int(window * SR))
-    h = -torch.nn.functional.max_pool1d(-r, 2 * w + 1, stride=1, padding=w)
-    g = torch.nn.functional.avg_pool1d(torch.nn.functional.pad(h, (w, w), value=1.0), 2 * w + 1, stride=1)
-    return x * g[0]
+    h = -F.max_pool1d(-r, 2 * w + 1, stride=1, padding=w)  # min over +-w
+    g = F.avg_pool1d(F.pad(h, (w, w), mode="replicate"), 2 * w + 1, stride=1)  # mean over +-w: still <= r
+    return (x.double() * g[0]).clamp(-ceiling, ceiling).to(x.dtype)  # the clamp only catches float rounding
 
 @dataclass
 class Render:
