@@ -57,18 +57,18 @@ def main(argv: list[str] | None = None) -> int:
 REPO_ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
 DATA_SAMPLES = REPO_ROOT / "data_samples"
 
-def demo(out_dir="runs/demo", sample_dir=None) -> dict:
+def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0) -> dict:
     "Render the sample scene into `out_dir`; returns the paths written."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from audiochat.audio import load_audio, save_audio, normalize_loudness, plot_audio
+    from audiochat.audio import save_audio, plot_audio
     from audiochat.scene import Scene
+    from audiochat.tools import render
     sample_dir = Path(sample_dir or DATA_SAMPLES / "demo")
     if not sample_dir.exists(): raise FileNotFoundError(f"sample folder not found: {sample_dir}")
     scene = Scene.from_json((sample_dir / "scene.json").read_text())
-    x = load_audio(sample_dir / "mix.wav", channels=2)
-    x = normalize_loudness(x, -18.0)
+    x = render(scene, seed=seed).mix
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     paths = dict(audio=save_audio(out / "story.wav", x), figure=out / "story.png", scene=out / "scene.json")
     fig = plot_audio(x, spans=scene.spans(), title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s")
@@ -79,9 +79,10 @@ def demo(out_dir="runs/demo", sample_dir=None) -> dict:
 def demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="audiochat demo", description="Render a sample story into a folder (audio, figure, scene).")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--sample", default=None, help="sample folder with scene.json and mix.wav (default: data_samples/demo)")
+    p.add_argument("--sample", default=None, help="sample folder with scene.json (default: data_samples/demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sound effects and music (default: 0)")
     a = p.parse_args(argv)
-    paths = demo(a.out, a.sample)
+    paths = demo(a.out, a.sample, a.seed)
     print("audiochat demo wrote:")
     for k, v in paths.items(): print(f"  {k:<7} {v}")
     return 0
