@@ -244,3 +244,12 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="text positions only"): model.forward_text(tokens, layout)
     with pytest.raises(ValueError, match="no text head"): AudioChatModel(config("dit")).forward_text(tokens)
     with pytest.raises(FileNotFoundError): AudioChatModel.load("/nonexistent/checkpoint")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bfloat16_forward_is_finite(arch):
+    model = live(AudioChatModel(config(arch))).to(torch.bfloat16)
+    tokens, latents, t, layout = batch(model.config)
+    out = model(tokens, latents, t, layout)  # float32 latents and t are accepted by a bf16 model
+    assert out.audio_pred.dtype == torch.bfloat16 and torch.isfinite(out.audio_pred).all()
+    if out.text_logits is not None: assert torch.isfinite(out.text_logits).all()
