@@ -1,4 +1,5 @@
 """Smoke and behaviour tests for every AudioChat architecture (sct, dense, mot, dit)."""
+
 import json
 import logging
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from audiochat.sct import ARCHS, AudioChatModel, ModelConfig, preset, flops_per_token, count_parameters
+from audiochat.sct import ARCHS, AudioChatModel, ModelConfig, count_parameters, flops_per_token, preset
 from audiochat.transformer import Layout
 
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -22,11 +23,17 @@ def one_thread():
 
 
 def config(arch, **kw):
-    return preset("tiny", arch=arch, vocab_size=64, d_model=32, n_layers=2, n_gen_layers=1, latent_dim=8, time_freqs=32, **kw)
+    return preset(
+        "tiny", arch=arch, vocab_size=64, d_model=32, n_layers=2, n_gen_layers=1, latent_dim=8, time_freqs=32, **kw
+    )
 
 
-LAYOUT = Layout.from_segments([[("text", 5), ("audio", 6), ("text", 3), ("audio", 5), ("text", 2)],
-                               [("text", 4), ("audio", 5, 0, True), ("text", 3, 1), ("audio", 4, 1), ("pad", 5)]])
+LAYOUT = Layout.from_segments(
+    [
+        [("text", 5), ("audio", 6), ("text", 3), ("audio", 5), ("text", 2)],
+        [("text", 4), ("audio", 5, 0, True), ("text", 3, 1), ("audio", 4, 1), ("pad", 5)],
+    ]
+)
 
 
 def batch(c, seed=0):
@@ -44,14 +51,16 @@ def live(model):
         g = torch.Generator().manual_seed(3)
         with torch.no_grad():
             for p in model.parameters():
-                if p.abs().sum() == 0: p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+                if p.abs().sum() == 0:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model
 
 
 def losses(model, tokens, latents, t, layout):
     out = model(tokens, latents, t, layout)
     diff = F.mse_loss(out.audio_pred[layout.audio], latents[layout.audio])
-    if out.text_logits is None: return None, diff
+    if out.text_logits is None:
+        return None, diff
     nxt = layout.text[:, 1:] & layout.text[:, :-1]
     return F.cross_entropy(out.text_logits[:, :-1][nxt], tokens[:, 1:][nxt]), diff
 
@@ -63,8 +72,10 @@ def test_shapes_and_finite_loss(arch):
     tokens, latents, t, layout = batch(c)
     out = model(tokens, latents, t, layout)
     assert out.audio_pred.shape == (2, 21, c.latent_dim)
-    if arch == "dit": assert out.text_logits is None
-    else: assert out.text_logits.shape == (2, 21, c.vocab_size)
+    if arch == "dit":
+        assert out.text_logits is None
+    else:
+        assert out.text_logits.shape == (2, 21, c.vocab_size)
     lm, diff = losses(model, tokens, latents, t, layout)
     assert torch.isfinite(diff) and (lm is None or torch.isfinite(lm))
 
@@ -87,7 +98,8 @@ def test_sct_text_loss_never_reaches_the_generation_side():
     lm.backward()
     generation = ("gen_layers.", "gen_in.", "audio_norm.", "diffusion_head.")
     for n, p in model.named_parameters():
-        if n.startswith(generation): assert p.grad is None, n
+        if n.startswith(generation):
+            assert p.grad is None, n
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.layers.parameters())
 
 
@@ -104,11 +116,13 @@ def test_text_path_and_cached_generation(arch):
     model = AudioChatModel(config(arch)).eval()
     calls = []
     if arch == "sct":
-        for layer in model.gen_layers: layer.register_forward_hook(lambda *a: calls.append(1))
+        for layer in model.gen_layers:
+            layer.register_forward_hook(lambda *a: calls.append(1))
     prompt = torch.randint(0, 64, (2, 6))
     got = model.generate_text(prompt, 5)
     seq = prompt
-    for _ in range(5): seq = torch.cat([seq, model.forward_text(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    for _ in range(5):
+        seq = torch.cat([seq, model.forward_text(seq)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(got, seq)
     assert calls == []  # SCT: text never runs the generation layers
     # the text path equals the full forward's text logits on a text-only sequence
@@ -122,14 +136,16 @@ def test_causality_and_cfg_isolation(arch):
     model = live(AudioChatModel(config(arch))).eval()
     tokens, latents, t, layout = batch(model.config)
     base = model(tokens, latents, t, layout)
-    later = latents.clone(); later[0, 14:19] += 3  # the second span of row 0
+    later = latents.clone()
+    later[0, 14:19] += 3  # the second span of row 0
     out = model(tokens, later, t, layout)
     if arch == "dit":  # bidirectional: earlier positions do see it
         assert not torch.allclose(out.audio_pred[0, 5:11], base.audio_pred[0, 5:11])
     else:
         torch.testing.assert_close(out.audio_pred[0, :14], base.audio_pred[0, :14])
         torch.testing.assert_close(out.text_logits[0, :14], base.text_logits[0, :14])
-    context = tokens.clone(); context[1, :4] = (context[1, :4] + 1) % 64  # the text before row 1's isolated span
+    context = tokens.clone()
+    context[1, :4] = (context[1, :4] + 1) % 64  # the text before row 1's isolated span
     out = model(context, latents, t, layout)
     torch.testing.assert_close(out.audio_pred[1, 4:9], base.audio_pred[1, 4:9])
 
@@ -160,7 +176,9 @@ def test_audio_embeddings_are_norm_matched():
     tokens, latents, t, layout = batch(model.config)
     x, _ = model.embed(tokens, latents * 100, t, layout)
     target = model.embed_tokens.weight.norm(dim=-1).mean()
-    torch.testing.assert_close(x[layout.audio].norm(dim=-1), target.expand(int(layout.audio.sum())), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        x[layout.audio].norm(dim=-1), target.expand(int(layout.audio.sum())), atol=1e-4, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -169,13 +187,18 @@ def test_flops_per_token_matches_the_flop_counter(arch):
     model = AudioChatModel(c)
     args = batch(c)
     T = LAYOUT.shape[1]
-    with FlopCounterMode(display=False) as counter: model(*args)
+    with FlopCounterMode(display=False) as counter:
+        model(*args)
     measured = counter.get_total_flops() / (2 * T)
     # FlopCounterMode sees every matmul; whether it sees the CPU attention kernel depends on the torch version
     assert measured in (flops_per_token(c, 0), flops_per_token(c, T))
     if arch != "dit":
-        with FlopCounterMode(display=False) as counter: model.forward_text(args[0])
-        assert counter.get_total_flops() / (2 * T) in (flops_per_token(c, 0, text_only=True), flops_per_token(c, T, text_only=True))
+        with FlopCounterMode(display=False) as counter:
+            model.forward_text(args[0])
+        assert counter.get_total_flops() / (2 * T) in (
+            flops_per_token(c, 0, text_only=True),
+            flops_per_token(c, T, text_only=True),
+        )
 
 
 def test_parameter_counts_tell_the_archs_apart():
@@ -187,15 +210,25 @@ def test_parameter_counts_tell_the_archs_apart():
 
 # ---- starting from a pretrained LLM ----
 
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     path = tmp_path_factory.mktemp("llama")
     torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=60,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     with torch.no_grad():
-        for p in hf.parameters(): p.add_(torch.randn_like(p) * 0.05)
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     hf.eval().save_pretrained(path)
     return path, hf
 
@@ -217,7 +250,8 @@ def test_from_hf_fills_the_first_layers(arch, llama_dir):
     ref = hf.model.layers[1].state_dict()
     branches = [model.layers[1]] if arch == "dense" else [model.layers[1].text, model.layers[1].audio]
     for branch in branches:
-        for name, tensor in branch.state_dict().items(): assert torch.equal(tensor, ref[name]), name
+        for name, tensor in branch.state_dict().items():
+            assert torch.equal(tensor, ref[name]), name
     assert len(model.layers) == 3  # U + G: the last layer is new
 
 
@@ -234,16 +268,24 @@ def test_from_hf_refuses_mismatches(llama_dir):
 
 
 def test_bad_inputs_are_refused():
-    with pytest.raises(ValueError, match="arch must be one of"): ModelConfig(arch="moe")
-    with pytest.raises(ValueError, match="unknown preset"): preset("huge")
-    with pytest.raises(ValueError, match="unknown ModelConfig fields"): ModelConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="arch must be one of"):
+        ModelConfig(arch="moe")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"colour": 1})
     model = AudioChatModel(config("sct"))
     tokens, latents, t, layout = batch(model.config)
-    with pytest.raises(ValueError, match="latents must be"): model(tokens, latents[..., :3], t, layout)
-    with pytest.raises(ValueError, match="t must be"): model(tokens, latents, t[:, :4], layout)
-    with pytest.raises(ValueError, match="text positions only"): model.forward_text(tokens, layout)
-    with pytest.raises(ValueError, match="no text head"): AudioChatModel(config("dit")).forward_text(tokens)
-    with pytest.raises(FileNotFoundError): AudioChatModel.load("/nonexistent/checkpoint")
+    with pytest.raises(ValueError, match="latents must be"):
+        model(tokens, latents[..., :3], t, layout)
+    with pytest.raises(ValueError, match="t must be"):
+        model(tokens, latents, t[:, :4], layout)
+    with pytest.raises(ValueError, match="text positions only"):
+        model.forward_text(tokens, layout)
+    with pytest.raises(ValueError, match="no text head"):
+        AudioChatModel(config("dit")).forward_text(tokens)
+    with pytest.raises(FileNotFoundError):
+        AudioChatModel.load("/nonexistent/checkpoint")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -252,4 +294,5 @@ def test_bfloat16_forward_is_finite(arch):
     tokens, latents, t, layout = batch(model.config)
     out = model(tokens, latents, t, layout)  # float32 latents and t are accepted by a bf16 model
     assert out.audio_pred.dtype == torch.bfloat16 and torch.isfinite(out.audio_pred).all()
-    if out.text_logits is not None: assert torch.isfinite(out.text_logits).all()
+    if out.text_logits is not None:
+        assert torch.isfinite(out.text_logits).all()

@@ -1,14 +1,28 @@
 """The decoder stack against transformers (Llama, Qwen2), the mask by perturbation, the KV cache, bad inputs."""
+
 import json
 import logging
 
 import pytest
 import torch
-from hypothesis import given, settings, HealthCheck
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audiochat.transformer import (Layout, Transformer, TransformerConfig, DecoderLayer, Rotary, KVCache, build_mask,
-                                   block_mask, config_from_hf, from_hf, greedy_generate, run_layers, rope_frequencies)
+from audiochat.transformer import (
+    DecoderLayer,
+    KVCache,
+    Layout,
+    Rotary,
+    Transformer,
+    TransformerConfig,
+    block_mask,
+    build_mask,
+    config_from_hf,
+    from_hf,
+    greedy_generate,
+    rope_frequencies,
+    run_layers,
+)
 
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -27,15 +41,27 @@ def randomise(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if "norm" not in name else 0.3) + (1.0 if "norm" in name else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.1 if "norm" not in name else 0.3)
+                + (1.0 if "norm" in name else 0.0)
+            )
     return model.eval()
 
 
 def tiny_hf(kind, tmp_path, **extra):
-    shape = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=2, **extra)
-    if kind == "llama": model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
-    else: model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape))
+    shape = dict(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **extra,
+    )
+    if kind == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
+    else:
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape))
     model = randomise(model)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
@@ -43,9 +69,25 @@ def tiny_hf(kind, tmp_path, **extra):
     return model
 
 
-CASES = [("llama", {}), ("llama", {"tie_word_embeddings": True}), ("qwen2", {}), ("qwen2", {"tie_word_embeddings": True}),
-         ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}})]
+CASES = [
+    ("llama", {}),
+    ("llama", {"tie_word_embeddings": True}),
+    ("qwen2", {}),
+    ("qwen2", {"tie_word_embeddings": True}),
+    (
+        "llama",
+        {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        },
+    ),
+]
 
 
 @pytest.mark.parametrize("kind,extra", CASES)
@@ -53,7 +95,9 @@ def test_same_logits_as_transformers(kind, extra, tmp_path):
     hf = tiny_hf(kind, tmp_path, **extra)
     ours = from_hf(tmp_path).eval()
     assert ours.config.qkv_bias == (kind == "qwen2")
-    tokens = torch.randint(0, 97, (2, 40), generator=torch.Generator().manual_seed(1))  # > 16 positions: llama3 scaling matters
+    tokens = torch.randint(
+        0, 97, (2, 40), generator=torch.Generator().manual_seed(1)
+    )  # > 16 positions: llama3 scaling matters
     with torch.no_grad():
         ref, got = hf(tokens).logits, ours(tokens)
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
@@ -74,7 +118,8 @@ def test_left_padded_prompt_generates_like_the_unpadded_one():
     model = Transformer(TransformerConfig(vocab_size=50, n_layers=2)).eval()
     long, short = torch.randint(0, 50, (1, 8)), torch.randint(0, 50, (1, 5))
     batch = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)])
-    pad = torch.zeros(2, 8, dtype=torch.bool); pad[1, :3] = True
+    pad = torch.zeros(2, 8, dtype=torch.bool)
+    pad[1, :3] = True
     both = greedy_generate(model, batch, 6, 2, pad=pad)
     assert torch.equal(both[1, 8:], greedy_generate(model, short, 6, 2)[0, 5:])
     assert torch.equal(both[0, 8:], greedy_generate(model, long, 6, 2)[0, 8:])
@@ -109,6 +154,7 @@ def test_cached_audio_chunk_is_bidirectional_like_the_full_mask():
 
 # ---- the mask, by perturbation ----
 
+
 def stack(n_layers=2, d=32, seed=0):
     torch.manual_seed(seed)
     c = TransformerConfig(d_model=d, n_heads=4, n_kv_heads=2)
@@ -123,11 +169,14 @@ def outputs(layers, rot, layout, x, flex=False):
 
 def changed_by(layers, rot, layout, x, j, flex=False):
     "Bool (T,) of row 0: which outputs change when the input at position j changes."
-    y = x.clone(); y[0, j] += torch.randn(x.shape[-1]) * 3
+    y = x.clone()
+    y[0, j] += torch.randn(x.shape[-1]) * 3
     return (outputs(layers, rot, layout, x, flex) - outputs(layers, rot, layout, y, flex))[0].abs().amax(-1) > 1e-6
 
 
-DIALOGUE = Layout.from_segments([[("text", 4), ("audio", 5), ("text", 3), ("audio", 4), ("text", 2)]])  # spans 4-8, 12-15
+DIALOGUE = Layout.from_segments(
+    [[("text", 4), ("audio", 5), ("text", 3), ("audio", 4), ("text", 2)]]
+)  # spans 4-8, 12-15
 
 
 def test_future_text_and_later_span_never_change_earlier_outputs():
@@ -166,7 +215,9 @@ def test_documents_do_not_see_each_other_and_padding_is_invisible():
         assert not changed_by(layers, rot, layout, x, j)[:12].any()
 
 
-segments = st.lists(st.tuples(st.sampled_from(["text", "audio"]), st.integers(1, 5), st.booleans()), min_size=1, max_size=5)
+segments = st.lists(
+    st.tuples(st.sampled_from(["text", "audio"]), st.integers(1, 5), st.booleans()), min_size=1, max_size=5
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -187,16 +238,23 @@ def test_influence_follows_the_mask_exactly(rows, doc_split, j, seed):
     q, k = 5 % T, j
     same_span = bool(layout.span[0, q] == layout.span[0, k] and layout.span[0, q] >= 0)
     rule = bool(layout.document[0, q] == layout.document[0, k]) and (k <= q or same_span)
-    if layout.isolated[0, q]: rule = rule and same_span
+    if layout.isolated[0, q]:
+        rule = rule and same_span
     assert bool(m[q, k]) == (rule or q == k)
 
 
 def test_flex_block_mask_matches_sdpa():
-    layout = Layout.from_segments([[("text", 4), ("audio", 5, 0, True), ("text", 3, 1), ("audio", 4, 1), ("pad", 4)],
-                                   [("audio", 6), ("text", 7), ("audio", 7)]])
+    layout = Layout.from_segments(
+        [
+            [("text", 4), ("audio", 5, 0, True), ("text", 3, 1), ("audio", 4, 1), ("pad", 4)],
+            [("audio", 6), ("text", 7), ("audio", 7)],
+        ]
+    )
     layers, rot = stack()
     x = torch.randn(2, 20, 32)
-    torch.testing.assert_close(outputs(layers, rot, layout, x, flex=True), outputs(layers, rot, layout, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        outputs(layers, rot, layout, x, flex=True), outputs(layers, rot, layout, x), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_positions_restart_per_document_and_skip_padding():
@@ -207,14 +265,21 @@ def test_positions_restart_per_document_and_skip_padding():
 def test_rope_frequencies_match_transformers_llama3():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64}
+
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
     cfg = LlamaConfig(hidden_size=256, num_attention_heads=2, rope_parameters={**scaling, "rope_theta": 500000.0})
     ref, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
     torch.testing.assert_close(rope_frequencies(128, 500000.0, scaling), ref.float())
 
 
 # ---- bad input ----
+
 
 def test_bad_layouts_and_configs_are_refused(tmp_path):
     z = torch.zeros(2, 5, dtype=torch.long)
