@@ -105,6 +105,10 @@ EMOTIONS = {
     "scared": Emotion(pitch=16, rate=1.2, gap=1, amplitude=0.9),
     "excited": Emotion(pitch=20, rate=1.25, amplitude=1.2),
     "whisper": Emotion(pitch=-2, rate=0.92, amplitude=0.7),
+    "surprised": Emotion(pitch=18, rate=1.05, amplitude=1.2),
+    "nervous": Emotion(pitch=10, rate=1.18, gap=2, amplitude=0.9),
+    "tired": Emotion(pitch=-10, rate=0.85, gap=2, amplitude=0.8),
+    "serious": Emotion(pitch=-8, rate=0.95, amplitude=1.1),
 }
 
 # %% ../nbs/03_tools.ipynb #4635983f
@@ -190,7 +194,7 @@ def phonemes(text: str, speaker: str = "narrator", emotion: str | None = None) -
     r = subprocess.run([espeak_program(), *args], input=clean_text(text).encode(), capture_output=True, timeout=60)
     return " ".join(r.stdout.decode(errors="replace").split())
 
-# %% ../nbs/03_tools.ipynb #917d68a5
+# %% ../nbs/03_tools.ipynb #353741f3
 SR = SAMPLE_RATE
 
 def _time(n: int) -> np.ndarray: return np.arange(n) / SR
@@ -277,7 +281,7 @@ def events(n: int, times, kernel) -> np.ndarray:
     for i, t in enumerate(times): place(out, kernel(i), t)
     return out
 
-# %% ../nbs/03_tools.ipynb #e7cbf25f
+# %% ../nbs/03_tools.ipynb #087fee66
 def _click(rng, lo=1500, hi=7000, tau=0.003, n=None):
     n = n or int(SR * tau * 8)
     return shaped_noise(n, rng, band(lo, hi)) * decay(n, tau)
@@ -459,7 +463,7 @@ def _wolf_howling(n, rng):
     howl = lambda i: tone(f, m, [1, 0.3, 0.12, 0.05]) * np.sin(np.pi * u) ** 0.6
     return events(n, times_regular(n, rng, m / SR + rng.uniform(1, 2)), howl)
 
-# %% ../nbs/03_tools.ipynb #087fee66
+# %% ../nbs/03_tools.ipynb #d9c4eef2
 @dataclass(frozen=True)
 class SoundEffect:
     "A sound-effect class: `name`, a `caption`, `paraphrases`, and `synth(n_samples, rng) -> np.ndarray`."
@@ -503,7 +507,7 @@ SOUND_EFFECTS = dict([
          + 0.5 * events(n, times_poisson(n, rng, 20), lambda i: rng.uniform(0.2, 1) * _ring([rng.uniform(500, 1500)], [0.01], 500))),
 ])
 
-# %% ../nbs/03_tools.ipynb #d9c4eef2
+# %% ../nbs/03_tools.ipynb #08005c29
 _STOP = set("a an the of on in at to and or with from by for some someone people person is are very its it into over "
             "through onto outside inside background distant loud loudly soft softly slow slowly fast small large big "
             "sound sounds noise noises effect music tune song track".split())
@@ -545,12 +549,15 @@ def resolve_sound(caption: str, kind: str = "sfx") -> str:
     scores = {name: sum(idf[w] for w in q & ws) for name, ws in words.items()}
     best = max(scores, key=scores.get)
     if scores[best] > 0: return best
-    names = list(words)
-    nearest = _nearest(k, names)
+    ratio = lambda a, b: difflib.SequenceMatcher(None, a, b).ratio()
+    def closeness(name):  # spelling: each query word's best match among the class's words, then the whole phrase
+        fuzzy = sum(max(ratio(w, v) for v in words[name]) for w in q) if q else 0.0
+        return fuzzy, max(ratio(k, _key(p)) for p in _phrases(kind)[name])
+    nearest = sorted(words, key=closeness, reverse=True)[:3]
     argument = "caption" if kind == "sfx" else "mood"
     raise UnknownSoundError(argument, caption, kind, nearest)
 
-# %% ../nbs/03_tools.ipynb #eac3d4f6
+# %% ../nbs/03_tools.ipynb #d577be8d
 def _finish(x: np.ndarray) -> torch.Tensor:
     "Fade the ends (5 ms), scale the peak to 0.9, return float32 (1, T)."
     x = np.nan_to_num(np.asarray(x, dtype=np.float64))
@@ -576,7 +583,7 @@ def synth_sfx(name: str, duration: float, seed: int = 0) -> torch.Tensor:
     name = resolve_sound(name, "sfx")
     return _finish(SOUND_EFFECTS[name].synth(_samples(duration), _rng(seed, "sfx", name)))
 
-# %% ../nbs/03_tools.ipynb #d39cd805
+# %% ../nbs/03_tools.ipynb #fe9f06b0
 def midi_hz(m): return 440.0 * 2 ** ((np.asarray(m, dtype=np.float64) - 69) / 12)
 
 MAJ, MIN, DIM, MAJ7, MIN7, SUS = (0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 7, 11), (0, 3, 7, 10), (0, 5, 7)
@@ -656,7 +663,7 @@ def synth_music(mood: str, duration: float, seed: int = 0) -> torch.Tensor:
     t = _time(n); x = x * np.minimum(1, (n / SR - t) / min(0.5, n / SR / 4))  # fade out
     return _finish(x)
 
-# %% ../nbs/03_tools.ipynb #515fa3b4
+# %% ../nbs/03_tools.ipynb #9e78636f
 MAX_SPEEDUP = 1.6  # speech may be re-synthesised at most this much faster to fit its span
 LIMIT_CEILING = 0.98  # peak limiter ceiling (linear, about -0.18 dBFS)
 LIMIT_WINDOW = 0.005  # seconds: the limiter's look-around and smoothing radius
@@ -732,7 +739,7 @@ def render(scene: Scene | dict | str, seed: int = 0) -> Render:
     limited = peak > LIMIT_CEILING
     return Render(limit_peaks(x) if limited else x, stems, limited, peak, scene)
 
-# %% ../nbs/03_tools.ipynb #e15dd18b
+# %% ../nbs/03_tools.ipynb #a9ad832c
 import jsonschema
 
 def _function(name: str, description: str, properties: dict, required: list[str]) -> dict:
