@@ -214,10 +214,26 @@ class AudioChatModel(nn.Module):
             raise ValueError(f"latents must be (B, T, latent_dim) = {(B, T, self.config.latent_dim)}, got {tuple(latents.shape)}")
         if t.shape != (B, T): raise ValueError(f"t must be (B, T) = {(B, T)}, got {tuple(t.shape)}")
 
-    def forward(self, tokens, latents, t, layout: Layout, flex: bool = False) -> AudioChatOutput:
+    def new_cache(self, text_only: bool = False) -> KVCache:
+        "An empty KV cache for `forward` (every layer) or, with text_only, for `forward_text` / `generate_text`."
+        if self.config.arch == "dit": raise ValueError("arch 'dit' is bidirectional: its context cannot be cached")
+        return KVCache(self.text_depth if text_only else len(self.layers) + len(getattr(self, "gen_layers", [])))
+
+    def _check_cache(self, cache: KVCache | None, text_only: bool):
+        if cache is None: return
+        if self.config.arch == "dit": raise ValueError("arch 'dit' is bidirectional: its context cannot be cached")
+        if len(cache.keys) != len(self.new_cache(text_only).keys):
+            raise ValueError(f"this cache has {len(cache.keys)} layers; use model.new_cache(text_only={text_only}) "
+                             f"(a cache serves either forward or forward_text, not both)")
+
+    def forward(self, tokens, latents, t, layout: Layout, flex: bool = False, cache: KVCache | None = None,
+                commit: bool = True) -> AudioChatOutput:
         """Text logits and diffusion predictions for a mixed sequence. tokens (B, T) long, latents (B, T, latent_dim),
-        t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block masks."""
+        t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block masks.
+        With `cache` (from `new_cache()`) the positions continue the cached context; `commit=False` leaves the cache
+        unchanged (a diffusion sampler's repeated evaluations of one span)."""
         self.check_inputs(tokens, latents, t, layout)
+        self._check_cache(cache, text_only=False)
         c = self.config
         x, tau = self.embed(tokens, latents, t, layout)
         if c.arch == "dit":
@@ -225,19 +241,25 @@ class AudioChatModel(nn.Module):
             for l in self.layers: x = l(x, tau, rope, mask)
             b, s = self.final_modulation(F.silu(tau)).chunk(2, -1)
             return AudioChatOutput(None, self.diffusion_head(self.final_norm(x) * (1 + s) + b))
-        mask, rope = prepare(layout, self.rotary, flex=flex)
-        if c.arch == "mot":
-            for l in self.layers: x = l(x, rope, mask, layout.audio)
-        else: x = run_layers(self.layers, x, rope, mask)
-        text_logits = self.lm_head(self.norm(x))
-        if c.arch == "sct":  # the generation stack: add the projected noisy latents again at audio positions
-            x = x + torch.where(layout.audio[..., None], self.gen_in(latents.to(x.dtype)) + tau, torch.zeros_like(x))
-            x = run_layers(self.gen_layers, x, rope, mask)
+        mask, rope = prepare(layout, self.rotary, cache, flex=flex)
+        if cache is not None: cache.read_only = not commit
+        try:
+            if c.arch == "mot":
+                for i, l in enumerate(self.layers): x = l(x, rope, mask, layout.audio, cache, i)
+            else: x = run_layers(self.layers, x, rope, mask, cache)
+            text_logits = self.lm_head(self.norm(x))
+            if c.arch == "sct":  # the generation stack: add the projected noisy latents again at audio positions
+                x = x + torch.where(layout.audio[..., None], self.gen_in(latents.to(x.dtype)) + tau, torch.zeros_like(x))
+                x = run_layers(self.gen_layers, x, rope, mask, cache, first=len(self.layers))
+        finally:
+            if cache is not None: cache.read_only = False
+        if cache is not None and commit: cache.advance(layout)
         return AudioChatOutput(text_logits, self.diffusion_head(self.audio_norm(x)))
 
     def forward_text(self, tokens, layout: Layout | None = None, cache: KVCache | None = None):
         "Next-token logits (B, T, vocab) for text only, through the text path (SCT: understanding layers only)."
         if self.config.arch == "dit": raise ValueError("arch 'dit' has no text head: it cannot read or write text")
+        self._check_cache(cache, text_only=True)
         layout = Layout.text_only(tokens) if layout is None else layout
         if layout.audio.any(): raise ValueError("forward_text takes text positions only; use forward for audio")
         mask, rope = prepare(layout, self.rotary, cache)
@@ -253,7 +275,7 @@ class AudioChatModel(nn.Module):
         "Greedy text continuation with a KV cache over the text path; returns (B, T + new) tokens."
         return greedy_generate(self.forward_text, tokens, max_new_tokens, self.text_depth, pad, eos_id)
 
-# %% ../nbs/09_sct.ipynb #9994d359
+# %% ../nbs/09_sct.ipynb #ac4364ee
 @patch(cls_method=True)
 def from_hf(cls: AudioChatModel, path, config: ModelConfig | None = None, **overrides) -> AudioChatModel:
     "An AudioChatModel whose embeddings, first n_layers layers and text head come from a Llama-family checkpoint."
@@ -286,7 +308,7 @@ def from_hf(cls: AudioChatModel, path, config: ModelConfig | None = None, **over
                 own[target][: tensor.shape[0]].copy_(tensor)  # vocab rows beyond the checkpoint keep their init
     return model
 
-# %% ../nbs/09_sct.ipynb #ac4364ee
+# %% ../nbs/09_sct.ipynb #64095508
 @patch
 def save(self: AudioChatModel, directory):
     "Write config.json and model.safetensors into `directory` (created if missing)."
@@ -309,7 +331,7 @@ def load(cls: AudioChatModel, directory, device=None) -> AudioChatModel:
     load_model(model, str(directory / "model.safetensors"), device="cpu")
     return model if device is None else model.to(device)
 
-# %% ../nbs/09_sct.ipynb #22740daf
+# %% ../nbs/09_sct.ipynb #e73b4867
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     "Number of (unique) parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -230,6 +230,7 @@ class KVCache:
         self.keys, self.values = [None] * n_layers, [None] * n_layers
         self.valid = None  # bool (B, S): cached key is a real (not padding) position
         self.next_position = None  # long (B,): RoPE position of the next new token
+        self.read_only = False  # True: update() returns past + new keys without storing the new ones
 
     @property
     def length(self) -> int: return 0 if self.valid is None else self.valid.shape[1]
@@ -238,7 +239,7 @@ class KVCache:
         "Append this step's k, v (B, H_kv, T, D) for `layer`; return all keys and values so far."
         if self.keys[layer] is not None:
             k, v = torch.cat([self.keys[layer], k], 2), torch.cat([self.values[layer], v], 2)
-        self.keys[layer], self.values[layer] = k, v
+        if not self.read_only: self.keys[layer], self.values[layer] = k, v
         return k, v
 
     def step_mask_and_positions(self, layout: Layout, causal: bool = True):
@@ -252,6 +253,7 @@ class KVCache:
 
     def advance(self, layout: Layout):
         "Record the new positions after every layer has been updated."
+        if self.read_only: raise ValueError("a read-only cache cannot advance")
         valid = ~layout.pad
         self.valid = valid if self.valid is None else torch.cat([self.valid, valid], 1)
         last = layout.positions().max(1).values + 1

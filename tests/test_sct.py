@@ -296,3 +296,38 @@ def test_bfloat16_forward_is_finite(arch):
     assert out.audio_pred.dtype == torch.bfloat16 and torch.isfinite(out.audio_pred).all()
     if out.text_logits is not None:
         assert torch.isfinite(out.text_logits).all()
+
+
+@pytest.mark.parametrize("arch", ["sct", "dense", "mot"])
+def test_cached_context_gives_the_same_span_predictions(arch):
+    model = AudioChatModel(config(arch)).eval()
+    tokens, latents, t, layout = batch(model.config)
+    tokens, latents, t, layout = (
+        tokens[:1],
+        latents[:1],
+        t[:1],
+        Layout.from_segments([[("text", 5), ("audio", 6), ("text", 3), ("audio", 5), ("text", 2)]]),
+    )
+    with torch.no_grad():
+        full = model(tokens, latents, t, layout)
+        cache = model.new_cache()
+        model(tokens[:, :14], latents[:, :14], t[:, :14], layout.slice(0, 14), cache=cache)
+        for scale in (1.0, 0.5):  # two "denoising steps" against the same context
+            span = model(
+                tokens[:, 14:19],
+                latents[:, 14:19] * scale,
+                t[:, 14:19],
+                layout.slice(14, 19),
+                cache=cache,
+                commit=False,
+            )
+            if scale == 1.0:
+                torch.testing.assert_close(span.audio_pred, full.audio_pred[:, 14:19], atol=1e-5, rtol=1e-5)
+        assert cache.length == 14 and all(k.shape[2] == 14 for k in cache.keys)
+        model(tokens[:, 14:], latents[:, 14:], t[:, 14:], layout.slice(14), cache=cache)
+    torch.testing.assert_close(model.forward_text(tokens[:, :5]), full.text_logits[:, :5], atol=1e-5, rtol=1e-5)
+    if arch == "sct":  # the text path has fewer layers than the full forward: one cache cannot serve both
+        with pytest.raises(ValueError, match="either forward or forward_text"):
+            model.forward_text(tokens[:, :3], cache=cache)
+    with pytest.raises(ValueError, match="cannot be cached"):
+        AudioChatModel(config("dit")).new_cache()
