@@ -20,8 +20,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from .scene import Scene, Source
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'random_scene', 'dialogue_corpus', 'train_tokenizer', 'special_token_ids',
-           'add_special_tokens', 'load_tokenizer']
+__all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'random_scene', 'dialogue_corpus', 'copilot_corpus', 'train_tokenizer',
+           'special_token_ids', 'add_special_tokens', 'load_tokenizer']
 
 # %% ../nbs/07_tokenizer.ipynb #e1ab231c
 SPECIAL_TOKENS = {
@@ -90,7 +90,28 @@ def dialogue_corpus(n: int = 2000, seed: int = 0) -> list[str]:
         texts += [request, scene.to_json(), json.dumps(edited, separators=(",", ":"))]
     return texts
 
-# %% ../nbs/07_tokenizer.ipynb #fd23c278
+# %% ../nbs/07_tokenizer.ipynb #4aa33200
+def copilot_corpus(n: int = 200, seed: int = 0, edits: int = 2) -> list[str]:
+    "Text of `n` simulated dialogues (TemplateLLM): each turn's request, planned scene JSON, and edit diff."
+    from audiochat.copilot import SUBTASKS, TemplateLLM, UserSimulator, seed_text
+    from audiochat.scene import diff
+    if n < 1: raise ValueError(f"n must be >= 1 (got {n})")
+    texts = []
+    for i in range(seed, seed + n):
+        rng, llm = random.Random(f"corpus-{i}"), TemplateLLM(seed=i)
+        user = UserSimulator(llm)
+        request = user.story_request(seed_text(rng))
+        scene = llm.plans[request]
+        texts += [request, scene.to_json()]
+        for subtask in rng.sample(SUBTASKS, edits):
+            try: request = user.edit_request(scene, subtask)
+            except (ValueError, IndexError): break  # an edit the planner cannot make in this scene: end the dialogue
+            new = llm.plans[request]
+            texts += [request, new.to_json(), json.dumps(diff(scene, new).to_dict(), separators=(",", ":"))]
+            scene = new
+    return texts
+
+# %% ../nbs/07_tokenizer.ipynb #18937f44
 def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     s = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(
@@ -111,7 +132,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     tok.train_from_iterator(texts, trainer)
     return _wrap(tok)
 
-# %% ../nbs/07_tokenizer.ipynb #d6320d47
+# %% ../nbs/07_tokenizer.ipynb #51db49a8
 def special_token_ids(tokenizer) -> dict[str, int]:
     "Ids of the special tokens by name (`pad`, `bos`, `eos`, roles, `end_turn`, `audio_start`, `audio_end`)."
     ids = {"pad": tokenizer.pad_token_id, "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id}
@@ -122,7 +143,7 @@ def special_token_ids(tokenizer) -> dict[str, int]:
         raise KeyError(f"tokenizer lacks special tokens {missing}; load it with load_tokenizer() or add_special_tokens()")
     return ids
 
-# %% ../nbs/07_tokenizer.ipynb #6e81f849
+# %% ../nbs/07_tokenizer.ipynb #9867ee5a
 def add_special_tokens(tokenizer) -> int:
     """Add the role, turn and audio-span tokens to a (pretrained) tokenizer, plus a pad token if it has none.
     Existing bos/eos are kept (the pretrained model was trained with them); ours are used only where missing.

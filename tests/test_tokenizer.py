@@ -122,3 +122,14 @@ def test_corpus_scenes_valid():
     texts = dialogue_corpus(30, seed=5)
     scenes = [Scene.from_json(t) for t in texts[1::3]]
     assert all(s.to_json() == t for s, t in zip(scenes, texts[1::3]))
+
+
+def test_copilot_corpus():
+    from audiochat.tokenizer import copilot_corpus
+    texts = copilot_corpus(3, seed=7)
+    assert texts == copilot_corpus(3, seed=7)
+    scenes = [t for t in texts if t.startswith('{"duration"')]
+    assert len(scenes) >= 3 and all(Scene.from_json(t).to_json() == t for t in scenes)
+    assert any(not t.startswith("{") for t in texts)  # the user's requests
+    tok = train_tokenizer(texts, vocab_size=400)
+    assert tok.decode(tok.encode(texts[0])) == texts[0]
