@@ -32,10 +32,11 @@ from .scene import Scene, SceneError, Source, SCENE_SCHEMA, MAX_DURATION
 __all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SR', 'SOUND_EFFECTS', 'MAJ', 'MIN', 'DIM', 'MAJ7',
            'MIN7', 'SUS', 'MUSIC_MOODS', 'MAX_SPEEDUP', 'LIMIT_CEILING', 'LIMIT_WINDOW', 'ToolError',
            'UnknownSoundError', 'TimingError', 'EspeakNotFoundError', 'Speaker', 'Emotion', 'get_speaker',
-           'get_emotion', 'espeak_program', 'clean_text', 'espeak_args', 'trim_silence', 'speak', 'phonemes', 'band',
-           'shaped_noise', 'moving_filter', 'moving_band', 'smooth_random', 'random_curve', 'tone', 'decay', 'place',
-           'times_regular', 'times_poisson', 'events', 'SoundEffect', 'resolve_sound', 'synth_sfx', 'midi_hz',
-           'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render', 'Toolbox']
+           'get_emotion', 'espeak_program', 'clean_text', 'espeak_args', 'trim_silence', 'speak', 'speech_duration',
+           'phonemes', 'band', 'shaped_noise', 'moving_filter', 'moving_band', 'smooth_random', 'random_curve', 'tone',
+           'decay', 'place', 'times_regular', 'times_poisson', 'events', 'SoundEffect', 'resolve_sound', 'synth_sfx',
+           'midi_hz', 'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render',
+           'Toolbox']
 
 # %% ../nbs/03_tools.ipynb #f0b2effc
 class ToolError(ValueError):
@@ -187,6 +188,10 @@ def speak(text: str, speaker: str = "narrator", emotion: str | None = None, rate
     program = espeak_program()
     args = tuple(espeak_args(speaker, emotion, rate_factor))
     return _speak_cached(program, clean_text(text), args).clone()
+
+def speech_duration(text: str, speaker: str = "narrator", emotion: str | None = None) -> float:
+    "Seconds `text` takes at the speaker's natural rate (what a scene's span should allow; at most MAX_SPEEDUP less)."
+    return speak(text, speaker, emotion).shape[1] / SAMPLE_RATE
 
 def phonemes(text: str, speaker: str = "narrator", emotion: str | None = None) -> str:
     "The phonemes espeak-ng speaks for `text` (its `-x` mnemonics): shows what is said, word by word."
