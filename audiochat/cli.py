@@ -22,7 +22,9 @@ __all__ = ['COMMANDS', 'REPO_ROOT', 'DATA_SAMPLES', 'main', 'demo', 'demo_main']
 
 # %% ../nbs/16_cli.ipynb #4dbb899d
 COMMANDS = {
+    "data": ("audiochat.data", "data_main", "build the simulated dialogue dataset (build, eval, samples, show)"),
     "demo": ("audiochat.cli", "demo_main", "render a sample scene from data_samples/ into runs/demo/"),
+    "codec": ("audiochat.codec", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
 }
 
 def _usage() -> str:

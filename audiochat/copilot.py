@@ -141,7 +141,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
         rest = _TOOL_TAG.sub("", text)
     else:
         s = text.strip()
-        if s.startswith("{"):
+        if s.startswith(("{", "[")):
             try: obj = json.loads(s)
             except json.JSONDecodeError: obj = None
             items = obj if isinstance(obj, list) else [obj]
@@ -284,6 +284,8 @@ def random_story(rng: random.Random, text: str | None = None, max_duration: floa
     sources, t = [], _r(rng.uniform(0.2, 1.0))
     for i, (who, words) in enumerate(lines):
         d = _speech_seconds(words)
+        if t + d > top - 0.3 and not sources:  # the seed text is too long for a short story: say a short line instead
+            words = min((x.format(obj=obj) for x in LINES), key=lambda x: (len(x.split()), x)); d = _speech_seconds(words)
         if t + d > top - 0.3 and sources: break
         pan = 0.0 if who == "narrator" else _r(rng.choice([-1, 1]) * rng.uniform(0.2, 0.6), 1)
         emotion = "neutral" if rng.random() < 0.4 else rng.choice(list(EMOTIONS))
@@ -359,8 +361,9 @@ def plan_edit(scene: Scene, subtask: str, rng: random.Random) -> tuple[Scene, st
         new = Source(f"fx{n}", "sfx", start, _r(start + length), loudness_db=_r(rng.uniform(-26, -18), 1),
                      pan=_r(rng.uniform(-0.8, 0.8), 1), caption=_sfx_caption(name))
         from audiochat.tools import SOUND_EFFECTS
-        what = rng.choice([new.caption, name] + list(SOUND_EFFECTS[name].paraphrases))
-        what = what if what.startswith(("a ", "an ", "the ", "some ")) else rng.choice(["", "some ", "the sound of "]) + what
+        nouns = [p for p in SOUND_EFFECTS[name].paraphrases if p.startswith(("a ", "an "))]  # noun phrases, not clauses
+        what = rng.choice([new.caption, name] + nouns)
+        what = what if what.startswith(("a ", "an ", "the ")) else rng.choice(["", "the sound of "]) + what
         body = rng.choice([f"Add {what} at {start:g} seconds, lasting about {length:.1f} s",
                            f"Put in {what} around the {start:g} second mark for {length:.1f} seconds",
                            f"I'd like to hear {what} starting at {start:g} s, for {length:.1f} s",
