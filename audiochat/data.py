@@ -174,8 +174,9 @@ def read_records(out):
     if not shards: raise FileNotFoundError(f"no finished shards in {out} (expected shard-*/records.jsonl)")
     for p in shards:
         with open(p) as f:
-            for line in f:
-                r = json.loads(line)
+            for n, line in enumerate(f, 1):
+                try: r = json.loads(line)
+                except json.JSONDecodeError as e: raise ValueError(f"{p} line {n} is not a valid JSON record: {e.msg}") from None
                 for t in r["turns"]: t["audio"] = str(p.parent / t["audio"])
                 yield r
 
@@ -194,7 +195,7 @@ def format_dialogue(record: dict) -> str:
         lines += [f"      {s.start:5.2f}-{s.end:5.2f}  {s.loudness_db:5.1f} dB  pan {s.pan:+.1f}  {s.label}" for s in scene.sources]
     return "\n".join(lines)
 
-# %% ../nbs/05_data.ipynb #8a38514d
+# %% ../nbs/05_data.ipynb #df51c229
 def eval_config(dialogues: int = EVAL_DIALOGUES) -> DataConfig:
     "The StoryGen-Eval-mini configuration (fixed seeds, even subtask coverage when `dialogues` is a multiple of 3)."
     return DataConfig(dialogues=dialogues, shard_size=20, edits=2, split="eval", mistake_rate=0.0)
@@ -203,7 +204,7 @@ def build_eval(out, dialogues: int = EVAL_DIALOGUES, workers: int = 1, progress:
     "Build StoryGen-Eval-mini into `out`."
     return build(out, eval_config(dialogues), workers, progress)
 
-# %% ../nbs/05_data.ipynb #5c229369
+# %% ../nbs/05_data.ipynb #d690d593
 SAMPLES_RUN_SEED = 999  # the block of training seeds the committed samples come from
 
 def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
@@ -229,7 +230,7 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     os.replace(tmp, final)
     return summarize(out)
 
-# %% ../nbs/05_data.ipynb #91458600
+# %% ../nbs/05_data.ipynb #0c649154
 def data_main(argv: list[str]) -> int:
     "`audiochat data build|eval|show`."
     p = argparse.ArgumentParser(prog="audiochat data", description="Build and inspect the simulated dialogue dataset.")

@@ -69,11 +69,13 @@ def main():
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"config: {config}")
     torch.set_num_threads(1)
+    # the breakdown first and on other seeds (run seed 1), so no cache is warm from the end-to-end builds
+    b = breakdown(replace(config, seed=1), a.breakdown)
     for workers in (1, 2):
         seconds, s = end_to_end(config, workers)
         print(f"workers={workers}: {a.dialogues} dialogues in {seconds:.1f} s = {a.dialogues / seconds:.2f} dialogues/s "
-              f"({s['turns']} turns, {s['hours'] * 3600 / seconds:.1f} s of audio per second; rejected {s['rejected'] or 'none'})")
-    b = breakdown(config, a.breakdown)
+              f"({s['turns']} turns, {s['hours'] * 3600 / seconds:.1f} s of audio per second; rejected {s['rejected'] or 'none'})"
+              + ("; includes starting the worker processes (spawn: each imports torch)" if workers > 1 else ""))
     print(f"\nwhere the time goes (1 process, {b['dialogues']} dialogues, {b['total']:.1f} s, inclusive times):")
     for label, sec in sorted(b["spent"].items(), key=lambda kv: -kv[1]):
         print(f"  {label:<48} {sec:7.2f} s  {100 * sec / b['total']:5.1f} %")

@@ -167,3 +167,10 @@ def test_data_samples():
             assert abs(info.duration - s.duration) < 0.01
         for a, b, t in zip(scenes, scenes[1:], r["turns"][1:]):
             assert check_edit(a, b, t["subtask"]) is None
+
+
+def test_corrupt_record_is_a_clear_error(tmp_path):
+    shard = tmp_path / "shard-00000"; shard.mkdir()
+    (shard / "records.jsonl").write_text('{"id": "x", "turns": []}\n{truncated\n')
+    with pytest.raises(ValueError, match="records.jsonl line 2 is not a valid JSON record"):
+        list(read_records(tmp_path))
