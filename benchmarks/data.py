@@ -38,8 +38,10 @@ def breakdown(config, n: int) -> dict:
 
         def wrapper(*a, **k):
             t = time.perf_counter()
-            try: return fn(*a, **k)
-            finally: spent[label] += time.perf_counter() - t
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - t
         setattr(owner, name, wrapper)
         return fn
 
@@ -55,7 +57,8 @@ def breakdown(config, n: int) -> dict:
         t = time.perf_counter()
         s = data.build(d, replace(config, dialogues=n, shard_size=n), workers=1, progress=False)
         total = time.perf_counter() - t
-    for owner, name, fn in originals: setattr(owner, name, fn)
+    for owner, name, fn in originals:
+        setattr(owner, name, fn)
     return dict(total=total, dialogues=s["dialogues"] + sum(s["rejected"].values()), spent=dict(spent))
 
 

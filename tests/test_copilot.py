@@ -11,9 +11,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiochat.copilot import (SUBTASKS, AgentError, ChatLLM, FunctionTools, OpenAILLM, SoundDesigner, TemplateLLM,
-                               TransformersLLM, UserSimulator, assistant_message, check_edit, parse_tool_calls,
-                               plan_edit, random_story, rendered, run_agent, silent_sources, simulate_dialogue, tool_call)
+from audiochat.copilot import (
+    SUBTASKS,
+    AgentError,
+    ChatLLM,
+    FunctionTools,
+    OpenAILLM,
+    SoundDesigner,
+    TemplateLLM,
+    TransformersLLM,
+    UserSimulator,
+    assistant_message,
+    check_edit,
+    parse_tool_calls,
+    plan_edit,
+    random_story,
+    rendered,
+    run_agent,
+    silent_sources,
+    simulate_dialogue,
+    tool_call,
+)
 from audiochat.scene import Scene, diff
 
 DEMO = Scene.from_json((Path(__file__).parent.parent / "data_samples/demo/scene.json").read_text())
@@ -121,7 +139,8 @@ def test_plan_edit_is_consistent_and_does_what_it_says(subtask):
         if subtask == "add":
             assert f"{d.added[0].start:g}" in instruction
         for other in SUBTASKS:
-            if other != subtask: assert check_edit(before, after, other) is not None
+            if other != subtask:
+                assert check_edit(before, after, other) is not None
     assert len(phrasings) >= 3  # varied phrasings
     with pytest.raises(ValueError, match="unknown edit subtask"):
         plan_edit(DEMO, "reverse", random.Random(0))
@@ -298,15 +317,19 @@ class FakeServer:
                                    "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if msg.get("tool_calls") else "stop"}],
                                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(data)))
-                self.end_headers(); self.wfile.write(data)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args): pass
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def close(self): self.httpd.shutdown(); self.httpd.server_close()
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def test_openai_backend_against_a_local_server():
@@ -328,7 +351,8 @@ def test_openai_backend_against_a_local_server():
 
 def test_openai_designer_in_a_simulated_dialogue():
     "A served model as the sound designer with the real tools: a bad render is fixed, the dialogue passes the filter."
-    bad = json.loads(DEMO.to_json()); bad["sources"][0]["pan"] = 3
+    bad = json.loads(DEMO.to_json())
+    bad["sources"][0]["pan"] = 3
     server = FakeServer([assistant_message(tool_calls=[tool_call("text_to_audio", {"caption": "a dragon roaring", "duration": 2}, "a")]),
                          assistant_message(tool_calls=[tool_call("render_scene", {"scene": bad}, "b")]),
                          assistant_message(tool_calls=[tool_call("render_scene", {"scene": DEMO.to_json()}, "c")]),

@@ -15,8 +15,21 @@ import pytest
 
 from audiochat.cli import main
 from audiochat.copilot import SUBTASKS, check_edit
-from audiochat.data import (EVAL_SEED_RANGE, PRESETS, RUN_STRIDE, TRAIN_SEED_RANGE, DataConfig, build, build_eval,
-                            dialogue_seed, dialogue_subtasks, eval_config, format_dialogue, load_turn, read_records)
+from audiochat.data import (
+    EVAL_SEED_RANGE,
+    PRESETS,
+    RUN_STRIDE,
+    TRAIN_SEED_RANGE,
+    DataConfig,
+    build,
+    build_eval,
+    dialogue_seed,
+    dialogue_subtasks,
+    eval_config,
+    format_dialogue,
+    load_turn,
+    read_records,
+)
 from audiochat.scene import Scene
 
 ROOT = Path(__file__).parent.parent
@@ -107,7 +120,8 @@ def test_killed_build_resumes_without_losing_or_duplicating_shards(reference, tm
     deadline = time.time() + 120
     while not (tmp_path / "shard-00001").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL); proc.wait()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     done = sorted(p.name for p in tmp_path.glob("shard-*"))
     assert "shard-00001" in done and len(done) < 4, done  # killed part-way
     for p in tmp_path.glob("shard-*"):  # every finished shard is complete
@@ -170,7 +184,8 @@ def test_data_samples():
 
 
 def test_corrupt_record_is_a_clear_error(tmp_path):
-    shard = tmp_path / "shard-00000"; shard.mkdir()
+    shard = tmp_path / "shard-00000"
+    shard.mkdir()
     (shard / "records.jsonl").write_text('{"id": "x", "turns": []}\n{truncated\n')
     with pytest.raises(ValueError, match="records.jsonl line 2 is not a valid JSON record"):
         list(read_records(tmp_path))
