@@ -554,6 +554,8 @@ class TemplateLLM(ChatLLM):
             kind = "story" if len([m for m in messages if m["role"] == "user"]) == 1 else "edit"
             words = self.rng.choice(["Here is the", "Done: the", "I rendered the", "This is the"])
             return assistant_message(f"{words} {kind} ({len(target.sources)} sources, {target.duration:g} s).\n```json\n{target.to_json()}\n```")
+        if renders and self._last_render_arguments(after) == target.to_dict():  # the right scene failed: give up
+            return assistant_message(f"I could not render this scene: {json.loads(renders[-1]['content'])['error']}")
         if not after:
             calls = self._clip_calls(target, params, n)
             if calls: return assistant_message(tool_calls=calls)
@@ -561,6 +563,11 @@ class TemplateLLM(ChatLLM):
         if not renders and self.rng.random() < self.mistake_rate:  # a slip the tool will catch
             scene = json.loads(json.dumps(scene)); scene["sources"][0]["end"] = target.duration + 1.5
         return assistant_message(tool_calls=[tool_call("render_scene", {"scene": scene}, f"call_{n}")])
+
+    @staticmethod
+    def _last_render_arguments(messages: list[dict]):
+        calls = [c for m in messages for c in (m.get("tool_calls") or []) if c["function"]["name"] == "render_scene"]
+        return json.loads(calls[-1]["function"]["arguments"]).get("scene") if calls else None
 
     def _clip_calls(self, target: Scene, params: dict, n: int) -> list[dict]:
         "Clip tool calls for the sources whose sound is new (not in the last delivered scene)."
@@ -629,7 +636,9 @@ def simulate_dialogue(seed: int, subtasks=None, edits: int = 2, user: ChatLLM | 
         except AgentError as e: return reject(e.reason, str(e))
         try: scene, result = rendered(new)
         except SceneError as e: return reject("invalid_scene", str(e))
-        if scene is None: return reject("no_scene", f"turn {k}: the designer never rendered a valid scene")
+        if scene is None:
+            errors = [json.loads(m["content"])["error"] for m in new if m["role"] == "tool" and '"error"' in m["content"]]
+            return reject("no_scene", f"turn {k}: the designer never rendered a valid scene" + (f"; last tool error: {errors[-1]}" if errors else ""))
         if before is not None and (msg := check_edit(before, scene, sub)): return reject("inconsistent_edit", f"turn {k}: {msg}")
         mix = tools.clip(result["clip_id"])
         if silent := silent_sources(mix, scene): return reject("silent_audio", f"turn {k}: silent where {', '.join(silent)} should sound")

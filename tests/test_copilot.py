@@ -365,3 +365,17 @@ def test_openai_designer_in_a_simulated_dialogue():
     errors = [json.loads(m["content"])["error"] for m in d.turns[0].messages if m["role"] == "tool" and "error" in m["content"]]
     assert "nearest known" in errors[0] and "pan" in errors[1]
     assert {t["function"]["name"] for t in server.requests[0][1]["tools"]} == {"text_to_speech", "text_to_audio", "text_to_music", "render_scene"}
+
+
+def test_template_designer_gives_up_on_an_impossible_scene():
+    class Rushed(TemplateLLM):  # plans a long line in a half-second span
+        def _user(self, task):
+            reply = super()._user(task)
+            sc = self.plans[reply["content"]]
+            s1 = next(s for s in sc.sources if s.kind == "speech")
+            rushed = dataclasses.replace(s1, text="This line is much too long to be said in half a second.", end=round(s1.start + 0.5, 2))
+            self.plans[reply["content"]] = Scene(tuple(rushed if s.id == s1.id else s for s in sc.sources), sc.duration)
+            return reply
+    m = Rushed(2)
+    d = simulate_dialogue(2, [], user=m, designer=m, max_duration=6)
+    assert d.rejected == "no_scene" and "make the span at least" in d.detail
