@@ -8,6 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 NBDEV_TEST_FLAGS ?=
+# Tests use one torch thread per process: notebooks run in parallel, tiny models gain nothing from more threads,
+# and OpenMP threads competing for 2 cores make them many times slower.
+nbtest pytest slow: export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup espeak demo test test-fast check-sync nbtest pytest lab lint export clean-nbs slow
 
