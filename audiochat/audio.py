@@ -18,7 +18,7 @@ import torchaudio
 # %% auto #0
 __all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'BLOCK_SECONDS', 'AudioError', 'as_tensor', 'check_audio', 'to_channels',
            'resample', 'load_audio', 'save_audio', 'loudness', 'normalize_loudness', 'pan_gains', 'pan',
-           'mel_spectrogram', 'plot_audio', 'audio_player']
+           'mel_spectrogram', 'plot_audio', 'show_jpeg', 'audio_player']
 
 # %% ../nbs/01_audio.ipynb #a24e6c6d
 SAMPLE_RATE = 16_000  # the project's audio rate (Hz)
@@ -155,9 +155,26 @@ def plot_audio(x, sr: int = SAMPLE_RATE, spans=None, title: str | None = None, f
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_audio.ipynb #78fd48ab
-def audio_player(x, sr: int = SAMPLE_RATE):
-    "An IPython audio player for (C, T) audio (no loudness normalisation, so levels are heard as they are)."
+# %% ../nbs/01_audio.ipynb #cb01a77c
+def show_jpeg(fig, dpi: int = 80, quality: int = 70):
+    "Display a matplotlib figure in a notebook as a JPEG image (much smaller than PNG for spectrograms), then close it."
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs=dict(quality=quality))
+    plt.close(fig)
+    display(Image(buf.getvalue(), format="jpeg"))
+
+# %% ../nbs/01_audio.ipynb #6955056a
+def audio_player(x, sr: int = SAMPLE_RATE, compress: bool = True):
+    """An IPython audio player for (C, T) audio, without loudness normalisation (levels are heard as they are).
+    `compress` embeds OGG Vorbis, about ten times smaller than WAV in a saved notebook; False embeds exact WAV."""
+    import io
     from IPython.display import Audio
     x = check_audio(x).clamp(-1, 1)
-    return Audio(x.numpy(), rate=sr, normalize=False)
+    if not compress: return Audio(x.numpy(), rate=sr, normalize=False)
+    buf = io.BytesIO()
+    sf.write(buf, x.T.numpy(), sr, format="OGG", subtype="VORBIS")
+    player = Audio(data=buf.getvalue())
+    player.mimetype = "audio/ogg"
+    return player
