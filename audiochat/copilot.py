@@ -401,7 +401,13 @@ def plan_edit(scene: Scene, subtask: str, rng: random.Random) -> tuple[Scene, st
             movable = [s for s in srcs if s.end - s.start <= D - 0.6]
             if not movable: raise ValueError("no source in this scene is short enough to move")
             target = rng.choice(movable); ref = _the(describe(target, scene, rng)); length = target.end - target.start
-        choices = [x / 10 for x in range(0, int((D - length) * 10) + 1) if abs(x / 10 - target.start) >= 0.5]
+        starts = lambda s: [x / 10 for x in range(0, int((D - (s.end - s.start)) * 10) + 1) if abs(x / 10 - s.start) >= 0.5]
+        choices = starts(target)
+        if not choices:  # no start 0.5 s away fits this source: pick one that can move
+            movable = [s for s in srcs if starts(s)]
+            if not movable: raise ValueError("no source in this scene can move by 0.5 s or more")
+            target = rng.choice(movable); ref = _the(describe(target, scene, rng)); length = target.end - target.start
+            choices = starts(target)
         start = rng.choice(choices)
         shift = start - target.start
         body = rng.choice([f"Move {ref} to {start:g} seconds", f"Start {ref} at {start:g} s instead",

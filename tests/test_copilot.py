@@ -379,3 +379,17 @@ def test_template_designer_gives_up_on_an_impossible_scene():
     m = Rushed(2)
     d = simulate_dialogue(2, [], user=m, designer=m, max_duration=6)
     assert d.rejected == "no_scene" and "make the span at least" in d.detail
+
+
+def test_move_picks_a_source_that_can_move():
+    from audiochat.copilot import check_edit, plan_edit
+    from audiochat.scene import Scene, Source
+    # the bed cannot start 0.5 s away from 0.3 s (it may start anywhere in [0, 0.7]); the knock can
+    scene = Scene((Source("bed", "sfx", 0.3, 4.6, caption="steady rain"), Source("knock", "sfx", 1.0, 1.5, caption="door knock")), 5)
+    for seed in range(40):
+        after, text = plan_edit(scene, "move", random.Random(seed))
+        assert check_edit(scene, after, "move") is None
+        assert after["knock"].start != scene["knock"].start and abs(after["knock"].start - scene["knock"].start) >= 0.5
+    stuck = Scene((Source("bed", "sfx", 0.3, 4.6, caption="steady rain"),), 5)
+    with pytest.raises(ValueError, match="no source in this scene can move"):
+        plan_edit(stuck, "move", random.Random(0))
