@@ -443,7 +443,7 @@ def _crowd_murmur(n, rng):
     return out + 0.2 * shaped_noise(n, rng, band(200, 3000)) * out.std()
 
 def _car_horn(n, rng):
-    fa = rng.uniform(400, 440); t = _time(n)
+    fa = rng.uniform(400, 440)
     honk = lambda i: (tone(fa, int(0.35 * SR), [1, 0, 0.33, 0, 0.2, 0, 0.14]) + tone(fa * 1.26, int(0.35 * SR), [1, 0, 0.33, 0, 0.2])) * np.minimum(1, np.minimum(_time(int(0.35 * SR)), 0.35 - _time(int(0.35 * SR))) / 0.01)
     starts = times_regular(n, rng, rng.uniform(1.5, 2.5))
     return events(n, starts, honk) + events(n, starts + 0.45, honk)
@@ -458,7 +458,7 @@ def _crickets(n, rng):
     out = np.zeros(n)
     for _ in range(rng.integers(2, 4)):
         f = rng.uniform(3800, 5200); pulse = tone(f, 240) * np.hanning(240)
-        chirp = lambda i: sum(place(np.zeros(2400), pulse, k * 0.03) for k in range(4))
+        chirp = lambda i, pulse=pulse: sum(place(np.zeros(2400), pulse, k * 0.03) for k in range(4))
         out += rng.uniform(0.5, 1) * events(n, times_regular(n, rng, rng.uniform(0.3, 0.5), 0.1, rng.uniform(0.02, 0.3)), chirp)
     return out
 

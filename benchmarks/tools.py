@@ -3,7 +3,6 @@
 Run: .venv/bin/python benchmarks/tools.py [--threads N] [--repeat R]
 Speech is timed uncached (the espeak-ng cache is cleared before every call)."""
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -51,13 +50,13 @@ def main():
 
     per_class = {}
     for name in tools.SOUND_EFFECTS:
-        per_class[name], _ = timed(lambda: tools.synth_sfx(name, 5.0, 0), a.repeat)
+        per_class[name], _ = timed(lambda name=name: tools.synth_sfx(name, 5.0, 0), a.repeat)
     total = sum(per_class.values())
     row(f"synth_sfx, mean of {len(per_class)} classes (5 s)", total / len(per_class), 5.0)
     slow = max(per_class, key=per_class.get)
     row(f"synth_sfx, slowest class ({slow})", per_class[slow], 5.0)
     for mood in tools.MUSIC_MOODS:
-        t, _ = timed(lambda: tools.synth_music(mood, 10.0, 0), a.repeat)
+        t, _ = timed(lambda mood=mood: tools.synth_music(mood, 10.0, 0), a.repeat)
         row(f"synth_music {mood} (10 s)", t, 10.0)
 
     demo = Scene.from_json((Path(__file__).resolve().parent.parent / "data_samples/demo/scene.json").read_text())

@@ -4,8 +4,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from audiochat.forcing import (Batch, ForcingConfig, Turn, apply_noise, collate, diffusion_mse, forcing_loss,
-                               noise_levels, pack_dialogue, pack_rows, text_targets)
+from audiochat.forcing import (
+    Batch,
+    ForcingConfig,
+    Turn,
+    apply_noise,
+    collate,
+    diffusion_mse,
+    forcing_loss,
+    noise_levels,
+    pack_dialogue,
+    pack_rows,
+    text_targets,
+)
 from audiochat.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
 from audiochat.transformer import AUDIO, TEXT, build_mask
 

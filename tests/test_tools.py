@@ -12,14 +12,32 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from audiochat.audio import SAMPLE_RATE, pan_gains
-from audiochat.scene import Scene, SceneError
 from audiochat import tools
-from audiochat.tools import (EMOTIONS, LIMIT_CEILING, MAX_SPEEDUP, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS,
-                             EspeakNotFoundError, TimingError, ToolError, Toolbox, UnknownSoundError, limit_peaks,
-                             phonemes, render, resolve_sound, speak, synth_music, synth_sfx)
+from audiochat.audio import SAMPLE_RATE, pan_gains
+from audiochat.scene import Scene
+from audiochat.tools import (
+    EMOTIONS,
+    LIMIT_CEILING,
+    MAX_SPEEDUP,
+    MUSIC_MOODS,
+    SOUND_EFFECTS,
+    SPEAKERS,
+    EspeakNotFoundError,
+    TimingError,
+    Toolbox,
+    ToolError,
+    UnknownSoundError,
+    limit_peaks,
+    phonemes,
+    render,
+    resolve_sound,
+    speak,
+    synth_music,
+    synth_sfx,
+)
 
 SR = SAMPLE_RATE
 
