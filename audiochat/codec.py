@@ -375,10 +375,11 @@ def generator_adversarial_loss(discriminator, real, fake) -> tuple[torch.Tensor,
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 def list_audio_files(folder) -> list[Path]:
-    "All .wav / .flac files under `folder` (recursively), sorted; raises if the folder is missing or has none."
+    "All .wav / .flac files under `folder` (recursively, skipping hidden names such as temporary `.tmp-*` folders), sorted."
     folder = Path(folder)
     if not folder.is_dir(): raise FileNotFoundError(f"audio folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files: raise FileNotFoundError(f"no {'/'.join(AUDIO_SUFFIXES)} files under {folder}")
     return files
 
@@ -501,7 +502,7 @@ def save_checkpoint(folder, model, optimizer, state: dict, discriminator=None, o
 def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, minutes: float | None = None,
                 resume: bool = False, device: str = "auto", progress: bool = True, log_every: int = 10,
                 threads: int | None = None) -> dict:
-    """Train a codec on random crops of the audio under `data` (a folder) until `steps` (total) or `minutes` (this run);
+    """Train a codec on random crops of the audio under `data` (a folder or a list of folders) until `steps` (total) or `minutes` (this run);
     checkpoints in `out_dir`. `threads` sets torch's CPU threads (process-wide). Returns the trainer state (step, seconds, history)."""
     from tqdm.auto import tqdm
     if threads: torch.set_num_threads(threads)
@@ -512,7 +513,7 @@ def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, mi
         if not (out / "trainer_state.json").exists(): raise FileNotFoundError(f"no checkpoint to resume in {out}")
         config = CodecConfig.from_dict(json.loads((out / "config.json").read_text()))
         state = json.loads((out / "trainer_state.json").read_text())
-    files = list_audio_files(data)
+    files = [f for d in ([data] if isinstance(data, (str, Path)) else data) for f in list_audio_files(d)]
     dev = pick_device(device)
     torch.manual_seed(config.seed + state["step"])
     model = Codec(config).to(dev).train()
@@ -672,7 +673,7 @@ def codec_main(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     t = sub.add_parser("train", help="train a codec on the audio files under a folder")
     t.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    t.add_argument("--data", required=True, help="folder of .wav/.flac files (searched recursively)")
+    t.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
     t.add_argument("--out", default=None, help="output folder (default: runs/codec-PRESET)")
     t.add_argument("--steps", type=int, default=None, help="total steps to reach (default 2000 unless --minutes)")
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")

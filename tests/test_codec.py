@@ -16,9 +16,23 @@ from safetensors.torch import load_file
 
 from audiochat.audio import AudioError, resample
 from audiochat.cli import main
-from audiochat.codec import (AudioCrops, Codec, CodecConfig, CodecLoss, SpectralDistance, codec_preset, encode_folder,
-                             evaluate_codec, gaussian_kl, list_audio_files, load_latents, lowpass, si_sdr,
-                             synthesize_audio_folder, train_codec)
+from audiochat.codec import (
+    AudioCrops,
+    Codec,
+    CodecConfig,
+    CodecLoss,
+    SpectralDistance,
+    codec_preset,
+    encode_folder,
+    evaluate_codec,
+    gaussian_kl,
+    list_audio_files,
+    load_latents,
+    lowpass,
+    si_sdr,
+    synthesize_audio_folder,
+    train_codec,
+)
 
 AUDIOCHAT = Path(sys.executable).parent / "audiochat"
 SMALL = dict(encoder_channels=4, decoder_channels=16, latent_dim=4)  # a narrow tiny codec: fast tests
@@ -38,6 +52,7 @@ def folder(tmp_path_factory):
     (d / "nested" / "deeper").mkdir(parents=True)
     sf.write(str(d / "nested" / "deeper" / "mono-8k.flac"), mono_8k, 8000)
     (d / "notes.txt").write_text("not audio")
+    (d / ".tmp-partial").mkdir(); sf.write(str(d / ".tmp-partial" / "half-written.wav"), mono_8k, 8000)  # hidden: skipped
     return d
 
 
