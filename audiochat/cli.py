@@ -25,6 +25,7 @@ COMMANDS = {
     "data": ("audiochat.data", "data_main", "build the simulated dialogue dataset (build, eval, samples, show)"),
     "demo": ("audiochat.cli", "demo_main", "render a sample scene from data_samples/ into runs/demo/"),
     "codec": ("audiochat.codec", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
+    "train": ("audiochat.train", "train_main", "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ..."),
 }
 
 def _usage() -> str:
