@@ -77,3 +77,8 @@ export: setup
 
 lint: setup
 	$(BIN)/ruff check audiochat tests
+
+# train the tiny preset on synthetic dialogues (about two minutes on a 2-core CPU); runs/train-tiny/ (tensorboard --logdir runs/train-tiny/tb)
+.PHONY: train-tiny
+train-tiny: setup
+	OMP_NUM_THREADS=1 $(BIN)/audiochat train --preset tiny

@@ -114,8 +114,8 @@ PRESETS = {
     "tiny": dict(  # a 2-core CPU in minutes
         model=MODEL_PRESETS["tiny"], codec=CODEC_PRESETS["tiny"],
         data=dict(batch_size=4, max_frames=64),
-        optim=dict(lr=3e-3, warmup=20, steps=200),
-        run=dict(out="runs/train-tiny", eval_every=50, save_every=100)),
+        optim=dict(lr=3e-3, warmup=50, steps=1200),
+        run=dict(out="runs/train-tiny", ema=0.99, eval_every=200, save_every=400, log_every=20)),
     "small": dict(  # one GPU, about 10 minutes, from cached latents
         model=MODEL_PRESETS["small"], codec=CODEC_PRESETS["small"],
         data=dict(batch_size=16, max_frames=400, max_turns=3, window=1024, build=asdict(DATA_PRESETS["small"])),

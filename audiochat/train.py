@@ -1,5 +1,6 @@
-"""One resolved config describes a run: data, codec, model, loss, optimiser, run settings. The same loop trains the
-`tiny` preset on a laptop CPU in a minute and the `base` preset on many GPUs with `torchrun`.
+"""The loop that trains every preset: dialogues streamed into packed sequences, AdamW with warmup + cosine, EMA,
+evaluation, TensorBoard, atomic safetensors checkpoints with exact resume, NaN/inf skipping, DDP / FSDP2 under
+`torchrun`. The `tiny` preset trains on a laptop CPU in a minute.
 
 Docs: https://audiochat.github.io/audiochat/train.html.md"""
 
