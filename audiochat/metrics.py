@@ -18,9 +18,14 @@ from scipy.optimize import linear_sum_assignment
 from .scene import Scene, to_seglst
 
 # %% auto #0
-__all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'WordErrorRate', 'check_segments', 'Alignment', 'overlaps', 'align_words',
-           'speaker_streams', 'cpwer_from_scratch', 'word_intervals', 'word_points', 'timed_streams',
-           'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer']
+__all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'WordErrorRate', 'check_segments', 'Alignment', 'overlaps',
+           'align_words', 'speaker_streams', 'cpwer_from_scratch', 'word_intervals', 'word_points', 'timed_streams',
+           'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer', 'FrameScorer', 'check_texts',
+           'unbiased_score', 'speaker_caption', 'source_caption', 'caption_classes', 'source_class', 'active_frames',
+           'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower', 'TinyFLAM', 'scorer_examples',
+           'train_scorer', 'auroc', 'f1_score', 'eval_renders', 'detection_scores', 'OpenFLAMScorer', 'span_frames',
+           'span_score', 'source_scores', 'multiflam', 'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam',
+           'StemOracleScorer']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -286,3 +291,407 @@ def cpwer(reference, hypothesis) -> WordErrorRate:
         r = meeteval.wer.cp_word_error_rate(_meeteval_segments(reference), _meeteval_segments(hypothesis),
                                             reference_sort="segment", hypothesis_sort="segment")
     return _from_meeteval(r)
+
+# %% ../nbs/14_metrics.ipynb #0ebcdf5b
+import json
+import random
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .audio import SAMPLE_RATE, check_audio, mel_spectrogram
+from .scene import Source, diff
+
+# %% ../nbs/14_metrics.ipynb #1182df8d
+class FrameScorer(ABC):
+    "Frame-wise text-audio scorer: `frame_scores(audio, texts)` -> (n_texts, frames) probabilities, `frame_rate` frames/s."
+    frame_rate: float = 10.0
+
+    @abstractmethod
+    def frame_scores(self, audio, texts: list[str]) -> torch.Tensor:
+        "Probability that each text sounds in each frame of `audio` ((T,) or (C, T) at SAMPLE_RATE)."
+
+    def n_frames(self, seconds: float) -> int:
+        "How many frames cover `seconds` of audio (frame k covers [k, k+1) / frame_rate)."
+        return max(1, math.ceil(round(seconds * self.frame_rate, 6)))
+
+def check_texts(texts) -> list[str]:
+    "A non-empty list of non-empty strings (a single string becomes a list of one)."
+    if isinstance(texts, str): texts = [texts]
+    texts = list(texts)
+    if not texts: raise ValueError("texts must be a non-empty list of strings")
+    for t in texts:
+        if not isinstance(t, str) or not t.strip(): raise ValueError(f"each text must be a non-empty string, got {t!r}")
+    return texts
+
+def unbiased_score(logit, bias):
+    "FLAM's unbiased score p / (p + sigmoid(bias)), p = sigmoid(logit): 1/2 where the logit equals the text's bias."
+    p = torch.sigmoid(logit)
+    return p / (p + torch.sigmoid(bias))
+
+# %% ../nbs/14_metrics.ipynb #587e7a68
+SPEECH_TEMPLATES = ("{a} speaking", "{a} talking", "the voice of {a}", "{a} says something", "speech by {a}")
+
+def speaker_caption(speaker: str, template: str = SPEECH_TEMPLATES[0]) -> str:
+    "A caption for speech by `speaker`: 'a girl speaking', 'an old man talking', ..."
+    w = " ".join(str(speaker).lower().split())
+    return template.format(a=("an " if w[:1] in tuple("aeiou") else "a ") + w)
+
+def source_caption(source: Source) -> str:
+    "The text a source is scored with: its caption (sound effects, music) or `speaker_caption` (speech)."
+    return speaker_caption(source.speaker) if source.kind == "speech" else source.caption
+
+def caption_classes() -> dict[str, list[str]]:
+    "Every class the tools render, `kind:name` -> phrases (caption first, then paraphrases): sfx, music moods, voices."
+    from audiochat.tools import MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
+    out = {f"sfx:{k}": [v.caption, *v.paraphrases] for k, v in SOUND_EFFECTS.items()}
+    out |= {f"music:{k}": [v.caption, *v.paraphrases] for k, v in MUSIC_MOODS.items()}
+    out |= {f"speech:{k}": [speaker_caption(k, t) for t in SPEECH_TEMPLATES] for k in SPEAKERS}
+    return out
+
+def source_class(source: Source) -> str:
+    "The `caption_classes` key of a source (voice for speech; sfx and music resolved from the caption)."
+    from audiochat.tools import resolve_sound
+    if source.kind == "speech": return f"speech:{' '.join(source.speaker.lower().split())}"
+    return f"{source.kind}:{resolve_sound(source.caption, source.kind)}"
+
+def active_frames(stem, frame_rate: float = 10.0, threshold: float = 1e-4) -> torch.Tensor:
+    "Bool frames whose centre lies between the first and last sample where `stem` ((C, T) or (T,)) exceeds `threshold`."
+    x = check_audio(stem).abs().amax(0)
+    n = max(1, math.ceil(round(x.shape[-1] / SAMPLE_RATE * frame_rate, 6)))
+    on = torch.nonzero(x > threshold).flatten()
+    out = torch.zeros(n, dtype=torch.bool)
+    if len(on) == 0: return out
+    centres = (torch.arange(n) + 0.5) / frame_rate
+    return (centres >= on[0] / SAMPLE_RATE) & (centres <= on[-1] / SAMPLE_RATE)
+
+def frame_labels(rendered, frame_rate: float = 10.0) -> dict[str, torch.Tensor]:
+    "Exact labels of a rendered scene (`tools.Render`): class -> bool frames, from each source's stem."
+    out = {}
+    for s in rendered.scene.sources:
+        a, c = active_frames(rendered.stems[s.id], frame_rate), source_class(s)
+        out[c] = out[c] | a if c in out else a
+    return out
+
+# %% ../nbs/14_metrics.ipynb #056f096b
+@dataclass
+class ScorerConfig:
+    "A tiny FLAM-style scorer: log-mel (40 frames/s) -> conv audio tower at `frame_rate`; hashed n-gram text tower."
+    n_mels: int = 64
+    channels: int = 96  # audio tower width
+    dim: int = 64  # shared embedding size
+    buckets: int = 8192  # hashed word / char n-gram vocabulary of the text tower
+    ngram_min: int = 3
+    ngram_max: int = 5
+    frame_rate: float = 10.0  # output frames/s: the mel runs at 40/s and two stride-2 convolutions divide by 4
+
+def text_ngrams(text: str, n_min: int = 3, n_max: int = 5) -> list[str]:
+    "The text tower's tokens: whole words (`w:dog`) and character n-grams of `<word>` (`<do`, `dog`, `og>`, ...)."
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    grams = [f"w:{w}" for w in words]
+    for w in (f"<{w}>" for w in words): grams += [w[i:i + n] for n in range(n_min, n_max + 1) for i in range(len(w) - n + 1)]
+    return grams or ["<empty>"]
+
+class TextTower(nn.Module):
+    "Mean of hashed word and char n-gram embeddings -> residual MLP -> unit vector; MLP heads give logit scale and bias."
+    def __init__(self, c: ScorerConfig):
+        super().__init__()
+        self.c = c
+        self.embed = nn.EmbeddingBag(c.buckets, c.dim, mode="mean")
+        self.mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
+        self.scale = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 1))
+        self.bias = nn.Sequential(nn.Linear(c.dim, c.dim), nn.GELU(), nn.Linear(c.dim, 1))
+        nn.init.constant_(self.scale[-1].bias, math.log(10.0)); nn.init.constant_(self.bias[-1].bias, -3.0)
+
+    def forward(self, texts: list[str]):
+        "(embeddings (n, dim) of unit norm, logit scale (n,) in (0, 100], logit bias (n,))"
+        grams = [text_ngrams(t, self.c.ngram_min, self.c.ngram_max) for t in texts]
+        ids = torch.tensor([zlib.crc32(g.encode()) % self.c.buckets for gs in grams for g in gs])
+        offsets = torch.tensor([0] + [len(g) for g in grams[:-1]]).cumsum(0)
+        h = self.embed(ids, offsets)
+        e = F.normalize(self.mlp(h) + h, dim=-1)
+        return e, self.scale(h).squeeze(-1).clamp(max=math.log(100.0)).exp(), self.bias(h).squeeze(-1)
+
+class AudioTower(nn.Module):
+    "Log-mel (40 frames/s) -> convolutions (two of stride 2) -> one unit embedding per 1/frame_rate s."
+    def __init__(self, c: ScorerConfig):
+        super().__init__()
+        C, self.c = c.channels, c
+        self.inp = nn.Sequential(nn.Conv1d(c.n_mels, C, 3, padding=1), nn.GELU(),
+                                 nn.Conv1d(C, C, 4, stride=2, padding=1), nn.GELU(),
+                                 nn.Conv1d(C, C, 4, stride=2, padding=1), nn.GELU())
+        self.blocks = nn.ModuleList(nn.Conv1d(C, C, 3, padding=d, dilation=d) for d in (1, 2, 4))
+        self.out = nn.Conv1d(C, c.dim, 1)
+
+    def features(self, audio) -> torch.Tensor:
+        "Log-mel (n_mels, 4 * frames) of the mono mix, padded to whole output frames, scaled to about unit range."
+        x = check_audio(audio).mean(0, keepdim=True)
+        m = mel_spectrogram(x, n_mels=self.c.n_mels, n_fft=1024, hop=SAMPLE_RATE // 40, top_db=80.0)[0]
+        n = 4 * max(1, math.ceil(round(x.shape[-1] / SAMPLE_RATE * self.c.frame_rate, 6)))
+        return (F.pad(m, (0, max(0, n - m.shape[1])), mode="replicate")[:, :n] + 40.0) / 20.0
+
+    def forward(self, mel):
+        "(B, n_mels, 4F) -> (B, F, dim)"
+        h = self.inp(mel)
+        for b in self.blocks: h = h + F.gelu(b(h))
+        return F.normalize(self.out(h), dim=1).transpose(1, 2)
+
+class TinyFLAM(nn.Module, FrameScorer):
+    "A small frame-wise language-audio model in FLAM's style (trained on rendered scenes); a `FrameScorer`."
+    def __init__(self, config: ScorerConfig | None = None):
+        super().__init__()
+        self.config = config or ScorerConfig()
+        self.frame_rate = self.config.frame_rate
+        self.audio, self.text = AudioTower(self.config), TextTower(self.config)
+
+    def logits(self, mel, texts):
+        "Frame logits (B, n_texts, frames) z = scale(y) cos(a_f, e(y)) + bias(y), and the bias (n_texts,)."
+        a = self.audio(mel)
+        e, s, b = self.text(texts)
+        return s[:, None] * torch.einsum("bfd,td->btf", a, e) + b[:, None], b
+
+    @torch.no_grad()
+    def frame_scores(self, audio, texts) -> torch.Tensor:
+        "Unbiased scores (n_texts, frames) of each text in each frame of `audio` (channels averaged)."
+        z, b = self.logits(self.audio.features(audio)[None], check_texts(texts))
+        return unbiased_score(z[0], b[:, None])
+
+    @torch.no_grad()
+    def embed_audio(self, audio) -> torch.Tensor:
+        "Frame embeddings (frames, dim), unit vectors."
+        return self.audio(self.audio.features(audio)[None])[0]
+
+    def save(self, directory) -> Path:
+        "Write `config.json` and `model.safetensors` into `directory`."
+        from safetensors.torch import save_file
+        d = Path(directory); d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, d / "model.safetensors")
+        (d / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory) -> TinyFLAM:
+        "Load a scorer written by `save`."
+        from safetensors.torch import load_file
+        d = Path(directory)
+        for f in ("config.json", "model.safetensors"):
+            if not (d / f).is_file(): raise FileNotFoundError(f"{d / f} is missing: not a saved TinyFLAM directory")
+        m = cls(ScorerConfig(**json.loads((d / "config.json").read_text())))
+        m.load_state_dict(load_file(d / "model.safetensors"))
+        return m.eval()
+
+# %% ../nbs/14_metrics.ipynb #898a393f
+def scorer_examples(seeds) -> list[tuple]:
+    "Rendered training examples `(mix, labels)` from `random_story` scenes, one per seed."
+    from audiochat.copilot import random_story
+    from audiochat.tools import render
+    out = []
+    for seed in seeds:
+        r = render(random_story(random.Random(seed)), seed=seed)
+        out.append((r.mix, frame_labels(r)))
+    return out
+
+def train_scorer(examples, steps: int = 1500, batch: int = 16, frames: int = 48, lr: float = 3e-3, held_out: int = 1,
+                 config: ScorerConfig | None = None, seed: int = 0, log_every: int = 0) -> tuple[TinyFLAM, list[float]]:
+    "Train a `TinyFLAM` on `(mix, labels)` examples with the frame-wise sigmoid loss; the last `held_out` phrasings stay unseen."
+    if not examples: raise ValueError("train_scorer needs at least one example")
+    torch.manual_seed(seed); rng = random.Random(seed)
+    model, classes = TinyFLAM(config), caption_classes()
+    names = list(classes)
+    feats = [model.audio.features(x) for x, _ in examples]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    losses = []
+    for step in range(steps):
+        mels, ys = [], []
+        for i in rng.choices(range(len(examples)), k=batch):
+            mel, labels = feats[i], examples[i][1]
+            k = rng.randrange(0, max(1, mel.shape[1] // 4 - frames + 1))
+            mels.append(F.pad(mel[:, 4 * k: 4 * (k + frames)], (0, max(0, 4 * frames - mel.shape[1] + 4 * k)), mode="replicate"))
+            y = torch.zeros(len(names), frames)
+            for c, a in labels.items(): y[names.index(c), : len(a[k:k + frames])] = a[k:k + frames].float()
+            ys.append(y)
+        texts = [rng.choice(classes[c][: len(classes[c]) - held_out]) for c in names]
+        z, _ = model.logits(torch.stack(mels), texts)
+        loss = F.binary_cross_entropy_with_logits(z, torch.stack(ys))
+        if not torch.isfinite(loss): raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        for g in opt.param_groups: g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+        if log_every and step % log_every == 0: print(f"step {step:5d}  loss {loss.item():.4f}")
+    return model.eval(), losses
+
+# %% ../nbs/14_metrics.ipynb #a3ce9802
+def auroc(scores, labels) -> float:
+    "Area under the ROC curve: the probability that a random positive outranks a random negative (ties count 1/2)."
+    from scipy.stats import rankdata
+    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels, dtype=bool).ravel()
+    if s.shape != y.shape: raise ValueError(f"scores and labels differ in size: {s.size} vs {y.size}")
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0: raise ValueError("AUROC needs both positive and negative labels")
+    return float((rankdata(s)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+def f1_score(predicted, labels) -> float:
+    "F1 = 2 TP / (2 TP + FP + FN) of boolean predictions (1.0 when nothing is there and nothing is found)."
+    p, y = np.asarray(predicted, dtype=bool).ravel(), np.asarray(labels, dtype=bool).ravel()
+    if p.shape != y.shape: raise ValueError(f"predictions and labels differ in size: {p.size} vs {y.size}")
+    tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+def eval_renders(dialogues: int = 60) -> list:
+    "The turns of the first `dialogues` StoryGen-Eval-mini dialogues as `tools.Render`s (mix + stems), in order."
+    from audiochat.copilot import simulate_dialogue
+    from audiochat.data import dialogue_seed, dialogue_subtasks, eval_config
+    from audiochat.tools import render
+    c, out = eval_config(dialogues), []
+    for i in range(dialogues):
+        seed = dialogue_seed(c, i)
+        d = simulate_dialogue(seed, dialogue_subtasks(c, i), edits=c.edits, mistake_rate=c.mistake_rate)
+        out += [render(t.scene, seed) for t in d.turns]
+    return out
+
+def detection_scores(scorer: FrameScorer, renders, phrase: int = 0, threshold: float = 0.5) -> dict:
+    "Frame-level detection of every class on every frame: AUROC and F1 (score > threshold); `phrase` picks the phrasing."
+    classes = caption_classes()
+    names = list(classes)
+    S, Y = [], []
+    for r in renders:
+        s = scorer.frame_scores(r.mix, [classes[c][phrase] for c in names])
+        y = torch.zeros_like(s, dtype=torch.bool)
+        for c, a in frame_labels(r, scorer.frame_rate).items(): y[names.index(c), : len(a)] = a[: s.shape[1]]
+        S.append(s.flatten()); Y.append(y.flatten())
+    s, y = torch.cat(S).numpy(), torch.cat(Y).numpy()
+    return {"auroc": auroc(s, y), "f1": f1_score(s > threshold, y), "frames": int(s.size), "positives": int(y.sum())}
+
+# %% ../nbs/14_metrics.ipynb #69d014c3
+class OpenFLAMScorer(FrameScorer):
+    "Adapter for OpenFLAM (optional `openflam` package and its weights): unbiased frame scores at 3.2 frames/s."
+    frame_rate = 3.2
+
+    def __init__(self, model_name: str = "v1-base", checkpoint_dir: str = "openflam_ckpt", device: str = "cpu"):
+        try: import openflam
+        except ImportError as e:
+            raise ImportError("OpenFLAMScorer needs the optional `openflam` package and its weights: "
+                              "`pip install openflam` (see github.com/adobe-research/openflam); "
+                              "TinyFLAM is the built-in scorer") from e
+        self.device = device
+        self.model = openflam.OpenFLAM(model_name=model_name, default_ckpt_path=checkpoint_dir).to(device)
+
+    @torch.no_grad()
+    def frame_scores(self, audio, texts) -> torch.Tensor:
+        from audiochat.audio import resample
+        x = check_audio(audio).mean(0, keepdim=True)
+        n = self.n_frames(x.shape[-1] / SAMPLE_RATE)
+        x = resample(x, SAMPLE_RATE, 48_000).to(self.device)
+        s = self.model.get_local_similarity(x, check_texts(texts), method="unbiased", cross_product=True)
+        s = torch.as_tensor(s).float().cpu().reshape(-1, len(texts), s.shape[-1])[0]
+        return s[:, :n]
+
+# %% ../nbs/14_metrics.ipynb #0644b341
+def span_frames(scorer: FrameScorer, start: float, end: float, n: int) -> torch.Tensor:
+    "Bool (n,) frames whose centre lies in [start, end); at least the frame holding the span's midpoint."
+    centres = (torch.arange(n) + 0.5) / scorer.frame_rate
+    m = (centres >= start) & (centres < end)
+    if not m.any(): m[min(n - 1, int((start + end) / 2 * scorer.frame_rate))] = True
+    return m
+
+def span_score(scores: torch.Tensor, frames: torch.Tensor) -> float:
+    "Mean of the highest half (rounded up) of `scores` over the selected `frames`; NaN when no frame is selected."
+    v = scores[frames]
+    if v.numel() == 0: return math.nan
+    return float(v.topk(math.ceil(v.numel() / 2)).values.mean())
+
+def _stereo(audio, name: str) -> torch.Tensor:
+    x = check_audio(audio, name)
+    if x.shape[-1] == 0: raise ValueError(f"{name}: audio is empty")
+    return x
+
+def source_scores(scorer: FrameScorer, audio, sources) -> dict[str, float]:
+    "Span score q of every source (a Scene or a list of Sources) in `audio`: `span_score` of its caption over its span."
+    x = _stereo(audio, "audio")
+    sources = list(sources.sources if isinstance(sources, Scene) else sources)
+    if not sources: return {}
+    s = scorer.frame_scores(x, [source_caption(src) for src in sources])
+    return {src.id: span_score(s[i], span_frames(scorer, src.start, src.end, s.shape[1])) for i, src in enumerate(sources)}
+
+def multiflam(scorer: FrameScorer, audio, scene: Scene, threshold: float = 0.5) -> float:
+    "multiFLAM (0-100, higher is better): percentage of the scene's sources whose span score exceeds `threshold`."
+    if not scene.sources: raise ValueError("multiflam: the scene has no sources to look for")
+    q = source_scores(scorer, audio, scene)
+    return 100.0 * sum(v > threshold for v in q.values()) / len(q)
+
+def kept_sources(before: Scene, after: Scene) -> list[Source]:
+    "Sources an edit leaves alone: same id and all fields equal before and after."
+    ids = {s.id: s for s in after.sources}
+    return [s for s in before.sources if ids.get(s.id) == s]
+
+def delta_multiflam(scorer: FrameScorer, before_audio, before: Scene, after_audio, after: Scene) -> float:
+    "Delta-multiFLAM (0-100, lower is better): mean |change| of the span scores of the sources the edit keeps."
+    kept = kept_sources(before, after)
+    if not kept: return math.nan
+    qb, qa = source_scores(scorer, before_audio, kept), source_scores(scorer, after_audio, kept)
+    return 100.0 * float(np.mean([abs(qa[i] - qb[i]) for i in qb]))
+
+def _q(scorer, audio, text, frames_of) -> float:
+    s = scorer.frame_scores(audio, [text])[0]
+    return span_score(s, frames_of(len(s)))
+
+def edit_terms(scorer: FrameScorer, before_audio, before: Scene, after_audio, after: Scene) -> dict[str, float]:
+    "The signed change d of every edited source (id -> d); swapping the two audios flips every sign."
+    x, y = _stereo(before_audio, "before_audio"), _stereo(after_audio, "after_audio")
+    edit = diff(before, after)
+    if not (edit.added or edit.removed or edit.changed): raise ValueError("editflam: the two scenes have no source edit")
+    span = lambda s: (lambda n: span_frames(scorer, s.start, s.end, n))
+    out = {}
+    for s in edit.added: out[s.id] = _q(scorer, y, source_caption(s), span(s)) - _q(scorer, x, source_caption(s), span(s))
+    for i in edit.removed:
+        s = before[i]; out[i] = _q(scorer, x, source_caption(s), span(s)) - _q(scorer, y, source_caption(s), span(s))
+    for i, fields in edit.changed.items():
+        old, new, terms = before[i], after[i], []
+        yo, yn = source_caption(old), source_caption(new)
+        if yo != yn:
+            terms += [_q(scorer, y, yn, span(new)) - _q(scorer, x, yn, span(new)), _q(scorer, x, yo, span(old)) - _q(scorer, y, yo, span(old))]
+        if "start" in fields or "end" in fields:
+            only_new = lambda n: span(new)(n) & ~span(old)(n)
+            only_old = lambda n: span(old)(n) & ~span(new)(n)
+            terms += [v for v in (_q(scorer, y, yn, only_new) - _q(scorer, x, yn, only_new),
+                                  _q(scorer, x, yo, only_old) - _q(scorer, y, yo, only_old)) if not math.isnan(v)]
+        if "loudness_db" in fields:
+            terms.append(math.copysign(1, new.loudness_db - old.loudness_db) * (_q(scorer, y, yn, span(new)) - _q(scorer, x, yn, span(new))))
+        if "pan" in fields:
+            side = lambda a: _q(scorer, a[-1:], yn, span(new)) - _q(scorer, a[:1], yn, span(new))  # right minus left
+            terms.append(math.copysign(1, new.pan - old.pan) * (side(y) - side(x)))
+        if terms: out[i] = float(np.mean(terms))
+    return out
+
+def editflam(scorer: FrameScorer, before_audio, before: Scene, after_audio, after: Scene) -> float:
+    "editFLAM (higher is better): 100 x the mean signed change of the edited sources in the instructed direction."
+    terms = edit_terms(scorer, before_audio, before, after_audio, after)
+    if not terms: return math.nan
+    return 100.0 * float(np.mean(list(terms.values())))
+
+# %% ../nbs/14_metrics.ipynb #54913456
+class StemOracleScorer(FrameScorer):
+    "An oracle `FrameScorer` from reference renders: per frame, how much of each caption's stems the audio contains."
+    def __init__(self, *renders, frame_rate: float = 10.0):
+        self.frame_rate, self.stems = frame_rate, {}
+        for r in renders:
+            for s in r.scene.sources: self.stems.setdefault(source_caption(s), []).append(r.stems[s.id].mean(0))
+
+    def frame_scores(self, audio, texts) -> torch.Tensor:
+        x = check_audio(audio).mean(0)
+        n = self.n_frames(x.shape[-1] / SAMPLE_RATE)
+        hop = round(SAMPLE_RATE / self.frame_rate)
+        frames = lambda v: F.pad(v, (0, n * hop - v.shape[-1]))[: n * hop].reshape(n, hop)
+        out = torch.zeros(len(check_texts(texts)), n)
+        for i, t in enumerate(texts):
+            for r in self.stems.get(t, []):
+                rf = frames(r[: x.shape[-1]])
+                e = (rf * rf).sum(1)
+                g = torch.where(e > 1e-8, (frames(x) * rf).sum(1) / e.clamp(min=1e-8), torch.zeros(n))
+                out[i] = torch.maximum(out[i], (1 - torch.exp(-3 * g.clamp(min=0))) * (e > 1e-8))
+        return out

@@ -238,3 +238,146 @@ def test_properties(ref, hyp, collar, relabel):
     renamed = [dict(s, speaker=names[s["speaker"]]) for s in hyp]
     assert tcpwer_from_scratch(ref, renamed, collar).errors == tcp.errors  # speaker names do not matter
     assert tcp.errors == meeteval_tcp(ref, hyp, collar).errors
+
+
+# ---- frame-wise scorer, multiFLAM, Delta-multiFLAM, editFLAM ----
+import random as _random  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import mannwhitneyu  # noqa: E402
+
+from audiochat.copilot import SUBTASKS, plan_edit, random_story  # noqa: E402
+from audiochat.metrics import (  # noqa: E402
+    FrameScorer,
+    OpenFLAMScorer,
+    StemOracleScorer,
+    TinyFLAM,
+    active_frames,
+    auroc,
+    caption_classes,
+    delta_multiflam,
+    detection_scores,
+    editflam,
+    f1_score,
+    frame_labels,
+    multiflam,
+    scorer_examples,
+    source_caption,
+    source_class,
+    source_scores,
+    train_scorer,
+    unbiased_score,
+)
+from audiochat.tools import render  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def story():
+    scene = random_story(_random.Random(11))
+    return scene, render(scene, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer():
+    model, losses = train_scorer(scorer_examples(range(4)), steps=25, batch=4, frames=40)
+    return model, losses
+
+
+def test_auroc_matches_mann_whitney():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.random(50) < 0.3
+        y[:2] = [True, False]
+        s = np.round(rng.random(50) + y * rng.random(), 1)  # ties included
+        u = mannwhitneyu(s[y], s[~y]).statistic
+        assert auroc(s, y) == pytest.approx(u / (y.sum() * (~y).sum()))
+    with pytest.raises(ValueError, match="both positive and negative"):
+        auroc([0.1, 0.2], [1, 1])
+
+
+def test_f1_score():
+    assert f1_score([1, 1, 0, 0], [1, 0, 1, 0]) == pytest.approx(0.5)
+    assert f1_score([0, 0], [0, 0]) == 1.0
+    with pytest.raises(ValueError, match="differ in size"):
+        f1_score([1], [1, 0])
+
+
+def test_unbiased_score_neutral_point():
+    b = torch.linspace(-6, 2, 9)
+    assert torch.allclose(unbiased_score(b, b), torch.full_like(b, 0.5))
+    assert (unbiased_score(b + 3, b) > 0.5).all() and (unbiased_score(b - 3, b) < 0.5).all()
+
+
+def test_frame_labels_follow_the_stems(story):
+    scene, r = story
+    labels = frame_labels(r)
+    classes = caption_classes()
+    for s in scene.sources:
+        c = source_class(s)
+        assert c in classes and c in labels
+        a = active_frames(r.stems[s.id])
+        assert (labels[c] | a).equal(labels[c])
+        assert not a[: int(s.start * 10)].any() and not a[int(np.ceil(s.end * 10)) + 1:].any()
+    assert active_frames(torch.zeros(1, 16000)).sum() == 0
+
+
+def test_tiny_scorer_trains_saves_and_loads(tiny_scorer, story, tmp_path):
+    model, losses = tiny_scorer
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    scene, r = story
+    texts = [source_caption(s) for s in scene.sources]
+    s = model.frame_scores(r.mix, texts)
+    assert s.shape == (len(texts), model.n_frames(scene.duration))
+    assert isinstance(model, FrameScorer) and 0 <= s.min() and s.max() <= 1
+    loaded = TinyFLAM.load(model.save(tmp_path / "scorer"))
+    assert torch.equal(loaded.frame_scores(r.mix, texts), s)
+    assert model.frame_scores(r.mix[0], texts).shape == s.shape  # mono works too
+    with pytest.raises(ValueError, match="non-empty"):
+        model.frame_scores(r.mix, ["rain", "  "])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        TinyFLAM.load(tmp_path / "missing")
+    d = detection_scores(model, [r])
+    assert 0 <= d["auroc"] <= 1 and 0 <= d["f1"] <= 1 and d["positives"] > 0
+
+
+def test_openflam_adapter_needs_its_package():
+    import importlib.util
+    if importlib.util.find_spec("openflam") is not None:
+        pytest.skip("openflam is installed")
+    with pytest.raises(ImportError, match="pip install openflam"):
+        OpenFLAMScorer()
+
+
+def test_multiflam_ground_truth_and_removed_source(story):
+    scene, r = story
+    oracle = StemOracleScorer(r)
+    assert multiflam(oracle, r.mix, scene) == 100.0
+    assert multiflam(oracle, torch.zeros_like(r.mix), scene) == 0.0
+    for s in scene.sources:
+        q = source_scores(oracle, r.mix - r.stems[s.id], scene)
+        assert [i for i, v in q.items() if v <= 0.5] == [s.id]
+    with pytest.raises(ValueError, match="no sources"):
+        multiflam(oracle, r.mix, type(scene)((), scene.duration))
+
+
+def test_delta_multiflam_identical_copy_is_zero(story, tiny_scorer):
+    scene, r = story
+    for scorer in (StemOracleScorer(r), tiny_scorer[0]):
+        assert delta_multiflam(scorer, r.mix, scene, r.mix.clone(), scene) == 0.0
+
+
+@pytest.mark.parametrize("subtask", SUBTASKS)
+def test_editflam_sign_of_correct_and_reverse_edits(story, subtask):
+    scene, r = story
+    edited, _ = plan_edit(scene, subtask, _random.Random(3))
+    e = render(edited, seed=5)
+    oracle = StemOracleScorer(r, e)
+    forward = editflam(oracle, r.mix, scene, e.mix, edited)
+    backward = editflam(oracle, e.mix, scene, r.mix, edited)
+    assert forward > 1 and backward < -1
+    assert forward == pytest.approx(-backward)
+    assert editflam(oracle, r.mix, scene, r.mix, edited) == pytest.approx(0.0)  # copying the input scores 0
+    assert delta_multiflam(oracle, r.mix, scene, e.mix, edited) < 5
+    with pytest.raises(ValueError, match="no source edit"):
+        editflam(oracle, r.mix, scene, r.mix, scene)
