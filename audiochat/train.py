@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -28,7 +29,7 @@ from torch import nn
 import yaml
 
 from .config import Config, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, to_dict
-from .forcing import Turn, Sequence, collate, forcing_loss
+from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
 from .codec import Codec, pick_device, load_latents, _optimizer_tensors, _load_optimizer
@@ -39,8 +40,8 @@ from .audio import load_audio
 # %% auto #0
 __all__ = ['SYNTHETIC_SOUNDS', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
            'BatchStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'prepare_data', 'train',
-           'train_main']
+           'load_checkpoint', 'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model',
+           'noise_generator', 'evaluate', 'prepare_data', 'train', 'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -168,7 +169,6 @@ class BatchStream:
         self.sequence = lru_cache(maxsize=cache)(self._sequence)
 
     def _sequence(self, i: int) -> Sequence:
-        from audiochat.forcing import pack_dialogue
         return pack_dialogue(self.source.turns(i), self.tokenizer, self.source.latent_dim)
 
     def indices(self, g: int) -> list[int]:
@@ -177,7 +177,6 @@ class BatchStream:
         return self._plan[1][j]
 
     def __getitem__(self, g: int):
-        from audiochat.forcing import collate
         return collate([self.sequence(i) for i in self.indices(g)], self.pad_id)
 
 # %% ../nbs/12_train.ipynb #dfd4e61d
@@ -212,22 +211,28 @@ def _rng_tensors() -> dict:
     if torch.cuda.is_available(): t.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return t
 
-def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config: Config, keep: int = 2) -> Path:
-    "Write a checkpoint folder for `state['step']` atomically into `out/checkpoints/` and point `latest` at it."
+def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config: Config, keep: int = 2, full: tuple | None = None) -> Path:
+    """Write a checkpoint folder for `state['step']` atomically into `out/checkpoints/` and point `latest` at it.
+    `full`: (weights, optimiser state, ema) gathered from an FSDP-sharded model by `gather_full_state`."""
     ckdir = Path(out) / "checkpoints"; ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     final, tmp = ckdir / name, ckdir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists(): import shutil; shutil.rmtree(tmp)
-    _unwrap(model).save(tmp)
-    if ema: save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    tensors, groups = _optimizer_tensors(optimizer, "optim")
+    if tmp.exists(): shutil.rmtree(tmp)
+    if full is None:
+        _unwrap(model).save(tmp)
+        tensors, groups = _optimizer_tensors(optimizer, "optim")
+    else:  # sharded run: a plain copy of the gathered weights; optimiser state keyed by parameter name
+        (weights, optim_state, ema), plain = full, AudioChatModel(config.model)
+        plain.load_state_dict(weights); plain.save(tmp)
+        tensors = {f"optimfqn.{name}.{k}": v.contiguous() for name, st in optim_state["state"].items() for k, v in st.items()}
+        groups = optim_state["param_groups"]
+    if ema: save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     save_file({**tensors, **_rng_tensors()}, str(tmp / "trainer.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=1) + "\n")
     save_config(config, tmp / "config.yaml")
-    if final.exists(): import shutil; shutil.rmtree(final)
+    if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
     pointer = ckdir / ".latest.tmp"; pointer.write_text(name + "\n"); os.replace(pointer, ckdir / "latest")
-    import shutil
     for old in sorted(ckdir.glob("step-*"))[:-keep] if keep > 0 else []: shutil.rmtree(old)
     return final
 
@@ -249,7 +254,34 @@ def load_checkpoint(path) -> dict:
                 trainer=load_file(str(path / "trainer.safetensors")),
                 state=json.loads((path / "trainer_state.json").read_text()), config=load_config(path / "config.yaml"))
 
-# %% ../nbs/12_train.ipynb #a23c8e5e
+# %% ../nbs/12_train.ipynb #ac874393
+def gather_full_state(model, optimizer, ema: dict | None) -> tuple:
+    "Full (unsharded, CPU) weights, optimiser state (keyed by parameter name) and EMA of an FSDP2 model; all processes call it."
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full_ema = {k: v.full_tensor().cpu() for k, v in ema.items()} if ema else None
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts), full_ema
+
+def _like(full: torch.Tensor, param) -> torch.Tensor:
+    "`full` sharded like `param` when param is a DTensor (FSDP2), else as is."
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    return distribute_tensor(full, param.device_mesh, param.placements) if isinstance(param, DTensor) else full
+
+def load_optimizer_state(model, optimizer, tensors: dict, groups: list, sharded: bool):
+    "Restore AdamW's state from a checkpoint's tensors: by parameter index (one process, DDP) or by name (FSDP)."
+    if any(k.startswith("optimfqn.") for k in tensors) != sharded:
+        raise ValueError("this checkpoint was written by a " + ("sharded (FSDP)" if not sharded else "non-sharded") +
+                         " run; resume it with the same run.parallel setting")
+    if not sharded:
+        return _load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, groups, "optim")
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("optimfqn."):
+            name, k = key[len("optimfqn."):].rsplit(".", 1); state.setdefault(name, {})[k] = v
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=StateDictOptions(full_state_dict=True))
+
+# %% ../nbs/12_train.ipynb #fdc69037
 OOM_ADVICE = ("out of memory: lower data.batch_size and raise optim.accumulate by the same factor (same global batch), "
               "or shorten data.max_frames / data.max_turns; on GPUs use run.precision=bf16, and run.parallel=fsdp for large models")
 
@@ -309,7 +341,7 @@ def evaluate(model, stream: BatchStream, config: Config, audio_end_id: int, batc
         n += 1
     return {k: v / max(n, 1) for k, v in sums.items()}
 
-# %% ../nbs/12_train.ipynb #fdc69037
+# %% ../nbs/12_train.ipynb #aac69a19
 def _latent_source(config: Config, source: str, split: str, holdout: int, out: Path, codec) -> DialogueSource:
     d = config.data
     latents = mean = std = None
@@ -354,7 +386,7 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
     return tokenizer, streams, ev
 
-# %% ../nbs/12_train.ipynb #aac69a19
+# %% ../nbs/12_train.ipynb #d095b680
 def train(config: Config, resume: bool = False, until: int | None = None) -> dict:
     """Train (or, with `resume`, continue from `run.out/checkpoints/latest`) until `optim.steps`, or stop after step
     `until`. Returns the trainer state (step, history, evals, counters, last checkpoint)."""
@@ -376,17 +408,19 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
     else: model = AudioChatModel(config.model)
     if ck is not None: model.load_state_dict(ck["model"])
     model = model.to(device)
+    fwd = wrap_model(model, config, world, device)  # before the optimiser: FSDP2 replaces the parameters by sharded ones
+    sharded = world > 1 and config.run.parallel == "fsdp"
     params = dict(model.named_parameters())
     ema = {k: p.detach().float().clone() for k, p in params.items()} if config.run.ema > 0 else None
-    if ck is not None and ck["ema"] is not None: ema = {k: v.to(device) for k, v in ck["ema"].items()}
+    if ck is not None and ck["ema"] is not None:
+        ema = {k: _like(v.to(device), params[k]) for k, v in ck["ema"].items()}
     o = config.optim
     groups = [dict(params=[p for p in params.values() if p.ndim >= 2], weight_decay=o.weight_decay),
               dict(params=[p for p in params.values() if p.ndim < 2], weight_decay=0.0)]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
     if ck is not None:
-        _load_optimizer(opt, {k: v for k, v in ck["trainer"].items() if k.startswith("optim.")}, ck["state"]["param_groups"], "optim")
+        load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], sharded)
         torch.set_rng_state(ck["trainer"]["rng.torch"])
-    fwd = wrap_model(model, config, world, device)
     call = fwd if device.type == "cpu" else _OnDevice(fwd, device)
     evaluate_with = model if device.type == "cpu" else _OnDevice(model, device)
     bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -464,21 +498,22 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
                 window.update(tokens=0, frames=0, time=time.perf_counter(), rows=[])
             if eval_stream is not None and ((config.run.eval_every and state["step"] % config.run.eval_every == 0) or state["step"] == total):
                 ev = dict(step=state["step"], **evaluate(evaluate_with, eval_stream, config, ids["audio_end"], config.run.eval_batches, amp()))
-                if ema is not None:
-                    from torch.func import functional_call
-                    ema_model = lambda *a: functional_call(model, {n: ema[n].to(p.dtype) for n, p in params.items()}, a)
-                    ema_call = ema_model if device.type == "cpu" else _OnDevice(ema_model, device)
-                    ev.update({f"ema_{k}": v for k, v in evaluate(ema_call, eval_stream, config, ids["audio_end"], config.run.eval_batches, amp()).items()})
+                if ema is not None:  # the EMA weights swapped in place (works for sharded parameters too), then restored
+                    with torch.no_grad():
+                        backup = {n: p.detach().clone() for n, p in params.items()}
+                        for n, p in params.items(): p.copy_(ema[n])
+                        try: ev.update({f"ema_{k}": v for k, v in evaluate(evaluate_with, eval_stream, config, ids["audio_end"], config.run.eval_batches, amp()).items()})
+                        finally:
+                            for n, p in params.items(): p.copy_(backup[n])
                 state["evals"].append(ev)
                 if main:
                     for key, v in ev.items():
                         if key != "step": writer.add_scalar(f"eval/{key}", v, state["step"])
                     with open(out / "log.jsonl", "a") as f: f.write(json.dumps(dict(event="eval", **ev)) + "\n")
             if (config.run.save_every and state["step"] % config.run.save_every == 0 and not state["bad_in_row"]) or last:
-                if world > 1 and config.run.parallel == "fsdp":
-                    raise NotImplementedError("checkpoints of FSDP-sharded runs are not implemented yet; use run.parallel=ddp")
                 name = out / "checkpoints" / f"step-{state['step']:07d}"
-                if main: save_checkpoint(out, model, opt, ema, state, config, config.run.keep)
+                full = gather_full_state(model, opt, ema) if sharded else None  # every process takes part
+                if main: save_checkpoint(out, model, opt, ema, state, config, config.run.keep, full)
                 _barrier(world)
                 state["last_checkpoint"] = str(name)
     except torch.cuda.OutOfMemoryError: raise RuntimeError(OOM_ADVICE) from None
@@ -490,7 +525,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
         if writer is not None: writer.close()
     return state
 
-# %% ../nbs/12_train.ipynb #3af3993d
+# %% ../nbs/12_train.ipynb #ad35aa2e
 def train_main(argv: list[str]) -> int:
     "`audiochat train`: train a model from a preset, a YAML file and dotted overrides."
     import argparse
@@ -520,4 +555,4 @@ def train_main(argv: list[str]) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     return 0
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules: sys.exit(train_main(sys.argv[1:]))
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(train_main(sys.argv[1:]))  # python -m audiochat.train, torchrun -m

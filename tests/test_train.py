@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import audiochat.train as T
@@ -70,6 +71,9 @@ def test_cli_reports_config_errors(capsys):
     from audiochat.cli import main
     assert main(["train", "--model.d_modle=3"]) == 1
     assert "did you mean 'model.d_model'" in capsys.readouterr().err
+    assert main(["train", "--preset", "small", "--show-config", "--model.d_model=256", "--optim.lr=2e-4"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["d_model"] == 256 and shown["optim"]["lr"] == 2e-4 and shown["model"]["n_layers"] == 12
 
 
 # ---- schedule ----
@@ -181,18 +185,32 @@ def test_losses_fall_on_synthetic(tmp_path):
 
 
 # ---- distributed ----
-def test_ddp_two_processes_equal_one(tmp_path):
+def torchrun(args, port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [a for a in SMALL if "synthetic" not in a] + ["--data.synthetic_dialogues=16", "--optim.steps=3", "--run.ema=0"]
-    T.train(resolve("tiny", overrides=common + ["--optim.accumulate=2", f"--run.out={tmp_path / 'one'}"]))  # one process, 2 micro-batches
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "audiochat.train",
-                          *common, f"--run.out={tmp_path / 'two'}"], env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "audiochat.train", *args],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("parallel, port", [("ddp", 29533), pytest.param("fsdp", 29537, marks=pytest.mark.slow)])
+def test_two_processes_equal_one(tmp_path, parallel, port):
+    """2 processes x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2 (same global batch, same noise).
+    FSDP2 also stops after step 2 and resumes from its gathered checkpoint."""
+    common = [a for a in SMALL if "synthetic" not in a] + ["--data.synthetic_dialogues=16", "--optim.steps=3", "--run.ema=0.5"]
+    T.train(resolve("tiny", overrides=common + ["--optim.accumulate=2", f"--run.out={tmp_path / 'one'}"]))
+    two = common + [f"--run.out={tmp_path / 'two'}", f"--run.parallel={parallel}"]
+    if parallel == "fsdp":
+        torchrun(two + ["--until", "2"], port)
+        torchrun(two + ["--resume"], port)
+    else: torchrun(two, port)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     init = T.AudioChatModel(resolve("tiny", overrides=common).model).state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3  # the runs did train
-    assert json.loads(next(l for l in (tmp_path / "two" / "log.jsonl").read_text().splitlines() if '"start"' in l))["processes"] == 2
+    ea, eb = (load_file(str(T.latest_checkpoint(tmp_path / n) / "ema.safetensors")) for n in ("one", "two"))
+    assert max((ea[k] - eb[k]).abs().max().item() for k in ea) < 1e-5
+    starts = [json.loads(l) for l in (tmp_path / "two" / "log.jsonl").read_text().splitlines() if '"event"' in l]
+    assert starts[0]["processes"] == 2 and starts[0]["config"]["run"]["parallel"] == parallel
 
 
 # ---- the command on real sample data ----

@@ -1,0 +1,116 @@
+"""Training throughput of each architecture with the training loop's parts: packed synthetic dialogues from the data
+stream, the forcing loss, AdamW with clipping. Prints tokens/s, audio seconds/s, peak memory and MFU.
+
+Usage: python benchmarks/train.py [--preset tiny] [--steps 20] [--archs sct dense mot dit] [--device cpu|cuda]
+                                  [--peak-tflops X] [--compile]
+MFU = training FLOPs per token (3 x forward, `flops_per_token` at the batch's padded length) x tokens/s / peak FLOP/s.
+Peak FLOP/s: on CUDA give --peak-tflops (e.g. 989 for H100 bf16 dense); on the CPU it is assumed to be
+threads x clock (from /proc/cpuinfo) x FLOPs per cycle per core (--flops-per-cycle, default 64: two 512-bit FMA pipes
+in fp32, as on AMD Zen 4/5 and Intel server cores with AVX-512; use 32 for AVX2-only cores). A large fp32 matmul's
+measured FLOP/s is printed next to it as the attainable reference."""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def cpu_clock_ghz() -> float:
+    try:
+        mhz = [float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.lower().startswith("cpu mhz")]
+        return max(mhz) / 1000
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats): a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def run_arch(args) -> dict:
+    "One architecture in this process (so that peak memory is its own)."
+    from audiochat.config import resolve
+    from audiochat.forcing import forcing_loss
+    from audiochat.sct import AudioChatModel, count_parameters, flops_per_token
+    from audiochat.tokenizer import special_token_ids
+    from audiochat.train import noise_generator, prepare_data
+    torch.manual_seed(0)
+    config = resolve(args.preset, overrides=[f"--model.arch={args.arch}", "--data.source=synthetic"] + args.set)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as out:
+        tokenizer, streams, _ = prepare_data(config, out)
+    end_id = special_token_ids(tokenizer)["audio_end"]
+    batches = [streams[0][g] for g in range(args.steps + args.warmup)]
+    model = AudioChatModel(config.model).to(device)
+    call = torch.compile(model) if args.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bf16 = device.type == "cuda"
+    if device.type == "cuda":
+        from audiochat.train import _OnDevice
+        call = _OnDevice(call, device)
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tokens = frames = flops = 0
+    for i, batch in enumerate(batches):
+        if i == args.warmup:
+            if device.type == "cuda": torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = forcing_loss(call, batch, config.loss, end_id, noise_generator(0, i))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if i >= args.warmup:
+            n = int((~batch.layout.pad).sum())
+            tokens += n; frames += int(batch.layout.audio.sum())
+            flops += 3 * flops_per_token(config.model, batch.tokens.shape[1]) * batch.tokens.numel()  # padded positions cost too
+    if device.type == "cuda": torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(arch=args.arch, params=count_parameters(model), tokens_per_s=tokens / dt, audio_seconds_per_s=frames / config.codec.frame_rate / dt,
+                step_ms=1000 * dt / args.steps, flops_per_s=flops / dt, peak_bytes=peak,
+                rss_growth_bytes=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024,
+                batch=config.data.batch_size, mean_length=sum(b.tokens.shape[1] for b in batches) / len(batches))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny"); p.add_argument("--steps", type=int, default=20); p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--archs", nargs="+", default=["sct", "dense", "mot", "dit"]); p.add_argument("--arch", default=None)
+    p.add_argument("--device", default="cpu"); p.add_argument("--compile", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None); p.add_argument("--flops-per-cycle", type=int, default=64)
+    p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. --set --data.batch_size=8")
+    args = p.parse_args()
+    if args.arch:  # child process
+        print(json.dumps(run_arch(args))); return
+    threads = torch.get_num_threads()
+    if args.peak_tflops: peak = args.peak_tflops * 1e12; how = "given"
+    else:
+        ghz = cpu_clock_ghz(); peak = threads * ghz * 1e9 * args.flops_per_cycle
+        how = f"{threads} thread(s) x {ghz:.2f} GHz x {args.flops_per_cycle} FLOP/cycle"
+    print(f"device {args.device}, preset {args.preset}, torch threads {threads}, peak {peak / 1e9:.0f} GFLOP/s ({how})")
+    if args.device == "cpu": print(f"measured fp32 1024^3 matmul: {matmul_flops() / 1e9:.0f} GFLOP/s")
+    print(f"{'arch':<6} {'params':>8} {'batch':>5} {'len':>5} {'ms/step':>8} {'tokens/s':>9} {'audio s/s':>9} {'peak MB':>8} {'MFU %':>6}")
+    for arch in args.archs:
+        cmd = [sys.executable, __file__, "--arch", arch, "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--device", args.device] + (["--compile"] if args.compile else []) + (["--set", *args.set] if args.set else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+        if res.returncode: print(f"{arch}: failed\n{res.stderr[-1500:]}"); continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"{arch:<6} {r['params'] / 1e6:7.2f}M {r['batch']:>5} {r['mean_length']:5.0f} {r['step_ms']:8.1f} {r['tokens_per_s']:9.0f} "
+              f"{r['audio_seconds_per_s']:9.1f} {r['peak_bytes'] / 2**20:8.0f} {100 * r['flops_per_s'] / peak:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
