@@ -88,6 +88,17 @@ def test_schedule():
     with pytest.raises(ValueError, match="past the last stage"): T.stage_at(c, 30)
 
 
+def test_schedule_matches_transformers():
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, 10, 100, min_lr_rate=0.1)
+    theirs = []
+    for _ in range(101): theirs.append(opt.param_groups[0]["lr"]); opt.step(); sched.step()
+    ours = [T.learning_rate(s, 3e-3, 100, 10, 0.1) for s in range(100)]
+    # same curve; ours counts warmup from the first step (lr > 0 at step 0), theirs from zero
+    assert ours[:10] == pytest.approx(theirs[1:11]) and ours[10:] == pytest.approx(theirs[10:100])
+
+
 # ---- data ----
 def test_plan_epoch_deterministic_bucketed():
     src = T.DialogueSource("synthetic", 4, max_frames=16, synthetic_dialogues=50)
