@@ -25,7 +25,7 @@ __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'WordErrorRat
            'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower', 'TinyFLAM', 'scorer_examples',
            'train_scorer', 'auroc', 'f1_score', 'eval_renders', 'detection_scores', 'OpenFLAMScorer', 'span_frames',
            'span_score', 'source_scores', 'multiflam', 'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam',
-           'StemOracleScorer']
+           'StemOracleScorer', 'clip_embedding', 'median_bandwidth', 'kad', 'fad']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -695,3 +695,41 @@ class StemOracleScorer(FrameScorer):
                 g = torch.where(e > 1e-8, (frames(x) * rf).sum(1) / e.clamp(min=1e-8), torch.zeros(n))
                 out[i] = torch.maximum(out[i], (1 - torch.exp(-3 * g.clamp(min=0))) * (e > 1e-8))
         return out
+
+# %% ../nbs/14_metrics.ipynb #e9393b14
+def clip_embedding(model, audio) -> torch.Tensor:
+    "One embedding per clip: the mean of the model's frame embeddings (`model.embed_audio`)."
+    if not hasattr(model, "embed_audio"): raise TypeError(f"{type(model).__name__} has no embed_audio(audio) method to embed clips with")
+    return model.embed_audio(audio).mean(0)
+
+def _embeddings(x, name: str) -> np.ndarray:
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2: raise ValueError(f"{name}: expected an (n >= 2, dim) array of embeddings, got shape {x.shape}")
+    if not np.isfinite(x).all(): raise ValueError(f"{name}: embeddings contain NaN or inf")
+    return x
+
+def median_bandwidth(x) -> float:
+    "The median heuristic: median Euclidean distance between distinct rows of `x`."
+    from scipy.spatial.distance import pdist
+    d = pdist(_embeddings(x, "x"))
+    return float(np.median(d)) if np.median(d) > 0 else 1.0
+
+def kad(reference, candidate, bandwidth: float | None = None, scale: float = 100.0) -> float:
+    "Kernel audio distance: `scale` x unbiased MMD^2 with a Gaussian kernel (median-heuristic bandwidth of `reference`)."
+    x, y = _embeddings(reference, "reference"), _embeddings(candidate, "candidate")
+    if x.shape[1] != y.shape[1]: raise ValueError(f"embedding sizes differ: {x.shape[1]} vs {y.shape[1]}")
+    s = bandwidth or median_bandwidth(x)
+    k = lambda a, b: np.exp(-np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0) / (2 * s * s))
+    n, m = len(x), len(y)
+    kxx, kyy = k(x, x), k(y, y)
+    mmd2 = ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * k(x, y).mean())
+    return float(scale * mmd2)
+
+def fad(reference, candidate) -> float:
+    "Fréchet distance between Gaussians fitted to the two embedding sets."
+    from scipy.linalg import sqrtm
+    x, y = _embeddings(reference, "reference"), _embeddings(candidate, "candidate")
+    mx, my, cx, cy = x.mean(0), y.mean(0), np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = sqrtm(cx @ cy).real
+    return float(((mx - my) ** 2).sum() + np.trace(cx + cy - 2 * root))

@@ -381,3 +381,56 @@ def test_editflam_sign_of_correct_and_reverse_edits(story, subtask):
     assert delta_multiflam(oracle, r.mix, scene, e.mix, edited) < 5
     with pytest.raises(ValueError, match="no source edit"):
         editflam(oracle, r.mix, scene, r.mix, scene)
+
+
+# ---- KAD and FAD ----
+from audiochat.metrics import clip_embedding, fad, kad, median_bandwidth  # noqa: E402
+
+
+def kad_direct(x, y, s):
+    "100 x unbiased MMD^2 with a Gaussian kernel, term by term."
+    k = lambda a, b: math.exp(-float(((a - b) ** 2).sum()) / (2 * s * s))
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a, b) for a in x for b in y) / (n * m)
+    return 100 * (xx + yy - 2 * xy)
+
+
+def test_kad_matches_direct_formula():
+    rng = np.random.default_rng(1)
+    for n, m, d in [(2, 2, 1), (5, 8, 3), (12, 7, 16)]:
+        x, y = rng.normal(size=(n, d)), rng.normal(0.3, 1.5, size=(m, d))
+        dist = [np.linalg.norm(x[i] - x[j]) for i in range(n) for j in range(i + 1, n)]
+        assert median_bandwidth(x) == pytest.approx(np.median(dist))
+        assert kad(x, y) == pytest.approx(kad_direct(x, y, np.median(dist)), rel=1e-9, abs=1e-12)
+        assert kad(x, y, bandwidth=0.7) == pytest.approx(kad_direct(x, y, 0.7), rel=1e-9, abs=1e-12)
+
+
+def test_kad_separates_distributions():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 4))
+    same, shifted = rng.normal(size=(200, 4)), rng.normal(1.0, 1, size=(200, 4))
+    assert abs(kad(x, same)) < 0.5 < kad(x, shifted)
+    with pytest.raises(ValueError, match="embedding sizes differ"):
+        kad(x, shifted[:, :3])
+    with pytest.raises(ValueError, match="NaN"):
+        kad(x, np.full((3, 4), np.nan))
+
+
+def test_fad_matches_eigenvalue_formula():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 5)), rng.normal(0.5, 2, size=(30, 5)) @ rng.normal(size=(5, 5))
+    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root_trace = np.sqrt(np.linalg.eigvals(cx @ cy).real.clip(0)).sum()
+    direct = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(cx) + np.trace(cy) - 2 * root_trace
+    assert fad(x, y) == pytest.approx(direct, rel=1e-7)
+    assert fad(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_clip_embedding(tiny_scorer, story):
+    model = tiny_scorer[0]
+    e = clip_embedding(model, story[1].mix)
+    assert e.shape == (model.config.dim,)
+    with pytest.raises(TypeError, match="embed_audio"):
+        clip_embedding(StemOracleScorer(story[1]), story[1].mix)
