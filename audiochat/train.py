@@ -41,7 +41,7 @@ from .audio import load_audio
 __all__ = ['SYNTHETIC_SOUNDS', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
            'BatchStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model',
-           'noise_generator', 'evaluate', 'prepare_data', 'train', 'train_main']
+           'noise_generator', 'evaluate', 'denoise_preview', 'log_preview', 'prepare_data', 'train', 'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -341,6 +341,40 @@ def evaluate(model, stream: BatchStream, config: Config, audio_end_id: int, batc
         n += 1
     return {k: v / max(n, 1) for k, v in sums.items()}
 
+@torch.no_grad()
+def denoise_preview(model, batch, config: Config, t: float = 0.5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean, estimate): the latents (frames, D) of the last audio span of the batch's first row, and the model's
+    one-step estimate of them from noise level `t` (the other spans stay clean: an edit / continuation setting)."""
+    from audiochat.diffusion import add_noise, predict_x0
+    lay = batch.layout
+    if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
+    sel = lay.audio & (lay.span == lay.span[0][lay.audio[0]].max())
+    sel[1:] = False
+    tt = torch.where(sel, torch.full(sel.shape, t), torch.zeros(sel.shape))
+    x_t, _ = add_noise(batch.latents, torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(seed)), tt, config.loss.process)
+    x_t = torch.where(lay.audio[..., None], x_t, torch.zeros_like(x_t))
+    out = model(batch.tokens, x_t, tt, lay)
+    estimate = predict_x0(x_t, out.audio_pred.float(), tt, config.loss.process)
+    return batch.latents[0][sel[0]], estimate[0][sel[0]]
+
+def log_preview(writer, step: int, clean, estimate, t: float, codec=None, mean=None, std=None):
+    "TensorBoard: clean vs one-step-denoised latents as images; with a codec, both decoded as audio and mel spectrograms."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
+    for a, z, title in zip(ax, (clean, estimate), ("clean latents", f"one-step estimate from t = {t}")):
+        a.imshow(z.T.cpu().numpy(), aspect="auto", origin="lower", cmap="magma", vmin=-3, vmax=3); a.set(title=title, xlabel="frame")
+    ax[0].set_ylabel("latent dim"); fig.tight_layout()
+    writer.add_figure("preview/latents", fig, step)
+    if codec is None: return
+    from audiochat.audio import mel_spectrogram
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
+    for a, z, name in zip(ax, (clean, estimate), ("clean", "estimate")):
+        if mean is not None: z = z * std + mean
+        audio = codec.decode(z.to(torch.float32)).detach().cpu().clamp(-1, 1)
+        writer.add_audio(f"preview/{name}", audio.mean(0, keepdim=True), step, sample_rate=codec.config.sample_rate)
+        a.imshow(mel_spectrogram(audio, codec.config.sample_rate).mean(0).numpy(), aspect="auto", origin="lower", cmap="magma"); a.set(title=f"{name} (decoded)")
+    fig.tight_layout(); writer.add_figure("preview/mel", fig, step)
+
 # %% ../nbs/12_train.ipynb #aac69a19
 def _latent_source(config: Config, source: str, split: str, holdout: int, out: Path, codec) -> DialogueSource:
     d = config.data
@@ -429,6 +463,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
     if ck is not None: state = {k: v for k, v in ck["state"].items() if k != "param_groups"}; state["last_checkpoint"] = str(path)
     main = rank == 0
     writer = None
+    preview_codec = Codec.from_pretrained(config.data.codec) if main and config.data.codec and eval_stream is not None else None
     if main:
         from torch.utils.tensorboard import SummaryWriter
         save_config(config, out / "config.yaml")
@@ -506,7 +541,9 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
                         finally:
                             for n, p in params.items(): p.copy_(backup[n])
                 state["evals"].append(ev)
+                clean, estimate = denoise_preview(evaluate_with, eval_stream[0], config, seed=config.run.seed)  # every process (FSDP)
                 if main:
+                    log_preview(writer, state["step"], clean, estimate, 0.5, preview_codec, eval_stream.source.mean, eval_stream.source.std)
                     for key, v in ev.items():
                         if key != "step": writer.add_scalar(f"eval/{key}", v, state["step"])
                     with open(out / "log.jsonl", "a") as f: f.write(json.dumps(dict(event="eval", **ev)) + "\n")

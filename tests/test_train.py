@@ -251,3 +251,8 @@ def test_cli_trains_on_sample_dialogues(tmp_path, codec_dir, capsys):
     assert main(args2) == 0
     stats = load_file(str(tmp_path / "fly" / "latent_stats.safetensors"))
     assert stats["mean"].shape == (32,) and (stats["std"] > 0).all()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "fly" / "tb"), size_guidance={"images": 0, "audio": 0}).Reload()
+    tags = events.Tags()
+    assert {"preview/latents", "preview/mel"} <= set(tags["images"]) and {"preview/clean", "preview/estimate"} <= set(tags["audio"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/diff", "eval/ema_loss"} <= set(tags["scalars"])
