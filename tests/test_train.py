@@ -196,24 +196,24 @@ def test_losses_fall_on_synthetic(tmp_path):
 
 
 # ---- distributed ----
-def torchrun(args, port):
+def torchrun(args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "audiochat.train", *args],
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "audiochat.train", *args],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-@pytest.mark.parametrize("parallel, port", [("ddp", 29533), pytest.param("fsdp", 29537, marks=pytest.mark.slow)])
-def test_two_processes_equal_one(tmp_path, parallel, port):
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_processes_equal_one(tmp_path, parallel):
     """2 processes x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2 (same global batch, same noise).
     FSDP2 also stops after step 2 and resumes from its gathered checkpoint."""
     common = [a for a in SMALL if "synthetic" not in a] + ["--data.synthetic_dialogues=16", "--optim.steps=3", "--run.ema=0.5"]
     T.train(resolve("tiny", overrides=common + ["--optim.accumulate=2", f"--run.out={tmp_path / 'one'}"]))
     two = common + [f"--run.out={tmp_path / 'two'}", f"--run.parallel={parallel}"]
     if parallel == "fsdp":
-        torchrun(two + ["--until", "2"], port)
-        torchrun(two + ["--resume"], port)
-    else: torchrun(two, port)
+        torchrun(two + ["--until", "2"])
+        torchrun(two + ["--resume"])
+    else: torchrun(two)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     init = T.AudioChatModel(resolve("tiny", overrides=common).model).state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
