@@ -18,14 +18,15 @@ from scipy.optimize import linear_sum_assignment
 from .scene import Scene, to_seglst
 
 # %% auto #0
-__all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'WordErrorRate', 'check_segments', 'Alignment', 'overlaps',
-           'align_words', 'speaker_streams', 'cpwer_from_scratch', 'word_intervals', 'word_points', 'timed_streams',
-           'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer', 'FrameScorer', 'check_texts',
-           'unbiased_score', 'speaker_caption', 'source_caption', 'caption_classes', 'source_class', 'active_frames',
-           'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower', 'TinyFLAM', 'scorer_examples',
-           'train_scorer', 'auroc', 'f1_score', 'eval_renders', 'detection_scores', 'OpenFLAMScorer', 'span_frames',
-           'span_score', 'source_scores', 'multiflam', 'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam',
-           'StemOracleScorer', 'clip_embedding', 'median_bandwidth', 'kad', 'fad']
+__all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATURE', 'WordErrorRate', 'check_segments',
+           'Alignment', 'overlaps', 'align_words', 'speaker_streams', 'cpwer_from_scratch', 'word_intervals',
+           'word_points', 'timed_streams', 'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer',
+           'FrameScorer', 'check_texts', 'unbiased_score', 'speaker_caption', 'source_caption', 'caption_classes',
+           'source_class', 'active_frames', 'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower',
+           'TinyFLAM', 'scorer_examples', 'train_scorer', 'auroc', 'f1_score', 'eval_renders', 'detection_scores',
+           'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores', 'multiflam', 'kept_sources',
+           'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer', 'clip_embedding', 'median_bandwidth', 'kad',
+           'fad']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -486,6 +487,8 @@ class TinyFLAM(nn.Module, FrameScorer):
         return m.eval()
 
 # %% ../nbs/14_metrics.ipynb #898a393f
+SILENT_FEATURE = (-100.0 + 40.0) / 20.0  # the audio tower's feature value of digital silence (-100 dB)
+
 def scorer_examples(seeds) -> list[tuple]:
     "Rendered training examples `(mix, labels)` from `random_story` scenes, one per seed."
     from audiochat.copilot import random_story
@@ -497,8 +500,10 @@ def scorer_examples(seeds) -> list[tuple]:
     return out
 
 def train_scorer(examples, steps: int = 1500, batch: int = 16, frames: int = 48, lr: float = 3e-3, held_out: int = 1,
-                 config: ScorerConfig | None = None, seed: int = 0, log_every: int = 0) -> tuple[TinyFLAM, list[float]]:
-    "Train a `TinyFLAM` on `(mix, labels)` examples with the frame-wise sigmoid loss; the last `held_out` phrasings stay unseen."
+                 gain_db: float = 10.0, silence: float = 0.05, config: ScorerConfig | None = None, seed: int = 0,
+                 log_every: int = 0) -> tuple[TinyFLAM, list[float]]:
+    """Train a `TinyFLAM` on `(mix, labels)` examples with the frame-wise sigmoid loss; the last `held_out` phrasings
+    stay unseen. Augmentation: a random gain within +-`gain_db` per crop, and a `silence` fraction of silent crops."""
     if not examples: raise ValueError("train_scorer needs at least one example")
     torch.manual_seed(seed); rng = random.Random(seed)
     model, classes = TinyFLAM(config), caption_classes()
@@ -511,10 +516,13 @@ def train_scorer(examples, steps: int = 1500, batch: int = 16, frames: int = 48,
         for i in rng.choices(range(len(examples)), k=batch):
             mel, labels = feats[i], examples[i][1]
             k = rng.randrange(0, max(1, mel.shape[1] // 4 - frames + 1))
-            mels.append(F.pad(mel[:, 4 * k: 4 * (k + frames)], (0, max(0, 4 * frames - mel.shape[1] + 4 * k)), mode="replicate"))
+            m = F.pad(mel[:, 4 * k: 4 * (k + frames)], (0, max(0, 4 * frames - mel.shape[1] + 4 * k)), mode="replicate")
             y = torch.zeros(len(names), frames)
-            for c, a in labels.items(): y[names.index(c), : len(a[k:k + frames])] = a[k:k + frames].float()
-            ys.append(y)
+            if rng.random() < silence: m = torch.full_like(m, SILENT_FEATURE)  # nothing sounds: every label 0
+            else:
+                m = (m + rng.uniform(-gain_db, gain_db) / 20).clamp(min=SILENT_FEATURE)  # features are dB / 20
+                for c, a in labels.items(): y[names.index(c), : len(a[k:k + frames])] = a[k:k + frames].float()
+            mels.append(m); ys.append(y)
         texts = [rng.choice(classes[c][: len(classes[c]) - held_out]) for c in names]
         z, _ = model.logits(torch.stack(mels), texts)
         loss = F.binary_cross_entropy_with_logits(z, torch.stack(ys))
@@ -636,35 +644,31 @@ def delta_multiflam(scorer: FrameScorer, before_audio, before: Scene, after_audi
     qb, qa = source_scores(scorer, before_audio, kept), source_scores(scorer, after_audio, kept)
     return 100.0 * float(np.mean([abs(qa[i] - qb[i]) for i in qb]))
 
-def _q(scorer, audio, text, frames_of) -> float:
+def _q(scorer, audio, text: str, inside: Source, outside: Source | None = None) -> float:
+    "Span score of `text` in `audio` over the frames of `inside`'s span that are not in `outside`'s span."
     s = scorer.frame_scores(audio, [text])[0]
-    return span_score(s, frames_of(len(s)))
+    m = span_frames(scorer, inside.start, inside.end, len(s))
+    if outside is not None: m = m & ~span_frames(scorer, outside.start, outside.end, len(s))
+    return span_score(s, m)
 
 def edit_terms(scorer: FrameScorer, before_audio, before: Scene, after_audio, after: Scene) -> dict[str, float]:
     "The signed change d of every edited source (id -> d); swapping the two audios flips every sign."
     x, y = _stereo(before_audio, "before_audio"), _stereo(after_audio, "after_audio")
     edit = diff(before, after)
     if not (edit.added or edit.removed or edit.changed): raise ValueError("editflam: the two scenes have no source edit")
-    span = lambda s: (lambda n: span_frames(scorer, s.start, s.end, n))
-    out = {}
-    for s in edit.added: out[s.id] = _q(scorer, y, source_caption(s), span(s)) - _q(scorer, x, source_caption(s), span(s))
-    for i in edit.removed:
-        s = before[i]; out[i] = _q(scorer, x, source_caption(s), span(s)) - _q(scorer, y, source_caption(s), span(s))
+    rise = lambda text, src, outside=None: _q(scorer, y, text, src, outside) - _q(scorer, x, text, src, outside)
+    out = {s.id: rise(source_caption(s), s) for s in edit.added}
+    out |= {i: -rise(source_caption(before[i]), before[i]) for i in edit.removed}
     for i, fields in edit.changed.items():
         old, new, terms = before[i], after[i], []
         yo, yn = source_caption(old), source_caption(new)
-        if yo != yn:
-            terms += [_q(scorer, y, yn, span(new)) - _q(scorer, x, yn, span(new)), _q(scorer, x, yo, span(old)) - _q(scorer, y, yo, span(old))]
+        if yo != yn: terms += [rise(yn, new), -rise(yo, old)]
         if "start" in fields or "end" in fields:
-            only_new = lambda n: span(new)(n) & ~span(old)(n)
-            only_old = lambda n: span(old)(n) & ~span(new)(n)
-            terms += [v for v in (_q(scorer, y, yn, only_new) - _q(scorer, x, yn, only_new),
-                                  _q(scorer, x, yo, only_old) - _q(scorer, y, yo, only_old)) if not math.isnan(v)]
-        if "loudness_db" in fields:
-            terms.append(math.copysign(1, new.loudness_db - old.loudness_db) * (_q(scorer, y, yn, span(new)) - _q(scorer, x, yn, span(new))))
-        if "pan" in fields:
-            side = lambda a: _q(scorer, a[-1:], yn, span(new)) - _q(scorer, a[:1], yn, span(new))  # right minus left
-            terms.append(math.copysign(1, new.pan - old.pan) * (side(y) - side(x)))
+            terms += [v for v in (rise(yn, new, old), -rise(yo, old, new)) if not math.isnan(v)]
+        if "loudness_db" in fields: terms.append(math.copysign(1, new.loudness_db - old.loudness_db) * rise(yn, new))
+        if "pan" in fields:  # each channel scored on its own: right minus left
+            side = [_q(scorer, a[-1:], yn, new) - _q(scorer, a[:1], yn, new) for a in (x, y)]
+            terms.append(math.copysign(1, new.pan - old.pan) * (side[1] - side[0]))
         if terms: out[i] = float(np.mean(terms))
     return out
 
