@@ -14,14 +14,6 @@ from audiochat.transformer import Layout
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
 def config(arch, **kw):
     return preset(
         "tiny", arch=arch, vocab_size=64, d_model=32, n_layers=2, n_gen_layers=1, latent_dim=8, time_freqs=32, **kw

@@ -28,14 +28,6 @@ transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
 def randomise(model, seed=0):
     "Random values for every parameter (biases and norm gains included) so a wrong mapping cannot hide."
     g = torch.Generator().manual_seed(seed)
