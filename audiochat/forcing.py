@@ -176,17 +176,23 @@ def span_table(batch: Batch):
             last[b, sid[b][exists[b] & is_target[b] & (document[b] == d)].max()] = True
     return exists, is_target, document, last
 
+def _draw(shape, generator=None, device=None, normal=False):
+    "Random numbers drawn on the generator's device (so a seed gives the same draws on CPU and GPU), moved to `device`."
+    where = generator.device if generator is not None else device
+    x = (torch.randn if normal else torch.rand)(shape, generator=generator, device=where)
+    return x.to(device)
+
 def noise_levels(batch: Batch, config: ForcingConfig, generator=None):
     "Diffusion time per span (B, S) and which target spans are isolated for CFG (B, S), following `config`."
     exists, is_target, document, last = span_table(batch)
     B, S = exists.shape
-    u = lambda *shape: torch.rand(*shape, generator=generator)
+    u = lambda *shape: _draw(shape, generator, exists.device)
     lo = config.t_min
     if config.policy == "forcing": t = lo + (1 - lo) * u(B, S)
     elif config.policy == "shared":  # one level per dialogue (document)
         per_doc = lo + (1 - lo) * u(B, int(document.max()) + 1 if S else 1)
         t = per_doc.gather(1, document)
-    else: t = torch.where(last, lo + (1 - lo) * u(B, S), torch.zeros(B, S))
+    else: t = torch.where(last, lo + (1 - lo) * u(B, S), torch.zeros(B, S, device=exists.device))
     t = torch.where(is_target, t, t.clamp_max(config.context_cap))
     if config.policy != "clean_history": t = torch.where(~last & (u(B, S) < config.clean_p), torch.zeros_like(t), t)
     isolated = is_target & (u(B, S) < config.cfg_p)
@@ -209,7 +215,7 @@ def apply_noise(batch: Batch, config: ForcingConfig, generator=None) -> Noised:
     lay = batch.layout
     audio, idx = lay.audio, lay.span.clamp_min(0)
     t = torch.where(audio, span_t.gather(1, idx), torch.zeros_like(span_t.gather(1, idx)))
-    eps = torch.randn(batch.latents.shape, generator=generator)
+    eps = _draw(batch.latents.shape, generator, batch.latents.device, normal=True)
     x_t, v = add_noise(batch.latents, eps, t, config.process)
     x_t = torch.where(audio[..., None], x_t, torch.zeros_like(x_t))
     on = batch.target if config.loss_on == "target" else torch.ones_like(batch.target)

@@ -318,15 +318,6 @@ def wrap_model(model: nn.Module, config: Config, world: int, device) -> nn.Modul
     if config.run.compile: model = torch.compile(model)
     return model
 
-class _OnDevice:
-    "Calls a model on `device` with CPU inputs and returns CPU outputs (the forcing loss draws its noise on the CPU)."
-    def __init__(self, model, device): self.model, self.device = model, device
-    def __call__(self, tokens, latents, t, layout):
-        from audiochat.sct import AudioChatOutput
-        d = self.device
-        out = self.model(tokens.to(d), latents.to(d), t.to(d), layout.to(d))
-        return AudioChatOutput(None if out.text_logits is None else out.text_logits.float().cpu(), out.audio_pred.float().cpu())
-
 def noise_generator(seed: int, g: int) -> torch.Generator:
     "The generator of the noise of micro-batch `g`: the same on any number of processes."
     return torch.Generator().manual_seed(seed * 1_000_003 + g)
@@ -335,8 +326,9 @@ def noise_generator(seed: int, g: int) -> torch.Generator:
 def evaluate(model, stream: BatchStream, config: Config, audio_end_id: int, batches: int, autocast) -> dict:
     "Mean losses over the first `batches` micro-batches of a held-out stream (fixed noise: comparable across evaluations)."
     sums, n = dict(loss=0.0, lm=0.0, diff=0.0), 0
+    device = next(model.parameters()).device
     for g in range(min(batches, stream.per_epoch)):
-        with autocast: out = forcing_loss(model, stream[g], config.loss, audio_end_id, noise_generator(config.run.seed + 7, g))
+        with autocast: out = forcing_loss(model, stream[g].to(device), config.loss, audio_end_id, noise_generator(config.run.seed + 7, g))
         for k in sums: sums[k] += float(getattr(out, k))
         n += 1
     return {k: v / max(n, 1) for k, v in sums.items()}
@@ -350,8 +342,9 @@ def denoise_preview(model, batch, config: Config, t: float = 0.5, seed: int = 0)
     if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
     sel = lay.audio & (lay.span == lay.span[0][lay.audio[0]].max())
     sel[1:] = False
-    tt = torch.where(sel, torch.full(sel.shape, t), torch.zeros(sel.shape))
-    x_t, _ = add_noise(batch.latents, torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(seed)), tt, config.loss.process)
+    tt = torch.where(sel, torch.full(sel.shape, t, device=sel.device), torch.zeros(sel.shape, device=sel.device))
+    eps = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(seed)).to(batch.latents.device)
+    x_t, _ = add_noise(batch.latents, eps, tt, config.loss.process)
     x_t = torch.where(lay.audio[..., None], x_t, torch.zeros_like(x_t))
     out = model(batch.tokens, x_t, tt, lay)
     estimate = predict_x0(x_t, out.audio_pred.float(), tt, config.loss.process)
@@ -455,8 +448,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
     if ck is not None:
         load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], sharded)
         torch.set_rng_state(ck["trainer"]["rng.torch"])
-    call = fwd if device.type == "cpu" else _OnDevice(fwd, device)
-    evaluate_with = model if device.type == "cpu" else _OnDevice(model, device)
+    call, evaluate_with = fwd, model
     bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     state = dict(step=0, bad_steps=0, bad_in_row=0, last_checkpoint=None, seconds=0.0, history=[], evals=[])
@@ -485,7 +477,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
             bad, terms = False, []
             for micro in range(accum):
                 g = (step * accum + micro) * world + rank
-                batch = streams[k][g]
+                batch = streams[k][g].to(device)
                 sync = fwd.no_sync() if micro < accum - 1 and hasattr(fwd, "no_sync") else nullcontext()
                 with sync:
                     try:
@@ -541,7 +533,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
                         finally:
                             for n, p in params.items(): p.copy_(backup[n])
                 state["evals"].append(ev)
-                clean, estimate = denoise_preview(evaluate_with, eval_stream[0], config, seed=config.run.seed)  # every process (FSDP)
+                clean, estimate = denoise_preview(evaluate_with, eval_stream[0].to(device), config, seed=config.run.seed)  # every process (FSDP)
                 if main:
                     log_preview(writer, state["step"], clean, estimate, 0.5, preview_codec, eval_stream.source.mean, eval_stream.source.std)
                     for key, v in ev.items():
