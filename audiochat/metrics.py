@@ -23,10 +23,10 @@ __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATU
            'word_points', 'timed_streams', 'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer',
            'FrameScorer', 'check_texts', 'unbiased_score', 'speaker_caption', 'source_caption', 'caption_classes',
            'source_class', 'active_frames', 'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower',
-           'TinyFLAM', 'scorer_examples', 'train_scorer', 'auroc', 'f1_score', 'eval_renders', 'detection_scores',
-           'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores', 'multiflam', 'kept_sources',
-           'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer', 'clip_embedding', 'median_bandwidth', 'kad',
-           'fad']
+           'TinyFLAM', 'scorer_examples', 'train_scorer', 'auroc', 'f1_score', 'best_f1', 'eval_renders',
+           'detection_scores', 'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores', 'multiflam',
+           'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer', 'clip_embedding',
+           'median_bandwidth', 'kad', 'fad']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -550,6 +550,18 @@ def f1_score(predicted, labels) -> float:
     tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
     return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
+def best_f1(scores, labels) -> tuple[float, float]:
+    "The highest F1 over all thresholds (predict `score > t`) and that threshold: how much a better calibration could give."
+    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels, dtype=bool).ravel()
+    o = np.argsort(-s, kind="stable")
+    s, y = s[o], y[o]
+    last = np.r_[s[1:] != s[:-1], True]  # cut only between distinct scores
+    tp = np.cumsum(y)[last]; k = np.arange(1, len(s) + 1)[last]
+    f1 = 2 * tp / (k + y.sum())
+    i = int(np.argmax(f1))
+    t = s[last][i + 1] if i + 1 < last.sum() else -np.inf  # any threshold in [next lower score, this score) gives it
+    return float(f1[i]), float(t)
+
 def eval_renders(dialogues: int = 60) -> list:
     "The turns of the first `dialogues` StoryGen-Eval-mini dialogues as `tools.Render`s (mix + stems), in order."
     from audiochat.copilot import simulate_dialogue
@@ -573,7 +585,9 @@ def detection_scores(scorer: FrameScorer, renders, phrase: int = 0, threshold: f
         for c, a in frame_labels(r, scorer.frame_rate).items(): y[names.index(c), : len(a)] = a[: s.shape[1]]
         S.append(s.flatten()); Y.append(y.flatten())
     s, y = torch.cat(S).numpy(), torch.cat(Y).numpy()
-    return {"auroc": auroc(s, y), "f1": f1_score(s > threshold, y), "frames": int(s.size), "positives": int(y.sum())}
+    best, at = best_f1(s, y)
+    return {"auroc": auroc(s, y), "f1": f1_score(s > threshold, y), "best_f1": best, "best_threshold": at,
+            "frames": int(s.size), "positives": int(y.sum())}
 
 # %% ../nbs/14_metrics.ipynb #69d014c3
 class OpenFLAMScorer(FrameScorer):

@@ -16,5 +16,6 @@ renders = eval_renders(60)
 t2 = time.time()
 for name, phrase in (("captions", 0), ("held-out paraphrases", -1)):
     d = detection_scores(scorer, renders, phrase=phrase)
-    print(f"{name:21s} AUROC {d['auroc']:.3f}  F1 {d['f1']:.3f}  ({d['frames']:,} frame-class pairs, {d['positives']:,} positive)")
+    print(f"{name:21s} AUROC {d['auroc']:.3f}  F1 {d['f1']:.3f}  (best F1 {d['best_f1']:.3f} at {d['best_threshold']:.2f}; "
+          f"{d['frames']:,} frame-class pairs, {d['positives']:,} positive)")
 print(f"train {t1 - t0:.0f} s, render {len(renders)} eval turns {t2 - t1:.0f} s, score {time.time() - t2:.0f} s")

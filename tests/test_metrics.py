@@ -434,3 +434,39 @@ def test_clip_embedding(tiny_scorer, story):
     assert e.shape == (model.config.dim,)
     with pytest.raises(TypeError, match="embed_audio"):
         clip_embedding(StemOracleScorer(story[1]), story[1].mix)
+
+
+def test_best_f1_is_the_best_threshold():
+    from audiochat.metrics import best_f1
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        y = rng.random(40) < 0.3
+        s = np.round(rng.random(40) + 0.5 * y, 1)
+        f, t = best_f1(s, y)
+        assert f == pytest.approx(max(f1_score(s > u, y) for u in np.r_[s, -1.0]))
+        assert f1_score(s > t, y) == pytest.approx(f)
+
+
+def test_openflam_adapter_with_a_stand_in(monkeypatch):
+    "The adapter's plumbing (48 kHz mono input, unbiased method, (texts, frames) output) against a local stand-in module."
+    import sys
+    import types
+
+    calls = {}
+
+    class StandIn:
+        def __init__(self, model_name, default_ckpt_path):
+            calls["init"] = (model_name, default_ckpt_path)
+
+        def to(self, device):
+            return self
+
+        def get_local_similarity(self, audio, texts, method, cross_product):
+            calls["audio"], calls["method"] = tuple(audio.shape), method
+            return torch.rand(audio.shape[0], len(texts), 32)  # 32 frames per 10 s clip, as OpenFLAM
+
+    monkeypatch.setitem(sys.modules, "openflam", types.SimpleNamespace(OpenFLAM=StandIn))
+    scorer = OpenFLAMScorer(checkpoint_dir="ckpt")
+    s = scorer.frame_scores(torch.zeros(2, 160_000), ["rain", "a dog barking"])
+    assert s.shape == (2, 32) and calls["audio"] == (1, 480_000) and calls["method"] == "unbiased"
+    assert calls["init"] == ("v1-base", "ckpt")
