@@ -19,7 +19,8 @@ from .tokenizer import special_token_ids
 
 # %% auto #0
 __all__ = ['NOISE_POLICIES', 'Turn', 'Sequence', 'pack_dialogue', 'Batch', 'collate', 'pack_rows', 'ForcingConfig', 'span_table',
-           'noise_levels', 'Noised', 'apply_noise', 'LossOutput', 'text_targets', 'diffusion_mse', 'forcing_loss']
+           'noise_levels', 'Noised', 'apply_noise', 'LossOutput', 'text_targets', 'diffusion_mse', 'forcing_loss',
+           'span_denoiser']
 
 # %% ../nbs/11_forcing.ipynb #587f507f
 @dataclass
@@ -259,3 +260,22 @@ def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, 
     if not torch.isfinite(lm) or not torch.isfinite(diff):
         raise FloatingPointError(f"non-finite loss: lm={lm.item()}, diff={diff.item()} (check the learning rate and the latent normalisation)")
     return LossOutput(lm + config.lambda_diff * diff, lm, diff, int(tt.sum()), int(n.loss_mask.sum()))
+
+def span_denoiser(model, batch: Batch, span_id: int, history_t: float = 0.0, process: str = "cosine_v", seed: int = 0):
+    """A `denoise_fn` for `diffusion.sample` that generates audio span `span_id` of every row (each row must have the
+    same number of frames in it). Other spans keep their latents, clean or noised to `history_t` (with fixed noise);
+    text is as in the batch. Returns (denoise_fn, shape of the span's latents (B, F, D))."""
+    lay = batch.layout
+    sel = lay.audio & (lay.span == span_id)
+    counts = sel.sum(1)
+    if counts.min() == 0 or (counts != counts[0]).any():
+        raise ValueError(f"every row needs span {span_id} with the same number of frames, got {counts.tolist()}")
+    eps = _draw(batch.latents.shape, torch.Generator().manual_seed(seed), batch.latents.device, normal=True)
+    hist_t = torch.where(lay.audio & ~sel, torch.full(sel.shape, float(history_t), device=sel.device), torch.zeros(sel.shape, device=sel.device))
+    hist, _ = add_noise(batch.latents, eps, hist_t, process)
+    B, F = sel.shape[0], int(counts[0])
+    def denoise_fn(x, t):  # x (B, F, D), t (B,)
+        lat = hist.clone(); lat[sel] = x.reshape(-1, x.shape[-1]).to(lat.dtype)
+        tt = torch.where(sel, t[:, None].to(hist_t.dtype).expand_as(hist_t), hist_t)
+        return model(batch.tokens, lat, tt, lay).audio_pred[sel].reshape(B, F, -1).float()
+    return denoise_fn, (B, F, batch.latents.shape[-1])

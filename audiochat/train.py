@@ -41,7 +41,8 @@ from .audio import load_audio
 __all__ = ['SYNTHETIC_SOUNDS', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
            'BatchStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model',
-           'noise_generator', 'evaluate', 'denoise_preview', 'log_preview', 'prepare_data', 'train', 'train_main']
+           'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train',
+           'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -350,18 +351,37 @@ def denoise_preview(model, batch, config: Config, t: float = 0.5, seed: int = 0)
     estimate = predict_x0(x_t, out.audio_pred.float(), tt, config.loss.process)
     return batch.latents[0][sel[0]], estimate[0][sel[0]]
 
-def log_preview(writer, step: int, clean, estimate, t: float, codec=None, mean=None, std=None):
-    "TensorBoard: clean vs one-step-denoised latents as images; with a codec, both decoded as audio and mel spectrograms."
+@torch.no_grad()
+def sample_preview(model, batch, config: Config, steps: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean, sampled): the latents (frames, D) of the last audio span of the batch's first row, and the span
+    generated from pure noise by DPM-Solver++(2M) in `steps` steps, the rest of the dialogue clean (as deployed)."""
+    from audiochat.diffusion import sample
+    from audiochat.forcing import Batch, span_denoiser
+    from audiochat.transformer import Layout
+    lay = batch.layout
+    if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
+    row = Batch(batch.tokens[:1], batch.latents[:1], Layout(*(getattr(lay, f)[:1] for f in ("modality", "span", "document", "pad", "isolated"))),
+                batch.turn[:1], batch.target[:1])
+    span = int(lay.span[0][lay.audio[0]].max())
+    fn, shape = span_denoiser(model, row, span, process=config.loss.process, seed=seed)
+    x = sample(fn, shape, steps, process=config.loss.process, generator=torch.Generator().manual_seed(seed), device=batch.latents.device)
+    return row.latents[0][row.layout.audio[0] & (row.layout.span[0] == span)], x[0]
+
+def log_preview(writer, step: int, previews: dict, codec=None, mean=None, std=None):
+    """TensorBoard: named latents (frames, D), e.g. clean / one-step estimate / sampled, as images side by side;
+    with a codec, each decoded as audio (`preview/NAME`) and mel spectrograms."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
-    for a, z, title in zip(ax, (clean, estimate), ("clean latents", f"one-step estimate from t = {t}")):
-        a.imshow(z.T.cpu().numpy(), aspect="auto", origin="lower", cmap="magma", vmin=-3, vmax=3); a.set(title=title, xlabel="frame")
+    names = list(previews)
+    fig, ax = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True)
+    for a, name in zip(ax, names):
+        a.imshow(previews[name].T.float().cpu().numpy(), aspect="auto", origin="lower", cmap="magma", vmin=-3, vmax=3); a.set(title=name, xlabel="frame")
     ax[0].set_ylabel("latent dim"); fig.tight_layout()
     writer.add_figure("preview/latents", fig, step)
     if codec is None: return
     from audiochat.audio import mel_spectrogram
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
-    for a, z, name in zip(ax, (clean, estimate), ("clean", "estimate")):
+    fig, ax = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True)
+    for a, name in zip(ax, names):
+        z = previews[name].float()
         if mean is not None: z = z * std + mean
         audio = codec.decode(z.to(torch.float32)).detach().cpu().clamp(-1, 1)
         writer.add_audio(f"preview/{name}", audio.mean(0, keepdim=True), step, sample_rate=codec.config.sample_rate)
@@ -533,9 +553,12 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
                         finally:
                             for n, p in params.items(): p.copy_(backup[n])
                 state["evals"].append(ev)
-                clean, estimate = denoise_preview(evaluate_with, eval_stream[0].to(device), config, seed=config.run.seed)  # every process (FSDP)
+                preview_batch = eval_stream[0].to(device)  # every process runs the previews (FSDP)
+                clean, estimate = denoise_preview(evaluate_with, preview_batch, config, seed=config.run.seed)
+                _, sampled = sample_preview(evaluate_with, preview_batch, config, seed=config.run.seed)
                 if main:
-                    log_preview(writer, state["step"], clean, estimate, 0.5, preview_codec, eval_stream.source.mean, eval_stream.source.std)
+                    log_preview(writer, state["step"], dict(clean=clean, estimate=estimate, sampled=sampled), preview_codec,
+                                eval_stream.source.mean, eval_stream.source.std)
                     for key, v in ev.items():
                         if key != "step": writer.add_scalar(f"eval/{key}", v, state["step"])
                     with open(out / "log.jsonl", "a") as f: f.write(json.dumps(dict(event="eval", **ev)) + "\n")

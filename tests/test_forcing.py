@@ -192,3 +192,33 @@ def test_non_finite_loss_is_an_error(tok):
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         forcing_loss(model, b, ForcingConfig(clean_p=0, cfg_p=0), ids["audio_end"])
     assert isinstance(b, Batch)
+
+
+def test_span_denoiser_with_an_exact_model_samples_the_target(tok):
+    """A stand-in that knows the clean latents returns the exact v at every step, so sampling must land on them."""
+    import math
+
+    from audiochat.diffusion import sample
+    from audiochat.forcing import span_denoiser
+    ids = special_token_ids(tok)
+    b = collate([pack_dialogue(edit(torch.Generator().manual_seed(i)), tok) for i in range(3)], ids["pad"])
+    seen = []
+
+    class Exact(torch.nn.Module):
+        def forward(self, tokens, latents, t, layout):
+            seen.append((latents.clone(), t.clone()))
+            a, s = torch.cos(math.pi / 2 * t)[..., None], torch.sin(math.pi / 2 * t)[..., None]
+            v = (a * latents - b.latents) / s.clamp_min(1e-8)  # x0 = a x_t - s v
+            return SimpleNamespace(text_logits=None, audio_pred=v)
+
+    fn, shape = span_denoiser(Exact(), b, span_id=1)
+    assert shape == (3, 4, D)
+    x = sample(fn, shape, steps=8, generator=torch.Generator().manual_seed(0))
+    target = b.latents[b.layout.audio & (b.layout.span == 1)].reshape(shape)
+    assert torch.allclose(x, target, atol=1e-4)
+    lat, t = seen[0]
+    other = b.layout.audio & (b.layout.span == 0)
+    assert torch.equal(lat[other], b.latents[other]) and (t[other] == 0).all()  # the history stays clean
+    bad = collate([pack_dialogue(story(), tok), pack_dialogue(understanding(), tok)], ids["pad"])
+    with pytest.raises(ValueError, match="same number of frames"):
+        span_denoiser(Exact(), bad, span_id=0)

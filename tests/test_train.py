@@ -254,5 +254,5 @@ def test_cli_trains_on_sample_dialogues(tmp_path, codec_dir, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(tmp_path / "fly" / "tb"), size_guidance={"images": 0, "audio": 0}).Reload()
     tags = events.Tags()
-    assert {"preview/latents", "preview/mel"} <= set(tags["images"]) and {"preview/clean", "preview/estimate"} <= set(tags["audio"])
+    assert {"preview/latents", "preview/mel"} <= set(tags["images"]) and {"preview/clean", "preview/estimate", "preview/sampled"} <= set(tags["audio"])
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/diff", "eval/ema_loss"} <= set(tags["scalars"])
