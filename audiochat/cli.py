@@ -26,6 +26,10 @@ COMMANDS = {
     "demo": ("audiochat.cli", "demo_main", "render a sample scene from data_samples/ into runs/demo/"),
     "codec": ("audiochat.codec", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
     "train": ("audiochat.train", "train_main", "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ..."),
+    "tell": ("audiochat.chat", "tell_main", "tell a story with a trained run: TEXT -o story.wav --run DIR"),
+    "edit": ("audiochat.chat", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
+    "understand": ("audiochat.chat", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
+    "chat": ("audiochat.chat", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
 }
 
 def _usage() -> str:

@@ -1,0 +1,115 @@
+"""Chat engine: loading a trained run, tell / edit / understand end to end, the scene grammar, greedy decoding against
+generate_text, bounded retries with the raw text in the error, the terminal commands."""
+import io
+import json
+
+import pytest
+import torch
+
+from audiochat.chat import (ChatEngine, ChatError, SceneGrammar, Turn, decode_text, token_pieces, train_tiny_run)
+from audiochat.cli import main
+from audiochat.scene import Scene
+from audiochat.audio import save_audio
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("chat") / "run", steps=3)
+
+
+def test_grammar_accepts_canonical_scenes_and_rejects_others():
+    g = SceneGrammar()
+    s = Scene.from_json('{"duration":6.5,"sources":[{"id":"s1","kind":"speech","speaker":"girl","emotion":"happy","text":"Hello there.",'
+                        '"start":0.5,"end":2,"loudness_db":-20.5,"pan":-0.3},{"id":"fx1","kind":"sfx","caption":"rain","start":0,"end":6.5}]}')
+    text = s.to_json().encode()
+    assert g.complete(text) and all(g.viable(text[:i]) for i in range(len(text)))
+    for bad in (b'{"duration":4,"sources":[{"id":"a","kind":"sfx","caption":"x","start":2,"end":1}]}',  # end before start
+                b'{"duration":4,"sources":[{"id":"a","kind":"sfx","caption":"x","start":0,"end":5}]}',  # past the duration
+                b'{"duration":4,"sources":[{"id":"a","kind":"speech","caption":"x","start":0,"end":1}]}',  # speech needs speaker
+                b'{"duration":4,"sources":[{"id":"a","kind":"sfx","caption":"x","start":0,"end":1,"loudness_db":-70}]}',
+                b'{"duration":0,"sources":[]}'):
+        assert not g.complete(bad)
+        with pytest.raises(ValueError): Scene.from_json(bad.decode())
+    # a number that can no longer reach a valid value is cut at once (no dead ends later)
+    assert not g.viable(b'{"duration":78,"sources":[{"id":"a","kind":"sfx","caption":"x","start":48.37,"end":8')
+
+
+def test_token_pieces_are_the_tokens_bytes(run):
+    e = ChatEngine.load(run)
+    ids = e.tokenizer.encode('{"duration":2,"sources":[{"id":"fx1","kind":"sfx","caption":"rain é"}', add_special_tokens=False)
+    pieces = token_pieces(e.tokenizer)
+    assert b"".join(pieces[i] for i in ids).decode() == e.tokenizer.decode(ids)
+    assert pieces[e.ids["audio_start"]] is None
+
+
+def test_greedy_decoding_matches_generate_text(run):
+    e = ChatEngine.load(run)
+    tokens, latents, layout = e._context([Turn("user", "Rain on a roof.")])
+    ref = e.model.generate_text(tokens, 12)[0, tokens.shape[1]:].tolist()
+    assert decode_text(e.model, tokens, max_new_tokens=12).ids == ref
+    # a context with audio goes through the full model with a cache: same tokens as without a cache
+    ctx = e._context([Turn("user", "Describe.", audio=torch.randn(5, e.model.config.latent_dim))])
+    got = decode_text(e.model, *ctx, max_new_tokens=4).ids
+    toks, lat, lay = ctx
+    for i in got:
+        from audiochat.transformer import Layout
+        out = e.model(toks, lat, torch.zeros(toks.shape), lay).text_logits
+        assert int(out[0, -1].argmax()) == i
+        toks = torch.cat([toks, torch.tensor([[i]])], 1); lat = torch.cat([lat, torch.zeros(1, 1, lat.shape[-1])], 1)
+        lay = Layout(*(torch.cat([getattr(lay, f), getattr(lay, f)[:, -1:]], 1) for f in ("modality", "span", "document", "pad", "isolated")))
+
+
+def test_tell_edit_understand_end_to_end(run, tmp_path):
+    e = ChatEngine.load(run, steps=3, cfg_scale=2.0)
+    r = e.tell("A short story: a bell rings in the rain.")
+    assert Scene.from_json(r.cot) == r.scene
+    assert r.latents.shape == (round(r.scene.duration * 40), e.model.config.latent_dim)
+    assert r.audio.shape[0] == 2 and r.audio.shape[1] == r.latents.shape[0] * e.codec.hop and torch.isfinite(r.audio).all()
+    t = r.timings
+    assert t.diffusion_steps == 2 * 3 and t.cot_tokens > 0 and t.tokens_per_s > 0 and t.decode_seconds > 0
+    r2 = e.edit("Make the bell quieter.")
+    assert r2.task == "edit" and len(e.history) == 4 and e.history[1].audio is r.latents
+    path = save_audio(tmp_path / "in.wav", r.audio, e.codec.config.sample_rate)
+    r3 = e.edit("Add wind.", audio=path)
+    assert e.history[4].audio is not None and r3.audio is not None
+    u = e.understand(path)
+    assert u.audio is None and isinstance(u.scene, Scene)
+    e.reset(); assert e.history == [] and e.replies == []
+
+
+def test_bad_input(run, tmp_path):
+    e = ChatEngine.load(run, steps=2)
+    with pytest.raises(ValueError, match="empty"): e.tell(" ")
+    with pytest.raises(ValueError, match="nothing to edit"): e.edit("louder")
+    with pytest.raises(ValueError, match="max_seconds"): e.understand(torch.zeros(2, 16000 * 31), 16000)
+    with pytest.raises(FileNotFoundError, match="run folder not found"): ChatEngine.load(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoints"): ChatEngine.load(tmp_path / "empty")
+    # mono audio at another rate is converted by the codec
+    assert e.understand(torch.zeros(1, 8000) + 0.01, 8000).scene is not None
+
+
+def test_invalid_cot_is_retried_then_reported_with_raw_text(run):
+    e = ChatEngine.load(run, grammar=False, retries=2, max_new_tokens=20)
+    with pytest.raises(ChatError, match="after 3 attempts") as info:
+        e.tell("A story.")
+    assert info.value.raw and len(e.history) == 0
+
+
+def test_cli_tell_edit_understand_chat(run, tmp_path, capsys):
+    out = tmp_path / "story.wav"
+    assert main(["tell", "rain and a bell", "-o", str(out), "--run", str(run), "--steps", "2"]) == 0
+    assert out.exists() and Scene.from_json(out.with_suffix(".json").read_text())
+    assert main(["edit", str(out), "make it louder", "-o", str(tmp_path / "edit.wav"), "--run", str(run), "--steps", "2"]) == 0
+    assert (tmp_path / "edit.wav").exists()
+    seg = tmp_path / "u.json"
+    assert main(["understand", str(out), "--run", str(run), "-o", str(seg)]) == 0
+    assert isinstance(json.loads(seg.read_text()), list)
+    printed = capsys.readouterr().out
+    assert "who / what" in printed and "tokens/s" in printed
+    assert main(["understand", str(tmp_path / "missing.wav"), "--run", str(run)]) == 1
+    assert "audio file not found" in capsys.readouterr().err
+    from audiochat.chat import chat_main
+    assert chat_main(["--run", str(run), "--steps", "2", "--out", str(tmp_path / "chat")], io.StringIO("rain\nlouder\n/reset\n/understand nothing.wav\n/quit\n")) == 0
+    assert sorted(p.name for p in (tmp_path / "chat").glob("*.wav")) == ["turn-01.wav", "turn-02.wav"]
+    assert "error: audio file not found" in capsys.readouterr().out
