@@ -31,7 +31,7 @@ from .transformer import Layout
 # %% auto #0
 __all__ = ['SCENE_GRAMMAR', 'UNDERSTAND_PROMPT', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text',
            'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line', 'tell_main',
-           'edit_main', 'understand_main', 'chat_main']
+           'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report']
 
 # %% ../nbs/13_chat.ipynb #e43ca1eb
 _STR = r'"[\x20\x21\x23-\x5b\x5d-\x7e]{1,120}"'  # printable ASCII without " and \\
@@ -494,3 +494,41 @@ def chat_main(argv: list[str], stdin=None) -> int:
         print(scene_table(r.scene)); print(timing_line(r.timings))
         if r.audio is not None: print(f"audio: {_write(r, out / f'turn-{len(engine.replies):02d}.wav', engine)}")
     return 0
+
+# %% ../nbs/13_chat.ipynb #3e5dc16b
+def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
+    import html
+    import matplotlib.pyplot as plt
+    from audiochat.audio import plot_audio, save_audio
+    parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
+    if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
+    if s.get("audio") is not None:
+        wav = save_audio(out / f"turn-{i:02d}.wav", s["audio"], sample_rate)
+        fig = plot_audio(s["audio"], sample_rate, spans=s["scene"].spans() if s.get("scene") else None, title=s["title"], figsize=(9, 3.5))
+        fig.savefig(out / f"turn-{i:02d}.png", dpi=90); plt.close(fig)
+        parts.append(f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" alt="spectrogram of turn {i}" width="810">')
+    if s.get("scene") is not None: parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
+    if s.get("cot"): parts.append(f"<details><summary>chain of thought (raw)</summary><pre>{html.escape(s['cot'])}</pre></details>")
+    if s.get("timings"):
+        rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else f"<tr><td>{k}</td><td>{v}</td></tr>"
+                       for k, v in s["timings"].items())
+        parts.append(f"<h3>timings (s)</h3><table>{rows}</table>")
+    return "\n".join(parts) + "</section>"
+
+def reply_section(reply: Reply) -> dict:
+    "A report section for a chat reply."
+    return dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio, timings=reply.timings.to_dict())
+
+def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
+    """Write `out_dir/report.html` (with one wav and one png per section that has audio). `sections`: `Reply`s or dicts
+    with title, request, scene, cot, audio (channels, samples), timings (dict)."""
+    import html
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(_section_html(i, reply_section(s) if isinstance(s, Reply) else s, out, sample_rate) for i, s in enumerate(sections, 1))
+    style = ("body{font-family:sans-serif;max-width:900px;margin:auto;padding:1em} pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"
+             " section{border-top:1px solid #ccc;margin-top:1.5em} td{padding:0 1em 0 0}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{body}</body></html>\n")
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp"); tmp.write_text(page); tmp.replace(path)
+    return path

@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 REPO_ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
 DATA_SAMPLES = REPO_ROOT / "data_samples"
 
-def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0) -> dict:
-    "Render the sample scene into `out_dir`; returns the paths written."
+def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25) -> dict:
+    """Render the sample scene into `out_dir` and write `report.html`; with a training run (`run`, or `tiny_run`: train
+    one for a few steps in `out_dir/tiny-run`) the report adds a chat: a story, two edits, understanding. Returns the paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -81,6 +82,17 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0) -> dict:
     fig = plot_audio(x, spans=scene.spans(), title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s")
     fig.savefig(paths["figure"], dpi=110); plt.close(fig)
     paths["scene"].write_text(scene.to_json(indent=2) + "\n")
+    from audiochat.chat import ChatEngine, train_tiny_run, write_report
+    sections = [dict(title="sample scene rendered by the tools", scene=scene, cot=scene.to_json(indent=2), audio=x)]
+    if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
+    if run is not None:
+        engine = ChatEngine.load(run, steps=steps)
+        story = engine.tell("A 4-second story: a girl greets an old man while rain falls.")
+        engine.edit("Make the rain louder."); engine.edit("Move the girl to the left.")
+        engine.understand(story.audio, engine.codec.config.sample_rate)
+        sections += engine.replies
+    note = f"chat with the run {run}" if run is not None else "no training run given (audiochat demo --run DIR or --tiny-run adds a chat)"
+    paths["report"] = write_report(out, sections, 16000, "audiochat demo", note)
     return paths
 
 def demo_main(argv: list[str]) -> int:
@@ -88,8 +100,11 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--sample", default=None, help="sample folder with scene.json (default: data_samples/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sound effects and music (default: 0)")
+    p.add_argument("--run", default=None, help="a training run folder: the report adds a chat with it")
+    p.add_argument("--tiny-run", action="store_true", help="train a tiny run for a few steps (seconds) and chat with it")
+    p.add_argument("--steps", type=int, default=25, help="diffusion steps of the chat (default: 25)")
     a = p.parse_args(argv)
-    paths = demo(a.out, a.sample, a.seed)
+    paths = demo(a.out, a.sample, a.seed, a.run, a.tiny_run, a.steps)
     print("audiochat demo wrote:")
     for k, v in paths.items(): print(f"  {k:<7} {v}")
     return 0

@@ -113,3 +113,25 @@ def test_cli_tell_edit_understand_chat(run, tmp_path, capsys):
     assert chat_main(["--run", str(run), "--steps", "2", "--out", str(tmp_path / "chat")], io.StringIO("rain\nlouder\n/reset\n/understand nothing.wav\n/quit\n")) == 0
     assert sorted(p.name for p in (tmp_path / "chat").glob("*.wav")) == ["turn-01.wav", "turn-02.wav"]
     assert "error: audio file not found" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_report_renders_in_headless_chromium(run, tmp_path):
+    "The demo report with a chat opens in headless Chromium; the screenshot shows the page (players and figures)."
+    import shutil, subprocess
+    from audiochat.cli import demo
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None: pytest.skip("chromium is not installed (apt-get install chromium)")
+    paths = demo(tmp_path / "demo", run=run, steps=4)
+    page = paths["report"].read_text()
+    assert page.count("<audio controls") == 4 and page.count("<img") == 4 and page.count("<section>") == 5
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1000,1600", paths["report"].as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    from PIL import Image
+    img = Image.open(shot)
+    assert img.size == (1000, 1600)
+    colours = img.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 500  # text, players and spectrograms, not a blank page
