@@ -31,7 +31,7 @@ from .transformer import Layout
 # %% auto #0
 __all__ = ['SCENE_GRAMMAR', 'UNDERSTAND_PROMPT', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text',
            'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line', 'tell_main',
-           'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report']
+           'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
 
 # %% ../nbs/13_chat.ipynb #e43ca1eb
 _STR = r'"[\x20\x21\x23-\x5b\x5d-\x7e]{1,120}"'  # printable ASCII without " and \\
@@ -532,3 +532,56 @@ def write_report(out_dir, sections: list, sample_rate: int, title: str = "audioc
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp"); tmp.write_text(page); tmp.replace(path)
     return path
+
+# %% ../nbs/13_chat.ipynb #f59c1ecc
+class ChatPanel:
+    "An ipywidgets chat with `engine`: a request box, the editable scene (CoT), Render, and the history."
+    def __init__(self, engine: ChatEngine):
+        import ipywidgets as w
+        self.engine, self.pending = engine, None
+        self.request = w.Text(placeholder="ask for a story, then for edits", layout=w.Layout(width="70%"))
+        self.plan_button, self.render_button = w.Button(description="Plan"), w.Button(description="Render", disabled=True)
+        self.cot = w.Textarea(placeholder="the scene the model plans appears here; edit it, then Render", layout=w.Layout(width="100%", height="140px"))
+        self.status, self.history = w.HTML(), w.Output()
+        self.plan_button.on_click(lambda _: self.plan()); self.render_button.on_click(lambda _: self.render())
+        self.widget = w.VBox([w.HBox([self.request, self.plan_button, self.render_button]), self.cot, self.status, self.history])
+
+    def plan(self):
+        "Ask the model for the scene of the request in the text box; show it for editing."
+        import html
+        text = self.request.value.strip()
+        if not text: self.status.value = "<b>type a request first</b>"; return
+        e = self.engine
+        task = "edit" if any(t.audio is not None for t in e.history) else "tell"
+        user, timings = Turn("user", text), Timings()
+        try: scene, _ = e.think(e.history + [user], timings)
+        except ChatError as err: self.status.value = f"<b>no valid scene:</b> {html.escape(str(err))}"; return
+        self.pending = (task, text, user, timings)
+        self.cot.value = scene.to_json(indent=1)
+        self.render_button.disabled = False
+        self.status.value = f"{task}: planned in {timings.cot_seconds:.2f} s ({timings.tokens_per_s:.0f} tokens/s); edit the scene or Render"
+
+    def render(self):
+        "Render the (possibly edited) scene in the text box into audio and add the turn to the history."
+        import html
+        import matplotlib.pyplot as plt
+        from IPython.display import display, HTML
+        from audiochat.audio import audio_player, plot_audio
+        if self.pending is None: self.status.value = "<b>Plan first</b>"; return
+        try: scene = Scene.from_json(self.cot.value)
+        except SceneError as err: self.status.value = f"<b>the scene is not valid:</b> {html.escape(str(err))}"; return
+        task, text, user, timings = self.pending
+        e, cot = self.engine, scene.to_json()
+        turns = e.history + [user]
+        latents, audio = e.render(turns, scene, cot, timings)
+        e.history = turns + [Turn("assistant", cot, audio=latents)]
+        reply = Reply(task, text, scene, cot, latents, audio, timings)
+        e.replies.append(reply)
+        self.pending, self.render_button.disabled = None, True
+        with self.history:
+            display(HTML(f"<b>{len(e.replies)}. {task}:</b> {html.escape(text)}"))
+            display(audio_player(audio, e.codec.config.sample_rate))
+            fig = plot_audio(audio, e.codec.config.sample_rate, spans=scene.spans(), title=f"{task}: {scene.duration:g} s", figsize=(9, 3))
+            display(fig); plt.close(fig)
+        self.status.value = html.escape(timing_line(timings))
+        return reply

@@ -115,6 +115,23 @@ def test_cli_tell_edit_understand_chat(run, tmp_path, capsys):
     assert "error: audio file not found" in capsys.readouterr().out
 
 
+def test_chat_panel_renders_the_edited_plan(run):
+    from audiochat.chat import ChatPanel
+    panel = ChatPanel(ChatEngine.load(run, steps=2))
+    panel.render()
+    assert "Plan first" in panel.status.value
+    panel.plan()
+    assert "type a request" in panel.status.value
+    panel.request.value = "rain"
+    panel.plan()
+    assert Scene.from_json(panel.cot.value) and not panel.render_button.disabled
+    panel.cot.value = '{"duration":0.5,"sources":[{"id":"b","kind":"sfx","caption":"bell","start":0,"end":0.5}]}'
+    r = panel.render()
+    assert r.latents.shape[0] == 20 and panel.engine.history[-1].text == r.scene.to_json() and panel.render_button.disabled
+    panel.request.value = "louder"; panel.plan(); panel.cot.value = '{"duration":1}'
+    assert panel.render() is None and "not valid" in panel.status.value and len(panel.engine.replies) == 1
+
+
 @pytest.mark.slow
 def test_demo_report_renders_in_headless_chromium(run, tmp_path):
     "The demo report with a chat opens in headless Chromium; the screenshot shows the page (players and figures)."
