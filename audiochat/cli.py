@@ -82,6 +82,7 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     fig = plot_audio(x, spans=scene.spans(), title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s")
     fig.savefig(paths["figure"], dpi=110); plt.close(fig)
     paths["scene"].write_text(scene.to_json(indent=2) + "\n")
+    from audiochat.audio import SAMPLE_RATE
     from audiochat.chat import ChatEngine, train_tiny_run, write_report
     sections = [dict(title="sample scene rendered by the tools", scene=scene, cot=scene.to_json(indent=2), audio=x)]
     if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
@@ -92,7 +93,7 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
         engine.understand(story.audio, engine.codec.config.sample_rate)
         sections += engine.replies
     note = f"chat with the run {run}" if run is not None else "no training run given (audiochat demo --run DIR or --tiny-run adds a chat)"
-    paths["report"] = write_report(out, sections, 16000, "audiochat demo", note)
+    paths["report"] = write_report(out, sections, SAMPLE_RATE, "audiochat demo", note)
     return paths
 
 def demo_main(argv: list[str]) -> int:

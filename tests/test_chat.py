@@ -34,6 +34,22 @@ def test_grammar_accepts_canonical_scenes_and_rejects_others():
     assert not g.viable(b'{"duration":78,"sources":[{"id":"a","kind":"sfx","caption":"x","start":48.37,"end":8')
 
 
+def test_grammar_accepts_every_training_scene():
+    "Random scenes of the tokenizer corpus and the sample dialogues' scenes: complete, and every prefix viable."
+    import random
+    from audiochat.tokenizer import random_scene
+    from audiochat.cli import DATA_SAMPLES
+    g = SceneGrammar()
+    scenes = [random_scene(random.Random(i)) for i in range(100)]
+    for f in (DATA_SAMPLES / "dialogues").glob("*/records.jsonl"):
+        scenes += [Scene.from_dict(t["scene"]) for line in f.read_text().splitlines() for t in json.loads(line)["turns"]]
+    assert len(scenes) > 100
+    for s in scenes:
+        text = s.to_json().encode()
+        assert g.complete(text), text
+        assert all(g.viable(text[:i]) for i in range(0, len(text), 7)), text
+
+
 def test_token_pieces_are_the_tokens_bytes(run):
     e = ChatEngine.load(run)
     ids = e.tokenizer.encode('{"duration":2,"sources":[{"id":"fx1","kind":"sfx","caption":"rain é"}', add_special_tokens=False)
