@@ -43,8 +43,23 @@ espeak:
 	  fi; \
 	fi
 
-demo: setup espeak
-	$(BIN)/audiochat demo
+# The whole pipeline at tiny scale, each step cached under runs/pipeline/ (delete a folder to redo that step):
+# simulated dialogues -> codec -> AudioChat model -> a chat (story, two edits, understanding) -> runs/demo/report.html
+PIPE := runs/pipeline
+demo: setup espeak $(PIPE)/model/done
+	OMP_NUM_THREADS=1 $(BIN)/audiochat demo --run $(PIPE)/model
+
+$(PIPE)/data/summary.json: | setup espeak
+	OMP_NUM_THREADS=1 $(BIN)/audiochat data build --preset tiny --out $(PIPE)/data --workers 1
+
+$(PIPE)/codec/done: $(PIPE)/data/summary.json
+	OMP_NUM_THREADS=1 $(BIN)/audiochat codec train --preset tiny --data $(PIPE)/data --out $(PIPE)/codec --minutes 4 --threads 1
+	@touch $@
+
+$(PIPE)/model/done: $(PIPE)/codec/done
+	OMP_NUM_THREADS=1 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \
+	  --run.out=$(PIPE)/model --optim.steps=600
+	@touch $@
 
 # nbdev-export and nbdev-clean must leave the tree as it is: notebooks are the source, audiochat/ is generated.
 check-sync: setup
