@@ -165,7 +165,7 @@ def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, st
         if nxt is None:  # sampling looked at the top_k only: fall back to the best allowed token of the whole vocabulary
             nxt = next((i for i in z.argsort(descending=True).tolist()
                         if (i in stop and grammar.complete(text)) or (i not in stop and pieces[i] is not None and grammar.viable(text + pieces[i]))), None)
-            if nxt is None: raise DeadEnd(f"no token can extend the text under the grammar", text.decode(errors="replace"))
+            if nxt is None: raise DeadEnd("no token can extend the text under the grammar", text.decode(errors="replace"))
         if nxt in stop: stopped = True; break
         ids.append(nxt)
         if pieces is not None and pieces[nxt] is not None: text += pieces[nxt]
@@ -277,7 +277,7 @@ class ChatEngine:
         tok_dir = run / "tokenizer" if (run / "tokenizer").exists() else config.data.tokenizer
         if tok_dir is None: raise FileNotFoundError(f"{run} has no tokenizer/ folder and the config names none")
         codec_dir = codec_dir or config.data.codec
-        if codec_dir is None: raise ValueError(f"the run's config has no data.codec: give codec_dir")
+        if codec_dir is None: raise ValueError("the run's config has no data.codec: give codec_dir")
         mean, std = _load_stats(run, config)
         return cls(model, load_tokenizer(tok_dir), Codec.from_pretrained(codec_dir, device), config, mean, std, **settings)
 
@@ -431,6 +431,11 @@ def _write(reply: Reply, path, engine: ChatEngine) -> Path:
     path.with_suffix(".json").write_text(reply.scene.to_json(indent=2) + "\n")
     return path
 
+def _write_and_show(reply: Reply, path, engine: ChatEngine):
+    "Write the reply's audio and scene, then print the scene table, the timings and where they went."
+    path = _write(reply, path, engine)
+    print(scene_table(reply.scene)); print(timing_line(reply.timings)); print(f"wrote {path} and {path.with_suffix('.json')}")
+
 def tell_main(argv: list[str]) -> int:
     "`audiochat tell TEXT -o story.wav --run DIR`"
     p = _engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
@@ -439,8 +444,7 @@ def tell_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     engine = _engine(a)
     r = engine.tell(a.request)
-    path = _write(r, a.out, engine)
-    print(scene_table(r.scene)); print(timing_line(r.timings)); print(f"wrote {path} and {path.with_suffix('.json')}")
+    _write_and_show(r, a.out, engine)
     return 0
 
 def edit_main(argv: list[str]) -> int:
@@ -452,8 +456,7 @@ def edit_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     engine = _engine(a)
     r = engine.edit(a.instruction, a.audio)
-    path = _write(r, a.out, engine)
-    print(scene_table(r.scene)); print(timing_line(r.timings)); print(f"wrote {path} and {path.with_suffix('.json')}")
+    _write_and_show(r, a.out, engine)
     return 0
 
 def understand_main(argv: list[str]) -> int:

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from audiochat.chat import (ChatEngine, ChatError, SceneGrammar, Turn, decode_text, token_pieces, train_tiny_run)
+from audiochat.audio import save_audio
+from audiochat.chat import ChatEngine, ChatError, SceneGrammar, Turn, decode_text, token_pieces, train_tiny_run
 from audiochat.cli import main
 from audiochat.scene import Scene
-from audiochat.audio import save_audio
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,9 @@ def test_grammar_accepts_canonical_scenes_and_rejects_others():
 def test_grammar_accepts_every_training_scene():
     "Random scenes of the tokenizer corpus and the sample dialogues' scenes: complete, and every prefix viable."
     import random
-    from audiochat.tokenizer import random_scene
+
     from audiochat.cli import DATA_SAMPLES
+    from audiochat.tokenizer import random_scene
     g = SceneGrammar()
     scenes = [random_scene(random.Random(i)) for i in range(100)]
     for f in (DATA_SAMPLES / "dialogues").glob("*/records.jsonl"):
@@ -151,7 +152,9 @@ def test_chat_panel_renders_the_edited_plan(run):
 @pytest.mark.slow
 def test_demo_report_renders_in_headless_chromium(run, tmp_path):
     "The demo report with a chat opens in headless Chromium; the screenshot shows the page (players and figures)."
-    import shutil, subprocess
+    import shutil
+    import subprocess
+
     from audiochat.cli import demo
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None: pytest.skip("chromium is not installed (apt-get install chromium)")
