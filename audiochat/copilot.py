@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from .scene import Scene, SceneError, Source, diff
 
 # %% auto #0
-__all__ = ['SUBTASKS', 'SETTINGS', 'CHARACTERS', 'EVENTS', 'OBJECTS', 'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS',
-           'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'AgentError', 'tool_call',
-           'assistant_message', 'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls',
-           'TransformersLLM', 'OpenAILLM', 'seed_text', 'random_story', 'describe', 'plan_edit', 'check_edit',
-           'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'TemplateLLM', 'Turn', 'Dialogue',
-           'silent_sources', 'simulate_dialogue']
+__all__ = ['SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS', 'EVENTS', 'OBJECTS', 'LINES', 'NARRATION',
+           'BACKGROUND', 'PAN_WORDS', 'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP',
+           'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM',
+           'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text', 'random_story', 'describe', 'plan_edit',
+           'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'TemplateLLM', 'Turn',
+           'Dialogue', 'silent_sources', 'simulate_dialogue', 'register_subtask', 'unregister_subtask']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -217,7 +217,9 @@ class OpenAILLM(ChatLLM):
         return assistant_message(m.content, calls)
 
 # %% ../nbs/04_copilot.ipynb #fb7bb795
-SUBTASKS = ("add", "remove", "replace", "loudness", "move", "pan")
+SUBTASKS = ["add", "remove", "replace", "loudness", "move", "pan"]  # a list: `register_subtask` adds to it
+BUILTIN_SUBTASKS = tuple(SUBTASKS)
+CUSTOM_SUBTASKS = {}  # name -> (plan, check) of subtasks added with `register_subtask`
 
 SETTINGS = {
     "a stormy harbour": ["ocean waves", "wind", "thunder", "rain", "bell", "footsteps"],
@@ -350,6 +352,7 @@ def plan_edit(scene: Scene, subtask: str, rng: random.Random) -> tuple[Scene, st
     "The scene after one `subtask` edit of `scene` and the natural-language instruction asking for it."
     import dataclasses as dc
     if subtask not in SUBTASKS: raise ValueError(f"unknown edit subtask {subtask!r}; subtasks: {', '.join(SUBTASKS)}")
+    if subtask in CUSTOM_SUBTASKS: return _custom_plan(subtask, scene, rng)
     D, srcs = scene.duration, list(scene.sources)
     replace = lambda old, new: Scene(tuple(new if s.id == old.id else s for s in srcs), D)
     if subtask == "add":
@@ -429,6 +432,7 @@ def check_edit(before: Scene, after: Scene, subtask: str) -> str | None:
     d = diff(before, after)
     if subtask not in SUBTASKS: raise ValueError(f"unknown edit subtask {subtask!r}; subtasks: {', '.join(SUBTASKS)}")
     if d.duration: return f"the duration changed from {d.duration[0]} to {d.duration[1]}"
+    if subtask in CUSTOM_SUBTASKS: return _custom_check(subtask, before, after, d)
     want_added, want_removed = int(subtask == "add"), int(subtask == "remove")
     if len(d.added) != want_added: return f"{subtask}: expected {want_added} added source(s), got {[s.id for s in d.added]}"
     if len(d.removed) != want_removed: return f"{subtask}: expected {want_removed} removed source(s), got {list(d.removed)}"
@@ -651,3 +655,35 @@ def simulate_dialogue(seed: int, subtasks=None, edits: int = 2, user: ChatLLM | 
         out.turns.append(Turn(request, sub, scene, mix, new[-1].get("content") or "", new))
         before = scene
     return out
+
+# %% ../nbs/04_copilot.ipynb #4c341d0b
+def register_subtask(name: str, plan, check=None, help: str | None = None):
+    """Add edit subtask `name`: `plan(scene, rng) -> (Scene, instruction)`, `check(before, after) -> None | message`
+    (default: exactly one source added, removed or changed), `help`: a short description for the user simulator."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z_]+", name):
+        raise ValueError(f"register_subtask: name must be lower-case letters and underscores, got {name!r}")
+    if name in BUILTIN_SUBTASKS or name == "story": raise ValueError(f"register_subtask: {name!r} is a built-in subtask")
+    for arg, f in (("plan", plan), ("check", check)):
+        if f is not None and not callable(f): raise TypeError(f"register_subtask: {arg} must be a function, got {type(f).__name__}")
+    if plan is None: raise TypeError("register_subtask: plan must be a function (scene, rng) -> (Scene, instruction)")
+    CUSTOM_SUBTASKS[name] = (plan, check)
+    SUBTASK_HELP[name] = help or f"a {name} edit of one source"
+    if name not in SUBTASKS: SUBTASKS.append(name)
+
+def unregister_subtask(name: str):
+    "Remove a subtask added with `register_subtask`."
+    if name in BUILTIN_SUBTASKS: raise ValueError(f"unregister_subtask: {name!r} is a built-in subtask")
+    if name not in CUSTOM_SUBTASKS: raise KeyError(f"unregister_subtask: no registered subtask {name!r}")
+    del CUSTOM_SUBTASKS[name]; SUBTASK_HELP.pop(name, None); SUBTASKS.remove(name)
+
+def _custom_plan(name: str, scene: Scene, rng: random.Random) -> tuple[Scene, str]:
+    out = CUSTOM_SUBTASKS[name][0](scene, rng)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Scene) and isinstance(out[1], str) and out[1].strip()):
+        raise TypeError(f"the plan of subtask {name!r} must return (Scene, non-empty instruction), got {type(out).__name__}")
+    return out
+
+def _custom_check(name: str, before: Scene, after: Scene, d) -> str | None:
+    check = CUSTOM_SUBTASKS[name][1]
+    if check is not None: return check(before, after)
+    n = len(d.added) + len(d.removed) + len(d.changed)
+    return None if n == 1 else f"{name}: expected exactly one source added, removed or changed, got {n}"

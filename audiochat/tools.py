@@ -29,14 +29,14 @@ from .audio import (SAMPLE_RATE, check_audio, loudness, normalize_loudness, pan,
 from .scene import Scene, SceneError, Source, SCENE_SCHEMA, MAX_DURATION
 
 # %% auto #0
-__all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SR', 'SOUND_EFFECTS', 'MAJ', 'MIN', 'DIM', 'MAJ7',
-           'MIN7', 'SUS', 'MUSIC_MOODS', 'MAX_SPEEDUP', 'LIMIT_CEILING', 'LIMIT_WINDOW', 'ToolError',
+__all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SR', 'SOUND_EFFECTS', 'BUILTIN_SOUNDS', 'MAJ', 'MIN',
+           'DIM', 'MAJ7', 'MIN7', 'SUS', 'MUSIC_MOODS', 'MAX_SPEEDUP', 'LIMIT_CEILING', 'LIMIT_WINDOW', 'ToolError',
            'UnknownSoundError', 'TimingError', 'EspeakNotFoundError', 'Speaker', 'Emotion', 'get_speaker',
            'get_emotion', 'espeak_program', 'clean_text', 'espeak_args', 'trim_silence', 'speak', 'speech_duration',
            'phonemes', 'band', 'shaped_noise', 'moving_filter', 'moving_band', 'smooth_random', 'random_curve', 'tone',
            'decay', 'place', 'times_regular', 'times_poisson', 'events', 'SoundEffect', 'resolve_sound', 'synth_sfx',
-           'midi_hz', 'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render',
-           'Toolbox']
+           'register_sound', 'unregister_sound', 'midi_hz', 'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks',
+           'Render', 'source_audio', 'render', 'Toolbox']
 
 # %% ../nbs/03_tools.ipynb #f0b2effc
 class ToolError(ValueError):
@@ -589,6 +589,38 @@ def synth_sfx(name: str, duration: float, seed: int = 0) -> torch.Tensor:
     return _finish(SOUND_EFFECTS[name].synth(_samples(duration), _rng(seed, "sfx", name)))
 
 # %% ../nbs/03_tools.ipynb #fe9f06b0
+BUILTIN_SOUNDS = frozenset(SOUND_EFFECTS)
+
+def register_sound(name: str, synth, paraphrases, caption: str | None = None) -> SoundEffect:
+    """Add sound-effect class `name`: `synth(n_samples, rng) -> np.ndarray` makes it, `paraphrases` are how people
+    ask for it (the first is the caption unless `caption` is given). Returns the new `SoundEffect`."""
+    key = _key(name) if isinstance(name, str) else ""
+    if not key: raise ValueError(f"register_sound: name must be a non-empty string, got {name!r}")
+    if key in BUILTIN_SOUNDS: raise ValueError(f"register_sound: {key!r} is a built-in sound effect; choose another name")
+    if not callable(synth): raise TypeError(f"register_sound: synth must be a function (n_samples, rng) -> array, got {type(synth).__name__}")
+    if isinstance(paraphrases, str): paraphrases = [paraphrases]
+    phrases = [" ".join(str(p).split()) for p in paraphrases]
+    if caption is None and not phrases: raise ValueError("register_sound: give at least one paraphrase (or a caption)")
+    if any(not p for p in phrases) or (caption is not None and not caption.strip()):
+        raise ValueError("register_sound: captions and paraphrases must be non-empty strings")
+    caption, phrases = (caption.strip(), phrases) if caption is not None else (phrases[0], phrases[1:])
+    taken = {_key(v.caption): k for k, v in SOUND_EFFECTS.items() if k != key}
+    if _key(caption) in taken: raise ValueError(f"register_sound: caption {caption!r} already belongs to {taken[_key(caption)]!r}")
+    x = np.asarray(synth(SR // 4, np.random.default_rng(0)))
+    if x.shape != (SR // 4,) or not np.isfinite(x).all():
+        raise ValueError(f"register_sound: synth(n, rng) must return n finite samples as a 1-D array; for n = {SR // 4} it gave shape {x.shape}")
+    SOUND_EFFECTS[key] = SoundEffect(key, caption, tuple(phrases), synth)
+    _vocabulary.cache_clear()
+    return SOUND_EFFECTS[key]
+
+def unregister_sound(name: str):
+    "Remove a class added with `register_sound`."
+    key = _key(name)
+    if key in BUILTIN_SOUNDS: raise ValueError(f"unregister_sound: {key!r} is a built-in sound effect")
+    if key not in SOUND_EFFECTS: raise KeyError(f"unregister_sound: no registered sound {key!r}")
+    del SOUND_EFFECTS[key]; _vocabulary.cache_clear()
+
+# %% ../nbs/03_tools.ipynb #20364629
 def midi_hz(m): return 440.0 * 2 ** ((np.asarray(m, dtype=np.float64) - 69) / 12)
 
 MAJ, MIN, DIM, MAJ7, MIN7, SUS = (0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 7, 11), (0, 3, 7, 10), (0, 5, 7)
@@ -668,7 +700,7 @@ def synth_music(mood: str, duration: float, seed: int = 0) -> torch.Tensor:
     t = _time(n); x = x * np.minimum(1, (n / SR - t) / min(0.5, n / SR / 4))  # fade out
     return _finish(x)
 
-# %% ../nbs/03_tools.ipynb #9e78636f
+# %% ../nbs/03_tools.ipynb #f367362d
 MAX_SPEEDUP = 1.6  # speech may be re-synthesised at most this much faster to fit its span
 LIMIT_CEILING = 0.98  # peak limiter ceiling (linear, about -0.18 dBFS)
 LIMIT_WINDOW = 0.005  # seconds: the limiter's look-around and smoothing radius
@@ -744,7 +776,7 @@ def render(scene: Scene | dict | str, seed: int = 0) -> Render:
     limited = peak > LIMIT_CEILING
     return Render(limit_peaks(x) if limited else x, stems, limited, peak, scene)
 
-# %% ../nbs/03_tools.ipynb #a9ad832c
+# %% ../nbs/03_tools.ipynb #7b271aa7
 import jsonschema
 
 def _function(name: str, description: str, properties: dict, required: list[str]) -> dict:

@@ -393,3 +393,97 @@ def test_move_picks_a_source_that_can_move():
     stuck = Scene((Source("bed", "sfx", 0.3, 4.6, caption="steady rain"),), 5)
     with pytest.raises(ValueError, match="no source in this scene can move"):
         plan_edit(stuck, "move", random.Random(0))
+
+
+# ---------------------------------------------------------------- registering a new edit subtask
+
+def _plan_shorten(scene, rng):
+    long = [s for s in scene.sources if s.kind != "speech" and s.end - s.start >= 1.0]
+    if not long: raise ValueError("no sound long enough to shorten")
+    s = rng.choice(long)
+    end = round(s.start + (s.end - s.start) / 2, 2)
+    return Scene(tuple(dataclasses.replace(x, end=end) if x.id == s.id else x for x in scene.sources), scene.duration), f"Cut {s.caption} off at {end:g} s."
+
+
+def _check_shorten(before, after):
+    d = diff(before, after)
+    if d.added or d.removed or len(d.changed) != 1: return "shorten: expected exactly one changed source"
+    (i, fields), = d.changed.items()
+    if set(fields) != {"end"} or after[i].end >= before[i].end: return f"shorten: {i!r} should only end earlier"
+    return None
+
+
+@pytest.fixture
+def shorten():
+    from audiochat.copilot import register_subtask, unregister_subtask
+    register_subtask("shorten", _plan_shorten, _check_shorten, help="make one sound stop earlier")
+    try: yield "shorten"
+    finally: unregister_subtask("shorten")
+
+
+def test_registered_subtask_in_dialogues_and_filter(shorten):
+    from audiochat.copilot import edit_task
+    assert SUBTASKS[-1] == "shorten"
+    d = simulate_dialogue(3, ["shorten"])
+    assert d.rejected is None and d.turns[1].subtask == "shorten"
+    before, after = d.turns[0].scene, d.turns[1].scene
+    assert check_edit(before, after, "shorten") is None
+    assert "should only end earlier" in check_edit(after, before, "shorten")
+    assert check_edit(before, after, "move") is not None
+    assert "make one sound stop earlier" in edit_task(before, "shorten")
+    # a designer that does a built-in edit when asked to shorten is filtered out
+    class Wrong(TemplateLLM):
+        def _user(self, task):
+            reply = super()._user(task)
+            if "subtask: shorten" in task:
+                sc = self.plans[reply["content"]]
+                self.plans[reply["content"]] = Scene(tuple(dataclasses.replace(x, pan=-x.pan if x.pan else 0.5) for x in sc.sources), sc.duration)
+            return reply
+    m = Wrong(3)
+    assert simulate_dialogue(3, ["shorten"], user=m, designer=m).rejected == "inconsistent_edit"
+
+
+def test_registered_subtask_default_check_and_training_draws():
+    from audiochat.copilot import register_subtask, unregister_subtask
+    register_subtask("shorten", _plan_shorten)  # no check: one source changed is enough
+    try:
+        story = random_story(random.Random(0))
+        after, instruction = plan_edit(story, "shorten", random.Random(0))
+        assert check_edit(story, after, "shorten") is None and instruction.startswith("Cut ")
+        assert "expected exactly one" in check_edit(story, story, "shorten")
+        drawn = Counter(t.subtask for seed in range(12) for t in simulate_dialogue(seed, edits=2).turns[1:])
+        assert drawn["shorten"] > 0  # training dialogues draw it like the built-in subtasks
+    finally: unregister_subtask("shorten")
+    assert "shorten" not in SUBTASKS and len(SUBTASKS) == 6
+    with pytest.raises(ValueError, match="unknown edit subtask"): plan_edit(story, "shorten", random.Random(0))
+
+
+def test_dataset_builder_accepts_registered_subtask(shorten, tmp_path):
+    from audiochat.data import DataConfig, build_shard, dialogue_subtasks, read_records
+    config = DataConfig(split="eval", dialogues=7, shard_size=1, edits=1)
+    assert dialogue_subtasks(config, 6) == ["shorten"]  # the evaluation split cycles through every subtask
+    stats = build_shard(tmp_path, config, 6)
+    assert stats["dialogues"] == 1 and stats["subtasks"] == {"story": 1, "shorten": 1}, stats
+    (record,) = list(read_records(tmp_path))
+    assert record["turns"][1]["subtask"] == "shorten"
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (("pan", _plan_shorten), ValueError, "built-in"),
+    (("story", _plan_shorten), ValueError, "built-in"),
+    (("Echo!", _plan_shorten), ValueError, "lower-case"),
+    (("echo", None), TypeError, "plan must be a function"),
+    (("echo", "plan"), TypeError, "must be a function"),
+])
+def test_register_subtask_bad_input(args, error, match):
+    from audiochat.copilot import register_subtask
+    with pytest.raises(error, match=match): register_subtask(*args)
+    assert len(SUBTASKS) == 6
+
+
+def test_registered_plan_must_return_scene_and_instruction():
+    from audiochat.copilot import register_subtask, unregister_subtask
+    register_subtask("noop", lambda scene, rng: scene)
+    try:
+        with pytest.raises(TypeError, match="must return \\(Scene, non-empty instruction\\)"): plan_edit(DEMO, "noop", random.Random(0))
+    finally: unregister_subtask("noop")

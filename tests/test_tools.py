@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from audiochat import tools
 from audiochat.audio import SAMPLE_RATE, pan_gains
-from audiochat.scene import Scene
+from audiochat.scene import Scene, Source
 from audiochat.tools import (
     EMOTIONS,
     LIMIT_CEILING,
@@ -437,3 +437,58 @@ def test_toolbox_errors(name, arguments, expected):
     assert set(result) == {"error"}, result
     assert expected in result["error"], result["error"]
     json.dumps(result)
+
+
+# ---------------------------------------------------------------- registering a new sound effect
+
+def _frog(n, rng):
+    def croak(i):
+        m = int(rng.uniform(0.12, 0.25) * SR)
+        return tools.tone(rng.uniform(180, 260), m, harmonics=(1, 0.6, 0.3)) * tools.decay(m, 0.08, attack=0.01)
+    return tools.events(n, tools.times_poisson(n, rng, 2.5), croak)
+
+
+@pytest.fixture
+def frog():
+    effect = tools.register_sound("frog", _frog, ["a frog croaking", "frogs croak in the pond", "croaking frogs at night"])
+    try: yield effect
+    finally: tools.unregister_sound("frog")
+
+
+def test_register_sound_reaches_every_user(frog):
+    from audiochat.metrics import caption_classes, source_class
+    assert frog.caption == "a frog croaking" and SOUND_EFFECTS["frog"] is frog
+    assert resolve_sound("frogs croaking near the pond") == "frog"
+    x = synth_sfx("a frog croaking", 1.0, seed=1)
+    assert x.shape == (1, SR) and torch.equal(x, synth_sfx("frog", 1.0, seed=1)) and 0.5 < x.abs().max() <= 0.9 + 1e-6
+    r = render(scene({"id": "f", "kind": "sfx", "start": 0.5, "end": 2.0, "caption": "croaking frogs at night"}))
+    assert r.stems["f"][:, : SR // 2].abs().max() == 0 and r.stems["f"][:, SR // 2:].abs().max() > 0
+    box = tools.Toolbox(seed=0)
+    assert "frog" in json.dumps(box.schemas())
+    assert caption_classes()["sfx:frog"] == ["a frog croaking", "frogs croak in the pond", "croaking frogs at night"]
+    assert source_class(Source("f", "sfx", 0, 1, caption="a frog croaking")) == "sfx:frog"
+
+
+def test_register_sound_replaces_and_unregisters():
+    tools.register_sound("frog", _frog, ["a frog croaking"])
+    tools.register_sound("frog", _frog, ["a toad croaking", "toads"])  # a rerun cell replaces it
+    try:
+        assert SOUND_EFFECTS["frog"].caption == "a toad croaking" and resolve_sound("toads") == "frog"
+    finally: tools.unregister_sound("frog")
+    assert "frog" not in SOUND_EFFECTS
+    with pytest.raises(tools.UnknownSoundError): resolve_sound("a toad croaking")
+    with pytest.raises(KeyError, match="no registered sound"): tools.unregister_sound("frog")
+
+
+@pytest.mark.parametrize("args, match", [
+    (("rain", _frog, ["more rain"]), "built-in"),
+    (("", _frog, ["x"]), "non-empty string"),
+    (("frog", "not a function", ["x"]), "must be a function"),
+    (("frog", _frog, []), "at least one paraphrase"),
+    (("frog", _frog, ["a dog barking"]), "already belongs to 'dog barking'"),
+    (("frog", lambda n, rng: np.zeros((2, n)), ["x"]), "1-D array"),
+    (("frog", lambda n, rng: np.full(n, np.nan), ["x"]), "finite"),
+])
+def test_register_sound_bad_input(args, match):
+    with pytest.raises((ValueError, TypeError), match=match): tools.register_sound(*args)
+    assert "frog" not in SOUND_EFFECTS
