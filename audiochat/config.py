@@ -43,6 +43,9 @@ class TrainDataConfig:
     max_turns: int = 3  # turns of a dialogue kept (each turn = a user request + the assistant's scene and audio)
     window: int = 64  # dialogues shuffled together, then sorted by length into micro-batches (length bucketing)
     synthetic_dialogues: int = 256  # size of the synthetic training set
+    cot: bool = True  # False: assistant turns say a fixed short text instead of the scene (the no-CoT and DiT baselines)
+    understanding: float = 0.25  # fraction of dialogues also given as an understanding example (audio in, scene out)
+    refusals: float = 0.1  # fraction of dialogues ending with an edit of a sound that is not there, answered in words
 
 @dataclass
 class OptimConfig:
@@ -102,6 +105,8 @@ class Config:
         if self.run.parallel not in ("ddp", "fsdp"): raise ValueError(f"run.parallel must be ddp or fsdp, got {self.run.parallel!r}")
         for k in ("batch_size", "max_frames", "max_turns", "window"):
             if getattr(self.data, k) < 1: raise ValueError(f"data.{k} must be >= 1, got {getattr(self.data, k)}")
+        for k in ("understanding", "refusals"):
+            if not 0 <= getattr(self.data, k) <= 1: raise ValueError(f"data.{k} is a fraction in [0, 1], got {getattr(self.data, k)}")
         if self.optim.accumulate < 1 or self.optim.steps < 0: raise ValueError("optim.accumulate must be >= 1 and optim.steps >= 0")
         if self.stages and sum(s.steps for s in self.stages) != self.optim.steps:
             raise ValueError(f"the stages' steps add up to {sum(s.steps for s in self.stages)}, not optim.steps = {self.optim.steps}")

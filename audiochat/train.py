@@ -38,11 +38,11 @@ from .scene import Scene
 from .audio import load_audio
 
 # %% auto #0
-__all__ = ['SYNTHETIC_SOUNDS', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
-           'BatchStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model',
-           'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train',
-           'train_main']
+__all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts',
+           'answer_json', 'missing_source_request', 'DialogueSource', 'plan_epoch', 'BatchStream', 'learning_rate',
+           'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model', 'noise_generator',
+           'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train', 'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -67,12 +67,40 @@ def synthetic_texts(n: int = 200, seed: int = 0) -> list[str]:
     return [t.text for i in range(n) for t in synthetic_dialogue(seed + i, 1)]
 
 # %% ../nbs/12_train.ipynb #3957c535
+UNDERSTAND_PROMPT = "Describe this audio: who speaks, what they say and when, and which sounds and music play when."
+NO_COT_TEXT = "Here is the audio."
+
+def answer_json(text: str) -> str:
+    "A reply in words in place of a scene, as the one-key JSON object the chat's grammar allows: {\"answer\":text}."
+    return json.dumps({"answer": text}, separators=(",", ":"), ensure_ascii=True)
+
+def missing_source_request(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """An edit request about a sound effect that `scene` does not have, and the answer saying so (in words:
+    `answer_json`). The sound is named the way users name sounds (a caption, a paraphrase or the class name)."""
+    from audiochat.copilot import _sentence, _the, describe
+    from audiochat.scene import Source
+    from audiochat.tools import SOUND_EFFECTS
+    have = {s.caption for s in scene.sources}
+    names = sorted(n for n, e in SOUND_EFFECTS.items() if e.caption not in have)
+    if not names: raise ValueError("the scene already has every sound effect; there is nothing missing to ask for")
+    ghost = Source("fx0", "sfx", 0.0, 1.0, caption=SOUND_EFFECTS[rng.choice(names)].caption)
+    ref = _the(describe(ghost, scene, rng))
+    body = rng.choice([f"Make {ref} louder by 6 dB", f"Turn {ref} down 5 dB", f"Remove {ref}", f"Take out {ref}",
+                       f"Move {ref} to 2 seconds", f"Pan {ref} to the left", f"Replace {ref} with birds chirping"])
+    answer = rng.choice([f"There is no {ref[4:]} in this story, so I left it unchanged.",
+                         f"I could not find {ref} in the story; nothing was changed."])
+    return _sentence(rng, body), answer_json(answer)
+
+# %% ../nbs/12_train.ipynb #4f278acb
 class DialogueSource:
     "Dialogues of a dataset folder (shards of records.jsonl + audio) or synthetic ones, indexed; `turns(i)` loads one."
     def __init__(self, source: str, latent_dim: int, max_frames: int = 64, max_turns: int = 3, synthetic_dialogues: int = 256,
-                 seed: int = 0, latents=None, codec=None, holdout: int = 0, split: str = "train"):
+                 seed: int = 0, latents=None, codec=None, holdout: int = 0, split: str = "train", cot: bool = True,
+                 understanding: float = 0.0, refusals: float = 0.0):
         self.source, self.latent_dim, self.max_frames, self.max_turns = source, latent_dim, max_frames, max_turns
-        self.latents, self.codec, self.mean, self.std = latents, codec, None, None
+        self.latents, self.codec, self.mean, self.std, self.seed = latents, codec, None, None, seed
+        self.cot, self.refusals = cot, refusals if cot else 0.0
+        self.tasks = None  # per entry: "dialogue" or "understand" (dataset folders only)
         if source == "synthetic":
             base = seed * 1_000_000 + (500_000 if split == "eval" else 0)
             n = holdout if split == "eval" else synthetic_dialogues
@@ -98,12 +126,22 @@ class DialogueSource:
             if holdout >= len(self.entries): raise ValueError(f"{source} has {len(self.entries)} dialogues, too few to hold out {holdout} for evaluation")
             cut = slice(len(self.entries) - holdout, None) if split == "eval" else slice(0, len(self.entries) - holdout)
             self.entries, self.lengths = self.entries[cut], self.lengths[cut]
+        self.tasks = ["dialogue"] * len(self.entries)
+        if cot and understanding > 0:  # the chosen dialogues come once more as an understanding example of their story
+            chosen = [i for i in range(len(self.entries)) if self._rng(i, "understand").random() < understanding]
+            self.entries += [self.entries[i] for i in chosen]; self.tasks += ["understand"] * len(chosen)
+            self.lengths += [self.lengths[i] // max(1, self.entries[i][2]) for i in chosen]
 
     def _synthetic_length(self, seed):
         return sum(len(t.text) // 3 + 3 + (0 if t.audio is None else t.audio.shape[0] + 2)
                    for t in synthetic_dialogue(seed, 1, self.max_frames, self.max_turns))
 
     def __len__(self): return len(self.entries)
+
+    def _rng(self, i: int, what: str) -> random.Random:
+        "A generator for the choices about entry `i` (fixed per dataset position and seed, so runs repeat)."
+        path, offset, _ = self.entries[i]
+        return random.Random(f"{self.seed}-{Path(path).parent.name}-{offset}-{what}")
 
     def shard(self, i: int) -> str: return self.entries[i][0] if self.source != "synthetic" else str(i // 64)
 
@@ -129,11 +167,22 @@ class DialogueSource:
         return z[: self.max_frames]
 
     def turns(self, i: int) -> list[Turn]:
-        "Dialogue `i` as Turns: user request; assistant scene JSON (the plan) + the turn's audio latents."
+        """Example `i` as Turns. A dialogue: user request; assistant scene JSON (the plan; `NO_COT_TEXT` without CoT) +
+        the turn's audio latents; maybe a request about a missing sound and its answer in words. An understanding
+        example: `UNDERSTAND_PROMPT` with the story's audio; the story's scene as text."""
         if self.source == "synthetic": return synthetic_dialogue(self.entries[i][1], self.latent_dim, self.max_frames, self.max_turns)
+        turns = self.record(i)["turns"][: self.max_turns]
+        if self.tasks is not None and self.tasks[i] == "understand":
+            t = turns[0]
+            return [Turn("user", UNDERSTAND_PROMPT, audio=self.audio_latents(t["audio"])), Turn("assistant", Scene.from_dict(t["scene"]).to_json())]
         out = []
-        for t in self.record(i)["turns"][: self.max_turns]:
-            out += [Turn("user", t["user"]), Turn("assistant", Scene.from_dict(t["scene"]).to_json(), audio=self.audio_latents(t["audio"]))]
+        for t in turns:
+            plan = Scene.from_dict(t["scene"]).to_json() if self.cot else NO_COT_TEXT
+            out += [Turn("user", t["user"]), Turn("assistant", plan, audio=self.audio_latents(t["audio"]))]
+        rng = self._rng(i, "refusal")
+        if self.refusals > 0 and rng.random() < self.refusals:
+            ask, answer = missing_source_request(Scene.from_dict(turns[-1]["scene"]), rng)
+            out += [Turn("user", ask), Turn("assistant", answer)]
         return out
 
     def texts(self, n: int = 2000) -> list[str]:
@@ -142,9 +191,10 @@ class DialogueSource:
         out = []
         for i in range(min(n, len(self))):
             for t in self.record(i)["turns"][: self.max_turns]: out += [t["user"], Scene.from_dict(t["scene"]).to_json()]
-        return out
+        return out + [UNDERSTAND_PROMPT, NO_COT_TEXT] + [a for i in range(min(50, len(self))) for a in missing_source_request(
+            Scene.from_dict(self.record(i)["turns"][0]["scene"]), random.Random(i))]
 
-# %% ../nbs/12_train.ipynb #26946ce4
+# %% ../nbs/12_train.ipynb #dfd4e61d
 def plan_epoch(source, epoch: int, seed: int, batch_size: int, window: int) -> list[list[int]]:
     "Micro-batches (lists of dialogue indices) of one epoch: shards permuted, windows shuffled, sorted by length, chunked."
     rng = random.Random(f"{seed}-{epoch}")
@@ -180,7 +230,7 @@ class BatchStream:
     def __getitem__(self, g: int):
         return collate([self.sequence(i) for i in self.indices(g)], self.pad_id)
 
-# %% ../nbs/12_train.ipynb #dfd4e61d
+# %% ../nbs/12_train.ipynb #6ff9cc1b
 def learning_rate(step: int, peak: float, steps: int, warmup: int, min_lr_ratio: float = 0.1) -> float:
     "lr at optimiser step `step` (0-based) of a schedule of `steps`: linear warmup to `peak`, cosine decay to min_lr_ratio * peak."
     if step < warmup: return peak * (step + 1) / warmup
@@ -204,7 +254,7 @@ def lr_at(config: Config, step: int) -> float:
     _, s, local = stage_at(config, step)
     return learning_rate(local, s.lr if s.lr is not None else config.optim.lr, s.steps, min(config.optim.warmup, s.steps), config.optim.min_lr_ratio)
 
-# %% ../nbs/12_train.ipynb #6ff9cc1b
+# %% ../nbs/12_train.ipynb #fdc69037
 def _unwrap(model): return getattr(model, "module", model)
 
 def _rng_tensors() -> dict:
@@ -255,7 +305,7 @@ def load_checkpoint(path) -> dict:
                 trainer=load_file(str(path / "trainer.safetensors")),
                 state=json.loads((path / "trainer_state.json").read_text()), config=load_config(path / "config.yaml"))
 
-# %% ../nbs/12_train.ipynb #ac874393
+# %% ../nbs/12_train.ipynb #aac69a19
 def gather_full_state(model, optimizer, ema: dict | None) -> tuple:
     "Full (unsharded, CPU) weights, optimiser state (keyed by parameter name) and EMA of an FSDP2 model; all processes call it."
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
@@ -282,7 +332,7 @@ def load_optimizer_state(model, optimizer, tensors: dict, groups: list, sharded:
             name, k = key[len("optimfqn."):].rsplit(".", 1); state.setdefault(name, {})[k] = v
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=StateDictOptions(full_state_dict=True))
 
-# %% ../nbs/12_train.ipynb #fdc69037
+# %% ../nbs/12_train.ipynb #3af3993d
 OOM_ADVICE = ("out of memory: lower data.batch_size and raise optim.accumulate by the same factor (same global batch), "
               "or shorten data.max_frames / data.max_turns; on GPUs use run.precision=bf16, and run.parallel=fsdp for large models")
 
@@ -388,7 +438,7 @@ def log_preview(writer, step: int, previews: dict, codec=None, mean=None, std=No
         a.imshow(mel_spectrogram(audio, codec.config.sample_rate).mean(0).numpy(), aspect="auto", origin="lower", cmap="magma"); a.set(title=f"{name} (decoded)")
     fig.tight_layout(); writer.add_figure("preview/mel", fig, step)
 
-# %% ../nbs/12_train.ipynb #aac69a19
+# %% ../nbs/12_train.ipynb #ad35aa2e
 def _latent_source(config: Config, source: str, split: str, holdout: int, out: Path, codec) -> DialogueSource:
     d = config.data
     latents = mean = std = None
@@ -397,7 +447,8 @@ def _latent_source(config: Config, source: str, split: str, holdout: int, out: P
         if cache is None and (Path(source) / "latents" / "index.json").exists(): cache = str(Path(source) / "latents")
         if cache is not None: latents, mean, std = load_latents(cache)
     src = DialogueSource(source, config.model.latent_dim, d.max_frames, d.max_turns, d.synthetic_dialogues, config.run.seed,
-                         latents=latents, codec=None if latents is not None else codec, holdout=holdout, split=split)
+                         latents=latents, codec=None if latents is not None else codec, holdout=holdout, split=split,
+                         cot=d.cot, understanding=d.understanding if split == "train" else 0.0, refusals=d.refusals)
     if source != "synthetic":
         if mean is None:  # no cache: statistics of the first dialogues, computed once per run and saved with it
             stats = out / "latent_stats.safetensors"
@@ -433,7 +484,7 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
     return tokenizer, streams, ev
 
-# %% ../nbs/12_train.ipynb #d095b680
+# %% ../nbs/12_train.ipynb #ea823f66
 def train(config: Config, resume: bool = False, until: int | None = None) -> dict:
     """Train (or, with `resume`, continue from `run.out/checkpoints/latest`) until `optim.steps`, or stop after step
     `until`. Returns the trainer state (step, history, evals, counters, last checkpoint)."""
@@ -577,7 +628,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
         if writer is not None: writer.close()
     return state
 
-# %% ../nbs/12_train.ipynb #ad35aa2e
+# %% ../nbs/12_train.ipynb #1912a900
 def train_main(argv: list[str]) -> int:
     "`audiochat train`: train a model from a preset, a YAML file and dotted overrides."
     import argparse

@@ -121,6 +121,38 @@ def test_dataset_source_streams_records():
     with pytest.raises(FileNotFoundError, match="does not exist"): T.DialogueSource(str(SAMPLES / "nope"), 32)
 
 
+def test_understanding_and_missing_source_examples(codec_dir):
+    from audiochat.codec import Codec
+    from audiochat.scene import Scene
+    codec = Codec.from_pretrained(codec_dir)
+    src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
+    base = T.DialogueSource(str(SAMPLES), 32, max_turns=2)
+    n_understand = src.tasks.count("understand")
+    assert len(src) == len(base) + n_understand and src.tasks[: len(base)] == ["dialogue"] * len(base)
+    again = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
+    assert again.tasks == src.tasks  # the same choices every time
+    refused = 0
+    for i in range(len(src)):
+        turns, record = src.turns(i), src.record(i)
+        if src.tasks[i] == "understand":
+            assert turns[0].text == T.UNDERSTAND_PROMPT and turns[0].audio is not None and turns[1].audio is None
+            assert Scene.from_json(turns[1].text) == Scene.from_dict(record["turns"][0]["scene"])
+        elif len(turns) > 2 * len(record["turns"][:2]):
+            refused += 1
+            last = Scene.from_dict(record["turns"][:2][-1]["scene"])
+            answer = json.loads(turns[-1].text)["answer"]
+            assert turns[-1].audio is None and not any(s.caption[2:] in turns[-2].text for s in last.sources if s.kind == "sfx")
+            assert "nothing was changed" in answer or "unchanged" in answer
+    assert refused > 0
+
+
+def test_no_cot_source_and_fraction_checks(codec_dir):
+    from audiochat.codec import Codec
+    src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=Codec.from_pretrained(codec_dir), cot=False, understanding=1, refusals=1)
+    assert all(t.text == T.NO_COT_TEXT for t in src.turns(0) if t.role == "assistant") and len(src) == 6
+    with pytest.raises(ValueError, match="data.refusals is a fraction"): resolve("tiny", overrides=["--data.refusals=1.5"])
+
+
 # ---- loop, resume, failures ----
 def test_exact_resume(tmp_path):
     full = T.train(config(tmp_path, "--optim.steps=6", "--optim.accumulate=2", name="full"))
