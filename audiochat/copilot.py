@@ -677,7 +677,9 @@ def unregister_subtask(name: str):
     del CUSTOM_SUBTASKS[name]; SUBTASK_HELP.pop(name, None); SUBTASKS.remove(name)
 
 def _custom_plan(name: str, scene: Scene, rng: random.Random) -> tuple[Scene, str]:
-    out = CUSTOM_SUBTASKS[name][0](scene, rng)
+    try: out = CUSTOM_SUBTASKS[name][0](scene, rng)
+    except ValueError as e:  # this scene has nothing the subtask can edit: the dialogue is rejected, the build goes on
+        raise AgentError(f"subtask {name!r} cannot edit this scene: {e}") from None
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Scene) and isinstance(out[1], str) and out[1].strip()):
         raise TypeError(f"the plan of subtask {name!r} must return (Scene, non-empty instruction), got {type(out).__name__}")
     return out

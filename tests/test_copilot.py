@@ -451,6 +451,8 @@ def test_registered_subtask_default_check_and_training_draws():
         after, instruction = plan_edit(story, "shorten", random.Random(0))
         assert check_edit(story, after, "shorten") is None and instruction.startswith("Cut ")
         assert "expected exactly one" in check_edit(story, story, "shorten")
+        speech = Scene(tuple(s for s in story.sources if s.kind == "speech"), story.duration)
+        with pytest.raises(AgentError, match="cannot edit this scene"): plan_edit(speech, "shorten", random.Random(0))
         drawn = Counter(t.subtask for seed in range(12) for t in simulate_dialogue(seed, edits=2).turns[1:])
         assert drawn["shorten"] > 0  # training dialogues draw it like the built-in subtasks
     finally: unregister_subtask("shorten")
