@@ -26,15 +26,18 @@ from .forcing import Turn, collate, pack_dialogue, span_denoiser
 from .scene import Scene, SceneError
 from .sct import AudioChatModel
 from .tokenizer import load_tokenizer, special_token_ids
+from .train import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['SCENE_GRAMMAR', 'UNDERSTAND_PROMPT', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text',
-           'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line', 'tell_main',
-           'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
+__all__ = ['SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded',
+           'decode_text', 'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line',
+           'tell_main', 'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
 
 # %% ../nbs/13_chat.ipynb #e43ca1eb
-_STR = r'"[\x20\x21\x23-\x5b\x5d-\x7e]{1,120}"'  # printable ASCII without " and \\
+_CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'  # printable ASCII but " and \, or a JSON escape
+         r'|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})')  # or a UTF-8 character
+_STR = rf'"{_CHAR}{{1,120}}"'
 _TIME = r"(?:[0-9]|[1-9][0-9]|1[01][0-9])(?:\.[0-9]{1,2})?"  # 0 to 119.99 s
 _DB = r"(?:0|-(?:0|[1-9][0-9]?)(?:\.[0-9])?)"
 _PAN = r"(?:-?(?:0(?:\.[0-9]{1,2})?|1))"
@@ -42,6 +45,15 @@ _TAIL = rf',"start":{_TIME},"end":{_TIME}(?:,"loudness_db":{_DB})?(?:,"pan":{_PA
 _SOURCE = (rf'\{{"id":"[A-Za-z0-9_-]{{1,32}}","kind":(?:"speech","speaker":{_STR}(?:,"emotion":{_STR})?,"text":{_STR}'
            rf'|"(?:sfx|music)","caption":{_STR}){_TAIL}')
 SCENE_GRAMMAR = rf'\{{"duration":{_TIME},"sources":\[(?:{_SOURCE}(?:,{_SOURCE}){{0,11}})?\]\}}'  # at most 12 sources
+ANSWER_GRAMMAR = rf'\{{"answer":"{_CHAR}{{1,300}}"\}}'  # a reply in words (e.g. an edit of a sound that is not there)
+EDIT_GRAMMAR = rf'(?:{SCENE_GRAMMAR}|{ANSWER_GRAMMAR})'
+
+def answer_text(raw: str) -> str | None:
+    "The words of an answer `{\"answer\": ...}` the model wrote instead of a scene, else None."
+    try: d = json.loads(raw)
+    except ValueError: return None
+    return d["answer"] if isinstance(d, dict) and list(d) == ["answer"] and isinstance(d["answer"], str) else None
+
 
 _NUM = lambda key: regex.compile(rb'"' + key + rb'":(-?[0-9.]+)(,|\}|$)')
 _DURATION, _START, _END, _DB_NUM, _ID = _NUM(b"duration"), _NUM(b"start"), _NUM(b"end"), _NUM(b"loudness_db"), regex.compile(rb'"id":"([^"]*)"')
@@ -93,7 +105,7 @@ class SceneGrammar:
         "Whether `text` is a complete scene."
         return self.pattern.fullmatch(text) is not None and self.numbers_ok(text)
 
-# %% ../nbs/13_chat.ipynb #8be00271
+# %% ../nbs/13_chat.ipynb #f7891b3a
 def _byte_decoder() -> dict[str, int]:
     "The byte-level BPE alphabet: printable stand-in characters -> byte values."
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -173,10 +185,11 @@ def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, st
     seconds = time.perf_counter() - t0
     return Decoded(ids, tokenizer.decode(ids) if tokenizer is not None else "", seconds, stopped)
 
-# %% ../nbs/13_chat.ipynb #f7891b3a
-def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0) -> Path:
+# %% ../nbs/13_chat.ipynb #fe4c16d4
+def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()) -> Path:
     """Train a tiny run on the sample dialogues in `out` (a codec with the tiny preset's shape, untrained, is saved in
-    `out/codec` unless `codec_dir` is given). For tests and demos: seconds on a CPU, poor output."""
+    `out/codec` unless `codec_dir` is given; `overrides` are more `--key=value` settings). For tests and demos:
+    seconds on a CPU, poor output."""
     from audiochat.codec import CodecConfig
     from audiochat.config import resolve
     from audiochat.train import train
@@ -189,11 +202,11 @@ def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int
     config = resolve("tiny", overrides=[f"--data.source={data_dir}", f"--data.codec={codec_dir}", "--data.batch_size=2",
                                         "--data.eval_dialogues=0", f"--optim.steps={steps}", "--data.max_frames=16",
                                         "--data.max_turns=1", f"--run.out={out}", "--run.progress=false", "--run.eval_every=0",
-                                        "--optim.warmup=1", f"--run.seed={seed}"])
+                                        "--optim.warmup=1", f"--run.seed={seed}", *overrides])
     train(config)
     return out
 
-# %% ../nbs/13_chat.ipynb #fd852ab2
+# %% ../nbs/13_chat.ipynb #ee235f60
 class ChatError(ValueError):
     "The model's chain of thought could not be turned into a valid scene; `raw` holds the last text it wrote."
     def __init__(self, message: str, raw: str):
@@ -224,14 +237,16 @@ class Timings:
 
 @dataclass
 class Reply:
-    "One answered request: the task, the request text, the scene (the CoT), its raw text, audio and timings."
+    """One answered request: the task, the request text, the scene (the CoT; None for a model without CoT or an answer
+    in words), its raw text, audio, timings, and `message`: the model's answer in words when it made no scene."""
     task: str  # tell / edit / understand
     request: str
-    scene: Scene
+    scene: Scene | None
     cot: str
     latents: torch.Tensor | None = None  # (frames, D), normalised as the model sees them
     audio: torch.Tensor | None = None  # (channels, samples) at the codec's rate
     timings: Timings = field(default_factory=Timings)
+    message: str | None = None
 
 def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     from safetensors.torch import load_file
@@ -242,23 +257,26 @@ def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | 
         _, mean, std = load_latents(config.data.latent_cache); return mean, std
     return None, None
 
-# %% ../nbs/13_chat.ipynb #8fa00d00
-UNDERSTAND_PROMPT = "Describe this audio: who speaks, what they say and when, and which sounds and music play when."
-
+# %% ../nbs/13_chat.ipynb #56c14be2
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds the turns and
     `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar` (constrained CoT),
-    `retries` (sampled retries after an invalid CoT), `temperature` (of the retries), `max_new_tokens`, `max_seconds`."""
+    `retries` (sampled retries after an invalid CoT), `temperature` (of the retries), `max_new_tokens`, `max_seconds`,
+    `default_seconds` (story length for a model without CoT). A run trained without CoT (`data.cot=False`, and every
+    DiT) has `thinks` False: it renders audio straight from the request and cannot describe audio. A run trained with
+    requests about missing sounds (`data.refusals > 0`) has `answers` True: it may answer an edit in words."""
     def __init__(self, model: AudioChatModel, tokenizer, codec: Codec, config, mean=None, std=None, *, steps: int = 25,
                  cfg_scale: float = 3.0, grammar: bool = True, retries: int = 2, temperature: float = 0.8,
-                 max_new_tokens: int = 1024, max_seconds: float = 30.0, seed: int = 0):
-        if model.config.arch == "dit": raise ValueError("a 'dit' model cannot write a chain of thought; the chat needs sct, dense or mot")
+                 max_new_tokens: int = 1024, max_seconds: float = 30.0, default_seconds: float = 10.0, seed: int = 0):
         if codec.config.frame_dim != model.config.latent_dim:
             raise ValueError(f"the codec's frames have {codec.config.frame_dim} dims but the model's latents {model.config.latent_dim}")
         self.model, self.tokenizer, self.codec, self.config = model.eval(), tokenizer, codec.eval(), config
         self.mean, self.std = mean, std
         self.ids = special_token_ids(tokenizer)
-        self.pieces, self.scene_grammar = token_pieces(tokenizer), SceneGrammar()
+        self.pieces, self.scene_grammar, self.edit_grammar = token_pieces(tokenizer), SceneGrammar(), SceneGrammar(EDIT_GRAMMAR)
+        self.thinks = model.config.arch != "dit" and config.data.cot
+        self.answers = self.thinks and config.data.refusals > 0  # edits may be answered in words (only if it was taught to)
+        self.default_seconds = default_seconds
         self.steps, self.cfg_scale, self.grammar, self.retries, self.temperature = steps, cfg_scale, grammar, retries, temperature
         self.max_new_tokens, self.max_seconds, self.seed = max_new_tokens, max_seconds, seed
         self.history: list[Turn] = []
@@ -314,9 +332,11 @@ class ChatEngine:
         latents = torch.cat([b.latents, torch.zeros(1, 1, b.latents.shape[-1])], 1)
         return (torch.cat([b.tokens, a], 1).to(self.device), latents.to(self.device), layout.to(self.device))
 
-    def think(self, turns: list[Turn], timings: Timings | None = None) -> tuple[Scene, str]:
+    def think(self, turns: list[Turn], timings: Timings | None = None, answers: bool = False) -> tuple[Scene | None, str]:
         """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the first text that
-        `Scene.from_json` accepts wins, else a ChatError with the last raw text."""
+        `Scene.from_json` accepts wins, else a ChatError with the last raw text. With `answers` (edits) the model may
+        instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer."""
+        if not self.thinks: raise ValueError("this model was trained without a chain of thought: it writes no scenes")
         timings = timings if timings is not None else Timings()
         tokens, latents, layout = self._context(turns)
         stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"]]
@@ -325,18 +345,22 @@ class ChatEngine:
         for attempt in range(1 + self.retries):
             try: d = decode_text(self.model, tokens, latents, layout, stop_ids=stop, max_new_tokens=self.max_new_tokens,
                             temperature=0.0 if attempt == 0 else self.temperature, generator=gen,
-                            grammar=self.scene_grammar if self.grammar else None, pieces=self.pieces, tokenizer=self.tokenizer)
+                            grammar=(self.edit_grammar if answers else self.scene_grammar) if self.grammar else None,
+                            pieces=self.pieces, tokenizer=self.tokenizer)
             except DeadEnd as e: raw, problem = e.raw, str(e); timings.attempts += 1; continue
             timings.cot_tokens += len(d.ids); timings.cot_seconds += d.seconds; timings.attempts += 1
             raw = d.text
+            if answers and answer_text(raw) is not None: return None, raw
             try: return Scene.from_json(raw), raw
             except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"
         raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
-    def render(self, turns: list[Turn], scene: Scene, cot: str, timings: Timings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        "Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG)."
+    def render(self, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
+               seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG),
+        as long as the scene (or `seconds`)."""
         timings = timings if timings is not None else Timings()
-        frames = max(1, round(min(scene.duration, self.max_seconds) * FRAME_RATE))
+        frames = max(1, round(min(seconds if seconds is not None else scene.duration, self.max_seconds) * FRAME_RATE))
         D = self.model.config.latent_dim
         seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D))], self.tokenizer, D)
         batch = collate([seq], self.ids["pad"]).to(self.device)
@@ -360,33 +384,39 @@ class ChatEngine:
         timings.decode_seconds += time.perf_counter() - t0
         return z.cpu(), audio
 
-    def _answer(self, task: str, request: str, user: Turn, audio_out: bool = True) -> Reply:
+    def _answer(self, task: str, request: str, user: Turn, audio_out: bool = True, seconds: float | None = None) -> Reply:
         timings = Timings()
         turns = self.history + [user]
-        scene, cot = self.think(turns, timings)
+        if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers)
+        else: scene, cot = None, NO_COT_TEXT
+        message = answer_text(cot) if self.thinks and scene is None else None
         latents = audio = None
-        if audio_out: latents, audio = self.render(turns, scene, cot, timings)
+        if audio_out and message is None: latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds)
         self.history = turns + [Turn("assistant", cot, audio=latents)]
-        reply = Reply(task, request, scene, cot, latents, audio, timings)
+        reply = Reply(task, request, scene, cot, latents, audio, timings, message)
         self.replies.append(reply)
         return reply
 
-    def tell(self, prompt: str) -> Reply:
-        "A story for `prompt`: the scene (CoT), then its audio."
+    def tell(self, prompt: str, seconds: float | None = None) -> Reply:
+        """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a model without
+        CoT (default `default_seconds`); a thinking model plans the length itself."""
         if not prompt or not prompt.strip(): raise ValueError("the request is empty")
-        return self._answer("tell", prompt, Turn("user", prompt.strip()))
+        return self._answer("tell", prompt, Turn("user", prompt.strip()), seconds=seconds or self.default_seconds)
 
     def edit(self, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
         """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor, which becomes
-        the user turn's span) following `instruction`."""
+        the user turn's span) following `instruction`. When the instruction cannot be done (e.g. it names a sound
+        that is not there) a trained model answers in words: `reply.message`, no audio."""
         if not instruction or not instruction.strip(): raise ValueError("the instruction is empty")
         if audio is None and not any(t.audio is not None for t in self.history):
             raise ValueError("nothing to edit: tell a story first or give the audio to edit")
         z = None if audio is None else self.encode(audio, sample_rate)
-        return self._answer("edit", instruction, Turn("user", instruction.strip(), audio=z))
+        last = z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
+        return self._answer("edit", instruction, Turn("user", instruction.strip(), audio=z), seconds=last.shape[0] / FRAME_RATE)
 
     def understand(self, audio, sample_rate: int | None = None) -> Reply:
         "The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when."
+        if not self.thinks: raise ValueError("this model was trained without a chain of thought: it cannot describe audio")
         z = self.encode(audio, sample_rate)
         return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False)
 
@@ -394,7 +424,7 @@ class ChatEngine:
         "Forget the conversation."
         self.history, self.replies = [], []
 
-# %% ../nbs/13_chat.ipynb #bf0c07ac
+# %% ../nbs/13_chat.ipynb #c61b7ac7
 def scene_table(scene: Scene) -> str:
     "A plain-text table of a scene's sources."
     rows = [("id", "kind", "start", "end", "dB", "pan", "who / what")]
@@ -428,13 +458,22 @@ def _engine(a) -> ChatEngine:
 def _write(reply: Reply, path, engine: ChatEngine) -> Path:
     from audiochat.audio import save_audio
     path = save_audio(path, reply.audio, engine.codec.config.sample_rate)
-    path.with_suffix(".json").write_text(reply.scene.to_json(indent=2) + "\n")
+    if reply.scene is not None: path.with_suffix(".json").write_text(reply.scene.to_json(indent=2) + "\n")
     return path
 
+def _show(reply: Reply):
+    "Print the reply: its scene as a table (or the model's answer in words) and the timings."
+    if reply.message is not None: print(f"the model answered: {reply.message}")
+    elif reply.scene is not None: print(scene_table(reply.scene))
+    else: print("(no chain of thought: this model renders audio straight from the request)")
+    print(timing_line(reply.timings))
+
 def _write_and_show(reply: Reply, path, engine: ChatEngine):
-    "Write the reply's audio and scene, then print the scene table, the timings and where they went."
+    "Print the reply; write its audio and scene (if it made audio) and say where."
+    _show(reply)
+    if reply.audio is None: print("no audio was made, nothing written"); return
     path = _write(reply, path, engine)
-    print(scene_table(reply.scene)); print(timing_line(reply.timings)); print(f"wrote {path} and {path.with_suffix('.json')}")
+    print(f"wrote {path}" + (f" and {path.with_suffix('.json')}" if reply.scene is not None else ""))
 
 def tell_main(argv: list[str]) -> int:
     "`audiochat tell TEXT -o story.wav --run DIR`"
@@ -494,17 +533,18 @@ def chat_main(argv: list[str], stdin=None) -> int:
             elif any(t.audio is not None for t in engine.history): r = engine.edit(line)
             else: r = engine.tell(line)
         except (ValueError, FileNotFoundError) as e: print(f"error: {e}"); continue
-        print(scene_table(r.scene)); print(timing_line(r.timings))
+        _show(r)
         if r.audio is not None: print(f"audio: {_write(r, out / f'turn-{len(engine.replies):02d}.wav', engine)}")
     return 0
 
-# %% ../nbs/13_chat.ipynb #3e5dc16b
+# %% ../nbs/13_chat.ipynb #585b8313
 def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
     import html
     import matplotlib.pyplot as plt
     from audiochat.audio import plot_audio, save_audio
     parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
     if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
+    if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
     if s.get("audio") is not None:
         wav = save_audio(out / f"turn-{i:02d}.wav", s["audio"], sample_rate)
         fig = plot_audio(s["audio"], sample_rate, spans=s["scene"].spans() if s.get("scene") else None, title=s["title"], figsize=(9, 3.5))
@@ -520,7 +560,8 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
 
 def reply_section(reply: Reply) -> dict:
     "A report section for a chat reply."
-    return dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio, timings=reply.timings.to_dict())
+    return dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
+                timings=reply.timings.to_dict(), message=reply.message)
 
 def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
     """Write `out_dir/report.html` (with one wav and one png per section that has audio). `sections`: `Reply`s or dicts
@@ -536,7 +577,7 @@ def write_report(out_dir, sections: list, sample_rate: int, title: str = "audioc
     tmp = path.with_suffix(".html.tmp"); tmp.write_text(page); tmp.replace(path)
     return path
 
-# %% ../nbs/13_chat.ipynb #f59c1ecc
+# %% ../nbs/13_chat.ipynb #63aba1dc
 class ChatPanel:
     "An ipywidgets chat with `engine`: a request box, the editable scene (CoT), Render, and the history."
     def __init__(self, engine: ChatEngine):
@@ -557,8 +598,12 @@ class ChatPanel:
         e = self.engine
         task = "edit" if any(t.audio is not None for t in e.history) else "tell"
         user, timings = Turn("user", text), Timings()
-        try: scene, _ = e.think(e.history + [user], timings)
+        try: scene, raw = e.think(e.history + [user], timings, answers=task == "edit" and e.answers)
         except ChatError as err: self.status.value = f"<b>no valid scene:</b> {html.escape(str(err))}"; return
+        if scene is None:  # the model answered in words: nothing to render
+            e.history += [user, Turn("assistant", raw)]
+            e.replies.append(Reply(task, text, None, raw, timings=timings, message=answer_text(raw)))
+            self.status.value = f"<b>the model answered:</b> {html.escape(answer_text(raw))}"; return
         self.pending = (task, text, user, timings)
         self.cot.value = scene.to_json(indent=1)
         self.render_button.disabled = False

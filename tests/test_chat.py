@@ -14,7 +14,15 @@ from audiochat.scene import Scene
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("chat") / "run", steps=3)
+    # no examples answered in words here: these tests need every edit to make audio
+    return train_tiny_run(tmp_path_factory.mktemp("chat") / "run", steps=3, overrides=["--data.refusals=0"])
+
+
+@pytest.fixture(scope="module")
+def refusing_run(tmp_path_factory, run):
+    "A run trained only on stories followed by an edit of a sound the story lacks (answered in words)."
+    return train_tiny_run(tmp_path_factory.mktemp("chat") / "refusing", steps=150, codec_dir=run / "codec",
+                          overrides=["--data.refusals=1", "--data.max_turns=1", "--data.understanding=0"])
 
 
 def test_grammar_accepts_canonical_scenes_and_rejects_others():
@@ -80,7 +88,7 @@ def test_tell_edit_understand_end_to_end(run, tmp_path):
     e = ChatEngine.load(run, steps=3, cfg_scale=2.0)
     r = e.tell("A short story: a bell rings in the rain.")
     assert Scene.from_json(r.cot) == r.scene
-    assert r.latents.shape == (round(r.scene.duration * 40), e.model.config.latent_dim)
+    assert r.latents.shape == (round(min(r.scene.duration, e.max_seconds) * 40), e.model.config.latent_dim)
     assert r.audio.shape[0] == 2 and r.audio.shape[1] == r.latents.shape[0] * e.codec.hop and torch.isfinite(r.audio).all()
     t = r.timings
     assert t.diffusion_steps == 2 * 3 and t.cot_tokens > 0 and t.tokens_per_s > 0 and t.decode_seconds > 0
@@ -171,3 +179,41 @@ def test_demo_report_renders_in_headless_chromium(run, tmp_path):
     assert img.size == (1000, 1600)
     colours = img.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 500  # text, players and spectrograms, not a blank page
+
+
+def test_grammar_takes_utf8_escapes_and_answers_only_for_edits():
+    from audiochat.chat import EDIT_GRAMMAR, answer_text
+    s = Scene.from_json('{"duration":3,"sources":[{"id":"s1","kind":"speech","speaker":"girl","text":"Ça va? \\"Sí\\" 日本","start":0,"end":2}]}')
+    text, g, edit = s.to_json().encode(), SceneGrammar(), SceneGrammar(EDIT_GRAMMAR)
+    assert g.complete(text) and all(g.viable(text[:i]) for i in range(len(text)))
+    answer = b'{"answer":"There is no thunder in this story, so I left it unchanged."}'
+    assert edit.complete(answer) and all(edit.viable(answer[:i]) for i in range(len(answer))) and edit.complete(text)
+    assert not g.viable(answer[:4]) and not edit.complete(b'{"answer":""}') and not edit.viable(b'{"answer":"a","x"')
+    assert answer_text(answer.decode()) == "There is no thunder in this story, so I left it unchanged."
+    assert answer_text(text.decode()) is None and answer_text("not json") is None and answer_text('{"answer":1}') is None
+
+
+def test_an_edit_answered_in_words_makes_no_audio(refusing_run, tmp_path, capsys):
+    e = ChatEngine.load(refusing_run, steps=2)
+    story = e.tell("A story with rain.")
+    assert story.audio is not None and story.message is None
+    r = e.edit("Make the thunder louder by 6 dB.")
+    assert r.message is not None and r.scene is None and r.audio is None and r.latents is None
+    assert e.history[-1].text == r.cot and e.history[-1].audio is None and len(e.history) == 4
+    out = tmp_path / "story.wav"
+    save_audio(out, story.audio, e.codec.config.sample_rate)
+    assert main(["edit", str(out), "Remove the church bell.", "-o", str(tmp_path / "edit.wav"), "--run", str(refusing_run), "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "the model answered" in printed and "nothing written" in printed and not (tmp_path / "edit.wav").exists()
+
+
+@pytest.mark.parametrize("arch", ["sct", "dit"])
+def test_models_without_cot(run, tmp_path, arch):
+    r_dir = train_tiny_run(tmp_path / arch, steps=2, codec_dir=run / "codec", overrides=["--data.cot=false", f"--model.arch={arch}"])
+    e = ChatEngine.load(r_dir, steps=2, default_seconds=1.0)
+    assert not e.thinks
+    r = e.tell("Rain and a bell.")
+    assert r.scene is None and r.cot == "Here is the audio." and r.latents.shape[0] == 40 and r.audio.shape[0] == 2
+    assert e.edit("Louder rain.").latents.shape[0] == 40
+    assert e.tell("Wind.", seconds=0.5).latents.shape[0] == 20
+    with pytest.raises(ValueError, match="without a chain of thought"): e.understand(r.audio, e.codec.config.sample_rate)
