@@ -30,6 +30,7 @@ COMMANDS = {
     "edit": ("audiochat.chat", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
     "understand": ("audiochat.chat", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
     "chat": ("audiochat.chat", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
+    "eval": ("audiochat.evaluate", "eval_main", "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots"),
 }
 
 def _usage() -> str:
