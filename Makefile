@@ -10,9 +10,9 @@ STAMP := $(VENV)/.installed-stamp
 NBDEV_TEST_FLAGS ?=
 # Tests use one torch thread per process: notebooks run in parallel, tiny models gain nothing from more threads,
 # and OpenMP threads competing for 2 cores make them many times slower.
-nbtest pytest slow: export OMP_NUM_THREADS ?= 1
+nbtest pytest slow tutorials: export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup espeak demo test test-fast check-sync nbtest pytest lab lint export clean-nbs slow
+.PHONY: setup espeak demo test test-fast check-sync nbtest pytest tutorials lab lint export clean-nbs slow
 
 # (re)install when pyproject.toml's content changed since the last install (nbdev-export touches its mtime)
 setup:
@@ -77,7 +77,19 @@ nbtest: setup espeak
 pytest: setup espeak
 	$(BIN)/python -m pytest -q tests
 
-test: check-sync nbtest pytest
+# every tutorial in its tiny form (AUDIOCHAT_TUTORIAL_SIZE=tiny: fewer steps, same code), executed in a temporary
+# copy so that the committed notebooks (outputs of the normal size) stay as they are
+tutorials: setup espeak
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; cp tutorials/*.ipynb tutorials/*.py "$$tmp"/; \
+	for nb in $$(ls "$$tmp"/*.ipynb | sort); do \
+	  name="tutorials/$$(basename $$nb)"; start=$$(date +%s); \
+	  if ! AUDIOCHAT_TUTORIAL_SIZE=tiny $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	       --ExecutePreprocessor.timeout=600 "$$nb" >"$$tmp/log" 2>&1; then \
+	    grep -v "Kernel is running over TCP" "$$tmp/log" | tail -40; echo "FAILED: $$name (tiny form)"; exit 1; fi; \
+	  echo "$$name: ok in $$(( $$(date +%s) - start )) s (tiny form)"; \
+	done
+
+test: check-sync nbtest pytest tutorials
 
 # everything, including cells and tests marked slow
 slow: setup espeak
@@ -97,3 +109,25 @@ lint: setup
 .PHONY: train-tiny
 train-tiny: setup
 	OMP_NUM_THREADS=1 $(BIN)/audiochat train --preset tiny
+
+# StoryGen-Eval-mini at tiny scale: the baselines and ablations trained on the pipeline data and codec for
+# EVAL_STEPS steps each (cached under runs/pipeline/baselines/), then `audiochat eval` on EVAL_DIALOGUES dialogues
+# with the oracle and cascade rows; tables in runs/eval/tables.md
+EVAL_STEPS ?= 150
+EVAL_DIALOGUES ?= 3
+EVAL_RUNS := sct dit no-cot shared-noise dense mot
+EVAL_ARGS_sct :=
+EVAL_ARGS_dit := --model.arch=dit --data.cot=false
+EVAL_ARGS_no-cot := --data.cot=false
+EVAL_ARGS_shared-noise := --loss.policy=shared
+EVAL_ARGS_dense := --model.arch=dense
+EVAL_ARGS_mot := --model.arch=mot
+.PHONY: eval-tiny
+$(PIPE)/baselines/%/done: $(PIPE)/codec/done
+	OMP_NUM_THREADS=1 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \
+	  --run.out=$(PIPE)/baselines/$* --optim.steps=$(EVAL_STEPS) --run.progress=false $(EVAL_ARGS_$*)
+	@touch $@
+
+eval-tiny: setup espeak $(foreach r,$(EVAL_RUNS),$(PIPE)/baselines/$(r)/done)
+	OMP_NUM_THREADS=1 $(BIN)/audiochat eval $(foreach r,$(EVAL_RUNS),--checkpoint $(r)=$(PIPE)/baselines/$(r)) \
+	  --baselines oracle,cascade --split storygen-eval-mini --dialogues $(EVAL_DIALOGUES) --out runs/eval
