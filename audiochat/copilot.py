@@ -372,7 +372,9 @@ def plan_edit(scene: Scene, subtask: str, rng: random.Random) -> tuple[Scene, st
                            f"I'd like to hear {what} starting at {start:g} s, for {length:.1f} s",
                            f"Insert {what} at {start:g} s ({length:.1f} s long)"])
         return Scene(tuple(srcs + [new]), D), _sentence(rng, body)
-    target = rng.choice(srcs if subtask != "replace" else [s for s in srcs if s.kind != "speech"])
+    candidates = srcs if subtask != "replace" else [s for s in srcs if s.kind != "speech"]
+    if not candidates: raise ValueError(f"no {'source' if subtask != 'replace' else 'sound effect or music'} in this scene to {subtask}")
+    target = rng.choice(candidates)
     ref = _the(describe(target, scene, rng))
     if subtask == "remove":
         body = rng.choice([f"Remove {ref}", f"Take out {ref}", f"Get rid of {ref}", f"Delete {ref} from the scene", f"Drop {ref}"])
@@ -545,7 +547,9 @@ class TemplateLLM(ChatLLM):
             sub = re.search(r"subtask: (\w+)", task)
             js = re.search(r"```json\n(.*?)\n```", task, re.S)
             if not (sub and js): raise AgentError(f"TemplateLLM cannot read this user task: {task[:80]!r}")
-            scene, request = plan_edit(Scene.from_json(js.group(1)), sub.group(1), self.rng)
+            try: scene, request = plan_edit(Scene.from_json(js.group(1)), sub.group(1), self.rng)
+            except ValueError as e:  # nothing in this scene to edit that way: the dialogue is rejected, a build goes on
+                raise AgentError(f"TemplateLLM cannot plan a {sub.group(1)!r} edit of this scene: {e}") from None
         while request in self.plans and self.plans[request] != scene: request += " Thanks."
         self.plans[request] = scene
         return assistant_message(request)
@@ -678,8 +682,7 @@ def unregister_subtask(name: str):
 
 def _custom_plan(name: str, scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     try: out = CUSTOM_SUBTASKS[name][0](scene, rng)
-    except ValueError as e:  # this scene has nothing the subtask can edit: the dialogue is rejected, the build goes on
-        raise AgentError(f"subtask {name!r} cannot edit this scene: {e}") from None
+    except ValueError as e: raise ValueError(f"subtask {name!r} cannot edit this scene: {e}") from None
     if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], Scene) and isinstance(out[1], str) and out[1].strip()):
         raise TypeError(f"the plan of subtask {name!r} must return (Scene, non-empty instruction), got {type(out).__name__}")
     return out

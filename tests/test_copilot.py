@@ -395,6 +395,14 @@ def test_move_picks_a_source_that_can_move():
         plan_edit(stuck, "move", random.Random(0))
 
 
+def test_unplannable_edit_rejects_the_dialogue_instead_of_raising():
+    "A scene with nothing to replace (its only sound was removed earlier): the template user gives up on this dialogue."
+    speech = Scene((DEMO.sources[0],), DEMO.duration) if DEMO.sources[0].kind == "speech" else None
+    speech = speech or Scene(tuple(s for s in DEMO.sources if s.kind == "speech"), DEMO.duration)
+    with pytest.raises(ValueError, match="no sound effect or music in this scene to replace"): plan_edit(speech, "replace", random.Random(0))
+    with pytest.raises(AgentError, match="cannot plan a 'replace' edit"): UserSimulator(TemplateLLM(0)).edit_request(speech, "replace")
+
+
 # ---------------------------------------------------------------- registering a new edit subtask
 
 def _plan_shorten(scene, rng):
@@ -452,7 +460,8 @@ def test_registered_subtask_default_check_and_training_draws():
         assert check_edit(story, after, "shorten") is None and instruction.startswith("Cut ")
         assert "expected exactly one" in check_edit(story, story, "shorten")
         speech = Scene(tuple(s for s in story.sources if s.kind == "speech"), story.duration)
-        with pytest.raises(AgentError, match="cannot edit this scene"): plan_edit(speech, "shorten", random.Random(0))
+        with pytest.raises(ValueError, match="cannot edit this scene"): plan_edit(speech, "shorten", random.Random(0))
+        with pytest.raises(AgentError, match="cannot plan a 'shorten' edit"): UserSimulator(TemplateLLM(0)).edit_request(speech, "shorten")
         drawn = Counter(t.subtask for seed in range(12) for t in simulate_dialogue(seed, edits=2).turns[1:])
         assert drawn["shorten"] > 0  # training dialogues draw it like the built-in subtasks
     finally: unregister_subtask("shorten")
