@@ -1,0 +1,61 @@
+"""Does a trained run tell a doable edit from an edit of a sound that is not there, and does it describe audio?
+
+For each StoryGen-Eval-mini dialogue the context is the true story (request, scene, the codec latents of its audio);
+then, with the CoT decoder only (no audio is generated):
+- the dialogue's real first edit instruction: answered with a scene (good) or in words (a false refusal);
+- an instruction about a sound effect the story lacks (`missing_source_request`): answered in words (good) or with a
+  scene (the model edits something that is not there);
+- understanding: the story's audio with UNDERSTAND_PROMPT; is the scene valid, how many speech sources and sound
+  sources does it list against the truth.
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/chat_answers.py [--run runs/pipeline/model] [--dialogues 30]"""
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from audiochat.chat import ChatEngine, ChatError, Turn
+from audiochat.data import build_eval, load_turn, read_records
+from audiochat.scene import Scene
+from audiochat.train import UNDERSTAND_PROMPT, missing_source_request
+
+p = argparse.ArgumentParser()
+p.add_argument("--run", default="runs/pipeline/model")
+p.add_argument("--split", default="runs/storygen-eval-mini", help="built with `audiochat data eval` if missing")
+p.add_argument("--dialogues", type=int, default=30)
+a = p.parse_args()
+torch.set_num_threads(1)
+split = Path(a.split)
+if not (split / "summary.json").exists(): build_eval(split, progress=False)
+e = ChatEngine.load(a.run, retries=0)
+print(f"run {a.run}: {e.model.config.arch}, answers in words allowed: {e.answers}")
+counts = dict(real_scene=0, real_words=0, real_fail=0, missing_words=0, missing_scene=0, missing_fail=0,
+              understood=0, understand_fail=0, speech_err=0, sfx_err=0)
+t0 = time.perf_counter()
+records = list(read_records(split))[: a.dialogues]
+for i, r in enumerate(records):
+    story, edit = r["turns"][0], r["turns"][1]
+    scene = Scene.from_dict(story["scene"])
+    z = e.encode(story["audio"])
+    history = [Turn("user", story["user"]), Turn("assistant", scene.to_json(), audio=z)]
+    missing, _ = missing_source_request(scene, random.Random(i))
+    for key, text in (("real", edit["user"]), ("missing", missing)):
+        try:
+            s, _ = e.think(history + [Turn("user", text)], answers=e.answers)
+            counts[f"{key}_{'words' if s is None else 'scene'}"] += 1
+        except ChatError: counts[f"{key}_fail"] += 1
+    try:
+        u, _ = e.think([Turn("user", UNDERSTAND_PROMPT, audio=z)])
+        counts["understood"] += 1
+        n = lambda sc, kinds: sum(x.kind in kinds for x in sc.sources)
+        counts["speech_err"] += abs(n(u, ("speech",)) - n(scene, ("speech",)))
+        counts["sfx_err"] += abs(n(u, ("sfx", "music")) - n(scene, ("sfx", "music")))
+    except ChatError: counts["understand_fail"] += 1
+N = len(records)
+print(f"{N} dialogues in {time.perf_counter() - t0:.0f} s")
+print(f"doable edit  -> scene {counts['real_scene']}/{N}, words (false refusal) {counts['real_words']}/{N}, invalid {counts['real_fail']}/{N}")
+print(f"missing sound -> words (correct) {counts['missing_words']}/{N}, scene {counts['missing_scene']}/{N}, invalid {counts['missing_fail']}/{N}")
+k = max(counts["understood"], 1)
+print(f"understanding -> valid scenes {counts['understood']}/{N}; mean |#speech - true| {counts['speech_err'] / k:.2f}, "
+      f"mean |#sounds+music - true| {counts['sfx_err'] / k:.2f}")
