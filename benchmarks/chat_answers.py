@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from audiochat.chat import ChatEngine, ChatError, Turn
-from audiochat.data import build_eval, load_turn, read_records
+from audiochat.data import build_eval, read_records
 from audiochat.scene import Scene
 from audiochat.train import UNDERSTAND_PROMPT, missing_source_request
 
