@@ -77,16 +77,17 @@ nbtest: setup espeak
 pytest: setup espeak
 	$(BIN)/python -m pytest -q tests
 
-# every tutorial in its tiny form (AUDIOCHAT_TUTORIAL_SIZE=tiny: fewer steps, same code), executed in a temporary
-# copy so that the committed notebooks (outputs of the normal size) stay as they are
+# every tutorial in its tiny form (AUDIOCHAT_TUTORIAL_SIZE=tiny: fewer steps, same code), run from tutorials/ (relative
+# paths work) with the executed copies written to a temporary folder: the committed notebooks (outputs of the normal
+# size) stay as they are
 tutorials: setup espeak
-	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; cp tutorials/*.ipynb tutorials/*.py "$$tmp"/; \
-	for nb in $$(ls "$$tmp"/*.ipynb | sort); do \
-	  name="tutorials/$$(basename $$nb)"; start=$$(date +%s); \
-	  if ! AUDIOCHAT_TUTORIAL_SIZE=tiny $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	for nb in $$(ls tutorials/*.ipynb | sort); do \
+	  start=$$(date +%s); \
+	  if ! AUDIOCHAT_TUTORIAL_SIZE=tiny $(BIN)/jupyter nbconvert --to notebook --execute --output-dir "$$tmp" \
 	       --ExecutePreprocessor.timeout=600 "$$nb" >"$$tmp/log" 2>&1; then \
-	    grep -v "Kernel is running over TCP" "$$tmp/log" | tail -40; echo "FAILED: $$name (tiny form)"; exit 1; fi; \
-	  echo "$$name: ok in $$(( $$(date +%s) - start )) s (tiny form)"; \
+	    grep -v "Kernel is running over TCP" "$$tmp/log" | tail -40; echo "FAILED: $$nb (tiny form)"; exit 1; fi; \
+	  echo "$$nb: ok in $$(( $$(date +%s) - start )) s (tiny form)"; \
 	done
 
 test: check-sync nbtest pytest tutorials
