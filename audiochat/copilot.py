@@ -547,9 +547,7 @@ class TemplateLLM(ChatLLM):
             sub = re.search(r"subtask: (\w+)", task)
             js = re.search(r"```json\n(.*?)\n```", task, re.S)
             if not (sub and js): raise AgentError(f"TemplateLLM cannot read this user task: {task[:80]!r}")
-            try: scene, request = plan_edit(Scene.from_json(js.group(1)), sub.group(1), self.rng)
-            except ValueError as e:  # nothing in this scene to edit that way: the dialogue is rejected, a build goes on
-                raise AgentError(f"TemplateLLM cannot plan a {sub.group(1)!r} edit of this scene: {e}") from None
+            scene, request = plan_edit(Scene.from_json(js.group(1)), sub.group(1), self.rng)
         while request in self.plans and self.plans[request] != scene: request += " Thanks."
         self.plans[request] = scene
         return assistant_message(request)
@@ -645,7 +643,11 @@ def simulate_dialogue(seed: int, subtasks=None, edits: int = 2, user: ChatLLM | 
     def reject(reason, detail): out.rejected, out.detail = reason, detail; return out
     for k, sub in enumerate(["story"] + subtasks):
         try:
-            request = u.story_request(text) if k == 0 else u.edit_request(before, sub)
+            if k == 0: request = u.story_request(text)
+            else:
+                try: request = u.edit_request(before, sub)
+                except ValueError as e:  # nothing in this scene to edit that way: reject the dialogue, a build goes on
+                    return reject("agent_error", f"turn {k}: no {sub!r} edit is possible in this scene: {e}")
             new = d.respond(request)
         except AgentError as e: return reject(e.reason, str(e))
         try: scene, result = rendered(new)

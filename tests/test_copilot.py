@@ -396,11 +396,13 @@ def test_move_picks_a_source_that_can_move():
 
 
 def test_unplannable_edit_rejects_the_dialogue_instead_of_raising():
-    "A scene with nothing to replace (its only sound was removed earlier): the template user gives up on this dialogue."
+    "A scene with nothing to replace (its only sound was removed earlier): the dialogue is rejected, nothing is raised."
     speech = Scene((DEMO.sources[0],), DEMO.duration) if DEMO.sources[0].kind == "speech" else None
     speech = speech or Scene(tuple(s for s in DEMO.sources if s.kind == "speech"), DEMO.duration)
     with pytest.raises(ValueError, match="no sound effect or music in this scene to replace"): plan_edit(speech, "replace", random.Random(0))
-    with pytest.raises(AgentError, match="cannot plan a 'replace' edit"): UserSimulator(TemplateLLM(0)).edit_request(speech, "replace")
+    with pytest.raises(ValueError, match="no sound effect or music"): UserSimulator(TemplateLLM(0)).edit_request(speech, "replace")
+    rejected = Counter(simulate_dialogue(seed, ["remove", "replace"]).rejected for seed in range(6))
+    assert set(rejected) <= {None, "agent_error"}  # a story whose only sound was removed cannot get a replace: rejected
 
 
 # ---------------------------------------------------------------- registering a new edit subtask
@@ -461,7 +463,11 @@ def test_registered_subtask_default_check_and_training_draws():
         assert "expected exactly one" in check_edit(story, story, "shorten")
         speech = Scene(tuple(s for s in story.sources if s.kind == "speech"), story.duration)
         with pytest.raises(ValueError, match="cannot edit this scene"): plan_edit(speech, "shorten", random.Random(0))
-        with pytest.raises(AgentError, match="cannot plan a 'shorten' edit"): UserSimulator(TemplateLLM(0)).edit_request(speech, "shorten")
+        never = lambda scene, rng: (_ for _ in ()).throw(ValueError("nothing to do"))
+        register_subtask("never", never)
+        try: d = simulate_dialogue(3, ["never"])
+        finally: unregister_subtask("never")
+        assert d.rejected == "agent_error" and "no 'never' edit is possible" in d.detail
         drawn = Counter(t.subtask for seed in range(12) for t in simulate_dialogue(seed, edits=2).turns[1:])
         assert drawn["shorten"] > 0  # training dialogues draw it like the built-in subtasks
     finally: unregister_subtask("shorten")
