@@ -1,0 +1,63 @@
+"""The README's figures, drawn with the package (seconds on a CPU). Run from the repository root:
+    OMP_NUM_THREADS=1 .venv/bin/python docs/make_figures.py [--eval runs/eval/results.json]
+Writes docs/figures/{scene,mask,forcing,evaluation}.png (the last one only when an evaluation's results are given)."""
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from audiochat.audio import plot_audio
+from audiochat.cli import DATA_SAMPLES
+from audiochat.forcing import ForcingConfig, Turn, collate, noise_levels, pack_dialogue
+from audiochat.scene import Scene
+from audiochat.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
+from audiochat.tools import render
+from audiochat.transformer import Layout, build_mask
+
+p = argparse.ArgumentParser()
+p.add_argument("--eval", default=None, help="results.json of `audiochat eval` for the evaluation figure")
+p.add_argument("--out", default="docs/figures")
+a = p.parse_args()
+out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+torch.set_num_threads(1)
+
+def save(fig, name: str):
+    fig.savefig(out / name, dpi=72); plt.close(fig); print("wrote", out / name)
+
+# 1. a scene (the chain of thought) and its rendering by the tools: what the model plans, then hears
+scene = Scene.from_json((DATA_SAMPLES / "demo" / "scene.json").read_text())
+save(plot_audio(render(scene, seed=0).mix, spans=scene.spans(), title="a scene rendered by the tools; each source drawn as a span",
+                figsize=(9, 3.4)), "scene.png")
+
+# 2. the attention mask: causal text, bidirectional audio spans, causal across turns
+layout = Layout.from_segments([[("text", 5), ("audio", 6), ("text", 4), ("audio", 6)]])
+fig, ax = plt.subplots(figsize=(4.2, 4))
+ax.imshow(build_mask(layout)[0, 0], cmap="Blues", interpolation="nearest")
+ax.set(title="request+plan | span 1 | edit+plan | span 2", xlabel="key", ylabel="query")
+ax.title.set_fontsize(9); fig.tight_layout(); save(fig, "mask.png")
+
+# 3. noise levels of two-turn dialogues under the three policies: only forcing covers the deployment corner
+tok = train_tokenizer(dialogue_corpus(100), vocab_size=400)
+turns = [Turn("user", "A story."), Turn("assistant", "{}", audio=torch.zeros(3, 4)),
+         Turn("user", "Louder."), Turn("assistant", "{}", audio=torch.zeros(3, 4))]
+batch = collate([pack_dialogue(turns, tok)] * 500, special_token_ids(tok)["pad"])
+fig, axes = plt.subplots(1, 3, figsize=(9, 3), sharey=True)
+gen = torch.Generator().manual_seed(0)
+for ax, policy in zip(axes, ("clean_history", "shared", "forcing")):
+    t, _ = noise_levels(batch, ForcingConfig(policy=policy, clean_p=0, cfg_p=0), gen)
+    ax.scatter(t[:, 0], t[:, 1], s=3, alpha=0.5)
+    ax.plot([0], [1], "r*", markersize=14, label="deployment: clean history, noise target")
+    ax.set(title=policy, xlabel="history span t", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05))
+axes[0].set_ylabel("target span t"); axes[0].legend(fontsize=7, loc="lower right")
+fig.tight_layout(); save(fig, "forcing.png")
+
+# 4. the evaluation overview, when results are given
+if a.eval:
+    from audiochat.evaluate import plot_overview, summarize
+    fig = plot_overview(summarize(json.loads(Path(a.eval).read_text())))
+    save(fig, "evaluation.png")
