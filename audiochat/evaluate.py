@@ -59,7 +59,7 @@ PAPER_ROW = {  # system role -> the paper's row in each table (no entry: the pap
     "understand": {"sct": "AudioChat"},
     "architecture": {"dit": "DiT (same data)", "dense": "Dense", "mot": "MoT", "sct": "SCT"},
 }
-ROLE_LABELS = {"oracle": "ground truth", "cascade": "cascade (LLM script + tools)", "sct": "AudioChat (SCT)",
+ROLE_LABELS = {"oracle": "ground truth", "cascade": "LLM script + tools", "sct": "AudioChat (SCT)",
                "dense": "Dense", "mot": "MoT", "dit": "DiT", "no-cot": "no CoT", "shared-noise": "shared noise",
                "silence": "silence", "noise": "noise"}
 ARCHITECTURES = ("dit", "dense", "mot", "sct")  # the rows of the architecture ablation
@@ -183,7 +183,6 @@ def _sfx_phrases() -> dict[str, list[str]]:
 
 def find_source(scene: Scene, reference: str) -> Source:
     "The source of `scene` that a user's words `reference` name (speaker and quoted words, 'music', a sound's name)."
-    from audiochat.tools import resolve_sound
     low, best = reference.lower(), (0, None)
     quoted = re.search(r'"([^"]+?)(?:\.\.\.|…)?"', reference)
     phrases = _sfx_phrases()
@@ -195,15 +194,7 @@ def find_source(scene: Scene, reference: str) -> Source:
         elif s.kind == "sfx": score = max((len(p) for p in phrases.get(s.caption, [s.caption.lower()]) if p in low), default=0)
         if score > best[0]: best = (score, s)
     if best[1] is not None: return best[1]
-    try: caption = _sfx_phrases_caption(resolve_sound(reference, "sfx"))
-    except ValueError: caption = None
-    for s in scene.sources:
-        if s.caption == caption: return s
     raise AgentError(f"cannot tell which source {reference!r} means (sources: {', '.join(s.label for s in scene.sources)})")
-
-def _sfx_phrases_caption(name: str) -> str:
-    from audiochat.tools import SOUND_EFFECTS
-    return SOUND_EFFECTS[name].caption
 
 def write_story(request: str) -> Scene:
     "A scene for a story request: its text, voices, sounds, music and length, laid out in time."
@@ -424,7 +415,8 @@ def evaluate_system(system: System, records: list, scorer, bar=None) -> dict:
             if task == "edit" and previous is None:
                 row.update(ok=False, seconds=0.0, error="no audio to edit: the previous turn failed")
             else:
-                o, row["seconds"], row["error"] = _attempt(lambda: system.story(turn) if task == "story" else system.edit(turn, previous))
+                o, row["seconds"], row["error"] = _attempt(lambda turn=turn, task=task, previous=previous:
+                                                            system.story(turn) if task == "story" else system.edit(turn, previous))
                 audio = None
                 if o is not None:
                     try: audio = as_eval_audio(o.audio, o.sample_rate, scene.duration)
@@ -443,7 +435,7 @@ def evaluate_system(system: System, records: list, scorer, bar=None) -> dict:
         if system.understands:
             truth = r["turns"][0]
             row = dict(dialogue=r["id"], turn=0, task="understand", subtask="understand")
-            predicted, row["seconds"], row["error"] = _attempt(lambda: system.understand(truth))
+            predicted, row["seconds"], row["error"] = _attempt(lambda truth=truth: system.understand(truth))
             row["ok"] = predicted is not None
             if predicted is not None:
                 reference, audio = load_turn(truth)

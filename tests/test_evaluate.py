@@ -12,9 +12,27 @@ from audiochat.cli import main as cli_main
 from audiochat.config import resolve
 from audiochat.copilot import AgentError
 from audiochat.data import build_eval, load_turn, read_records
-from audiochat.evaluate import (CascadeSystem, OracleSystem, Output, ScriptWriter, SilenceSystem, System, as_eval_audio,
-                                captioning_multiflam, eval_main, evaluate, find_source, format_tables, make_system,
-                                resolve_split, run_role, summarize, understanding_scores, write_edit, write_story)
+from audiochat.evaluate import (
+    CascadeSystem,
+    OracleSystem,
+    Output,
+    ScriptWriter,
+    SilenceSystem,
+    System,
+    as_eval_audio,
+    captioning_multiflam,
+    eval_main,
+    evaluate,
+    find_source,
+    format_tables,
+    make_system,
+    resolve_split,
+    run_role,
+    summarize,
+    understanding_scores,
+    write_edit,
+    write_story,
+)
 from audiochat.metrics import multiflam, scorer_examples, train_scorer
 from audiochat.scene import Scene, Source, diff
 
