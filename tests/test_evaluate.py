@@ -251,3 +251,21 @@ def test_cascade_edits_without_audio_context(records):
     assert torch.equal(again.story(records[0]["turns"][0]).audio, first.audio)  # deterministic per dialogue seed
     second = cascade.edit(records[0]["turns"][1], first)
     assert second.scene == write_edit(records[0]["turns"][1]["user"], first.scene)
+
+
+def test_split_and_scorer_are_cached(tmp_path, monkeypatch):
+    "The named split and the default scorer are made once into $AUDIOCHAT_CACHE, then reused."
+    import audiochat.evaluate as ev
+    monkeypatch.setenv("AUDIOCHAT_CACHE", str(tmp_path))
+    builds, trainings = [], []
+    monkeypatch.setattr(ev, "build_eval", lambda out, progress=True: builds.append(out) or build_eval(out, dialogues=1, progress=False))
+    quick = lambda examples, steps: trainings.append(steps) or train_scorer(examples, steps=5)
+    monkeypatch.setattr(ev, "train_scorer", quick)
+    monkeypatch.setattr(ev, "scorer_examples", lambda seeds: scorer_examples(range(2)))
+    assert ev.resolve_split("storygen-eval-mini") == tmp_path / "storygen-eval-mini"
+    assert ev.resolve_split("storygen-eval-mini") == tmp_path / "storygen-eval-mini"
+    assert len(builds) == 1 and len(list(read_records(tmp_path / "storygen-eval-mini"))) == 1
+    a, b = ev.load_scorer(), ev.load_scorer()
+    assert trainings == [1500]  # trained once, loaded the second time
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written left behind
