@@ -572,9 +572,10 @@ METRICS = [("story", "multiflam", "multiFLAM ↑"), ("story", "kad", "KAD ↓"),
 def plot_metric(summary: dict, table: str, metric: str, title: str | None = None, ax=None):
     "A bar chart of one metric over the systems that have it."
     import matplotlib.pyplot as plt
+    color = {n: f"C{i % 10}" for i, n in enumerate(summary)}  # one colour per system in every panel
     rows = [(n, s[table][metric]) for n, s in summary.items() if s["available"] and table in s and s[table][metric] is not None]
     if ax is None: _, ax = plt.subplots(figsize=(4.5, 3))
-    ax.bar([n for n, _ in rows], [min(v, 1e6) for _, v in rows], color=[f"C{i}" for i in range(len(rows))])
+    ax.bar([n for n, _ in rows], [min(v, 1e6) for _, v in rows], color=[color[n] for n, _ in rows])
     ax.set_title(title or f"{table} {metric}", fontsize=9); ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
     return ax
@@ -591,14 +592,15 @@ def plot_overview(summary: dict):
 def plot_subtasks(summary: dict, metric: str = "editflam", ax=None):
     "Grouped bars: `metric` per edit subtask, one bar per system."
     import matplotlib.pyplot as plt
+    color = {n: f"C{i % 10}" for i, n in enumerate(summary)}
     rows = [(n, s["edit"]["subtasks"]) for n, s in summary.items() if s["available"]]
     subtasks = list(dict.fromkeys(k for _, d in rows for k in d))
     if ax is None: _, ax = plt.subplots(figsize=(9, 3))
     w = 0.8 / max(1, len(rows))
     for i, (n, d) in enumerate(rows):
         v = [d.get(k, {}).get(metric) for k in subtasks]
-        ax.bar(np.arange(len(subtasks)) + i * w, [np.nan if x is None else x for x in v], w, label=n)
-    ax.set_xticks(np.arange(len(subtasks)) + 0.4 - w / 2, subtasks, fontsize=7); ax.tick_params(axis="y", labelsize=7)
+        ax.bar(np.arange(len(subtasks)) + i * w, [np.nan if x is None else x for x in v], w, label=n, color=color[n])
+    ax.set_xticks(np.arange(len(subtasks)) + 0.4 - w / 2, subtasks, fontsize=7, rotation=30); ax.tick_params(axis="y", labelsize=7)
     ax.set_title(f"{metric} per edit subtask", fontsize=9); ax.legend(fontsize=6)
     return ax
 

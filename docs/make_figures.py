@@ -58,6 +58,6 @@ fig.tight_layout(); save(fig, "forcing.png")
 
 # 4. the evaluation overview, when results are given
 if a.eval:
-    from audiochat.evaluate import plot_overview, summarize
-    fig = plot_overview(summarize(json.loads(Path(a.eval).read_text())))
+    from audiochat.evaluate import plot_overview
+    fig = plot_overview(json.loads(Path(a.eval).read_text())["summary"])
     save(fig, "evaluation.png")
