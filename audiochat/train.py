@@ -39,8 +39,8 @@ from .audio import load_audio
 
 # %% auto #0
 __all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts',
-           'answer_json', 'missing_source_request', 'DialogueSource', 'plan_epoch', 'BatchStream', 'learning_rate',
-           'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+           'answer_json', 'missing_source_request', 'heard_scene', 'DialogueSource', 'plan_epoch', 'BatchStream',
+           'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
            'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model', 'noise_generator',
            'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train', 'train_main']
 
@@ -90,6 +90,14 @@ def missing_source_request(scene: Scene, rng: random.Random) -> tuple[str, str]:
     answer = rng.choice([f"There is no {ref[4:]} in this story, so I left it unchanged.",
                          f"I could not find {ref} in the story; nothing was changed."])
     return _sentence(rng, body), answer_json(answer)
+
+def heard_scene(scene: Scene, seconds: float) -> Scene:
+    """The part of `scene` inside its first `seconds` (sources cut at that time, later ones dropped): the right answer
+    for understanding when training keeps only the first `data.max_frames` frames of the audio."""
+    import dataclasses as dc
+    if seconds >= scene.duration: return scene
+    keep = [dc.replace(s, end=min(s.end, seconds)) for s in scene.sources if round(s.start, 2) < round(seconds, 2) - 0.005]
+    return Scene(tuple(s for s in keep if s.end > s.start), seconds)
 
 # %% ../nbs/12_train.ipynb #4f278acb
 class DialogueSource:
@@ -174,7 +182,8 @@ class DialogueSource:
         turns = self.record(i)["turns"][: self.max_turns]
         if self.tasks is not None and self.tasks[i] == "understand":
             t = turns[0]
-            return [Turn("user", UNDERSTAND_PROMPT, audio=self.audio_latents(t["audio"])), Turn("assistant", Scene.from_dict(t["scene"]).to_json())]
+            z = self.audio_latents(t["audio"])  # at most max_frames frames: describe what they hold
+            return [Turn("user", UNDERSTAND_PROMPT, audio=z), Turn("assistant", heard_scene(Scene.from_dict(t["scene"]), z.shape[0] / 40).to_json())]
         out = []
         for t in turns:
             plan = Scene.from_dict(t["scene"]).to_json() if self.cot else NO_COT_TEXT
