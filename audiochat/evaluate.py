@@ -177,9 +177,9 @@ _LEAD = re.compile(r"^(?:please|could you|now|okay,?|next,?)\s+", re.I)
 
 def _sfx_phrases() -> dict[str, list[str]]:
     "sfx caption -> lower-case phrases a user may call it by (caption, class name, paraphrases; without articles)."
-    from audiochat.tools import SOUND_EFFECTS
+    from audiochat.tools import SOUND_EFFECTS, _phrases
     bare = lambda p: re.sub(r"^(?:a|an|the|some)\s+", "", p.lower())
-    return {v.caption: sorted({bare(v.caption), k.lower(), *map(bare, v.paraphrases)}, key=len, reverse=True) for k, v in SOUND_EFFECTS.items()}
+    return {SOUND_EFFECTS[k].caption: sorted(set(map(bare, ps)), key=len, reverse=True) for k, ps in _phrases("sfx").items()}
 
 def find_source(scene: Scene, reference: str) -> Source:
     "The source of `scene` that a user's words `reference` name (speaker and quoted words, 'music', a sound's name)."
@@ -324,7 +324,7 @@ class CascadeSystem(System):
 def run_role(config) -> str:
     "The role of a trained run in the tables, from its config: dit, no-cot, shared-noise, or its architecture."
     if config.model.arch == "dit": return "dit"
-    if not getattr(config.data, "cot", True): return "no-cot"
+    if not config.data.cot: return "no-cot"
     if config.loss.policy == "shared": return "shared-noise"
     return config.model.arch
 
@@ -346,20 +346,16 @@ class CheckpointSystem(System):
         self.name = name or self.role
         try: self.engine = ChatEngine.load(run, steps=steps, cfg_scale=cfg_scale, seed=seed)
         except ValueError as e: raise Unavailable(f"the chat engine cannot serve this {self.role} run: {e}") from None
-        self.thinks = getattr(self.engine, "thinks", True)
-        if not getattr(config.data, "cot", True) and self.thinks:
-            raise Unavailable("this run was trained without the chain of thought and the installed chat engine has no no-CoT mode")
-        self.understands, self.rate = self.thinks, self.engine.codec.config.sample_rate
+        self.understands, self.rate = self.engine.thinks, self.engine.codec.config.sample_rate
 
     def start(self, record): self.engine.reset()
 
     def _output(self, reply) -> Output:
         if reply.audio is None:  # e.g. an edit the model judged impossible, answered in words
-            raise TurnFailure(f"answered without audio: {getattr(reply, 'message', None) or reply.cot[:200]!r}")
+            raise TurnFailure(f"answered without audio: {reply.message or reply.cot[:200]!r}")
         return Output(reply.audio, self.rate, reply.scene)
 
-    def story(self, turn):
-        if self.thinks: return self._output(self.engine.tell(turn["user"]))
+    def story(self, turn):  # `seconds` sets the length only for a run without CoT (a thinking run plans it)
         return self._output(self.engine.tell(turn["user"], seconds=turn["duration"]))
 
     def edit(self, turn, previous): return self._output(self.engine.edit(turn["user"]))

@@ -197,11 +197,12 @@ class DialogueSource:
     def texts(self, n: int = 2000) -> list[str]:
         "Texts of the first `n` dialogues (for training a tokenizer)."
         if self.source == "synthetic": return synthetic_texts(min(n, 400))
-        out = []
+        out, answers = [], []
         for i in range(min(n, len(self))):
-            for t in self.record(i)["turns"][: self.max_turns]: out += [t["user"], Scene.from_dict(t["scene"]).to_json()]
-        return out + [UNDERSTAND_PROMPT, NO_COT_TEXT] + [a for i in range(min(50, len(self))) for a in missing_source_request(
-            Scene.from_dict(self.record(i)["turns"][0]["scene"]), random.Random(i))]
+            turns = self.record(i)["turns"][: self.max_turns]
+            for t in turns: out += [t["user"], Scene.from_dict(t["scene"]).to_json()]
+            if i < 50: answers += missing_source_request(Scene.from_dict(turns[0]["scene"]), random.Random(i))  # their wording
+        return out + [UNDERSTAND_PROMPT, NO_COT_TEXT] + answers
 
 # %% ../nbs/12_train.ipynb #dfd4e61d
 def plan_epoch(source, epoch: int, seed: int, batch_size: int, window: int) -> list[list[int]]:
