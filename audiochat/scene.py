@@ -12,32 +12,43 @@ import dataclasses
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'TIME_DECIMALS', 'DB_DECIMALS', 'PAN_DECIMALS', 'FIELD_ORDER',
-           'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit',
-           'to_seglst']
+__all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'TIME_DECIMALS', 'DB_DECIMALS', 'PAN_DECIMALS',
+           'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'short_repr', 'SceneError', 'Source', 'Scene', 'SceneDiff',
+           'diff', 'apply_edit', 'to_seglst']
 
 # %% ../nbs/02_scene.ipynb #47dd7819
 KINDS = ("speech", "sfx", "music")
 LOUDNESS_RANGE = (-60.0, 0.0)  # LUFS
 MAX_DURATION = 120.0  # seconds
+MAX_TEXT_CHARS = 2000  # longest text or caption of one source (2000 characters of speech: about 2 minutes)
 TIME_DECIMALS, DB_DECIMALS, PAN_DECIMALS = 2, 1, 2
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 FIELD_ORDER = ("id", "kind", "speaker", "emotion", "text", "caption", "start", "end", "loudness_db", "pan")
+
+_short = reprlib.Repr(); _short.maxstring = _short.maxother = 60; _short.maxlevel = 3
+
+def short_repr(value) -> str:
+    "A bounded repr for error messages: long strings, huge numbers and deep nesting are cut (never raises)."
+    try: return _short.repr(value)
+    except (ValueError, RecursionError): return f"<{type(value).__name__}>"  # e.g. an int of more than 4300 digits
 
 class SceneError(ValueError):
     "An invalid scene: `field` names where (e.g. `source 's2'.end`), `rule` says what was expected."
     def __init__(self, field: str, rule: str, value=None):
         self.field, self.rule, self.value = field, rule, value
-        super().__init__(f"{field}: {rule}" + ("" if value is None else f" (got {value!r})"))
+        super().__init__(f"{field}: {rule}" + ("" if value is None else f" (got {short_repr(value)})"))
 
 # %% ../nbs/02_scene.ipynb #f62881eb
 def _number(where: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)): raise SceneError(where, "must be a number", value)
+    try: value = float(value)
+    except OverflowError: raise SceneError(where, "must be finite", value) from None  # an integer too large for a float
     if not math.isfinite(value): raise SceneError(where, "must be finite", value)
-    return float(value)
+    return value
 
 def _text(where: str, value, required: bool, allowed: bool = True) -> str | None:
     if value is None:
@@ -45,6 +56,7 @@ def _text(where: str, value, required: bool, allowed: bool = True) -> str | None
         return None
     if not allowed: raise SceneError(where, "is not allowed for this kind")
     if not isinstance(value, str): raise SceneError(where, "must be a string", value)
+    if len(value) > MAX_TEXT_CHARS: raise SceneError(where, f"must be at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters")
     value = " ".join(value.split())
     if not value: raise SceneError(where, "must not be empty")
     return value
@@ -64,7 +76,7 @@ class Source:
     caption: str | None = None
 
     def __post_init__(self):
-        w = f"source {self.id!r}"
+        w = f"source {short_repr(self.id)}"
         if not isinstance(self.id, str) or not _ID_RE.match(self.id):
             raise SceneError(f"{w}.id", "must be 1-32 characters from A-Z a-z 0-9 _ -", self.id)
         if self.kind not in KINDS: raise SceneError(f"{w}.kind", f"must be one of {', '.join(KINDS)}", self.kind)
@@ -107,7 +119,7 @@ class Source:
         if not isinstance(d, dict): raise SceneError(where, "must be an object", d)
         names = {f.name for f in dataclasses.fields(cls)}
         for k in d:
-            if k not in names: raise SceneError(f"{where}.{k}", f"is not a source field (fields: {', '.join(FIELD_ORDER)})")
+            if k not in names: raise SceneError(f"{where}.{str(k)[:40]}", f"is not a source field (fields: {', '.join(FIELD_ORDER)})")
         for k in ("id", "kind", "start", "end"):
             if k not in d: raise SceneError(f"{where}.{k}", "is required")
         return cls(**d)
@@ -123,10 +135,12 @@ class Scene:
         d = round(_number("scene.duration", self.duration), TIME_DECIMALS)
         if not 0 < d <= MAX_DURATION: raise SceneError("scene.duration", f"must be in (0, {MAX_DURATION:g}] seconds", d)
         object.__setattr__(self, "duration", d)
+        if not isinstance(self.sources, (tuple, list)): raise SceneError("scene.sources", "must be a list of sources", self.sources)
+        for s in self.sources:
+            if not isinstance(s, Source): raise SceneError("scene.sources", "must contain Source objects", s)
         srcs = tuple(sorted(self.sources, key=lambda s: (s.start, s.id)))
         seen = set()
         for s in srcs:
-            if not isinstance(s, Source): raise SceneError("scene.sources", "must contain Source objects", s)
             if s.id in seen: raise SceneError(f"source {s.id!r}.id", "must be unique in the scene")
             seen.add(s.id)
             if s.end > d: raise SceneError(f"source {s.id!r}.end", f"must be <= the scene duration ({d})", s.end)
@@ -158,7 +172,7 @@ class Scene:
         "Validate and build a Scene from a dict; errors name the field and the rule."
         if not isinstance(d, dict): raise SceneError("scene", "must be a JSON object", type(d).__name__)
         extra = set(d) - {"duration", "sources"}
-        if extra: raise SceneError(f"scene.{sorted(extra)[0]}", "is not a scene field (fields: duration, sources)")
+        if extra: raise SceneError(f"scene.{short_repr(sorted(map(str, extra))[0])[1:-1]}", "is not a scene field (fields: duration, sources)")
         if "duration" not in d: raise SceneError("scene.duration", "is required")
         if not isinstance(d.get("sources"), list): raise SceneError("scene.sources", "must be a list", d.get("sources"))
         return cls(tuple(Source.from_dict(s, f"sources[{i}]") for i, s in enumerate(d["sources"])), d["duration"])
@@ -166,8 +180,11 @@ class Scene:
     @classmethod
     def from_json(cls, text: str) -> Scene:
         "Parse and validate JSON text (as written by a model: malformed JSON is a SceneError too)."
+        if not isinstance(text, (str, bytes)): raise SceneError("scene", "must be JSON text", type(text).__name__)
         try: d = json.loads(text)
         except json.JSONDecodeError as e: raise SceneError("scene", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except RecursionError: raise SceneError("scene", "is nested too deeply to be a scene") from None
+        except ValueError as e: raise SceneError("scene", f"is not valid JSON: {e}") from None  # e.g. a number of over 4300 digits, bad UTF-8
         return cls.from_dict(d)
 
 # %% ../nbs/02_scene.ipynb #7fdc7350
