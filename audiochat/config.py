@@ -24,8 +24,9 @@ from .forcing import ForcingConfig
 from .sct import ModelConfig, PRESETS as MODEL_PRESETS
 
 # %% auto #0
-__all__ = ['SECTIONS', 'PRESETS', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config', 'all_keys',
-           'check_value', 'config_from_dict', 'parse_overrides', 'resolve', 'to_dict', 'save_config', 'load_config']
+__all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config', 'all_keys',
+           'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range',
+           'config_from_dict', 'parse_overrides', 'resolve', 'read_yaml', 'to_dict', 'save_config', 'load_config']
 
 # %% ../nbs/12_config.ipynb #ae552ede
 @dataclass
@@ -101,6 +102,7 @@ class Config:
         if self.model.latent_dim != self.codec.frame_dim:
             raise ValueError(f"model.latent_dim ({self.model.latent_dim}) must equal the codec's frame size "
                              f"codec.channels x codec.latent_dim = {self.codec.frame_dim}")
+        if not self.run.out.strip(): raise ConfigError("run.out must name the run folder (it is empty)", key="run.out")
         if self.run.precision not in ("auto", "bf16", "fp32"): raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.run.precision!r}")
         if self.run.parallel not in ("ddp", "fsdp"): raise ValueError(f"run.parallel must be ddp or fsdp, got {self.run.parallel!r}")
         for k in ("batch_size", "max_frames", "max_turns", "window"):
@@ -148,9 +150,18 @@ def all_keys() -> list[str]:
     keys += [f"data.build.{f.name}" for f in dataclasses.fields(DataConfig)]
     return keys + ["stages"]
 
-def _unknown(key: str) -> KeyError:
+class ConfigError(ValueError):
+    "A config that cannot be used: `key` names the field (`optim.lr`), `file` the YAML file it came from (if any)."
+    def __init__(self, message: str, key: str | None = None, file=None):
+        super().__init__(message); self.key, self.file = key, None if file is None else str(file)
+    __str__ = Exception.__str__  # plain text, also for the KeyError and TypeError kinds below
+
+class ConfigKeyError(ConfigError, KeyError): "An unknown config key."
+class ConfigTypeError(ConfigError, TypeError): "A config value of the wrong type."
+
+def _unknown(key: str) -> ConfigKeyError:
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    return KeyError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    return ConfigKeyError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""), key=key)
 
 def check_value(key: str, value, types: set[str]):
     "`value` converted to one of `types` (type names), or a TypeError naming the key."
@@ -166,7 +177,43 @@ def check_value(key: str, value, types: set[str]):
             except ValueError: pass
     elif isinstance(value, (list, tuple)) and types & {"tuple", "list"}: return tuple(value) if "tuple" in types else list(value)
     elif isinstance(value, dict) and types & {"dict", "DataConfig"}: return value
-    raise TypeError(f"config key {key!r} expects {' or '.join(sorted(types))}, got {value!r} ({type(value).__name__})")
+    raise ConfigTypeError(f"config key {key!r} expects {' or '.join(sorted(types))}, got {value!r:.80} ({type(value).__name__})", key=key)
+
+# The range of every numeric field that has one: "> 0", ">= 1", "[0, 1)" (closed / open ends), None values are skipped.
+RANGES = {
+    "data.eval_dialogues": ">= 0", "data.synthetic_dialogues": ">= 1",
+    "model.vocab_size": ">= 1", "model.d_model": ">= 1", "model.n_heads": ">= 1", "model.n_kv_heads": ">= 1",
+    "model.n_layers": ">= 1", "model.n_gen_layers": ">= 0", "model.d_ff": ">= 1", "model.head_dim": ">= 1",
+    "model.latent_dim": ">= 1", "model.rope_theta": "> 0", "model.norm_eps": "> 0", "model.time_freqs": ">= 2",
+    "codec.sample_rate": "[1000, 384000]", "codec.latent_dim": ">= 1", "codec.encoder_channels": ">= 1",
+    "codec.decoder_channels": ">= 1", "codec.mel_weight": ">= 0", "codec.stft_weight": ">= 0", "codec.kl_weight": ">= 0",
+    "codec.adversarial_weight": ">= 0", "codec.feature_weight": ">= 0", "codec.discriminator_channels": ">= 1",
+    "codec.segment_seconds": "> 0", "codec.batch_size": ">= 1", "codec.learning_rate": "> 0", "codec.grad_clip": ">= 0",
+    "codec.save_every": ">= 1", "codec.seed": ">= 0",
+    "loss.lambda_diff": ">= 0", "loss.t_min": "[0, 1)", "loss.context_cap": "[0, 1]", "loss.clean_p": "[0, 1]", "loss.cfg_p": "[0, 1]",
+    "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup": ">= 0", "optim.steps": ">= 0", "optim.min_lr_ratio": "[0, 1]",
+    "optim.grad_clip": ">= 0", "optim.accumulate": ">= 1",
+    "run.seed": ">= 0", "run.ema": "[0, 1)", "run.eval_every": ">= 0", "run.eval_batches": ">= 1", "run.save_every": ">= 0",
+    "run.keep": ">= 0", "run.log_every": ">= 1", "run.max_bad_steps": ">= 1", "run.threads": ">= 0",
+    "stages.steps": ">= 0", "stages.lr": "> 0",
+}
+
+def in_range(value, rule: str) -> bool:
+    "Whether a number satisfies a RANGES rule (finite numbers only)."
+    import math
+    if not math.isfinite(value): return False
+    if rule.startswith(">="): return value >= float(rule[2:])
+    if rule.startswith(">"): return value > float(rule[1:])
+    lo, hi = (float(v) for v in rule[1:-1].split(","))
+    return (value >= lo if rule[0] == "[" else value > lo) and (value <= hi if rule[-1] == "]" else value < hi)
+
+def check_range(key: str, value):
+    "A ConfigError naming `key` if `value` (a number, or a tuple of numbers such as optim.betas) is out of its range."
+    rule = "[0, 1)" if key == "optim.betas" else RANGES.get(key if not key.startswith("stages[") else "stages." + key.rsplit(".", 1)[1])
+    if rule is None or value is None or isinstance(value, bool): return
+    for v in (value if isinstance(value, (tuple, list)) else [value]):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not in_range(v, rule):
+            raise ConfigError(f"config key {key!r} must be {rule}, got {value!r}", key=key)
 
 # %% ../nbs/12_config.ipynb #42a753f0
 def _merge(base: dict, new: dict) -> dict:
@@ -181,48 +228,74 @@ def _check_section(name: str, cls, values: dict) -> dict:
     for k, v in values.items():
         if k not in types: raise _unknown(f"{name}.{k}")
         out[k] = check_value(f"{name}.{k}", v, types[k])
+        check_range(f"{name}.{k}", out[k])
     return out
 
-def config_from_dict(d: dict) -> Config:
-    "A Config from a nested dict (a preset, a YAML file, a saved config.yaml), every key and type checked."
-    d = dict(d)
+def _build(name: str, cls, values: dict):
+    "The dataclass of one section; its own checks (in __post_init__) become ConfigErrors naming the section."
+    try: return cls(**values)
+    except ConfigError: raise
+    except (ValueError, TypeError, ZeroDivisionError) as e: raise ConfigError(f"config section {name!r}: {e}", key=name) from None
+
+def _check_dict(d: dict) -> tuple[dict, dict | None, list]:
+    "(sections' checked values, data.build's, stages') of a nested dict: keys, types and ranges checked, nothing built."
+    if not isinstance(d, dict): raise ConfigTypeError(f"a config must be a mapping of sections, got {type(d).__name__}")
     for k in d:
-        if k not in SECTIONS and k != "stages": raise _unknown(k)
+        if k not in SECTIONS and k != "stages": raise _unknown(str(k))
     parts = {s: _check_section(s, cls, d.get(s) or {}) for s, cls in SECTIONS.items()}
     build = parts["data"].get("build")
-    if build is not None: parts["data"]["build"] = DataConfig(**_check_section("data.build", DataConfig, build))
+    build = None if build is None else _check_section("data.build", DataConfig, build)
     stages = d.get("stages") or []
-    if not isinstance(stages, list): raise TypeError(f"config key 'stages' expects a list of stage mappings, got {stages!r}")
-    stages = [StageConfig(**_check_section(f"stages[{i}]", StageConfig, s)) for i, s in enumerate(stages)]
-    return Config(**{s: cls(**parts[s]) for s, cls in SECTIONS.items()}, stages=stages)
+    if not isinstance(stages, list): raise ConfigTypeError(f"config key 'stages' expects a list of stage mappings, got {stages!r:.80}", key="stages")
+    return parts, build, [_check_section(f"stages[{i}]", StageConfig, s) for i, s in enumerate(stages)]
+
+def config_from_dict(d: dict) -> Config:
+    "A Config from a nested dict (a preset, a YAML file, a saved config.yaml), every key, type and range checked."
+    parts, build, stages = _check_dict(d)
+    if build is not None: parts["data"]["build"] = _build("data.build", DataConfig, build)
+    stages = [_build(f"stages[{i}]", StageConfig, s) for i, s in enumerate(stages)]
+    return Config(**{s: _build(s, cls, parts[s]) for s, cls in SECTIONS.items()}, stages=stages)
 
 def parse_overrides(args: list[str]) -> dict:
     "['--model.d_model=256', '--optim.lr', '1e-3'] -> nested dict {'model': {'d_model': 256}, 'optim': {'lr': '1e-3'}}."
     out, i = {}, 0
     while i < len(args):
         a = args[i]
-        if not a.startswith("--"): raise ValueError(f"expected --section.key=value, got {a!r}")
+        if not a.startswith("--"): raise ConfigError(f"expected --section.key=value, got {a!r}")
         if "=" in a: key, text = a[2:].split("=", 1)
         elif i + 1 < len(args): key, text = a[2:], args[i + 1]; i += 1
-        else: raise ValueError(f"{a} needs a value")
+        else: raise ConfigError(f"{a} needs a value", key=a[2:])
         if key not in all_keys(): raise _unknown(key)
         node = out
         *path, leaf = key.split(".")
         for p in path: node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(text) if text.strip() else ""
+        try: node[leaf] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e: raise ConfigError(f"--{key}: {text!r:.80} is not a valid value ({str(e).splitlines()[0]})", key=key) from None
         i += 1
     return out
 
 def resolve(preset: str = "tiny", file: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     "The Config of `preset`, updated by a YAML `file` and then by `overrides` (dotted CLI arguments or a nested dict)."
-    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
+    if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
     d = copy.deepcopy(PRESETS[preset])
     if file is not None:
-        loaded = yaml.safe_load(Path(file).read_text()) or {}
-        if not isinstance(loaded, dict): raise TypeError(f"{file} must hold a mapping of config sections")
+        loaded = read_yaml(file)
+        try: _check_dict(loaded)  # the file's own keys, types and ranges, checked with its name in the message
+        except ConfigError as e: raise type(e)(f"{file}: {e}", e.key, file) from None
         d = _merge(d, loaded)
     if overrides: d = _merge(d, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     return config_from_dict(d)
+
+def read_yaml(path) -> dict:
+    "A YAML file of config sections (safe_load: plain data only); bad syntax or another shape is a ConfigError naming the file."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"config file not found: {path}")
+    try: loaded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})", file=path) from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict): raise ConfigError(f"{path} must hold a mapping of config sections, got {type(loaded).__name__}", file=path)
+    return loaded
 
 def to_dict(config: Config) -> dict:
     "The resolved config as plain data (tuples as lists), as saved with checkpoints and logs."
@@ -235,5 +308,8 @@ def save_config(config: Config, path) -> Path:
     return path
 
 def load_config(path) -> Config:
-    "A Config saved by `save_config`."
-    return config_from_dict(yaml.safe_load(Path(path).read_text()))
+    "A Config saved by `save_config`; any problem is a ConfigError naming the file (and the key)."
+    try: return config_from_dict(read_yaml(path))
+    except ConfigError as e:
+        if e.file is not None: raise
+        raise type(e)(f"{path}: {e}", e.key, path) from None
