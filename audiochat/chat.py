@@ -30,9 +30,10 @@ from .train import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded',
-           'decode_text', 'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line',
-           'tell_main', 'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
+__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'scene_pattern', 'known_vocabulary',
+           'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text', 'train_tiny_run',
+           'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line', 'tell_main', 'edit_main',
+           'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
 
 # %% ../nbs/13_chat.ipynb #e43ca1eb
 _CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'  # printable ASCII but " and \, or a JSON escape
@@ -42,9 +43,30 @@ _TIME = r"(?:[0-9]|[1-9][0-9]|1[01][0-9])(?:\.[0-9]{1,2})?"  # 0 to 119.99 s
 _DB = r"(?:0|-(?:0|[1-9][0-9]?)(?:\.[0-9])?)"
 _PAN = r"(?:-?(?:0(?:\.[0-9]{1,2})?|1))"
 _TAIL = rf',"start":{_TIME},"end":{_TIME}(?:,"loudness_db":{_DB})?(?:,"pan":{_PAN})?\}}'
-_SOURCE = (rf'\{{"id":"[A-Za-z0-9_-]{{1,32}}","kind":(?:"speech","speaker":{_STR}(?:,"emotion":{_STR})?,"text":{_STR}'
-           rf'|"(?:sfx|music)","caption":{_STR}){_TAIL}')
-SCENE_GRAMMAR = rf'\{{"duration":{_TIME},"sources":\[(?:{_SOURCE}(?:,{_SOURCE}){{0,11}})?\]\}}'  # at most 12 sources
+_ID = r'"[A-Za-z0-9_-]{1,32}"'
+KNOWN_IDS = r'"(?:s[1-9][0-9]?|fx[1-9][0-9]?|music)"'  # the ids the project's dialogues use: s1, fx2, music
+MAX_SOURCES = 12
+
+def _one_of(words) -> str:
+    "A regex matching exactly one of `words`, each as a JSON string."
+    return "(?:" + "|".join(regex.escape(json.dumps(w, ensure_ascii=False)) for w in sorted(set(words), key=len, reverse=True)) + ")"
+
+def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
+    """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and `music` (captions),
+    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string)."""
+    spk, emo = (_one_of(v) if v else _STR for v in (speakers, emotions))
+    kind = (rf'"(?:sfx|music)","caption":{_STR}' if not (sfx and music) else
+            rf'"sfx","caption":{_one_of(sfx)}|"music","caption":{_one_of(music)}')
+    source = rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
+    return rf'\{{"duration":{_TIME},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
+
+def known_vocabulary() -> dict:
+    "The names the tools know (speakers, emotions, sound-effect and music captions) and the data's ids, for `scene_pattern`."
+    from audiochat.tools import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
+    return dict(speakers=list(SPEAKERS), emotions=list(EMOTIONS), sfx=[v.caption for v in SOUND_EFFECTS.values()],
+                music=[m.caption for m in MUSIC_MOODS.values()], ids=KNOWN_IDS)
+
+SCENE_GRAMMAR = scene_pattern()  # any strings, at most 12 sources
 ANSWER_GRAMMAR = rf'\{{"answer":"{_CHAR}{{1,300}}"\}}'  # a reply in words (e.g. an edit of a sound that is not there)
 EDIT_GRAMMAR = rf'(?:{SCENE_GRAMMAR}|{ANSWER_GRAMMAR})'
 
@@ -57,6 +79,7 @@ def answer_text(raw: str) -> str | None:
 
 _NUM = lambda key: regex.compile(rb'"' + key + rb'":(-?[0-9.]+)(,|\}|$)')
 _DURATION, _START, _END, _DB_NUM, _ID = _NUM(b"duration"), _NUM(b"start"), _NUM(b"end"), _NUM(b"loudness_db"), regex.compile(rb'"id":"([^"]*)"')
+_OPEN_ID, _ID_CHARS = regex.compile(rb'"id":"([^"]*)$'), [bytes([c]) for c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-"]
 
 def _reachable(number: bytes, done: bool) -> list[tuple[float, float]]:
     "Intervals of the values a non-negative number (at most 3 integer digits and 2 decimals) can still take."
@@ -73,18 +96,18 @@ def _can_reach(number: bytes, done: bool, lo: float, hi: float) -> bool:
 
 class SceneGrammar:
     """Prefix checks of UTF-8 bytes against the canonical scene JSON grammar, plus the scene's numeric rules on the
-    numbers written so far (start < end <= duration, loudness >= -60 LUFS, unique ids)."""
-    def __init__(self, pattern: str = SCENE_GRAMMAR):
-        self.pattern = regex.compile(pattern.encode())
+    numbers written so far (start < end <= duration <= max_seconds, loudness >= -60 LUFS, unique ids)."""
+    def __init__(self, pattern: str = SCENE_GRAMMAR, max_seconds: float = 119.99):
+        if not 0.01 <= max_seconds <= 119.99: raise ValueError(f"max_seconds must be in [0.01, 119.99], got {max_seconds}")
+        self.pattern, self.max_seconds = regex.compile(pattern.encode()), max_seconds
 
-    @staticmethod
-    def numbers_ok(text: bytes) -> bool:
+    def numbers_ok(self, text: bytes) -> bool:
         "The numeric rules on the numbers so far (a number still being written counts with its current value)."
         v = lambda m: float(m.group(1)) if m.group(1).strip(b"-.") else None
         d = _DURATION.search(text)
         if d is None: return True
         duration, done = v(d), d.group(2) != b""
-        if duration is not None and not _can_reach(d.group(1), done, 0.01, 119.99): return False  # a duration of 0
+        if duration is not None and not _can_reach(d.group(1), done, 0.01, self.max_seconds): return False
         ids = _ID.findall(text)
         if len(ids) != len(set(ids)): return False
         for m in _DB_NUM.finditer(text):
@@ -99,7 +122,14 @@ class SceneGrammar:
 
     def viable(self, text: bytes) -> bool:
         "Whether `text` can still be extended into a complete scene."
-        return self.pattern.fullmatch(text, partial=True) is not None and self.numbers_ok(text)
+        if self.pattern.fullmatch(text, partial=True) is None or not self.numbers_ok(text): return False
+        return _OPEN_ID.search(text) is None or self._id_can_close(text)
+
+    def _id_can_close(self, text: bytes, depth: int = 0) -> bool:
+        "An id still being written must be able to end as a new id (ids are unique): close it now, or after more characters."
+        if self.pattern.fullmatch(text + b'"', partial=True) is not None and self.numbers_ok(text + b'"'): return True
+        if depth == 3: return True  # three more characters make room for a new id in any id pattern the project uses
+        return any(self.pattern.fullmatch(text + c, partial=True) is not None and self._id_can_close(text + c, depth + 1) for c in _ID_CHARS)
 
     def complete(self, text: bytes) -> bool:
         "Whether `text` is a complete scene."
@@ -262,18 +292,26 @@ class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds the turns and
     `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar` (constrained CoT),
     `retries` (sampled retries after an invalid CoT), `temperature` (of the retries), `max_new_tokens`, `max_seconds`,
-    `default_seconds` (story length for a model without CoT). A run trained without CoT (`data.cot=False`, and every
+    `default_seconds` (story length for a model without CoT), `vocabulary` ("known": the grammar allows only the tools'
+    speakers, emotions and captions and the data's ids; "free": any strings). Every reply's scene lasts at most
+    `max_seconds` and its audio is exactly as long as its scene. A run trained without CoT (`data.cot=False`, and every
     DiT) has `thinks` False: it renders audio straight from the request and cannot describe audio. A run trained with
     requests about missing sounds (`data.refusals > 0`) has `answers` True: it may answer an edit in words."""
     def __init__(self, model: AudioChatModel, tokenizer, codec: Codec, config, mean=None, std=None, *, steps: int = 25,
                  cfg_scale: float = 3.0, grammar: bool = True, retries: int = 2, temperature: float = 0.8,
-                 max_new_tokens: int = 1024, max_seconds: float = 30.0, default_seconds: float = 10.0, seed: int = 0):
+                 max_new_tokens: int = 4096, max_seconds: float = 30.0, default_seconds: float = 10.0, seed: int = 0,
+                 vocabulary: str = "known"):
+        if vocabulary not in ("known", "free"): raise ValueError(f"vocabulary must be 'known' or 'free', got {vocabulary!r}")
+        if not 0 < default_seconds <= max_seconds: raise ValueError(f"default_seconds must be in (0, max_seconds={max_seconds:g}], got {default_seconds}")
         if codec.config.frame_dim != model.config.latent_dim:
             raise ValueError(f"the codec's frames have {codec.config.frame_dim} dims but the model's latents {model.config.latent_dim}")
         self.model, self.tokenizer, self.codec, self.config = model.eval(), tokenizer, codec.eval(), config
         self.mean, self.std = mean, std
         self.ids = special_token_ids(tokenizer)
-        self.pieces, self.scene_grammar, self.edit_grammar = token_pieces(tokenizer), SceneGrammar(), SceneGrammar(EDIT_GRAMMAR)
+        scene = scene_pattern(**(known_vocabulary() if vocabulary == "known" else {}))
+        self.pieces = token_pieces(tokenizer)
+        self.scene_grammar = SceneGrammar(scene, max_seconds)
+        self.edit_grammar = SceneGrammar(rf'(?:{scene}|{ANSWER_GRAMMAR})', max_seconds)
         self.thinks = model.config.arch != "dit" and config.data.cot
         self.answers = self.thinks and config.data.refusals > 0  # edits may be answered in words (only if it was taught to)
         self.default_seconds = default_seconds
@@ -351,16 +389,20 @@ class ChatEngine:
             timings.cot_tokens += len(d.ids); timings.cot_seconds += d.seconds; timings.attempts += 1
             raw = d.text
             if answers and answer_text(raw) is not None: return None, raw
-            try: return Scene.from_json(raw), raw
-            except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"
+            try: scene = Scene.from_json(raw)
+            except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"; continue
+            if scene.duration <= self.max_seconds: return scene, raw
+            problem = f"the scene lasts {scene.duration:g} s, longer than max_seconds={self.max_seconds:g}"
         raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
     def render(self, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
                seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG),
-        as long as the scene (or `seconds`)."""
+        exactly as long as the scene (or `seconds`), which must not exceed `max_seconds`."""
         timings = timings if timings is not None else Timings()
-        frames = max(1, round(min(seconds if seconds is not None else scene.duration, self.max_seconds) * FRAME_RATE))
+        seconds = seconds if seconds is not None else scene.duration
+        if not 0 < seconds <= self.max_seconds: raise ValueError(f"cannot render {seconds:g} s: this engine renders at most max_seconds={self.max_seconds:g} s")
+        frames = max(1, round(seconds * FRAME_RATE))
         D = self.model.config.latent_dim
         seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D))], self.tokenizer, D)
         batch = collate([seq], self.ids["pad"]).to(self.device)

@@ -18,13 +18,6 @@ def run(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("chat") / "run", steps=3, overrides=["--data.refusals=0"])
 
 
-@pytest.fixture(scope="module")
-def refusing_run(tmp_path_factory, run):
-    "A run trained only on stories followed by an edit of a sound the story lacks (answered in words)."
-    return train_tiny_run(tmp_path_factory.mktemp("chat") / "refusing", steps=150, codec_dir=run / "codec",
-                          overrides=["--data.refusals=1", "--data.max_turns=1", "--data.understanding=0"])
-
-
 def test_grammar_accepts_canonical_scenes_and_rejects_others():
     g = SceneGrammar()
     s = Scene.from_json('{"duration":6.5,"sources":[{"id":"s1","kind":"speech","speaker":"girl","emotion":"happy","text":"Hello there.",'
@@ -88,7 +81,7 @@ def test_tell_edit_understand_end_to_end(run, tmp_path):
     e = ChatEngine.load(run, steps=3, cfg_scale=2.0)
     r = e.tell("A short story: a bell rings in the rain.")
     assert Scene.from_json(r.cot) == r.scene
-    assert r.latents.shape == (round(min(r.scene.duration, e.max_seconds) * 40), e.model.config.latent_dim)
+    assert r.scene.duration <= e.max_seconds and r.latents.shape == (round(r.scene.duration * 40), e.model.config.latent_dim)
     assert r.audio.shape[0] == 2 and r.audio.shape[1] == r.latents.shape[0] * e.codec.hop and torch.isfinite(r.audio).all()
     t = r.timings
     assert t.diffusion_steps == 2 * 3 and t.cot_tokens > 0 and t.tokens_per_s > 0 and t.decode_seconds > 0
@@ -115,7 +108,7 @@ def test_bad_input(run, tmp_path):
 
 
 def test_invalid_cot_is_retried_then_reported_with_raw_text(run):
-    e = ChatEngine.load(run, grammar=False, retries=2, max_new_tokens=20)
+    e = ChatEngine.load(run, grammar=False, retries=2, max_new_tokens=1)  # no token is a whole scene
     with pytest.raises(ChatError, match="after 3 attempts") as info:
         e.tell("A story.")
     assert info.value.raw and len(e.history) == 0
@@ -193,18 +186,34 @@ def test_grammar_takes_utf8_escapes_and_answers_only_for_edits():
     assert answer_text(text.decode()) is None and answer_text("not json") is None and answer_text('{"answer":1}') is None
 
 
-def test_an_edit_answered_in_words_makes_no_audio(refusing_run, tmp_path, capsys):
-    e = ChatEngine.load(refusing_run, steps=2)
+def test_an_edit_answered_in_words_makes_no_audio(run, tmp_path, capsys, monkeypatch):
+    e = ChatEngine.load(run, steps=2)
     story = e.tell("A story with rain.")
     assert story.audio is not None and story.message is None
+    words = '{"answer":"There is no thunder in this story."}'
+    monkeypatch.setattr(ChatEngine, "think", lambda self, turns, timings=None, answers=False: (None, words))
     r = e.edit("Make the thunder louder by 6 dB.")
-    assert r.message is not None and r.scene is None and r.audio is None and r.latents is None
+    assert r.message == "There is no thunder in this story." and r.scene is None and r.audio is None and r.latents is None
     assert e.history[-1].text == r.cot and e.history[-1].audio is None and len(e.history) == 4
     out = tmp_path / "story.wav"
     save_audio(out, story.audio, e.codec.config.sample_rate)
-    assert main(["edit", str(out), "Remove the church bell.", "-o", str(tmp_path / "edit.wav"), "--run", str(refusing_run), "--steps", "2"]) == 0
+    assert main(["edit", str(out), "Remove the church bell.", "-o", str(tmp_path / "edit.wav"), "--run", str(run), "--steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "the model answered" in printed and "nothing written" in printed and not (tmp_path / "edit.wav").exists()
+
+
+def test_a_reply_never_outlasts_its_audio(run, monkeypatch):
+    "The grammar bounds the duration by max_seconds; without it a longer scene is rejected, never cut."
+    e = ChatEngine.load(run, steps=2, max_seconds=1.5, default_seconds=1.0)
+    r = e.tell("A long story about a storm at sea.")
+    assert r.scene.duration <= 1.5 and r.latents.shape[0] == round(r.scene.duration * 40)
+    assert r.audio.shape[1] == r.latents.shape[0] * e.codec.hop
+    long_scene = '{"duration":69,"sources":[{"id":"fx1","kind":"sfx","caption":"steady rain falling","start":0,"end":69}]}'
+    import audiochat.chat as chat
+    monkeypatch.setattr(chat, "decode_text", lambda *a, **k: chat.Decoded([1], long_scene, 0.01, True))
+    free = ChatEngine.load(run, steps=2, grammar=False, retries=1)
+    with pytest.raises(ChatError, match="longer than max_seconds"): free.tell("A 69-second story.")
+    with pytest.raises(ValueError, match="max_seconds"): ChatEngine.load(run, max_seconds=200)
 
 
 @pytest.mark.parametrize("arch", ["sct", "dit"])
@@ -217,3 +226,19 @@ def test_models_without_cot(run, tmp_path, arch):
     assert e.edit("Louder rain.").latents.shape[0] == 40
     assert e.tell("Wind.", seconds=0.5).latents.shape[0] == 20
     with pytest.raises(ValueError, match="without a chain of thought"): e.understand(r.audio, e.codec.config.sample_rate)
+
+
+def test_the_engine_grammar_never_dead_ends(run):
+    "Random choices among the allowed tokens always reach a complete, valid scene within max_seconds."
+    import random
+    e = ChatEngine.load(run, max_seconds=20, default_seconds=5)
+    for seed in range(6):
+        rng, text = random.Random(seed), b""
+        for _ in range(4000):
+            order = rng.sample(range(len(e.pieces)), len(e.pieces))
+            nxt = next((i for i in order if e.pieces[i] is not None and e.scene_grammar.viable(text + e.pieces[i])), None)
+            if nxt is None or (e.scene_grammar.complete(text) and rng.random() < 0.5): break
+            text += e.pieces[nxt]
+        assert e.scene_grammar.complete(text), text
+        scene = Scene.from_json(text.decode())
+        assert scene.duration <= 20 and all(s.id[:1] in "sfm" for s in scene.sources)
