@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -28,7 +29,7 @@ from torch import nn
 
 import yaml
 
-from .config import Config, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, to_dict
+from .config import Config, ConfigError, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, read_yaml, to_dict, _merge
 from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
@@ -38,11 +39,13 @@ from .scene import Scene
 from .audio import load_audio
 
 # %% auto #0
-__all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'OOM_ADVICE', 'synthetic_dialogue', 'synthetic_texts',
-           'answer_json', 'missing_source_request', 'heard_scene', 'DialogueSource', 'plan_epoch', 'BatchStream',
-           'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
+__all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'RUN_FILES', 'OOM_ADVICE', 'RESUME_FREE', 'synthetic_dialogue',
+           'synthetic_texts', 'answer_json', 'missing_source_request', 'heard_scene', 'DialogueSource', 'plan_epoch',
+           'BatchStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'RunFolderError', 'read_tensors',
+           'check_run_folder', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'load_run_model',
            'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model', 'noise_generator',
-           'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train', 'train_main']
+           'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train', 'resume_config',
+           'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -265,7 +268,45 @@ def lr_at(config: Config, step: int) -> float:
     return learning_rate(local, s.lr if s.lr is not None else config.optim.lr, s.steps, min(config.optim.warmup, s.steps), config.optim.min_lr_ratio)
 
 # %% ../nbs/12_train.ipynb #fdc69037
+class RunFolderError(ValueError):
+    "A run folder or checkpoint that cannot be used; `path` is the folder or file at fault."
+    def __init__(self, message: str, path=None):
+        super().__init__(message); self.path = None if path is None else str(path)
+
+RUN_FILES = ("checkpoints", "tb", "log.jsonl", "config.yaml", "tokenizer", "latent_stats.safetensors")  # what a run writes
+
 def _unwrap(model): return getattr(model, "module", model)
+
+def read_tensors(path, what: str = "tensors") -> dict:
+    "A safetensors file as {name: tensor}, checked finite; a missing, truncated or garbage file is a `RunFolderError` naming it."
+    path = Path(path)
+    if not path.is_file(): raise RunFolderError(f"{path} is missing", path)
+    try: tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a truncated or garbage header
+        raise RunFolderError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]})", path) from None
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise RunFolderError(f"{path}: {what} {k!r} holds NaN/inf values", path)
+    return tensors
+
+def check_run_folder(out, resume: bool = False, overwrite: bool = False) -> Path:
+    """The run folder `out`, made and checked writable. A new run into a folder with checkpoints is refused
+    (`RunFolderError`) unless `overwrite` deletes the old run's files (`RUN_FILES`); `resume` needs the checkpoints."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"; probe.write_text(""); probe.unlink()
+    except OSError as e: raise RunFolderError(f"cannot write to the run folder {out}: {e.strerror or e}", out) from None
+    old = sorted((out / "checkpoints").glob("step-*")) + [p for p in [out / "checkpoints" / "latest"] if p.exists()]
+    if old and not resume:
+        if not overwrite:
+            raise RunFolderError(f"{out} already holds a run (checkpoints up to {sorted(p.name for p in old)[-1]}): continue it with "
+                                 f"--resume, train into a new --run.out, or pass --overwrite to delete it first", out)
+        for name in RUN_FILES:
+            p = out / name
+            if p.is_dir(): shutil.rmtree(p)
+            elif p.exists(): p.unlink()
+    return out
 
 def _rng_tensors() -> dict:
     t = {"rng.torch": torch.get_rng_state()}
@@ -294,26 +335,59 @@ def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config
     if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
     pointer = ckdir / ".latest.tmp"; pointer.write_text(name + "\n"); os.replace(pointer, ckdir / "latest")
-    for old in sorted(ckdir.glob("step-*"))[:-keep] if keep > 0 else []: shutil.rmtree(old)
+    steps = sorted(ckdir.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
+    others = [p for p in steps if p != final]  # never delete the checkpoint just written
+    for old in (others if keep == 1 else others[:-(keep - 1)] if keep > 1 else []): shutil.rmtree(old)
     return final
 
 def latest_checkpoint(out) -> Path | None:
     "The folder `latest` points at in `out/checkpoints/`, or None."
     pointer = Path(out) / "checkpoints" / "latest"
     if not pointer.exists(): return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / "trainer_state.json").exists(): raise FileNotFoundError(f"{pointer} points at {path}, which is incomplete")
+    try: name = pointer.read_text(errors="replace").strip()
+    except OSError as e: raise RunFolderError(f"cannot read {pointer}: {e.strerror or e}", pointer) from None
+    path = pointer.parent / name
+    if not re.fullmatch(r"step-\d{7,}", name) or path.is_symlink():  # only a checkpoint folder beside the pointer, never elsewhere
+        raise RunFolderError(f"{pointer} must name a step-NNNNNNN folder in {pointer.parent}, it says {name[:80]!r}", pointer)
+    if not (path / "trainer_state.json").exists(): raise RunFolderError(f"{pointer} points at {path}, which is incomplete", path)
     return path
 
 def load_checkpoint(path) -> dict:
     "A checkpoint's parts: model / ema / trainer tensors (safetensors), state (JSON), config (YAML). No unpickling."
     path = Path(path)
     for f in ("model.safetensors", "trainer.safetensors", "trainer_state.json", "config.yaml"):
-        if not (path / f).exists(): raise FileNotFoundError(f"{path / f} is missing: not a complete training checkpoint")
-    return dict(model=load_file(str(path / "model.safetensors")),
-                ema=load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None,
-                trainer=load_file(str(path / "trainer.safetensors")),
-                state=json.loads((path / "trainer_state.json").read_text()), config=load_config(path / "config.yaml"))
+        if not (path / f).exists(): raise RunFolderError(f"{path / f} is missing: not a complete training checkpoint", path / f)
+    try: state = json.loads((path / "trainer_state.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise RunFolderError(f"{path / 'trainer_state.json'} is not valid JSON ({e})", path) from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise RunFolderError(f"{path / 'trainer_state.json'} has no step count", path)
+    return dict(model=read_tensors(path / "model.safetensors", "weight"),
+                ema=read_tensors(path / "ema.safetensors", "EMA weight") if (path / "ema.safetensors").exists() else None,
+                trainer=read_tensors(path / "trainer.safetensors", "trainer tensor"),
+                state=state, config=load_config(path / "config.yaml"))
+
+def load_run_model(path, device=None, ema: bool = True) -> AudioChatModel:
+    """The model of checkpoint folder `path`, every file checked (`RunFolderError` naming it). `ema`: sample with the
+    EMA weights when the checkpoint has them (`model.weights` says "ema" or "raw")."""
+    from .sct import ModelConfig
+    path = Path(path)
+    try: mc = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
+    except FileNotFoundError: raise RunFolderError(f"{path / 'config.json'} is missing", path) from None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path / 'config.json'} is not a model config ({e})", path) from None
+    model = AudioChatModel(mc)
+    weights = read_tensors(path / "model.safetensors", "weight")
+    use_ema = ema and (path / "ema.safetensors").exists()
+    if use_ema:
+        averaged = read_tensors(path / "ema.safetensors", "EMA weight")
+        unknown = sorted(set(averaged) - set(weights))
+        if unknown: raise RunFolderError(f"{path / 'ema.safetensors'} has weights the model does not: {unknown[:3]}", path)
+        weights = {**weights, **{k: v.to(weights[k].dtype) for k, v in averaged.items()}}
+    try: model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise RunFolderError(f"{path / 'model.safetensors'} does not match {path / 'config.json'}: {' '.join(str(e).split())[:300]}", path) from None
+    model.weights = "ema" if use_ema else "raw"
+    return model if device is None else model.to(device)
 
 # %% ../nbs/12_train.ipynb #aac69a19
 def gather_full_state(model, optimizer, ema: dict | None) -> tuple:
@@ -495,11 +569,13 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     return tokenizer, streams, ev
 
 # %% ../nbs/12_train.ipynb #ea823f66
-def train(config: Config, resume: bool = False, until: int | None = None) -> dict:
+def train(config: Config, resume: bool = False, until: int | None = None, overwrite: bool = False) -> dict:
     """Train (or, with `resume`, continue from `run.out/checkpoints/latest`) until `optim.steps`, or stop after step
-    `until`. Returns the trainer state (step, history, evals, counters, last checkpoint)."""
+    `until`. A new run into a folder holding checkpoints is refused unless `overwrite` (delete them first).
+    Returns the trainer state (step, history, evals, counters, last checkpoint)."""
     from tqdm.auto import tqdm
     out = Path(config.run.out)
+    if int(os.environ.get("RANK", "0")) == 0: check_run_folder(out, resume, overwrite)
     if config.run.threads: torch.set_num_threads(config.run.threads)
     ck = None
     if resume:
@@ -526,9 +602,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
     groups = [dict(params=[p for p in params.values() if p.ndim >= 2], weight_decay=o.weight_decay),
               dict(params=[p for p in params.values() if p.ndim < 2], weight_decay=0.0)]
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
-    if ck is not None:
-        load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], sharded)
-        torch.set_rng_state(ck["trainer"]["rng.torch"])
+    if ck is not None: load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], sharded)
     call, evaluate_with = fwd, model
     bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -537,6 +611,7 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
     main = rank == 0
     writer = None
     preview_codec = Codec.from_pretrained(config.data.codec) if main and config.data.codec and eval_stream is not None else None
+    if ck is not None: torch.set_rng_state(ck["trainer"]["rng.torch"])  # last: after everything that draws from it is built
     if main:
         from torch.utils.tensorboard import SummaryWriter
         save_config(config, out / "config.yaml")
@@ -639,6 +714,25 @@ def train(config: Config, resume: bool = False, until: int | None = None) -> dic
     return state
 
 # %% ../nbs/12_train.ipynb #1912a900
+RESUME_FREE = ("run.out", "run.progress", "run.threads", "run.device")  # what a resumed run may change
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+def resume_config(config: Config, explicit: dict) -> Config:
+    """The config a resumed run continues with: the checkpoint's, with only `RESUME_FREE` keys taken from `config`.
+    A setting given explicitly (`explicit`: the YAML file and command-line overrides) that differs from the saved
+    run is an error, not silently dropped."""
+    path = latest_checkpoint(config.run.out)
+    if path is None: raise FileNotFoundError(f"no checkpoint to resume in {Path(config.run.out) / 'checkpoints'}")
+    saved = load_config(path / "config.yaml")
+    asked, had = _flat(to_dict(config)), _flat(to_dict(saved))
+    differ = [k for k in _flat(explicit) if k not in RESUME_FREE and k in asked and asked[k] != had.get(k)]
+    if differ:
+        raise ConfigError("a resumed run keeps its saved config, but " + ", ".join(f"{k} = {asked[k] if k in asked else '...'!r} was asked "
+                          f"(the run has {had.get(k, '...')!r})" for k in differ) + f"; start a new --run.out to change it", key=differ[0])
+    return replace(saved, run=replace(saved.run, **{k.split(".")[1]: getattr(config.run, k.split(".")[1]) for k in RESUME_FREE}))
+
 def train_main(argv: list[str]) -> int:
     "`audiochat train`: train a model from a preset, a YAML file and dotted overrides."
     import argparse
@@ -648,17 +742,19 @@ def train_main(argv: list[str]) -> int:
                                        "--run.out=DIR ... (see --show-config for all keys).")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset (default: tiny)")
     p.add_argument("--config", default=None, help="YAML file of config sections, applied over the preset")
-    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoints/latest")
+    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoints/latest (with its saved config)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in run.out first (default: refuse)")
     p.add_argument("--until", type=int, default=None, help="stop after this step (a later --resume continues)")
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     a, rest = p.parse_known_args(argv)
-    try: config = resolve(a.preset, a.config, rest)
-    except (KeyError, TypeError) as e: raise ValueError(e.args[0]) from None
+    if a.resume and a.overwrite: raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
+    config = resolve(a.preset, a.config, rest)
+    if a.resume: config = resume_config(config, _merge(read_yaml(a.config) if a.config else {}, parse_overrides(rest)))
     if a.show_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False)); return 0
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0: print(f"training {config.model.arch} ({a.preset} preset) for {config.optim.steps} steps into {config.run.out}", flush=True)
-    state = train(config, resume=a.resume, until=a.until)
+    state = train(config, resume=a.resume, until=a.until, overwrite=a.overwrite)
     if rank == 0:
         h = state["history"]
         if h: print(f"step {state['step']}: loss {h[0]['loss']:.3f} -> {h[-1]['loss']:.3f} (lm {h[-1]['lm']:.3f}, diff {h[-1]['diff']:.3f}), "

@@ -98,3 +98,151 @@ def test_scene_errors_name_a_field():
     with pytest.raises(SceneError, match=r"^scene: must be JSON text"): Scene.from_json(123)
     with pytest.raises(SceneError, match="text: must be at most 2000 characters"):
         Source("s", "speech", 0, 1, speaker="x", text="word " * 1000)
+
+
+# ---- run folders and checkpoints ----
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import audiochat.train as T
+from audiochat.cli import main as cli
+from audiochat.config import ConfigError, resolve
+
+SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
+         "--data.synthetic_dialogues=24", "--data.eval_dialogues=2", "--data.batch_size=2", "--data.max_frames=12",
+         "--data.max_turns=2", "--data.window=8", "--run.progress=false", "--run.eval_every=0", "--run.log_every=1"]
+
+
+def small(out, *extra):
+    return resolve("tiny", overrides=SMALL + [f"--run.out={out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def run2(tmp_path_factory):
+    "A finished 2-step run (EMA on), shared by the read-only checks below."
+    out = tmp_path_factory.mktemp("run") / "run"
+    T.train(small(out, "--optim.steps=2", "--run.save_every=1", "--run.ema=0.5"))
+    return out
+
+
+def test_new_run_into_a_used_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    T.train(small(out, "--optim.steps=3", "--run.save_every=1", "--run.keep=2"))
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(T.RunFolderError, match="already holds a run.*--resume"):
+        T.train(small(out, "--optim.steps=2", "--run.save_every=1"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing of the old run touched
+    assert cli(["train", *SMALL, f"--run.out={out}", "--optim.steps=2"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    state = T.train(small(out, "--optim.steps=2", "--run.save_every=1"), overwrite=True)  # explicit: the old run goes
+    assert Path(state["last_checkpoint"]).is_dir() and T.latest_checkpoint(out).name == "step-0000002"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0000001", "step-0000002"]
+
+
+def test_latest_pointer_stays_in_the_run_folder(run2, tmp_path):
+    out = tmp_path / "copy"
+    import shutil; shutil.copytree(run2, out)
+    outside = tmp_path / "elsewhere" / "step-0000009"; shutil.copytree(T.latest_checkpoint(run2), outside)
+    for target in ["../../elsewhere/step-0000009", str(outside), "step-0000002/../../../elsewhere/step-0000009"]:
+        (out / "checkpoints" / "latest").write_text(target + "\n")
+        with pytest.raises(T.RunFolderError, match="must name a step-NNNNNNN folder"): T.latest_checkpoint(out)
+
+
+def corrupt(ck: Path, how: str):
+    m = ck / "model.safetensors"
+    if how == "truncated": m.write_bytes(m.read_bytes()[: m.stat().st_size // 2])
+    elif how == "empty": m.write_bytes(b"")
+    elif how == "garbage": m.write_bytes(os.urandom(4096))
+    elif how == "nan":
+        w = load_file(str(m)); k = sorted(w)[0]; w[k] = w[k].clone().fill_(float("nan")); save_file(w, str(m))
+    elif how == "config.json mismatch":
+        c = json.loads((ck / "config.json").read_text()); c["d_model"] = 48; (ck / "config.json").write_text(json.dumps(c))
+    elif how == "config.json garbage": (ck / "config.json").write_text("{not json")
+    elif how == "config.yaml unknown key": (ck / "config.yaml").write_text((ck / "config.yaml").read_text() + "extra: 1\n")
+    elif how == "config.yaml wrong type": (ck / "config.yaml").write_text((ck / "config.yaml").read_text().replace("  lr: ", "  lr: fast #"))
+    elif how == "config.yaml bad syntax": (ck / "config.yaml").write_text("optim: [1, 2\n")
+    elif how == "trainer_state garbage": (ck / "trainer_state.json").write_text("]")
+    else: raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "nan", "config.json mismatch", "config.json garbage",
+                                 "config.yaml unknown key", "config.yaml wrong type", "config.yaml bad syntax", "trainer_state garbage"])
+def test_bad_checkpoint_files_are_named_errors(run2, tmp_path, how, capsys):
+    import shutil
+    out = tmp_path / "run"; shutil.copytree(run2, out)
+    ck = T.latest_checkpoint(out); corrupt(ck, how)
+    model_file = how.startswith(("truncated", "empty", "garbage", "nan", "config.json"))
+    if model_file:
+        with pytest.raises(T.RunFolderError) as e: T.load_run_model(ck)
+        assert str(ck) in str(e.value)
+    if how.startswith("config.json"): return  # the chat engine's file (training reads config.yaml)
+    with pytest.raises((T.RunFolderError, ConfigError)) as e: T.train(small(out), resume=True)
+    assert str(ck) in str(e.value)
+    assert cli(["train", "--resume", f"--run.out={out}"]) == 1  # one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("audiochat train: error:") and "Traceback" not in err
+
+
+def test_unwritable_run_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(T.RunFolderError, match="cannot write to the run folder"): T.train(small(tmp_path / "file" / "run"))
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"; ro.mkdir(); ro.chmod(0o500)
+        try:
+            with pytest.raises(T.RunFolderError, match="cannot write"): T.train(small(ro / "run"))
+        finally: ro.chmod(0o700)
+    assert cli(["train", *SMALL, f"--run.out={tmp_path / 'file' / 'run'}"]) == 1
+    assert "cannot write to the run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arg", ["--optim.lr=-1", "--run.ema=2", "--model.d_model=0", "--run.out=", "--optim.betas=[0.9, 1]",
+                                 "--run.log_every=0", "--loss.cfg_p=1.5", "--codec.sample_rate=1"])
+def test_config_values_out_of_range(arg, capsys):
+    with pytest.raises(ConfigError): resolve("tiny", overrides=[arg])
+    assert cli(["train", arg, "--show-config"]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_bad_config_file_is_one_line(tmp_path, capsys):
+    for text in ("optim: [1, 2\n", "optim:\n  lr: fast\n", "optimizer:\n  lr: 1\n", "- a list\n", "\x00\x01"):
+        f = tmp_path / "c.yaml"; f.write_text(text)
+        with pytest.raises(ConfigError, match="c.yaml"): resolve("tiny", f)
+        assert cli(["train", "--config", str(f), "--show-config"]) == 1
+        err = capsys.readouterr().err
+        assert "c.yaml" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_changed_setting(run2, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "run"; shutil.copytree(run2, out)
+    assert cli(["train", "--resume", f"--run.out={out}", "--optim.steps=8"]) == 1
+    assert "optim.steps = 8 was asked (the run has 2)" in capsys.readouterr().err
+    c = T.resume_config(small(out, "--optim.steps=2"), {"run": {"out": str(out), "progress": False}})
+    assert c.optim.steps == 2 and c.run.out == str(out)
+
+
+def test_resume_restores_the_random_state_after_the_codec(tmp_path):
+    "With a codec folder (the preview codec draws from the global generator when built) a resumed run's saved random state is the uninterrupted run's."
+    from audiochat.codec import Codec
+    torch.manual_seed(0); Codec(resolve("tiny").codec).save_pretrained(tmp_path / "codec")
+    extra = ["--optim.steps=4", "--run.save_every=2", f"--data.codec={tmp_path / 'codec'}"]
+    T.train(small(tmp_path / "once", *extra))
+    T.train(small(tmp_path / "twice", *extra), until=2)
+    T.train(small(tmp_path / "twice"), resume=True)
+    a, b = (load_file(str(T.latest_checkpoint(tmp_path / n) / "trainer.safetensors")) for n in ("once", "twice"))
+    assert torch.equal(a["rng.torch"], b["rng.torch"])
+
+
+def test_ema_weights_are_loaded_for_sampling(run2):
+    ck = T.latest_checkpoint(run2)
+    ema, raw = load_file(str(ck / "ema.safetensors")), load_file(str(ck / "model.safetensors"))
+    m, r = T.load_run_model(ck), T.load_run_model(ck, ema=False)
+    assert m.weights == "ema" and r.weights == "raw"
+    k = "diffusion_head.weight"
+    assert not torch.equal(ema[k], raw[k])
+    assert torch.equal(dict(m.named_parameters())[k].detach(), ema[k]) and torch.equal(dict(r.named_parameters())[k].detach(), raw[k])
