@@ -24,8 +24,9 @@ from .scene import Scene
 
 # %% auto #0
 __all__ = ['TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED', 'DataConfig',
-           'dialogue_seed', 'dialogue_subtasks', 'build_shard', 'build', 'summarize', 'format_summary', 'read_records',
-           'load_turn', 'format_dialogue', 'eval_config', 'build_eval', 'build_samples', 'data_main']
+           'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards', 'build_shard', 'build', 'summarize',
+           'format_summary', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
+           'build_samples', 'data_main']
 
 # %% ../nbs/05_data.ipynb #7a3a72a8
 TRAIN_SEED_RANGE = (0, 1_000_000_000)
@@ -83,11 +84,32 @@ def _record(d, config: DataConfig, audio_dir: Path, rel: str) -> dict:
                           duration=t.scene.duration, answer=t.answer, tool_calls=calls))
     return dict(id=rid, split=config.split, seed=d.seed, seed_text=d.seed_text, turns=turns)
 
-def build_shard(out, config: DataConfig, k: int) -> dict:
-    "Build shard `k` of `config` into `out/shard-KKKKK/` (skipped if it exists); returns its stats."
+def shard_done(folder) -> bool:
+    """Whether a shard folder is complete: `stats.json`, written last, is there and `records.jsonl` holds as many
+    records as it counts. A folder without them (audio but no records) is not a shard."""
+    folder = Path(folder)
+    try:
+        stats = json.loads((folder / "stats.json").read_text())
+        with open(folder / "records.jsonl", "rb") as f: n = sum(1 for line in f if line.strip())
+    except (OSError, ValueError): return False
+    return isinstance(stats, dict) and stats.get("dialogues") == n
+
+def finished_shards(out) -> list[Path]:
+    "The complete shard folders of a dataset folder, in order."
+    return [p for p in sorted(Path(out).glob("shard-*")) if p.is_dir() and shard_done(p)]
+
+def _current_build(out: Path) -> str | None:
+    try: return (out / ".build-id").read_text().strip()
+    except OSError: return None
+
+def build_shard(out, config: DataConfig, k: int, build_id: str | None = None) -> dict | None:
+    """Build shard `k` of `config` into `out/shard-KKKKK/` (skipped if complete); returns its stats. The shard is
+    written in a temporary folder and renamed when complete, `stats.json` last. `build_id`: the build this worker
+    belongs to; if another build has started since (`out/.build-id` changed) or the temporary folder was deleted
+    under it, the shard is dropped (None) instead of landing half-written."""
     out = Path(out)
     final = out / f"shard-{k:05d}"
-    if final.exists(): return json.loads((final / "stats.json").read_text())
+    if shard_done(final): return json.loads((final / "stats.json").read_text())
     tmp = out / f".tmp-shard-{k:05d}-{os.getpid()}"
     if tmp.exists(): shutil.rmtree(tmp)
     (tmp / "audio").mkdir(parents=True)
@@ -105,7 +127,11 @@ def build_shard(out, config: DataConfig, k: int) -> dict:
             subtasks.update(t.subtask for t in d.turns)
     stats.update(rejected=dict(sorted(rejected.items())), subtasks=dict(sorted(subtasks.items())),
                  build_seconds=round(time.perf_counter() - t0, 2))
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    lost = not (tmp / "records.jsonl").exists()  # the folder was deleted under this worker (a newer build cleaned up)
+    if lost or (build_id is not None and _current_build(out) != build_id):
+        shutil.rmtree(tmp, ignore_errors=True); return None  # a stale worker never commits into another build
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")  # the completion mark, written last
+    if final.exists(): shutil.rmtree(final)  # an incomplete leftover
     os.replace(tmp, final)  # atomic: the shard appears complete or not at all
     return stats
 
@@ -126,20 +152,27 @@ def build(out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress:
     if meta.exists() and json.loads(meta.read_text()) != asdict(config):
         raise ValueError(f"{out} holds a build with another config ({meta.read_text().strip()}); use a new folder to build {asdict(config)}")
     meta.write_text(json.dumps(asdict(config)) + "\n")
-    for tmp in out.glob(".tmp-shard-*"): shutil.rmtree(tmp)  # leftovers of a killed build
-    jobs = [(str(out), config, k) for k in range(config.shards)]
-    todo = [j for j in jobs if not (out / f"shard-{j[2]:05d}").exists()]
+    build_id = f"{os.getpid()}-{time.time_ns()}"
+    (out / ".build-id.tmp").write_text(build_id + "\n"); os.replace(out / ".build-id.tmp", out / ".build-id")  # stale workers stop here
+    for tmp in out.glob(".tmp-shard-*"): shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed build
+    jobs = [(str(out), config, k, build_id) for k in range(config.shards)]
+    todo = [j for j in jobs if not shard_done(out / f"shard-{j[2]:05d}")]
+    for j in todo:  # a shard folder that is not complete (e.g. audio without records) is built again
+        if (out / f"shard-{j[2]:05d}").exists(): shutil.rmtree(out / f"shard-{j[2]:05d}")
     t0, stats = time.perf_counter(), []
     bar = tqdm(total=config.dialogues, initial=config.dialogues - sum(
-        min(config.dialogues, (k + 1) * config.shard_size) - k * config.shard_size for _, _, k in todo),
+        min(config.dialogues, (k + 1) * config.shard_size) - k * config.shard_size for _, _, k, _ in todo),
         unit="dialogue", desc=f"{config.split} shards", disable=not progress)
     if workers == 1 or len(todo) <= 1:
         for j in todo:
-            stats.append(_build_one(j)); bar.update(stats[-1]["dialogues"] + sum(stats[-1]["rejected"].values()))
+            s = _build_one(j)
+            if s is None: raise RuntimeError(f"{out} was taken over by another build while this one ran")
+            stats.append(s); bar.update(s["dialogues"] + sum(s["rejected"].values()))
     else:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_worker_init) as pool:
             for s in pool.imap_unordered(_build_one, todo):
+                if s is None: raise RuntimeError(f"{out} was taken over by another build while this one ran")
                 stats.append(s); bar.update(s["dialogues"] + sum(s["rejected"].values()))
     bar.close()
     summary = summarize(out)
@@ -152,7 +185,7 @@ def summarize(out) -> dict:
     "Totals over the finished shards of `out`: dialogues, turns, hours, rejections by reason, subtasks."
     total = dict(shards=0, dialogues=0, turns=0, hours=0.0, rejected={}, subtasks={})
     rejected, subtasks, seconds = Counter(), Counter(), 0.0
-    for p in sorted(Path(out).glob("shard-*/stats.json")):
+    for p in [f / "stats.json" for f in finished_shards(out)]:
         s = json.loads(p.read_text())
         total["shards"] += 1; total["dialogues"] += s["dialogues"]; total["turns"] += s["turns"]
         seconds += s["seconds"]; rejected.update(s["rejected"]); subtasks.update(s["subtasks"])
@@ -170,8 +203,8 @@ def format_summary(s: dict) -> str:
 def read_records(out):
     "Iterate over the dialogue records of a built dataset (finished shards only), audio paths resolved."
     out = Path(out)
-    shards = sorted(out.glob("shard-*/records.jsonl"))
-    if not shards: raise FileNotFoundError(f"no finished shards in {out} (expected shard-*/records.jsonl)")
+    shards = [f / "records.jsonl" for f in finished_shards(out)]
+    if not shards: raise FileNotFoundError(f"no finished shards in {out} (expected shard-*/records.jsonl and stats.json)")
     for p in shards:
         with open(p) as f:
             for n, line in enumerate(f, 1):

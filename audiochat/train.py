@@ -34,7 +34,7 @@ from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
 from .codec import Codec, pick_device, load_latents, _optimizer_tensors, _load_optimizer
-from .data import read_records, build as build_dataset
+from .data import read_records, finished_shards, build as build_dataset
 from .scene import Scene
 from .audio import load_audio
 
@@ -121,7 +121,7 @@ class DialogueSource:
         root = Path(source)
         if not root.is_dir(): raise FileNotFoundError(f"dataset folder {source!r} does not exist (build one with `audiochat data build`)")
         self.root, self.entries, self.lengths = root, [], []
-        shards = sorted(root.glob("shard-*/records.jsonl"))
+        shards = [f / "records.jsonl" for f in finished_shards(root)]
         if not shards: raise FileNotFoundError(f"no finished shards in {source} (expected shard-*/records.jsonl)")
         for p in shards:
             with open(p, "rb") as f:

@@ -4,6 +4,7 @@ builds are killed or mixed, sizes are checked before work starts. docs/RELIABILI
 The fuzzers run a fast subset by default and thousands of cases with `-m slow`."""
 import json
 import math
+import shutil
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -246,3 +247,71 @@ def test_ema_weights_are_loaded_for_sampling(run2):
     k = "diffusion_head.weight"
     assert not torch.equal(ema[k], raw[k])
     assert torch.equal(dict(m.named_parameters())[k].detach(), ema[k]) and torch.equal(dict(r.named_parameters())[k].detach(), raw[k])
+
+
+# ---- dataset builds: nothing half-written counts ----
+import signal
+import time
+
+import audiochat.data as D
+
+ONE = D.DataConfig(dialogues=2, shard_size=1, edits=1, max_duration=5.0, mistake_rate=0.0)
+
+
+def readable(out):
+    return sum(1 for _ in D.read_records(out))
+
+
+def test_stale_worker_cannot_commit(tmp_path):
+    (tmp_path / ".build-id").write_text("new\n")
+    assert D.build_shard(tmp_path, ONE, 0, build_id="old") is None  # another build started since
+    assert not (tmp_path / "shard-00000").exists() and not list(tmp_path.glob(".tmp-*"))
+    real = D.simulate_dialogue
+    def cleaned_up_under_us(*a, **k):  # a new build deletes the worker's temporary folder while it works
+        d = real(*a, **k)
+        for t in tmp_path.glob(".tmp-shard-*"): shutil.rmtree(t)
+        return d
+    D.simulate_dialogue = cleaned_up_under_us
+    try: assert D.build_shard(tmp_path, ONE, 0, build_id="new") is None
+    finally: D.simulate_dialogue = real
+    assert not (tmp_path / "shard-00000").exists()
+
+
+def test_half_written_shard_is_not_counted_and_is_rebuilt(tmp_path):
+    D.build(tmp_path, ONE, workers=1, progress=False)
+    broken = tmp_path / "shard-00001"
+    (broken / "records.jsonl").unlink()  # audio and stats, no records: what a stale worker used to leave
+    assert not D.shard_done(broken) and D.summarize(tmp_path)["dialogues"] == readable(tmp_path)
+    s = D.build(tmp_path, ONE, workers=1, progress=False)
+    assert D.shard_done(broken) and s["dialogues"] == readable(tmp_path) == D.summarize(tmp_path)["dialogues"]
+
+
+def _children(pid):
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid: out.append(int(p.name))
+            except (OSError, IndexError, ValueError): pass
+    return out
+
+
+@pytest.mark.slow
+def test_kill_only_the_main_process_then_rebuild(tmp_path):
+    "A parallel build whose main process is killed (workers live on) and rerun at once: every counted dialogue can be read."
+    out = tmp_path / "data"
+    cmd = [sys.executable, "-c", "import sys; from audiochat.cli import main; sys.exit(main(sys.argv[1:]))", "data", "build", "--out", str(out), "--workers", "2", "--dialogues", "12",
+           "--shard-size", "2", "--edits", "1", "--max-duration", "5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    main = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(out.glob(".tmp-shard-*/audio/*.flac")): time.sleep(0.05)
+    workers = _children(main.pid)
+    main.send_signal(signal.SIGKILL); main.wait()  # only the main process: its workers go on with their shards
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    for w in workers:  # let the stale workers finish (or fail to commit) before looking
+        while Path(f"/proc/{w}").exists() and time.time() < deadline + 120: time.sleep(0.1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dialogues"] == readable(out) == D.summarize(out)["dialogues"]
+    for shard in sorted(out.glob("shard-*")):
+        assert D.shard_done(shard), f"{shard.name} is not a complete shard: {sorted(p.name for p in shard.iterdir())}"
