@@ -187,5 +187,6 @@ def test_corrupt_record_is_a_clear_error(tmp_path):
     shard = tmp_path / "shard-00000"
     shard.mkdir()
     (shard / "records.jsonl").write_text('{"id": "x", "turns": []}\n{truncated\n')
+    (shard / "stats.json").write_text('{"dialogues": 2}')  # a finished shard whose records file was damaged later
     with pytest.raises(ValueError, match="records.jsonl line 2 is not a valid JSON record"):
         list(read_records(tmp_path))
