@@ -16,17 +16,21 @@ import torch
 import torchaudio
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'BLOCK_SECONDS', 'AudioError', 'as_tensor', 'check_audio', 'to_channels',
-           'resample', 'load_audio', 'save_audio', 'loudness', 'normalize_loudness', 'pan_gains', 'pan',
-           'mel_spectrogram', 'plot_audio', 'show_jpeg', 'audio_player']
+__all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'MAX_AUDIO_SECONDS', 'SAMPLE_RATE_RANGE', 'MAX_PEAK', 'BLOCK_SECONDS',
+           'AudioError', 'as_tensor', 'check_audio', 'to_channels', 'resample', 'load_audio', 'save_audio', 'loudness',
+           'normalize_loudness', 'pan_gains', 'pan', 'mel_spectrogram', 'plot_audio', 'show_jpeg', 'audio_player']
 
 # %% ../nbs/01_audio.ipynb #a24e6c6d
 SAMPLE_RATE = 16_000  # the project's audio rate (Hz)
 FRAME_RATE = 40  # codec latent frames per second (PAPER.md section 1)
 HOP = SAMPLE_RATE // FRAME_RATE  # samples per latent frame
 
+MAX_AUDIO_SECONDS = 600.0  # longest file `load_audio` reads by default (10 minutes; the chat engine takes 30 s)
+SAMPLE_RATE_RANGE = (1000, 384_000)  # Hz: file rates outside this are refused
+MAX_PEAK = 4.0  # float files peaking above 4x full scale (+12 dBFS) are refused: not audio scaled to [-1, 1]
+
 class AudioError(ValueError):
-    "Raised for audio that cannot be used: unreadable, empty, or containing NaN/inf samples."
+    "Raised for audio that cannot be used: unreadable, too long, an odd header, empty, too loud, or NaN/inf samples."
 
 # %% ../nbs/01_audio.ipynb #484198fe
 def as_tensor(x) -> torch.Tensor:
@@ -57,16 +61,34 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Tensor:
     "Resample (C, T) audio from `sr_in` to `sr_out` Hz (torchaudio's windowed-sinc resampler)."
     if sr_in == sr_out: return x
+    if sr_in // math.gcd(sr_in, sr_out) > 1000:  # an odd rate (e.g. 12007 Hz): the exact filter bank would take gigabytes,
+        near = max(100, round(sr_in / 100) * 100)  # so first move (linearly) to the nearest multiple of 100 Hz
+        n = max(1, round(x.shape[-1] * near / sr_in))
+        x, sr_in = torch.nn.functional.interpolate(x[None], size=n, mode="linear", align_corners=False)[0], near
+        if sr_in == sr_out: return x
     return torchaudio.functional.resample(x, sr_in, sr_out)
 
 # %% ../nbs/01_audio.ipynb #59ec5d8e
-def load_audio(path, sr: int = SAMPLE_RATE, channels: int | None = None) -> torch.Tensor:
-    "Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2 converts, None keeps the file's."
+def load_audio(path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS) -> torch.Tensor:
+    """Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2 converts, None keeps the
+    file's. The header is checked before anything is decoded: the rate in `SAMPLE_RATE_RANGE`, at most 8 channels and
+    `max_seconds` seconds; a float file peaking above `MAX_PEAK` is refused too (`AudioError` naming the file)."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"audio file not found: {path}")
-    try: data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    if path.is_dir(): raise AudioError(f"{path} is a folder, not an audio file")
+    try: info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e: raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
+    lo, hi = SAMPLE_RATE_RANGE
+    if not lo <= info.samplerate <= hi: raise AudioError(f"{path}: its header says {info.samplerate} Hz; rates in [{lo}, {hi}] Hz are read")
+    if not 1 <= info.channels <= 8: raise AudioError(f"{path}: its header says {info.channels} channels; at most 8 are read")
+    if info.frames > max_seconds * info.samplerate:
+        raise AudioError(f"{path} is {info.frames / info.samplerate:.1f} s long; at most {max_seconds:g} s are read (max_seconds)")
+    try: data, file_sr = sf.read(str(path), dtype="float32", always_2d=True, frames=int(max_seconds * info.samplerate) + 1)
     except sf.LibsndfileError as e: raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
+    if len(data) > max_seconds * file_sr: raise AudioError(f"{path} is longer than {max_seconds:g} s (max_seconds)")
     x = check_audio(torch.from_numpy(data.T.copy()), name=str(path))
+    peak = float(x.abs().max())
+    if peak > MAX_PEAK: raise AudioError(f"{path} peaks at {peak:.3g}x full scale (more than {MAX_PEAK:g}x): not audio scaled to [-1, 1]")
     if channels is not None: x = to_channels(x, channels)
     return resample(x, file_sr, sr)
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from .scene import Scene, SceneError, Source, diff
 
 # %% auto #0
-__all__ = ['SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS', 'EVENTS', 'OBJECTS', 'LINES', 'NARRATION',
-           'BACKGROUND', 'PAN_WORDS', 'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP',
-           'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM',
-           'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text', 'random_story', 'describe', 'plan_edit',
-           'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'TemplateLLM', 'Turn',
-           'Dialogue', 'silent_sources', 'simulate_dialogue', 'register_subtask', 'unregister_subtask']
+__all__ = ['MAX_TOOL_CALLS', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS', 'EVENTS', 'OBJECTS',
+           'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM',
+           'SUBTASK_HELP', 'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent', 'FunctionTools',
+           'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text', 'random_story', 'describe',
+           'plan_edit', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered',
+           'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue', 'register_subtask',
+           'unregister_subtask']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -43,13 +44,18 @@ def assistant_message(content: str | None = None, tool_calls: list | None = None
     if tool_calls: m["tool_calls"] = tool_calls
     return m
 
+MAX_TOOL_CALLS = 16  # tool calls run per model reply; the rest get an error result (a reply of 50 two-minute music calls is refused)
+
 def _check_reply(reply) -> dict:
     if not isinstance(reply, dict) or reply.get("role") != "assistant":
         raise AgentError(f"the model must return an assistant message dict, got {reply!r:.200}")
+    if not isinstance(reply.get("content"), (str, type(None))): raise AgentError(f"the reply's content must be text, got {reply.get('content')!r:.200}")
+    if not isinstance(reply.get("tool_calls") or [], list): raise AgentError(f"the reply's tool_calls must be a list, got {reply.get('tool_calls')!r:.200}")
     for c in reply.get("tool_calls") or []:
         f = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or "id" not in c:
-            raise AgentError(f"malformed tool call {c!r:.200}: needs an id and function.name")
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(c.get("id"), str) \
+                or not isinstance(f.get("arguments"), (str, dict, type(None))):
+            raise AgentError(f"malformed tool call {c!r:.200}: needs an id, function.name and function.arguments (JSON text)")
     return reply
 
 def call_tool(tools, call: dict) -> dict:
@@ -60,9 +66,10 @@ def call_tool(tools, call: dict) -> dict:
     if isinstance(arguments, str):
         try: arguments = json.loads(arguments)
         except json.JSONDecodeError as e: return {"error": f"arguments of {name} are not valid JSON: {e.msg} at column {e.colno}"}
+        except (ValueError, RecursionError) as e: return {"error": f"arguments of {name} are not usable JSON ({type(e).__name__})"}
     if not isinstance(arguments, dict): return {"error": f"arguments of {name} must be a JSON object"}
     try: return tools.call(name, arguments)
-    except (ValueError, TypeError, KeyError) as e: return {"error": f"{name}: {e}"}
+    except (ValueError, TypeError, KeyError, RecursionError) as e: return {"error": f"{name}: {str(e)[:500]}"}
 
 def run_agent(llm, messages: list[dict], tools=None, max_steps: int = 8) -> list[dict]:
     """The tool-calling loop: ask `llm`, run its tool calls on `tools`, feed the results back, until a reply without
@@ -74,8 +81,10 @@ def run_agent(llm, messages: list[dict], tools=None, max_steps: int = 8) -> list
         new.append(reply)
         calls = reply.get("tool_calls") or []
         if not calls: return new
-        for c in calls:
-            result = call_tool(tools, c) if tools is not None else {"error": "no tools are available"}
+        for i, c in enumerate(calls):
+            if tools is None: result = {"error": "no tools are available"}
+            elif i >= MAX_TOOL_CALLS: result = {"error": f"not run: at most {MAX_TOOL_CALLS} tool calls per reply"}
+            else: result = call_tool(tools, c)
             new.append({"role": "tool", "tool_call_id": c["id"], "name": c["function"]["name"],
                         "content": json.dumps(result, ensure_ascii=False)})
     raise AgentError(f"no final answer after {max_steps} model replies (step limit)", reason="step_limit", messages=new)
@@ -210,11 +219,21 @@ class OpenAILLM(ChatLLM):
     def chat(self, messages, tools=None):
         kw = dict(self.create_kwargs)
         if tools: kw["tools"] = tools
-        r = self.client.chat.completions.create(model=self.model, messages=messages, **kw)
-        m = r.choices[0].message
-        calls = [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                 for c in (m.tool_calls or [])]
-        return assistant_message(m.content, calls)
+        import openai
+        try: r = self.client.chat.completions.create(model=self.model, messages=messages, **kw)
+        except openai.OpenAIError as e: raise AgentError(f"the LLM server failed: {type(e).__name__}: {str(e)[:300]}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # a body that is not the API's JSON
+            raise AgentError(f"the LLM server sent a reply that is not a chat completion ({type(e).__name__}: {str(e)[:200]})") from None
+        choices = getattr(r, "choices", None)
+        if not isinstance(choices, list) or not choices: raise AgentError(f"the LLM server's reply has no choices: {str(r)[:200]!r}")
+        m = getattr(choices[0], "message", None)
+        if m is None: raise AgentError("the LLM server's reply has no message")
+        calls = []
+        for c in getattr(m, "tool_calls", None) or []:
+            f = getattr(c, "function", None)
+            calls.append({"id": getattr(c, "id", None), "type": "function",
+                          "function": {"name": getattr(f, "name", None), "arguments": getattr(f, "arguments", None)}})
+        return _check_reply(assistant_message(getattr(m, "content", None), calls))
 
 # %% ../nbs/04_copilot.ipynb #fb7bb795
 SUBTASKS = ["add", "remove", "replace", "loudness", "move", "pan"]  # a list: `register_subtask` adds to it

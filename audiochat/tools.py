@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 
@@ -26,17 +27,17 @@ import soundfile as sf
 import torch
 
 from .audio import (SAMPLE_RATE, check_audio, loudness, normalize_loudness, pan, resample)
-from .scene import Scene, SceneError, Source, SCENE_SCHEMA, MAX_DURATION
+from .scene import Scene, SceneError, Source, SCENE_SCHEMA, MAX_DURATION, MAX_TEXT_CHARS
 
 # %% auto #0
-__all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SR', 'SOUND_EFFECTS', 'BUILTIN_SOUNDS', 'MAJ', 'MIN',
-           'DIM', 'MAJ7', 'MIN7', 'SUS', 'MUSIC_MOODS', 'MAX_SPEEDUP', 'LIMIT_CEILING', 'LIMIT_WINDOW', 'ToolError',
-           'UnknownSoundError', 'TimingError', 'EspeakNotFoundError', 'Speaker', 'Emotion', 'get_speaker',
-           'get_emotion', 'espeak_program', 'clean_text', 'espeak_args', 'trim_silence', 'speak', 'speech_duration',
-           'phonemes', 'band', 'shaped_noise', 'moving_filter', 'moving_band', 'smooth_random', 'random_curve', 'tone',
-           'decay', 'place', 'times_regular', 'times_poisson', 'events', 'SoundEffect', 'resolve_sound', 'synth_sfx',
-           'register_sound', 'unregister_sound', 'midi_hz', 'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks',
-           'Render', 'source_audio', 'render', 'Toolbox']
+__all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SPEECH_CACHE_SECONDS', 'ESPEAK_TIMEOUT', 'SR',
+           'SOUND_EFFECTS', 'BUILTIN_SOUNDS', 'MAJ', 'MIN', 'DIM', 'MAJ7', 'MIN7', 'SUS', 'MUSIC_MOODS', 'MAX_SPEEDUP',
+           'LIMIT_CEILING', 'LIMIT_WINDOW', 'ToolError', 'UnknownSoundError', 'TimingError', 'EspeakNotFoundError',
+           'Speaker', 'Emotion', 'get_speaker', 'get_emotion', 'espeak_program', 'clean_text', 'espeak_args',
+           'trim_silence', 'speak', 'speech_duration', 'phonemes', 'band', 'shaped_noise', 'moving_filter',
+           'moving_band', 'smooth_random', 'random_curve', 'tone', 'decay', 'place', 'times_regular', 'times_poisson',
+           'events', 'SoundEffect', 'resolve_sound', 'synth_sfx', 'register_sound', 'unregister_sound', 'midi_hz',
+           'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render', 'Toolbox']
 
 # %% ../nbs/03_tools.ipynb #f0b2effc
 class ToolError(ValueError):
@@ -141,9 +142,11 @@ def espeak_program() -> str:
     return path
 
 def clean_text(text) -> str:
-    "Whitespace-normalised text, with espeak-ng's `[[phoneme]]` escape defused; `ToolError` if empty."
+    """Whitespace-normalised text, with control characters (a NUL would end espeak-ng's input early) turned into
+    spaces and espeak-ng's `[[phoneme]]` escape defused; `ToolError` if empty or longer than `MAX_TEXT_CHARS`."""
     if not isinstance(text, str): raise ToolError("text", f"must be a string, got {type(text).__name__}")
-    text = " ".join(text.split())
+    if len(text) > MAX_TEXT_CHARS: raise ToolError("text", f"must be at most {MAX_TEXT_CHARS} characters, got {len(text)}")
+    text = " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
     if not any(c.isalnum() for c in text): raise ToolError("text", f"must contain at least one word, got {text!r}")
     return re.sub(r"([\[\]])(?=[\[\]])", r"\1 ", text)
 
@@ -173,9 +176,26 @@ def _resampler(sr: int):
     import torchaudio
     return torchaudio.transforms.Resample(sr, SAMPLE_RATE)
 
-@functools.lru_cache(maxsize=512)
+SPEECH_CACHE_SECONDS = 600  # the speech cache keeps at most 10 minutes of audio (about 38 MB), least recently used out first
+ESPEAK_TIMEOUT = 60  # seconds one espeak-ng call may take
+_speech_cache: dict = {}
+
+def _espeak(args: list, text: str) -> subprocess.CompletedProcess:
+    try: return subprocess.run(args, input=text.encode(), capture_output=True, timeout=ESPEAK_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired: raise ToolError("text", f"espeak-ng took more than {ESPEAK_TIMEOUT} s") from None
+
 def _speak_cached(program: str, text: str, args: tuple) -> torch.Tensor:
-    r = subprocess.run([program, *args], input=text.encode(), capture_output=True, timeout=60, check=False)
+    key = (program, text, args)
+    if key in _speech_cache: _speech_cache[key] = _speech_cache.pop(key); return _speech_cache[key]  # most recent last
+    x = _speak_uncached(program, text, args)
+    _speech_cache[key] = x
+    while len(_speech_cache) > 1 and sum(v.shape[-1] for v in _speech_cache.values()) > SPEECH_CACHE_SECONDS * SAMPLE_RATE:
+        del _speech_cache[next(iter(_speech_cache))]
+    return x
+_speak_cached.cache_clear = _speech_cache.clear
+
+def _speak_uncached(program: str, text: str, args: tuple) -> torch.Tensor:
+    r = _espeak([program, *args], text)
     if r.returncode != 0:
         raise ToolError("speaker", f"espeak-ng failed ({r.returncode}): {r.stderr.decode(errors='replace').strip()}")
     data, sr = sf.read(io.BytesIO(r.stdout), dtype="float32", always_2d=True)
@@ -196,7 +216,7 @@ def speech_duration(text: str, speaker: str = "narrator", emotion: str | None = 
 def phonemes(text: str, speaker: str = "narrator", emotion: str | None = None) -> str:
     "The phonemes espeak-ng speaks for `text` (its `-x` mnemonics): shows what is said, word by word."
     args = [a for a in espeak_args(speaker, emotion) if a != "--stdout"] + ["-q", "-x"]
-    r = subprocess.run([espeak_program(), *args], input=clean_text(text).encode(), capture_output=True, timeout=60)
+    r = _espeak([espeak_program(), *args], clean_text(text))
     return " ".join(r.stdout.decode(errors="replace").split())
 
 # %% ../nbs/03_tools.ipynb #353741f3
