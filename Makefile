@@ -12,7 +12,7 @@ NBDEV_TEST_FLAGS ?=
 # and OpenMP threads competing for 2 cores make them many times slower.
 nbtest pytest slow tutorials: export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup espeak demo test test-fast check-sync nbtest pytest tutorials lab lint export clean-nbs slow
+.PHONY: setup espeak demo test test-fast check-sync nbtest pytest tutorials lab lint export clean-nbs slow install-check
 
 # (re)install when pyproject.toml's content changed since the last install (nbdev-export touches its mtime)
 setup:
@@ -91,6 +91,18 @@ tutorials: setup espeak
 	done
 
 test: check-sync nbtest pytest tutorials
+
+# `pip install .` into a new, empty venv (no extras): every module imports, `audiochat --help`, `python -m audiochat`
+# and `audiochat demo` work outside the source tree (CI runs it after `make test`)
+install-check: espeak
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv" && "$$tmp/venv/bin/python" -m pip install --disable-pip-version-check -q . && \
+	cd "$$tmp" && "$$tmp/venv/bin/python" -c "import importlib, pkgutil, audiochat; \
+	  mods = [m.name for m in pkgutil.iter_modules(audiochat.__path__) if m.name != '__main__']; \
+	  [importlib.import_module('audiochat.' + m) for m in mods]; print('imports:', len(mods), 'modules')" && \
+	"$$tmp/venv/bin/audiochat" --help >/dev/null && "$$tmp/venv/bin/python" -m audiochat --version >/dev/null && \
+	OMP_NUM_THREADS=1 "$$tmp/venv/bin/audiochat" demo --out "$$tmp/demo" >/dev/null && test -s "$$tmp/demo/report.html" && \
+	echo "install-check: a clean install imports, runs --help and the demo"
 
 # everything, including cells and tests marked slow
 slow: setup espeak
