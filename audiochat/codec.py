@@ -266,13 +266,13 @@ def _save_pretrained(self, directory) -> Path:
 
 @classmethod
 def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
-    "Load a codec saved by `save_pretrained` from a folder (or a Hugging Face Hub repository id)."
+    "Load a codec saved by `save_pretrained` from a folder (or a Hugging Face Hub repository written `hf:ORG/NAME`)."
     d = Path(name_or_path)
-    if not d.is_dir():
-        if d.exists() or str(name_or_path).count("/") != 1:
-            raise FileNotFoundError(f"codec folder not found: {name_or_path}")
+    if not d.is_dir():  # a local path never falls back to the network: only an explicit hf:ORG/NAME is fetched
+        if not str(name_or_path).startswith("hf:"):
+            raise FileNotFoundError(f"codec folder not found: {name_or_path} (a Hugging Face Hub repository is written hf:ORG/NAME)")
         from huggingface_hub import snapshot_download
-        d = Path(snapshot_download(str(name_or_path), allow_patterns=["config.json", "model.safetensors"]))
+        d = Path(snapshot_download(str(name_or_path)[3:], allow_patterns=["config.json", "model.safetensors"]))
     for f in ("config.json", "model.safetensors"):
         if not (d / f).exists(): raise FileNotFoundError(f"{d} has no {f}: not a saved codec")
     model = cls(CodecConfig.from_dict(json.loads((d / "config.json").read_text())))

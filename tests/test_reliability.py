@@ -315,3 +315,203 @@ def test_kill_only_the_main_process_then_rebuild(tmp_path):
     assert summary["dialogues"] == readable(out) == D.summarize(out)["dialogues"]
     for shard in sorted(out.glob("shard-*")):
         assert D.shard_done(shard), f"{shard.name} is not a complete shard: {sorted(p.name for p in shard.iterdir())}"
+
+
+# ---- audio files ----
+import numpy as np
+import soundfile as sf
+
+from audiochat.audio import AudioError, MAX_AUDIO_SECONDS, load_audio
+
+
+def wav_with_rate(path, rate, seconds=0.1):
+    "A valid PCM WAV whose header claims `rate` Hz."
+    sf.write(str(path), np.zeros(max(1, int(rate * seconds)), dtype="float32"), rate, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "not a supported audio format"),
+    (lambda p: p.write_bytes(os.urandom(2000)), "not a supported audio format"),
+    (lambda p: p.write_bytes(open(wav_with_rate(p, 16000, 1.0), "rb").read()[:30]), "not a supported audio format"),
+    (lambda p: wav_with_rate(p, 16000, 0.0001) and sf.write(str(p), np.zeros((0, 1), "float32"), 16000), "empty"),
+    (lambda p: sf.write(str(p), np.full(1600, 300.0, "float32"), 16000, subtype="FLOAT"), "300x full scale"),
+    (lambda p: sf.write(str(p), np.full(1600, np.nan, "float32"), 16000, subtype="FLOAT"), "NaN/inf"),
+    (lambda p: sf.write(str(p), np.zeros(4, "float32"), 1, subtype="PCM_16"), "says 1 Hz"),
+    (lambda p: sf.write(str(p), np.zeros((int(16000 * 0.01), 16), "float32"), 16000), "16 channels"),
+])
+def test_bad_audio_files(tmp_path, make, message):
+    p = tmp_path / "bad.wav"; make(p)
+    with pytest.raises(AudioError, match=message) as e: load_audio(p)
+    assert str(p) in str(e.value)
+
+
+def test_audio_length_is_checked_before_decoding(tmp_path):
+    p = tmp_path / "long.wav"
+    with sf.SoundFile(str(p), "w", 8000, 1, "PCM_16") as f:  # 11 minutes written in blocks (a 10 MB file)
+        for _ in range(66): f.write(np.zeros(80000, "int16"))
+    import tracemalloc
+    tracemalloc.start()
+    with pytest.raises(AudioError, match="at most 600 s"): load_audio(p)
+    assert tracemalloc.get_traced_memory()[1] < 5_000_000  # nothing decoded
+    tracemalloc.stop()
+    with pytest.raises(AudioError, match="at most 30 s"): load_audio(wav_with_rate(tmp_path / "a.wav", 8000, 31), max_seconds=30)
+    assert MAX_AUDIO_SECONDS == 600
+
+
+def test_odd_sample_rate_resamples_in_little_memory(tmp_path):
+    import resource
+    p = wav_with_rate(tmp_path / "odd.wav", 12007, 2.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    x = load_audio(p)
+    assert abs(x.shape[-1] - 32000) <= 4
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB: well under the 3.7 GB of the exact filter bank
+
+
+# ---- tools: text limits ----
+import audiochat.tools as tools
+
+
+def test_tts_text_limits_and_control_characters(monkeypatch):
+    with pytest.raises(tools.ToolError, match="at most 2000 characters"): tools.clean_text("word " * 20_000)
+    assert tools.clean_text("one\x00two three") == "one two three"
+    box = tools.Toolbox()
+    assert "at most 2000 characters" in box.call("text_to_speech", {"text": "a " * 50_000, "speaker": "narrator"})["error"]
+    if shutil.which("espeak-ng"):
+        full, cut = tools.speak("hello there my old friend"), tools.speak("hello there\x00 my old friend")
+        assert abs(full.shape[-1] - cut.shape[-1]) < 0.1 * full.shape[-1]  # the NUL no longer ends the text
+        tools._speak_cached.cache_clear()
+        monkeypatch.setattr(tools, "ESPEAK_TIMEOUT", 1e-4)
+        with pytest.raises(tools.ToolError, match="espeak-ng took more than"): tools.speak("a slow line")
+        assert "espeak-ng took more than" in box.call("text_to_speech", {"text": "another line", "speaker": "narrator"})["error"]
+
+
+def test_speech_cache_is_bounded_by_audio_length(monkeypatch):
+    import torch
+    tools._speak_cached.cache_clear()
+    monkeypatch.setattr(tools, "_speak_uncached", lambda program, text, args: torch.zeros(1, 60 * tools.SAMPLE_RATE))
+    for i in range(40): tools._speak_cached("p", f"text {i}", ())
+    assert sum(v.shape[-1] for v in tools._speech_cache.values()) <= tools.SPEECH_CACHE_SECONDS * tools.SAMPLE_RATE
+    tools._speak_cached.cache_clear()
+
+
+# ---- the tool loop against a misbehaving OpenAI-compatible server ----
+import http.server
+import threading
+
+from audiochat.copilot import MAX_TOOL_CALLS, AgentError, FunctionTools, OpenAILLM, run_agent
+
+
+def completion(message):
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+
+def call(name, arguments, id="t1"):
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+MISBEHAVIOURS = {
+    "empty choices": (200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": []}),
+    "no choices key": (200, {"id": "c"}),
+    "not JSON": (200, b"<html>gateway</html>"),
+    "not JSON, text/html": (200, ("text/html", b"<html>oops</html>")),
+    "JSON list": (200, [1, 2, 3]),
+    "server error": (500, {"error": {"message": "boom"}}),
+    "rate limited": (429, {"error": {"message": "slow down"}}),
+    "null message": (200, completion(None)),
+    "content is a number": (200, completion({"role": "assistant", "content": 5})),
+    "arguments a number": (200, completion({"role": "assistant", "content": None, "tool_calls": [call("music", 5)]})),
+    "no function name": (200, completion({"role": "assistant", "content": None, "tool_calls": [{"id": "t", "type": "function", "function": {}}]})),
+    "deeply nested arguments": (200, completion({"role": "assistant", "content": None, "tool_calls": [call("music", "[" * 100_000 + "]" * 100_000)]})),
+    "arguments not JSON": (200, completion({"role": "assistant", "content": None, "tool_calls": [call("music", "{seconds: 120")]})),
+    "unknown tool": (200, completion({"role": "assistant", "content": None, "tool_calls": [call("rm_rf", "{}")]})),
+    "fifty music calls": (200, completion({"role": "assistant", "content": None,
+                                           "tool_calls": [call("music", '{"seconds": 120}', f"t{i}") for i in range(50)]})),
+    "too slow": (200, "sleep"),
+}
+
+
+class FakeServer(http.server.BaseHTTPRequestHandler):
+    mode = "empty choices"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, body = MISBEHAVIOURS[FakeServer.mode]
+        if body == "sleep": time.sleep(2); status, body = 200, completion({"role": "assistant", "content": "late"})
+        ctype = "application/json"
+        if isinstance(body, tuple): ctype, body = body
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status); self.send_header("Content-Type", ctype); self.send_header("Content-Length", str(len(data)))
+        self.end_headers(); self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("mode", list(MISBEHAVIOURS))
+def test_tool_loop_against_a_misbehaving_server(fake_server, mode):
+    FakeServer.mode = mode
+    ran = []
+    box = FunctionTools()
+    def music(seconds: float): ran.append(seconds); return {"ok": True}
+    box.add(music, {"type": "object", "properties": {"seconds": {"type": "number"}}, "required": ["seconds"]})
+    llm = OpenAILLM("m", base_url=fake_server, timeout=0.5)
+    llm.client = llm.client.with_options(max_retries=0)
+    try: messages = run_agent(llm, [{"role": "user", "content": "hi"}], box, max_steps=2)
+    except AgentError as e: assert str(e)
+    else: assert messages[-1]["role"] == "assistant"
+    assert len(ran) <= MAX_TOOL_CALLS * 2  # at most MAX_TOOL_CALLS per reply, over 2 replies
+
+
+# ---- the chat engine samples with the EMA weights; its inputs are checked before any work ----
+@pytest.fixture(scope="module")
+def engine_parts(run2, tmp_path_factory):
+    import inspect
+    from audiochat.chat import ChatEngine
+    if "ema" not in inspect.signature(ChatEngine.load).parameters:
+        pytest.skip("the chat engine does not load the EMA weights yet (ChatEngine.load(ema=...))")
+    from audiochat.codec import Codec
+    codec = tmp_path_factory.mktemp("codec") / "codec"
+    torch.manual_seed(0); Codec(resolve("tiny").codec).save_pretrained(codec)
+    return run2, codec
+
+
+def test_chat_engine_uses_the_ema_weights(engine_parts):
+    from audiochat.chat import ChatEngine
+    run, codec = engine_parts
+    ema = load_file(str(T.latest_checkpoint(run) / "ema.safetensors"))
+    e, r = ChatEngine.load(run, codec), ChatEngine.load(run, codec, ema=False)
+    k = "diffusion_head.weight"
+    assert e.model.weights == "ema" and torch.equal(dict(e.model.named_parameters())[k].detach(), ema[k])
+    assert r.model.weights == "raw" and not torch.equal(dict(r.model.named_parameters())[k].detach(), ema[k])
+
+
+def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
+    from audiochat.chat import MAX_REQUEST_CHARS, ChatEngine
+    run, codec = engine_parts
+    e = ChatEngine.load(run, codec)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="at most 2000"): e.tell("a story " * 20_000)
+    with pytest.raises(ValueError, match="at most 2000"): e.edit("louder " * 20_000, torch.zeros(2, 16000), 16000)
+    assert time.perf_counter() - t0 < 5 and MAX_REQUEST_CHARS == 2000
+    with pytest.raises(ValueError, match="retries >= 0"): ChatEngine.load(run, codec, retries=-1)
+    assert cli(["tell", "a story", "--run", str(run), "--codec", str(codec), "--retries", "-1"]) == 1
+    assert "retries >= 0" in capsys.readouterr().err
+    sf.write(str(tmp_path / "in.wav"), np.zeros(8000, "float32"), 16000)
+    assert cli(["edit", str(tmp_path / "in.wav"), "louder", "-o", str(tmp_path / "out"), "--run", str(run), "--codec", str(codec)]) == 1
+    assert "give an audio file name" in capsys.readouterr().err and not list(tmp_path.glob("out*"))
+
+
+def test_local_codec_path_never_goes_to_the_network(monkeypatch):
+    import huggingface_hub
+    from audiochat.codec import Codec
+    def no_network(*a, **k): raise AssertionError("a local path must not be looked up on the Hub")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    for path in ["runs/codec", "missing/codec", "org/name"]:
+        with pytest.raises(FileNotFoundError, match="codec folder not found"): Codec.from_pretrained(path)
