@@ -1,0 +1,523 @@
+"""How far does a training run do the job? The learning benchmark of any run folder written by `audiochat train`.
+
+On the first `--dialogues` dialogues of StoryGen-Eval-mini (or `--split DIR`):
+1. Chain of thought, decoded greedily with the scene grammar off and on (`engine.think` on the true dialogue context:
+   the true scenes and the codec latents of the true audio, so no audio is generated): valid scenes; for story
+   requests the recall of the requested sound classes, the speaker count, the length (within 1 s of the requested
+   one); for edits whether the written scene differs from the previous true scene by exactly the instructed change
+   (right subtask, right source, right values within 0.25 s / 1.5 dB / 0.2 pan, nothing else changed), per subtask.
+   Every share is over all requests: an invalid scene (or an edit answered in words) counts as a miss.
+2. Audio (`--audio`, default on; `--steps` diffusion steps): story multiFLAM, Delta-multiFLAM and editFLAM per subtask
+   of the model (tell, then edit its own audio, as `audiochat eval` does), of the ground truth and of the codec ceiling
+   (the true audio through the run's codec), with the model's figures as ratios of both; "plan vs render": the
+   multiFLAM of the model's audio against the scene it wrote, of the tools' rendering of that scene, and the mel
+   distance between the two audios.
+3. Generalisation: the figures of 1 on the hand-written requests and edits of `benchmarks/free_form.json`.
+4. Understanding: the model's scene of the story audio against the truth, on the whole story and on the first
+   `data.max_frames` frames (what training shows the model): valid scenes, mean |error| of the number of speech and
+   of sound sources, micro F1 of the multiset of speaker names and sound classes, tcpWER.
+5. `--curve`: the figures of 1 and 4 at every `RUN/checkpoints/step-*`, plotted in `learning_curve.png` next to `--out`.
+A run without a chain of thought gets only the audio figures.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning.py --run runs/pipeline/model [--dialogues 20] [--curve]
+     [--no-audio] [--steps 10] [--out runs/pipeline/model/learning.json]"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from audiochat.audio import FRAME_RATE, SAMPLE_RATE
+from audiochat.chat import ChatEngine, ChatError, Turn
+from audiochat.codec import SpectralDistance
+from audiochat.data import load_turn, read_records
+from audiochat.evaluate import as_eval_audio, load_scorer, resolve_split
+from audiochat.metrics import delta_multiflam, editflam, multiflam, tcpwer
+from audiochat.scene import Scene, diff, to_seglst
+from audiochat.sct import AudioChatModel
+from audiochat.tools import render, resolve_sound
+from audiochat.train import UNDERSTAND_PROMPT, heard_scene
+
+FREE_FORM = Path(__file__).with_name("free_form.json")
+TOLERANCE = dict(start=0.25, end=0.25, loudness_db=1.5, pan=0.2)  # a written number this close to the truth is right
+SUBTASK_FIELDS = {"replace": {"caption"}, "loudness": {"loudness_db"}, "move": {"start", "end"}, "pan": {"pan"}}
+FAILURES = (ValueError, RuntimeError, FileNotFoundError)  # ChatError, SceneError, ToolError; espeak-ng missing
+
+# ---- scenes: labels, requests, edits ----------------------------------------------------------------------------
+
+def sound_class(caption: str, kind: str) -> str:
+    "The tools' class of a sound's caption (`resolve_sound`), or the caption itself when it names no known sound."
+    if kind in ("sfx", "music"):
+        try: return resolve_sound(caption, kind)
+        except ValueError: pass
+    return " ".join(str(caption).lower().split())
+
+def source_label(s) -> str:
+    "speaker:NAME for speech, sfx:CLASS or music:MOOD for sounds."
+    return f"speaker:{s.speaker}" if s.kind == "speech" else f"{s.kind}:{sound_class(s.caption, s.kind)}"
+
+def labels(scene: Scene, speech: bool = True) -> Counter:
+    return Counter(source_label(s) for s in scene.sources if speech or s.kind != "speech")
+
+def n_kind(scene: Scene, kinds) -> int: return sum(s.kind in kinds for s in scene.sources)
+
+def speaker_count(scene: Scene) -> int: return len({s.speaker for s in scene.sources if s.kind == "speech"})
+
+_SECONDS = re.compile(r"(\d+(?:\.\d+)?)(?:-| )?(?:seconds?|s)\b", re.I)
+
+def requested_seconds(request: str, default: float) -> float:
+    "The length a story request asks for ('about 10 seconds', 'a 7-second story', 'near 9 s'), else `default`."
+    m = _SECONDS.search(request)
+    return float(m.group(1)) if m else default
+
+def same_value(field: str, old, new, kind: str) -> bool:
+    if field in TOLERANCE: return abs(new - old) <= TOLERANCE[field]
+    if field == "caption" and old is not None and new is not None: return sound_class(old, kind) == sound_class(new, kind)
+    return old == new
+
+def effect(before: Scene, after: Scene) -> dict:
+    "What `after` changed in `before`, numbers within TOLERANCE and captions of the same class counting as unchanged."
+    d = diff(before, after)
+    changed = {i: {k: v for k, v in f.items() if not same_value(k, *v, after[i].kind)} for i, f in d.changed.items()}
+    stretched = d.duration is not None and abs(d.duration[1] - d.duration[0]) > TOLERANCE["end"]
+    return dict(added=list(d.added), removed=list(d.removed), changed={i: f for i, f in changed.items() if f}, duration=stretched)
+
+def edit_kind(e: dict) -> tuple[str, str | None]:
+    "(subtask, target) of an effect: 'none' or 'several' changes, else the subtask and the source id (add: its label)."
+    n = len(e["added"]) + len(e["removed"]) + len(e["changed"]) + e["duration"]
+    if n != 1: return ("none" if n == 0 else "several"), None
+    if e["added"]: return "add", source_label(e["added"][0])
+    if e["removed"]: return "remove", e["removed"][0]
+    if e["duration"]: return "duration", None
+    (i, fields), = e["changed"].items()
+    return next((k for k, v in SUBTASK_FIELDS.items() if set(fields) == v), "other"), i
+
+def value_ok(field: str, old, new, want) -> bool:
+    "Does a written value meet an expectation: a number (within TOLERANCE), a label, or a direction."
+    if field == "caption": return new == want
+    if isinstance(want, (int, float)): return abs(new - want) <= TOLERANCE.get(field, 0.25)
+    if want == "centre": return abs(new) <= TOLERANCE["pan"]
+    if want in ("up", "later", "right"): return new > old and (want != "right" or new > 0)
+    if want in ("down", "earlier", "left"): return new < old and (want != "left" or new < 0)
+    raise ValueError(f"unknown expectation {want!r} for {field}")
+
+def judge_edit(before: Scene, written: Scene | None, subtask: str, target: str, expect: dict) -> dict:
+    "Is `written` exactly the instructed edit of `before`: right subtask, right source, expected values, nothing else."
+    if written is None: return dict(subtask=False, source=False, exact=False)
+    e = effect(before, written)
+    kind, got = edit_kind(e)
+    ok_subtask = kind == subtask
+    ok_source = ok_subtask and got == target
+    if not ok_source or subtask == "remove": return dict(subtask=ok_subtask, source=ok_source, exact=ok_source)
+    new = e["added"][0] if subtask == "add" else written[target]
+    old = None if subtask == "add" else before[target]
+    value = lambda s, f: None if s is None else (source_label(s) if f == "caption" else getattr(s, f))
+    exact = all(value_ok(f, value(old, f), value(new, f), want) for f, want in expect.items())
+    return dict(subtask=True, source=True, exact=exact)
+
+def truth_expectation(before: Scene, after: Scene) -> tuple[str, dict]:
+    "(target, expected values) of a true edit, for `judge_edit`."
+    e = effect(before, after)
+    _, target = edit_kind(e)
+    if e["added"]: return target, dict(start=e["added"][0].start, end=e["added"][0].end)
+    if not e["changed"]: return target, {}
+    s = after[target]
+    return target, {f: source_label(s) if f == "caption" else getattr(s, f) for f in e["changed"][target]}
+
+# ---- chain of thought -------------------------------------------------------------------------------------------
+
+def think(engine: ChatEngine, turns: list, answers: bool = False) -> tuple[str, Scene | None]:
+    "('scene', scene), ('words', None) for an answer in words, or ('invalid', None)."
+    try: scene, _ = engine.think(turns, answers=answers)
+    except ChatError: return "invalid", None
+    return ("words", None) if scene is None else ("scene", scene)
+
+def story_row(status: str, written, want: set, speakers: int, seconds: float) -> dict:
+    row = dict(status=status, recall=0.0 if want else None, speakers=False, duration=False)
+    if written is not None:
+        row.update(recall=len(want & set(labels(written, speech=False))) / len(want) if want else None,
+                   speakers=speaker_count(written) == speakers, duration=abs(written.duration - seconds) <= 1.0)
+    return row
+
+def context(d: dict, j: int) -> list:
+    "The true dialogue before turn `j` (requests, true scenes, codec latents of the true audio), then request j."
+    turns = []
+    for k in range(j): turns += [Turn("user", d["turns"][k]["user"]), Turn("assistant", d["scenes"][k].to_json(), audio=d["z"][k])]
+    return turns + [Turn("user", d["turns"][j]["user"])]
+
+def cot_rows(engine: ChatEngine, dialogues: list, bar) -> tuple[list, list]:
+    "Story and edit rows of the split's dialogues under the engine's current grammar setting."
+    stories, edits = [], []
+    for d in dialogues:
+        s0 = d["scenes"][0]
+        status, w = think(engine, context(d, 0))
+        stories.append(story_row(status, w, set(labels(s0, speech=False)), speaker_count(s0),
+                                 requested_seconds(d["turns"][0]["user"], s0.duration)))
+        for j in range(1, len(d["turns"])):
+            status, w = think(engine, context(d, j), answers=engine.answers)
+            target, expect = truth_expectation(d["scenes"][j - 1], d["scenes"][j])
+            sub = d["turns"][j]["subtask"]
+            edits.append(dict(status=status, subtask_name=sub, **judge_edit(d["scenes"][j - 1], w, sub, target, expect)))
+        bar.update(1)
+    return stories, edits
+
+def share(rows, key) -> float | None:
+    v = [r[key] for r in rows if r[key] is not None]
+    return float(sum(v) / len(v)) if v else None
+
+def summarize_stories(rows: list) -> dict:
+    n = len(rows); c = Counter(r["status"] for r in rows)
+    return dict(n=n, valid=c["scene"], invalid=c["invalid"], valid_share=c["scene"] / n if n else None,
+                class_recall=share(rows, "recall"), speakers_share=share(rows, "speakers"), duration_share=share(rows, "duration"))
+
+def summarize_edits(rows: list, per_subtask: bool = True) -> dict:
+    n = len(rows); c = Counter(r["status"] for r in rows)
+    out = dict(n=n, valid=c["scene"], words=c["words"], invalid=c["invalid"], valid_share=c["scene"] / n if n else None,
+               subtask_share=share(rows, "subtask"), source_share=share(rows, "source"), exact_share=share(rows, "exact"))
+    if per_subtask:
+        names = dict.fromkeys(r["subtask_name"] for r in rows)
+        out["subtasks"] = {k: summarize_edits([r for r in rows if r["subtask_name"] == k], False) for k in names}
+    return out
+
+def cot_figures(engine: ChatEngine, dialogues: list, progress: bool) -> dict:
+    "The chain-of-thought figures with the grammar off and on."
+    out = {}
+    for grammar in (False, True):
+        engine.grammar = grammar
+        with tqdm(total=len(dialogues), desc=f"CoT, grammar {'on' if grammar else 'off'}", disable=not progress) as bar:
+            stories, edits = cot_rows(engine, dialogues, bar)
+        out[f"grammar_{'on' if grammar else 'off'}"] = dict(story=summarize_stories(stories), edit=summarize_edits(edits))
+    engine.grammar = True
+    return out
+
+# ---- generalisation: hand-written requests ------------------------------------------------------------------------
+
+def load_free_form(path, engine: ChatEngine, limit: int | None) -> dict:
+    "The hand-written items, each base scene rendered by the tools and encoded by the run's codec."
+    items = json.loads(Path(path).read_text())
+    bases = {}
+    for name, b in items["bases"].items():
+        scene = Scene.from_dict(b["scene"])
+        bases[name] = dict(request=b["request"], scene=scene, z=engine.encode(render(scene).mix, SAMPLE_RATE))
+    return dict(stories=items["stories"][:limit], edits=items["edits"][:limit], bases=bases)
+
+def free_form_rows(engine: ChatEngine, ff: dict, bar) -> tuple[list, list]:
+    stories, edits = [], []
+    for s in ff["stories"]:
+        status, w = think(engine, [Turn("user", s["request"])])
+        want = {f"sfx:{c}" for c in s["sfx"]} | ({f"music:{s['music']}"} if s.get("music") else set())
+        stories.append(story_row(status, w, want, s["speakers"], s["seconds"])); bar.update(1)
+    for e in ff["edits"]:
+        b = ff["bases"][e["base"]]
+        turns = [Turn("user", b["request"]), Turn("assistant", b["scene"].to_json(), audio=b["z"]), Turn("user", e["instruction"])]
+        status, w = think(engine, turns, answers=engine.answers)
+        edits.append(dict(status=status, subtask_name=e["subtask"], **judge_edit(b["scene"], w, e["subtask"], e["target"], e["expect"])))
+        bar.update(1)
+    return stories, edits
+
+def free_form_figures(engine: ChatEngine, ff: dict, progress: bool) -> dict:
+    out = dict(stories=len(ff["stories"]), edits=len(ff["edits"]))
+    for grammar in (False, True):
+        engine.grammar = grammar
+        with tqdm(total=len(ff["stories"]) + len(ff["edits"]), desc=f"free-form, grammar {'on' if grammar else 'off'}",
+                  disable=not progress) as bar:
+            stories, edits = free_form_rows(engine, ff, bar)
+        out[f"grammar_{'on' if grammar else 'off'}"] = dict(story=summarize_stories(stories), edit=summarize_edits(edits))
+    engine.grammar = True
+    return out
+
+# ---- understanding ------------------------------------------------------------------------------------------------
+
+def understanding_row(u: Scene | None, truth: Scene) -> dict:
+    if u is None: return dict(valid=False)
+    p, t = labels(u), labels(truth)
+    w = tcpwer(to_seglst(truth), to_seglst(u))
+    return dict(valid=True, speech_err=abs(n_kind(u, ("speech",)) - n_kind(truth, ("speech",))),
+                sound_err=abs(n_kind(u, ("sfx", "music")) - n_kind(truth, ("sfx", "music"))),
+                tp=sum((p & t).values()), fp=sum((p - t).values()), fn=sum((t - p).values()), errors=w.errors, words=w.length)
+
+def summarize_understanding(rows: list) -> dict:
+    ok = [r for r in rows if r["valid"]]
+    total = lambda k: sum(r[k] for r in ok)
+    tp, fp, fn, words = total("tp"), total("fp"), total("fn"), total("words")
+    mean = lambda k: total(k) / len(ok) if ok else None
+    return dict(n=len(rows), valid=len(ok), invalid=len(rows) - len(ok), valid_share=len(ok) / len(rows) if rows else None,
+                speech_mae=mean("speech_err"), sound_mae=mean("sound_err"),
+                f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None, tcpwer=100.0 * total("errors") / words if words else None)
+
+def understanding_figures(engine: ChatEngine, dialogues: list, progress: bool) -> dict:
+    "The model's scene of each story's audio (as `engine.understand` does, grammar on), whole and cut to max_frames."
+    engine.grammar, cut = True, engine.config.data.max_frames
+    rows = dict(whole=[], cut=[])
+    for d in tqdm(dialogues, desc="understanding", disable=not progress):
+        z, truth = d["z"][0], d["scenes"][0]
+        for key, audio, ref in (("whole", z, truth), ("cut", z[:cut], heard_scene(truth, min(cut, len(z)) / FRAME_RATE))):
+            _, u = think(engine, [Turn("user", UNDERSTAND_PROMPT, audio=audio)])
+            rows[key].append(understanding_row(u, ref))
+    return dict(cut_frames=cut, **{k: summarize_understanding(v) for k, v in rows.items()})
+
+# ---- audio --------------------------------------------------------------------------------------------------------
+
+def attempt(fn, *args):
+    "fn(*args) as a finite float, None when it fails or is undefined (NaN)."
+    try: v = fn(*args)
+    except FAILURES: return None
+    return float(v) if v is not None and math.isfinite(v) else None
+
+def plan_vs_render(scorer, distance, audio, scene: Scene) -> dict:
+    "multiFLAM of the model's audio and of the tools' rendering against the model's own scene; mel distance between them."
+    try: mix = as_eval_audio(render(scene).mix, SAMPLE_RATE, scene.duration)
+    except FAILURES: mix = None
+    with torch.no_grad(): mel = None if mix is None else float(distance.mel(audio, mix))
+    return dict(model=attempt(multiflam, scorer, audio, scene), tools=None if mix is None else attempt(multiflam, scorer, mix, scene), mel=mel)
+
+def model_audio(engine: ChatEngine, d: dict, scorer, distance, plans: list) -> list:
+    "The model's audio of every turn (tell, then edit its own audio), None after a failure; plan-vs-render rows."
+    engine.reset(); rate, out = engine.codec.config.sample_rate, []
+    for j, t in enumerate(d["turns"]):
+        if j and out[-1] is None: out.append(None); continue
+        try: reply = engine.tell(t["user"], seconds=t["duration"]) if j == 0 else engine.edit(t["user"])
+        except FAILURES: out.append(None); continue
+        if reply.audio is None: out.append(None); continue  # an answer in words
+        out.append(as_eval_audio(reply.audio, rate, d["scenes"][j].duration))
+        if reply.scene is not None: plans.append(plan_vs_render(scorer, distance, as_eval_audio(reply.audio, rate, reply.scene.duration), reply.scene))
+    return out
+
+def turn_scores(scorer, system: str, d: dict, audios: list) -> list:
+    rows = []
+    for j, (scene, audio) in enumerate(zip(d["scenes"], audios)):
+        row = dict(system=system, task="story" if j == 0 else "edit", subtask=d["turns"][j]["subtask"], ok=audio is not None)
+        if audio is not None and j == 0: row["multiflam"] = attempt(multiflam, scorer, audio, scene)
+        elif audio is not None and audios[j - 1] is not None:
+            args = (scorer, audios[j - 1], d["scenes"][j - 1], audio, scene)
+            row.update(delta_multiflam=attempt(delta_multiflam, *args), editflam=attempt(editflam, *args))
+        rows.append(row)
+    return rows
+
+def mean(rows, key) -> float | None:
+    v = [r[key] for r in rows if r.get(key) is not None]
+    return sum(v) / len(v) if v else None
+
+def audio_summary(rows: list) -> dict:
+    "Per system: story multiFLAM, edit Delta-multiFLAM and editFLAM (overall and per subtask), failed turns."
+    out = {}
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = [r for r in rows if r["system"] == system]
+        story, edits = [r for r in mine if r["task"] == "story"], [r for r in mine if r["task"] == "edit"]
+        stat = lambda rs: dict(n=len(rs), failed=sum(not r["ok"] for r in rs), delta_multiflam=mean(rs, "delta_multiflam"), editflam=mean(rs, "editflam"))
+        out[system] = dict(story=dict(n=len(story), failed=sum(not r["ok"] for r in story), multiflam=mean(story, "multiflam")),
+                           edit=dict(stat(edits), subtasks={k: stat([r for r in edits if r["subtask"] == k]) for k in dict.fromkeys(r["subtask"] for r in edits)}))
+    return out
+
+def ratios(summary: dict) -> dict:
+    "The model's figures divided by the ground truth's and by the codec ceiling's (None where undefined)."
+    flat = lambda s: {"story_multiflam": s["story"]["multiflam"], "delta_multiflam": s["edit"]["delta_multiflam"], "editflam": s["edit"]["editflam"],
+                      **{f"editflam_{k}": v["editflam"] for k, v in s["edit"]["subtasks"].items()}}
+    m, out = flat(summary["model"]), {}
+    for ref in ("truth", "codec"):
+        r = flat(summary[ref])
+        out[f"model_over_{ref}"] = {k: (m[k] / r[k] if m[k] is not None and r.get(k) not in (None, 0) else None) for k in m}
+    return out
+
+def audio_figures(engine: ChatEngine, dialogues: list, scorer, steps: int, progress: bool) -> dict:
+    engine.steps, engine.grammar = steps, True
+    distance, rows, plans = SpectralDistance(SAMPLE_RATE), [], []
+    rate = engine.codec.config.sample_rate
+    for d in tqdm(dialogues, desc="audio", disable=not progress):
+        truth = [as_eval_audio(load_turn(t)[1], SAMPLE_RATE, s.duration) for t, s in zip(d["turns"], d["scenes"])]
+        with torch.inference_mode(): codec = [as_eval_audio(engine.codec.reconstruct(a, SAMPLE_RATE), rate, s.duration) for a, s in zip(truth, d["scenes"])]
+        for system, audios in (("truth", truth), ("codec", codec), ("model", model_audio(engine, d, scorer, distance, plans))):
+            rows += turn_scores(scorer, system, d, audios)
+    summary = audio_summary(rows)
+    plan = dict(n=len(plans), model_multiflam=mean(plans, "model"), tools_multiflam=mean(plans, "tools"), mel_distance=mean(plans, "mel"))
+    return dict(steps=steps, systems=summary, **ratios(summary), plan_vs_render=plan)
+
+# ---- learning curve -----------------------------------------------------------------------------------------------
+
+def checkpoints(run: Path) -> list[Path]:
+    "The run's complete checkpoint folders, in step order."
+    found = [p for p in (run / "checkpoints").glob("step-*") if p.name[5:].isdigit() and (p / "model.safetensors").exists()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+def curve_figures(engine: ChatEngine, run: Path, dialogues: list, progress: bool) -> list:
+    "The chain-of-thought and understanding figures at every checkpoint (the engine's own weights restored after)."
+    latest, points = engine.model, []
+    try:
+        for ck in tqdm(checkpoints(run), desc="checkpoints", disable=not progress):
+            engine.model = AudioChatModel.load(ck, engine.device).eval()
+            points.append(dict(step=int(ck.name[5:]), cot=cot_figures(engine, dialogues, False),
+                               understanding=understanding_figures(engine, dialogues, False)))
+    finally: engine.model = latest
+    return points
+
+CURVES = [("CoT", "story valid, grammar off", ("cot", "grammar_off", "story", "valid_share")),
+          ("CoT", "edit valid, grammar off", ("cot", "grammar_off", "edit", "valid_share")),
+          ("CoT", "story class recall, grammar on", ("cot", "grammar_on", "story", "class_recall")),
+          ("CoT", "story length within 1 s, grammar on", ("cot", "grammar_on", "story", "duration_share")),
+          ("CoT", "edit exact, grammar on", ("cot", "grammar_on", "edit", "exact_share")),
+          ("understanding", "valid, whole", ("understanding", "whole", "valid_share")),
+          ("understanding", "class/speaker F1, whole", ("understanding", "whole", "f1")),
+          ("understanding", "class/speaker F1, first frames", ("understanding", "cut", "f1"))]
+
+def dig(d, keys):
+    for k in keys: d = None if d is None else d.get(k)
+    return d
+
+def plot_curve(points: list, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, panel in zip(axes, ("CoT", "understanding")):
+        for p, label, keys in CURVES:
+            if p != panel: continue
+            xy = [(q["step"], dig(q, keys)) for q in points if dig(q, keys) is not None]
+            if xy: ax.plot(*zip(*xy), marker="o", label=label)
+        ax.set(title=panel, xlabel="training step", ylabel="share / F1", ylim=(-0.02, 1.02)); ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    return path
+
+# ---- the table ----------------------------------------------------------------------------------------------------
+
+def fmt(v, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+def frac(s: dict, key: str = "valid") -> str:
+    return f"{s[key]}/{s['n']} ({fmt(s['valid_share'] * 100 if s['n'] else None, 0)}%)"
+
+def cot_lines(title: str, c: dict) -> list:
+    off, on = c["grammar_off"], c["grammar_on"]
+    lines = [(title, "grammar off", "grammar on")]
+    pair = lambda f: ["  " + f[0], f[1](off), f[1](on)]
+    rows = [("story: valid scenes", lambda g: frac(g["story"])),
+            ("story: recall of the requested sound classes", lambda g: fmt(g["story"]["class_recall"])),
+            ("story: speaker count right (share)", lambda g: fmt(g["story"]["speakers_share"])),
+            ("story: length within 1 s (share)", lambda g: fmt(g["story"]["duration_share"])),
+            ("edit: valid scenes", lambda g: frac(g["edit"]) + f", {g['edit']['words']} in words"),
+            ("edit: right subtask / right source / exact", lambda g: " / ".join(fmt(g["edit"][k]) for k in ("subtask_share", "source_share", "exact_share")))]
+    lines += [tuple(pair(r)) for r in rows]
+    for k in on["edit"].get("subtasks", {}):
+        lines.append((f"  edit exact: {k} (n={on['edit']['subtasks'][k]['n']})", fmt(off["edit"]["subtasks"][k]["exact_share"]), fmt(on["edit"]["subtasks"][k]["exact_share"])))
+    return lines
+
+def understanding_lines(u: dict) -> list:
+    w, c = u["whole"], u["cut"]
+    lines = [("understanding (grammar on)", "whole story", f"first {u['cut_frames']} frames")]
+    for label, f in (("valid scenes", frac), ("mean |#speech - true|", lambda s: fmt(s["speech_mae"])),
+                     ("mean |#sounds+music - true|", lambda s: fmt(s["sound_mae"])), ("class/speaker micro F1", lambda s: fmt(s["f1"])),
+                     ("tcpWER %", lambda s: fmt(s["tcpwer"], 1))):
+        lines.append(("  " + label, f(w), f(c)))
+    return lines
+
+def audio_lines(a: dict) -> list:
+    s, mt, mc = a["systems"], a["model_over_truth"], a["model_over_codec"]
+    lines = [(f"audio ({a['steps']} steps)", "model", "truth", "codec", "model/truth", "model/codec")]
+    get = {"story_multiflam": lambda x: x["story"]["multiflam"], "delta_multiflam": lambda x: x["edit"]["delta_multiflam"],
+           "editflam": lambda x: x["edit"]["editflam"]}
+    get |= {f"editflam_{k}": (lambda x, k=k: x["edit"]["subtasks"].get(k, {}).get("editflam")) for k in s["model"]["edit"]["subtasks"]}
+    names = {"story_multiflam": "story multiFLAM", "delta_multiflam": "Delta-multiFLAM (lower is better)", "editflam": "editFLAM"}
+    for k, g in get.items():
+        lines.append(("  " + names.get(k, k.replace("editflam_", "editFLAM: ")), *(fmt(g(s[x]), 1) for x in ("model", "truth", "codec")), fmt(mt[k]), fmt(mc[k])))
+    m = s["model"]
+    lines.append(("  failed turns: story, edits", f"{m['story']['failed']}/{m['story']['n']}, {m['edit']['failed']}/{m['edit']['n']}"))
+    p = a["plan_vs_render"]
+    lines += [(f"plan vs render ({p['n']} model scenes)", "model audio", "tools render", "mel distance"),
+              ("  multiFLAM against the model's own scene", fmt(p["model_multiflam"], 1), fmt(p["tools_multiflam"], 1), fmt(p["mel_distance"]))]
+    return lines
+
+def table(result: dict) -> str:
+    lines = []
+    if result["cot"]: lines += cot_lines(f"chain of thought ({result['dialogues']} dialogues)", result["cot"])
+    if result["free_form"]:
+        ff = result["free_form"]
+        lines += cot_lines(f"free-form requests ({ff['stories']} stories, {ff['edits']} edits)", ff)
+    if result["understanding"]: lines += understanding_lines(result["understanding"])
+    if result["audio"]: lines += audio_lines(result["audio"])
+    width = max(len(r[0]) for r in lines) + 2
+    cols = max(len(r) for r in lines) - 1
+    w2 = [max((len(r[i]) for r in lines if len(r) > i), default=0) + 2 for i in range(1, cols + 1)]
+    return "\n".join(r[0].ljust(width) + "".join(v.rjust(w) for v, w in zip(r[1:], w2)) for r in lines)
+
+# ---- main ---------------------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="learning.py", description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="a training run folder (audiochat train --run.out=DIR)")
+    p.add_argument("--split", default="storygen-eval-mini", help="a built split folder, or storygen-eval-mini (built and cached)")
+    p.add_argument("--dialogues", type=int, default=20, help="the first N dialogues of the split (default 20)")
+    p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="the audio figures (default on)")
+    p.add_argument("--steps", type=int, default=10, help="diffusion steps for the audio (default 10)")
+    p.add_argument("--curve", action="store_true", help="also every checkpoint's text figures: learning_curve.png")
+    p.add_argument("--free-form", default=str(FREE_FORM), help="the hand-written requests and edits ('' to skip)")
+    p.add_argument("--free-form-items", type=int, default=None, help="use only the first N stories and N edits")
+    p.add_argument("--max-tokens", type=int, default=768, help="longest chain of thought in tokens (default 768)")
+    p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached scorer, trained if missing)")
+    p.add_argument("--codec", default=None, help="the codec folder (default: the run's data.codec)")
+    p.add_argument("--out", default=None, help="the JSON figures (default RUN/learning.json); the curve is saved beside it")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    for k in ("dialogues", "steps", "max_tokens", "threads"):
+        if getattr(a, k) < 1: p.error(f"--{k.replace('_', '-')} must be at least 1")
+    return a
+
+def prepare(engine: ChatEngine, split: Path, n: int, progress: bool) -> list:
+    "The first `n` dialogues: requests, true scenes and the codec latents of every turn's audio (encoded once)."
+    records = [r for _, r in zip(range(n), read_records(split))]
+    if not records: raise ValueError(f"no dialogues in {split}")
+    return [dict(id=r["id"], turns=r["turns"], scenes=[Scene.from_dict(t["scene"]) for t in r["turns"]],
+                 z=[engine.encode(t["audio"]) for t in r["turns"]]) for r in tqdm(records, desc="encode", disable=not progress)]
+
+def evaluate_run(a) -> dict:
+    run, progress, t0 = Path(a.run), not a.quiet, time.perf_counter()
+    if not run.is_dir(): raise FileNotFoundError(f"run folder not found: {run}")
+    split = resolve_split(a.split, progress=progress)
+    engine = ChatEngine.load(run, a.codec, retries=0, max_new_tokens=a.max_tokens, steps=a.steps)
+    dialogues = prepare(engine, split, a.dialogues, progress)
+    out = dict(run=str(run), split=str(split), dialogues=len(dialogues), thinks=engine.thinks, answers=engine.answers,
+               arch=engine.model.config.arch, steps=a.steps, max_tokens=a.max_tokens, tolerance=TOLERANCE,
+               cot=None, free_form=None, understanding=None, audio=None, curve=None, seconds={})
+    def timed(key, fn):
+        t = time.perf_counter(); v = fn(); out["seconds"][key] = round(time.perf_counter() - t, 2); return v
+    if engine.thinks:
+        out["cot"] = timed("cot", lambda: cot_figures(engine, dialogues, progress))
+        if a.free_form:
+            ff = load_free_form(a.free_form, engine, a.free_form_items)
+            out["free_form"] = timed("free_form", lambda: free_form_figures(engine, ff, progress))
+        out["understanding"] = timed("understanding", lambda: understanding_figures(engine, dialogues, progress))
+    if a.audio:
+        scorer = load_scorer(a.scorer)
+        out["audio"] = timed("audio", lambda: audio_figures(engine, dialogues, scorer, a.steps, progress))
+    if a.curve and engine.thinks: out["curve"] = timed("curve", lambda: curve_figures(engine, run, dialogues, progress))
+    out["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+    out["seconds"]["per_dialogue"] = round(out["seconds"]["total"] / len(dialogues), 2)
+    return out
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    try: result = evaluate_run(a)
+    except (FileNotFoundError, ValueError, OSError) as e:  # a missing or unusable run, split, scorer or free-form file
+        if os.environ.get("AUDIOCHAT_DEBUG"): raise
+        print(f"learning.py: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    out = Path(a.out) if a.out else Path(a.run) / "learning.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if result["curve"]: result["curve_figure"] = str(plot_curve(result["curve"], out.with_name("learning_curve.png")))
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    if not result["thinks"]: print("this run has no chain of thought: audio figures only")
+    print(f"{result['dialogues']} dialogues in {result['seconds']['total']:.0f} s ({result['seconds']['per_dialogue']:.1f} s per dialogue); "
+          f"figures in {out}" + (f", curve in {result['curve_figure']}" if result.get("curve_figure") else ""))
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
