@@ -90,7 +90,18 @@ tutorials: setup espeak
 	  echo "$$nb: ok in $$(( $$(date +%s) - start )) s (tiny form)"; \
 	done
 
-test: check-sync nbtest pytest tutorials
+test: check-sync nbtest pytest tutorials gpu-dry
+
+# One GPU, unattended (about 9 minutes on an H100/H200): throughput and MFU of the SCT vs a plain decoder, the small
+# preset end to end (data, codec, latents, training, eval), chat latency -> runs/gpu/results.json (GPU_ARGS: flags of
+# benchmarks/gpu.py, e.g. GPU_ARGS="--skip e2e --sizes 90M"). gpu-dry: the same stages in a tiny CPU form (about a minute)
+GPU_ARGS ?=
+.PHONY: gpu gpu-dry
+gpu: setup
+	$(BIN)/python benchmarks/gpu.py $(GPU_ARGS)
+
+gpu-dry: setup espeak
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpu.py --dry --threads 1
 
 # `pip install .` into a new, empty venv (no extras): every module imports, `audiochat --help`, `python -m audiochat`
 # and `audiochat demo` work outside the source tree (CI runs it after `make test`)
