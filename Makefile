@@ -44,21 +44,26 @@ espeak:
 	fi
 
 # The whole pipeline at tiny scale, each step cached under runs/pipeline/ (delete a folder to redo that step):
-# simulated dialogues -> codec -> AudioChat model -> a chat (story, two edits, understanding) -> runs/demo/report.html
+# simulated dialogues -> codec (mel: PCA fit, then its decoder) -> AudioChat model -> a chat (story, two edits,
+# understanding) -> runs/demo/report.html. Both cores: two build workers, two torch threads for the codec and the model.
 PIPE := runs/pipeline
+DEMO_STEPS ?= 1000
+CODEC_MINUTES ?= 2
 demo: setup espeak $(PIPE)/model/done
-	OMP_NUM_THREADS=1 $(BIN)/audiochat demo --run $(PIPE)/model
+	OMP_NUM_THREADS=2 $(BIN)/audiochat demo --run $(PIPE)/model
 
 $(PIPE)/data/summary.json: | setup espeak
-	OMP_NUM_THREADS=1 $(BIN)/audiochat data build --preset tiny --out $(PIPE)/data --workers 1
+	OMP_NUM_THREADS=1 $(BIN)/audiochat data build --preset demo --out $(PIPE)/data --workers 2
 
 $(PIPE)/codec/done: $(PIPE)/data/summary.json
-	OMP_NUM_THREADS=1 $(BIN)/audiochat codec train --preset tiny --data $(PIPE)/data --out $(PIPE)/codec --minutes 4 --threads 1
+	OMP_NUM_THREADS=2 $(BIN)/audiochat codec train --preset tiny --data $(PIPE)/data --out $(PIPE)/codec --minutes $(CODEC_MINUTES) --threads 2
 	@touch $@
 
+# a run interrupted half-way resumes from its last checkpoint
 $(PIPE)/model/done: $(PIPE)/codec/done
-	OMP_NUM_THREADS=1 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \
-	  --run.out=$(PIPE)/model --optim.steps=600
+	OMP_NUM_THREADS=2 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \
+	  --run.out=$(PIPE)/model --optim.steps=$(DEMO_STEPS) --run.threads=2 \
+	  $$(test -e $(PIPE)/model/checkpoints/latest && echo --resume)
 	@touch $@
 
 # nbdev-export and nbdev-clean must leave the tree as it is: notebooks are the source, audiochat/ is generated.

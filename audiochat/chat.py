@@ -30,10 +30,10 @@ from .train import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'scene_pattern', 'known_vocabulary',
-           'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text', 'train_tiny_run',
-           'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line', 'tell_main', 'edit_main',
-           'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
+__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'MAX_REQUEST_CHARS', 'scene_pattern',
+           'known_vocabulary', 'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text',
+           'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'scene_table', 'timing_line', 'tell_main',
+           'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report', 'ChatPanel']
 
 # %% ../nbs/13_chat.ipynb #e43ca1eb
 _CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'  # printable ASCII but " and \, or a JSON escape
@@ -128,7 +128,7 @@ class SceneGrammar:
     def _id_can_close(self, text: bytes, depth: int = 0) -> bool:
         "An id still being written must be able to end as a new id (ids are unique): close it now, or after more characters."
         if self.pattern.fullmatch(text + b'"', partial=True) is not None and self.numbers_ok(text + b'"'): return True
-        if depth == 3: return True  # three more characters make room for a new id in any id pattern the project uses
+        if depth == 8: return True  # eight more characters complete any id of the data's form (s1, fx12, music)
         return any(self.pattern.fullmatch(text + c, partial=True) is not None and self._id_can_close(text + c, depth + 1) for c in _ID_CHARS)
 
     def complete(self, text: bytes) -> bool:
@@ -217,17 +217,17 @@ def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, st
 
 # %% ../nbs/13_chat.ipynb #fe4c16d4
 def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()) -> Path:
-    """Train a tiny run on the sample dialogues in `out` (a codec with the tiny preset's shape, untrained, is saved in
+    """Train a tiny run on the sample dialogues in `out` (the tiny preset's mel codec, unfitted, is saved in
     `out/codec` unless `codec_dir` is given; `overrides` are more `--key=value` settings). For tests and demos:
     seconds on a CPU, poor output."""
-    from audiochat.codec import CodecConfig
+    from audiochat.codec import codec_preset, make_codec
     from audiochat.config import resolve
     from audiochat.train import train
     out = Path(out)
     if codec_dir is None:
         codec_dir = out / "codec"
         if not (codec_dir / "model.safetensors").exists():
-            torch.manual_seed(seed); Codec(CodecConfig()).save_pretrained(codec_dir)
+            torch.manual_seed(seed); make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(codec_dir)
     data_dir = Path(data_dir) if data_dir else DATA_SAMPLES / "dialogues"
     config = resolve("tiny", overrides=[f"--data.source={data_dir}", f"--data.codec={codec_dir}", "--data.batch_size=2",
                                         "--data.eval_dialogues=0", f"--optim.steps={steps}", "--data.max_frames=16",
@@ -288,6 +288,8 @@ def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | 
     return None, None
 
 # %% ../nbs/13_chat.ipynb #56c14be2
+MAX_REQUEST_CHARS = 2000  # longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
+
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds the turns and
     `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar` (constrained CoT),
@@ -317,19 +319,22 @@ class ChatEngine:
         self.default_seconds = default_seconds
         self.steps, self.cfg_scale, self.grammar, self.retries, self.temperature = steps, cfg_scale, grammar, retries, temperature
         self.max_new_tokens, self.max_seconds, self.seed = max_new_tokens, max_seconds, seed
+        if steps < 1 or retries < 0 or max_new_tokens < 1 or not max_seconds > 0 or not cfg_scale >= 0:
+            raise ValueError(f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 (got {retries}), "
+                             f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), cfg_scale >= 0 (got {cfg_scale})")
         self.history: list[Turn] = []
         self.replies: list[Reply] = []
 
     @classmethod
-    def load(cls, run_dir, codec_dir=None, device="cpu", **settings) -> ChatEngine:
+    def load(cls, run_dir, codec_dir=None, device="cpu", ema: bool = True, **settings) -> ChatEngine:
         "An engine for the latest checkpoint of the training run in `run_dir` (codec: `codec_dir` or the run's data.codec)."
-        from audiochat.train import latest_checkpoint
+        from audiochat.train import latest_checkpoint, load_run_model
         run = Path(run_dir)
         if not run.is_dir(): raise FileNotFoundError(f"run folder not found: {run}")
         ck = latest_checkpoint(run)
         if ck is None: raise FileNotFoundError(f"{run} has no checkpoints/latest: train a model first (audiochat train --run.out={run})")
         config = load_config(ck / "config.yaml")
-        model = AudioChatModel.load(ck, device)
+        model = load_run_model(ck, device, ema=ema)  # the EMA weights when the run kept them (ema=False: the raw ones)
         tok_dir = run / "tokenizer" if (run / "tokenizer").exists() else config.data.tokenizer
         if tok_dir is None: raise FileNotFoundError(f"{run} has no tokenizer/ folder and the config names none")
         codec_dir = codec_dir or config.data.codec
@@ -443,6 +448,7 @@ class ChatEngine:
         """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a model without
         CoT (default `default_seconds`); a thinking model plans the length itself."""
         if not prompt or not prompt.strip(): raise ValueError("the request is empty")
+        if len(prompt) > MAX_REQUEST_CHARS: raise ValueError(f"the request is {len(prompt)} characters; at most {MAX_REQUEST_CHARS}")
         return self._answer("tell", prompt, Turn("user", prompt.strip()), seconds=seconds or self.default_seconds)
 
     def edit(self, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
@@ -450,6 +456,7 @@ class ChatEngine:
         the user turn's span) following `instruction`. When the instruction cannot be done (e.g. it names a sound
         that is not there) a trained model answers in words: `reply.message`, no audio."""
         if not instruction or not instruction.strip(): raise ValueError("the instruction is empty")
+        if len(instruction) > MAX_REQUEST_CHARS: raise ValueError(f"the instruction is {len(instruction)} characters; at most {MAX_REQUEST_CHARS}")
         if audio is None and not any(t.audio is not None for t in self.history):
             raise ValueError("nothing to edit: tell a story first or give the audio to edit")
         z = None if audio is None else self.encode(audio, sample_rate)
@@ -492,10 +499,19 @@ def _engine_parser(prog: str, description: str):
     p.add_argument("--no-grammar", action="store_true", help="decode the CoT without the scene grammar")
     p.add_argument("--retries", type=int, default=2, help="sampled retries after an invalid CoT (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the retries (default: 0)")
+    p.add_argument("--raw-weights", action="store_true", help="sample with the raw weights, not the run's EMA weights")
     return p
 
 def _engine(a) -> ChatEngine:
-    return ChatEngine.load(a.run, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed)
+    if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
+    return ChatEngine.load(a.run, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
+                           ema=not a.raw_weights)
+
+def _check_audio_out(path):
+    "An output path soundfile can write (by its suffix), checked before the model runs."
+    import soundfile as sf
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext.upper() not in sf.available_formats(): raise ValueError(f"-o {path}: give an audio file name ending in .wav, .flac or .ogg")
 
 def _write(reply: Reply, path, engine: ChatEngine) -> Path:
     from audiochat.audio import save_audio
@@ -522,7 +538,7 @@ def tell_main(argv: list[str]) -> int:
     p = _engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
     p.add_argument("request", help="what the story should be")
     p.add_argument("-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv)
+    a = p.parse_args(argv); a.check_out = True
     engine = _engine(a)
     r = engine.tell(a.request)
     _write_and_show(r, a.out, engine)
@@ -534,7 +550,7 @@ def edit_main(argv: list[str]) -> int:
     p.add_argument("audio", help="the audio file to edit")
     p.add_argument("instruction", help="what to change")
     p.add_argument("-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv)
+    a = p.parse_args(argv); a.check_out = True
     engine = _engine(a)
     r = engine.edit(a.instruction, a.audio)
     _write_and_show(r, a.out, engine)

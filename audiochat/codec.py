@@ -35,15 +35,17 @@ from .audio import (SAMPLE_RATE, FRAME_RATE, AudioError, check_audio, to_channel
 
 # %% auto #0
 __all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
-           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'SpectralDistance', 'si_sdr',
-           'CodecLoss', 'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss',
-           'list_audio_files', 'AudioCrops', 'synthesize_audio_folder', 'pick_device', 'save_checkpoint', 'train_codec',
-           'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder', 'load_latents', 'codec_main']
+           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'dct_basis', 'ConvNeXtBlock',
+           'ISTFTDecoder', 'MelCodec', 'make_codec', 'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss',
+           'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files',
+           'AudioCrops', 'synthesize_audio_folder', 'pick_device', 'save_checkpoint', 'train_codec', 'lowpass',
+           'evaluate_codec', 'format_evaluation', 'encode_folder', 'load_latents', 'codec_main']
 
 # %% ../nbs/06_codec.ipynb #758cccc3
 @dataclass
 class CodecConfig:
     "Settings of a codec: model shape, loss weights and training. Saved as `config.json` with every checkpoint."
+    kind: str = "vae"  # "vae": the DAC-style VAE; "mel": log-mel frames on a PCA basis (MelCodec, below)
     # model
     sample_rate: int = SAMPLE_RATE  # Hz; audio at another rate is resampled on the way in
     channels: int = 2  # audio channels; each is encoded on its own
@@ -62,6 +64,15 @@ class CodecConfig:
     adversarial_weight: float = 0.1
     feature_weight: float = 0.2
     discriminator_channels: int = 16
+    # the mel codec (kind="mel"); its hop is the same product of strides, sample_rate / 40
+    n_fft: int = 1024  # STFT size
+    n_mels: int = 80  # mel bands, projected on latent_dim principal components
+    mel_floor: float = 1e-8  # floor of the log-mel: low, so quiet backgrounds survive
+    decoder: str = "learned"  # "learned" (an iSTFT decoder trained in minutes) or "griffinlim" (no training)
+    griffin_lim_iters: int = 32
+    vocoder_dim: int = 256  # width of the learned decoder's ConvNeXt blocks
+    vocoder_layers: int = 4
+    pca_seconds: float = 600.0  # at most this much audio for the PCA fit
     # training
     segment_seconds: float = 0.5  # length of the random training crops
     batch_size: int = 4
@@ -73,9 +84,14 @@ class CodecConfig:
     def __post_init__(self):
         for name in ("strides", "mel_windows", "mel_bins", "stft_windows"): setattr(self, name, tuple(getattr(self, name)))
         if self.channels not in (1, 2): raise ValueError(f"channels must be 1 or 2, got {self.channels}")
+        if self.kind not in ("vae", "mel"): raise ValueError(f"kind must be 'vae' or 'mel', got {self.kind!r}")
+        if self.decoder not in ("learned", "griffinlim"): raise ValueError(f"decoder must be 'learned' or 'griffinlim', got {self.decoder!r}")
+        if self.kind == "mel" and not self.latent_dim <= self.n_mels: raise ValueError(f"latent_dim ({self.latent_dim}) must be <= n_mels ({self.n_mels})")
+        if self.kind == "mel" and self.n_fft < self.hop: raise ValueError(f"n_fft ({self.n_fft}) must be >= the hop ({self.hop})")
         if len(self.mel_windows) != len(self.mel_bins): raise ValueError("mel_windows and mel_bins must have the same length")
         if self.sample_rate % self.hop: raise ValueError(f"the strides' product {self.hop} must divide sample_rate {self.sample_rate}")
-        for name in ("latent_dim", "encoder_channels", "decoder_channels", "batch_size", "sample_rate"):
+        for name in ("latent_dim", "encoder_channels", "decoder_channels", "batch_size", "sample_rate", "n_fft", "n_mels",
+                     "vocoder_dim", "vocoder_layers", "griffin_lim_iters", "mel_floor", "pca_seconds"):
             if getattr(self, name) <= 0: raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
@@ -94,13 +110,14 @@ class CodecConfig:
         return cls(**d)
 
 PRESETS = {
-    "tiny": dict(),  # the defaults: trains on a laptop CPU in minutes
+    "tiny": dict(kind="mel", batch_size=8, learning_rate=2e-3, save_every=1000),  # PCA in seconds, its decoder in minutes
+    "vae-tiny": dict(),  # the VAE's defaults: trains on a laptop CPU in minutes (and carries little after that)
     "small": dict(latent_dim=32, encoder_channels=32, decoder_channels=512, adversarial=True, discriminator_channels=32,
                   segment_seconds=1.0, batch_size=16, learning_rate=3e-4, save_every=1000),
 }
 
 def codec_preset(name: str, **overrides) -> CodecConfig:
-    "The `CodecConfig` of preset `name` ('tiny' or 'small') with `overrides` applied."
+    "The `CodecConfig` of preset `name` ('tiny': the mel codec; 'vae-tiny', 'small': the VAE) with `overrides` applied."
     if name not in PRESETS: raise ValueError(f"unknown codec preset {name!r}; choose from {sorted(PRESETS)}")
     return CodecConfig.from_dict({**PRESETS[name], **overrides})
 
@@ -175,6 +192,7 @@ class Codec(nn.Module):
     def __init__(self, config: CodecConfig | None = None):
         super().__init__()
         self.config = config or CodecConfig()
+        if self.config.kind != "vae": raise ValueError(f"Codec is the VAE; a {self.config.kind!r} config needs make_codec(config)")
         self.encoder, self.decoder = Encoder(self.config), Decoder(self.config)
 
     @property
@@ -219,19 +237,24 @@ class Codec(nn.Module):
         z = z.flatten(1, 2).transpose(1, 2)  # (batch, frames, channels * latent_dim)
         return z if batched else z[0]
 
-    def decode(self, latents, length: int | None = None) -> torch.Tensor:
-        "Audio (channels, samples) from latents (frames, channels * latent_dim), batched if they are; trimmed to `length` samples."
+    def _check_latents(self, latents, length: int | None = None) -> tuple[torch.Tensor, bool]:
+        "Latents as a (batch, frames, frame_dim) tensor on the codec's device and dtype, and whether they were batched."
         z = torch.as_tensor(latents)
         batched = z.ndim == 3
         if z.ndim == 2: z = z[None]
         if z.ndim != 3 or z.shape[-1] != self.config.frame_dim:
             raise ValueError(f"latents must be (frames, {self.config.frame_dim}) or (batch, frames, {self.config.frame_dim}), got {tuple(z.shape)}")
         if not torch.isfinite(z).all(): raise ValueError("latents contain NaN/inf values")
-        b, frames, _ = z.shape
-        if length is not None and not 0 < length <= frames * self.hop:
-            raise ValueError(f"length must be in 1..{frames * self.hop} for {frames} frames, got {length}")
+        if length is not None and not 0 < length <= z.shape[1] * self.hop:
+            raise ValueError(f"length must be in 1..{z.shape[1] * self.hop} for {z.shape[1]} frames, got {length}")
         p = next(self.parameters())
-        z = z.to(p.device, p.dtype).transpose(1, 2).reshape(b * self.config.channels, self.config.latent_dim, frames)
+        return z.to(p.device, p.dtype), batched
+
+    def decode(self, latents, length: int | None = None) -> torch.Tensor:
+        "Audio (channels, samples) from latents (frames, channels * latent_dim), batched if they are; trimmed to `length` samples."
+        z, batched = self._check_latents(latents, length)
+        b, frames, _ = z.shape
+        z = z.transpose(1, 2).reshape(b * self.config.channels, self.config.latent_dim, frames)
         y = self.decoder(z).reshape(b, self.config.channels, -1)[..., :length]
         return y if batched else y[0]
 
@@ -275,11 +298,150 @@ def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
         d = Path(snapshot_download(str(name_or_path)[3:], allow_patterns=["config.json", "model.safetensors"]))
     for f in ("config.json", "model.safetensors"):
         if not (d / f).exists(): raise FileNotFoundError(f"{d} has no {f}: not a saved codec")
-    model = cls(CodecConfig.from_dict(json.loads((d / "config.json").read_text())))
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    try: model = make_codec(CodecConfig.from_dict(json.loads((d / "config.json").read_text())))
+    except (ValueError, TypeError) as e: raise ValueError(f"{d / 'config.json'}: not a codec config this version reads ({e})") from None
+    if not isinstance(model, cls): raise ValueError(f"{d}: holds a {model.config.kind!r} codec, not a {cls.__name__}")
+    try: model.load_state_dict(load_file(str(d / "model.safetensors")))
+    except Exception as e: raise ValueError(f"{d / 'model.safetensors'}: does not match config.json or is damaged ({str(e)[:200]})") from None
     return model.to(device).eval()
 
 Codec.save_pretrained, Codec.from_pretrained = _save_pretrained, _from_pretrained
+
+# %% ../nbs/06_codec.ipynb #2fa83fc5
+def dct_basis(n_mels: int, dims: int) -> torch.Tensor:
+    "The first `dims` orthonormal DCT-II vectors over `n_mels` bands, (dims, n_mels): the cepstrum, as in MFCCs."
+    k, n = torch.arange(dims)[:, None], torch.arange(n_mels)[None]
+    basis = torch.cos(math.pi / n_mels * (n + 0.5) * k) * math.sqrt(2 / n_mels)
+    basis[0] /= math.sqrt(2)
+    return basis
+
+class ConvNeXtBlock(nn.Module):
+    "Depthwise conv (kernel 7), LayerNorm, pointwise MLP (x3, GELU), a scaled residual; input (batch, dim, frames)."
+    def __init__(self, dim: int):
+        super().__init__()
+        self.depthwise = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 3 * dim), nn.GELU(), nn.Linear(3 * dim, dim))
+        self.gamma = nn.Parameter(torch.full((dim,), 0.1))
+
+    def forward(self, x):
+        h = self.mlp(self.norm(self.depthwise(x).transpose(1, 2)))
+        return x + (self.gamma * h).transpose(1, 2)
+
+class ISTFTDecoder(nn.Module):
+    """Latents (batch, dims, frames) -> per-frame STFT log magnitude and phase -> waveform by `torch.istft` (Vocos-style).
+    With `base` (batch, bins, frames), a log magnitude estimated without learning, the network predicts a correction
+    to it (its magnitude outputs start at zero) and the phase."""
+    def __init__(self, dims: int, width: int, layers: int, n_fft: int, hop: int):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.embed, self.norm_in = nn.Conv1d(dims, width, 7, padding=3), nn.LayerNorm(width)
+        self.blocks = nn.Sequential(*(ConvNeXtBlock(width) for _ in range(layers)))
+        self.norm_out, self.head = nn.LayerNorm(width), nn.Linear(width, n_fft + 2)
+        with torch.no_grad(): self.head.weight[: n_fft // 2 + 1].zero_(); self.head.bias[: n_fft // 2 + 1].zero_()
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, z, base=None):
+        frames = z.shape[-1]
+        z = torch.cat([z, z[..., -1:]], -1)  # T + 1 centred STFT frames cover T hops exactly
+        h = self.blocks(self.norm_in(self.embed(z).transpose(1, 2)).transpose(1, 2))
+        log_magnitude, phase = self.head(self.norm_out(h.transpose(1, 2))).transpose(1, 2).chunk(2, dim=1)
+        if base is not None: log_magnitude = log_magnitude + torch.cat([base, base[..., -1:]], -1)
+        spec = torch.polar(log_magnitude.clamp(max=6.0).exp(), phase)
+        return torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True, length=frames * self.hop)
+
+# %% ../nbs/06_codec.ipynb #059b1d49
+class MelCodec(Codec):
+    """Log-mel frames (hop = sample_rate / 40) projected on a PCA basis, each channel on its own; decoded by Griffin-Lim
+    or a learned iSTFT decoder (`config.decoder`). The same interface as the VAE `Codec`; `fit` sets the basis."""
+    def __init__(self, config: CodecConfig):
+        nn.Module.__init__(self)
+        if config.kind != "mel": raise ValueError(f"MelCodec needs a config of kind 'mel', got {config.kind!r}")
+        self.config = c = config
+        fbank = torchaudio.functional.melscale_fbanks(c.n_fft // 2 + 1, 0.0, c.sample_rate / 2, c.n_mels, c.sample_rate,
+                                                      norm="slaney", mel_scale="slaney")
+        self.register_buffer("fbank", fbank)  # (bins, mels)
+        self.register_buffer("fbank_pinv", torch.linalg.pinv(fbank))  # (mels, bins): mel -> linear magnitude
+        self.register_buffer("window", torch.hann_window(c.n_fft))
+        self.register_buffer("mel_mean", torch.full((c.n_mels,), math.log(c.mel_floor)))
+        self.register_buffer("basis", dct_basis(c.n_mels, c.latent_dim))  # (latent_dim, mels)
+        self.register_buffer("scale", torch.ones(c.latent_dim))  # std of each latent dim on the fitted audio
+        self.decoder = ISTFTDecoder(c.latent_dim, c.vocoder_dim, c.vocoder_layers, c.n_fft, c.hop)
+
+    def log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        "(n, samples) audio -> (n, frames, n_mels) log-mel, ceil(samples / hop) frames."
+        c = self.config
+        x = F.pad(x, (0, (-x.shape[-1]) % c.hop))
+        spec = torch.stft(x, c.n_fft, c.hop, window=self.window, center=True, pad_mode="constant", return_complex=True).abs()[..., :-1]
+        return torch.log((spec.transpose(1, 2) @ self.fbank).clamp_min(c.mel_floor))
+
+    def to_latents(self, log_mel: torch.Tensor) -> torch.Tensor: return (log_mel - self.mel_mean) @ self.basis.T / self.scale
+    def to_log_mel(self, z: torch.Tensor) -> torch.Tensor: return (z * self.scale) @ self.basis + self.mel_mean
+
+    def encode(self, audio, sample_rate: int | None = None, sample: bool = False) -> torch.Tensor:
+        "Latents (frames, channels * latent_dim) of (channels, samples) audio, batched if the input is (`sample` is ignored)."
+        x, batched = self.prepare(audio, sample_rate)
+        b, ch, n = x.shape
+        z = self.to_latents(self.log_mel(x.reshape(b * ch, n)))  # (b * ch, frames, latent_dim)
+        z = z.reshape(b, ch, -1, self.config.latent_dim).permute(0, 2, 1, 3).flatten(2)
+        return z if batched else z[0]
+
+    def log_magnitude(self, z: torch.Tensor) -> torch.Tensor:
+        "(n, frames, latent_dim) -> (n, bins, frames): the STFT log magnitude the mel implies (the filterbank's pseudo-inverse)."
+        return torch.log((self.to_log_mel(z).exp() @ self.fbank_pinv).clamp_min(self.config.mel_floor)).transpose(1, 2)
+
+    def waveform(self, z: torch.Tensor) -> torch.Tensor:
+        "(n, frames, latent_dim) latents of single channels -> (n, frames * hop) audio with the configured decoder."
+        c = self.config
+        if c.decoder == "learned": return self.decoder(z.transpose(1, 2), self.log_magnitude(z))
+        magnitude = self.log_magnitude(z).exp()
+        frames = z.shape[1]
+        extra = 1 + max(0, math.ceil(c.n_fft / c.hop) - frames)  # Griffin-Lim's STFT needs more than n_fft / 2 samples
+        magnitude = F.pad(magnitude, (0, extra), mode="replicate")
+        return torchaudio.functional.griffinlim(magnitude, self.window, c.n_fft, c.hop, c.n_fft, 1.0, c.griffin_lim_iters,
+                                                0.99, (frames + extra - 1) * c.hop, False)[..., :frames * c.hop]
+
+    def decode(self, latents, length: int | None = None) -> torch.Tensor:
+        "Audio (channels, samples) from latents (frames, channels * latent_dim), batched if they are; trimmed to `length` samples."
+        z, batched = self._check_latents(latents)
+        b, frames, _ = z.shape
+        y = self.waveform(z.reshape(b, frames, self.config.channels, -1).transpose(1, 2).flatten(0, 1))
+        y = y.reshape(b, self.config.channels, -1)[..., :length]
+        return y if batched else y[0]
+
+    def forward(self, x: torch.Tensor) -> dict:
+        "Training pass of the learned decoder on prepared audio (batch, channels, samples); the front end is fixed."
+        b, ch, n = x.shape
+        with torch.no_grad(): z = self.to_latents(self.log_mel(x.reshape(b * ch, n))); base = self.log_magnitude(z)
+        y = self.decoder(z.transpose(1, 2), base).reshape(b, ch, -1)[..., :n]
+        return dict(reconstruction=y, kl=torch.zeros((), device=x.device))
+
+# %% ../nbs/06_codec.ipynb #35f072cc
+def make_codec(config: CodecConfig) -> Codec:
+    "A new codec of `config.kind`: the VAE `Codec` or the `MelCodec`."
+    return MelCodec(config) if config.kind == "mel" else Codec(config)
+
+@torch.no_grad()
+def fit_mel_codec(model: MelCodec, files, max_seconds: float = 600.0, seed: int = 0) -> dict:
+    """Fit the PCA basis of `model` on the log-mel frames of (at most `max_seconds` of) the audio `files`, in a random
+    order from `seed`. Returns the share of the log-mel variance the basis keeps, the seconds and frames used."""
+    c, frames, seconds = model.config, [], 0.0
+    if not files: raise ValueError("data: no audio files to fit the mel codec on")
+    for f in random.Random(seed).sample(list(files), len(files)):
+        x = load_audio(f, c.sample_rate, channels=c.channels)
+        frames.append(model.log_mel(x.to(model.window.device)).reshape(-1, c.n_mels).double().cpu())
+        seconds += x.shape[-1] / c.sample_rate
+        if seconds >= max_seconds: break
+    m = torch.cat(frames)
+    mean = m.mean(0)
+    _, s, vh = torch.linalg.svd(m - mean, full_matrices=False)
+    var = s ** 2 / max(len(m) - 1, 1)
+    k = c.latent_dim
+    if len(var) < k or var[k - 1] <= 1e-9 * max(float(var[0]), 1e-30):
+        raise ValueError(f"data: the audio ({seconds:.1f} s, {len(m)} frames) has fewer than latent_dim={k} directions of "
+                         "spectral variation (silence?); fit the mel codec on real sound")
+    model.mel_mean.copy_(mean); model.basis.copy_(vh[:k]); model.scale.copy_(var[:k].sqrt())
+    return dict(explained=float(var[:k].sum() / var.sum()), seconds=seconds, frames=len(m))
 
 # %% ../nbs/06_codec.ipynb #550a8a49
 class SpectralDistance(nn.Module):
@@ -516,7 +678,10 @@ def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, mi
     files = [f for d in ([data] if isinstance(data, (str, Path)) else data) for f in list_audio_files(d)]
     dev = pick_device(device)
     torch.manual_seed(config.seed + state["step"])
-    model = Codec(config).to(dev).train()
+    model = make_codec(config).to(dev).train()
+    if config.kind == "mel" and not resume:  # the fixed front end: the PCA basis, fitted in seconds
+        state["pca"] = fit_mel_codec(model, files, config.pca_seconds, config.seed)
+        if config.decoder == "griffinlim": steps = 0  # nothing to train
     loss_fn = CodecLoss(config).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.8, 0.99))
     disc = opt_d = None
@@ -681,6 +846,10 @@ def codec_main(argv: list[str]) -> int:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--device", default="auto"); t.add_argument("--no-progress", action="store_true")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)")
+    f = sub.add_parser("fit", help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to train)")
+    f.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
+    f.add_argument("--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of the tiny preset")
     e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
     e.add_argument("--model", required=True, help="codec folder (save_pretrained)")
     e.add_argument("--data", required=True); e.add_argument("--out", required=True)
@@ -701,6 +870,13 @@ def codec_main(argv: list[str]) -> int:
         last = state["history"][-1] if state["history"] else {}
         print(f"saved codec to {out} (step {state['step']}, mel distance {last.get('mel', float('nan')):.3f}); "
               f"load it with Codec.from_pretrained({str(out)!r})")
+    elif a.action == "fit":
+        config = codec_preset("tiny", **{"decoder": "griffinlim", **dict(_parse_override(s) for s in a.set)})
+        model, t0 = make_codec(config), time.perf_counter()
+        fit = fit_mel_codec(model, [f for d in a.data for f in list_audio_files(d)], config.pca_seconds, config.seed)
+        model.save_pretrained(a.out)
+        print(f"fitted the mel codec on {fit['seconds']:.0f} s of audio in {time.perf_counter() - t0:.1f} s: {config.latent_dim} dims "
+              f"per channel keep {fit['explained']:.1%} of the log-mel variance; saved to {a.out}")
     elif a.action == "encode":
         model = Codec.from_pretrained(a.model, device=pick_device(a.device))
         try: index = encode_folder(model, a.data, a.out, a.shard_files, a.overwrite)

@@ -24,8 +24,8 @@ __all__ = ['MAX_TOOL_CALLS', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 
            'SUBTASK_HELP', 'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent', 'FunctionTools',
            'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text', 'random_story', 'describe',
            'plan_edit', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered',
-           'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue', 'register_subtask',
-           'unregister_subtask']
+           'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue', 'plan_dialogue',
+           'register_subtask', 'unregister_subtask']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -680,6 +680,21 @@ def simulate_dialogue(seed: int, subtasks=None, edits: int = 2, user: ChatLLM | 
         out.turns.append(Turn(request, sub, scene, mix, new[-1].get("content") or "", new))
         before = scene
     return out
+
+# %% ../nbs/04_copilot.ipynb #579b430b
+def plan_dialogue(seed: int, subtasks=None, edits: int = 2, max_duration: float = 15.0) -> list[tuple[str, str, Scene]]:
+    """A simulated dialogue's (request, subtask, scene) turns, planned by the template user without rendering any audio.
+    An edit the scene cannot take ends the dialogue there."""
+    rng = random.Random(f"dialogue-{seed}")
+    text = seed_text(rng)
+    subtasks = list(subtasks) if subtasks is not None else [rng.choice(SUBTASKS) for _ in range(edits)]
+    llm = TemplateLLM(seed, 0.0, max_duration)
+    user, turns = UserSimulator(llm), []
+    for sub in ["story"] + subtasks:
+        try: request = user.story_request(text) if not turns else user.edit_request(turns[-1][2], sub)
+        except ValueError: break  # e.g. nothing to remove: the dialogue ends with the turns so far
+        turns.append((request, sub, llm.plans[request]))
+    return turns
 
 # %% ../nbs/04_copilot.ipynb #4c341d0b
 def register_subtask(name: str, plan, check=None, help: str | None = None):

@@ -58,6 +58,7 @@ class DataConfig:
 
 PRESETS = {
     "tiny": DataConfig(dialogues=32, shard_size=8),  # about a minute on a 2-core CPU
+    "demo": DataConfig(dialogues=240, shard_size=16, max_duration=8.0),  # `make demo`: short stories, about 2 minutes on 2 cores
     "small": DataConfig(dialogues=4000, shard_size=100),  # about an hour on 2 cores, minutes on a many-core machine
 }
 EVAL_DIALOGUES = 60  # StoryGen-Eval-mini: 60 stories + 120 edits, each of the six subtasks 20 times

@@ -34,10 +34,11 @@ from .scene import Scene, SceneError, Source, to_seglst
 # %% auto #0
 __all__ = ['PAPER_TABLES', 'PAPER_ROW', 'ROLE_LABELS', 'ARCHITECTURES', 'SPLIT_NAME', 'BASELINES', 'FAILURES', 'METRICS',
            'paper_cell', 'cache_dir', 'resolve_split', 'load_scorer', 'as_eval_audio', 'captioning_multiflam',
-           'understanding_scores', 'Output', 'TurnFailure', 'System', 'OracleSystem', 'SilenceSystem', 'NoiseSystem',
-           'find_source', 'write_story', 'write_edit', 'ScriptWriter', 'CascadeSystem', 'run_role', 'Unavailable',
-           'CheckpointSystem', 'UnavailableSystem', 'make_system', 'evaluate_system', 'evaluate', 'summarize',
-           'format_tables', 'plot_metric', 'plot_overview', 'plot_subtasks', 'write_results', 'eval_main']
+           'understanding_scores', 'Output', 'TurnFailure', 'System', 'OracleSystem', 'SilenceSystem',
+           'CodecCeilingSystem', 'NoiseSystem', 'find_source', 'write_story', 'write_edit', 'ScriptWriter',
+           'CascadeSystem', 'run_role', 'Unavailable', 'CheckpointSystem', 'UnavailableSystem', 'make_system',
+           'codec_ceilings', 'evaluate_system', 'evaluate', 'summarize', 'format_tables', 'plot_metric',
+           'plot_overview', 'plot_subtasks', 'write_results', 'eval_main']
 
 # %% ../nbs/15_eval.ipynb #664f2c3a
 PAPER_TABLES = {  # PAPER.md section 8
@@ -61,7 +62,7 @@ PAPER_ROW = {  # system role -> the paper's row in each table (no entry: the pap
 }
 ROLE_LABELS = {"oracle": "ground truth", "cascade": "LLM script + tools", "sct": "AudioChat (SCT)",
                "dense": "Dense", "mot": "MoT", "dit": "DiT", "no-cot": "no CoT", "shared-noise": "shared noise",
-               "silence": "silence", "noise": "noise"}
+               "silence": "silence", "noise": "noise", "codec": "ground truth through the codec"}
 ARCHITECTURES = ("dit", "dense", "mot", "sct")  # the rows of the architecture ablation
 
 def paper_cell(table: str, role: str) -> str:
@@ -162,6 +163,15 @@ class SilenceSystem(System):
     def story(self, turn): return Output(self._make(turn))
     def edit(self, turn, previous): return Output(self._make(turn))
     def understand(self, turn): return Scene((), turn["duration"])
+
+class CodecCeilingSystem(OracleSystem):
+    "The ground truth through a codec (encode, decode): the best any model that speaks this codec's latents can score."
+    understands = False
+    def __init__(self, codec, name: str = "codec ceiling"): self.name, self.role, self.codec = name, "codec", codec
+    def _truth(self, turn):
+        scene, audio = load_turn(turn)
+        with torch.inference_mode(): y = self.codec.reconstruct(audio, SAMPLE_RATE).float().cpu().clamp(-1, 1)
+        return Output(y, self.codec.config.sample_rate, scene)
 
 class NoiseSystem(SilenceSystem):
     "White noise (RMS 0.05) of the right length, seeded per turn; understands nothing. A floor reference."
@@ -372,8 +382,11 @@ class UnavailableSystem(System):
 BASELINES = {"oracle": OracleSystem, "cascade": CascadeSystem, "silence": SilenceSystem, "noise": NoiseSystem}
 
 def make_system(spec: str, steps: int = 25, cfg_scale: float = 3.0, seed: int = 0, llm: ChatLLM | None = None) -> System:
-    "A system from a name (oracle, cascade, silence, noise) or a run folder (`DIR` or `NAME=DIR`)."
+    "A system from a name (oracle, cascade, silence, noise), `codec:DIR` (the ground truth through that codec) or a run folder (`DIR` or `NAME=DIR`)."
     if spec in BASELINES: return CascadeSystem(llm, seed=seed) if spec == "cascade" else BASELINES[spec]()
+    if spec.startswith("codec:"):
+        from audiochat.codec import Codec
+        return CodecCeilingSystem(Codec.from_pretrained(spec[6:]), f"codec ceiling ({Path(spec[6:]).name})")
     name, _, path = spec.partition("=") if "=" in spec else (None, "", spec)
     try: return CheckpointSystem(path, name or None, steps=steps, cfg_scale=cfg_scale, seed=seed)
     except Unavailable as e:
@@ -381,6 +394,16 @@ def make_system(spec: str, steps: int = 25, cfg_scale: float = 3.0, seed: int = 
         from audiochat.train import latest_checkpoint
         role = run_role(load_config(latest_checkpoint(Path(path)) / "config.yaml"))
         return UnavailableSystem(name or role, role, str(e))
+
+def codec_ceilings(systems: list[System]) -> list[System]:
+    "A codec-ceiling system for each distinct codec that the checkpoint systems among `systems` decode with."
+    seen, out = set(), []
+    for s in systems:
+        engine = getattr(s, "engine", None)
+        if engine is None: continue
+        key = (str(engine.config.data.codec), json.dumps(engine.codec.config.to_dict(), sort_keys=True))
+        if key not in seen: seen.add(key); out.append(CodecCeilingSystem(engine.codec, f"codec ceiling ({s.name})"))
+    return out
 
 # %% ../nbs/15_eval.ipynb #047c3fb2
 FAILURES = (ValueError, RuntimeError)  # ChatError, SceneError, ToolError (ValueError); AgentError, TurnFailure (RuntimeError)
@@ -521,7 +544,7 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
               "dialogues; these are small models, the TinyFLAM scorer and StoryGen-Eval-mini. The paper's figures (PAPER.md "
               "section 8) are cited beside the row each system stands for; compare orderings, not values. Metric columns are "
               "over the turns a system answered; 'failed' counts the others.", ""]
-    lines += ["## Story generation", "", "| system | KAD (lower) | multiFLAM (higher) | latency s | failed | paper (KAD / multiFLAM / latency s) |",
+    lines += ["## Story generation", "", "| system | KAD (lower; TinyFLAM embeddings, not comparable with papers' KAD) | multiFLAM (higher) | latency s | failed | paper (KAD / multiFLAM / latency s) |",
               "|---|---|---|---|---|---|"]
     for n, s in systems:
         d = s["story"]
@@ -549,12 +572,12 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
         lines.append(f"| {name(n, s)} | {_fmt(d['tcpwer'])} | {_fmt(d['captioning_multiflam'])} | {_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | {paper_cell('understand', s['role'])} |")
     no_und = [n for n, s in systems if "understand" not in s]
     if no_und: lines += ["", f"Not evaluated on understanding (they do not describe audio): {', '.join(no_und)}."]
-    arch = [(n, s) for n, s in systems if s["role"] in ARCHITECTURES]
+    arch = [(n, s) for n, s in systems if s["role"] in ARCHITECTURES or s["role"] == "codec"]
     lines += ["", "## Architecture ablation (editing)", "", "| system | Δ-multiFLAM | editFLAM | failed | paper (Δ-multiFLAM / editFLAM) |", "|---|---|---|---|---|"]
-    for n, s in sorted(arch, key=lambda x: ARCHITECTURES.index(x[1]["role"])):
+    for n, s in sorted(arch, key=lambda x: ARCHITECTURES.index(x[1]["role"]) if x[1]["role"] in ARCHITECTURES else -1):
         d = s["edit"]
         lines.append(f"| {name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} | {_failed(d)} | {paper_cell('architecture', s['role'])} |")
-    if not arch: lines.append("| (no dit, dense, mot or sct run given) | | | | |")
+    if not any(s["role"] in ARCHITECTURES for _, s in arch): lines.append("| (no dit, dense, mot or sct run given) | | | | |")
     missing = [(n, s) for n, s in summary.items() if not s["available"]]
     if missing:
         lines += ["", "## Not available", ""] + [f"- {n} ({s['label']}): {s['reason']}" for n, s in missing]
@@ -641,6 +664,7 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--cascade-llm", default="script", help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL")
     p.add_argument("--cascade-url", default=None, help="base URL of the OpenAI-compatible server for --cascade-llm openai:...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
     a = p.parse_args(argv)
     if a.dialogues is not None and a.dialogues < 1: raise ValueError(f"--dialogues must be >= 1, got {a.dialogues}")
     names = [b.strip() for b in a.baselines.split(",") if b.strip() and b.strip() != "none"]
@@ -653,6 +677,7 @@ def eval_main(argv: list[str]) -> int:
     llm = _llm(a.cascade_llm, a.cascade_url)
     systems = [make_system(b, a.steps, a.cfg, a.seed, llm) for b in names]
     systems += [make_system(c, a.steps, a.cfg, a.seed) for c in a.checkpoint]
+    if not a.no_ceiling: systems += codec_ceilings(systems)
     results = evaluate(systems, split, scorer, a.dialogues, progress=not a.no_progress)
     summary = summarize(results)
     meta = dict(split=str(split), dialogues=results["dialogues"], scorer=a.scorer or "TinyFLAM (cached, 150 scenes x 1500 steps)",

@@ -161,7 +161,7 @@ def span_table(batch: Batch):
     """Per-span facts as (B, S) tensors, S = most spans in a row: exists, is_target, document, and is_last
     (the last target span of its dialogue)."""
     lay = batch.layout
-    B, S = lay.span.shape[0], int(lay.span.max().clamp_min(-1)) + 1
+    B, S = lay.span.shape[0], int(lay.span.max().clamp_min(0)) + 1  # at least one (empty) column: a text-only batch
     idx = lay.span.clamp_min(0)
     audio = lay.audio
     def per_span(values, reduce="amax"):

@@ -35,17 +35,18 @@ from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
 from .codec import Codec, pick_device, load_latents, _optimizer_tensors, _load_optimizer
 from .data import read_records, finished_shards, build as build_dataset
+from .copilot import plan_dialogue
 from .scene import Scene
 from .audio import load_audio
 
 # %% auto #0
-__all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'RUN_FILES', 'OOM_ADVICE', 'RESUME_FREE', 'synthetic_dialogue',
-           'synthetic_texts', 'answer_json', 'missing_source_request', 'heard_scene', 'DialogueSource', 'plan_epoch',
-           'BatchStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'RunFolderError', 'read_tensors',
-           'check_run_folder', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'load_run_model',
-           'gather_full_state', 'load_optimizer_state', 'setup_distributed', 'wrap_model', 'noise_generator',
-           'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'prepare_data', 'train', 'resume_config',
-           'train_main']
+__all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'PLANNED_SEEDS', 'RUN_FILES', 'OOM_ADVICE', 'RESUME_FREE',
+           'synthetic_dialogue', 'synthetic_texts', 'answer_json', 'missing_source_request', 'heard_scene',
+           'DialogueSource', 'plan_epoch', 'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of',
+           'stage_at', 'lr_at', 'RunFolderError', 'read_tensors', 'check_run_folder', 'save_checkpoint',
+           'latest_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
+           'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview',
+           'log_preview', 'prepare_data', 'train', 'resume_config', 'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -242,6 +243,40 @@ class BatchStream:
 
     def __getitem__(self, g: int):
         return collate([self.sequence(i) for i in self.indices(g)], self.pad_id)
+
+# %% ../nbs/12_train.ipynb #15b0f8e0
+PLANNED_SEEDS = 3_000_000_000  # planned dialogues use seeds from here on: no dataset build uses them
+
+class PlannedSource:
+    "`n` dialogues planned without audio (`plan_dialogue`): requests and scene plans only, each planned when first read."
+    def __init__(self, n: int, seed: int = 0, max_turns: int = 3, max_duration: float = 15.0, latent_dim: int = 0):
+        self.source, self.n, self.seed, self.max_turns, self.max_duration, self.latent_dim = "planned", n, seed, max_turns, max_duration, latent_dim
+        self.lengths = [0] * n  # one length: no bucketing needed, the dialogues are alike
+
+    def __len__(self): return self.n
+    def shard(self, i: int) -> str: return "planned"
+
+    def turns(self, i: int) -> list[Turn]:
+        planned = plan_dialogue(PLANNED_SEEDS + self.seed * 10_000_000 + i, max_duration=self.max_duration)[: self.max_turns]
+        return [t for request, _, scene in planned for t in (Turn("user", request), Turn("assistant", scene.to_json()))]
+
+    def texts(self, n: int = 500) -> list[str]: return [t.text for i in range(min(n, self.n)) for t in self.turns(i)]
+
+class MixedStream:
+    "Micro-batch g from `planned` (a BatchStream) for a `share` of all g, evenly spread, else from `rendered`."
+    def __init__(self, rendered, planned, share: float):
+        if not 0 <= share < 1: raise ValueError(f"data.planned_share must be in [0, 1), got {share}")
+        self.rendered, self.planned, self.share = rendered, planned, share
+        self.per_epoch = rendered.per_epoch
+
+    def pick(self, g: int) -> tuple[object, int]:
+        "(stream, its own batch index) of micro-batch g: g is planned when floor((g + 1) share) > floor(g share)."
+        before, after = math.floor(g * self.share), math.floor((g + 1) * self.share)
+        return (self.planned, before) if after > before else (self.rendered, g - before)
+
+    def __getitem__(self, g: int):
+        stream, j = self.pick(g)
+        return stream[j]
 
 # %% ../nbs/12_train.ipynb #6ff9cc1b
 def learning_rate(step: int, peak: float, steps: int, warmup: int, min_lr_ratio: float = 0.1) -> float:
@@ -559,12 +594,17 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     else: eval_src = None
     tok_dir = out / "tokenizer"
     if not tok_dir.exists() and d.tokenizer is None and rank == 0:
-        train_tokenizer(sources[0].texts(), vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
+        texts = sources[0].texts() + (PlannedSource(500, config.run.seed).texts() if d.planned_dialogues and d.cot else [])
+        train_tokenizer(texts, vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
     _barrier(world)
     tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
     if len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {config.model.vocab_size}")
     streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]
+    if d.planned_dialogues and d.cot:  # text-only practice for the text path (models without CoT write no plans)
+        planned = PlannedSource(d.planned_dialogues, config.run.seed, d.max_turns, latent_dim=config.model.latent_dim)
+        planned = BatchStream(planned, tokenizer, d.batch_size, d.window, config.run.seed + 2)
+        streams = [MixedStream(s, planned, d.planned_share) for s in streams]
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
     return tokenizer, streams, ev
 

@@ -111,7 +111,7 @@ def test_invalid_cot_is_retried_then_reported_with_raw_text(run):
     e = ChatEngine.load(run, grammar=False, retries=2, max_new_tokens=1)  # no token is a whole scene
     with pytest.raises(ChatError, match="after 3 attempts") as info:
         e.tell("A story.")
-    assert info.value.raw and len(e.history) == 0
+    assert isinstance(info.value.raw, str) and len(e.history) == 0  # the raw text may be empty (a stop token first)
 
 
 def test_cli_tell_edit_understand_chat(run, tmp_path, capsys):

@@ -41,7 +41,7 @@ SMALL = dict(encoder_channels=4, decoder_channels=16, latent_dim=4)  # a narrow 
 @pytest.fixture(scope="module")
 def codec():
     torch.manual_seed(0)
-    return Codec(codec_preset("tiny")).eval()
+    return Codec(codec_preset("vae-tiny")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,10 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a saved codec"):
         Codec.from_pretrained(tmp_path / "empty")
-    Codec(codec_preset("tiny", **SMALL)).save_pretrained(tmp_path / "small")
+    Codec(codec_preset("vae-tiny", **SMALL)).save_pretrained(tmp_path / "small")
     config = json.loads((tmp_path / "small" / "config.json").read_text())
     (tmp_path / "small" / "config.json").write_text(json.dumps({**config, "latent_dim": 5}))
-    with pytest.raises(RuntimeError, match="size mismatch"):  # strict loading: weights must fit the config
+    with pytest.raises(ValueError, match="does not match config.json"):  # strict loading: weights must fit the config
         Codec.from_pretrained(tmp_path / "small")
 
 
@@ -135,7 +135,7 @@ def _log_spectra_np(x, n_fft, fbank=None):
 
 
 def test_loss_values_against_numpy():
-    config = codec_preset("tiny", kl_weight=0.01, mel_weight=2.0, stft_weight=0.5)
+    config = codec_preset("vae-tiny", kl_weight=0.01, mel_weight=2.0, stft_weight=0.5)
     t, rng = np.arange(8000) / 16000, np.random.default_rng(0)
     # tones over a noise floor: every bin well above float32 rounding, so float32 and float64 logs agree
     x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.sin(2 * np.pi * 3000 * t) + 0.01 * rng.normal(size=t.size)).astype(np.float32)
@@ -192,7 +192,7 @@ def test_mono_into_stereo_codec_is_duplicated(codec):
         assert torch.equal(z, codec.encode(mono.expand(2, -1)))
         y = codec.reconstruct(mono)
     assert y.shape == (2, 1200) and torch.equal(y[0], y[1])
-    mono_codec = Codec(codec_preset("tiny", channels=1, **SMALL)).eval()
+    mono_codec = Codec(codec_preset("vae-tiny", channels=1, **SMALL)).eval()
     with torch.inference_mode():  # stereo into a mono codec is averaged
         st = torch.randn(2, 800) * 0.1
         assert torch.equal(mono_codec.encode(st), mono_codec.encode(st.mean(0, keepdim=True)))
@@ -233,7 +233,7 @@ def test_audio_folder_errors(tmp_path):
 
 
 def test_train_resume_and_adversarial(folder, tmp_path):
-    config = codec_preset("tiny", **SMALL, adversarial=True, discriminator_channels=4, batch_size=2, segment_seconds=0.25)
+    config = codec_preset("vae-tiny", **SMALL, adversarial=True, discriminator_channels=4, batch_size=2, segment_seconds=0.25)
     state = train_codec(config, folder, tmp_path / "run", steps=2, progress=False, log_every=1)
     assert state["step"] == 2 and len(state["history"]) == 2
     assert {"mel", "stft", "kl", "adversarial", "features", "discriminator", "total"} <= set(state["history"][0])
@@ -246,7 +246,7 @@ def test_train_resume_and_adversarial(folder, tmp_path):
 
 
 def test_encode_folder_stats(folder, tmp_path):
-    codec = Codec(codec_preset("tiny", **SMALL)).eval()
+    codec = Codec(codec_preset("vae-tiny", **SMALL)).eval()
     index = encode_folder(codec, folder, tmp_path / "cache", shard_files=2)
     assert len(index["shards"]) == 2 and len(index["files"]) == 3
     latents, mean, std = load_latents(tmp_path / "cache")
@@ -259,7 +259,7 @@ def test_encode_folder_stats(folder, tmp_path):
 
 
 def test_evaluation_and_baselines(folder):
-    codec = Codec(codec_preset("tiny", **SMALL)).eval()
+    codec = Codec(codec_preset("vae-tiny", **SMALL)).eval()
     result = evaluate_codec(codec, folder / "synthetic")
     m = result["metrics"]
     assert set(m) == {"codec", "silence", "low-pass 4 kHz"} and result["files"] == 2
@@ -297,3 +297,86 @@ def test_cli_train_reload_encode(folder, tmp_path):
         assert main(["codec", "eval", "--model", str(tmp_path / "none"), "--data", str(folder)]) == 1
     for message in ("already holds a latent cache", "audio folder not found", "unknown codec config key", "codec folder not found"):
         assert message in err.getvalue()
+
+
+# --- the mel codec (kind="mel"): a fixed log-mel front end, a PCA basis, Griffin-Lim or a learned iSTFT decoder ---
+from audiochat.codec import MelCodec, dct_basis, fit_mel_codec, make_codec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mel(folder):
+    m = make_codec(codec_preset("tiny", decoder="griffinlim", vocoder_dim=16, vocoder_layers=1)).eval()
+    fit_mel_codec(m, list_audio_files(folder))
+    return m
+
+
+def test_dct_basis_matches_scipy():
+    from scipy.fft import dct
+    ref = dct(np.eye(80), norm="ortho", axis=0)[:16]
+    assert np.allclose(dct_basis(80, 16).numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoder", ["griffinlim", "learned"])
+@pytest.mark.parametrize("n", [1, 399, 400, 12_345])
+def test_mel_codec_shapes_and_lengths(mel, decoder, n):
+    m = make_codec(codec_preset("tiny", decoder=decoder, vocoder_dim=16, vocoder_layers=1)).eval()
+    m.load_state_dict(mel.state_dict(), strict=False) if decoder == "griffinlim" else None
+    with torch.inference_mode():
+        z = m.encode(torch.randn(2, n) * 0.1)
+        assert z.shape == (math.ceil(n / 400), 32) and m.reconstruct(torch.randn(2, n) * 0.1).shape == (2, n)
+        assert m.encode(torch.randn(3, 2, n) * 0.1).shape == (3, math.ceil(n / 400), 32)
+        assert m.decode(torch.randn(3, 5, 32)).shape == (3, 2, 2000)
+
+
+def test_mel_codec_fit_statistics_and_channels(mel, folder):
+    "After the fit, every latent dim has zero mean and unit variance over the fitted frames; channels are encoded apart."
+    z = []
+    for f in list_audio_files(folder):
+        from audiochat.audio import load_audio
+        x = load_audio(f, 16000, channels=2)
+        z.append(mel.to_latents(mel.log_mel(x)).reshape(-1, 16))
+    z = torch.cat(z).double()
+    assert torch.allclose(z.mean(0), torch.zeros(16, dtype=torch.double), atol=1e-3)
+    assert torch.allclose(z.std(0), torch.ones(16, dtype=torch.double), atol=1e-2)
+    with torch.inference_mode():
+        x = torch.randn(2, 4000) * 0.1
+        both, left = mel.encode(x), mel.encode(x[:1].expand(2, -1))
+        assert torch.allclose(both[:, :16], left[:, :16], atol=1e-5)  # the left half depends on the left channel only
+
+
+def test_mel_codec_save_load_and_errors(mel, tmp_path, folder):
+    mel.save_pretrained(tmp_path / "mel")
+    again = Codec.from_pretrained(tmp_path / "mel")
+    x = torch.randn(2, 3000) * 0.1
+    with torch.inference_mode():
+        assert isinstance(again, MelCodec) and torch.equal(again.encode(x), mel.encode(x))
+        assert torch.allclose(again.decode(again.encode(x)), mel.decode(mel.encode(x)), atol=1e-5)
+    Codec(codec_preset("vae-tiny", **SMALL)).save_pretrained(tmp_path / "vae")
+    with pytest.raises(ValueError, match="holds a 'vae' codec"): MelCodec.from_pretrained(tmp_path / "vae")
+    with pytest.raises(ValueError, match="make_codec"): Codec(codec_preset("tiny"))
+    cfg = json.loads((tmp_path / "mel" / "config.json").read_text())
+    (tmp_path / "mel" / "config.json").write_text(json.dumps({**cfg, "n_mels": 64}))
+    with pytest.raises(ValueError, match="does not match config.json"): Codec.from_pretrained(tmp_path / "mel")
+    (tmp_path / "mel" / "config.json").write_text(json.dumps({**cfg, "kind": "wav"}))
+    with pytest.raises(ValueError, match="kind must be"): Codec.from_pretrained(tmp_path / "mel")
+    silent = tmp_path / "silent.wav"; sf.write(str(silent), np.zeros((16000, 2), "float32"), 16000)
+    with pytest.raises(ValueError, match="silence"): fit_mel_codec(make_codec(codec_preset("tiny")), [silent])
+
+
+def test_mel_codec_griffin_lim_keeps_the_sound(mel, folder):
+    "A fitted mel codec with Griffin-Lim is far closer to the input than silence is (no training involved)."
+    from audiochat.audio import load_audio
+    x = load_audio(list_audio_files(folder)[0], 16000, channels=2)
+    d = SpectralDistance()
+    with torch.inference_mode(): y = mel.reconstruct(x)
+    assert d.mel(y, x) < 0.5 * d.mel(torch.zeros_like(x), x)
+
+
+def test_mel_codec_trains_its_decoder(folder, tmp_path):
+    config = codec_preset("tiny", vocoder_dim=16, vocoder_layers=1, batch_size=2, segment_seconds=0.25)
+    state = train_codec(config, folder, tmp_path / "mel", steps=3, progress=False)
+    assert state["step"] == 3 and 0 < state["pca"]["explained"] <= 1
+    state = train_codec(config, folder, tmp_path / "mel", steps=4, resume=True, progress=False)
+    assert state["step"] == 4
+    gl = train_codec(codec_preset("tiny", decoder="griffinlim"), folder, tmp_path / "gl", steps=100, progress=False)
+    assert gl["step"] == 0 and isinstance(Codec.from_pretrained(tmp_path / "gl"), MelCodec)

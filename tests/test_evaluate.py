@@ -269,3 +269,20 @@ def test_split_and_scorer_are_cached(tmp_path, monkeypatch):
     assert trainings == [1500]  # trained once, loaded the second time
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written left behind
+
+
+def test_codec_ceiling_row(split, records, scorer, tiny_run, tmp_path):
+    "The ground truth through a run's codec: same length as the truth, scored in the story and edit tables, no understanding."
+    from audiochat.evaluate import CodecCeilingSystem, codec_ceilings, format_tables
+    run = make_system(f"tiny={tiny_run}", steps=2)
+    ceilings = codec_ceilings([run, make_system("oracle"), run])
+    assert len(ceilings) == 1 and ceilings[0].role == "codec" and not ceilings[0].understands
+    out = ceilings[0].story(records[0]["turns"][0])
+    truth = make_system("oracle").story(records[0]["turns"][0])
+    assert out.audio.shape == truth.audio.shape and out.scene == truth.scene and torch.isfinite(out.audio).all()
+    res = evaluate([ceilings[0]], split, scorer, dialogues=1, progress=False)
+    s = summarize(res)[ceilings[0].name]
+    assert s["story"]["n"] == 1 and s["story"]["failed"] == 0 and "understand" not in s
+    tables = format_tables(summarize(res))
+    assert "ground truth through the codec" in tables.split("## Editing")[0] and "not comparable with papers" in tables
+    assert isinstance(make_system(f"codec:{tiny_run / 'codec'}"), CodecCeilingSystem)

@@ -229,8 +229,8 @@ def test_resume_refuses_a_changed_setting(run2, tmp_path, capsys):
 
 def test_resume_restores_the_random_state_after_the_codec(tmp_path):
     "With a codec folder (the preview codec draws from the global generator when built) a resumed run's saved random state is the uninterrupted run's."
-    from audiochat.codec import Codec
-    torch.manual_seed(0); Codec(resolve("tiny").codec).save_pretrained(tmp_path / "codec")
+    from audiochat.codec import Codec, make_codec
+    torch.manual_seed(0); make_codec(resolve("tiny").codec).save_pretrained(tmp_path / "codec")
     extra = ["--optim.steps=4", "--run.save_every=2", f"--data.codec={tmp_path / 'codec'}"]
     T.train(small(tmp_path / "once", *extra))
     T.train(small(tmp_path / "twice", *extra), until=2)
@@ -476,9 +476,9 @@ def engine_parts(run2, tmp_path_factory):
     from audiochat.chat import ChatEngine
     if "ema" not in inspect.signature(ChatEngine.load).parameters:
         pytest.skip("the chat engine does not load the EMA weights yet (ChatEngine.load(ema=...))")
-    from audiochat.codec import Codec
+    from audiochat.codec import Codec, make_codec
     codec = tmp_path_factory.mktemp("codec") / "codec"
-    torch.manual_seed(0); Codec(resolve("tiny").codec).save_pretrained(codec)
+    torch.manual_seed(0); make_codec(resolve("tiny").codec).save_pretrained(codec)
     return run2, codec
 
 

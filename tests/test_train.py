@@ -260,10 +260,10 @@ def test_two_processes_equal_one(tmp_path, parallel):
 # ---- the command on real sample data ----
 @pytest.fixture(scope="module")
 def codec_dir(tmp_path_factory):
-    from audiochat.codec import Codec, CodecConfig
+    from audiochat.codec import codec_preset, make_codec
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("codec")
-    Codec(CodecConfig()).save_pretrained(d / "codec")  # an untrained stand-in with the tiny preset's shape
+    make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(d / "codec")  # the tiny preset's codec, unfitted
     return d / "codec"
 
 
