@@ -100,12 +100,11 @@ def save_audio(path, x, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
     return path
 
 # %% ../nbs/01_audio.ipynb #c7571506
-import pyloudnorm as pyln
-
 BLOCK_SECONDS = 0.4  # BS.1770 gating block
 
 def loudness(x, sr: int = SAMPLE_RATE) -> float:
     "Integrated loudness (LUFS, BS.1770 via pyloudnorm) of (C, T) audio; clips under 400 ms are measured as one block."
+    import pyloudnorm as pyln  # scipy.signal: half a second, paid only by the code that measures loudness
     x = check_audio(x)
     duration = x.shape[-1] / sr
     meter = pyln.Meter(sr, block_size=min(BLOCK_SECONDS, duration))
@@ -142,8 +141,6 @@ def mel_spectrogram(x, sr: int = SAMPLE_RATE, n_mels: int = 80, n_fft: int = 102
     return torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)(mel)
 
 # %% ../nbs/01_audio.ipynb #36968196
-import matplotlib.pyplot as plt
-
 def _envelope(x: torch.Tensor, sr: int, bins: int = 1500):
     "Min/max envelope of a 1-D signal in `bins` time bins: draws like the waveform at a fraction of the points."
     n = max(1, x.numel() // bins)
@@ -155,6 +152,7 @@ def _envelope(x: torch.Tensor, sr: int, bins: int = 1500):
 def plot_audio(x, sr: int = SAMPLE_RATE, spans=None, title: str | None = None, figsize=(9, 3.6)):
     """Waveform (top) and log-mel spectrogram (bottom) of (C, T) audio, channels averaged for the spectrogram.
     `spans`: optional (start_s, end_s, label) tuples drawn as labelled bars, one lane per span."""
+    import matplotlib.pyplot as plt  # imported by the code that draws, not by every module that reads audio
     x = check_audio(x)
     spans = list(spans or [])
     fig, (ax_w, ax_s) = plt.subplots(2, 1, figsize=figsize, sharex=True, gridspec_kw=dict(height_ratios=[1, 2]))
@@ -181,6 +179,7 @@ def plot_audio(x, sr: int = SAMPLE_RATE, spans=None, title: str | None = None, f
 def show_jpeg(fig, dpi: int = 80, quality: int = 70):
     "Display a matplotlib figure in a notebook as a JPEG image (much smaller than PNG for spectrograms), then close it."
     import io
+    import matplotlib.pyplot as plt
     from IPython.display import Image, display
     buf = io.BytesIO()
     fig.savefig(buf, format="jpeg", dpi=dpi, pil_kwargs=dict(quality=quality))

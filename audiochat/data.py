@@ -18,9 +18,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .audio import SAMPLE_RATE, load_audio, save_audio
 from .copilot import SUBTASKS, simulate_dialogue
 from .scene import Scene
+# audiochat.audio (torch) is imported inside the functions that read or write audio: `audiochat data --help` stays light
 
 # %% auto #0
 __all__ = ['TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED', 'DataConfig',
@@ -75,6 +75,7 @@ def dialogue_subtasks(config: DataConfig, i: int) -> list[str] | None:
 
 # %% ../nbs/05_data.ipynb #23fe9ef9
 def _record(d, config: DataConfig, audio_dir: Path, rel: str) -> dict:
+    from audiochat.audio import save_audio
     rid = f"{config.split}-{d.seed:09d}"
     turns = []
     for j, t in enumerate(d.turns):
@@ -216,6 +217,7 @@ def read_records(out):
 
 def load_turn(turn: dict) -> tuple[Scene, object]:
     "A record turn's scene (validated) and stereo audio (2, T) at SAMPLE_RATE."
+    from audiochat.audio import load_audio
     return Scene.from_dict(turn["scene"]), load_audio(turn["audio"], channels=2)
 
 def format_dialogue(record: dict) -> str:
