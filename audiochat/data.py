@@ -26,7 +26,7 @@ from .scene import Scene
 __all__ = ['TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED', 'DataConfig',
            'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards', 'build_shard', 'build', 'summarize',
            'format_summary', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
-           'build_samples', 'data_main']
+           'build_samples', 'export_hf', 'data_main']
 
 # %% ../nbs/05_data.ipynb #7a3a72a8
 TRAIN_SEED_RANGE = (0, 1_000_000_000)
@@ -266,9 +266,40 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     os.replace(tmp, final)
     return summarize(out)
 
+# %% ../nbs/05_data.ipynb #38c67ea9
+def export_hf(data, out, cache_dir=None):
+    """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hugging Face `datasets` dataset
+    in `out` (`save_to_disk`): one row per turn with the dialogue id, split, turn index, the user's request, the subtask,
+    the scene as JSON, the designer's answer and the turn's audio, an `Audio` feature holding the FLAC file itself."""
+    import tempfile
+    try: import datasets
+    except ImportError: raise ImportError("the export needs `datasets`: pip install 'audiochat[hf]'") from None
+    from audiochat.audio import SAMPLE_RATE
+    V = datasets.Value
+    features = datasets.Features(dict(id=V("string"), split=V("string"), turn=V("int32"), request=V("string"),
+                                      subtask=V("string"), scene=V("string"), answer=V("string"), duration=V("float32"),
+                                      audio=dict(bytes=V("binary"), path=V("string"))))
+    next(read_records(data))  # a clear error for a folder that holds no dataset, before `datasets` starts
+    with tempfile.TemporaryDirectory() as tmp:  # the generator's arrow cache: temporary, `out` is the copy that stays
+        ds = datasets.Dataset.from_generator(_hf_rows, features=features, gen_kwargs=dict(data=str(data)),
+                                             cache_dir=cache_dir or tmp)
+        # the FLAC bytes go in as they are; casting (not encoding) makes the column an `Audio` feature, which needs no
+        # audio encoder (recent `datasets` wants `torchcodec` to encode, but not to cast stored bytes)
+        ds = ds.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
+        ds.save_to_disk(str(out))
+    return datasets.load_from_disk(str(out))
+
+def _hf_rows(data):
+    for r in read_records(data):
+        for j, t in enumerate(r["turns"]):
+            audio = Path(t["audio"])
+            yield dict(id=r["id"], split=r["split"], turn=j, request=t["user"], subtask=t["subtask"] or "",
+                       scene=json.dumps(t["scene"]), answer=t.get("answer") or "", duration=t["duration"],
+                       audio=dict(path=audio.name, bytes=audio.read_bytes()))
+
 # %% ../nbs/05_data.ipynb #0c649154
 def data_main(argv: list[str]) -> int:
-    "`audiochat data build|eval|show`."
+    "`audiochat data build|eval|samples|show|export`."
     p = argparse.ArgumentParser(prog="audiochat data", description="Build and inspect the simulated dialogue dataset.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or resume) a training dataset")
@@ -288,7 +319,15 @@ def data_main(argv: list[str]) -> int:
     m.add_argument("--out", default="data_samples/dialogues"); m.add_argument("-n", type=int, default=6)
     s = sub.add_parser("show", help="print dialogues of a built dataset as chats")
     s.add_argument("dir"); s.add_argument("-n", type=int, default=1, help="how many dialogues (default 1)")
+    x = sub.add_parser("export", help="write a dataset as a Hugging Face `datasets` dataset (one row per turn, audio included)")
+    x.add_argument("--format", choices=["hf"], default="hf", help="hf: datasets.Dataset.save_to_disk (default)")
+    x.add_argument("--data", required=True, help="a built dataset, StoryGen-Eval-mini or data_samples/dialogues")
+    x.add_argument("--out", required=True, help="output folder (load it with datasets.load_from_disk)")
     a = p.parse_args(argv)
+    if a.command == "export":
+        ds = export_hf(a.data, a.out)
+        print(f"wrote {a.out}/: {len(ds)} turns ({', '.join(ds.column_names)}); datasets.load_from_disk({str(a.out)!r})")
+        return 0
     if a.command == "show":
         for i, r in enumerate(read_records(a.dir)):
             if i >= a.n: break
