@@ -160,3 +160,11 @@ $(PIPE)/baselines/%/done: $(PIPE)/codec/done
 eval-tiny: setup espeak $(foreach r,$(EVAL_RUNS),$(PIPE)/baselines/$(r)/done)
 	OMP_NUM_THREADS=1 $(BIN)/audiochat eval $(foreach r,$(EVAL_RUNS),--checkpoint $(r)=$(PIPE)/baselines/$(r)) \
 	  --baselines oracle,cascade --split storygen-eval-mini --dialogues $(EVAL_DIALOGUES) --out runs/eval
+
+# The paper's findings at teaching scale (benchmarks/findings.py): SCT, Dense, MoT, DiT (several seeds), no CoT, shared
+# noise and always-clean history, trained with the same recipe, data and budget, then evaluated with the ground truth,
+# the codec ceiling and the cascade. FINDINGS_SCALE=full: about 90 minutes on 2 cores; tiny: minutes (the same path).
+FINDINGS_SCALE ?= full
+.PHONY: findings
+findings: setup espeak
+	$(BIN)/python benchmarks/findings.py --scale $(FINDINGS_SCALE)

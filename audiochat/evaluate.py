@@ -41,7 +41,7 @@ __all__ = ['PAPER_TABLES', 'PAPER_ROW', 'ROLE_LABELS', 'ARCHITECTURES', 'SPLIT_N
            'plot_overview', 'plot_subtasks', 'write_results', 'eval_main']
 
 # %% ../nbs/15_eval.ipynb #664f2c3a
-PAPER_TABLES = {  # PAPER.md section 8
+PAPER_TABLES = {  # docs/method.md section 8
     "story": {"columns": ("KAD", "multiFLAM", "latency s"), "rows": {
         "Stable Audio Open": (7.98, 35.6, 9.1), "LLM + SAO": (10.77, 32.2, 11.5),
         "WavJourney": (10.82, 47.1, 628), "AudioChat": (2.52, 44.1, 32)}},
@@ -62,7 +62,7 @@ PAPER_ROW = {  # system role -> the paper's row in each table (no entry: the pap
 }
 ROLE_LABELS = {"oracle": "ground truth", "cascade": "LLM script + tools", "sct": "AudioChat (SCT)",
                "dense": "Dense", "mot": "MoT", "dit": "DiT", "no-cot": "no CoT", "shared-noise": "shared noise",
-               "silence": "silence", "noise": "noise", "codec": "ground truth through the codec"}
+               "silence": "silence", "noise": "noise", "codec": "ground truth through the codec", "clean-history": "always-clean history"}
 ARCHITECTURES = ("dit", "dense", "mot", "sct")  # the rows of the architecture ablation
 
 def paper_cell(table: str, role: str) -> str:
@@ -332,10 +332,11 @@ class CascadeSystem(System):
 
 # %% ../nbs/15_eval.ipynb #7263ade5
 def run_role(config) -> str:
-    "The role of a trained run in the tables, from its config: dit, no-cot, shared-noise, or its architecture."
+    "The role of a trained run in the tables, from its config: dit, no-cot, shared-noise, clean-history, or its architecture."
     if config.model.arch == "dit": return "dit"
     if not config.data.cot: return "no-cot"
     if config.loss.policy == "shared": return "shared-noise"
+    if config.loss.policy == "clean_history": return "clean-history"
     return config.model.arch
 
 class Unavailable(Exception):
@@ -541,7 +542,7 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
     lines = ["# StoryGen-Eval-mini results", ""]
     if meta: lines += ["; ".join(f"{k}: {v}" for k, v in meta.items()), ""]
     lines += ["Scales differ: the paper evaluates a 3.6B model (trained on ~40K hours) with OpenFLAM at 48 kHz on 1,200 "
-              "dialogues; these are small models, the TinyFLAM scorer and StoryGen-Eval-mini. The paper's figures (PAPER.md "
+              "dialogues; these are small models, the TinyFLAM scorer and StoryGen-Eval-mini. The paper's figures (docs/method.md "
               "section 8) are cited beside the row each system stands for; compare orderings, not values. Metric columns are "
               "over the turns a system answered; 'failed' counts the others.", ""]
     lines += ["## Story generation", "", "| system | KAD (lower; TinyFLAM embeddings, not comparable with papers' KAD) | multiFLAM (higher) | latency s | failed | paper (KAD / multiFLAM / latency s) |",
@@ -653,7 +654,7 @@ def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
                                 "story (KAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR", help="a training run folder (repeatable)")
-    p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, or none (default: oracle,cascade)")
+    p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth through that codec), or none (default: oracle,cascade)")
     p.add_argument("--split", default=SPLIT_NAME, help=f"a built eval folder, or {SPLIT_NAME} (built into the cache if missing)")
     p.add_argument("--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)")
     p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached one, trained once)")
@@ -669,7 +670,7 @@ def eval_main(argv: list[str]) -> int:
     if a.dialogues is not None and a.dialogues < 1: raise ValueError(f"--dialogues must be >= 1, got {a.dialogues}")
     names = [b.strip() for b in a.baselines.split(",") if b.strip() and b.strip() != "none"]
     for b in names:
-        if b not in BASELINES: raise ValueError(f"unknown baseline {b!r}; baselines: {', '.join(BASELINES)}")
+        if b not in BASELINES and not b.startswith("codec:"): raise ValueError(f"unknown baseline {b!r}; baselines: {', '.join(BASELINES)}, codec:DIR")
     if not names and not a.checkpoint: raise ValueError("nothing to evaluate: give --checkpoint DIR and/or --baselines")
     split = resolve_split(a.split, progress=not a.no_progress)
     t0 = time.time()

@@ -140,7 +140,7 @@ NOISE_POLICIES = ("forcing", "shared", "clean_history")
 class ForcingConfig:
     "How audio spans are noised and how the two losses are combined."
     policy: str = "forcing"  # forcing | shared | clean_history
-    lambda_diff: float = 5.0  # L = L_LM + lambda * L_diff (PAPER.md section 4)
+    lambda_diff: float = 5.0  # L = L_LM + lambda * L_diff (docs/method.md section 4)
     t_min: float = 0.0  # lowest diffusion time drawn for a noisy span
     context_cap: float = 0.5  # user-given audio is noised at most to this t
     clean_p: float = 0.1  # probability that a span other than the last target is left clean

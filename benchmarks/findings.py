@@ -1,0 +1,192 @@
+"""The paper's findings at teaching scale: every system trained with the same recipe, data, codec and step budget, then
+evaluated on StoryGen-Eval-mini with the ground truth, the codec ceiling and the tool cascade.
+
+Systems (PAPER section 8 / docs/method.md): SCT, Dense (Transfusion), MoT, DiT (no chain of thought), SCT without
+chain of thought, SCT with one shared noise level, SCT with always-clean history. The headline rows (SCT, Dense, MoT,
+DiT) are trained with several seeds; every figure is reported as mean and range over the seeds, and a verdict claims
+an ordering only when the ranges do not overlap.
+
+    python benchmarks/findings.py --scale full   # about 90 minutes on a 2-core CPU (make findings)
+    python benchmarks/findings.py --scale tiny   # a few minutes: the same code path (make findings FINDINGS_SCALE=tiny)
+
+Training runs are cached under --out/runs/NAME-sSEED (a finished run is reused; a half-finished one resumes);
+outputs: --out/findings.md (tables and verdicts), --out/findings.json, --out/curves.png (training curves of every run)."""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SYSTEMS = {  # name -> (role in the tables, training overrides)
+    "sct": ("sct", []),
+    "dense": ("dense", ["--model.arch=dense"]),
+    "mot": ("mot", ["--model.arch=mot"]),
+    "dit": ("dit", ["--model.arch=dit", "--data.cot=false"]),
+    "no-cot": ("no-cot", ["--data.cot=false"]),
+    "shared-noise": ("shared-noise", ["--loss.policy=shared"]),
+    "clean-history": ("clean-history", ["--loss.policy=clean_history"]),
+}
+HEADLINE = ("sct", "dense", "mot", "dit")  # trained with every seed
+SCALES = {  # steps per run, seeds of the headline rows, evaluation dialogues, diffusion steps
+    "tiny": dict(steps=30, seeds=(0, 1), dialogues=1, diffusion_steps=4, data="tiny", codec_minutes=0.3),
+    "full": dict(steps=500, seeds=(0, 1, 2), dialogues=12, diffusion_steps=10, data="demo", codec_minutes=2.0),
+}
+CLAIMS = [  # (what the paper found, table, metric, better, system that should win, system it beats)
+    ("SCT edits better than Dense (editFLAM)", "edit", "editflam", "higher", "sct", "dense"),
+    ("SCT edits better than MoT (editFLAM)", "edit", "editflam", "higher", "sct", "mot"),
+    ("SCT edits better than DiT (editFLAM; DiT copies its input)", "edit", "editflam", "higher", "sct", "dit"),
+    ("SCT keeps the rest of the scene better than Dense (Delta-multiFLAM)", "edit", "delta_multiflam", "lower", "sct", "dense"),
+    ("Forcing beats one shared noise level on edits (editFLAM)", "edit", "editflam", "higher", "sct", "shared-noise"),
+    ("Forcing beats always-clean history on edits (editFLAM)", "edit", "editflam", "higher", "sct", "clean-history"),
+    ("A chain of thought helps story generation (multiFLAM)", "story", "multiflam", "higher", "sct", "no-cot"),
+    ("A chain of thought helps editing (editFLAM)", "edit", "editflam", "higher", "sct", "no-cot"),
+    ("SCT understands better than Dense (tcpWER)", "understand", "tcpwer", "lower", "sct", "dense"),
+]
+
+
+def sh(args: list[str], log: Path | None = None):
+    "Run a command (the venv's audiochat), fail loudly with its output."
+    print("+", " ".join(args), flush=True)
+    r = subprocess.run(args, capture_output=True, text=True)
+    if log: log.write_text(r.stdout + r.stderr)
+    if r.returncode: sys.exit(f"findings: command failed ({r.returncode}): {' '.join(args)}\n{r.stderr[-2000:]}")
+    return r
+
+
+def audiochat(*args) -> list[str]: return [str(Path(sys.executable).parent / "audiochat"), *args]
+
+
+def prepare(out: Path, scale: dict, threads: int) -> tuple[Path, Path]:
+    "The shared data set and codec (built once)."
+    data, codec = out / "data", out / "codec"
+    if not (data / "summary.json").exists():
+        sh(audiochat("data", "build", "--preset", scale["data"], "--out", str(data), "--workers", str(threads)))
+    if not (codec / "done").exists():
+        sh(audiochat("codec", "train", "--preset", "tiny", "--data", str(data), "--out", str(codec),
+                     "--minutes", str(scale["codec_minutes"]), "--threads", str(threads), "--no-progress"))
+        (codec / "done").touch()
+    return data, codec
+
+
+def train_all(out: Path, data: Path, codec: Path, scale: dict, threads: int) -> dict:
+    "Every system x seed, trained with the same recipe and budget; returns {run name: folder}."
+    runs = {}
+    for name, (_, extra) in SYSTEMS.items():
+        for seed in (scale["seeds"] if name in HEADLINE else scale["seeds"][:1]):
+            run = out / "runs" / f"{name}-s{seed}"
+            if not (run / "done").exists():
+                resume = ["--resume"] if (run / "checkpoints" / "latest").exists() else []
+                sh(audiochat("train", "--preset", "tiny", f"--data.source={data}", f"--data.codec={codec}", f"--run.out={run}",
+                             f"--optim.steps={scale['steps']}", f"--run.seed={seed}", f"--run.threads={threads}",
+                             "--run.progress=false", *extra, *resume))
+                (run / "done").touch()
+            runs[f"{name}-s{seed}"] = run
+    return runs
+
+
+def evaluate_all(out: Path, runs: dict, scale: dict) -> dict:
+    "One `audiochat eval` over every run, the ground truth, the codec ceiling and the cascade."
+    ev = out / "eval"
+    if not (ev / "results.json").exists():
+        args = [f"--checkpoint={name}={run}" for name, run in runs.items()]
+        sh(audiochat("eval", *args, "--baselines", "oracle,cascade", "--split", "storygen-eval-mini",
+                     "--dialogues", str(scale["dialogues"]), "--steps", str(scale["diffusion_steps"]), "--out", str(ev),
+                     "--no-progress"), out / "eval.log")
+    return json.loads((ev / "results.json").read_text())
+
+
+def figure(summary: dict, name: str, table: str, metric: str):
+    d = summary.get(name, {})
+    if not d.get("available", False) or table not in d: return None
+    return d[table].get(metric)
+
+
+def spread(summary: dict, system: str, table: str, metric: str) -> list[float]:
+    "The figure of `system` for every seed it was trained with."
+    vals = [figure(summary, n, table, metric) for n in summary if n.rsplit("-s", 1)[0] == system]
+    return [v for v in vals if v is not None and math.isfinite(v)]
+
+
+def fmt(vals: list[float]) -> str:
+    if not vals: return "-"
+    m = sum(vals) / len(vals)
+    return f"{m:.1f}" if len(vals) == 1 else f"{m:.1f} [{min(vals):.1f}, {max(vals):.1f}]"
+
+
+def verdict(summary: dict, table, metric, better, a, b) -> tuple[str, str]:
+    "reproduced as an ordering / not reproduced / not measurable, with the figures."
+    va, vb = spread(summary, a, table, metric), spread(summary, b, table, metric)
+    figures = f"{a} {fmt(va)} vs {b} {fmt(vb)}"
+    if not va or not vb: return "not measurable at this scale", figures
+    sign = 1 if better == "higher" else -1
+    if sign * (min(va) - max(vb)) > 0: return "reproduced as an ordering", figures
+    if sign * (max(va) - min(vb)) < 0: return "not reproduced (the opposite ordering)", figures
+    return "not reproduced (the seeds' ranges overlap)", figures
+
+
+def curves(runs: dict, path: Path):
+    "Training loss (L_LM and L_diff) of every run against the step, one figure."
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
+    for name, run in sorted(runs.items()):
+        rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if "lm" in r and "event" not in r]
+        for a, key in zip(ax, ("lm", "diff")): a.plot([r["step"] for r in rows], [r[key] for r in rows], label=name, lw=1)
+    for a, title in zip(ax, ("L_LM (text)", "L_diff (audio, v-MSE)")): a.set(title=title, xlabel="step", yscale="log")
+    ax[1].legend(fontsize=6, ncol=2); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+
+
+def report(out: Path, results: dict, runs: dict, scale: dict, seconds: float) -> str:
+    from audiochat.evaluate import summarize
+    summary = summarize(results)
+    rows = ["# Findings at teaching scale", "",
+            f"Every system: the tiny recipe, {scale['steps']} steps, the same data and codec; seeds {list(scale['seeds'])} for "
+            f"{', '.join(HEADLINE)}; StoryGen-Eval-mini, {scale['dialogues']} dialogues, {scale['diffusion_steps']} diffusion "
+            f"steps; {seconds / 60:.0f} minutes in all. Figures: mean [min, max] over seeds. KAD uses the project's scorer "
+            "embeddings: not comparable with papers' KAD.", "",
+            "| system | story multiFLAM | KAD | Delta-multiFLAM | editFLAM | tcpWER % |", "|---|---|---|---|---|---|"]
+    names = list(dict.fromkeys(n.rsplit("-s", 1)[0] if n.rsplit("-s", 1)[0] in SYSTEMS else n for n in summary))
+    for n in names:
+        cell = lambda t, m: fmt(spread(summary, n, t, m) if n in SYSTEMS else [v for v in [figure(summary, n, t, m)] if v is not None])
+        rows.append(f"| {n} | {cell('story', 'multiflam')} | {cell('story', 'kad')} | {cell('edit', 'delta_multiflam')} | "
+                    f"{cell('edit', 'editflam')} | {cell('understand', 'tcpwer')} |")
+    rows += ["", "## Verdicts", "", "| the paper's finding | verdict | figures |", "|---|---|---|"]
+    verdicts = []
+    for claim, table, metric, better, a, b in CLAIMS:
+        v, figures = verdict(summary, table, metric, better, a, b)
+        verdicts.append(dict(claim=claim, verdict=v, figures=figures)); rows.append(f"| {claim} | {v} | {figures} |")
+    lat = [figure(summary, n, "story", "latency") for n in summary if n.startswith("sct-")]
+    cas = figure(summary, "cascade", "story", "latency")
+    if lat and cas: rows.append(f"| Latency: AudioChat vs the tool cascade (paper: 32 s vs 628 s) | measured | SCT {fmt([v for v in lat if v])} s vs cascade {cas:.2f} s per story (the offline tools are instant; the paper's cascade calls large models) |")
+    rows += ["", "![training curves](curves.png)", ""]
+    (out / "findings.json").write_text(json.dumps(dict(scale=scale, summary=summary, verdicts=verdicts), indent=1, default=str) + "\n")
+    text = "\n".join(rows) + "\n"
+    (out / "findings.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="full")
+    p.add_argument("--out", default=None, help="output folder (default: runs/findings-SCALE)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads and build workers (default: all cores)")
+    a = p.parse_args(argv)
+    scale, out = SCALES[a.scale], Path(a.out or f"runs/findings-{a.scale}")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data, codec = prepare(out, scale, a.threads)
+    runs = train_all(out, data, codec, scale, a.threads)
+    results = evaluate_all(out, runs, scale)
+    curves(runs, out / "curves.png")
+    print(report(out, results, runs, scale, time.time() - t0))
+    print(f"wrote {out / 'findings.md'}, {out / 'findings.json'}, {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
