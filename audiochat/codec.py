@@ -35,11 +35,12 @@ from .audio import (SAMPLE_RATE, FRAME_RATE, AudioError, check_audio, to_channel
 
 # %% auto #0
 __all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
-           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'dct_basis', 'ConvNeXtBlock',
-           'ISTFTDecoder', 'MelCodec', 'make_codec', 'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss',
-           'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files',
-           'AudioCrops', 'synthesize_audio_folder', 'pick_device', 'save_checkpoint', 'train_codec', 'lowpass',
-           'evaluate_codec', 'format_evaluation', 'encode_folder', 'load_latents', 'codec_main']
+           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'resolve_pretrained',
+           'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'make_codec', 'fit_mel_codec', 'SpectralDistance',
+           'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator', 'discriminator_loss',
+           'generator_adversarial_loss', 'list_audio_files', 'AudioCrops', 'synthesize_audio_folder', 'pick_device',
+           'save_checkpoint', 'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder',
+           'load_latents', 'codec_main']
 
 # %% ../nbs/06_codec.ipynb #758cccc3
 @dataclass
@@ -272,6 +273,27 @@ class Codec(nn.Module):
         y = self.decoder(z.reshape(b * c, d, frames)).reshape(b, c, -1)[..., :x.shape[-1]]
         return dict(reconstruction=y, kl=gaussian_kl(mean, std, dim=2), mean=mean, std=std)
 
+# %% ../nbs/06_codec.ipynb #67b27fd9
+def resolve_pretrained(name_or_path, allow_patterns=None, what: str = "checkpoint") -> Path:
+    """The local folder of a pretrained checkpoint. A local folder is used as it is (never a network fallback);
+    `hf:ORG/NAME` (or `hf:ORG/NAME@REVISION`) is a Hugging Face Hub repository: `huggingface_hub.snapshot_download`
+    fetches the files matching `allow_patterns` into the Hub cache, or finds them there when `HF_HUB_OFFLINE=1`."""
+    s = str(name_or_path)
+    if not s.startswith("hf:"):
+        d = Path(s).expanduser()
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} folder not found: {s} (it does not exist; a Hugging Face Hub repository is written hf:ORG/NAME)")
+        return d
+    repo, _, revision = s[3:].partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")): raise ValueError(f"{s!r}: a Hub repository is written hf:ORG/NAME")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try: return Path(snapshot_download(repo, revision=revision or None, allow_patterns=allow_patterns))
+    except LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        raise FileNotFoundError(f"{what} {s}: not in the local Hugging Face cache and the Hub cannot be reached ({str(e)[:200]})") from None
+    except HfHubHTTPError as e:  # unknown repository, gated or private without a token
+        raise FileNotFoundError(f"{what} {s}: the Hub refused it ({str(e)[:200]})") from None
+
 # %% ../nbs/06_codec.ipynb #7f68be0b
 def _atomic_write(path: Path, write) -> Path:
     "Call `write(tmp_path)`, then move the temporary file onto `path`: readers never see a half-written file."
@@ -290,12 +312,7 @@ def _save_pretrained(self, directory) -> Path:
 @classmethod
 def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
     "Load a codec saved by `save_pretrained` from a folder (or a Hugging Face Hub repository written `hf:ORG/NAME`)."
-    d = Path(name_or_path)
-    if not d.is_dir():  # a local path never falls back to the network: only an explicit hf:ORG/NAME is fetched
-        if not str(name_or_path).startswith("hf:"):
-            raise FileNotFoundError(f"codec folder not found: {name_or_path} (a Hugging Face Hub repository is written hf:ORG/NAME)")
-        from huggingface_hub import snapshot_download
-        d = Path(snapshot_download(str(name_or_path)[3:], allow_patterns=["config.json", "model.safetensors"]))
+    d = resolve_pretrained(name_or_path, ["config.json", "model.safetensors"], what="codec")
     for f in ("config.json", "model.safetensors"):
         if not (d / f).exists(): raise FileNotFoundError(f"{d} has no {f}: not a saved codec")
     try: model = make_codec(CodecConfig.from_dict(json.loads((d / "config.json").read_text())))

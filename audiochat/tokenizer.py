@@ -20,8 +20,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from .scene import Scene, Source
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'random_scene', 'dialogue_corpus', 'copilot_corpus', 'train_tokenizer',
-           'special_token_ids', 'add_special_tokens', 'load_tokenizer']
+__all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'TOKENIZER_FILES', 'random_scene', 'dialogue_corpus', 'copilot_corpus',
+           'train_tokenizer', 'special_token_ids', 'add_special_tokens', 'load_tokenizer']
 
 # %% ../nbs/07_tokenizer.ipynb #e1ab231c
 SPECIAL_TOKENS = {
@@ -158,10 +158,14 @@ def add_special_tokens(tokenizer) -> int:
     if extra: tokenizer.add_special_tokens(extra, replace_extra_special_tokens=False)
     return len(tokenizer) - before
 
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "*.model", "chat_template.jinja"]  # what a tokenizer needs from a Hub repo
+
 def load_tokenizer(path: str | Path):
-    "Load a tokenizer saved with `save_pretrained` (ours or any Hugging Face one) and add the special tokens."
-    path = Path(path)
-    if not path.is_dir(): raise FileNotFoundError(f"tokenizer directory {str(path)!r} does not exist")
+    """Load a tokenizer saved with `save_pretrained` (ours or any Hugging Face one) and add the special tokens;
+    `path` is a folder or a Hub repository written `hf:ORG/NAME`."""
+    from audiochat.codec import resolve_pretrained  # a folder, or hf:ORG/NAME through the Hub cache
+    path = resolve_pretrained(path, TOKENIZER_FILES, what="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(path)
     add_special_tokens(tokenizer)
     return tokenizer

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['TEXT', 'AUDIO', 'SUPPORTED_HF_TYPES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies', 'Rotary', 'apply_rotary',
-           'Layout', 'build_mask', 'block_mask', 'attention', 'KVCache', 'Attention', 'MLP', 'DecoderLayer',
-           'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate', 'config_from_hf',
+__all__ = ['TEXT', 'AUDIO', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies', 'Rotary',
+           'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'attention', 'KVCache', 'Attention', 'MLP',
+           'DecoderLayer', 'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate', 'config_from_hf',
            'load_safetensors_dir', 'hf_state_dict', 'from_hf']
 
 # %% ../nbs/08_transformer.ipynb #e8fb2dcb
@@ -362,10 +362,17 @@ def greedy_generate(step, tokens, max_new_tokens: int, n_layers: int, pad: torch
 
 # %% ../nbs/08_transformer.ipynb #0c707f93
 SUPPORTED_HF_TYPES = ("llama", "qwen2")
+HF_WEIGHT_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
+
+def _resolve(path, allow_patterns) -> Path:
+    "`hf:ORG/NAME` through the Hub cache (`resolve_pretrained`), anything else as the local path it is."
+    if not str(path).startswith("hf:"): return Path(path)
+    from audiochat.codec import resolve_pretrained
+    return resolve_pretrained(path, allow_patterns)
 
 def config_from_hf(path) -> TransformerConfig:
-    "TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2)."
-    path = Path(path)
+    "TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2): a file, a folder or `hf:ORG/NAME`."
+    path = _resolve(path, ["config.json"])
     file = path / "config.json" if path.is_dir() else path
     if not file.exists(): raise FileNotFoundError(f"no config.json in {path}")
     hf = json.loads(file.read_text())
@@ -387,9 +394,9 @@ def config_from_hf(path) -> TransformerConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 def load_safetensors_dir(path) -> dict[str, torch.Tensor]:
-    "All tensors of a checkpoint directory (single file or shards listed in the index)."
+    "All tensors of a checkpoint directory (single file or shards listed in the index), or of `hf:ORG/NAME`."
     from safetensors.torch import load_file
-    path = Path(path)
+    path = _resolve(path, HF_WEIGHT_FILES)
     index = path / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
     if not (path / files[0]).exists(): raise FileNotFoundError(f"no model.safetensors in {path}")
@@ -409,7 +416,8 @@ def hf_state_dict(tensors: dict[str, torch.Tensor], config: TransformerConfig, n
     return out
 
 def from_hf(path, dtype: torch.dtype = torch.float32) -> Transformer:
-    "A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory."
+    "A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub repository (`hf:ORG/NAME`)."
+    path = _resolve(path, HF_WEIGHT_FILES)
     config = config_from_hf(path)
     model = Transformer(config)
     state = hf_state_dict(load_safetensors_dir(path), config)

@@ -57,3 +57,67 @@ def test_export_hf_refuses_a_folder_without_data(tmp_path):
     from audiochat.data import export_hf
     with pytest.raises(FileNotFoundError):
         export_hf(tmp_path, tmp_path / "out")
+
+
+def _fake_hub(cache: Path, repo: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> None:
+    "Lay out `folder` as the Hugging Face Hub cache holds a downloaded repository: snapshots/<commit>/..., refs/main."
+    import shutil
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    "An offline Hugging Face Hub whose cache is a temporary folder: what a user with HF_HUB_OFFLINE=1 has."
+    import huggingface_hub.constants as C
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache)); monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache)); monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_resolve_pretrained(tmp_path, hub):
+    from audiochat.codec import resolve_pretrained
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "config.json").write_text("{}")
+    assert resolve_pretrained(tmp_path / "local") == tmp_path / "local"  # a local folder, as it is
+    _fake_hub(hub, "org/thing", tmp_path / "local")
+    d = resolve_pretrained("hf:org/thing", ["config.json"])
+    assert d.is_dir() and str(d).startswith(str(hub)) and (d / "config.json").read_text() == "{}"
+    with pytest.raises(FileNotFoundError, match="folder not found"): resolve_pretrained(tmp_path / "org/thing")  # never fetched
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"): resolve_pretrained("hf:org/missing")
+    with pytest.raises(ValueError, match="hf:ORG/NAME"): resolve_pretrained("hf:no-org")
+
+
+def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
+    "The codec, the tokenizer and Hugging Face weights load from `hf:ORG/NAME` exactly as from their folders."
+    import logging
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from audiochat.codec import CodecConfig, make_codec
+    from audiochat.tokenizer import load_tokenizer, train_tokenizer
+    from audiochat.transformer import config_from_hf, from_hf
+
+    torch.manual_seed(0)
+    codec = make_codec(CodecConfig(strides=(2, 4, 5, 10), latent_dim=4, encoder_channels=4, decoder_channels=8)).eval()
+    codec.save_pretrained(tmp_path / "codec")
+    train_tokenizer(["a rainy night, a door creaks", "the detective whispers"] * 20, vocab_size=300).save_pretrained(tmp_path / "tok")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(tmp_path / "lm")
+    for name in ("codec", "tok", "lm"): _fake_hub(hub, f"org/{name}", tmp_path / name)
+
+    x = torch.randn(2, 4000) * 0.1
+    with torch.inference_mode():
+        assert torch.equal(type(codec).from_pretrained("hf:org/codec").encode(x), codec.encode(x))
+    text = "a rainy night <|audio_start|>"
+    assert load_tokenizer("hf:org/tok")(text)["input_ids"] == load_tokenizer(tmp_path / "tok")(text)["input_ids"]
+    assert config_from_hf("hf:org/lm") == config_from_hf(tmp_path / "lm")
+    a, b = from_hf("hf:org/lm").state_dict(), from_hf(tmp_path / "lm").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FileNotFoundError): load_tokenizer("hf:org/nope")
