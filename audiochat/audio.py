@@ -22,7 +22,7 @@ __all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'MAX_AUDIO_SECONDS', 'SAMPLE_RATE
 
 # %% ../nbs/01_audio.ipynb #a24e6c6d
 SAMPLE_RATE = 16_000  # the project's audio rate (Hz)
-FRAME_RATE = 40  # codec latent frames per second (PAPER.md section 1)
+FRAME_RATE = 40  # codec latent frames per second (docs/method.md section 1)
 HOP = SAMPLE_RATE // FRAME_RATE  # samples per latent frame
 
 MAX_AUDIO_SECONDS = 600.0  # longest file `load_audio` reads by default (10 minutes; the chat engine takes 30 s)
