@@ -1,7 +1,7 @@
 """The paper's findings at teaching scale: every system trained with the same recipe, data, codec and step budget, then
 evaluated on StoryGen-Eval-mini with the ground truth, the codec ceiling and the tool cascade.
 
-Systems (PAPER section 8 / docs/method.md): SCT, Dense (Transfusion), MoT, DiT (no chain of thought), SCT without
+Systems (docs/method.md section 8): SCT, Dense (Transfusion), MoT, DiT (no chain of thought), SCT without
 chain of thought, SCT with one shared noise level, SCT with always-clean history. The headline rows (SCT, Dense, MoT,
 DiT) are trained with several seeds; every figure is reported as mean and range over the seeds, and a verdict claims
 an ordering only when the ranges do not overlap.
