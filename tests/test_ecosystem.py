@@ -121,3 +121,43 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
     a, b = from_hf("hf:org/lm").state_dict(), from_hf(tmp_path / "lm").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(FileNotFoundError): load_tokenizer("hf:org/nope")
+
+
+def _answer(engine, request):
+    "The chain of thought and latents of a story (or the raw text of a refused one): what must survive a move."
+    from audiochat.chat import ChatError
+    try: r = engine.tell(request)
+    except ChatError as e: return ("error", e.raw), None
+    return r.cot, r.latents
+
+
+def test_bundle_moved_gives_identical_outputs(tmp_path, hub):
+    "A tiny run bundled, moved to another folder (and into the Hub cache) answers exactly as the run does."
+    import json
+    import shutil
+
+    import torch
+
+    from audiochat.chat import ChatEngine, train_tiny_run
+
+    torch.manual_seed(0)
+    run = train_tiny_run(tmp_path / "run", steps=2)
+    (run / "learning.json").write_text(json.dumps({"dialogues": 3, "cot": {"valid": 0.5, "by": {"story": 1}}}))
+    settings = dict(steps=3, max_new_tokens=200, seed=1)
+    engine = ChatEngine.load(run, **settings)
+    bundle = engine.save_pretrained(tmp_path / "bundle")
+    card = (bundle / "README.md").read_text()
+    assert "tiny" in card and "| cot.valid | 0.5 |" in card and "learning.json" in {p.name for p in bundle.iterdir()}
+    assert str(tmp_path) not in (bundle / "config.yaml").read_text()  # no outside paths
+    moved = Path(shutil.move(str(bundle), str(tmp_path / "elsewhere" / "bundle")))
+    shutil.rmtree(run)  # nothing of the run is needed any more
+    request = "A story about rain on a window."
+    cot, latents = _answer(engine, request)
+    for again in (ChatEngine.from_pretrained(moved, **settings), ChatEngine.load(moved, **settings)):
+        cot2, latents2 = _answer(again, request)
+        assert cot2 == cot and (latents is None) == (latents2 is None)
+        if latents is not None: assert torch.equal(latents, latents2)
+    _fake_hub(hub, "org/audiochat-tiny", moved)
+    cot3, latents3 = _answer(ChatEngine.from_pretrained("hf:org/audiochat-tiny", **settings), request)
+    assert cot3 == cot and (latents is None or torch.equal(latents, latents3))
+    with pytest.raises(FileNotFoundError, match="not a bundle"): ChatEngine.from_pretrained(moved / "codec")
