@@ -594,14 +594,15 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     else: eval_src = None
     tok_dir = out / "tokenizer"
     if not tok_dir.exists() and d.tokenizer is None and rank == 0:
-        texts = sources[0].texts() + (PlannedSource(500, config.run.seed).texts() if d.planned_dialogues and d.cot else [])
+        texts = sources[0].texts() + (PlannedSource(500, config.run.seed).texts() if d.planned_dialogues and d.cot and d.source != "synthetic" else [])
         train_tokenizer(texts, vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
     _barrier(world)
     tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
     if len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {config.model.vocab_size}")
     streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]
-    if d.planned_dialogues and d.cot:  # text-only practice for the text path (models without CoT write no plans)
+    practice = d.planned_dialogues and d.cot and d.source != "synthetic"  # no plans without CoT, nor for the synthetic toy
+    if practice:  # text-only practice for the text path
         planned = PlannedSource(d.planned_dialogues, config.run.seed, d.max_turns, latent_dim=config.model.latent_dim)
         planned = BatchStream(planned, tokenizer, d.batch_size, d.window, config.run.seed + 2)
         streams = [MixedStream(s, planned, d.planned_share) for s in streams]

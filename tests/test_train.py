@@ -1,6 +1,8 @@
 """Training: config overrides and errors, schedule, data stream, exact resume, NaN skipping, atomic no-pickle
 checkpoints, DDP equivalence (gloo), and the `audiochat train` command on the sample dialogues."""
+import dataclasses
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -289,3 +291,25 @@ def test_cli_trains_on_sample_dialogues(tmp_path, codec_dir, capsys):
     tags = events.Tags()
     assert {"preview/latents", "preview/mel"} <= set(tags["images"]) and {"preview/clean", "preview/estimate", "preview/sampled"} <= set(tags["audio"])
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/diff", "eval/ema_loss"} <= set(tags["scalars"])
+
+
+def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
+    "With data.planned_dialogues, a share of the micro-batches are text-only planned dialogues (no audio, valid scenes)."
+    from audiochat.scene import Scene
+    config = resolve("tiny", overrides=[f"--data.source={SAMPLES}", f"--data.codec={codec_dir}", "--data.batch_size=2",
+                                        "--data.eval_dialogues=2", "--data.max_frames=16", "--data.planned_dialogues=40",
+                                        "--data.planned_share=0.5", f"--run.out={tmp_path / 'run'}"])
+    tokenizer, streams, _ = T.prepare_data(config, tmp_path / "run")
+    stream = streams[0]
+    assert isinstance(stream, T.MixedStream)
+    kinds = [stream.pick(g)[0] is stream.planned for g in range(8)]
+    assert sum(kinds) == 4
+    for g in range(4):
+        batch = stream[g]
+        assert bool(batch.layout.audio.any()) != kinds[g]  # planned batches hold no audio, rendered ones do
+    turns = stream.planned.source.turns(3)
+    assert [t.role for t in turns][:2] == ["user", "assistant"] and all(t.audio is None for t in turns)
+    assert Scene.from_json(turns[1].text).sources
+    state = T.train(dataclasses.replace(config, optim=dataclasses.replace(config.optim, steps=4, warmup=1),
+                                        run=dataclasses.replace(config.run, progress=False, eval_every=0)))
+    assert state["step"] == 4 and all(math.isfinite(h["loss"]) for h in state["history"])
