@@ -208,6 +208,7 @@ def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, st
         if nxt is None:  # sampling looked at the top_k only: fall back to the best allowed token of the whole vocabulary
             nxt = next((i for i in z.argsort(descending=True).tolist()
                         if (i in stop and grammar.complete(text)) or (i not in stop and pieces[i] is not None and grammar.viable(text + pieces[i]))), None)
+            if nxt is None and grammar.complete(text): stopped = True; break  # complete, and no stop token was given
             if nxt is None: raise DeadEnd("no token can extend the text under the grammar", text.decode(errors="replace"))
         if nxt in stop: stopped = True; break
         ids.append(nxt)

@@ -36,7 +36,7 @@ from .audio import (SAMPLE_RATE, FRAME_RATE, AudioError, check_audio, to_channel
 # %% auto #0
 __all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
            'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'resolve_pretrained',
-           'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'make_codec', 'fit_mel_codec', 'SpectralDistance',
+           'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'fit_mel_codec', 'SpectralDistance',
            'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator', 'discriminator_loss',
            'generator_adversarial_loss', 'list_audio_files', 'AudioCrops', 'synthesize_audio_folder', 'pick_device',
            'save_checkpoint', 'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder',
@@ -324,6 +324,10 @@ def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
 
 Codec.save_pretrained, Codec.from_pretrained = _save_pretrained, _from_pretrained
 
+def make_codec(config: CodecConfig) -> Codec:
+    "A new codec of `config.kind`: the VAE `Codec` or the `MelCodec`."
+    return MelCodec(config) if config.kind == "mel" else Codec(config)  # MelCodec: below
+
 # %% ../nbs/06_codec.ipynb #2fa83fc5
 def dct_basis(n_mels: int, dims: int) -> torch.Tensor:
     "The first `dims` orthonormal DCT-II vectors over `n_mels` bands, (dims, n_mels): the cepstrum, as in MFCCs."
@@ -434,10 +438,6 @@ class MelCodec(Codec):
         return dict(reconstruction=y, kl=torch.zeros((), device=x.device))
 
 # %% ../nbs/06_codec.ipynb #35f072cc
-def make_codec(config: CodecConfig) -> Codec:
-    "A new codec of `config.kind`: the VAE `Codec` or the `MelCodec`."
-    return MelCodec(config) if config.kind == "mel" else Codec(config)
-
 @torch.no_grad()
 def fit_mel_codec(model: MelCodec, files, max_seconds: float = 600.0, seed: int = 0) -> dict:
     """Fit the PCA basis of `model` on the log-mel frames of (at most `max_seconds` of) the audio `files`, in a random

@@ -49,6 +49,7 @@ class TrainDataConfig:
     refusals: float = 0.1  # fraction of dialogues ending with an edit of a sound that is not there, answered in words
     planned_dialogues: int = 0  # text-only dialogues planned without audio (notebook 04) mixed in for the text path; 0: none
     planned_share: float = 0.5  # share of the micro-batches drawn from the planned dialogues (when there are any)
+    planned_batch_size: int | None = None  # dialogues per planned micro-batch; None: 2 x batch_size (they are short)
 
 @dataclass
 class OptimConfig:
@@ -122,8 +123,8 @@ SECTIONS = {"data": TrainDataConfig, "codec": CodecConfig, "model": ModelConfig,
 PRESETS = {
     "tiny": dict(  # a 2-core CPU in minutes: whole short stories, and planned text-only dialogues for the text path
         model={**MODEL_PRESETS["tiny"], "d_model": 128, "vocab_size": 1024}, codec=CODEC_PRESETS["tiny"],
-        data=dict(batch_size=4, max_frames=320, max_turns=2, planned_dialogues=200_000, planned_share=0.5),
-        optim=dict(lr=2e-3, warmup=50, steps=1200),
+        data=dict(batch_size=4, max_frames=320, max_turns=2, planned_dialogues=200_000, planned_share=0.75),
+        optim=dict(lr=2e-3, warmup=50, steps=1500),
         run=dict(out="runs/train-tiny", ema=0.99, eval_every=200, save_every=200, keep=8, log_every=20)),
     "small": dict(  # one GPU, about 10 minutes, from cached latents
         model=MODEL_PRESETS["small"], codec=CODEC_PRESETS["small"],
@@ -183,7 +184,7 @@ def check_value(key: str, value, types: set[str]):
 
 # The range of every numeric field that has one: "> 0", ">= 1", "[0, 1)" (closed / open ends), None values are skipped.
 RANGES = {
-    "data.eval_dialogues": ">= 0", "data.synthetic_dialogues": ">= 1", "data.planned_dialogues": ">= 0", "data.planned_share": "[0, 1)",
+    "data.eval_dialogues": ">= 0", "data.synthetic_dialogues": ">= 1", "data.planned_dialogues": ">= 0", "data.planned_share": "[0, 1)", "data.planned_batch_size": ">= 1",
     "codec.n_fft": ">= 2", "codec.n_mels": ">= 1", "codec.mel_floor": "> 0", "codec.griffin_lim_iters": ">= 1",
     "codec.vocoder_dim": ">= 1", "codec.vocoder_layers": ">= 1", "codec.pca_seconds": "> 0",
     "model.vocab_size": ">= 1", "model.d_model": ">= 1", "model.n_heads": ">= 1", "model.n_kv_heads": ">= 1",

@@ -251,8 +251,13 @@ def diffusion_mse(pred, v, mask, span, normalize: str = "frame") -> torch.Tensor
 def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, generator=None) -> LossOutput:
     "Noise the batch, run the model, and combine the two losses: L = L_LM + lambda * L_diff."
     n = apply_noise(batch, config, generator)
-    out = model(batch.tokens, n.latents, n.t, n.layout)
     tt = text_targets(batch, audio_end_id)
+    single = not (torch.distributed.is_available() and torch.distributed.is_initialized())  # DDP/FSDP hook forward() only
+    if single and not batch.layout.audio.any() and hasattr(model, "forward_text") and model.config.arch != "dit":
+        logits = model.forward_text(batch.tokens, batch.layout)  # a text-only batch: the text path alone (SCT: understanding layers)
+        lm = F.cross_entropy(logits[:, :-1][tt].float(), batch.tokens[:, 1:][tt]) if tt.any() else logits.sum() * 0
+        return LossOutput(lm, lm, lm * 0, int(tt.sum()), 0)
+    out = model(batch.tokens, n.latents, n.t, n.layout)
     if out.text_logits is not None and tt.any():
         lm = F.cross_entropy(out.text_logits[:, :-1][tt].float(), batch.tokens[:, 1:][tt])
     else: lm = out.audio_pred.sum() * 0

@@ -604,7 +604,7 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     practice = d.planned_dialogues and d.cot and d.source != "synthetic"  # no plans without CoT, nor for the synthetic toy
     if practice:  # text-only practice for the text path
         planned = PlannedSource(d.planned_dialogues, config.run.seed, d.max_turns, latent_dim=config.model.latent_dim)
-        planned = BatchStream(planned, tokenizer, d.batch_size, d.window, config.run.seed + 2)
+        planned = BatchStream(planned, tokenizer, d.planned_batch_size or 2 * d.batch_size, d.window, config.run.seed + 2)
         streams = [MixedStream(s, planned, d.planned_share) for s in streams]
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
     return tokenizer, streams, ev

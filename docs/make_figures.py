@@ -1,6 +1,7 @@
 """The README's figures, drawn with the package (seconds on a CPU). Run from the repository root:
     OMP_NUM_THREADS=1 .venv/bin/python docs/make_figures.py [--eval runs/eval/results.json]
-Writes docs/figures/{scene,mask,forcing,evaluation}.png (the last one only when an evaluation's results are given)."""
+Writes docs/figures/{scene,mask,forcing,evaluation,learned}.png (evaluation.png only when an evaluation's results are
+given, learned.png only with --run: the run's story for a request next to the tools' rendering of the plan it wrote)."""
 import argparse
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ from audiochat.transformer import Layout, build_mask
 
 p = argparse.ArgumentParser()
 p.add_argument("--eval", default=None, help="results.json of `audiochat eval` for the evaluation figure")
+p.add_argument("--run", default=None, help="a trained run: its story for a request beside the tools' rendering of its plan")
 p.add_argument("--out", default="docs/figures")
 a = p.parse_args()
 out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -61,3 +63,20 @@ if a.eval:
     from audiochat.evaluate import plot_overview
     fig = plot_overview(json.loads(Path(a.eval).read_text())["summary"])
     save(fig, "evaluation.png")
+
+# 5. a trained run's story: its audio for the plan it wrote, beside the tools' rendering of that plan
+if a.run:
+    from audiochat.chat import ChatEngine, scene_table
+    engine = ChatEngine.load(a.run, steps=25)
+    request = "Tell me a short audio story: a girl greets an old man while steady rain falls, then a dog barks."
+    story = engine.tell(request)
+    print(request); print(scene_table(story.scene))
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True)
+    for ax, (x, title) in zip(axes, ((story.audio, "the model's audio for the plan it wrote"),
+                                     (render(story.scene, seed=0).mix, "the tools' rendering of the same plan"))):
+        spec = torch.stft(x.mean(0), 1024, 256, window=torch.hann_window(1024), return_complex=True).abs().clamp_min(1e-5).log10()
+        ax.imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, x.shape[-1] / 16000, 0, 8))
+        for k, (start, end, label) in enumerate(story.scene.spans()):
+            ax.plot([start, end], [7.6 - 0.5 * k] * 2, lw=3); ax.text(start, 7.75 - 0.5 * k, label[:40], fontsize=6, color="w")
+        ax.set(title=title, ylabel="kHz")
+    axes[1].set_xlabel("seconds"); fig.suptitle(f"request: {request}", fontsize=8); fig.tight_layout(); save(fig, "learned.png")
