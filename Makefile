@@ -66,6 +66,16 @@ $(PIPE)/model/done: $(PIPE)/codec/done
 	  $$(test -e $(PIPE)/model/checkpoints/latest && echo --resume)
 	@touch $@
 
+# The longer CPU recipe: the same data and codec as `make demo`, 6,000 steps (about an hour on 2 cores), then the
+# learning benchmark (runs/course-model/learning.json)
+COURSE_STEPS ?= 6000
+.PHONY: course-model
+course-model: $(PIPE)/codec/done
+	OMP_NUM_THREADS=2 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \
+	  --run.out=runs/course-model --optim.steps=$(COURSE_STEPS) --run.threads=2 \
+	  $$(test -e runs/course-model/checkpoints/latest && echo --resume)
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/learning.py --run runs/course-model --dialogues 20 --threads 2
+
 # nbdev-export and nbdev-clean must leave the tree as it is: notebooks are the source, audiochat/ is generated.
 check-sync: setup
 	@before="$$(git status --porcelain)"; \

@@ -342,7 +342,7 @@ class ChatEngine:
         model = load_run_model(ck, device, ema=ema)  # the EMA weights when the run kept them (ema=False: the raw ones)
         tok_dir = run / "tokenizer" if (run / "tokenizer").exists() else config.data.tokenizer
         if tok_dir is None: raise FileNotFoundError(f"{run} has no tokenizer/ folder and the config names none")
-        codec_dir = codec_dir or config.data.codec
+        codec_dir = codec_dir or (run / "codec" if (run / "codec" / "config.json").exists() else config.data.codec)
         if codec_dir is None: raise ValueError("the run's config has no data.codec: give codec_dir")
         mean, std = _load_stats(run, config)
         engine = cls(model, load_tokenizer(tok_dir), Codec.from_pretrained(codec_dir, device), config, mean, std, **settings)

@@ -598,6 +598,8 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
         train_tokenizer(texts, vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
     _barrier(world)
     tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
+    if codec is not None and rank == 0 and not (out / "codec" / "config.json").exists():
+        codec.save_pretrained(out / "codec")  # the run keeps its codec: it works when moved, or run from another folder
     if len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {config.model.vocab_size}")
     streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]

@@ -68,8 +68,14 @@ if a.eval:
 if a.run:
     from audiochat.chat import ChatEngine, scene_table
     engine = ChatEngine.load(a.run, steps=25)
-    request = "Tell me a short audio story: a girl greets an old man while steady rain falls, then a dog barks."
-    story = engine.tell(request)
+    from audiochat.tools import ToolError
+    requests = ["I need a 7-second story. On a rainy night, a girl greets an old man at the door. Voices: narrator, girl. Sounds: steady rain falling and a dog barking.",
+                "Create a scene: In a quiet kitchen, a tired detective hears a knock. Include a clock ticking and a knock on a door. Speakers: narrator. Keep it near 6 s.",
+                "Tell me a short audio story: a girl greets an old man while steady rain falls, then a dog barks."]
+    for request in requests:  # the first plan the tools can render (a valid scene is not always renderable)
+        engine.reset(); story = engine.tell(request)
+        try: render(story.scene, seed=0); break
+        except ToolError as e: print(f"the tools cannot render the plan for {request[:40]!r}: {e}")
     print(request); print(scene_table(story.scene))
     fig, axes = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True)
     for ax, (x, title) in zip(axes, ((story.audio, "the model's audio for the plan it wrote"),
