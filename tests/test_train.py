@@ -38,11 +38,11 @@ def weights(out):
 # ---- config ----
 def test_overrides_types_and_yaml(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("model:\n  d_model: 96\noptim:\n  lr: 1e-4\n  betas: [0.8, 0.9]\nrun:\n  compile: false\n")
-    c = resolve("tiny", f, ["--model.d_model=128", "--run.ema", "0", "--data.eval_source=none_dir", "--data.latent_cache=null"])
-    assert c.model.d_model == 128 and c.optim.lr == 1e-4 and c.optim.betas == (0.8, 0.9) and c.run.ema == 0.0
+    f.write_text("model:\n  d_model: 64\noptim:\n  lr: 1e-4\n  betas: [0.8, 0.9]\nrun:\n  compile: false\n")
+    c = resolve("tiny", f, ["--model.d_model=96", "--run.ema", "0", "--data.eval_source=none_dir", "--data.latent_cache=null"])
+    assert c.model.d_model == 96 and c.optim.lr == 1e-4 and c.optim.betas == (0.8, 0.9) and c.run.ema == 0.0
     assert isinstance(c.run.ema, float) and c.data.latent_cache is None and c.data.eval_source == "none_dir"
-    assert c.model.d_ff == resolve("tiny", overrides=["--model.d_model=128"]).model.d_ff != resolve("tiny").model.d_ff
+    assert c.model.d_ff == resolve("tiny", overrides=["--model.d_model=96"]).model.d_ff != resolve("tiny").model.d_ff
     assert load_config(save_config(c, tmp_path / "c.yaml")) == c
     s = resolve("base")
     assert [st.name for st in s.stages] == ["pretrain", "dialogues", "finetune"] and s.codec.sample_rate == 48000
