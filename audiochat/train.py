@@ -43,7 +43,7 @@ from .audio import load_audio
 __all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'PLANNED_SEEDS', 'RUN_FILES', 'OOM_ADVICE', 'RESUME_FREE',
            'synthetic_dialogue', 'synthetic_texts', 'answer_json', 'missing_source_request', 'heard_scene',
            'DialogueSource', 'plan_epoch', 'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of',
-           'stage_at', 'lr_at', 'RunFolderError', 'read_tensors', 'check_run_folder', 'save_checkpoint',
+           'stage_at', 'lr_at', 'ema_decay', 'RunFolderError', 'read_tensors', 'check_run_folder', 'save_checkpoint',
            'latest_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
            'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview',
            'log_preview', 'prepare_data', 'train', 'resume_config', 'train_main']
@@ -301,6 +301,11 @@ def lr_at(config: Config, step: int) -> float:
     "The learning rate of global step `step`, following the stage it falls in."
     _, s, local = stage_at(config, step)
     return learning_rate(local, s.lr if s.lr is not None else config.optim.lr, s.steps, min(config.optim.warmup, s.steps), config.optim.min_lr_ratio)
+
+def ema_decay(decay: float, step: int) -> float:
+    """The EMA decay at optimiser step `step`: min(decay, (1 + step) / (10 + step)). Early on the average follows the
+    weights (its window grows with the run), so a short run's EMA is not stuck near the random initial weights."""
+    return min(decay, (1 + step) / (10 + step))
 
 # %% ../nbs/12_train.ipynb #fdc69037
 class RunFolderError(ValueError):
@@ -703,7 +708,8 @@ def train(config: Config, resume: bool = False, until: int | None = None, overwr
                 opt.step(); state["bad_in_row"] = 0
                 if ema is not None:
                     with torch.no_grad():
-                        for name, p in params.items(): ema[name].lerp_(p.detach().float(), 1 - config.run.ema)
+                        decay = ema_decay(config.run.ema, step)
+                        for name, p in params.items(): ema[name].lerp_(p.detach().float(), 1 - decay)
             state["step"] = step + 1
             state["seconds"] = seconds0 + time.perf_counter() - t0
             bar.update(1)
