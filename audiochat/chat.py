@@ -108,7 +108,7 @@ class SceneGrammar:
         d = _DURATION.search(text)
         if d is None: return True
         duration, done = v(d), d.group(2) != b""
-        if duration is not None and not _can_reach(d.group(1), done, 0.01, self.max_seconds): return False
+        if duration is not None and not _can_reach(d.group(1), done, 1 / FRAME_RATE, self.max_seconds): return False  # >= one frame
         ids = _ID.findall(text)
         if len(ids) != len(set(ids)): return False
         for m in _DB_NUM.finditer(text):
@@ -403,8 +403,8 @@ class ChatEngine:
             if answers and answer_text(raw) is not None: return None, raw
             try: scene = Scene.from_json(raw)
             except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"; continue
-            if scene.duration <= self.max_seconds: return scene, raw
-            problem = f"the scene lasts {scene.duration:g} s, longer than max_seconds={self.max_seconds:g}"
+            if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds: return scene, raw
+            problem = f"the scene lasts {scene.duration:g} s, not between one frame and max_seconds={self.max_seconds:g}"
         raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
     def render(self, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,

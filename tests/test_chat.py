@@ -212,7 +212,7 @@ def test_a_reply_never_outlasts_its_audio(run, monkeypatch):
     import audiochat.chat as chat
     monkeypatch.setattr(chat, "decode_text", lambda *a, **k: chat.Decoded([1], long_scene, 0.01, True))
     free = ChatEngine.load(run, steps=2, grammar=False, retries=1)
-    with pytest.raises(ChatError, match="longer than max_seconds"): free.tell("A 69-second story.")
+    with pytest.raises(ChatError, match="not between one frame and max_seconds"): free.tell("A 69-second story.")
     with pytest.raises(ValueError, match="max_seconds"): ChatEngine.load(run, max_seconds=200)
 
 
