@@ -108,9 +108,15 @@ def figure(summary: dict, name: str, table: str, metric: str):
     return d[table].get(metric)
 
 
+def system_of(name: str) -> str:
+    "The system a table row belongs to: `sct-s1` -> `sct`; other rows (oracle, cascade, codec ceiling) are their own."
+    base = name.rsplit("-s", 1)[0]
+    return base if base in SYSTEMS else name
+
+
 def spread(summary: dict, system: str, table: str, metric: str) -> list[float]:
     "The figure of `system` for every seed it was trained with."
-    vals = [figure(summary, n, table, metric) for n in summary if n.rsplit("-s", 1)[0] == system]
+    vals = [figure(summary, n, table, metric) for n in summary if system_of(n) == system]
     return [v for v in vals if v is not None and math.isfinite(v)]
 
 
@@ -154,7 +160,7 @@ def report(out: Path, results: dict, runs: dict, scale: dict, seconds: float) ->
             f"steps; {seconds / 60:.0f} minutes in all. Figures: mean [min, max] over seeds. KAD uses the project's scorer "
             "embeddings: not comparable with papers' KAD.", "",
             "| system | story multiFLAM | KAD | Delta-multiFLAM | editFLAM | tcpWER % |", "|---|---|---|---|---|---|"]
-    names = list(dict.fromkeys(n.rsplit("-s", 1)[0] if n.rsplit("-s", 1)[0] in SYSTEMS else n for n in summary))
+    names = list(dict.fromkeys(system_of(n) for n in summary))
     for n in names:
         cell = lambda t, m: fmt(spread(summary, n, t, m) if n in SYSTEMS else [v for v in [figure(summary, n, t, m)] if v is not None])
         rows.append(f"| {n} | {cell('story', 'multiflam')} | {cell('story', 'kad')} | {cell('edit', 'delta_multiflam')} | "
@@ -164,7 +170,7 @@ def report(out: Path, results: dict, runs: dict, scale: dict, seconds: float) ->
     for claim, table, metric, better, a, b in CLAIMS:
         v, figures = verdict(summary, table, metric, better, a, b)
         verdicts.append(dict(claim=claim, verdict=v, figures=figures)); rows.append(f"| {claim} | {v} | {figures} |")
-    lat = [figure(summary, n, "story", "latency") for n in summary if n.startswith("sct-")]
+    lat = [figure(summary, n, "story", "latency") for n in summary if system_of(n) == "sct"]
     cas = figure(summary, "cascade", "story", "latency")
     if lat and cas: rows.append(f"| Latency: AudioChat vs the tool cascade (paper: 32 s vs 628 s) | measured | SCT {fmt([v for v in lat if v])} s vs cascade {cas:.2f} s per story (the offline tools are instant; the paper's cascade calls large models) |")
     rows += ["", "![training curves](curves.png)", ""]
