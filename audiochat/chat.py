@@ -1,6 +1,7 @@
 """`ChatEngine` loads a training run (model, tokenizer, config, codec, latent statistics), keeps the conversation
 (text turns and audio spans) and answers three kinds of request: **tell** a story, **edit** the last (or a given)
-audio, **understand** an audio file; also the `tell`, `edit`, `understand` and `chat` commands.
+audio, **understand** an audio file. The grammar it decodes with is notebook 13a; the terminal commands, the
+report and the Jupyter panel built on it are notebook 13b.
 
 Docs: https://audiochat.github.io/audiochat/chat.html.md"""
 
@@ -14,14 +15,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import regex
 import torch
+from fastcore.basics import patch
 
 from .audio import FRAME_RATE
 from .cli import DATA_SAMPLES
 from .codec import Codec
 from .config import load_config
 from .diffusion import sample
+from .grammar import ANSWER_GRAMMAR, DeadEnd, SceneGrammar, answer_text, decode_text, known_vocabulary, scene_pattern, token_pieces
 from .forcing import Turn, collate, pack_dialogue, span_denoiser
 from .scene import Scene, SceneError
 from .sct import AudioChatModel
@@ -30,192 +32,8 @@ from .train import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'MAX_REQUEST_CHARS', 'BUNDLE_FORMAT',
-           'scene_pattern', 'known_vocabulary', 'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded',
-           'decode_text', 'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'ChatEngine', 'model_card', 'scene_table',
-           'timing_line', 'tell_main', 'edit_main', 'understand_main', 'chat_main', 'reply_section', 'write_report',
-           'ChatPanel']
-
-# %% ../nbs/13_chat.ipynb #e43ca1eb
-_CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'  # printable ASCII but " and \, or a JSON escape
-         r'|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})')  # or a UTF-8 character
-_STR = rf'"{_CHAR}{{1,120}}"'
-_TIME = r"(?:[0-9]|[1-9][0-9]|1[01][0-9])(?:\.[0-9]{1,2})?"  # 0 to 119.99 s
-_DB = r"(?:0|-(?:0|[1-9][0-9]?)(?:\.[0-9])?)"
-_PAN = r"(?:-?(?:0(?:\.[0-9]{1,2})?|1))"
-_TAIL = rf',"start":{_TIME},"end":{_TIME}(?:,"loudness_db":{_DB})?(?:,"pan":{_PAN})?\}}'
-_ID = r'"[A-Za-z0-9_-]{1,32}"'
-KNOWN_IDS = r'"(?:s[1-9][0-9]?|fx[1-9][0-9]?|music)"'  # the ids the project's dialogues use: s1, fx2, music
-MAX_SOURCES = 12
-
-def _one_of(words) -> str:
-    "A regex matching exactly one of `words`, each as a JSON string."
-    return "(?:" + "|".join(regex.escape(json.dumps(w, ensure_ascii=False)) for w in sorted(set(words), key=len, reverse=True)) + ")"
-
-def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
-    """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and `music` (captions),
-    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string)."""
-    spk, emo = (_one_of(v) if v else _STR for v in (speakers, emotions))
-    kind = (rf'"(?:sfx|music)","caption":{_STR}' if not (sfx and music) else
-            rf'"sfx","caption":{_one_of(sfx)}|"music","caption":{_one_of(music)}')
-    source = rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
-    return rf'\{{"duration":{_TIME},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
-
-def known_vocabulary() -> dict:
-    "The names the tools know (speakers, emotions, sound-effect and music captions) and the data's ids, for `scene_pattern`."
-    from audiochat.tools import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
-    return dict(speakers=list(SPEAKERS), emotions=list(EMOTIONS), sfx=[v.caption for v in SOUND_EFFECTS.values()],
-                music=[m.caption for m in MUSIC_MOODS.values()], ids=KNOWN_IDS)
-
-SCENE_GRAMMAR = scene_pattern()  # any strings, at most 12 sources
-ANSWER_GRAMMAR = rf'\{{"answer":"{_CHAR}{{1,300}}"\}}'  # a reply in words (e.g. an edit of a sound that is not there)
-EDIT_GRAMMAR = rf'(?:{SCENE_GRAMMAR}|{ANSWER_GRAMMAR})'
-
-def answer_text(raw: str) -> str | None:
-    "The words of an answer `{\"answer\": ...}` the model wrote instead of a scene, else None."
-    try: d = json.loads(raw)
-    except ValueError: return None
-    return d["answer"] if isinstance(d, dict) and list(d) == ["answer"] and isinstance(d["answer"], str) else None
-
-
-_NUM = lambda key: regex.compile(rb'"' + key + rb'":(-?[0-9.]+)(,|\}|$)')
-_DURATION, _START, _END, _DB_NUM, _ID = _NUM(b"duration"), _NUM(b"start"), _NUM(b"end"), _NUM(b"loudness_db"), regex.compile(rb'"id":"([^"]*)"')
-_OPEN_ID, _ID_CHARS = regex.compile(rb'"id":"([^"]*)$'), [bytes([c]) for c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-"]
-
-def _reachable(number: bytes, done: bool) -> list[tuple[float, float]]:
-    "Intervals of the values a non-negative number (at most 3 integer digits and 2 decimals) can still take."
-    whole, dot, frac = number.partition(b".")
-    if done or len(frac) == 2: return [(float(number), float(number))]
-    if dot: return [(float(whole + b"." + (frac or b"0")), float(whole + b"." + (frac + b"99")[:2]))]
-    if whole == b"0": return [(0.0, 0.99)]
-    n = int(whole)
-    return [(n * 10 ** k, n * 10 ** k + 10 ** k - 0.01) for k in range(4 - len(whole))]
-
-def _can_reach(number: bytes, done: bool, lo: float, hi: float) -> bool:
-    "Whether the number can still end up in [lo, hi]."
-    return any(a <= hi + 1e-9 and b >= lo - 1e-9 for a, b in _reachable(number, done))
-
-class SceneGrammar:
-    """Prefix checks of UTF-8 bytes against the canonical scene JSON grammar, plus the scene's numeric rules on the
-    numbers written so far (start < end <= duration <= max_seconds, loudness >= -60 LUFS, unique ids)."""
-    def __init__(self, pattern: str = SCENE_GRAMMAR, max_seconds: float = 119.99):
-        if not 0.01 <= max_seconds <= 119.99: raise ValueError(f"max_seconds must be in [0.01, 119.99], got {max_seconds}")
-        self.pattern, self.max_seconds = regex.compile(pattern.encode()), max_seconds
-
-    def numbers_ok(self, text: bytes) -> bool:
-        "The numeric rules on the numbers so far (a number still being written counts with its current value)."
-        v = lambda m: float(m.group(1)) if m.group(1).strip(b"-.") else None
-        d = _DURATION.search(text)
-        if d is None: return True
-        duration, done = v(d), d.group(2) != b""
-        if duration is not None and not _can_reach(d.group(1), done, 1 / FRAME_RATE, self.max_seconds): return False  # >= one frame
-        ids = _ID.findall(text)
-        if len(ids) != len(set(ids)): return False
-        for m in _DB_NUM.finditer(text):
-            if v(m) is not None and v(m) < -60: return False
-        starts, ends = list(_START.finditer(text)), list(_END.finditer(text))
-        for i, m in enumerate(starts):
-            if v(m) is None or duration is None or not done: continue
-            if not _can_reach(m.group(1), m.group(2) != b"", 0, duration - 0.01): return False
-            if i < len(ends) and v(ends[i]) is not None and m.group(2):
-                if not _can_reach(ends[i].group(1), ends[i].group(2) != b"", v(m) + 0.01, duration): return False
-        return True
-
-    def viable(self, text: bytes) -> bool:
-        "Whether `text` can still be extended into a complete scene."
-        if self.pattern.fullmatch(text, partial=True) is None or not self.numbers_ok(text): return False
-        return _OPEN_ID.search(text) is None or self._id_can_close(text)
-
-    def _id_can_close(self, text: bytes, depth: int = 0) -> bool:
-        "An id still being written must be able to end as a new id (ids are unique): close it now, or after more characters."
-        if self.pattern.fullmatch(text + b'"', partial=True) is not None and self.numbers_ok(text + b'"'): return True
-        if depth == 8: return True  # eight more characters complete any id of the data's form (s1, fx12, music)
-        return any(self.pattern.fullmatch(text + c, partial=True) is not None and self._id_can_close(text + c, depth + 1) for c in _ID_CHARS)
-
-    def complete(self, text: bytes) -> bool:
-        "Whether `text` is a complete scene."
-        return self.pattern.fullmatch(text) is not None and self.numbers_ok(text)
-
-# %% ../nbs/13_chat.ipynb #f7891b3a
-def _byte_decoder() -> dict[str, int]:
-    "The byte-level BPE alphabet: printable stand-in characters -> byte values."
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep: chars[chr(b)] = b
-        else: chars[chr(256 + extra)] = b; extra += 1
-    return chars
-
-def token_pieces(tokenizer) -> list[bytes | None]:
-    "The bytes of every token id (None for special tokens)."
-    table, special = _byte_decoder(), set(tokenizer.all_special_ids)
-    pieces = []
-    for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        pieces.append(None if i in special or tok is None or any(c not in table for c in tok) else bytes(table[c] for c in tok))
-    return pieces
-
-class DeadEnd(RuntimeError):
-    "Constrained decoding reached a prefix that no token extends; `raw` is the text so far."
-    def __init__(self, message: str, raw: str): super().__init__(message); self.raw = raw
-
-@dataclass
-class Decoded:
-    "Result of `decode_text`: the new token ids (without the stop token), their text, and speed."
-    ids: list[int]
-    text: str
-    seconds: float
-    stopped: bool  # ended on a stop token (not on max_new_tokens)
-
-    @property
-    def tokens_per_s(self) -> float: return len(self.ids) / max(self.seconds, 1e-9)
-
-@torch.no_grad()
-def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, stop_ids=(), max_new_tokens: int = 512,
-                temperature: float = 0.0, generator: torch.Generator | None = None, grammar: SceneGrammar | None = None,
-                pieces: list | None = None, top_k: int = 64, tokenizer=None) -> Decoded:
-    """Continue one sequence (tokens (1, T), latents (1, T, D) and layout for a context with audio) with a KV cache.
-    Greedy when `temperature` is 0, else sampling from the top_k tokens. With `grammar` (and `pieces` from
-    `token_pieces`) only tokens that keep the text a viable prefix are chosen; stop ids only once it is complete.
-    With `tokenizer` the new ids are also decoded into text."""
-    if tokens.ndim != 2 or tokens.shape[0] != 1: raise ValueError(f"decode_text takes one sequence (1, T), got {tuple(tokens.shape)}")
-    if grammar is not None and pieces is None: raise ValueError("grammar-constrained decoding needs the token pieces (token_pieces(tokenizer))")
-    stop, t0 = set(stop_ids), time.perf_counter()
-    dev = tokens.device
-    with_audio = layout is not None and bool(layout.audio.any())
-    if with_audio:
-        cache = model.new_cache()
-        D = model.config.latent_dim
-        step = lambda tok: model(tok, torch.zeros(1, tok.shape[1], D, device=dev), torch.zeros(tok.shape, device=dev), Layout.text_only(tok), cache=cache).text_logits
-        logits = model(tokens, latents, torch.zeros(tokens.shape, device=dev), layout, cache=cache).text_logits
-    else:
-        cache = model.new_cache(text_only=True)
-        step = lambda tok: model.forward_text(tok, Layout.text_only(tok), cache)
-        logits = model.forward_text(tokens, Layout.text_only(tokens), cache)
-    ids, text, stopped = [], b"", False
-    for _ in range(max_new_tokens):
-        z = logits[0, -1].float()
-        if temperature > 0:
-            top = z.topk(min(top_k, z.numel()))
-            probs = torch.softmax(top.values / temperature, -1)
-            order = top.indices[torch.multinomial(probs, len(probs), generator=generator)].tolist()
-        else: order = z.argsort(descending=True).tolist()
-        nxt = None
-        for i in order if grammar is not None else order[:1]:
-            if grammar is None: nxt = i; break
-            if i in stop:
-                if grammar.complete(text): nxt = i; break
-            elif pieces[i] is not None and grammar.viable(text + pieces[i]): nxt = i; break
-        if nxt is None:  # sampling looked at the top_k only: fall back to the best allowed token of the whole vocabulary
-            nxt = next((i for i in z.argsort(descending=True).tolist()
-                        if (i in stop and grammar.complete(text)) or (i not in stop and pieces[i] is not None and grammar.viable(text + pieces[i]))), None)
-            if nxt is None and grammar.complete(text): stopped = True; break  # complete, and no stop token was given
-            if nxt is None: raise DeadEnd("no token can extend the text under the grammar", text.decode(errors="replace"))
-        if nxt in stop: stopped = True; break
-        ids.append(nxt)
-        if pieces is not None and pieces[nxt] is not None: text += pieces[nxt]
-        logits = step(torch.tensor([[nxt]], device=dev))
-    seconds = time.perf_counter() - t0
-    return Decoded(ids, tokenizer.decode(ids) if tokenizer is not None else "", seconds, stopped)
+__all__ = ['MAX_REQUEST_CHARS', 'BUNDLE_FORMAT', 'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'checked_request',
+           'ChatEngine', 'Plan', 'model_card']
 
 # %% ../nbs/13_chat.ipynb #fe4c16d4
 def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()) -> Path:
@@ -291,6 +109,12 @@ def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | 
 
 # %% ../nbs/13_chat.ipynb #56c14be2
 MAX_REQUEST_CHARS = 2000  # longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
+
+def checked_request(text: str, what: str = "request") -> str:
+    "`text` without its outer spaces; a ValueError when it is empty or longer than MAX_REQUEST_CHARS."
+    if not text or not text.strip(): raise ValueError(f"the {what} is empty")
+    if len(text) > MAX_REQUEST_CHARS: raise ValueError(f"the {what} is {len(text)} characters; at most {MAX_REQUEST_CHARS}")
+    return text.strip()
 
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds the turns and
@@ -454,21 +278,19 @@ class ChatEngine:
     def tell(self, prompt: str, seconds: float | None = None) -> Reply:
         """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a model without
         CoT (default `default_seconds`); a thinking model plans the length itself."""
-        if not prompt or not prompt.strip(): raise ValueError("the request is empty")
-        if len(prompt) > MAX_REQUEST_CHARS: raise ValueError(f"the request is {len(prompt)} characters; at most {MAX_REQUEST_CHARS}")
-        return self._answer("tell", prompt, Turn("user", prompt.strip()), seconds=seconds or self.default_seconds)
+        prompt = checked_request(prompt)
+        return self._answer("tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds)
 
     def edit(self, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
         """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor, which becomes
         the user turn's span) following `instruction`. When the instruction cannot be done (e.g. it names a sound
         that is not there) a trained model answers in words: `reply.message`, no audio."""
-        if not instruction or not instruction.strip(): raise ValueError("the instruction is empty")
-        if len(instruction) > MAX_REQUEST_CHARS: raise ValueError(f"the instruction is {len(instruction)} characters; at most {MAX_REQUEST_CHARS}")
+        instruction = checked_request(instruction, "instruction")
         if audio is None and not any(t.audio is not None for t in self.history):
             raise ValueError("nothing to edit: tell a story first or give the audio to edit")
         z = None if audio is None else self.encode(audio, sample_rate)
         last = z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
-        return self._answer("edit", instruction, Turn("user", instruction.strip(), audio=z), seconds=last.shape[0] / FRAME_RATE)
+        return self._answer("edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE)
 
     def understand(self, audio, sample_rate: int | None = None) -> Reply:
         "The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when."
@@ -479,6 +301,45 @@ class ChatEngine:
     def reset(self):
         "Forget the conversation."
         self.history, self.replies = [], []
+
+# %% ../nbs/13_chat.ipynb #462f9e40
+@dataclass
+class Plan:
+    "The first half of a turn: the chain of thought the model wrote for `request`, not rendered yet."
+    task: str  # tell / edit
+    request: str
+    user: Turn
+    scene: Scene | None  # None when the model answered in words (`message`): nothing to render
+    cot: str
+    timings: Timings
+    message: str | None = None
+
+@patch
+def plan(self: ChatEngine, request: str) -> Plan:
+    """The scene the model plans for `request`: a story while the conversation has no audio, else an edit of its last
+    audio. Change the scene (or not) and give it to `render_plan`. An edit answered in words is recorded at once."""
+    text = checked_request(request)
+    task = "edit" if any(t.audio is not None for t in self.history) else "tell"
+    user, timings = Turn("user", text), Timings()
+    scene, cot = self.think(self.history + [user], timings, answers=task == "edit" and self.answers)
+    plan = Plan(task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None)
+    if scene is None:
+        self.history += [user, Turn("assistant", cot)]
+        self.replies.append(Reply(task, text, None, cot, timings=timings, message=plan.message))
+    return plan
+
+# %% ../nbs/13_chat.ipynb #d8a05257
+@patch
+def render_plan(self: ChatEngine, plan: Plan, scene: Scene | None = None) -> Reply:
+    "The second half: render `scene` (default: the plan's own) after the conversation, and add the turn to it."
+    scene = scene if scene is not None else plan.scene
+    if scene is None: raise ValueError("this plan has no scene to render: the model answered in words")
+    cot, turns = scene.to_json(), self.history + [plan.user]
+    latents, audio = self.render(turns, scene, cot, plan.timings)
+    self.history = turns + [Turn("assistant", cot, audio=latents)]
+    reply = Reply(plan.task, plan.request, scene, cot, latents, audio, plan.timings)
+    self.replies.append(reply)
+    return reply
 
 # %% ../nbs/13_chat.ipynb #cc743bc1
 BUNDLE_FORMAT = "audiochat-bundle/1"
@@ -580,222 +441,3 @@ def _from_pretrained(cls, name_or_path, device="cpu", **settings) -> ChatEngine:
     return engine
 
 ChatEngine.save_pretrained, ChatEngine.from_pretrained = _save_pretrained, classmethod(_from_pretrained)
-
-# %% ../nbs/13_chat.ipynb #c61b7ac7
-def scene_table(scene: Scene) -> str:
-    "A plain-text table of a scene's sources."
-    rows = [("id", "kind", "start", "end", "dB", "pan", "who / what")]
-    for s in scene.sources:
-        what = f"{s.speaker}: {s.text}" if s.kind == "speech" else s.caption
-        rows.append((s.id, s.kind, f"{s.start:.2f}", f"{s.end:.2f}", f"{s.loudness_db:.1f}", f"{s.pan:+.2f}", what[:60]))
-    w = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r[:6])) + "  " + r[6] for r in rows]
-    return f"scene: {scene.duration:g} s, {len(scene.sources)} sources\n" + "\n".join(lines)
-
-def timing_line(t: Timings) -> str:
-    "One line of a turn's timings."
-    return (f"CoT {t.cot_tokens} tokens in {t.cot_seconds:.2f} s ({t.tokens_per_s:.0f} tokens/s, {t.attempts} attempt(s)); "
-            f"diffusion {t.diffusion_steps} evaluations in {t.diffusion_seconds:.2f} s ({t.steps_per_s:.1f}/s); decode {t.decode_seconds:.2f} s")
-
-def _engine_parser(prog: str, description: str):
-    import argparse
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--run", required=True, help="training run folder (with checkpoints/latest and tokenizer/)")
-    p.add_argument("--codec", default=None, help="codec folder (default: the run's data.codec)")
-    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default: 25)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    p.add_argument("--no-grammar", action="store_true", help="decode the CoT without the scene grammar")
-    p.add_argument("--retries", type=int, default=2, help="sampled retries after an invalid CoT (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the retries (default: 0)")
-    p.add_argument("--raw-weights", action="store_true", help="sample with the raw weights, not the run's EMA weights")
-    return p
-
-def _engine(a) -> ChatEngine:
-    if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
-    return ChatEngine.load(a.run, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
-                           ema=not a.raw_weights)
-
-def _check_audio_out(path):
-    "An output path soundfile can write (by its suffix), checked before the model runs."
-    import soundfile as sf
-    ext = Path(path).suffix.lower().lstrip(".")
-    if ext.upper() not in sf.available_formats(): raise ValueError(f"-o {path}: give an audio file name ending in .wav, .flac or .ogg")
-
-def _write(reply: Reply, path, engine: ChatEngine) -> Path:
-    from audiochat.audio import save_audio
-    path = save_audio(path, reply.audio, engine.codec.config.sample_rate)
-    if reply.scene is not None: path.with_suffix(".json").write_text(reply.scene.to_json(indent=2) + "\n")
-    return path
-
-def _show(reply: Reply):
-    "Print the reply: its scene as a table (or the model's answer in words) and the timings."
-    if reply.message is not None: print(f"the model answered: {reply.message}")
-    elif reply.scene is not None: print(scene_table(reply.scene))
-    else: print("(no chain of thought: this model renders audio straight from the request)")
-    print(timing_line(reply.timings))
-
-def _write_and_show(reply: Reply, path, engine: ChatEngine):
-    "Print the reply; write its audio and scene (if it made audio) and say where."
-    _show(reply)
-    if reply.audio is None: print("no audio was made, nothing written"); return
-    path = _write(reply, path, engine)
-    print(f"wrote {path}" + (f" and {path.with_suffix('.json')}" if reply.scene is not None else ""))
-
-def tell_main(argv: list[str]) -> int:
-    "`audiochat tell TEXT -o story.wav --run DIR`"
-    p = _engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
-    p.add_argument("request", help="what the story should be")
-    p.add_argument("-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv); a.check_out = True
-    engine = _engine(a)
-    r = engine.tell(a.request)
-    _write_and_show(r, a.out, engine)
-    return 0
-
-def edit_main(argv: list[str]) -> int:
-    "`audiochat edit in.wav INSTRUCTION -o out.wav --run DIR`"
-    p = _engine_parser("audiochat edit", "Edit an audio file following an instruction.")
-    p.add_argument("audio", help="the audio file to edit")
-    p.add_argument("instruction", help="what to change")
-    p.add_argument("-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv); a.check_out = True
-    engine = _engine(a)
-    r = engine.edit(a.instruction, a.audio)
-    _write_and_show(r, a.out, engine)
-    return 0
-
-def understand_main(argv: list[str]) -> int:
-    "`audiochat understand in.wav --run DIR`: print the scene; write its speech as SegLST JSON."
-    from audiochat.scene import to_seglst
-    p = _engine_parser("audiochat understand", "Describe an audio file: who says what when, which sounds play when.")
-    p.add_argument("audio", help="the audio file")
-    p.add_argument("-o", "--out", default=None, help="SegLST JSON output (default: AUDIO_STEM.seglst.json here)")
-    a = p.parse_args(argv)
-    engine = _engine(a)
-    r = engine.understand(a.audio)
-    out = Path(a.out or f"{Path(a.audio).stem}.seglst.json")
-    out.write_text(json.dumps(to_seglst(r.scene, Path(a.audio).stem), indent=1) + "\n")
-    out.with_suffix("").with_suffix(".scene.json").write_text(r.scene.to_json(indent=2) + "\n")
-    print(scene_table(r.scene)); print(timing_line(r.timings)); print(f"wrote {out}")
-    return 0
-
-def chat_main(argv: list[str], stdin=None) -> int:
-    "`audiochat chat --run DIR`: a read-eval-print loop over one conversation."
-    import sys
-    p = _engine_parser("audiochat chat", "Chat with a trained model: a line tells a story, the next lines edit it.")
-    p.add_argument("--out", default="runs/chat", help="folder for the turns' audio (default: runs/chat)")
-    a = p.parse_args(argv)
-    engine, stdin = _engine(a), stdin or sys.stdin
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    print("type a request (a story, then edits); /understand FILE, /reset, /quit")
-    for line in stdin:
-        line = line.strip()
-        if not line: continue
-        if line in ("/quit", "/exit"): break
-        if line == "/reset": engine.reset(); print("(new conversation)"); continue
-        try:
-            if line.startswith("/understand"):
-                r = engine.understand(line.split(maxsplit=1)[1] if " " in line else "")
-            elif any(t.audio is not None for t in engine.history): r = engine.edit(line)
-            else: r = engine.tell(line)
-        except (ValueError, FileNotFoundError) as e: print(f"error: {e}"); continue
-        _show(r)
-        if r.audio is not None: print(f"audio: {_write(r, out / f'turn-{len(engine.replies):02d}.wav', engine)}")
-    return 0
-
-# %% ../nbs/13_chat.ipynb #585b8313
-def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
-    import html
-    import matplotlib.pyplot as plt
-    from audiochat.audio import plot_audio, save_audio
-    parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
-    if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
-    if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
-    if s.get("audio") is not None:
-        wav = save_audio(out / f"turn-{i:02d}.wav", s["audio"], sample_rate)
-        fig = plot_audio(s["audio"], sample_rate, spans=s["scene"].spans() if s.get("scene") else None, title=s["title"], figsize=(9, 3.5))
-        fig.savefig(out / f"turn-{i:02d}.png", dpi=90); plt.close(fig)
-        parts.append(f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" alt="spectrogram of turn {i}" width="810">')
-    if s.get("scene") is not None: parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
-    if s.get("cot"): parts.append(f"<details><summary>chain of thought (raw)</summary><pre>{html.escape(s['cot'])}</pre></details>")
-    if s.get("timings"):
-        rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else f"<tr><td>{k}</td><td>{v}</td></tr>"
-                       for k, v in s["timings"].items())
-        parts.append(f"<h3>timings (s)</h3><table>{rows}</table>")
-    return "\n".join(parts) + "</section>"
-
-def reply_section(reply: Reply) -> dict:
-    "A report section for a chat reply."
-    return dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
-                timings=reply.timings.to_dict(), message=reply.message)
-
-def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
-    """Write `out_dir/report.html` (with one wav and one png per section that has audio). `sections`: `Reply`s or dicts
-    with title, request, scene, cot, audio (channels, samples), timings (dict)."""
-    import html
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(_section_html(i, reply_section(s) if isinstance(s, Reply) else s, out, sample_rate) for i, s in enumerate(sections, 1))
-    style = ("body{font-family:sans-serif;max-width:900px;margin:auto;padding:1em} pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"
-             " section{border-top:1px solid #ccc;margin-top:1.5em} td{padding:0 1em 0 0}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{body}</body></html>\n")
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp"); tmp.write_text(page); tmp.replace(path)
-    return path
-
-# %% ../nbs/13_chat.ipynb #63aba1dc
-class ChatPanel:
-    "An ipywidgets chat with `engine`: a request box, the editable scene (CoT), Render, and the history."
-    def __init__(self, engine: ChatEngine):
-        import ipywidgets as w
-        self.engine, self.pending = engine, None
-        self.request = w.Text(placeholder="ask for a story, then for edits", layout=w.Layout(width="70%"))
-        self.plan_button, self.render_button = w.Button(description="Plan"), w.Button(description="Render", disabled=True)
-        self.cot = w.Textarea(placeholder="the scene the model plans appears here; edit it, then Render", layout=w.Layout(width="100%", height="140px"))
-        self.status, self.history = w.HTML(), w.Output()
-        self.plan_button.on_click(lambda _: self.plan()); self.render_button.on_click(lambda _: self.render())
-        self.widget = w.VBox([w.HBox([self.request, self.plan_button, self.render_button]), self.cot, self.status, self.history])
-
-    def plan(self):
-        "Ask the model for the scene of the request in the text box; show it for editing."
-        import html
-        text = self.request.value.strip()
-        if not text: self.status.value = "<b>type a request first</b>"; return
-        e = self.engine
-        task = "edit" if any(t.audio is not None for t in e.history) else "tell"
-        user, timings = Turn("user", text), Timings()
-        try: scene, raw = e.think(e.history + [user], timings, answers=task == "edit" and e.answers)
-        except ChatError as err: self.status.value = f"<b>no valid scene:</b> {html.escape(str(err))}"; return
-        if scene is None:  # the model answered in words: nothing to render
-            e.history += [user, Turn("assistant", raw)]
-            e.replies.append(Reply(task, text, None, raw, timings=timings, message=answer_text(raw)))
-            self.status.value = f"<b>the model answered:</b> {html.escape(answer_text(raw))}"; return
-        self.pending = (task, text, user, timings)
-        self.cot.value = scene.to_json(indent=1)
-        self.render_button.disabled = False
-        self.status.value = f"{task}: planned in {timings.cot_seconds:.2f} s ({timings.tokens_per_s:.0f} tokens/s); edit the scene or Render"
-
-    def render(self):
-        "Render the (possibly edited) scene in the text box into audio and add the turn to the history."
-        import html
-        import matplotlib.pyplot as plt
-        from IPython.display import display, HTML
-        from audiochat.audio import audio_player, plot_audio
-        if self.pending is None: self.status.value = "<b>Plan first</b>"; return
-        try: scene = Scene.from_json(self.cot.value)
-        except SceneError as err: self.status.value = f"<b>the scene is not valid:</b> {html.escape(str(err))}"; return
-        task, text, user, timings = self.pending
-        e, cot = self.engine, scene.to_json()
-        turns = e.history + [user]
-        latents, audio = e.render(turns, scene, cot, timings)
-        e.history = turns + [Turn("assistant", cot, audio=latents)]
-        reply = Reply(task, text, scene, cot, latents, audio, timings)
-        e.replies.append(reply)
-        self.pending, self.render_button.disabled = None, True
-        with self.history:
-            display(HTML(f"<b>{len(e.replies)}. {task}:</b> {html.escape(text)}"))
-            display(audio_player(audio, e.codec.config.sample_rate))
-            fig = plot_audio(audio, e.codec.config.sample_rate, spans=scene.spans(), title=f"{task}: {scene.duration:g} s", figsize=(9, 3))
-            display(fig); plt.close(fig)
-        self.status.value = html.escape(timing_line(timings))
-        return reply

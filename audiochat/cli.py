@@ -26,10 +26,10 @@ COMMANDS = {
     "demo": ("audiochat.cli", "demo_main", "render a sample scene from data_samples/ into runs/demo/"),
     "codec": ("audiochat.codec", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
     "train": ("audiochat.train", "train_main", "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ..."),
-    "tell": ("audiochat.chat", "tell_main", "tell a story with a trained run: TEXT -o story.wav --run DIR"),
-    "edit": ("audiochat.chat", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
-    "understand": ("audiochat.chat", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
-    "chat": ("audiochat.chat", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
+    "tell": ("audiochat.ui", "tell_main", "tell a story with a trained run: TEXT -o story.wav --run DIR"),
+    "edit": ("audiochat.ui", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
+    "understand": ("audiochat.ui", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
+    "chat": ("audiochat.ui", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
     "eval": ("audiochat.evaluate", "eval_main", "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots"),
 }
 
@@ -84,7 +84,8 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     fig.savefig(paths["figure"], dpi=110); plt.close(fig)
     paths["scene"].write_text(scene.to_json(indent=2) + "\n")
     from audiochat.audio import SAMPLE_RATE
-    from audiochat.chat import ChatEngine, train_tiny_run, write_report
+    from audiochat.chat import ChatEngine, train_tiny_run
+    from audiochat.ui import write_report
     sections = [dict(title="sample scene rendered by the tools", scene=scene, cot=scene.to_json(indent=2), audio=x)]
     if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
     if run is not None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-from audiochat.chat import ChatEngine, Turn, decode_text, train_tiny_run
+from audiochat.chat import ChatEngine, train_tiny_run
+from audiochat.forcing import Turn
+from audiochat.grammar import decode_text
 from audiochat.cli import DATA_SAMPLES
 from audiochat.scene import Scene
 from audiochat.tools import render

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from audiochat.chat import ChatEngine, ChatError, Turn
+from audiochat.chat import ChatEngine, ChatError
+from audiochat.forcing import Turn
 from audiochat.data import build_eval, read_records
 from audiochat.scene import Scene
 from audiochat.train import UNDERSTAND_PROMPT, heard_scene, missing_source_request

@@ -528,7 +528,9 @@ def stage_learning(a, work: Path, data: dict, train_info: dict | None, scorer: s
 
 # ------------------------------------------------------------------------------------------------------------ chat
 def stage_chat(a, work: Path, train_info: dict | None, results: Results, device) -> dict:
-    from audiochat.chat import ChatEngine, Timings, Turn, decode_text, train_tiny_run
+    from audiochat.chat import ChatEngine, Timings, train_tiny_run
+    from audiochat.forcing import Turn
+    from audiochat.grammar import decode_text
     from audiochat.cli import DATA_SAMPLES
     from audiochat.scene import Scene
     steps = 5 if a.dry else 25

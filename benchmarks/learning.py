@@ -35,7 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from audiochat.audio import FRAME_RATE, SAMPLE_RATE
-from audiochat.chat import ChatEngine, ChatError, Turn
+from audiochat.chat import ChatEngine, ChatError
+from audiochat.forcing import Turn
 from audiochat.codec import SpectralDistance
 from audiochat.data import load_turn, read_records
 from audiochat.evaluate import as_eval_audio, load_scorer, resolve_split

@@ -66,7 +66,8 @@ if a.eval:
 
 # 5. a trained run's story: its audio for the plan it wrote, beside the tools' rendering of that plan
 if a.run:
-    from audiochat.chat import ChatEngine, scene_table
+    from audiochat.chat import ChatEngine
+    from audiochat.ui import scene_table
     engine = ChatEngine.load(a.run, steps=25)
     from audiochat.tools import ToolError
     requests = ["I need a 7-second story. On a rainy night, a girl greets an old man at the door. Voices: narrator, girl. Sounds: steady rain falling and a dog barking.",

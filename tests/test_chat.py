@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from audiochat.audio import save_audio
-from audiochat.chat import ChatEngine, ChatError, SceneGrammar, Turn, decode_text, token_pieces, train_tiny_run
+from audiochat.chat import ChatEngine, ChatError, train_tiny_run
+from audiochat.forcing import Turn
+from audiochat.grammar import Decoded, SceneGrammar, decode_text, token_pieces
 from audiochat.cli import main
 from audiochat.scene import Scene
 
@@ -127,14 +129,14 @@ def test_cli_tell_edit_understand_chat(run, tmp_path, capsys):
     assert "who / what" in printed and "tokens/s" in printed
     assert main(["understand", str(tmp_path / "missing.wav"), "--run", str(run)]) == 1
     assert "audio file not found" in capsys.readouterr().err
-    from audiochat.chat import chat_main
+    from audiochat.ui import chat_main
     assert chat_main(["--run", str(run), "--steps", "2", "--out", str(tmp_path / "chat")], io.StringIO("rain\nlouder\n/reset\n/understand nothing.wav\n/quit\n")) == 0
     assert sorted(p.name for p in (tmp_path / "chat").glob("*.wav")) == ["turn-01.wav", "turn-02.wav"]
     assert "error: audio file not found" in capsys.readouterr().out
 
 
 def test_chat_panel_renders_the_edited_plan(run):
-    from audiochat.chat import ChatPanel
+    from audiochat.ui import ChatPanel
     panel = ChatPanel(ChatEngine.load(run, steps=2))
     panel.render()
     assert "Plan first" in panel.status.value
@@ -175,7 +177,7 @@ def test_demo_report_renders_in_headless_chromium(run, tmp_path):
 
 
 def test_grammar_takes_utf8_escapes_and_answers_only_for_edits():
-    from audiochat.chat import EDIT_GRAMMAR, answer_text
+    from audiochat.grammar import EDIT_GRAMMAR, answer_text
     s = Scene.from_json('{"duration":3,"sources":[{"id":"s1","kind":"speech","speaker":"girl","text":"Ça va? \\"Sí\\" 日本","start":0,"end":2}]}')
     text, g, edit = s.to_json().encode(), SceneGrammar(), SceneGrammar(EDIT_GRAMMAR)
     assert g.complete(text) and all(g.viable(text[:i]) for i in range(len(text)))
@@ -210,7 +212,7 @@ def test_a_reply_never_outlasts_its_audio(run, monkeypatch):
     assert r.audio.shape[1] == r.latents.shape[0] * e.codec.hop
     long_scene = '{"duration":69,"sources":[{"id":"fx1","kind":"sfx","caption":"steady rain falling","start":0,"end":69}]}'
     import audiochat.chat as chat
-    monkeypatch.setattr(chat, "decode_text", lambda *a, **k: chat.Decoded([1], long_scene, 0.01, True))
+    monkeypatch.setattr(chat, "decode_text", lambda *a, **k: Decoded([1], long_scene, 0.01, True))
     free = ChatEngine.load(run, steps=2, grammar=False, retries=1)
     with pytest.raises(ChatError, match="not between one frame and max_seconds"): free.tell("A 69-second story.")
     with pytest.raises(ValueError, match="max_seconds"): ChatEngine.load(run, max_seconds=200)
@@ -242,3 +244,16 @@ def test_the_engine_grammar_never_dead_ends(run):
         assert e.scene_grammar.complete(text), text
         scene = Scene.from_json(text.decode())
         assert scene.duration <= 20 and all(s.id[:1] in "sfm" for s in scene.sources)
+
+
+def test_a_plan_changed_before_rendering(run):
+    "plan() adds nothing to the conversation; render_plan() renders the scene it is given, exactly as long as that scene."
+    e = ChatEngine.load(run, steps=2)
+    p = e.plan("A story about rain.")
+    assert p.task == "tell" and isinstance(p.scene, Scene) and e.history == [] and e.replies == []
+    mine = Scene.from_json('{"duration":0.75,"sources":[{"id":"fx1","kind":"sfx","caption":"steady rain","start":0,"end":0.75}]}')
+    r = e.render_plan(p, mine)
+    assert r.scene == mine and r.cot == mine.to_json() and r.latents.shape[0] == 30 and len(e.history) == 2
+    assert r.audio.shape[1] == 30 * e.codec.hop and e.replies == [r]
+    assert e.plan("Make the rain louder.").task == "edit"
+    with pytest.raises(ValueError, match="empty"): e.plan("  ")
