@@ -20,7 +20,7 @@ from fastcore.basics import patch
 from torch import nn
 
 from .transformer import (TransformerConfig, Layout, DecoderLayer, Attention, MLP, RMSNorm, Rotary, KVCache,
-                                   apply_rotary, attention, build_mask, block_mask, prepare, run_layers, init_weights,
+                                   apply_rotary, attention, merge_heads, build_mask, block_mask, prepare, run_layers, init_weights,
                                    greedy_generate, config_from_hf, load_safetensors_dir, hf_state_dict)
 
 # %% auto #0
@@ -138,7 +138,7 @@ class MoTLayer(nn.Module):
         k = apply_rotary(at.split(route(h, is_audio, at.k_proj, aa.k_proj), at.n_kv_heads), *rope)
         v = at.split(route(h, is_audio, at.v_proj, aa.v_proj), at.n_kv_heads)
         if cache is not None: k, v = cache.update(layer, k, v)
-        x = x + route(attention(q, k, v, mask).transpose(1, 2).flatten(2), is_audio, at.o_proj, aa.o_proj)
+        x = x + route(merge_heads(attention(q, k, v, mask)), is_audio, at.o_proj, aa.o_proj)
         return x + route(x, is_audio, lambda y: T.mlp(T.post_attention_layernorm(y)),
                          lambda y: A.mlp(A.post_attention_layernorm(y)))
 

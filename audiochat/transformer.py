@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 # %% auto #0
 __all__ = ['TEXT', 'AUDIO', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies', 'Rotary',
-           'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'attention', 'KVCache', 'Attention', 'MLP',
-           'DecoderLayer', 'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate', 'config_from_hf',
-           'load_safetensors_dir', 'hf_state_dict', 'from_hf']
+           'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'merge_heads', 'attention', 'KVCache', 'Attention',
+           'MLP', 'DecoderLayer', 'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate',
+           'config_from_hf', 'load_safetensors_dir', 'hf_state_dict', 'from_hf']
 
 # %% ../nbs/08_transformer.ipynb #e8fb2dcb
 @dataclass
@@ -209,6 +210,10 @@ def block_mask(layout: Layout, causal: bool = True, block_size: int = 128):
 
 _compiled_flex = None
 
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    "(B, H, T, D) per-head outputs -> (B, T, H*D), the layout the output projection reads."
+    return rearrange(x, "b heads t d -> b t (heads d)")
+
 def attention(q, k, v, mask) -> torch.Tensor:
     """Grouped-query attention of q (B, H, T, D) over k, v (B, H_kv, S, D); `mask` is a bool (B, 1, T, S) tensor
     (SDPA) or a FlexAttention BlockMask. Returns (B, H, T, D)."""
@@ -270,14 +275,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
 
-    def split(self, x, n): return x.unflatten(-1, (n, self.head_dim)).transpose(1, 2)  # (B, T, n*D) -> (B, n, T, D)
+    def split(self, x, n): return rearrange(x, "b t (heads d) -> b heads t d", heads=n)  # one (T, D) sequence per head
 
     def forward(self, x, rope, mask, cache: KVCache | None = None, layer: int = 0):
         q = apply_rotary(self.split(self.q_proj(x), self.n_heads), *rope)
         k = apply_rotary(self.split(self.k_proj(x), self.n_kv_heads), *rope)
         v = self.split(self.v_proj(x), self.n_kv_heads)
         if cache is not None: k, v = cache.update(layer, k, v)
-        return self.o_proj(attention(q, k, v, mask).transpose(1, 2).flatten(2))
+        return self.o_proj(merge_heads(attention(q, k, v, mask)))
 
 class MLP(nn.Module):
     "SwiGLU feed-forward: down(silu(gate(x)) * up(x))."
