@@ -57,7 +57,9 @@ def _sentence(rng: random.Random) -> str:
     return " ".join(words).capitalize() + rng.choice([".", "?", "!", "..."])
 
 def random_scene(rng: random.Random) -> Scene:
-    "A random valid scene (speech, sound effects, music) for training text and tests."
+    """A random valid scene (speech, sound effects, music) for training text and tests. Unlike the template stories
+    (`copilot.random_story`: what the tools can render, ids like `s1`), it spans the whole schema: any id, caption or
+    time the JSON form allows, so the tokenizer and the free grammar are exercised beyond the data's own forms."""
     duration = rng.choice([4, 5, 6, 8, 10, 12, 15, 20, 30])
     sources = []
     for i in range(rng.randint(1, 6)):
