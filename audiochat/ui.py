@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .chat import ChatEngine, ChatError, Plan, Reply, Timings
+from typing import TYPE_CHECKING
+
 from .scene import Scene, SceneError
+
+if TYPE_CHECKING: from audiochat.chat import ChatEngine, Plan, Reply, Timings  # imported where used: `--help` needs no torch
 
 # %% auto #0
 __all__ = ['scene_table', 'timing_line', 'tell_main', 'edit_main', 'understand_main', 'chat_main', 'reply_section',
@@ -48,6 +51,7 @@ def _engine_parser(prog: str, description: str):
     return p
 
 def _engine(a) -> ChatEngine:
+    from audiochat.chat import ChatEngine
     if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
     return ChatEngine.load(a.run, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
                            ema=not a.raw_weights)
@@ -171,7 +175,7 @@ def write_report(out_dir, sections: list, sample_rate: int, title: str = "audioc
     with title, request, scene, cot, audio (channels, samples), timings (dict)."""
     import html
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(_section_html(i, reply_section(s) if isinstance(s, Reply) else s, out, sample_rate) for i, s in enumerate(sections, 1))
+    body = "\n".join(_section_html(i, s if isinstance(s, dict) else reply_section(s), out, sample_rate) for i, s in enumerate(sections, 1))
     style = ("body{font-family:sans-serif;max-width:900px;margin:auto;padding:1em} pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"
              " section{border-top:1px solid #ccc;margin-top:1.5em} td{padding:0 1em 0 0}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
@@ -198,7 +202,7 @@ class ChatPanel:
         import html
         if not self.request.value.strip(): self.status.value = "<b>type a request first</b>"; return
         try: plan = self.engine.plan(self.request.value)
-        except (ChatError, ValueError) as err: self.status.value = f"<b>no plan:</b> {html.escape(str(err))}"; return
+        except ValueError as err: self.status.value = f"<b>no plan:</b> {html.escape(str(err))}"; return
         if plan.scene is None: self.status.value = f"<b>the model answered:</b> {html.escape(plan.message)}"; return
         self.pending, self.cot.value, self.render_button.disabled = plan, plan.scene.to_json(indent=1), False
         t = plan.timings
