@@ -27,18 +27,18 @@ from .audio import SAMPLE_RATE, check_audio, resample, to_channels
 from .copilot import (BACKGROUND, LINES, PAN_WORDS, AgentError, ChatLLM, SoundDesigner, _names_by_caption,
                                _speech_seconds, assistant_message, rendered, tool_call)
 from .data import build_eval, load_turn, read_records
-from .metrics import (TinyFLAM, clip_embedding, delta_multiflam, editflam, kad, multiflam, scorer_examples,
-                               tcpwer, train_scorer)
+from .metrics import (ClapEmbedder, TinyFLAM, clip_embedding, delta_multiflam, editflam, fad, kad, multiflam,
+                               scorer_examples, tcpwer, train_scorer)
 from .scene import Scene, SceneError, Source, to_seglst
 
 # %% auto #0
-__all__ = ['PAPER_TABLES', 'PAPER_ROW', 'ROLE_LABELS', 'ARCHITECTURES', 'SPLIT_NAME', 'BASELINES', 'FAILURES', 'METRICS',
-           'paper_cell', 'cache_dir', 'resolve_split', 'load_scorer', 'as_eval_audio', 'captioning_multiflam',
-           'understanding_scores', 'Output', 'TurnFailure', 'System', 'OracleSystem', 'SilenceSystem',
-           'CodecCeilingSystem', 'NoiseSystem', 'find_source', 'write_story', 'write_edit', 'ScriptWriter',
-           'CascadeSystem', 'run_role', 'Unavailable', 'CheckpointSystem', 'UnavailableSystem', 'make_system',
-           'codec_ceilings', 'evaluate_system', 'evaluate', 'summarize', 'format_tables', 'plot_metric',
-           'plot_overview', 'plot_subtasks', 'write_results', 'eval_main']
+__all__ = ['PAPER_TABLES', 'PAPER_ROW', 'ROLE_LABELS', 'ARCHITECTURES', 'SPLIT_NAME', 'BASELINES', 'FAILURES',
+           'SCORER_EMBEDDINGS', 'DEFAULT_CLAP', 'METRICS', 'paper_cell', 'cache_dir', 'resolve_split', 'load_scorer',
+           'as_eval_audio', 'captioning_multiflam', 'understanding_scores', 'Output', 'TurnFailure', 'System',
+           'OracleSystem', 'SilenceSystem', 'CodecCeilingSystem', 'NoiseSystem', 'find_source', 'write_story',
+           'write_edit', 'ScriptWriter', 'CascadeSystem', 'run_role', 'Unavailable', 'CheckpointSystem',
+           'UnavailableSystem', 'make_system', 'codec_ceilings', 'embeddings_label', 'evaluate_system', 'evaluate',
+           'summarize', 'format_tables', 'plot_metric', 'plot_overview', 'plot_subtasks', 'write_results', 'eval_main']
 
 # %% ../nbs/15_eval.ipynb #664f2c3a
 PAPER_TABLES = {  # docs/method.md section 8
@@ -409,7 +409,15 @@ def codec_ceilings(systems: list[System]) -> list[System]:
 # %% ../nbs/15_eval.ipynb #047c3fb2
 FAILURES = (ValueError, RuntimeError)  # ChatError, SceneError, ToolError (ValueError); AgentError, TurnFailure (RuntimeError)
 
-def _embedding(scorer, audio) -> list[float] | None:
+SCORER_EMBEDDINGS = "scorer emb.; not comparable with papers"  # how tables name KAD/FAD on the scorer's embeddings
+DEFAULT_CLAP = "hf:laion/clap-htsat-unfused"  # `audiochat eval --embeddings clap` without --clap
+
+def embeddings_label(embedder=None) -> str:
+    "The name of the embeddings KAD and FAD are computed on: the scorer's, or the embedder's `label` (e.g. 'CLAP: NAME')."
+    return SCORER_EMBEDDINGS if embedder is None else getattr(embedder, "label", type(embedder).__name__)
+
+def _embedding(scorer, audio, embedder=None) -> list[float] | None:
+    if embedder is not None: return embedder([audio])[0].tolist()
     try: return clip_embedding(scorer, audio).tolist()
     except TypeError: return None  # the scorer has no audio embeddings (e.g. OpenFLAM): no KAD
 
@@ -420,8 +428,8 @@ def _attempt(fn):
     except FAILURES as e: out, error = None, f"{type(e).__name__}: {e}"
     return out, time.perf_counter() - t0, error
 
-def evaluate_system(system: System, records: list, scorer, bar=None) -> dict:
-    "Run one system over the dialogue `records`; every turn's scores, time and failure."
+def evaluate_system(system: System, records: list, scorer, bar=None, embedder=None) -> dict:
+    "Run one system over the dialogue `records`; every turn's scores, time and failure (story embeddings: `embedder` or the scorer's)."
     out = dict(name=system.name, role=system.role, available=not isinstance(system, UnavailableSystem),
                reason=getattr(system, "reason", None), turns=[], embeddings=[])
     if not out["available"]: return out
@@ -444,7 +452,7 @@ def evaluate_system(system: System, records: list, scorer, bar=None) -> dict:
                 row["ok"] = audio is not None
                 if audio is not None and task == "story":
                     row["multiflam"] = multiflam(scorer, audio, scene)
-                    out["embeddings"].append(_embedding(scorer, audio))
+                    out["embeddings"].append(_embedding(scorer, audio, embedder))
                 elif audio is not None:
                     row["delta_multiflam"] = _finite(delta_multiflam(scorer, previous, prev_scene, audio, scene))
                     row["editflam"] = _finite(editflam(scorer, previous, prev_scene, audio, scene))
@@ -466,23 +474,30 @@ def evaluate_system(system: System, records: list, scorer, bar=None) -> dict:
 
 def _finite(v: float) -> float | None: return None if v is None or not math.isfinite(v) else float(v)
 
-def evaluate(systems, split, scorer, dialogues: int | None = None, progress: bool = True) -> dict:
+def _reference_embeddings(scorer, records, embedder=None) -> list:
+    "The ground-truth stories' embeddings: the scorer's one clip at a time, an embedder's in batches of its `batch_size`."
+    if embedder is None: return [_embedding(scorer, load_turn(r["turns"][0])[1]) for r in records]
+    k = getattr(embedder, "batch_size", 8)
+    return [e for i in range(0, len(records), k) for e in embedder([load_turn(r["turns"][0])[1] for r in records[i:i + k]]).tolist()]
+
+def evaluate(systems, split, scorer, dialogues: int | None = None, progress: bool = True, embedder=None) -> dict:
     """Evaluate `systems` (System objects or `make_system` specs) on the first `dialogues` dialogues of the built
-    `split` folder with `scorer`; returns the per-turn results and the reference story embeddings (for KAD)."""
+    `split` folder with `scorer`; returns the per-turn results and the reference story embeddings (for KAD and FAD),
+    from `embedder` (clips -> (N, D), e.g. a `ClapEmbedder`) when given, else from the scorer."""
     from tqdm.auto import tqdm
     records = list(islice(read_records(split), dialogues))
     if not records: raise ValueError(f"no dialogues to evaluate in {split}")
     systems = [make_system(s) if isinstance(s, str) else s for s in systems]
     names = [s.name for s in systems]
     if len(set(names)) != len(names): raise ValueError(f"system names must be unique, got {names}")
-    reference = [_embedding(scorer, load_turn(r["turns"][0])[1]) for r in records]
+    reference = _reference_embeddings(scorer, records, embedder)
     total = sum(len(systems) * (len(r["turns"]) + 1) for r in records)
     bar = tqdm(total=total, unit="turn", desc="evaluate", disable=not progress)
     results = dict(split=str(split), dialogues=len(records), dialogue_ids=[r["id"] for r in records],
-                   reference_embeddings=reference, systems={})
+                   embeddings=embeddings_label(embedder), reference_embeddings=reference, systems={})
     for s in systems:
         bar.set_description(f"evaluate {s.name}")
-        results["systems"][s.name] = evaluate_system(s, records, scorer, bar)
+        results["systems"][s.name] = evaluate_system(s, records, scorer, bar, embedder)
         if not results["systems"][s.name]["available"]: bar.update(sum(len(r["turns"]) + 1 for r in records))
     bar.close()
     return results
@@ -497,6 +512,14 @@ def _edit_stats(rows) -> dict:
     return dict(n=len(rows), failed=len(rows) - len(ok), delta_multiflam=_mean(t.get("delta_multiflam") for t in ok),
                 editflam=_mean(t.get("editflam") for t in ok), latency=_mean(t["seconds"] for t in rows if t["seconds"]))
 
+def _fad(reference, candidate) -> float | None:
+    from scipy.linalg import LinAlgWarning
+    import warnings
+    with warnings.catch_warnings():  # fewer clips than dimensions: singular covariances, a square root scipy warns about
+        warnings.simplefilter("ignore", LinAlgWarning)
+        v = fad(reference, candidate)
+    return v if math.isfinite(v) else None
+
 def summarize(results: dict) -> dict:
     "Per system: the story, editing (overall and per subtask) and understanding figures of `evaluate`'s results."
     ref = [e for e in results["reference_embeddings"] if e is not None]
@@ -507,9 +530,11 @@ def summarize(results: dict) -> dict:
         turns = s["turns"]
         story = [t for t in turns if t["task"] == "story"]
         emb = [e for e in s["embeddings"] if e is not None]
+        both = len(ref) >= 2 and len(emb) >= 2
         row["story"] = dict(n=len(story), failed=sum(not t["ok"] for t in story),
                             multiflam=_mean(t.get("multiflam") for t in story if t["ok"]),
-                            kad=kad(ref, emb) if len(ref) >= 2 and len(emb) >= 2 else None,
+                            kad=kad(ref, emb) if both else None, fad=_fad(ref, emb) if both else None,
+                            embeddings=results.get("embeddings", SCORER_EMBEDDINGS),
                             latency=_mean(t["seconds"] for t in story))
         edits = [t for t in turns if t["task"] == "edit"]
         row["edit"] = _edit_stats(edits)
@@ -534,6 +559,11 @@ def _fmt(v, digits: int = 1) -> str:
 
 def _failed(d: dict) -> str: return f"{d['failed']}/{d['n']}"
 
+def _embeddings_of(summary: dict) -> str:
+    "The embeddings the KAD and FAD of a `summarize` result were computed on, as its tables name them."
+    return " / ".join(dict.fromkeys(s["story"].get("embeddings", SCORER_EMBEDDINGS) for s in summary.values()
+                                    if s["available"])) or SCORER_EMBEDDINGS
+
 def format_tables(summary: dict, meta: dict | None = None) -> str:
     "The paper-shaped markdown tables of a `summarize` result (`meta`: split, dialogues, scorer, ... for the header)."
     meta = meta or {}
@@ -545,11 +575,12 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
               "dialogues; these are small models, the TinyFLAM scorer and StoryGen-Eval-mini. The paper's figures (docs/method.md "
               "section 8) are cited beside the row each system stands for; compare orderings, not values. Metric columns are "
               "over the turns a system answered; 'failed' counts the others.", ""]
-    lines += ["## Story generation", "", "| system | KAD (lower; TinyFLAM embeddings, not comparable with papers' KAD) | multiFLAM (higher) | latency s | failed | paper (KAD / multiFLAM / latency s) |",
-              "|---|---|---|---|---|---|"]
+    emb = _embeddings_of(summary)
+    lines += ["## Story generation", "", f"| system | KAD (lower; {emb}) | FAD (lower; {emb}) | multiFLAM (higher) | latency s | failed | paper (KAD / multiFLAM / latency s) |",
+              "|---|---|---|---|---|---|---|"]
     for n, s in systems:
         d = s["story"]
-        lines.append(f"| {name(n, s)} | {_fmt(d['kad'], 2)} | {_fmt(d['multiflam'])} | {_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | {paper_cell('story', s['role'])} |")
+        lines.append(f"| {name(n, s)} | {_fmt(d['kad'], 2)} | {_fmt(d.get('fad'), 3)} | {_fmt(d['multiflam'])} | {_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | {paper_cell('story', s['role'])} |")
     lines += ["", "## Editing", "", "| system | Δ-multiFLAM (lower) | editFLAM (higher) | latency s | failed | paper (Δ-multiFLAM / editFLAM) |",
               "|---|---|---|---|---|---|"]
     for n, s in systems:
@@ -595,6 +626,7 @@ def plot_metric(summary: dict, table: str, metric: str, title: str | None = None
     color = {n: f"C{i % 10}" for i, n in enumerate(summary)}  # one colour per system in every panel
     rows = [(n, s[table][metric]) for n, s in summary.items() if s["available"] and table in s and s[table][metric] is not None]
     if ax is None: _, ax = plt.subplots(figsize=(4.5, 3))
+    if metric in ("kad", "fad"): title = f"{title or metric.upper()}\n({_embeddings_of(summary)})"
     ax.bar([n for n, _ in rows], [min(v, 1e6) for _, v in rows], color=[color[n] for n, _ in rows])
     ax.set_title(title or f"{table} {metric}", fontsize=9); ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
@@ -652,7 +684,7 @@ def _llm(spec: str | None, url: str | None) -> ChatLLM | None:
 def eval_main(argv: list[str]) -> int:
     "`audiochat eval`: evaluate checkpoints and baselines on StoryGen-Eval-mini; write tables.md, results.json, plots/."
     p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
-                                "story (KAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
+                                "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
     p.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR", help="a training run folder (repeatable)")
     p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth through that codec), or none (default: oracle,cascade)")
     p.add_argument("--split", default=SPLIT_NAME, help=f"a built eval folder, or {SPLIT_NAME} (built into the cache if missing)")
@@ -664,6 +696,10 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of every system's sampling (default: 0)")
     p.add_argument("--cascade-llm", default="script", help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL")
     p.add_argument("--cascade-url", default=None, help="base URL of the OpenAI-compatible server for --cascade-llm openai:...")
+    p.add_argument("--embeddings", choices=("scorer", "clap"), default=None,
+                   help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a CLAP model's, as papers use)")
+    p.add_argument("--clap", default=None, metavar="MODEL", help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
+                   f"hf:ORG/NAME or ORG/NAME (default: {DEFAULT_CLAP[3:]}); implies --embeddings clap")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
     a = p.parse_args(argv)
@@ -672,6 +708,11 @@ def eval_main(argv: list[str]) -> int:
     for b in names:
         if b not in BASELINES and not b.startswith("codec:"): raise ValueError(f"unknown baseline {b!r}; baselines: {', '.join(BASELINES)}, codec:DIR")
     if not names and not a.checkpoint: raise ValueError("nothing to evaluate: give --checkpoint DIR and/or --baselines")
+    if a.embeddings == "scorer" and a.clap: raise ValueError("--clap names the model of --embeddings clap, not of the scorer's embeddings")
+    embedder = None
+    if (a.embeddings or ("clap" if a.clap else "scorer")) == "clap":  # loaded first: a bad --clap fails before any work
+        from audiochat.codec import pick_device
+        embedder = ClapEmbedder.load(a.clap or DEFAULT_CLAP, pick_device())
     split = resolve_split(a.split, progress=not a.no_progress)
     t0 = time.time()
     scorer = load_scorer(a.scorer)
@@ -679,10 +720,11 @@ def eval_main(argv: list[str]) -> int:
     systems = [make_system(b, a.steps, a.cfg, a.seed, llm) for b in names]
     systems += [make_system(c, a.steps, a.cfg, a.seed) for c in a.checkpoint]
     if not a.no_ceiling: systems += codec_ceilings(systems)
-    results = evaluate(systems, split, scorer, a.dialogues, progress=not a.no_progress)
+    results = evaluate(systems, split, scorer, a.dialogues, progress=not a.no_progress, embedder=embedder)
     summary = summarize(results)
     meta = dict(split=str(split), dialogues=results["dialogues"], scorer=a.scorer or "TinyFLAM (cached, 150 scenes x 1500 steps)",
-                diffusion_steps=a.steps, cfg=a.cfg, seed=a.seed, cascade_llm=a.cascade_llm, seconds=round(time.time() - t0, 1))
+                embeddings=results["embeddings"], diffusion_steps=a.steps, cfg=a.cfg, seed=a.seed, cascade_llm=a.cascade_llm,
+                seconds=round(time.time() - t0, 1))
     tables = write_results(a.out, results, summary, meta)
     print(tables.read_text())
     print(f"wrote {tables}, {Path(a.out) / 'results.json'} and {Path(a.out) / 'plots'}/")

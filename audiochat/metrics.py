@@ -26,7 +26,7 @@ __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATU
            'TinyFLAM', 'scorer_examples', 'train_scorer', 'auroc', 'f1_score', 'best_f1', 'eval_renders',
            'detection_scores', 'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores', 'multiflam',
            'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer', 'clip_embedding',
-           'median_bandwidth', 'kad', 'fad']
+           'median_bandwidth', 'kad', 'fad', 'load_clap', 'clap_embeddings', 'ClapEmbedder']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -751,3 +751,68 @@ def fad(reference, candidate) -> float:
     mx, my, cx, cy = x.mean(0), y.mean(0), np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     root = sqrtm(cx @ cy).real
     return float(((mx - my) ** 2).sum() + np.trace(cx + cy - 2 * root))
+
+# %% ../nbs/14_metrics.ipynb #57cfa12c
+def _first_line(e: BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+def load_clap(name_or_path, device="cpu"):
+    "(model, feature extractor) of a CLAP checkpoint: a folder, `hf:ORG/NAME` or `ORG/NAME`; the model in eval mode on `device`."
+    import re
+    from audiochat.codec import resolve_pretrained
+    s = str(name_or_path)
+    if not s.startswith("hf:") and not Path(s).expanduser().is_dir() and re.fullmatch(r"\w[\w.-]*/\w[\w.-]*", s): s = "hf:" + s
+    d = resolve_pretrained(s, ["config.json", "preprocessor_config.json", "*.safetensors"], what="CLAP model")
+    if s.startswith("hf:") and not any(d.glob("*.safetensors")): d = resolve_pretrained(s, ["pytorch_model.bin"], what="CLAP model")
+    for f in ("config.json", "preprocessor_config.json"):
+        if not (d / f).is_file(): raise FileNotFoundError(f"{d} has no {f}: not a saved CLAP model")
+    try: kind = json.loads((d / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as e: raise ValueError(f"{d / 'config.json'}: not a model config ({_first_line(e)})") from None
+    if kind != "clap": raise ValueError(f"{d}: config.json describes a {kind!r} model, not a CLAP model ('clap')")
+    from transformers import ClapFeatureExtractor, ClapModel
+    try: model, extractor = ClapModel.from_pretrained(d), ClapFeatureExtractor.from_pretrained(d)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"{d}: cannot load the CLAP model ({_first_line(e)})") from None
+    return model.to(device).eval(), extractor
+
+# %% ../nbs/14_metrics.ipynb #5892fec9
+@torch.no_grad()
+def clap_embeddings(model, extractor, clips, sample_rate: int = SAMPLE_RATE, batch_size: int = 8) -> torch.Tensor:
+    "(N, D) unit CLAP embeddings of N clips ((C, T) or (T,) at `sample_rate`): mono, the extractor's rate, mean over equal windows."
+    from audiochat.audio import resample
+    rate, longest = extractor.sampling_rate, extractor.nb_max_samples
+    windows, owner = [], []
+    for i, clip in enumerate(clips):
+        x = resample(check_audio(clip, f"clip {i}").float().mean(0, keepdim=True), sample_rate, rate)[0]
+        parts = torch.tensor_split(x, math.ceil(x.shape[-1] / longest))
+        windows += [p.double().numpy() for p in parts]; owner += [i] * len(parts)
+    if not windows: raise ValueError("clap_embeddings: no clips to embed")
+    model.eval()
+    p = next(model.parameters())
+    out = []
+    for b in range(0, len(windows), batch_size):
+        f = extractor(windows[b:b + batch_size], sampling_rate=rate, return_tensors="pt")
+        no = torch.zeros_like(f["is_longer"])  # no window exceeds the maximum: no random fusion crop either
+        e = model.get_audio_features(input_features=f["input_features"].to(p.device, p.dtype), is_longer=no.to(p.device))
+        out.append(getattr(e, "pooler_output", e).float().cpu())  # transformers 5 returns an output object
+    e = torch.cat(out)
+    return F.normalize(torch.zeros(owner[-1] + 1, e.shape[1]).index_add_(0, torch.tensor(owner), e), dim=-1)
+
+# %% ../nbs/14_metrics.ipynb #128ac100
+@dataclass
+class ClapEmbedder:
+    "CLAP clip embeddings as one callable: `ClapEmbedder.load('hf:laion/clap-htsat-unfused')(clips)` -> (N, D)."
+    model: object
+    extractor: object
+    name: str
+    batch_size: int = 8
+
+    @classmethod
+    def load(cls, name_or_path, device="cpu", batch_size: int = 8) -> ClapEmbedder:
+        "Load the checkpoint with `load_clap`; the name is the one given, without the `hf:` prefix."
+        return cls(*load_clap(name_or_path, device), str(name_or_path).removeprefix("hf:"), batch_size)
+
+    @property
+    def label(self) -> str: return f"CLAP: {self.name}"
+
+    def __call__(self, clips, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+        return clap_embeddings(self.model, self.extractor, list(clips), sample_rate, self.batch_size)
