@@ -178,3 +178,10 @@ FINDINGS_SCALE ?= full
 .PHONY: findings
 findings: setup espeak
 	$(BIN)/python benchmarks/findings.py --scale $(FINDINGS_SCALE)
+
+# docs/figures/app.png: the web app (`audiochat serve`) serving APP_RUN (default: the `make demo` model) with an example
+# story told, photographed by headless Chromium (Debian: apt-get install chromium)
+APP_RUN ?= $(PIPE)/model
+.PHONY: app-screenshot
+app-screenshot: setup
+	OMP_NUM_THREADS=2 $(BIN)/python -c "from audiochat.app import save_screenshot; print(save_screenshot('$(APP_RUN)', 'docs/figures/app.png', steps=25))"

@@ -315,12 +315,14 @@ class Plan:
     message: str | None = None
 
 @patch
-def plan(self: ChatEngine, request: str) -> Plan:
-    """The scene the model plans for `request`: a story while the conversation has no audio, else an edit of its last
-    audio. Change the scene (or not) and give it to `render_plan`. An edit answered in words is recorded at once."""
+def plan(self: ChatEngine, request: str, audio=None, sample_rate: int | None = None) -> Plan:
+    """The scene the model plans for `request`: an edit of `audio` (a path or a (channels, samples) tensor) or of the
+    conversation's last audio, else a story. Change the scene (or not) and give it to `render_plan`. An edit the model
+    answers in words is recorded at once."""
     text = checked_request(request)
-    task = "edit" if any(t.audio is not None for t in self.history) else "tell"
-    user, timings = Turn("user", text), Timings()
+    z = None if audio is None else self.encode(audio, sample_rate)
+    task = "edit" if z is not None or any(t.audio is not None for t in self.history) else "tell"
+    user, timings = Turn("user", text, audio=z), Timings()
     scene, cot = self.think(self.history + [user], timings, answers=task == "edit" and self.answers)
     plan = Plan(task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None)
     if scene is None:

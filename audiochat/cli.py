@@ -30,6 +30,7 @@ COMMANDS = {
     "edit": ("audiochat.ui", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
     "understand": ("audiochat.ui", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
     "chat": ("audiochat.ui", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
+    "serve": ("audiochat.app", "serve_main", "a web app (Gradio) for a run: --run DIR|REPO_ID"),
     "eval": ("audiochat.evaluate", "eval_main", "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots"),
 }
 
