@@ -2,6 +2,7 @@
 
 Modules:
 
+- `audiochat.app`: `audiochat serve --run DIR` puts the chat engine of notebook 13 behind a Gradio page: tell a story, plan an edit and change its scene before it is rendered, upload a file and read the scene the model hears in it.
 - `audiochat.chat`: `ChatEngine` loads a training run (model, tokenizer, config, codec, latent statistics), keeps the conversation (text turns and audio spans) and answers three kinds of request: **tell** a story, **edit** the last (or a given) audio, **understand** an audio file. The grammar it decodes with is notebook 13a; the terminal commands, the report and the Jupyter panel built on it are notebook 13b.
 - `audiochat.cli`: One console script, one subcommand per job. Each subcommand lives in the module that does the work and is imported only when it runs, so `audiochat --help` is instant.
 - `audiochat.codec`: A DAC-style convolutional autoencoder with a VAE bottleneck: 16 kHz stereo in, 40 latent frames per second out, each channel encoded on its own and the two latent vectors stacked per frame. Losses, training, a latent cache for language-model training, and an evaluation next to trivial baselines.
@@ -12,6 +13,7 @@ Modules:
 - `audiochat.evaluate`: One harness runs every system on the same dialogues with the same scorer and seeds: a story turn, the edit turns that follow it, and an understanding turn per dialogue. It writes the paper's four tables (story generation, editing with its six subtasks, understanding, architecture ablation) as markdown and JSON, with plots, and `audiochat eval` does it in one command.
 - `audiochat.forcing`: One sequence per dialogue (text tokens and audio latent spans), one loss for both: L = L_LM + λ L_diff with λ = 5, and an **independent noise level for every audio span**.
 - `audiochat.grammar`: `SceneGrammar` answers one question for a decoder: *can this text still become a valid scene?* `decode_text` continues a sequence token by token with a KV cache and, given a grammar, only ever picks tokens that keep the answer a viable prefix.
+- `audiochat.learner`: One training loop for every trained part: `fit` runs optimiser steps and calls callbacks at fixed events. Gradient accumulation, clipping, NaN/inf skipping, EMA, logging (JSONL, TensorBoard, tqdm), evaluation and atomic safetensors checkpoints with exact resume are one small callback each.
 - `audiochat.scene`: `Source` and `Scene`, their JSON schema and validation, the compact serialisation the language model writes, edit diffs, and export of the speech to SegLST for tcpWER.
 - `audiochat.sct`: One model class, `AudioChatModel`, with four architectures behind one interface: the paper's **SCT** (understanding layers from a pretrained LLM + new generation layers), **Dense** (plain Transfusion), **MoT** (Mixture-of-Transformers) and **DiT** (a standalone diffusion transformer).
 - `audiochat.tokenizer`: A byte-level BPE trained in seconds on the project's dialogue text, saved and reloaded as a 🤗 `transformers` fast tokenizer, with special tokens for roles, turn ends and the start and end of an audio span; the same special tokens added to any pretrained Hugging Face tokenizer.

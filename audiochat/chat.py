@@ -28,7 +28,7 @@ from .forcing import Turn, collate, pack_dialogue, span_denoiser
 from .scene import Scene, SceneError
 from .sct import AudioChatModel
 from .tokenizer import load_tokenizer, special_token_ids
-from .train import NO_COT_TEXT, UNDERSTAND_PROMPT
+from .copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0

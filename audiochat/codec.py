@@ -20,6 +20,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
@@ -32,6 +33,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from .audio import (SAMPLE_RATE, FRAME_RATE, AudioError, check_audio, to_channels, resample, load_audio,
                              save_audio, normalize_loudness, pan)
+from .learner import Checkpoint, ClipGrad, ProgressBar, Recorder, SkipNonFinite, TimeLimit, fit, load_optimizer, optimizer_tensors
 
 # %% auto #0
 __all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
@@ -39,8 +41,8 @@ __all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_prese
            'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'fit_mel_codec', 'SpectralDistance',
            'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator', 'discriminator_loss',
            'generator_adversarial_loss', 'list_audio_files', 'AudioCrops', 'synthesize_audio_folder', 'pick_device',
-           'save_checkpoint', 'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder',
-           'load_latents', 'codec_main']
+           'save_checkpoint', 'load_checkpoint', 'codec_loss', 'codec_row', 'train_codec', 'lowpass', 'evaluate_codec',
+           'format_evaluation', 'encode_folder', 'load_latents', 'codec_main']
 
 # %% ../nbs/06_codec.ipynb #758cccc3
 @dataclass
@@ -653,45 +655,62 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available(): return torch.device("mps")
     return torch.device("cpu")
 
-def _optimizer_tensors(optimizer, prefix: str) -> tuple[dict, list]:
-    "The optimizer's tensors (for safetensors) and its param groups (for JSON)."
-    sd = optimizer.state_dict()
-    tensors = {f"{prefix}.{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
-    return tensors, sd["param_groups"]
-
-def _load_optimizer(optimizer, tensors: dict, groups: list, prefix: str):
-    state = {}
-    for key, v in tensors.items():
-        p, i, k = key.split(".", 2)
-        if p == prefix: state.setdefault(int(i), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
 def save_checkpoint(folder, model, optimizer, state: dict, discriminator=None, optimizer_d=None) -> Path:
     "Write the codec (save_pretrained), the optimizer(s) and the trainer state into `folder`."
     d = model.save_pretrained(folder)
-    tensors, groups = _optimizer_tensors(optimizer, "codec")
+    tensors, groups = optimizer_tensors(optimizer, "codec")
     state = {**state, "param_groups": groups}
     if discriminator is not None:
         tensors.update({f"discriminator_weights.{k}": v.detach().cpu().contiguous() for k, v in discriminator.state_dict().items()})
-        t, state["param_groups_d"] = _optimizer_tensors(optimizer_d, "discriminator"); tensors.update(t)
+        t, state["param_groups_d"] = optimizer_tensors(optimizer_d, "discriminator"); tensors.update(t)
     _atomic_write(d / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
     _atomic_write(d / "trainer_state.json", lambda p: p.write_text(json.dumps(state, indent=1) + "\n"))
     return d
+
+def load_checkpoint(folder, model, optimizer, state: dict, discriminator=None, optimizer_d=None):
+    "Restore what `save_checkpoint` wrote into `folder`: the weights and optimiser state(s); param groups are taken from `state`."
+    folder = Path(folder)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    load_optimizer(optimizer, tensors, state.pop("param_groups"), "codec")
+    if discriminator is not None:
+        p = "discriminator_weights."
+        discriminator.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
+        load_optimizer(optimizer_d, tensors, state.pop("param_groups_d"), "discriminator")
+
+# %% ../nbs/06_codec.ipynb #733e0536
+def codec_loss(learn, loss_fn: CodecLoss, config: CodecConfig, discriminator=None, optimizer_d=None, bf16: bool = False):
+    "The codec's loss on `learn.batch` as (loss, terms), after a discriminator step when adversarial."
+    x = learn.batch
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = learn.model(x)
+    y = out["reconstruction"].float()
+    terms = loss_fn(x, y, out["kl"].float())
+    if discriminator is not None:
+        optimizer_d.zero_grad(set_to_none=True)
+        d_loss = discriminator_loss(discriminator, x, y)
+        d_loss.backward(); optimizer_d.step()
+        terms["adversarial"], terms["features"] = generator_adversarial_loss(discriminator, x, y)
+        terms["discriminator"] = d_loss.detach()
+        terms["total"] = terms["total"] + config.adversarial_weight * terms["adversarial"] + config.feature_weight * terms["features"]
+    return SimpleNamespace(loss=terms["total"], terms=terms)
+
+def codec_row(learn, mean: dict, rate: dict) -> dict:
+    "A row of the codec's history: step, seconds and the terms of the step's loss."
+    return dict(step=learn.step, seconds=round(learn.state["seconds"], 1), **{k: round(float(v.detach()), 5) for k, v in learn.out.terms.items()})
 
 def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, minutes: float | None = None,
                 resume: bool = False, device: str = "auto", progress: bool = True, log_every: int = 10,
                 threads: int | None = None) -> dict:
     """Train a codec on random crops of the audio under `data` (a folder or a list of folders) until `steps` (total) or `minutes` (this run);
     checkpoints in `out_dir`. `threads` sets torch's CPU threads (process-wide). Returns the trainer state (step, seconds, history)."""
-    from tqdm.auto import tqdm
     if threads: torch.set_num_threads(threads)
     if steps is None and minutes is None: raise ValueError("give steps or minutes (or both)")
-    out = Path(out_dir)
-    state = dict(step=0, seconds=0.0, history=[])
+    out, state = Path(out_dir), dict(step=0, seconds=0.0, history=[])
     if resume:
         if not (out / "trainer_state.json").exists(): raise FileNotFoundError(f"no checkpoint to resume in {out}")
         config = CodecConfig.from_dict(json.loads((out / "config.json").read_text()))
-        state = json.loads((out / "trainer_state.json").read_text())
+        state = {**json.loads((out / "trainer_state.json").read_text()), "last_checkpoint": str(out)}
     files = [f for d in ([data] if isinstance(data, (str, Path)) else data) for f in list_audio_files(d)]
     dev = pick_device(device)
     torch.manual_seed(config.seed + state["step"])
@@ -705,51 +724,15 @@ def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, mi
     if config.adversarial:
         disc = Discriminator(config.discriminator_channels, config.stft_windows).to(dev)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=config.learning_rate, betas=(0.8, 0.99))
-    if resume:
-        model.load_state_dict(load_file(str(out / "model.safetensors")))
-        tensors = load_file(str(out / "optimizer.safetensors"))
-        _load_optimizer(opt, tensors, state.pop("param_groups"), "codec")
-        if disc is not None:
-            p = "discriminator_weights."
-            disc.load_state_dict({k[len(p):]: v for k, v in tensors.items() if k.startswith(p)})
-            _load_optimizer(opt_d, tensors, state.pop("param_groups_d"), "discriminator")
+    if resume: load_checkpoint(out, model, opt, state, disc, opt_d)
     crops = AudioCrops(files, config.segment_seconds, config.sample_rate, config.channels, seed=config.seed + state["step"])
-    use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    bar = tqdm(total=steps, initial=state["step"], disable=not progress, desc="codec", unit="step", dynamic_ncols=True)
-    start, saved = time.perf_counter(), state["step"]
-    seconds0 = state["seconds"]
-    while (steps is None or state["step"] < steps) and (minutes is None or time.perf_counter() - start < 60 * minutes):
-        x = crops.batch(config.batch_size).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out_ = model(x)
-        y = out_["reconstruction"].float()
-        terms = loss_fn(x, y, out_["kl"].float())
-        if disc is not None:
-            opt_d.zero_grad(set_to_none=True)
-            d_loss = discriminator_loss(disc, x, y)
-            d_loss.backward(); opt_d.step()
-            terms["adversarial"], terms["features"] = generator_adversarial_loss(disc, x, y)
-            terms["discriminator"] = d_loss.detach()
-            terms["total"] = terms["total"] + config.adversarial_weight * terms["adversarial"] + config.feature_weight * terms["features"]
-        if not torch.isfinite(terms["total"]):
-            raise FloatingPointError(f"codec loss is {terms['total'].item()} at step {state['step']}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        state["step"] += 1
-        state["seconds"] = seconds0 + time.perf_counter() - start
-        bar.update(1)
-        if state["step"] % log_every == 0 or state["step"] == 1:
-            row = {k: round(float(v.detach()), 5) for k, v in terms.items()}
-            state["history"].append(dict(step=state["step"], seconds=round(state["seconds"], 1), **row))
-            bar.set_postfix(mel=f"{row['mel']:.3f}", stft=f"{row['stft']:.3f}", kl=f"{row['kl']:.1f}")
-        if state["step"] % config.save_every == 0:
-            save_checkpoint(out, model, opt, state, disc, opt_d); saved = state["step"]
-    bar.close()
-    if saved != state["step"] or not (out / "trainer_state.json").exists():
-        save_checkpoint(out, model, opt, state, disc, opt_d)
-    return state
+    bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    loss = lambda learn: codec_loss(learn, loss_fn, config, disc, opt_d, bf16)
+    postfix = lambda row: dict(mel=f"{row['mel']:.3f}", stft=f"{row['stft']:.3f}", kl=f"{row['kl']:.1f}")
+    cbs = [ClipGrad(config.grad_clip), SkipNonFinite(1, "Lower the learning rate."), Recorder(log_every, codec_row),
+           Checkpoint(lambda learn: save_checkpoint(out, model, opt, learn.state, disc, opt_d), config.save_every),
+           TimeLimit(minutes) if minutes is not None else None, ProgressBar(steps, postfix, desc="codec") if progress else None]
+    return fit(model, opt, loss, lambda learn: crops.batch(config.batch_size).to(dev), steps, cbs, state)
 
 # %% ../nbs/06_codec.ipynb #7b54573a
 def lowpass(audio: torch.Tensor, cutoff_hz: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:

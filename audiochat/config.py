@@ -25,7 +25,7 @@ from .sct import ModelConfig, PRESETS as MODEL_PRESETS
 
 # %% auto #0
 __all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config', 'all_keys',
-           'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range',
+           'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range', 'merge',
            'config_from_dict', 'parse_overrides', 'resolve', 'read_yaml', 'to_dict', 'save_config', 'load_config']
 
 # %% ../nbs/12_config.ipynb #ae552ede
@@ -221,10 +221,11 @@ def check_range(key: str, value):
             raise ConfigError(f"config key {key!r} must be {rule}, got {value!r}", key=key)
 
 # %% ../nbs/12_config.ipynb #42a753f0
-def _merge(base: dict, new: dict) -> dict:
+def merge(base: dict, new: dict) -> dict:
+    "`new` over `base`, nested dicts merged key by key; a copy (neither input changes)."
     out = copy.deepcopy(base)
     for k, v in new.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 def _check_section(name: str, cls, values: dict) -> dict:
@@ -287,8 +288,8 @@ def resolve(preset: str = "tiny", file: str | Path | None = None, overrides: lis
         loaded = read_yaml(file)
         try: _check_dict(loaded)  # the file's own keys, types and ranges, checked with its name in the message
         except ConfigError as e: raise type(e)(f"{file}: {e}", e.key, file) from None
-        d = _merge(d, loaded)
-    if overrides: d = _merge(d, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+        d = merge(d, loaded)
+    if overrides: d = merge(d, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     return config_from_dict(d)
 
 def read_yaml(path) -> dict:

@@ -21,11 +21,12 @@ from .scene import Scene, SceneError, Source, diff
 # %% auto #0
 __all__ = ['MAX_TOOL_CALLS', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS', 'EVENTS', 'OBJECTS',
            'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM',
-           'SUBTASK_HELP', 'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent', 'FunctionTools',
-           'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text', 'random_story', 'describe',
-           'plan_edit', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered',
-           'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue', 'plan_dialogue',
-           'register_subtask', 'unregister_subtask']
+           'SUBTASK_HELP', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'AgentError', 'tool_call', 'assistant_message',
+           'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM',
+           'seed_text', 'random_story', 'describe', 'plan_edit', 'check_edit', 'story_task', 'edit_task',
+           'UserSimulator', 'SoundDesigner', 'rendered', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources',
+           'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json',
+           'missing_source_request', 'heard_scene']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -728,3 +729,34 @@ def _custom_check(name: str, before: Scene, after: Scene, d) -> str | None:
     if check is not None: return check(before, after)
     n = len(d.added) + len(d.removed) + len(d.changed)
     return None if n == 1 else f"{name}: expected exactly one source added, removed or changed, got {n}"
+
+# %% ../nbs/04_copilot.ipynb #0e7953cf
+UNDERSTAND_PROMPT = "Describe this audio: who speaks, what they say and when, and which sounds and music play when."
+NO_COT_TEXT = "Here is the audio."
+
+def answer_json(text: str) -> str:
+    "A reply in words in place of a scene, as the one-key JSON object the chat's grammar allows: {\"answer\":text}."
+    return json.dumps({"answer": text}, separators=(",", ":"), ensure_ascii=True)
+
+def missing_source_request(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """An edit request about a sound effect that `scene` does not have, and the answer saying so (in words:
+    `answer_json`). The sound is named the way users name sounds (a caption, a paraphrase or the class name)."""
+    from audiochat.tools import SOUND_EFFECTS
+    have = {s.caption for s in scene.sources}
+    names = sorted(n for n, e in SOUND_EFFECTS.items() if e.caption not in have)
+    if not names: raise ValueError("the scene already has every sound effect; there is nothing missing to ask for")
+    ghost = Source("fx0", "sfx", 0.0, 1.0, caption=SOUND_EFFECTS[rng.choice(names)].caption)
+    ref = _the(describe(ghost, scene, rng))
+    body = rng.choice([f"Make {ref} louder by 6 dB", f"Turn {ref} down 5 dB", f"Remove {ref}", f"Take out {ref}",
+                       f"Move {ref} to 2 seconds", f"Pan {ref} to the left", f"Replace {ref} with birds chirping"])
+    answer = rng.choice([f"There is no {ref[4:]} in this story, so I left it unchanged.",
+                         f"I could not find {ref} in the story; nothing was changed."])
+    return _sentence(rng, body), answer_json(answer)
+
+def heard_scene(scene: Scene, seconds: float) -> Scene:
+    """The part of `scene` inside its first `seconds` (sources cut at that time, later ones dropped): the right answer
+    for understanding when training keeps only the first `data.max_frames` frames of the audio."""
+    import dataclasses as dc
+    if seconds >= scene.duration: return scene
+    keep = [dc.replace(s, end=min(s.end, seconds)) for s in scene.sources if round(s.start, 2) < round(seconds, 2) - 0.005]
+    return Scene(tuple(s for s in keep if s.end > s.start), seconds)

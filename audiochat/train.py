@@ -13,13 +13,12 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -29,24 +28,28 @@ from torch import nn
 
 import yaml
 
-from .config import Config, ConfigError, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, read_yaml, to_dict, _merge
+from .config import Config, ConfigError, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, read_yaml, to_dict, merge
 from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
-from .codec import Codec, pick_device, load_latents, _optimizer_tensors, _load_optimizer
+from .codec import Codec, pick_device, load_latents
+from .learner import (EMA, Checkpoint, ClipGrad, Evaluate, GradientAccumulation, JsonlLog, ProgressBar, Recorder,
+                               RunFolderError, Schedule, SkipNonFinite, TensorBoard, fit, latest_checkpoint, load_optimizer,
+                               optimizer_tensors, read_tensors, rng_tensors, write_checkpoint)
 from .data import read_records, finished_shards, build as build_dataset
-from .copilot import plan_dialogue
+from .copilot import NO_COT_TEXT, UNDERSTAND_PROMPT, heard_scene, missing_source_request, plan_dialogue
 from .scene import Scene
 from .audio import load_audio
 
 # %% auto #0
-__all__ = ['SYNTHETIC_SOUNDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'PLANNED_SEEDS', 'RUN_FILES', 'OOM_ADVICE', 'RESUME_FREE',
-           'synthetic_dialogue', 'synthetic_texts', 'answer_json', 'missing_source_request', 'heard_scene',
-           'DialogueSource', 'plan_epoch', 'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of',
-           'stage_at', 'lr_at', 'ema_decay', 'RunFolderError', 'read_tensors', 'check_run_folder', 'save_checkpoint',
-           'latest_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
-           'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview',
-           'log_preview', 'prepare_data', 'train', 'resume_config', 'train_main']
+__all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE',
+           'RESUME_FREE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch', 'BatchStream',
+           'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'check_run_folder',
+           'save_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
+           'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview',
+           'sample_preview', 'log_preview', 'prepare_data', 'open_run', 'build_model', 'autocast_for', 'step_losses',
+           'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train', 'resume_config',
+           'train_main']
 
 # %% ../nbs/12_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -69,39 +72,6 @@ def synthetic_dialogue(seed: int, latent_dim: int, max_frames: int = 64, max_tur
 def synthetic_texts(n: int = 200, seed: int = 0) -> list[str]:
     "Texts like those of the synthetic dialogues, for training a tokenizer."
     return [t.text for i in range(n) for t in synthetic_dialogue(seed + i, 1)]
-
-# %% ../nbs/12_train.ipynb #3957c535
-UNDERSTAND_PROMPT = "Describe this audio: who speaks, what they say and when, and which sounds and music play when."
-NO_COT_TEXT = "Here is the audio."
-
-def answer_json(text: str) -> str:
-    "A reply in words in place of a scene, as the one-key JSON object the chat's grammar allows: {\"answer\":text}."
-    return json.dumps({"answer": text}, separators=(",", ":"), ensure_ascii=True)
-
-def missing_source_request(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """An edit request about a sound effect that `scene` does not have, and the answer saying so (in words:
-    `answer_json`). The sound is named the way users name sounds (a caption, a paraphrase or the class name)."""
-    from audiochat.copilot import _sentence, _the, describe
-    from audiochat.scene import Source
-    from audiochat.tools import SOUND_EFFECTS
-    have = {s.caption for s in scene.sources}
-    names = sorted(n for n, e in SOUND_EFFECTS.items() if e.caption not in have)
-    if not names: raise ValueError("the scene already has every sound effect; there is nothing missing to ask for")
-    ghost = Source("fx0", "sfx", 0.0, 1.0, caption=SOUND_EFFECTS[rng.choice(names)].caption)
-    ref = _the(describe(ghost, scene, rng))
-    body = rng.choice([f"Make {ref} louder by 6 dB", f"Turn {ref} down 5 dB", f"Remove {ref}", f"Take out {ref}",
-                       f"Move {ref} to 2 seconds", f"Pan {ref} to the left", f"Replace {ref} with birds chirping"])
-    answer = rng.choice([f"There is no {ref[4:]} in this story, so I left it unchanged.",
-                         f"I could not find {ref} in the story; nothing was changed."])
-    return _sentence(rng, body), answer_json(answer)
-
-def heard_scene(scene: Scene, seconds: float) -> Scene:
-    """The part of `scene` inside its first `seconds` (sources cut at that time, later ones dropped): the right answer
-    for understanding when training keeps only the first `data.max_frames` frames of the audio."""
-    import dataclasses as dc
-    if seconds >= scene.duration: return scene
-    keep = [dc.replace(s, end=min(s.end, seconds)) for s in scene.sources if round(s.start, 2) < round(seconds, 2) - 0.005]
-    return Scene(tuple(s for s in keep if s.end > s.start), seconds)
 
 # %% ../nbs/12_train.ipynb #4f278acb
 class DialogueSource:
@@ -302,32 +272,10 @@ def lr_at(config: Config, step: int) -> float:
     _, s, local = stage_at(config, step)
     return learning_rate(local, s.lr if s.lr is not None else config.optim.lr, s.steps, min(config.optim.warmup, s.steps), config.optim.min_lr_ratio)
 
-def ema_decay(decay: float, step: int) -> float:
-    """The EMA decay at optimiser step `step`: min(decay, (1 + step) / (10 + step)). Early on the average follows the
-    weights (its window grows with the run), so a short run's EMA is not stuck near the random initial weights."""
-    return min(decay, (1 + step) / (10 + step))
-
 # %% ../nbs/12_train.ipynb #fdc69037
-class RunFolderError(ValueError):
-    "A run folder or checkpoint that cannot be used; `path` is the folder or file at fault."
-    def __init__(self, message: str, path=None):
-        super().__init__(message); self.path = None if path is None else str(path)
-
 RUN_FILES = ("checkpoints", "tb", "log.jsonl", "config.yaml", "tokenizer", "latent_stats.safetensors")  # what a run writes
 
 def _unwrap(model): return getattr(model, "module", model)
-
-def read_tensors(path, what: str = "tensors") -> dict:
-    "A safetensors file as {name: tensor}, checked finite; a missing, truncated or garbage file is a `RunFolderError` naming it."
-    path = Path(path)
-    if not path.is_file(): raise RunFolderError(f"{path} is missing", path)
-    try: tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error type for a truncated or garbage header
-        raise RunFolderError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]})", path) from None
-    for k, v in tensors.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise RunFolderError(f"{path}: {what} {k!r} holds NaN/inf values", path)
-    return tensors
 
 def check_run_folder(out, resume: bool = False, overwrite: bool = False) -> Path:
     """The run folder `out`, made and checked writable. A new run into a folder with checkpoints is refused
@@ -348,49 +296,24 @@ def check_run_folder(out, resume: bool = False, overwrite: bool = False) -> Path
             elif p.exists(): p.unlink()
     return out
 
-def _rng_tensors() -> dict:
-    t = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available(): t.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return t
-
 def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config: Config, keep: int = 2, full: tuple | None = None) -> Path:
-    """Write a checkpoint folder for `state['step']` atomically into `out/checkpoints/` and point `latest` at it.
+    """Write the checkpoint of `state['step']` into `out/checkpoints/` (`write_checkpoint`: atomic, `latest` points at it).
     `full`: (weights, optimiser state, ema) gathered from an FSDP-sharded model by `gather_full_state`."""
-    ckdir = Path(out) / "checkpoints"; ckdir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state['step']:07d}"
-    final, tmp = ckdir / name, ckdir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists(): shutil.rmtree(tmp)
-    if full is None:
-        _unwrap(model).save(tmp)
-        tensors, groups = _optimizer_tensors(optimizer, "optim")
-    else:  # sharded run: a plain copy of the gathered weights; optimiser state keyed by parameter name
-        (weights, optim_state, ema), plain = full, AudioChatModel(config.model)
-        plain.load_state_dict(weights); plain.save(tmp)
-        tensors = {f"optimfqn.{name}.{k}": v.contiguous() for name, st in optim_state["state"].items() for k, v in st.items()}
-        groups = optim_state["param_groups"]
-    if ema: save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    save_file({**tensors, **_rng_tensors()}, str(tmp / "trainer.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=1) + "\n")
-    save_config(config, tmp / "config.yaml")
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = ckdir / ".latest.tmp"; pointer.write_text(name + "\n"); os.replace(pointer, ckdir / "latest")
-    steps = sorted(ckdir.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
-    others = [p for p in steps if p != final]  # never delete the checkpoint just written
-    for old in (others if keep == 1 else others[:-(keep - 1)] if keep > 1 else []): shutil.rmtree(old)
-    return final
-
-def latest_checkpoint(out) -> Path | None:
-    "The folder `latest` points at in `out/checkpoints/`, or None."
-    pointer = Path(out) / "checkpoints" / "latest"
-    if not pointer.exists(): return None
-    try: name = pointer.read_text(errors="replace").strip()
-    except OSError as e: raise RunFolderError(f"cannot read {pointer}: {e.strerror or e}", pointer) from None
-    path = pointer.parent / name
-    if not re.fullmatch(r"step-\d{7,}", name) or path.is_symlink():  # only a checkpoint folder beside the pointer, never elsewhere
-        raise RunFolderError(f"{pointer} must name a step-NNNNNNN folder in {pointer.parent}, it says {name[:80]!r}", pointer)
-    if not (path / "trainer_state.json").exists(): raise RunFolderError(f"{pointer} points at {path}, which is incomplete", path)
-    return path
+    def fill(folder: Path):
+        averages = ema
+        if full is None:
+            _unwrap(model).save(folder)
+            tensors, groups = optimizer_tensors(optimizer, "optim")
+        else:  # sharded run: a plain copy of the gathered weights; optimiser state keyed by parameter name
+            (weights, optim_state, averages), plain = full, AudioChatModel(config.model)
+            plain.load_state_dict(weights); plain.save(folder)
+            tensors = {f"optimfqn.{name}.{k}": v.contiguous() for name, st in optim_state["state"].items() for k, v in st.items()}
+            groups = optim_state["param_groups"]
+        if averages: save_file({k: v.detach().cpu().contiguous() for k, v in averages.items()}, str(folder / "ema.safetensors"))
+        save_file({**tensors, **rng_tensors()}, str(folder / "trainer.safetensors"))
+        (folder / "trainer_state.json").write_text(json.dumps({**state, "param_groups": groups}, indent=1) + "\n")
+        save_config(config, folder / "config.yaml")
+    return write_checkpoint(out, state["step"], fill, keep)
 
 def load_checkpoint(path) -> dict:
     "A checkpoint's parts: model / ema / trainer tensors (safetensors), state (JSON), config (YAML). No unpickling."
@@ -448,7 +371,7 @@ def load_optimizer_state(model, optimizer, tensors: dict, groups: list, sharded:
         raise ValueError("this checkpoint was written by a " + ("sharded (FSDP)" if not sharded else "non-sharded") +
                          " run; resume it with the same run.parallel setting")
     if not sharded:
-        return _load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, groups, "optim")
+        return load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}, groups, "optim")
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     state = {}
     for key, v in tensors.items():
@@ -459,6 +382,15 @@ def load_optimizer_state(model, optimizer, tensors: dict, groups: list, sharded:
 # %% ../nbs/12_train.ipynb #3af3993d
 OOM_ADVICE = ("out of memory: lower data.batch_size and raise optim.accumulate by the same factor (same global batch), "
               "or shorten data.max_frames / data.max_turns; on GPUs use run.precision=bf16, and run.parallel=fsdp for large models")
+
+@contextmanager
+def oom_advice():
+    "Out-of-memory errors inside the block re-raised as one `RuntimeError` that says what to change (`OOM_ADVICE`)."
+    try: yield
+    except torch.cuda.OutOfMemoryError: raise RuntimeError(OOM_ADVICE) from None
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower(): raise RuntimeError(f"{OOM_ADVICE} ({e})") from None
+        raise
 
 def setup_distributed(config: Config) -> tuple[int, int, torch.device]:
     "(rank, world size, device); initialises torch.distributed when launched by torchrun (gloo on CPU, nccl on CUDA)."
@@ -616,151 +548,124 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
     return tokenizer, streams, ev
 
+# %% ../nbs/12_train.ipynb #32902f9e
+def open_run(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[Config, dict | None]:
+    """The config to train with and the checkpoint to continue (`load_checkpoint`'s dict plus its `path`; None for a new
+    run), after checking the run folder. A resumed run keeps its saved config; only where and how it prints may change."""
+    out = Path(config.run.out)
+    if int(os.environ.get("RANK", "0")) == 0: check_run_folder(out, resume, overwrite)
+    if config.run.threads: torch.set_num_threads(config.run.threads)
+    if not resume: return config, None
+    path = latest_checkpoint(out)
+    if path is None: raise FileNotFoundError(f"no checkpoint to resume in {out / 'checkpoints'}")
+    ck, r = {**load_checkpoint(path), "path": path}, config.run
+    saved = ck["config"]
+    return replace(saved, run=replace(saved.run, out=r.out, progress=r.progress, threads=r.threads, device=r.device)), ck
+
+def build_model(config: Config, ck: dict | None, device, world: int = 1) -> tuple:
+    "(model, the module the loop calls (DDP / FSDP2 / compiled), AdamW, EMA averages or None), restored from `ck` if given."
+    model = AudioChatModel.from_hf(config.model.pretrained, config.model) if config.model.pretrained and ck is None else AudioChatModel(config.model)
+    if ck is not None: model.load_state_dict(ck["model"])
+    model = model.to(device)
+    fwd = wrap_model(model, config, world, device)  # before the optimiser: FSDP2 replaces the parameters by sharded ones
+    params, o = dict(model.named_parameters()), config.optim
+    ema = {k: p.detach().float().clone() for k, p in params.items()} if config.run.ema > 0 else None
+    if ck is not None and ck["ema"] is not None: ema = {k: _like(v.to(device), params[k]) for k, v in ck["ema"].items()}
+    groups = [dict(params=[p for p in params.values() if p.ndim >= 2], weight_decay=o.weight_decay),
+              dict(params=[p for p in params.values() if p.ndim < 2], weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+    if ck is not None: load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], world > 1 and config.run.parallel == "fsdp")
+    return model, fwd, opt, ema
+
+def autocast_for(config: Config, device):
+    "A function opening the forward pass's autocast: bf16 when `run.precision` asks (on 'auto': a GPU that has it), else nothing."
+    bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+
+# %% ../nbs/12_train.ipynb #72084714
+LOSS_KEYS = ("loss", "lm", "diff", "grad_norm")  # averaged over the steps of a log row
+TRAIN_SCALARS = ("loss", "lm", "diff", "grad_norm", "lr", "tokens_per_s", "audio_seconds_per_s", "bad_steps")  # train/ in TensorBoard
+NAN_ADVICE = "Resume from it with a lower optim.lr or stronger clipping (optim.grad_clip), and check the data (latent normalisation)."
+
+def step_losses(learn) -> dict:
+    "The loss terms of a step (means over its micro-batches) and its gradient norm."
+    terms = {k: sum(float(getattr(o, k).detach()) for o in learn.outs) / len(learn.outs) for k in ("loss", "lm", "diff")}
+    return {**terms, "grad_norm": learn.grad_norm}
+
+def batch_counts(learn, world: int = 1) -> dict:
+    "Tokens and audio frames of a micro-batch, summed over the processes."
+    lay = learn.batch.layout
+    return dict(tokens=int((~lay.pad).sum()) * world, frames=int(lay.audio.sum()) * world)
+
+def log_row(learn, mean: dict, rate: dict, config: Config) -> dict:
+    "A row of the log: step, stage, mean losses and grad norm, lr, throughput, skipped steps, training seconds."
+    return dict(step=learn.step, stage=stage_at(config, learn.step - 1)[1].name, **mean, lr=learn.lr,
+                tokens_per_s=rate.get("tokens", 0.0), audio_seconds_per_s=rate.get("frames", 0.0) / config.codec.frame_rate,
+                bad_steps=learn.state["bad_steps"], seconds=round(learn.state["seconds"], 2))
+
+def loss_postfix(row: dict) -> dict:
+    "What the progress bar shows of a row."
+    return dict(loss=f"{row['loss']:.3f}", lm=f"{row['lm']:.3f}", diff=f"{row['diff']:.3f}", lr=f"{row['lr']:.1e}")
+
+def evaluate_run(learn, model, stream: BatchStream, config: Config, audio_end_id: int, amp, device, ema: EMA | None = None,
+                 tensorboard: TensorBoard | None = None, codec=None) -> dict:
+    """Held-out losses of `model` and, with `ema`, of its EMA weights (`ema_loss`, ...); then the previews of the first
+    held-out batch (every process computes them: FSDP), drawn in `tensorboard`'s event files when given."""
+    ev = evaluate(model, stream, config, audio_end_id, config.run.eval_batches, amp())
+    if ema is not None:  # the EMA weights swapped in place (works for sharded parameters too), then restored
+        with ema.swapped(): ev.update({f"ema_{k}": v for k, v in evaluate(model, stream, config, audio_end_id, config.run.eval_batches, amp()).items()})
+    batch = stream[0].to(device)
+    clean, estimate = denoise_preview(model, batch, config, seed=config.run.seed)
+    _, sampled = sample_preview(model, batch, config, seed=config.run.seed)
+    if tensorboard is not None:
+        log_preview(tensorboard.writer, learn.step, dict(clean=clean, estimate=estimate, sampled=sampled), codec, stream.source.mean, stream.source.std)
+    return ev
+
+def save_run(learn, model, ema: dict | None, config: Config, world: int = 1, main: bool = True) -> Path:
+    "The checkpoint of this step (`save_checkpoint`): FSDP2 state gathered by every process, written by the first; all wait for it."
+    full = gather_full_state(model, learn.opt, ema) if world > 1 and config.run.parallel == "fsdp" else None  # every process takes part
+    if main: save_checkpoint(config.run.out, model, learn.opt, ema, learn.state, config, config.run.keep, full)
+    _barrier(world)
+    return Path(config.run.out) / "checkpoints" / f"step-{learn.step:07d}"
+
 # %% ../nbs/12_train.ipynb #ea823f66
 def train(config: Config, resume: bool = False, until: int | None = None, overwrite: bool = False) -> dict:
     """Train (or, with `resume`, continue from `run.out/checkpoints/latest`) until `optim.steps`, or stop after step
     `until`. A new run into a folder holding checkpoints is refused unless `overwrite` (delete them first).
     Returns the trainer state (step, history, evals, counters, last checkpoint)."""
-    from tqdm.auto import tqdm
-    out = Path(config.run.out)
-    if int(os.environ.get("RANK", "0")) == 0: check_run_folder(out, resume, overwrite)
-    if config.run.threads: torch.set_num_threads(config.run.threads)
-    ck = None
-    if resume:
-        path = latest_checkpoint(out)
-        if path is None: raise FileNotFoundError(f"no checkpoint to resume in {out / 'checkpoints'}")
-        ck = load_checkpoint(path)
-        saved = ck["config"]  # the run continues with its saved config; only where and how it prints may change
-        config = replace(saved, run=replace(saved.run, out=config.run.out, progress=config.run.progress, threads=config.run.threads, device=config.run.device))
+    config, ck = open_run(config, resume, overwrite)
+    out, total, r = Path(config.run.out), config.optim.steps, config.run
     rank, world, device = setup_distributed(config)
-    torch.manual_seed(config.run.seed)
+    torch.manual_seed(r.seed)
     tokenizer, streams, eval_stream = prepare_data(config, out, rank, world)
-    ids = special_token_ids(tokenizer)
-    if config.model.pretrained and ck is None: model = AudioChatModel.from_hf(config.model.pretrained, config.model)
-    else: model = AudioChatModel(config.model)
-    if ck is not None: model.load_state_dict(ck["model"])
-    model = model.to(device)
-    fwd = wrap_model(model, config, world, device)  # before the optimiser: FSDP2 replaces the parameters by sharded ones
-    sharded = world > 1 and config.run.parallel == "fsdp"
-    params = dict(model.named_parameters())
-    ema = {k: p.detach().float().clone() for k, p in params.items()} if config.run.ema > 0 else None
-    if ck is not None and ck["ema"] is not None:
-        ema = {k: _like(v.to(device), params[k]) for k, v in ck["ema"].items()}
-    o = config.optim
-    groups = [dict(params=[p for p in params.values() if p.ndim >= 2], weight_decay=o.weight_decay),
-              dict(params=[p for p in params.values() if p.ndim < 2], weight_decay=0.0)]
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
-    if ck is not None: load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], sharded)
-    call, evaluate_with = fwd, model
-    bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    audio_end, main = special_token_ids(tokenizer)["audio_end"], rank == 0
+    model, fwd, opt, ema = build_model(config, ck, device, world)
+    amp = autocast_for(config, device)
     state = dict(step=0, bad_steps=0, bad_in_row=0, last_checkpoint=None, seconds=0.0, history=[], evals=[])
-    if ck is not None: state = {k: v for k, v in ck["state"].items() if k != "param_groups"}; state["last_checkpoint"] = str(path)
-    main = rank == 0
-    writer = None
+    if ck is not None: state = {**{k: v for k, v in ck["state"].items() if k != "param_groups"}, "last_checkpoint": str(ck["path"])}
     preview_codec = Codec.from_pretrained(config.data.codec) if main and config.data.codec and eval_stream is not None else None
     if ck is not None: torch.set_rng_state(ck["trainer"]["rng.torch"])  # last: after everything that draws from it is built
+
+    def batch_at(learn): return streams[stage_at(config, learn.step)[0]][learn.g * world + rank].to(device)
+    def loss(learn):
+        try:
+            with amp(): return forcing_loss(fwd, learn.batch, config.loss, audio_end, noise_generator(r.seed, learn.g * world + rank))
+        except FloatingPointError: return None  # counted as a NaN loss: the step is skipped
+
+    averaged = EMA(dict(model.named_parameters()), r.ema, ema) if ema is not None else None
+    tb = TensorBoard(out / "tb", TRAIN_SCALARS, None if ck else {"config": f"```\n{yaml.safe_dump(to_dict(config), sort_keys=False)}```"}) if main else None
+    cbs = [Schedule(partial(lr_at, config)), GradientAccumulation(config.optim.accumulate), ClipGrad(config.optim.grad_clip),
+           SkipNonFinite(r.max_bad_steps, NAN_ADVICE, partial(_any_bad, world=world, device=device)), averaged,
+           Checkpoint(partial(save_run, model=model, ema=ema, config=config, world=world, main=main), r.save_every)]
+    if eval_stream is not None:
+        cbs.append(Evaluate(partial(evaluate_run, model=model, stream=eval_stream, config=config, audio_end_id=audio_end, amp=amp,
+                                    device=device, ema=averaged, tensorboard=tb, codec=preview_codec), r.eval_every, last=total))
     if main:
-        from torch.utils.tensorboard import SummaryWriter
         save_config(config, out / "config.yaml")
-        writer = SummaryWriter(str(out / "tb"))
-        if ck is None: writer.add_text("config", "```\n" + yaml.safe_dump(to_dict(config), sort_keys=False) + "```", 0)
-        with open(out / "log.jsonl", "a") as f: f.write(json.dumps(dict(event="resume" if ck else "start", step=state["step"], processes=world, config=to_dict(config))) + "\n")
-    total, accum = o.steps, o.accumulate
-    stop = total if until is None else min(total, until)
-    frame_rate = config.codec.frame_rate
-    bar = tqdm(total=total, initial=state["step"], disable=not (config.run.progress and main), desc="train", unit="step", dynamic_ncols=True)
-    t0, seconds0, window = time.perf_counter(), state["seconds"], dict(tokens=0, frames=0, time=time.perf_counter(), rows=[])
-    try:
-        while state["step"] < stop:
-            step = state["step"]
-            k, stage, _ = stage_at(config, step)
-            lr = lr_at(config, step)
-            for gr in opt.param_groups: gr["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            bad, terms = False, []
-            for micro in range(accum):
-                g = (step * accum + micro) * world + rank
-                batch = streams[k][g].to(device)
-                sync = fwd.no_sync() if micro < accum - 1 and hasattr(fwd, "no_sync") else nullcontext()
-                with sync:
-                    try:
-                        with amp(): res = forcing_loss(call, batch, config.loss, ids["audio_end"], noise_generator(config.run.seed, g))
-                        if not torch.isfinite(res.loss): raise FloatingPointError(f"loss {res.loss.item()}")
-                    except FloatingPointError: res = None
-                    if _any_bad(res is None, world, device): bad = True; break
-                    (res.loss / accum).backward()
-                terms.append(res)
-                window["tokens"] += int((~batch.layout.pad).sum()) * world; window["frames"] += int(batch.layout.audio.sum()) * world
-            grad_norm = float("nan")
-            if not bad:
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf")))
-                bad = not math.isfinite(grad_norm)
-            if bad:
-                opt.zero_grad(set_to_none=True)
-                state["bad_steps"] += 1; state["bad_in_row"] += 1
-                if state["bad_in_row"] >= config.run.max_bad_steps:
-                    raise FloatingPointError(
-                        f"{state['bad_in_row']} steps in a row had a NaN/inf loss or gradient (the last at step {step}); "
-                        f"last good checkpoint: {state['last_checkpoint'] or 'none saved yet'}. Resume from it with a lower "
-                        f"optim.lr or stronger clipping (optim.grad_clip), and check the data (latent normalisation).")
-            else:
-                opt.step(); state["bad_in_row"] = 0
-                if ema is not None:
-                    with torch.no_grad():
-                        decay = ema_decay(config.run.ema, step)
-                        for name, p in params.items(): ema[name].lerp_(p.detach().float(), 1 - decay)
-            state["step"] = step + 1
-            state["seconds"] = seconds0 + time.perf_counter() - t0
-            bar.update(1)
-            if terms and not bad: window["rows"].append([sum(float(getattr(r, k).detach()) for r in terms) / len(terms) for k in ("loss", "lm", "diff")] + [grad_norm])
-            last = state["step"] == stop
-            if main and (state["step"] % config.run.log_every == 0 or last or state["step"] == 1):
-                dt = time.perf_counter() - window["time"]
-                rows = window["rows"] or [[float("nan")] * 4]
-                mean = [sum(r[i] for r in rows) / len(rows) for i in range(4)]
-                row = dict(step=state["step"], stage=stage.name, loss=mean[0], lm=mean[1], diff=mean[2], grad_norm=mean[3], lr=lr,
-                           tokens_per_s=window["tokens"] / dt, audio_seconds_per_s=window["frames"] / frame_rate / dt,
-                           bad_steps=state["bad_steps"], seconds=round(state["seconds"], 2))
-                state["history"].append(row)
-                for key in ("loss", "lm", "diff", "grad_norm", "lr", "tokens_per_s", "audio_seconds_per_s", "bad_steps"):
-                    writer.add_scalar(f"train/{key}", row[key], state["step"])
-                with open(out / "log.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{mean[0]:.3f}", lm=f"{mean[1]:.3f}", diff=f"{mean[2]:.3f}", lr=f"{lr:.1e}")
-                window.update(tokens=0, frames=0, time=time.perf_counter(), rows=[])
-            if eval_stream is not None and ((config.run.eval_every and state["step"] % config.run.eval_every == 0) or state["step"] == total):
-                ev = dict(step=state["step"], **evaluate(evaluate_with, eval_stream, config, ids["audio_end"], config.run.eval_batches, amp()))
-                if ema is not None:  # the EMA weights swapped in place (works for sharded parameters too), then restored
-                    with torch.no_grad():
-                        backup = {n: p.detach().clone() for n, p in params.items()}
-                        for n, p in params.items(): p.copy_(ema[n])
-                        try: ev.update({f"ema_{k}": v for k, v in evaluate(evaluate_with, eval_stream, config, ids["audio_end"], config.run.eval_batches, amp()).items()})
-                        finally:
-                            for n, p in params.items(): p.copy_(backup[n])
-                state["evals"].append(ev)
-                preview_batch = eval_stream[0].to(device)  # every process runs the previews (FSDP)
-                clean, estimate = denoise_preview(evaluate_with, preview_batch, config, seed=config.run.seed)
-                _, sampled = sample_preview(evaluate_with, preview_batch, config, seed=config.run.seed)
-                if main:
-                    log_preview(writer, state["step"], dict(clean=clean, estimate=estimate, sampled=sampled), preview_codec,
-                                eval_stream.source.mean, eval_stream.source.std)
-                    for key, v in ev.items():
-                        if key != "step": writer.add_scalar(f"eval/{key}", v, state["step"])
-                    with open(out / "log.jsonl", "a") as f: f.write(json.dumps(dict(event="eval", **ev)) + "\n")
-            if (config.run.save_every and state["step"] % config.run.save_every == 0 and not state["bad_in_row"]) or last:
-                name = out / "checkpoints" / f"step-{state['step']:07d}"
-                full = gather_full_state(model, opt, ema) if sharded else None  # every process takes part
-                if main: save_checkpoint(out, model, opt, ema, state, config, config.run.keep, full)
-                _barrier(world)
-                state["last_checkpoint"] = str(name)
-    except torch.cuda.OutOfMemoryError: raise RuntimeError(OOM_ADVICE) from None
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower(): raise RuntimeError(f"{OOM_ADVICE} ({e})") from None
-        raise
-    finally:
-        bar.close()
-        if writer is not None: writer.close()
-    return state
+        cbs += [Recorder(r.log_every, partial(log_row, config=config), step_losses, LOSS_KEYS, partial(batch_counts, world=world)), tb,
+                JsonlLog(out / "log.jsonl", dict(event="resume" if ck else "start", step=state["step"], processes=world, config=to_dict(config))),
+                ProgressBar(total, loss_postfix, desc="train") if r.progress else None]
+    with oom_advice(): return fit(fwd, opt, loss, batch_at, total if until is None else min(total, until), cbs, state)
 
 # %% ../nbs/12_train.ipynb #1912a900
 RESUME_FREE = ("run.out", "run.progress", "run.threads", "run.device")  # what a resumed run may change
@@ -779,7 +684,7 @@ def resume_config(config: Config, explicit: dict) -> Config:
     differ = [k for k in _flat(explicit) if k not in RESUME_FREE and k in asked and asked[k] != had.get(k)]
     if differ:
         raise ConfigError("a resumed run keeps its saved config, but " + ", ".join(f"{k} = {asked[k] if k in asked else '...'!r} was asked "
-                          f"(the run has {had.get(k, '...')!r})" for k in differ) + f"; start a new --run.out to change it", key=differ[0])
+                          f"(the run has {had.get(k, '...')!r})" for k in differ) + "; start a new --run.out to change it", key=differ[0])
     return replace(saved, run=replace(saved.run, **{k.split(".")[1]: getattr(config.run, k.split(".")[1]) for k in RESUME_FREE}))
 
 def train_main(argv: list[str]) -> int:
@@ -798,7 +703,7 @@ def train_main(argv: list[str]) -> int:
     a, rest = p.parse_known_args(argv)
     if a.resume and a.overwrite: raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
     config = resolve(a.preset, a.config, rest)
-    if a.resume: config = resume_config(config, _merge(read_yaml(a.config) if a.config else {}, parse_overrides(rest)))
+    if a.resume: config = resume_config(config, merge(read_yaml(a.config) if a.config else {}, parse_overrides(rest)))
     if a.show_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False)); return 0
     rank = int(os.environ.get("RANK", "0"))

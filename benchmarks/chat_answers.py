@@ -20,7 +20,7 @@ from audiochat.chat import ChatEngine, ChatError
 from audiochat.forcing import Turn
 from audiochat.data import build_eval, read_records
 from audiochat.scene import Scene
-from audiochat.train import UNDERSTAND_PROMPT, heard_scene, missing_source_request
+from audiochat.copilot import UNDERSTAND_PROMPT, heard_scene, missing_source_request
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", default="runs/pipeline/model")

@@ -44,7 +44,7 @@ from audiochat.metrics import delta_multiflam, editflam, multiflam, tcpwer
 from audiochat.scene import Scene, diff, to_seglst
 from audiochat.sct import AudioChatModel
 from audiochat.tools import render, resolve_sound
-from audiochat.train import UNDERSTAND_PROMPT, heard_scene
+from audiochat.copilot import UNDERSTAND_PROMPT, heard_scene
 
 FREE_FORM = Path(__file__).with_name("free_form.json")
 TOLERANCE = dict(start=0.25, end=0.25, loudness_db=1.5, pan=0.2)  # a written number this close to the truth is right
