@@ -19,7 +19,7 @@ import torch
 from fastcore.basics import patch
 
 from .audio import FRAME_RATE
-from .cli import DATA_SAMPLES
+from .data import DATA_SAMPLES
 from .codec import Codec
 from .config import load_config
 from .diffusion import sample

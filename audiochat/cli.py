@@ -18,7 +18,7 @@ from pathlib import Path
 import audiochat
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DATA_SAMPLES', 'main', 'demo', 'demo_main']
+__all__ = ['COMMANDS', 'main', 'demo', 'demo_main']
 
 # %% ../nbs/16_cli.ipynb #4dbb899d
 COMMANDS = {
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 # %% ../nbs/16_cli.ipynb #cfaa3fea
-# shipped inside the package (the repository's top-level data_samples/ links here), so an installed wheel finds them
-DATA_SAMPLES = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd().parent / "audiochat") / "data_samples"
+from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package
 
 def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25) -> dict:
     """Render the sample scene into `out_dir` and write `report.html`; with a training run (`run`, or `tiny_run`: train

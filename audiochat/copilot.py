@@ -23,10 +23,10 @@ __all__ = ['MAX_TOOL_CALLS', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 
            'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM',
            'SUBTASK_HELP', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'AgentError', 'tool_call', 'assistant_message',
            'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM',
-           'seed_text', 'random_story', 'describe', 'plan_edit', 'check_edit', 'story_task', 'edit_task',
-           'UserSimulator', 'SoundDesigner', 'rendered', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources',
-           'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json',
-           'missing_source_request', 'heard_scene']
+           'seed_text', 'speech_seconds', 'random_story', 'names_by_caption', 'describe', 'plan_edit', 'check_edit',
+           'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'TemplateLLM', 'Turn', 'Dialogue',
+           'silent_sources', 'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask',
+           'answer_json', 'missing_source_request', 'heard_scene']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -282,7 +282,7 @@ def _music_caption(mood: str) -> str:
     from audiochat.tools import MUSIC_MOODS
     return MUSIC_MOODS[mood].caption
 
-def _speech_seconds(text: str) -> float:
+def speech_seconds(text: str) -> float:
     "A generous estimate of how long espeak-ng takes to say `text` (the mixer fits each clip to its span)."
     return round(0.5 + 0.42 * len(text.split()), 2)
 
@@ -305,9 +305,9 @@ def random_story(rng: random.Random, text: str | None = None, max_duration: floa
     if len(speakers) > 1 and rng.random() < 0.4: lines.append((speakers[1], rng.choice(LINES).format(obj=obj)))
     sources, t = [], _r(rng.uniform(0.2, 1.0))
     for i, (who, words) in enumerate(lines):
-        d = _speech_seconds(words)
+        d = speech_seconds(words)
         if t + d > top - 0.3 and not sources:  # the seed text is too long for a short story: say a short line instead
-            words = min((x.format(obj=obj) for x in LINES), key=lambda x: (len(x.split()), x)); d = _speech_seconds(words)
+            words = min((x.format(obj=obj) for x in LINES), key=lambda x: (len(x.split()), x)); d = speech_seconds(words)
         if t + d > top - 0.3 and sources: break
         pan = 0.0 if who == "narrator" else _r(rng.choice([-1, 1]) * rng.uniform(0.2, 0.6), 1)
         emotion = "neutral" if rng.random() < 0.4 else rng.choice(list(EMOTIONS))
@@ -345,7 +345,8 @@ def _sentence(rng, body: str) -> str:
     s = p + (body[0].upper() if not p else body[0] if first_person else body[0].lower()) + body[1:]
     return s.rstrip(".") + ("?" if p == "Could you " else ".")
 
-def _names_by_caption() -> dict:
+def names_by_caption() -> dict:
+    "The sound-effect name of each caption (`steady rain falling` -> `rain`)."
     from audiochat.tools import SOUND_EFFECTS
     return {v.caption: k for k, v in SOUND_EFFECTS.items()}
 
@@ -358,7 +359,7 @@ def describe(source: Source, scene: Scene, rng: random.Random) -> str:
         return rng.choice([f"{source.speaker}'s line", f"{source.speaker}'s voice", f"line spoken by the {source.speaker}"])
     if source.kind == "music": return rng.choice(["music", "background music", source.caption])
     from audiochat.tools import SOUND_EFFECTS
-    name = _names_by_caption().get(source.caption)
+    name = names_by_caption().get(source.caption)
     options = [source.caption] + (list(SOUND_EFFECTS[name].paraphrases) + [name] if name else [])
     return rng.choice(options)
 

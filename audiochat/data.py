@@ -23,10 +23,14 @@ from .scene import Scene
 # audiochat.audio (torch) is imported inside the functions that read or write audio: `audiochat data --help` stays light
 
 # %% auto #0
-__all__ = ['TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED', 'DataConfig',
-           'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards', 'build_shard', 'build', 'summarize',
-           'format_summary', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
+__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
+           'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards', 'build_shard', 'build',
+           'summarize', 'format_summary', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
            'build_samples', 'export_hf', 'data_main']
+
+# %% ../nbs/05_data.ipynb #77631958
+# shipped inside the package (the repository's top-level data_samples/ links here), so an installed wheel finds them
+DATA_SAMPLES = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd().parent / "audiochat") / "data_samples"
 
 # %% ../nbs/05_data.ipynb #7a3a72a8
 TRAIN_SEED_RANGE = (0, 1_000_000_000)

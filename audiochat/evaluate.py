@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, check_audio, resample, to_channels
-from .copilot import (BACKGROUND, LINES, PAN_WORDS, AgentError, ChatLLM, SoundDesigner, _names_by_caption,
-                               _speech_seconds, assistant_message, rendered, tool_call)
+from .copilot import (BACKGROUND, LINES, PAN_WORDS, AgentError, ChatLLM, SoundDesigner, names_by_caption,
+                               speech_seconds, assistant_message, rendered, tool_call)
 from .data import build_eval, load_turn, read_records
 from .metrics import (ClapEmbedder, TinyFLAM, clip_embedding, delta_multiflam, editflam, fad, kad, multiflam,
                                scorer_examples, tcpwer, train_scorer)
@@ -187,9 +187,9 @@ _LEAD = re.compile(r"^(?:please|could you|now|okay,?|next,?)\s+", re.I)
 
 def _sfx_phrases() -> dict[str, list[str]]:
     "sfx caption -> lower-case phrases a user may call it by (caption, class name, paraphrases; without articles)."
-    from audiochat.tools import SOUND_EFFECTS, _phrases
+    from audiochat.tools import SOUND_EFFECTS, sound_phrases
     bare = lambda p: re.sub(r"^(?:a|an|the|some)\s+", "", p.lower())
-    return {SOUND_EFFECTS[k].caption: sorted(set(map(bare, ps)), key=len, reverse=True) for k, ps in _phrases("sfx").items()}
+    return {SOUND_EFFECTS[k].caption: sorted(set(map(bare, ps)), key=len, reverse=True) for k, ps in sound_phrases("sfx").items()}
 
 def find_source(scene: Scene, reference: str) -> Source:
     "The source of `scene` that a user's words `reference` name (speaker and quoted words, 'music', a sound's name)."
@@ -228,7 +228,7 @@ def write_story(request: str) -> Scene:
     sources, t = [], 0.5
     for i, who in enumerate(voices):
         words = text if i == 0 else LINES[i % len(LINES)].format(obj="it")
-        end = min(t + _speech_seconds(words), duration - 0.1)
+        end = min(t + speech_seconds(words), duration - 0.1)
         if end - t < 0.5: break
         sources.append(Source(f"s{i + 1}", "speech", t, end, loudness_db=-18.0, pan=0.0 if i == 0 else (-0.4 if i % 2 else 0.4),
                               speaker=who, text=words))

@@ -23,10 +23,10 @@ __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATU
            'word_points', 'timed_streams', 'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer',
            'FrameScorer', 'check_texts', 'unbiased_score', 'speaker_caption', 'source_caption', 'caption_classes',
            'source_class', 'active_frames', 'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower',
-           'TinyFLAM', 'scorer_examples', 'train_scorer', 'auroc', 'f1_score', 'best_f1', 'eval_renders',
-           'detection_scores', 'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores', 'multiflam',
-           'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer', 'clip_embedding',
-           'median_bandwidth', 'kad', 'fad', 'load_clap', 'clap_embeddings', 'ClapEmbedder']
+           'TinyFLAM', 'scorer_examples', 'scorer_batch', 'LossList', 'train_scorer', 'auroc', 'f1_score', 'best_f1',
+           'eval_renders', 'detection_scores', 'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores',
+           'multiflam', 'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer',
+           'clip_embedding', 'median_bandwidth', 'kad', 'fad', 'load_clap', 'clap_embeddings', 'ClapEmbedder']
 
 # %% ../nbs/14_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -306,6 +306,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .audio import SAMPLE_RATE, check_audio, mel_spectrogram
+from .learner import Callback, Schedule, SkipNonFinite, fit
 from .scene import Source, diff
 
 # %% ../nbs/14_metrics.ipynb #1182df8d
@@ -499,39 +500,47 @@ def scorer_examples(seeds) -> list[tuple]:
         out.append((r.mix, frame_labels(r)))
     return out
 
+def scorer_batch(feats, examples, classes: dict, rng, batch: int, frames: int, held_out: int, gain_db: float, silence: float):
+    "(mels, texts, targets) of one step: `batch` random crops, each with a random gain or silent, one phrasing per class."
+    names, mels, ys = list(classes), [], []
+    for i in rng.choices(range(len(examples)), k=batch):
+        mel, labels = feats[i], examples[i][1]
+        k = rng.randrange(0, max(1, mel.shape[1] // 4 - frames + 1))
+        m = F.pad(mel[:, 4 * k: 4 * (k + frames)], (0, max(0, 4 * frames - mel.shape[1] + 4 * k)), mode="replicate")
+        y = torch.zeros(len(names), frames)
+        if rng.random() < silence: m = torch.full_like(m, SILENT_FEATURE)  # nothing sounds: every label 0
+        else:
+            m = (m + rng.uniform(-gain_db, gain_db) / 20).clamp(min=SILENT_FEATURE)  # features are dB / 20
+            for c, a in labels.items(): y[names.index(c), : len(a[k:k + frames])] = a[k:k + frames].float()
+        mels.append(m); ys.append(y)
+    texts = [rng.choice(classes[c][: len(classes[c]) - held_out]) for c in names]
+    return torch.stack(mels), texts, torch.stack(ys)
+
+class LossList(Callback):
+    "Every step's loss in `losses`; printed every `every` steps (0: never)."
+    def __init__(self, every: int = 0): self.every, self.losses = every, []
+    def after_step(self, learn):
+        self.losses.append(learn.loss.item())
+        if self.every and (learn.step - 1) % self.every == 0: print(f"step {learn.step - 1:5d}  loss {self.losses[-1]:.4f}")
+
 def train_scorer(examples, steps: int = 1500, batch: int = 16, frames: int = 48, lr: float = 3e-3, held_out: int = 1,
                  gain_db: float = 10.0, silence: float = 0.05, config: ScorerConfig | None = None, seed: int = 0,
                  log_every: int = 0) -> tuple[TinyFLAM, list[float]]:
-    """Train a `TinyFLAM` on `(mix, labels)` examples with the frame-wise sigmoid loss; the last `held_out` phrasings
-    stay unseen. Augmentation: a random gain within +-`gain_db` per crop, and a `silence` fraction of silent crops."""
+    """Train a `TinyFLAM` on `(mix, labels)` examples with the frame-wise sigmoid loss (through `fit`); the last
+    `held_out` phrasings stay unseen. Augmentation: a random gain within +-`gain_db` per crop, a `silence` fraction
+    of silent crops. A NaN/inf loss stops training with a FloatingPointError."""
     if not examples: raise ValueError("train_scorer needs at least one example")
     torch.manual_seed(seed); rng = random.Random(seed)
     model, classes = TinyFLAM(config), caption_classes()
-    names = list(classes)
     feats = [model.audio.features(x) for x, _ in examples]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    losses = []
-    for step in range(steps):
-        mels, ys = [], []
-        for i in rng.choices(range(len(examples)), k=batch):
-            mel, labels = feats[i], examples[i][1]
-            k = rng.randrange(0, max(1, mel.shape[1] // 4 - frames + 1))
-            m = F.pad(mel[:, 4 * k: 4 * (k + frames)], (0, max(0, 4 * frames - mel.shape[1] + 4 * k)), mode="replicate")
-            y = torch.zeros(len(names), frames)
-            if rng.random() < silence: m = torch.full_like(m, SILENT_FEATURE)  # nothing sounds: every label 0
-            else:
-                m = (m + rng.uniform(-gain_db, gain_db) / 20).clamp(min=SILENT_FEATURE)  # features are dB / 20
-                for c, a in labels.items(): y[names.index(c), : len(a[k:k + frames])] = a[k:k + frames].float()
-            mels.append(m); ys.append(y)
-        texts = [rng.choice(classes[c][: len(classes[c]) - held_out]) for c in names]
-        z, _ = model.logits(torch.stack(mels), texts)
-        loss = F.binary_cross_entropy_with_logits(z, torch.stack(ys))
-        if not torch.isfinite(loss): raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        for g in opt.param_groups: g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.zero_grad(); loss.backward(); opt.step()
-        losses.append(loss.item())
-        if log_every and step % log_every == 0: print(f"step {step:5d}  loss {loss.item():.4f}")
-    return model.eval(), losses
+    log = LossList(log_every)
+    def loss_fn(learn):
+        mels, texts, ys = learn.batch
+        return F.binary_cross_entropy_with_logits(model.logits(mels, texts)[0], ys)
+    batch_at = lambda learn: scorer_batch(feats, examples, classes, rng, batch, frames, held_out, gain_db, silence)
+    fit(model, opt, loss_fn, batch_at, steps, [Schedule(lambda s: lr * 0.5 * (1 + math.cos(math.pi * s / steps))), SkipNonFinite(1), log])
+    return model.eval(), log.losses
 
 # %% ../nbs/14_metrics.ipynb #a3ce9802
 def auroc(scores, labels) -> float:

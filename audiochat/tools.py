@@ -36,8 +36,9 @@ __all__ = ['ESPEAK_INSTALL', 'SPEAKERS', 'EMOTIONS', 'SPEECH_SILENCE_DB', 'SPEEC
            'Speaker', 'Emotion', 'get_speaker', 'get_emotion', 'espeak_program', 'clean_text', 'espeak_args',
            'trim_silence', 'speak', 'speech_duration', 'phonemes', 'band', 'shaped_noise', 'moving_filter',
            'moving_band', 'smooth_random', 'random_curve', 'tone', 'decay', 'place', 'times_regular', 'times_poisson',
-           'events', 'SoundEffect', 'resolve_sound', 'synth_sfx', 'register_sound', 'unregister_sound', 'midi_hz',
-           'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render', 'Toolbox']
+           'events', 'SoundEffect', 'sound_phrases', 'resolve_sound', 'synth_sfx', 'register_sound', 'unregister_sound',
+           'midi_hz', 'MusicMood', 'synth_music', 'fit_speech', 'limit_peaks', 'Render', 'source_audio', 'render',
+           'Toolbox']
 
 # %% ../nbs/03_tools.ipynb #f0b2effc
 class ToolError(ValueError):
@@ -550,17 +551,18 @@ def _stem(w: str) -> str:
 def _words(text: str) -> set[str]:
     return {_stem(w) for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP}
 
-def _phrases(kind: str) -> dict[str, list[str]]:
+def sound_phrases(kind: str) -> dict[str, list[str]]:
+    "Every way the data names each sound of `kind` (sfx or music): its name, its caption, its paraphrases."
     table = SOUND_EFFECTS if kind == "sfx" else MUSIC_MOODS
     return {k: [v.name, v.caption, *v.paraphrases] for k, v in table.items()}
 
 @functools.lru_cache(maxsize=4)
 def _vocabulary(kind: str):
-    words = {k: set().union(*map(_words, p)) for k, p in _phrases(kind).items()}
+    words = {k: set().union(*map(_words, p)) for k, p in sound_phrases(kind).items()}
     df = {}
     for ws in words.values():
         for w in ws: df[w] = df.get(w, 0) + 1
-    exact = {_key(p): k for k, ps in _phrases(kind).items() for p in ps}
+    exact = {_key(p): k for k, ps in sound_phrases(kind).items() for p in ps}
     return words, {w: math.log(1 + len(words) / d) for w, d in df.items()}, exact
 
 def resolve_sound(caption: str, kind: str = "sfx") -> str:
@@ -577,7 +579,7 @@ def resolve_sound(caption: str, kind: str = "sfx") -> str:
     ratio = lambda a, b: difflib.SequenceMatcher(None, a, b).ratio()
     def closeness(name):  # spelling: each query word's best match among the class's words, then the whole phrase
         fuzzy = sum(max(ratio(w, v) for v in words[name]) for w in q) if q else 0.0
-        return fuzzy, max(ratio(k, _key(p)) for p in _phrases(kind)[name])
+        return fuzzy, max(ratio(k, _key(p)) for p in sound_phrases(kind)[name])
     nearest = sorted(words, key=closeness, reverse=True)[:3]
     argument = "caption" if kind == "sfx" else "mood"
     raise UnknownSoundError(argument, caption, kind, nearest)

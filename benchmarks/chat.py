@@ -11,7 +11,7 @@ import torch
 from audiochat.chat import ChatEngine, train_tiny_run
 from audiochat.forcing import Turn
 from audiochat.grammar import decode_text
-from audiochat.cli import DATA_SAMPLES
+from audiochat.data import DATA_SAMPLES
 from audiochat.scene import Scene
 from audiochat.tools import render
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from audiochat.cli import DATA_SAMPLES
+from audiochat.data import DATA_SAMPLES
 from audiochat.codec import (
     Codec,
     codec_preset,

@@ -531,7 +531,7 @@ def stage_chat(a, work: Path, train_info: dict | None, results: Results, device)
     from audiochat.chat import ChatEngine, Timings, train_tiny_run
     from audiochat.forcing import Turn
     from audiochat.grammar import decode_text
-    from audiochat.cli import DATA_SAMPLES
+    from audiochat.data import DATA_SAMPLES
     from audiochat.scene import Scene
     steps = 5 if a.dry else 25
     if train_info and (Path(train_info["run"]) / "checkpoints").exists():

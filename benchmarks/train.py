@@ -50,15 +50,12 @@ def run_arch(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         tokenizer, streams, _ = prepare_data(config, out)
     end_id = special_token_ids(tokenizer)["audio_end"]
-    batches = [streams[0][g] for g in range(args.steps + args.warmup)]
+    batches = [streams[0][g].to(device) for g in range(args.steps + args.warmup)]
     model = AudioChatModel(config.model).to(device)
     call = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     bf16 = device.type == "cuda"
-    if device.type == "cuda":
-        from audiochat.train import _OnDevice
-        call = _OnDevice(call, device)
-        torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda": torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tokens = frames = flops = 0
     for i, batch in enumerate(batches):

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from audiochat.audio import plot_audio
-from audiochat.cli import DATA_SAMPLES
+from audiochat.data import DATA_SAMPLES
 from audiochat.forcing import ForcingConfig, Turn, collate, noise_levels, pack_dialogue
 from audiochat.scene import Scene
 from audiochat.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer

@@ -41,7 +41,7 @@ def test_grammar_accepts_every_training_scene():
     "Random scenes of the tokenizer corpus and the sample dialogues' scenes: complete, and every prefix viable."
     import random
 
-    from audiochat.cli import DATA_SAMPLES
+    from audiochat.data import DATA_SAMPLES
     from audiochat.tokenizer import random_scene
     g = SceneGrammar()
     scenes = [random_scene(random.Random(i)) for i in range(100)]
