@@ -2,8 +2,8 @@
 
 Modules:
 
-- `audiochat.app`: `audiochat serve --run DIR` puts the chat engine of notebook 13 behind a Gradio page: tell a story, plan an edit and change its scene before it is rendered, upload a file and read the scene the model hears in it.
-- `audiochat.chat`: `ChatEngine` loads a training run (model, tokenizer, config, codec, latent statistics), keeps the conversation (text turns and audio spans) and answers three kinds of request: **tell** a story, **edit** the last (or a given) audio, **understand** an audio file. The grammar it decodes with is notebook 13a; the terminal commands, the report and the Jupyter panel built on it are notebook 13b.
+- `audiochat.app`: `audiochat serve --run DIR` puts the chat engine of notebook 16 behind a Gradio page: tell a story, plan an edit and change its scene before it is rendered, upload a file and read the scene the model hears in it.
+- `audiochat.chat`: `ChatEngine` loads a training run (model, tokenizer, config, codec, latent statistics), keeps the conversation (text turns and audio spans) and answers three kinds of request: **tell** a story, **edit** the last (or a given) audio, **understand** an audio file. The grammar it decodes with is notebook 15; the terminal commands, the report and the Jupyter panel built on it are notebook 17.
 - `audiochat.cli`: One console script, one subcommand per job. Each subcommand lives in the module that does the work and is imported only when it runs, so `audiochat --help` is instant.
 - `audiochat.codec`: A DAC-style convolutional autoencoder with a VAE bottleneck: 16 kHz stereo in, 40 latent frames per second out, each channel encoded on its own and the two latent vectors stacked per frame. Losses, training, a latent cache for language-model training, and an evaluation next to trivial baselines.
 - `audiochat.config`: One resolved config describes a training run: data, codec, model, loss, optimiser, run settings. Presets `tiny`, `small` and `base`; a YAML file and dotted command-line overrides (`--model.d_model=256`) on top, type-checked.
