@@ -306,6 +306,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
 from .audio import SAMPLE_RATE, check_audio, mel_spectrogram
 from .learner import Callback, Schedule, SkipNonFinite, fit
@@ -445,11 +446,12 @@ class AudioTower(nn.Module):
         for b in self.blocks: h = h + F.gelu(b(h))
         return F.normalize(self.out(h), dim=1).transpose(1, 2)
 
-class TinyFLAM(nn.Module, FrameScorer):
-    "A small frame-wise language-audio model in FLAM's style (trained on rendered scenes); a `FrameScorer`."
+class TinyFLAM(nn.Module, FrameScorer, PyTorchModelHubMixin, library_name="audiochat", tags=["audio", "frame-wise-scorer"]):
+    """A small frame-wise language-audio model in FLAM's style (trained on rendered scenes); a `FrameScorer`.
+    `save_pretrained` / `from_pretrained` follow the Hub's convention (config.json + model.safetensors)."""
     def __init__(self, config: ScorerConfig | None = None):
         super().__init__()
-        self.config = config or ScorerConfig()
+        self.config = ScorerConfig(**config) if isinstance(config, dict) else config or ScorerConfig()  # a dict: from config.json
         self.frame_rate = self.config.frame_rate
         self.audio, self.text = AudioTower(self.config), TextTower(self.config)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .transformer import (TransformerConfig, Layout, DecoderLayer, Attention, MLP, RMSNorm, Rotary, KVCache,
@@ -164,11 +165,12 @@ class AudioChatOutput:
     text_logits: torch.Tensor | None  # (B, T, vocab) next-token logits; None for dit
     audio_pred: torch.Tensor  # (B, T, latent_dim) diffusion-head prediction at every position
 
-class AudioChatModel(nn.Module):
-    "SCT, Dense, MoT or DiT behind one interface (see ModelConfig.arch)."
+class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", tags=["audio", "text-to-audio", "transfusion"]):
+    """SCT, Dense, MoT or DiT behind one interface (see ModelConfig.arch). `save_pretrained(dir)` / `from_pretrained(dir
+    or ORG/NAME)` follow the Hub's convention (config.json + model.safetensors + a model card)."""
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = c = config
+        self.config = c = ModelConfig.from_dict(config) if isinstance(config, dict) else config  # a dict: from config.json
         tc, d = c.layer_config(), c.d_model
         self.embed_tokens = nn.Embedding(c.vocab_size, d)
         self.audio_in = nn.Linear(c.latent_dim, d)

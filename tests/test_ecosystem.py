@@ -161,3 +161,20 @@ def test_bundle_moved_gives_identical_outputs(tmp_path, hub):
     cot3, latents3 = _answer(ChatEngine.from_pretrained("hf:org/audiochat-tiny", **settings), request)
     assert cot3 == cot and (latents is None or torch.equal(latents, latents3))
     with pytest.raises(FileNotFoundError, match="not a bundle"): ChatEngine.from_pretrained(moved / "codec")
+
+
+def test_model_and_scorer_follow_the_hub_convention(tmp_path, hub):
+    """AudioChatModel and TinyFLAM: save_pretrained writes config.json + model.safetensors; from_pretrained gives the same
+    config (a dataclass) and weights, from the folder and from a repository in the offline Hub cache."""
+    import torch
+    from audiochat.metrics import ScorerConfig, TinyFLAM
+    from audiochat.sct import AudioChatModel, ModelConfig, preset
+    for name, model in (("model", AudioChatModel(preset("tiny", vocab_size=300))), ("scorer", TinyFLAM(ScorerConfig()))):
+        model.save_pretrained(tmp_path / name)
+        assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / name).iterdir()}
+        _fake_hub(hub, f"org/{name}", tmp_path / name)
+        for source in (tmp_path / name, f"org/{name}"):
+            again = type(model).from_pretrained(source)
+            assert type(again.config) is type(model.config) and again.config == model.config
+            assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert isinstance(AudioChatModel.from_pretrained(tmp_path / "model").config, ModelConfig)
