@@ -149,6 +149,7 @@ def _envelope(x: torch.Tensor, sr: int, bins: int = 1500):
     t = (np.arange(k) * n + n / 2) / sr
     return t, y.min(1).values.numpy(), y.max(1).values.numpy()
 
+# %% ../nbs/01_audio.ipynb #43cc95ff
 def plot_audio(x, sr: int = SAMPLE_RATE, spans=None, title: str | None = None, figsize=(9, 3.6)):
     """Waveform (top) and log-mel spectrogram (bottom) of (C, T) audio, channels averaged for the spectrogram.
     `spans`: optional (start_s, end_s, label) tuples drawn as labelled bars, one lane per span."""

@@ -85,6 +85,7 @@ class Timings:
                     diffusion_steps=self.diffusion_steps, diffusion_seconds=self.diffusion_seconds, steps_per_s=self.steps_per_s,
                     decode_seconds=self.decode_seconds, total_seconds=self.total_seconds)
 
+# %% ../nbs/16_chat.ipynb #4d5db0a5
 @dataclass
 class Reply:
     """One answered request: the task, the request text, the scene (the CoT; None for a model without CoT or an answer
@@ -116,6 +117,7 @@ def checked_request(text: str, what: str = "request") -> str:
     if len(text) > MAX_REQUEST_CHARS: raise ValueError(f"the {what} is {len(text)} characters; at most {MAX_REQUEST_CHARS}")
     return text.strip()
 
+# %% ../nbs/16_chat.ipynb #e08d2b12
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds the turns and
     `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar` (constrained CoT),
@@ -182,125 +184,139 @@ class ChatEngine:
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.mean is None else z * self.std.to(z).clamp_min(1e-5) + self.mean.to(z)
 
-    def encode(self, audio, sample_rate: int | None = None) -> torch.Tensor:
-        "Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at `sample_rate`."
-        from audiochat.audio import load_audio
-        c = self.codec.config
-        if isinstance(audio, (str, Path)):
-            audio, sample_rate = load_audio(audio, c.sample_rate, channels=c.channels), c.sample_rate
-        x = torch.as_tensor(audio, dtype=torch.float32)
-        if x.numel() == 0: raise ValueError("the audio is empty")
-        n = x.shape[-1] / (sample_rate or c.sample_rate)
-        if n > self.max_seconds: raise ValueError(f"the audio is {n:.1f} s long; this engine takes at most max_seconds={self.max_seconds:g} s")
-        with torch.inference_mode(): z = self.codec.encode(x, sample_rate).float()
-        return self.normalize(z)
+# %% ../nbs/16_chat.ipynb #648a794a
+@patch
+def encode(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor:
+    "Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at `sample_rate`."
+    from audiochat.audio import load_audio
+    c = self.codec.config
+    if isinstance(audio, (str, Path)):
+        audio, sample_rate = load_audio(audio, c.sample_rate, channels=c.channels), c.sample_rate
+    x = torch.as_tensor(audio, dtype=torch.float32)
+    if x.numel() == 0: raise ValueError("the audio is empty")
+    n = x.shape[-1] / (sample_rate or c.sample_rate)
+    if n > self.max_seconds: raise ValueError(f"the audio is {n:.1f} s long; this engine takes at most max_seconds={self.max_seconds:g} s")
+    with torch.inference_mode(): z = self.codec.encode(x, sample_rate).float()
+    return self.normalize(z)
 
-    def _context(self, turns: list[Turn]):
-        "tokens (1, T), latents, layout of the dialogue so far followed by `<|assistant|>`."
-        seq = pack_dialogue(turns, self.tokenizer, self.model.config.latent_dim)
-        b = collate([seq], self.ids["pad"])
-        a = torch.tensor([[self.ids["assistant"]]])
-        lay = b.layout
-        layout = Layout(*(torch.cat([getattr(lay, f), torch.zeros_like(getattr(lay, f)[:, :1]) + v], 1)
-                          for f, v in (("modality", 0), ("span", -1), ("document", 0), ("pad", False), ("isolated", False))))
-        latents = torch.cat([b.latents, torch.zeros(1, 1, b.latents.shape[-1])], 1)
-        return (torch.cat([b.tokens, a], 1).to(self.device), latents.to(self.device), layout.to(self.device))
+@patch
+def _context(self: ChatEngine, turns: list[Turn]):
+    "tokens (1, T), latents, layout of the dialogue so far followed by `<|assistant|>`."
+    seq = pack_dialogue(turns, self.tokenizer, self.model.config.latent_dim)
+    b = collate([seq], self.ids["pad"])
+    a = torch.tensor([[self.ids["assistant"]]])
+    lay = b.layout
+    layout = Layout(*(torch.cat([getattr(lay, f), torch.zeros_like(getattr(lay, f)[:, :1]) + v], 1)
+                      for f, v in (("modality", 0), ("span", -1), ("document", 0), ("pad", False), ("isolated", False))))
+    latents = torch.cat([b.latents, torch.zeros(1, 1, b.latents.shape[-1])], 1)
+    return (torch.cat([b.tokens, a], 1).to(self.device), latents.to(self.device), layout.to(self.device))
 
-    def think(self, turns: list[Turn], timings: Timings | None = None, answers: bool = False) -> tuple[Scene | None, str]:
-        """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the first text that
-        `Scene.from_json` accepts wins, else a ChatError with the last raw text. With `answers` (edits) the model may
-        instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer."""
-        if not self.thinks: raise ValueError("this model was trained without a chain of thought: it writes no scenes")
-        timings = timings if timings is not None else Timings()
-        tokens, latents, layout = self._context(turns)
-        stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"]]
-        gen = torch.Generator().manual_seed(self.seed)
-        raw, problem = "", ""
-        for attempt in range(1 + self.retries):
-            try: d = decode_text(self.model, tokens, latents, layout, stop_ids=stop, max_new_tokens=self.max_new_tokens,
-                            temperature=0.0 if attempt == 0 else self.temperature, generator=gen,
-                            grammar=(self.edit_grammar if answers else self.scene_grammar) if self.grammar else None,
-                            pieces=self.pieces, tokenizer=self.tokenizer)
-            except DeadEnd as e: raw, problem = e.raw, str(e); timings.attempts += 1; continue
-            timings.cot_tokens += len(d.ids); timings.cot_seconds += d.seconds; timings.attempts += 1
-            raw = d.text
-            if answers and answer_text(raw) is not None: return None, raw
-            try: scene = Scene.from_json(raw)
-            except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"; continue
-            if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds: return scene, raw
-            problem = f"the scene lasts {scene.duration:g} s, not between one frame and max_seconds={self.max_seconds:g}"
-        raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
+# %% ../nbs/16_chat.ipynb #5f61447f
+@patch
+def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, answers: bool = False) -> tuple[Scene | None, str]:
+    """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the first text that
+    `Scene.from_json` accepts wins, else a ChatError with the last raw text. With `answers` (edits) the model may
+    instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer."""
+    if not self.thinks: raise ValueError("this model was trained without a chain of thought: it writes no scenes")
+    timings = timings if timings is not None else Timings()
+    tokens, latents, layout = self._context(turns)
+    stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"]]
+    gen = torch.Generator().manual_seed(self.seed)
+    raw, problem = "", ""
+    for attempt in range(1 + self.retries):
+        try: d = decode_text(self.model, tokens, latents, layout, stop_ids=stop, max_new_tokens=self.max_new_tokens,
+                        temperature=0.0 if attempt == 0 else self.temperature, generator=gen,
+                        grammar=(self.edit_grammar if answers else self.scene_grammar) if self.grammar else None,
+                        pieces=self.pieces, tokenizer=self.tokenizer)
+        except DeadEnd as e: raw, problem = e.raw, str(e); timings.attempts += 1; continue
+        timings.cot_tokens += len(d.ids); timings.cot_seconds += d.seconds; timings.attempts += 1
+        raw = d.text
+        if answers and answer_text(raw) is not None: return None, raw
+        try: scene = Scene.from_json(raw)
+        except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"; continue
+        if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds: return scene, raw
+        problem = f"the scene lasts {scene.duration:g} s, not between one frame and max_seconds={self.max_seconds:g}"
+    raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
-    def render(self, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
-               seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG),
-        exactly as long as the scene (or `seconds`), which must not exceed `max_seconds`."""
-        timings = timings if timings is not None else Timings()
-        seconds = seconds if seconds is not None else scene.duration
-        if not 0 < seconds <= self.max_seconds: raise ValueError(f"cannot render {seconds:g} s: this engine renders at most max_seconds={self.max_seconds:g} s")
-        frames = max(1, round(seconds * FRAME_RATE))
-        D = self.model.config.latent_dim
-        seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D))], self.tokenizer, D)
-        batch = collate([seq], self.ids["pad"]).to(self.device)
-        span = int(batch.layout.span.max())
-        process = self.config.loss.process
-        cond, shape = span_denoiser(self.model, batch, span, process=process, seed=self.seed)
-        lay = batch.layout
-        iso = Layout(lay.modality, lay.span, lay.document, lay.pad, lay.audio & (lay.span == span))
-        uncond, _ = span_denoiser(self.model, type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target), span, process=process, seed=self.seed)
-        calls = [0]
-        def counted(fn):
-            def f(x, t): calls[0] += 1; return fn(x, t)
-            return f
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            z = sample(counted(cond), shape, self.steps, cfg_scale=self.cfg_scale, uncond_fn=counted(uncond), process=process,
-                       generator=torch.Generator().manual_seed(self.seed), device=self.device)[0]
-        timings.diffusion_steps += calls[0]; timings.diffusion_seconds += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with torch.inference_mode(): audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
-        timings.decode_seconds += time.perf_counter() - t0
-        return z.cpu(), audio
+# %% ../nbs/16_chat.ipynb #b6889805
+@patch
+def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
+           seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG),
+    exactly as long as the scene (or `seconds`), which must not exceed `max_seconds`."""
+    timings = timings if timings is not None else Timings()
+    seconds = seconds if seconds is not None else scene.duration
+    if not 0 < seconds <= self.max_seconds: raise ValueError(f"cannot render {seconds:g} s: this engine renders at most max_seconds={self.max_seconds:g} s")
+    frames = max(1, round(seconds * FRAME_RATE))
+    D = self.model.config.latent_dim
+    seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D))], self.tokenizer, D)
+    batch = collate([seq], self.ids["pad"]).to(self.device)
+    span = int(batch.layout.span.max())
+    process = self.config.loss.process
+    cond, shape = span_denoiser(self.model, batch, span, process=process, seed=self.seed)
+    lay = batch.layout
+    iso = Layout(lay.modality, lay.span, lay.document, lay.pad, lay.audio & (lay.span == span))
+    uncond, _ = span_denoiser(self.model, type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target), span, process=process, seed=self.seed)
+    calls = [0]
+    def counted(fn):
+        def f(x, t): calls[0] += 1; return fn(x, t)
+        return f
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        z = sample(counted(cond), shape, self.steps, cfg_scale=self.cfg_scale, uncond_fn=counted(uncond), process=process,
+                   generator=torch.Generator().manual_seed(self.seed), device=self.device)[0]
+    timings.diffusion_steps += calls[0]; timings.diffusion_seconds += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.inference_mode(): audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
+    timings.decode_seconds += time.perf_counter() - t0
+    return z.cpu(), audio
 
-    def _answer(self, task: str, request: str, user: Turn, audio_out: bool = True, seconds: float | None = None) -> Reply:
-        timings = Timings()
-        turns = self.history + [user]
-        if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers)
-        else: scene, cot = None, NO_COT_TEXT
-        message = answer_text(cot) if self.thinks and scene is None else None
-        latents = audio = None
-        if audio_out and message is None: latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds)
-        self.history = turns + [Turn("assistant", cot, audio=latents)]
-        reply = Reply(task, request, scene, cot, latents, audio, timings, message)
-        self.replies.append(reply)
-        return reply
+# %% ../nbs/16_chat.ipynb #98bb1cc3
+@patch
+def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bool = True, seconds: float | None = None) -> Reply:
+    timings = Timings()
+    turns = self.history + [user]
+    if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers)
+    else: scene, cot = None, NO_COT_TEXT
+    message = answer_text(cot) if self.thinks and scene is None else None
+    latents = audio = None
+    if audio_out and message is None: latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds)
+    self.history = turns + [Turn("assistant", cot, audio=latents)]
+    reply = Reply(task, request, scene, cot, latents, audio, timings, message)
+    self.replies.append(reply)
+    return reply
 
-    def tell(self, prompt: str, seconds: float | None = None) -> Reply:
-        """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a model without
-        CoT (default `default_seconds`); a thinking model plans the length itself."""
-        prompt = checked_request(prompt)
-        return self._answer("tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds)
+@patch
+def tell(self: ChatEngine, prompt: str, seconds: float | None = None) -> Reply:
+    """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a model without
+    CoT (default `default_seconds`); a thinking model plans the length itself."""
+    prompt = checked_request(prompt)
+    return self._answer("tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds)
 
-    def edit(self, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
-        """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor, which becomes
-        the user turn's span) following `instruction`. When the instruction cannot be done (e.g. it names a sound
-        that is not there) a trained model answers in words: `reply.message`, no audio."""
-        instruction = checked_request(instruction, "instruction")
-        if audio is None and not any(t.audio is not None for t in self.history):
-            raise ValueError("nothing to edit: tell a story first or give the audio to edit")
-        z = None if audio is None else self.encode(audio, sample_rate)
-        last = z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
-        return self._answer("edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE)
+# %% ../nbs/16_chat.ipynb #cb9f1bf8
+@patch
+def edit(self: ChatEngine, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
+    """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor, which becomes
+    the user turn's span) following `instruction`. When the instruction cannot be done (e.g. it names a sound
+    that is not there) a trained model answers in words: `reply.message`, no audio."""
+    instruction = checked_request(instruction, "instruction")
+    if audio is None and not any(t.audio is not None for t in self.history):
+        raise ValueError("nothing to edit: tell a story first or give the audio to edit")
+    z = None if audio is None else self.encode(audio, sample_rate)
+    last = z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
+    return self._answer("edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE)
 
-    def understand(self, audio, sample_rate: int | None = None) -> Reply:
-        "The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when."
-        if not self.thinks: raise ValueError("this model was trained without a chain of thought: it cannot describe audio")
-        z = self.encode(audio, sample_rate)
-        return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False)
+@patch
+def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply:
+    "The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when."
+    if not self.thinks: raise ValueError("this model was trained without a chain of thought: it cannot describe audio")
+    z = self.encode(audio, sample_rate)
+    return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False)
 
-    def reset(self):
-        "Forget the conversation."
-        self.history, self.replies = [], []
+@patch
+def reset(self: ChatEngine):
+    "Forget the conversation."
+    self.history, self.replies = [], []
 
 # %% ../nbs/16_chat.ipynb #462f9e40
 @dataclass
@@ -363,6 +379,7 @@ def _figures(d, prefix="") -> list[tuple[str, float]]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool): out.append((f"{prefix}{k}", v))
     return out
 
+# %% ../nbs/16_chat.ipynb #1e4972a9
 def model_card(config, model, bundle: dict, learning: dict | None = None) -> str:
     "The README.md of a bundle: what it is, how it was trained, how to use it, the learning benchmark's figures."
     from audiochat.sct import count_parameters
@@ -391,6 +408,7 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
     else: lines += ["No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling to add them."]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/16_chat.ipynb #3199561c
 def _save_pretrained(self, out, run_dir=None) -> Path:
     """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent statistics, config and
     a model card. `run_dir` (default: the run it was loaded from) supplies `learning.json` for the card."""
@@ -423,6 +441,7 @@ def _save_pretrained(self, out, run_dir=None) -> Path:
     (out / "README.md").write_text(model_card(c, self.model, bundle, learning))
     return out
 
+# %% ../nbs/16_chat.ipynb #d1b2a749
 def _from_pretrained(cls, name_or_path, device="cpu", **settings) -> ChatEngine:
     "An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository written `hf:ORG/NAME`."
     from safetensors.torch import load_file

@@ -41,6 +41,7 @@ def _usage() -> str:
     lines += ["", "Run `audiochat COMMAND --help` for a command's options."]
     return "\n".join(lines)
 
+# %% ../nbs/21_cli.ipynb #c22c9f8a
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `audiochat` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 # %% ../nbs/21_cli.ipynb #cfaa3fea
 from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package
 
+# %% ../nbs/21_cli.ipynb #aa1169b1
 def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25) -> dict:
     """Render the sample scene into `out_dir` and write `report.html`; with a training run (`run`, or `tiny_run`: train
     one for a few steps in `out_dir/tiny-run`) the report adds a chat: a story, two edits, understanding. Returns the paths."""
@@ -98,6 +100,7 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     paths["report"] = write_report(out, sections, SAMPLE_RATE, "audiochat demo", note)
     return paths
 
+# %% ../nbs/21_cli.ipynb #29f1b138
 def demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="audiochat demo", description="Render a sample story into a folder (audio, figure, scene).")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

@@ -115,6 +115,7 @@ class CodecConfig:
         if unknown: raise ValueError(f"unknown codec config keys: {sorted(unknown)}")
         return cls(**d)
 
+# %% ../nbs/06_codec.ipynb #56d9c1c0
 PRESETS = {
     "tiny": dict(kind="mel", batch_size=8, learning_rate=2e-3, save_every=1000),  # PCA in seconds, its decoder in minutes
     "vae-tiny": dict(),  # the VAE's defaults: trains on a laptop CPU in minutes (and carries little after that)
@@ -163,6 +164,7 @@ def decoder_block(channels_in: int, channels_out: int, stride: int) -> nn.Sequen
                             output_padding=stride % 2)
     return nn.Sequential(Snake(channels_in), weight_norm(up), *(ResidualUnit(channels_out, d) for d in (1, 3, 9)))
 
+# %% ../nbs/06_codec.ipynb #bbbce3d9
 class Encoder(nn.Module):
     "Mono waveform (batch, 1, samples) -> (batch, 2 * latent_dim, samples / hop): the mean and scale of each frame."
     def __init__(self, config: CodecConfig):
@@ -327,6 +329,7 @@ def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
     except Exception as e: raise ValueError(f"{d / 'model.safetensors'}: does not match config.json or is damaged ({str(e)[:200]})") from None
     return model.to(device).eval()
 
+# %% ../nbs/06_codec.ipynb #267c3f1b
 Codec.save_pretrained, Codec.from_pretrained = _save_pretrained, _from_pretrained
 
 def make_codec(config: CodecConfig) -> Codec:
@@ -354,6 +357,7 @@ class ConvNeXtBlock(nn.Module):
         h = self.mlp(self.norm(self.depthwise(x).transpose(1, 2)))
         return x + (self.gamma * h).transpose(1, 2)
 
+# %% ../nbs/06_codec.ipynb #84160702
 class ISTFTDecoder(nn.Module):
     """Latents (batch, dims, frames) -> per-frame STFT log magnitude and phase -> waveform by `torch.istft` (Vocos-style).
     With `base` (batch, bins, frames), a log magnitude estimated without learning, the network predicts a correction
@@ -483,6 +487,7 @@ class SpectralDistance(nn.Module):
     def mel(self, x, y) -> torch.Tensor: return self._distance(self.mels, x, y)
     def stft(self, x, y) -> torch.Tensor: return self._distance(self.stfts, x, y)
 
+# %% ../nbs/06_codec.ipynb #80119a77
 def si_sdr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Scale-invariant SDR in dB over the last axis (one value per channel). -inf where the estimate has nothing in common
     with the reference (e.g. silence); NaN where the reference is silent (undefined)."""
@@ -529,6 +534,7 @@ class STFTDiscriminator(nn.Module):
         features.append(self.out(h))
         return features
 
+# %% ../nbs/06_codec.ipynb #d56b44c6
 class Discriminator(nn.Module):
     "Multi-scale STFT discriminator over (batch, channels, samples) audio; each channel is judged on its own."
     def __init__(self, channels: int = 16, windows=(256, 512, 1024)):
@@ -567,6 +573,7 @@ def list_audio_files(folder) -> list[Path]:
     if not files: raise FileNotFoundError(f"no {'/'.join(AUDIO_SUFFIXES)} files under {folder}")
     return files
 
+# %% ../nbs/06_codec.ipynb #e4b3b357
 class AudioCrops:
     "Random fixed-length crops (channels, samples) from audio files, each read lazily; reproducible with `seed`."
     def __init__(self, files, seconds: float, sample_rate: int = SAMPLE_RATE, channels: int = 2, seed: int = 0):
@@ -595,6 +602,7 @@ class AudioCrops:
         "A (size, channels, samples) batch of crops."
         return torch.stack([self.crop() for _ in range(size)])
 
+# %% ../nbs/06_codec.ipynb #37314142
 SENTENCES = [
     "The old lighthouse keeper climbed the stairs one more time.", "Did you hear that? Someone is at the door.",
     "Rain fell softly on the tin roof all night long.", "We should leave before the storm reaches the valley.",
@@ -612,6 +620,7 @@ def _speech(text: str, rng: random.Random, sample_rate: int) -> torch.Tensor | N
     data, sr = sf.read(io.BytesIO(wav), dtype="float32")
     return resample(torch.from_numpy(data)[None], sr, sample_rate)
 
+# %% ../nbs/06_codec.ipynb #26bc0618
 def synthesize_audio_folder(folder, files: int = 8, seconds: float = 4.0, seed: int = 0, speech: bool = True,
                             sample_rate: int = SAMPLE_RATE) -> list[Path]:
     "Render `files` synthetic stereo practice clips (speech, notes, noise, clicks) into `folder`; returns their paths."
@@ -702,6 +711,7 @@ def codec_row(learn, mean: dict, rate: dict) -> dict:
     "A row of the codec's history: step, seconds and the terms of the step's loss."
     return dict(step=learn.step, seconds=round(learn.state["seconds"], 1), **{k: round(float(v.detach()), 5) for k, v in learn.out.terms.items()})
 
+# %% ../nbs/06_codec.ipynb #1bf70d6f
 def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, minutes: float | None = None,
                 resume: bool = False, device: str = "auto", progress: bool = True, log_every: int = 10,
                 threads: int | None = None) -> dict:
@@ -744,6 +754,7 @@ def lowpass(audio: torch.Tensor, cutoff_hz: float, sample_rate: int = SAMPLE_RAT
     freqs = torch.fft.rfftfreq(audio.shape[-1], 1 / sample_rate)
     return torch.fft.irfft(spec * (freqs <= cutoff_hz), n=audio.shape[-1], dim=-1)
 
+# %% ../nbs/06_codec.ipynb #fbd84f17
 @torch.inference_mode()
 def evaluate_codec(model: Codec, folder, max_files: int | None = None, max_seconds: float | None = None,
                    lowpass_hz: float = 4000.0) -> dict:
@@ -770,6 +781,7 @@ def evaluate_codec(model: Codec, folder, max_files: int | None = None, max_secon
     return dict(metrics=metrics, files=len(files), audio_seconds=audio_s,
                 encode_rtf=encode_s / audio_s, decode_rtf=decode_s / audio_s)
 
+# %% ../nbs/06_codec.ipynb #9dfdc8e1
 def format_evaluation(result: dict) -> str:
     "A plain-text table of an `evaluate_codec` result."
     lines = [f"{result['files']} files, {result['audio_seconds']:.1f} s of audio",
@@ -813,6 +825,7 @@ def encode_folder(model: Codec, folder, out_dir, shard_files: int = 256, overwri
     _atomic_write(out / "index.json", lambda p: p.write_text(json.dumps(index, indent=1) + "\n"))
     return index
 
+# %% ../nbs/06_codec.ipynb #41b64d53
 def load_latents(cache_dir) -> tuple[dict, torch.Tensor, torch.Tensor]:
     "Read a latent cache: ({relative path: (frames, dims) tensor}, per-dimension mean, per-dimension std)."
     d = Path(cache_dir)
@@ -835,6 +848,7 @@ def _parse_override(text: str) -> tuple[str, object]:
     if isinstance(default, tuple): return key, tuple(int(v) for v in value.split(","))
     return key, type(default)(value)
 
+# %% ../nbs/06_codec.ipynb #a3c25508
 def codec_main(argv: list[str]) -> int:
     "`audiochat codec train|encode|eval`: train a codec, cache latents, evaluate."
     p = argparse.ArgumentParser(prog="audiochat codec", description="Train, use and evaluate the audio codec.")

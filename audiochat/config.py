@@ -51,6 +51,7 @@ class TrainDataConfig:
     planned_share: float = 0.5  # share of the micro-batches drawn from the planned dialogues (when there are any)
     planned_batch_size: int | None = None  # dialogues per planned micro-batch; None: 2 x batch_size (they are short)
 
+# %% ../nbs/13_config.ipynb #532aa3f5
 @dataclass
 class OptimConfig:
     "AdamW with linear warmup then cosine decay to min_lr_ratio * lr."
@@ -63,6 +64,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm (0: off)
     accumulate: int = 1  # micro-batches per optimiser step (global batch = batch_size x accumulate x processes)
 
+# %% ../nbs/13_config.ipynb #787b4145
 @dataclass
 class RunConfig:
     "Where and how a run executes."
@@ -90,6 +92,7 @@ class StageConfig:
     steps: int = 0
     lr: float | None = None
 
+# %% ../nbs/13_config.ipynb #3a64424f
 @dataclass
 class Config:
     "A whole training run. `stages` empty: one stage of optim.steps on data.source."
@@ -166,6 +169,7 @@ def _unknown(key: str) -> ConfigKeyError:
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
     return ConfigKeyError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""), key=key)
 
+# %% ../nbs/13_config.ipynb #0366cd06
 def check_value(key: str, value, types: set[str]):
     "`value` converted to one of `types` (type names), or a TypeError naming the key."
     if value is None and "None" in types: return None
@@ -182,6 +186,7 @@ def check_value(key: str, value, types: set[str]):
     elif isinstance(value, dict) and types & {"dict", "DataConfig"}: return value
     raise ConfigTypeError(f"config key {key!r} expects {' or '.join(sorted(types))}, got {value!r:.80} ({type(value).__name__})", key=key)
 
+# %% ../nbs/13_config.ipynb #9997e84e
 # The range of every numeric field that has one: "> 0", ">= 1", "[0, 1)" (closed / open ends), None values are skipped.
 RANGES = {
     "data.eval_dialogues": ">= 0", "data.synthetic_dialogues": ">= 1", "data.planned_dialogues": ">= 0", "data.planned_share": "[0, 1)", "data.planned_batch_size": ">= 1",
@@ -203,6 +208,7 @@ RANGES = {
     "stages.steps": ">= 0", "stages.lr": "> 0",
 }
 
+# %% ../nbs/13_config.ipynb #84948976
 def in_range(value, rule: str) -> bool:
     "Whether a number satisfies a RANGES rule (finite numbers only)."
     import math
@@ -243,6 +249,7 @@ def _build(name: str, cls, values: dict):
     except ConfigError: raise
     except (ValueError, TypeError, ZeroDivisionError) as e: raise ConfigError(f"config section {name!r}: {e}", key=name) from None
 
+# %% ../nbs/13_config.ipynb #ed905f92
 def _check_dict(d: dict) -> tuple[dict, dict | None, list]:
     "(sections' checked values, data.build's, stages') of a nested dict: keys, types and ranges checked, nothing built."
     if not isinstance(d, dict): raise ConfigTypeError(f"a config must be a mapping of sections, got {type(d).__name__}")
@@ -262,6 +269,7 @@ def config_from_dict(d: dict) -> Config:
     stages = [_build(f"stages[{i}]", StageConfig, s) for i, s in enumerate(stages)]
     return Config(**{s: _build(s, cls, parts[s]) for s, cls in SECTIONS.items()}, stages=stages)
 
+# %% ../nbs/13_config.ipynb #4eaa25e7
 def parse_overrides(args: list[str]) -> dict:
     "['--model.d_model=256', '--optim.lr', '1e-3'] -> nested dict {'model': {'d_model': 256}, 'optim': {'lr': '1e-3'}}."
     out, i = {}, 0
@@ -280,6 +288,7 @@ def parse_overrides(args: list[str]) -> dict:
         i += 1
     return out
 
+# %% ../nbs/13_config.ipynb #8731897d
 def resolve(preset: str = "tiny", file: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     "The Config of `preset`, updated by a YAML `file` and then by `overrides` (dotted CLI arguments or a nested dict)."
     if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
@@ -307,6 +316,7 @@ def to_dict(config: Config) -> dict:
     "The resolved config as plain data (tuples as lists), as saved with checkpoints and logs."
     return json.loads(json.dumps(asdict(config)))
 
+# %% ../nbs/13_config.ipynb #1d90ced3
 def save_config(config: Config, path) -> Path:
     "Write the resolved config as YAML (atomically)."
     path = Path(path); tmp = path.with_name(f".{path.name}.tmp")

@@ -50,6 +50,7 @@ def assistant_message(content: str | None = None, tool_calls: list | None = None
 
 MAX_TOOL_CALLS = 16  # tool calls run per model reply; the rest get an error result (a reply of 50 two-minute music calls is refused)
 
+# %% ../nbs/04_copilot.ipynb #72111654
 def _check_reply(reply) -> dict:
     if not isinstance(reply, dict) or reply.get("role") != "assistant":
         raise AgentError(f"the model must return an assistant message dict, got {reply!r:.200}")
@@ -75,6 +76,7 @@ def call_tool(tools, call: dict) -> dict:
     try: return tools.call(name, arguments)
     except (ValueError, TypeError, KeyError, RecursionError) as e: return {"error": f"{name}: {str(e)[:500]}"}
 
+# %% ../nbs/04_copilot.ipynb #d7a7280d
 def run_agent(llm, messages: list[dict], tools=None, max_steps: int = 8) -> list[dict]:
     """The tool-calling loop: ask `llm`, run its tool calls on `tools`, feed the results back, until a reply without
     tool calls. Returns the new messages (the last one is the final answer); raises `AgentError` after `max_steps` replies."""
@@ -142,6 +144,7 @@ def _as_call(obj, i: int):
     return {"id": f"call_{i}", "type": "function",
             "function": {"name": obj["name"], "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}}
 
+# %% ../nbs/04_copilot.ipynb #b61078fb
 def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
     "Split generated text into (remaining text, OpenAI-format tool calls); reads `<tool_call>` blocks and bare JSON calls."
     calls, rest = [], text
@@ -181,6 +184,7 @@ def _hf_messages(messages: list[dict]) -> list[dict]:
         out.append(m)
     return out
 
+# %% ../nbs/04_copilot.ipynb #7986b164
 class TransformersLLM(ChatLLM):
     "A Hugging Face causal LM + tokenizer with a tool-aware chat template; tool calls are parsed from the generated text."
     def __init__(self, model, tokenizer, max_new_tokens: int = 512, do_sample: bool = False, **generate_kwargs):
@@ -267,6 +271,8 @@ LINES = ["Did you hear that?", "I have been waiting for hours.", "Look, {obj} is
          "Come inside, it is cold.", "I will never forget {obj}."]
 NARRATION = ["In {setting}, {character} {event}.", "Long ago, in {setting}, {character} {event}.",
              "This is the story of {character} who {event}.", "One evening in {setting}, {character} {event}."]
+
+# %% ../nbs/04_copilot.ipynb #f5d8e05c
 BACKGROUND = {"rain", "wind", "ocean waves", "crowd murmur", "fire crackling", "clock ticking", "engine", "birds", "water dripping"}
 
 def seed_text(rng: random.Random) -> str:
@@ -292,6 +298,7 @@ def speech_seconds(text: str) -> float:
 # %% ../nbs/04_copilot.ipynb #0601dcff
 def _r(x: float, n: int = 2) -> float: return round(x, n)
 
+# %% ../nbs/04_copilot.ipynb #5408cdaa
 def random_story(rng: random.Random, text: str | None = None, max_duration: float = 15.0) -> Scene:
     "A story scene from a seed text: 1-3 speakers, 1-4 sound effects, optional music, 5-15 s; all choices from `rng`."
     if not 5.0 <= max_duration <= 15.0: raise ValueError(f"max_duration must be in [5, 15] seconds, got {max_duration}")
@@ -366,6 +373,7 @@ def describe(source: Source, scene: Scene, rng: random.Random) -> str:
     options = [source.caption] + (list(SOUND_EFFECTS[name].paraphrases) + [name] if name else [])
     return rng.choice(options)
 
+# %% ../nbs/04_copilot.ipynb #e8e8685e
 def _the(ref: str) -> str:
     "A reference to something already in the scene: 'a dog barking' -> 'the dog barking'."
     for article in ("a ", "an ", "some "):
@@ -401,6 +409,7 @@ def _edit_remove(scene: Scene, target: Source, ref: str, rng: random.Random) -> 
     body = rng.choice([f"Remove {ref}", f"Take out {ref}", f"Get rid of {ref}", f"Delete {ref} from the scene", f"Drop {ref}"])
     return Scene(tuple(s for s in scene.sources if s.id != target.id), scene.duration), body
 
+# %% ../nbs/04_copilot.ipynb #4bd4cf8a
 def _edit_replace(scene: Scene, target: Source, ref: str, rng: random.Random) -> tuple[Scene, str]:
     if target.kind == "music":
         from audiochat.tools import MUSIC_MOODS
@@ -425,6 +434,7 @@ def _edit_loudness(scene: Scene, target: Source, ref: str, rng: random.Random) -
                        f"{'Boost' if up else 'Lower'} the level of {ref} by {abs(delta)} dB"])
     return _with(scene, target, dataclasses.replace(target, loudness_db=target.loudness_db + delta)), body
 
+# %% ../nbs/04_copilot.ipynb #b5eece55
 def _edit_move(scene: Scene, target: Source, ref: str, rng: random.Random) -> tuple[Scene, str]:
     "A new start at least 0.5 s away (another source when this one cannot move)."
     srcs, D = list(scene.sources), scene.duration
@@ -453,6 +463,7 @@ def _edit_pan(scene: Scene, target: Source, ref: str, rng: random.Random) -> tup
     body = rng.choice([f"Pan {ref} {w}", f"Place {ref} {w} in the stereo field", f"Move {ref} {w}", f"I want {ref} panned {w}"])
     return _with(scene, target, dataclasses.replace(target, pan=where)), body
 
+# %% ../nbs/04_copilot.ipynb #415082e2
 EDIT_PLANS = dict(remove=_edit_remove, replace=_edit_replace, loudness=_edit_loudness, move=_edit_move, pan=_edit_pan)
 
 def plan_edit(scene: Scene, subtask: str, rng: random.Random) -> tuple[Scene, str]:
@@ -512,6 +523,7 @@ def edit_task(scene: Scene, subtask: str) -> str:
     return (f"Task: edit request, subtask: {subtask} ({SUBTASK_HELP[subtask]}).\nCurrent scene:\n```json\n{scene.to_json()}\n```\n"
             "Ask for exactly this kind of change to one source, naming it as a listener would.")
 
+# %% ../nbs/04_copilot.ipynb #eb0d6f42
 class UserSimulator:
     "Plays the user: one request per task, written by `llm` (no tools)."
     def __init__(self, llm: ChatLLM): self.llm = llm
@@ -525,6 +537,7 @@ class UserSimulator:
     def story_request(self, text: str) -> str: return self._ask(story_task(text))
     def edit_request(self, scene: Scene, subtask: str) -> str: return self._ask(edit_task(scene, subtask))
 
+# %% ../nbs/04_copilot.ipynb #ac58705e
 class SoundDesigner:
     "Plays the sound designer: keeps the conversation, answers each request through the tool loop."
     def __init__(self, llm: ChatLLM, tools, max_steps: int = 8):
@@ -541,6 +554,7 @@ class SoundDesigner:
         self.messages += new
         return new
 
+# %% ../nbs/04_copilot.ipynb #9443b671
 def rendered(messages: list[dict]) -> tuple[Scene | None, dict | None]:
     "The scene of the last successful `render_scene` call in `messages` and its tool result ((None, None) if none)."
     results = {m.get("tool_call_id"): m for m in messages if m.get("role") == "tool"}
@@ -570,6 +584,7 @@ def _story_phrase(scene: Scene, text: str, rng: random.Random) -> str:
         f"I need a {scene.duration:.0f}-second story. {text} Voices: {join(voices)}. Sounds: {join(sounds)}{m}.",
     ])
 
+# %% ../nbs/04_copilot.ipynb #a12f7d7a
 class TemplateLLM(ChatLLM):
     "Offline, deterministic model: a story/edit grammar as the user, an oracle tool caller as the designer."
     def __init__(self, seed: int = 0, mistake_rate: float = 0.0, max_duration: float = 15.0):
@@ -668,6 +683,7 @@ def silent_sources(mix, scene: Scene, threshold: float = 1e-3) -> list[str]:
         if x.numel() == 0 or float(x.abs().max()) < threshold: out.append(s.id)
     return out
 
+# %% ../nbs/04_copilot.ipynb #025bab3e
 def simulate_dialogue(seed: int, subtasks=None, edits: int = 2, user: ChatLLM | None = None,
                       designer: ChatLLM | None = None, tools=None, max_steps: int = 8, mistake_rate: float = 0.1,
                       max_duration: float = 15.0) -> Dialogue:

@@ -60,6 +60,7 @@ class DataConfig:
     @property
     def shards(self) -> int: return -(-self.dialogues // self.shard_size)
 
+# %% ../nbs/05_data.ipynb #3ee4b98a
 PRESETS = {
     "tiny": DataConfig(dialogues=32, shard_size=8),  # about a minute on a 2-core CPU
     "demo": DataConfig(dialogues=240, shard_size=16, max_duration=8.0),  # `make demo`: short stories, about 2 minutes on 2 cores
@@ -104,10 +105,12 @@ def finished_shards(out) -> list[Path]:
     "The complete shard folders of a dataset folder, in order."
     return [p for p in sorted(Path(out).glob("shard-*")) if p.is_dir() and shard_done(p)]
 
+# %% ../nbs/05_data.ipynb #3c62aca1
 def _current_build(out: Path) -> str | None:
     try: return (out / ".build-id").read_text().strip()
     except OSError: return None
 
+# %% ../nbs/05_data.ipynb #9069b16a
 def build_shard(out, config: DataConfig, k: int, build_id: str | None = None) -> dict | None:
     """Build shard `k` of `config` into `out/shard-KKKKK/` (skipped if complete); returns its stats. The shard is
     written in a temporary folder and renamed when complete, `stats.json` last. `build_id`: the build this worker
@@ -149,6 +152,7 @@ def _worker_init():
 def _build_one(args):
     return build_shard(*args)
 
+# %% ../nbs/05_data.ipynb #dd53c8d3
 def build(out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress: bool = True) -> dict:
     "Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns and writes the summary."
     from tqdm.auto import tqdm
@@ -187,6 +191,7 @@ def build(out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
+# %% ../nbs/05_data.ipynb #3d3237b4
 def summarize(out) -> dict:
     "Totals over the finished shards of `out`: dialogues, turns, hours, rejections by reason, subtasks."
     total = dict(shards=0, dialogues=0, turns=0, hours=0.0, rejected={}, subtasks={})

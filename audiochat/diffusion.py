@@ -47,6 +47,7 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, process: str = "cosine_v")
     target = a * eps - s * x0 if process == "cosine_v" else eps - x0
     return a * x0 + s * eps, target
 
+# %% ../nbs/10_diffusion.ipynb #6d6e5241
 def predict_x0(x_t: torch.Tensor, prediction: torch.Tensor, t, process: str = "cosine_v") -> torch.Tensor:
     "The clean-data estimate from a model's prediction (`v` or flow velocity) at time `t`."
     a, s = alpha_sigma(_expand(t, x_t), process)
@@ -124,6 +125,7 @@ def classifier_free_guidance(cond_fn: Callable, uncond_fn: Callable, scale: floa
         return u + scale * (c - u)
     return denoise_fn
 
+# %% ../nbs/10_diffusion.ipynb #f6cd7242
 def sample(denoise_fn: Callable, shape, steps: int, sampler: str = "dpmpp_2m", *, cfg_scale: float = 1.0,
            uncond_fn: Callable | None = None, process: str = "cosine_v", sigmas: torch.Tensor | None = None,
            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, noise: torch.Tensor | None = None,

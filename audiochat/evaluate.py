@@ -102,6 +102,7 @@ def load_scorer(directory=None, examples: int = 150, steps: int = 1500) -> TinyF
     scorer.save(tmp); os.replace(tmp, d)  # atomic: a cached scorer is complete or absent
     return scorer
 
+# %% ../nbs/20_eval.ipynb #c983d24a
 def as_eval_audio(audio, sample_rate, seconds: float | None = None) -> torch.Tensor:
     "A system's audio as stereo (2, T) at SAMPLE_RATE, cut or zero-padded to `seconds` when given."
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
@@ -146,6 +147,7 @@ class System:
     def edit(self, turn: dict, previous: Output) -> Output: raise NotImplementedError
     def understand(self, turn: dict) -> Scene: raise NotImplementedError(f"{self.name} does not understand audio")
 
+# %% ../nbs/20_eval.ipynb #d2c624a9
 class OracleSystem(System):
     "The ground truth: each turn's own audio and scene."
     understands = True
@@ -166,6 +168,7 @@ class SilenceSystem(System):
     def edit(self, turn, previous): return Output(self._make(turn))
     def understand(self, turn): return Scene((), turn["duration"])
 
+# %% ../nbs/20_eval.ipynb #122a60af
 class CodecCeilingSystem(OracleSystem):
     "The ground truth through a codec (encode, decode): the best any model that speaks this codec's latents can score."
     understands = False
@@ -208,6 +211,7 @@ def find_source(scene: Scene, reference: str) -> Source:
     if best[1] is not None: return best[1]
     raise AgentError(f"cannot tell which source {reference!r} means (sources: {', '.join(s.label for s in scene.sources)})")
 
+# %% ../nbs/20_eval.ipynb #49101ed4
 def write_story(request: str) -> Scene:
     "A scene for a story request: its text, voices, sounds, music and length, laid out in time."
     from audiochat.tools import MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
@@ -245,6 +249,7 @@ def write_story(request: str) -> Scene:
     if music: sources.append(Source("music", "music", 0.0, duration, loudness_db=-30.0, caption=music[0]))
     return Scene(tuple(sources), duration)
 
+# %% ../nbs/20_eval.ipynb #76390ae0
 def write_edit(instruction: str, scene: Scene) -> Scene:
     "The scene after the edit `instruction` asks for (add, remove, replace, loudness, move or pan one source)."
     import dataclasses as dc
@@ -311,6 +316,7 @@ class ScriptWriter(ChatLLM):
         except (SceneError, ValueError) as e: raise AgentError(f"could not write a scene for {request!r}: {e}") from e
         return assistant_message(tool_calls=[tool_call("render_scene", {"scene": scene.to_dict()}, f"call_{len(messages)}")])
 
+# %% ../nbs/20_eval.ipynb #1230ce78
 class CascadeSystem(System):
     "WavJourney-style cascade: an LLM (`ScriptWriter` offline) writes each scene from text, the tools render it afresh."
     def __init__(self, llm: ChatLLM | None = None, name: str = "cascade", seed: int = 0):
@@ -344,6 +350,7 @@ def run_role(config) -> str:
 class Unavailable(Exception):
     "A system that cannot be evaluated here (the reason is the message)."
 
+# %% ../nbs/20_eval.ipynb #ae4e8053
 class CheckpointSystem(System):
     "A trained run answered through `ChatEngine` (story: tell; edit: edit its own previous audio; understand)."
     def __init__(self, run_dir, name: str | None = None, steps: int = 25, cfg_scale: float = 3.0, seed: int = 0):
@@ -430,6 +437,7 @@ def _attempt(fn):
     except FAILURES as e: out, error = None, f"{type(e).__name__}: {e}"
     return out, time.perf_counter() - t0, error
 
+# %% ../nbs/20_eval.ipynb #6838fd8d
 def evaluate_system(system: System, records: list, scorer, bar=None, embedder=None) -> dict:
     "Run one system over the dialogue `records`; every turn's scores, time and failure (story embeddings: `embedder` or the scorer's)."
     out = dict(name=system.name, role=system.role, available=not isinstance(system, UnavailableSystem),
@@ -474,6 +482,7 @@ def evaluate_system(system: System, records: list, scorer, bar=None, embedder=No
         if bar is not None: bar.update(1)
     return out
 
+# %% ../nbs/20_eval.ipynb #9d374ac0
 def _finite(v: float) -> float | None: return None if v is None or not math.isfinite(v) else float(v)
 
 def _reference_embeddings(scorer, records, embedder=None) -> list:
@@ -482,6 +491,7 @@ def _reference_embeddings(scorer, records, embedder=None) -> list:
     k = getattr(embedder, "batch_size", 8)
     return [e for i in range(0, len(records), k) for e in embedder([load_turn(r["turns"][0])[1] for r in records[i:i + k]]).tolist()]
 
+# %% ../nbs/20_eval.ipynb #cae9a7d2
 def evaluate(systems, split, scorer, dialogues: int | None = None, progress: bool = True, embedder=None) -> dict:
     """Evaluate `systems` (System objects or `make_system` specs) on the first `dialogues` dialogues of the built
     `split` folder with `scorer`; returns the per-turn results and the reference story embeddings (for KAD and FAD),
@@ -522,6 +532,7 @@ def _fad(reference, candidate) -> float | None:
         v = fad(reference, candidate)
     return v if math.isfinite(v) else None
 
+# %% ../nbs/20_eval.ipynb #c3f75a8c
 def summarize(results: dict) -> dict:
     "Per system: the story, editing (overall and per subtask) and understanding figures of `evaluate`'s results."
     ref = [e for e in results["reference_embeddings"] if e is not None]
@@ -566,6 +577,7 @@ def _embeddings_of(summary: dict) -> str:
     return " / ".join(dict.fromkeys(s["story"].get("embeddings", SCORER_EMBEDDINGS) for s in summary.values()
                                     if s["available"])) or SCORER_EMBEDDINGS
 
+# %% ../nbs/20_eval.ipynb #f8a757e1
 def format_tables(summary: dict, meta: dict | None = None) -> str:
     "The paper-shaped markdown tables of a `summarize` result (`meta`: split, dialogues, scorer, ... for the header)."
     meta = meta or {}
@@ -643,6 +655,7 @@ def plot_overview(summary: dict):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/20_eval.ipynb #aed06799
 def plot_subtasks(summary: dict, metric: str = "editflam", ax=None):
     "Grouped bars: `metric` per edit subtask, one bar per system."
     import matplotlib.pyplot as plt
@@ -683,6 +696,7 @@ def _llm(spec: str | None, url: str | None) -> ChatLLM | None:
     if spec.startswith("openai:"): return OpenAILLM(spec[7:], **({"base_url": url} if url else {}))
     raise ValueError(f"--cascade-llm must be 'script', 'hf:NAME_OR_PATH' or 'openai:MODEL', got {spec!r}")
 
+# %% ../nbs/20_eval.ipynb #ea6175fe
 def eval_main(argv: list[str]) -> int:
     "`audiochat eval`: evaluate checkpoints and baselines on StoryGen-Eval-mini; write tables.md, results.json, plots/."
     p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "

@@ -92,6 +92,7 @@ class Batch:
     def to(self, device):
         return Batch(self.tokens.to(device), self.latents.to(device), self.layout.to(device), self.turn.to(device), self.target.to(device))
 
+# %% ../nbs/11_forcing.ipynb #2b5bc6c6
 def _rows_to_batch(rows: list[list[Sequence]], pad_id: int, length: int | None = None) -> Batch:
     T = length or max(sum(len(s) for s in row) for row in rows)
     B, D = len(rows), rows[0][0].latents.shape[1]
@@ -120,6 +121,7 @@ def collate(seqs: list[Sequence], pad_id: int) -> Batch:
     if not seqs: raise ValueError("collate needs at least one sequence")
     return _rows_to_batch([[s] for s in seqs], pad_id)
 
+# %% ../nbs/11_forcing.ipynb #33c1193a
 def pack_rows(seqs: list[Sequence], length: int, pad_id: int) -> Batch:
     "Several dialogues per row of `length` positions (first-fit decreasing); a longer dialogue is an error."
     too_long = [len(s) for s in seqs if len(s) > length]
@@ -183,6 +185,7 @@ def _draw(shape, generator=None, device=None, normal=False):
     x = (torch.randn if normal else torch.rand)(shape, generator=generator, device=where)
     return x.to(device)
 
+# %% ../nbs/11_forcing.ipynb #c8488d98
 def noise_levels(batch: Batch, config: ForcingConfig, generator=None):
     "Diffusion time per span (B, S) and which target spans are isolated for CFG (B, S), following `config`."
     exists, is_target, document, last = span_table(batch)
@@ -248,6 +251,7 @@ def diffusion_mse(pred, v, mask, span, normalize: str = "frame") -> torch.Tensor
     counts = torch.zeros_like(sums).index_add(0, key, torch.ones_like(err[mask]))
     return (sums[counts > 0] / counts[counts > 0]).mean()
 
+# %% ../nbs/11_forcing.ipynb #ae745b92
 def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, generator=None) -> LossOutput:
     "Noise the batch, run the model, and combine the two losses: L = L_LM + lambda * L_diff."
     n = apply_noise(batch, config, generator)
@@ -266,6 +270,7 @@ def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, 
         raise FloatingPointError(f"non-finite loss: lm={lm.item()}, diff={diff.item()} (check the learning rate and the latent normalisation)")
     return LossOutput(lm + config.lambda_diff * diff, lm, diff, int(tt.sum()), int(n.loss_mask.sum()))
 
+# %% ../nbs/11_forcing.ipynb #25a3604f
 def span_denoiser(model, batch: Batch, span_id: int, history_t: float = 0.0, process: str = "cosine_v", seed: int = 0):
     """A `denoise_fn` for `diffusion.sample` that generates audio span `span_id` of every row (each row must have the
     same number of frames in it). Other spans keep their latents, clean or noised to `history_t` (with fixed noise);

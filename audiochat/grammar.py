@@ -48,6 +48,7 @@ def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str =
     source = rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
     return rf'\{{"duration":{_TIME},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
 
+# %% ../nbs/15_grammar.ipynb #a0eefecc
 def known_vocabulary() -> dict:
     "The names the tools know (speakers, emotions, sound-effect and music captions) and the data's ids, for `scene_pattern`."
     from audiochat.tools import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
@@ -69,6 +70,7 @@ _NUM = lambda key: regex.compile(rb'"' + key + rb'":(-?[0-9.]+)(,|\}|$)')
 _DURATION, _START, _END, _DB_NUM, _ID = _NUM(b"duration"), _NUM(b"start"), _NUM(b"end"), _NUM(b"loudness_db"), regex.compile(rb'"id":"([^"]*)"')
 _OPEN_ID, _ID_CHARS = regex.compile(rb'"id":"([^"]*)$'), [bytes([c]) for c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-"]
 
+# %% ../nbs/15_grammar.ipynb #eb449464
 def _reachable(number: bytes, done: bool) -> list[tuple[float, float]]:
     "Intervals of the values a non-negative number (at most 3 integer digits and 2 decimals) can still take."
     whole, dot, frac = number.partition(b".")
@@ -82,6 +84,7 @@ def _can_reach(number: bytes, done: bool, lo: float, hi: float) -> bool:
     "Whether the number can still end up in [lo, hi]."
     return any(a <= hi + 1e-9 and b >= lo - 1e-9 for a, b in _reachable(number, done))
 
+# %% ../nbs/15_grammar.ipynb #0bf885f6
 class SceneGrammar:
     """Prefix checks of UTF-8 bytes against the canonical scene JSON grammar, plus the scene's numeric rules on the
     numbers written so far (start < end <= duration <= max_seconds, loudness >= -60 LUFS, unique ids)."""
@@ -145,6 +148,7 @@ class DeadEnd(RuntimeError):
     "Constrained decoding reached a prefix that no token extends; `raw` is the text so far."
     def __init__(self, message: str, raw: str): super().__init__(message); self.raw = raw
 
+# %% ../nbs/15_grammar.ipynb #dd76a7d0
 @dataclass
 class Decoded:
     "Result of `decode_text`: the new token ids (without the stop token), their text, and speed."
@@ -156,6 +160,7 @@ class Decoded:
     @property
     def tokens_per_s(self) -> float: return len(self.ids) / max(self.seconds, 1e-9)
 
+# %% ../nbs/15_grammar.ipynb #ad1cb190
 @torch.no_grad()
 def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, stop_ids=(), max_new_tokens: int = 512,
                 temperature: float = 0.0, generator: torch.Generator | None = None, grammar: SceneGrammar | None = None,

@@ -33,6 +33,7 @@ __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATU
 # %% ../nbs/19_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
 
+# %% ../nbs/19_metrics.ipynb #ff715f86
 @dataclass(frozen=True)
 class WordErrorRate:
     "Word errors of a hypothesis against a reference; `assignment` pairs (reference speaker, hypothesis speaker)."
@@ -118,6 +119,7 @@ def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
     "Strict interval overlap (MeetEval's rule): intervals that only touch do not overlap, a point must lie inside."
     return a[0] < b[1] and a[1] > b[0]
 
+# %% ../nbs/19_metrics.ipynb #c3f675d2
 def align_words(reference: list[str], hypothesis: list[str], reference_times=None, hypothesis_times=None) -> Alignment:
     "Levenshtein alignment of two word lists; with times, words may only be paired if their intervals overlap."
     n, m = len(reference), len(hypothesis)
@@ -216,6 +218,7 @@ def tcpwer_from_scratch(reference, hypothesis, collar: float = DEFAULT_COLLAR) -
 # %% ../nbs/19_metrics.ipynb #8fc0951f
 VERDICT_COLORS = dict(correct="tab:green", substitution="tab:orange", insertion="tab:red", deletion="tab:red")
 
+# %% ../nbs/19_metrics.ipynb #feaee9aa
 def plot_word_timeline(reference, hypothesis, collar: float = DEFAULT_COLLAR, title: str | None = None):
     "Reference words (bars) and hypothesis words (points, collar as a line), coloured by their tcpWER verdict."
     import matplotlib.pyplot as plt
@@ -272,6 +275,7 @@ def _from_meeteval(r) -> WordErrorRate:
     return WordErrorRate(int(r.errors), int(r.length), int(r.substitutions), int(r.insertions), int(r.deletions),
                          tuple(tuple(p) for p in (r.assignment or ())))
 
+# %% ../nbs/19_metrics.ipynb #65fe7f13
 def tcpwer(reference, hypothesis, collar: float = DEFAULT_COLLAR) -> WordErrorRate:
     "tcpWER of one session through MeetEval (character-based reference timings, centre points for the hypothesis)."
     import meeteval
@@ -365,6 +369,7 @@ def source_class(source: Source) -> str:
     if source.kind == "speech": return f"speech:{' '.join(source.speaker.lower().split())}"
     return f"{source.kind}:{resolve_sound(source.caption, source.kind)}"
 
+# %% ../nbs/19_metrics.ipynb #ba608dea
 def active_frames(stem, frame_rate: float = 10.0, threshold: float = 1e-4) -> torch.Tensor:
     "Bool frames whose centre lies between the first and last sample where `stem` ((C, T) or (T,)) exceeds `threshold`."
     x = check_audio(stem).abs().amax(0)
@@ -402,6 +407,7 @@ def text_ngrams(text: str, n_min: int = 3, n_max: int = 5) -> list[str]:
     for w in (f"<{w}>" for w in words): grams += [w[i:i + n] for n in range(n_min, n_max + 1) for i in range(len(w) - n + 1)]
     return grams or ["<empty>"]
 
+# %% ../nbs/19_metrics.ipynb #9b5b4087
 class TextTower(nn.Module):
     "Mean of hashed word and char n-gram embeddings -> residual MLP -> unit vector; MLP heads give logit scale and bias."
     def __init__(self, c: ScorerConfig):
@@ -422,6 +428,7 @@ class TextTower(nn.Module):
         e = F.normalize(self.mlp(h) + h, dim=-1)
         return e, self.scale(h).squeeze(-1).clamp(max=math.log(100.0)).exp(), self.bias(h).squeeze(-1)
 
+# %% ../nbs/19_metrics.ipynb #6aede86f
 class AudioTower(nn.Module):
     "Log-mel (40 frames/s) -> convolutions (two of stride 2) -> one unit embedding per 1/frame_rate s."
     def __init__(self, c: ScorerConfig):
@@ -446,6 +453,7 @@ class AudioTower(nn.Module):
         for b in self.blocks: h = h + F.gelu(b(h))
         return F.normalize(self.out(h), dim=1).transpose(1, 2)
 
+# %% ../nbs/19_metrics.ipynb #9607276c
 class TinyFLAM(nn.Module, FrameScorer, PyTorchModelHubMixin, library_name="audiochat", tags=["audio", "frame-wise-scorer"]):
     """A small frame-wise language-audio model in FLAM's style (trained on rendered scenes); a `FrameScorer`.
     `save_pretrained` / `from_pretrained` follow the Hub's convention (config.json + model.safetensors)."""
@@ -520,6 +528,7 @@ def scorer_batch(feats, examples, classes: dict, rng, batch: int, frames: int, h
     texts = [rng.choice(classes[c][: len(classes[c]) - held_out]) for c in names]
     return torch.stack(mels), texts, torch.stack(ys)
 
+# %% ../nbs/19_metrics.ipynb #01a20221
 class LossList(Callback):
     "Every step's loss in `losses`; printed every `every` steps (0: never)."
     def __init__(self, every: int = 0): self.every, self.losses = every, []
@@ -575,6 +584,7 @@ def best_f1(scores, labels) -> tuple[float, float]:
     t = s[last][i + 1] if i + 1 < last.sum() else -np.inf  # any threshold in [next lower score, this score) gives it
     return float(f1[i]), float(t)
 
+# %% ../nbs/19_metrics.ipynb #e6b62c89
 def eval_renders(dialogues: int = 60) -> list:
     "The turns of the first `dialogues` StoryGen-Eval-mini dialogues as `tools.Render`s (mix + stems), in order."
     from audiochat.copilot import simulate_dialogue
@@ -653,6 +663,7 @@ def source_scores(scorer: FrameScorer, audio, sources) -> dict[str, float]:
     s = scorer.frame_scores(x, [source_caption(src) for src in sources])
     return {src.id: span_score(s[i], span_frames(scorer, src.start, src.end, s.shape[1])) for i, src in enumerate(sources)}
 
+# %% ../nbs/19_metrics.ipynb #7a1b3ffd
 def multiflam(scorer: FrameScorer, audio, scene: Scene, threshold: float = 0.5) -> float:
     "multiFLAM (0-100, higher is better): percentage of the scene's sources whose span score exceeds `threshold`."
     if not scene.sources: raise ValueError("multiflam: the scene has no sources to look for")
@@ -678,6 +689,7 @@ def _q(scorer, audio, text: str, inside: Source, outside: Source | None = None) 
     if outside is not None: m = m & ~span_frames(scorer, outside.start, outside.end, len(s))
     return span_score(s, m)
 
+# %% ../nbs/19_metrics.ipynb #aefd8018
 def edit_terms(scorer: FrameScorer, before_audio, before: Scene, after_audio, after: Scene) -> dict[str, float]:
     "The signed change d of every edited source (id -> d); swapping the two audios flips every sign."
     x, y = _stereo(before_audio, "before_audio"), _stereo(after_audio, "after_audio")
@@ -745,6 +757,7 @@ def median_bandwidth(x) -> float:
     d = pdist(_embeddings(x, "x"))
     return float(np.median(d)) if np.median(d) > 0 else 1.0
 
+# %% ../nbs/19_metrics.ipynb #9f4504ff
 def kad(reference, candidate, bandwidth: float | None = None, scale: float = 100.0) -> float:
     "Kernel audio distance: `scale` x unbiased MMD^2 with a Gaussian kernel (median-heuristic bandwidth of `reference`)."
     x, y = _embeddings(reference, "reference"), _embeddings(candidate, "candidate")

@@ -61,6 +61,7 @@ def _text(where: str, value, required: bool, allowed: bool = True) -> str | None
     if not value: raise SceneError(where, "must not be empty")
     return value
 
+# %% ../nbs/02_scene.ipynb #97017268
 @dataclass(frozen=True)
 class Source:
     "One sound in a scene: speech (speaker + text), a sound effect or music (caption), placed in time, level and pan."
@@ -241,6 +242,7 @@ class SceneDiff:
         if self.duration: d["duration"] = self.duration[1]
         return d
 
+# %% ../nbs/02_scene.ipynb #5f060590
 def diff(before: Scene, after: Scene) -> SceneDiff:
     "The edit that turns `before` into `after`, matching sources by id."
     b, a = {s.id: s for s in before.sources}, {s.id: s for s in after.sources}

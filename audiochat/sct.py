@@ -31,6 +31,7 @@ __all__ = ['ARCHS', 'PRESETS', 'ModelConfig', 'preset', 'timestep_features', 'Ti
 # %% ../nbs/09_sct.ipynb #19da368d
 ARCHS = ("sct", "dense", "mot", "dit")
 
+# %% ../nbs/09_sct.ipynb #590cfddf
 @dataclass
 class ModelConfig:
     "Shape of an AudioChat model; `n_layers` = U understanding layers, `n_gen_layers` = G; every arch has U + G layers."
@@ -165,6 +166,7 @@ class AudioChatOutput:
     text_logits: torch.Tensor | None  # (B, T, vocab) next-token logits; None for dit
     audio_pred: torch.Tensor  # (B, T, latent_dim) diffusion-head prediction at every position
 
+# %% ../nbs/09_sct.ipynb #29bd640d
 class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", tags=["audio", "text-to-audio", "transfusion"]):
     """SCT, Dense, MoT or DiT behind one interface (see ModelConfig.arch). `save_pretrained(dir)` / `from_pretrained(dir
     or ORG/NAME)` follow the Hub's convention (config.json + model.safetensors + a model card)."""

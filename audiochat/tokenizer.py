@@ -56,6 +56,7 @@ def _sentence(rng: random.Random) -> str:
     words = rng.choices(_WORDS, k=rng.randint(3, 12))
     return " ".join(words).capitalize() + rng.choice([".", "?", "!", "..."])
 
+# %% ../nbs/07_tokenizer.ipynb #7f5320ae
 def random_scene(rng: random.Random) -> Scene:
     """A random valid scene (speech, sound effects, music) for training text and tests. Unlike the template stories
     (`copilot.random_story`: what the tools can render, ids like `s1`), it spans the whole schema: any id, caption or
@@ -77,6 +78,7 @@ def random_scene(rng: random.Random) -> Scene:
         sources.append(Source(name, kind, start, end, **kw))
     return Scene(tuple(sources), duration)
 
+# %% ../nbs/07_tokenizer.ipynb #52e688de
 def dialogue_corpus(n: int = 2000, seed: int = 0) -> list[str]:
     "`n` texts shaped like the dialogues: compact scene JSON (the CoT), edit diffs and user requests."
     if n < 1: raise ValueError(f"n must be >= 1 (got {n})")

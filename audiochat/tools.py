@@ -93,6 +93,7 @@ SPEAKERS = {
     "whisperer": Speaker("en-gb+whisper", 50, 150, 1),
 }
 
+# %% ../nbs/03_tools.ipynb #871a1df7
 @dataclass(frozen=True)
 class Emotion:
     "Prosody change: pitch shift (espeak units), rate factor, extra word gap, amplitude factor."
@@ -144,6 +145,7 @@ def espeak_program() -> str:
     if path is None: raise EspeakNotFoundError(f"espeak-ng was not found (looked for {name!r} on PATH); {ESPEAK_INSTALL}")
     return path
 
+# %% ../nbs/03_tools.ipynb #e3c80c0e
 def clean_text(text) -> str:
     """Whitespace-normalised text, with control characters (a NUL would end espeak-ng's input early) turned into
     spaces and espeak-ng's `[[phoneme]]` escape defused; `ToolError` if empty or longer than `MAX_TEXT_CHARS`."""
@@ -187,6 +189,7 @@ def _espeak(args: list, text: str) -> subprocess.CompletedProcess:
     try: return subprocess.run(args, input=text.encode(), capture_output=True, timeout=ESPEAK_TIMEOUT, check=False)
     except subprocess.TimeoutExpired: raise ToolError("text", f"espeak-ng took more than {ESPEAK_TIMEOUT} s") from None
 
+# %% ../nbs/03_tools.ipynb #5465b7ff
 def _speak_cached(program: str, text: str, args: tuple) -> torch.Tensor:
     key = (program, text, args)
     if key in _speech_cache: _speech_cache[key] = _speech_cache.pop(key); return _speech_cache[key]  # most recent last
@@ -212,6 +215,7 @@ def speak(text: str, speaker: str = "narrator", emotion: str | None = None, rate
     args = tuple(espeak_args(speaker, emotion, rate_factor))
     return _speak_cached(program, clean_text(text), args).clone()
 
+# %% ../nbs/03_tools.ipynb #c10658d3
 def speech_duration(text: str, speaker: str = "narrator", emotion: str | None = None) -> float:
     "Seconds `text` takes at the speaker's natural rate (what a scene's span should allow; at most MAX_SPEEDUP less)."
     return speak(text, speaker, emotion).shape[1] / SAMPLE_RATE
@@ -241,6 +245,7 @@ def shaped_noise(n: int, rng, gain) -> np.ndarray:
     x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * gain(np.fft.rfftfreq(n, 1 / SR)), n)
     return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
 
+# %% ../nbs/03_tools.ipynb #dddb3d2b
 def moving_filter(x: np.ndarray, centre, width: float = 0.5, size: int = 512) -> np.ndarray:
     "Filter `x` with a band-pass whose centre (Hz) follows `centre(times_s)`: STFT, Gaussian gain in log2 f, overlap-add."
     n, hop = len(x), size // 4
@@ -266,6 +271,7 @@ def smooth_random(n: int, rng, rate: float, lo: float, hi: float) -> np.ndarray:
     i = np.minimum(pos.astype(int), k - 2); w = (1 - np.cos(np.pi * (pos - i))) / 2
     return pts[i] * (1 - w) + pts[i + 1] * w
 
+# %% ../nbs/03_tools.ipynb #3cd8a707
 def random_curve(n: int, rng, rate: float, lo: float, hi: float):
     "A random function of time (s) in [lo, hi], `rate` random points per second linearly joined (for `moving_band`)."
     k = int(n / SR * rate) + 3
@@ -291,6 +297,7 @@ def place(out: np.ndarray, event: np.ndarray, time: float, gain: float = 1.0) ->
         out[i:i + m] += gain * event[:m]
     return out
 
+# %% ../nbs/03_tools.ipynb #4078c625
 def times_regular(n: int, rng, period: float, jitter: float = 0.0, first: float = 0.03) -> np.ndarray:
     "Event times every `period` s (+- `jitter` fraction), starting at `first`, inside the clip."
     t, out = first, []
@@ -335,6 +342,7 @@ def _thunder(n, rng):
     crack = place(np.zeros(n), shaped_noise(4000, rng, band(300, 6000)) * decay(4000, 0.05), t0)
     return rumble * env + 0.8 * crack
 
+# %% ../nbs/03_tools.ipynb #940134cd
 def _bark(rng, n=int(0.2 * SR)):
     t = _time(n); f0 = rng.uniform(400, 600) * (1 - 0.35 * t / t[-1])
     voiced = tone(f0, n, [1, 0.8, 0.6, 0.5, 0.35, 0.25, 0.15, 0.1])
@@ -362,6 +370,7 @@ def _bell(n, rng):
     strike = lambda i: _ring([f0 * r for r in ratios], [1.6 / r ** 0.6 for r in ratios], m, [0.6, 1, 0.5, 0.6, 0.4, 0.3, 0.25, 0.15])
     return events(n, times_regular(n, rng, rng.uniform(1.6, 2.4)), strike)
 
+# %% ../nbs/03_tools.ipynb #fd40d95e
 def _chirp(rng):
     m = int(rng.uniform(0.04, 0.12) * SR); f1 = rng.uniform(2500, 5000)
     f = np.linspace(f1, f1 * rng.uniform(0.6, 1.5), m)
@@ -390,6 +399,7 @@ def _drop(rng, m=1600):
     t = _time(m); f = rng.uniform(700, 1100) * (1 + 1.2 * np.minimum(t / 0.03, 1))
     return tone(f, m) * decay(m, 0.02, 0.002) + 0.2 * _click(rng, 2000, 8000, 0.002, m)
 
+# %% ../nbs/03_tools.ipynb #aeaf08d3
 def _water_dripping(n, rng):
     return events(n, times_regular(n, rng, rng.uniform(0.45, 0.8), 0.35), lambda i: _drop(rng))
 
@@ -417,6 +427,7 @@ def _keyboard_typing(n, rng):
     key = lambda i: rng.uniform(0.4, 1) * (_click(rng, 1500, 7000, 0.003, 1200) + place(np.zeros(1200), 0.5 * _ring([rng.uniform(250, 400)], [0.008], 600), 0.015))
     return events(n, times[times < n / SR], key)
 
+# %% ../nbs/03_tools.ipynb #1a2d13bb
 def _whistle(n, rng):
     f = rng.uniform(2600, 3200); t = _time(n); blast = rng.uniform(0.6, 1.0); period = blast + rng.uniform(0.4, 0.8)
     gate = ((t - 0.03) % period < blast) & (t >= 0.03)
@@ -441,6 +452,7 @@ def _hoot(rng, m):
     t = _time(m); f = rng.uniform(340, 420) * (1 - 0.06 * t / t[-1])
     return tone(f, m, [1, 0.15, 0.05]) * np.sin(np.pi * t / t[-1]) ** 2
 
+# %% ../nbs/03_tools.ipynb #37822629
 def _owl(n, rng):
     pattern = [(0.0, 0.35), (0.55, 0.18), (0.8, 0.18), (1.1, 0.5)]
     call = lambda i: sum(place(np.zeros(int(1.7 * SR)), _hoot(rng, int(d * SR)), s) for s, d in pattern)
@@ -465,6 +477,7 @@ def _crowd_murmur(n, rng):
         out += voice * np.clip(smooth_random(n, rng, 8, -0.6, 1.0), 0, None)
     return out + 0.2 * shaped_noise(n, rng, band(200, 3000)) * out.std()
 
+# %% ../nbs/03_tools.ipynb #6e6b3078
 def _car_horn(n, rng):
     fa = rng.uniform(400, 440)
     honk = lambda i: (tone(fa, int(0.35 * SR), [1, 0, 0.33, 0, 0.2, 0, 0.14]) + tone(fa * 1.26, int(0.35 * SR), [1, 0, 0.33, 0, 0.2])) * np.minimum(1, np.minimum(_time(int(0.35 * SR)), 0.35 - _time(int(0.35 * SR))) / 0.01)
@@ -502,6 +515,7 @@ class SoundEffect:
 
 def _sfx(name, caption, paraphrases, synth): return name, SoundEffect(name, caption, tuple(paraphrases), synth)
 
+# %% ../nbs/03_tools.ipynb #14f9d0b3
 SOUND_EFFECTS = dict([
     _sfx("rain", "steady rain falling", ["rain on a window", "a rainy night", "heavy rainfall", "rain pattering on the roof"], _rain),
     _sfx("wind", "wind howling", ["a gusty wind", "strong wind blowing", "a windy storm outside", "wind whistling through trees"], _wind),
@@ -558,6 +572,7 @@ def sound_phrases(kind: str) -> dict[str, list[str]]:
     table = SOUND_EFFECTS if kind == "sfx" else MUSIC_MOODS
     return {k: [v.name, v.caption, *v.paraphrases] for k, v in table.items()}
 
+# %% ../nbs/03_tools.ipynb #58e6980e
 @functools.lru_cache(maxsize=4)
 def _vocabulary(kind: str):
     words = {k: set().union(*map(_words, p)) for k, p in sound_phrases(kind).items()}
@@ -660,6 +675,7 @@ class MusicMood:
     progression: tuple
     voices: tuple[str, ...]  # of: piano, arp, pad, bass, drums, pulse, bells
 
+# %% ../nbs/03_tools.ipynb #2fff4778
 MUSIC_MOODS = {m.name: m for m in [
     MusicMood("happy", "happy upbeat music", ("cheerful music", "an upbeat tune", "joyful music", "bright playful music"),
               60, 112, ((0, MAJ), (7, MAJ), (9, MIN), (5, MAJ)), ("piano", "bass", "drums")),
@@ -684,12 +700,14 @@ def _pad(freqs, m, rng):
     return sum(np.sin(2 * np.pi * f * d * t + rng.uniform(0, 6.3)) * a
                for f in freqs for d in (0.997, 1.003) for a in [0.5]) * env / len(freqs)
 
+# %% ../nbs/03_tools.ipynb #5809b400
 def _drum(kind, rng):
     m = int(0.25 * SR); t = _time(m)
     if kind == "kick": return tone(120 * np.exp(-t / 0.04) + 45, m) * decay(m, 0.12, 0.002)
     if kind == "snare": return 0.6 * shaped_noise(m, rng, band(1000, 8000)) * decay(m, 0.05) + 0.5 * tone(190, m) * decay(m, 0.04)
     return 0.3 * shaped_noise(m, rng, band(6000, 8000)) * decay(m, 0.012)
 
+# %% ../nbs/03_tools.ipynb #115e3d38
 def synth_music(mood: str, duration: float, seed: int = 0) -> torch.Tensor:
     "A music bed for `mood` (a mood name or anything `resolve_sound` understands), `duration` s, as (1, T)."
     mood = MUSIC_MOODS[resolve_sound(mood, "music")]
@@ -750,6 +768,7 @@ def fit_speech(text: str, speaker: str, emotion: str | None, seconds: float, whe
         return x
     raise TimingError(f"{where}.end", f"the text does not fit {seconds:.2f} s even {MAX_SPEEDUP:g}x faster; lengthen the span")
 
+# %% ../nbs/03_tools.ipynb #bebfc3e9
 def limit_peaks(x: torch.Tensor, ceiling: float = LIMIT_CEILING, window: float = LIMIT_WINDOW) -> torch.Tensor:
     "Peak limiter: smooth gain <= min(1, ceiling/|x|) (min-filter then moving average, both +-`window` s)."
     F = torch.nn.functional
@@ -768,6 +787,7 @@ class Render:
     peak: float
     scene: Scene | None = None
 
+# %% ../nbs/03_tools.ipynb #c4540c41
 def source_audio(source: Source, seed: int = 0) -> torch.Tensor:
     "A source's mono clip (1, T), no longer than its span: speech fitted by `fit_speech`, sfx/music at the span's length."
     seconds = round(source.end * SR) / SR - round(source.start * SR) / SR
@@ -783,6 +803,7 @@ def source_audio(source: Source, seed: int = 0) -> torch.Tensor:
 
 def _seed(seed: int, key: str) -> int: return (seed * 1_000_003 + zlib.crc32(key.encode())) & 0x7FFFFFFF
 
+# %% ../nbs/03_tools.ipynb #6a6b249e
 def render(scene: Scene | dict | str, seed: int = 0) -> Render:
     "Render a scene (Scene, dict or JSON) into a stereo mix at SAMPLE_RATE, with per-source stems; deterministic per seed."
     if isinstance(scene, str): scene = Scene.from_json(scene)
@@ -811,6 +832,7 @@ def _scene_parameter() -> dict:
     s = {k: v for k, v in SCENE_SCHEMA.items() if k not in ("$schema", "title")}
     return dict(s, description="the scene: duration (s) and sources, as in audiochat.scene (ids, kind, timing, loudness_db, pan)")
 
+# %% ../nbs/03_tools.ipynb #72e9fc86
 class Toolbox:
     "The tools of one dialogue, as OpenAI-format functions; keeps the clips they produce, by id."
     def __init__(self, seed: int = 0):
@@ -885,6 +907,7 @@ class Toolbox:
         except (ValueError, FileNotFoundError) as e:  # ToolError, UnknownSoundError, TimingError, SceneError, espeak missing
             return {"error": f"{name}: {e}"}
 
+# %% ../nbs/03_tools.ipynb #dc7d6023
 def _schema_message(e, params: dict) -> str:
     "A jsonschema error as 'argument X: rule'."
     where = "argument " + "".join(f"[{p}]" if isinstance(p, int) else (f"'{p}'" if i == 0 else f".{p}") for i, p in enumerate(e.absolute_path)) if e.absolute_path else "arguments"

@@ -195,6 +195,7 @@ def plan_epoch(source, epoch: int, seed: int, batch_size: int, window: int) -> l
         rng.shuffle(found); batches += found
     return batches
 
+# %% ../nbs/14_train.ipynb #6e7bcbe2
 class BatchStream:
     "The g-th micro-batch of a run, for any g: epoch g // per_epoch of `plan_epoch`, packed with the tokenizer."
     def __init__(self, source: DialogueSource, tokenizer, batch_size: int, window: int, seed: int = 0, cache: int = 4096):
@@ -234,6 +235,7 @@ class PlannedSource:
 
     def texts(self, n: int = 500) -> list[str]: return [t.text for i in range(min(n, self.n)) for t in self.turns(i)]
 
+# %% ../nbs/14_train.ipynb #7bc484e1
 class MixedStream:
     "Micro-batch g from `planned` (a BatchStream) for a `share` of all g, evenly spread, else from `rendered`."
     def __init__(self, rendered, planned, share: float):
@@ -298,6 +300,7 @@ def check_run_folder(out, resume: bool = False, overwrite: bool = False) -> Path
             elif p.exists(): p.unlink()
     return out
 
+# %% ../nbs/14_train.ipynb #a69a2226
 def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config: Config, keep: int = 2, full: tuple | None = None) -> Path:
     """Write the checkpoint of `state['step']` into `out/checkpoints/` (`write_checkpoint`: atomic, `latest` points at it).
     `full`: (weights, optimiser state, ema) gathered from an FSDP-sharded model by `gather_full_state`."""
@@ -317,6 +320,7 @@ def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config
         save_config(config, folder / "config.yaml")
     return write_checkpoint(out, state["step"], fill, keep)
 
+# %% ../nbs/14_train.ipynb #f601f41d
 def load_checkpoint(path) -> dict:
     "A checkpoint's parts: model / ema / trainer tensors (safetensors), state (JSON), config (YAML). No unpickling."
     path = Path(path)
@@ -331,6 +335,7 @@ def load_checkpoint(path) -> dict:
                 trainer=read_tensors(path / "trainer.safetensors", "trainer tensor"),
                 state=state, config=load_config(path / "config.yaml"))
 
+# %% ../nbs/14_train.ipynb #58db0478
 def load_run_model(path, device=None, ema: bool = True) -> AudioChatModel:
     """The model of checkpoint folder `path`, every file checked (`RunFolderError` naming it). `ema`: sample with the
     EMA weights when the checkpoint has them (`model.weights` says "ema" or "raw")."""
@@ -408,6 +413,7 @@ def setup_distributed(config: Config) -> tuple[int, int, torch.device]:
 def _barrier(world):
     if world > 1: torch.distributed.barrier()
 
+# %% ../nbs/14_train.ipynb #38ceebcb
 def _any_bad(bad: bool, world: int, device) -> bool:
     "True if any process had a bad (NaN/inf) micro-batch: every process must skip together."
     if world == 1: return bad
@@ -431,6 +437,7 @@ def noise_generator(seed: int, g: int) -> torch.Generator:
     "The generator of the noise of micro-batch `g`: the same on any number of processes."
     return torch.Generator().manual_seed(seed * 1_000_003 + g)
 
+# %% ../nbs/14_train.ipynb #2a4e19f3
 @torch.no_grad()
 def evaluate(model, stream: BatchStream, config: Config, audio_end_id: int, batches: int, autocast) -> dict:
     "Mean losses over the first `batches` micro-batches of a held-out stream (fixed noise: comparable across evaluations)."
@@ -459,6 +466,7 @@ def denoise_preview(model, batch, config: Config, t: float = 0.5, seed: int = 0)
     estimate = predict_x0(x_t, out.audio_pred.float(), tt, config.loss.process)
     return batch.latents[0][sel[0]], estimate[0][sel[0]]
 
+# %% ../nbs/14_train.ipynb #35945467
 @torch.no_grad()
 def sample_preview(model, batch, config: Config, steps: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean, sampled): the latents (frames, D) of the last audio span of the batch's first row, and the span
@@ -475,6 +483,7 @@ def sample_preview(model, batch, config: Config, steps: int = 20, seed: int = 0)
     x = sample(fn, shape, steps, process=config.loss.process, generator=torch.Generator().manual_seed(seed), device=batch.latents.device)
     return row.latents[0][row.layout.audio[0] & (row.layout.span[0] == span)], x[0]
 
+# %% ../nbs/14_train.ipynb #89a02539
 def log_preview(writer, step: int, previews: dict, codec=None, mean=None, std=None):
     """TensorBoard: named latents (frames, D), e.g. clean / one-step estimate / sampled, as images side by side;
     with a codec, each decoded as audio (`preview/NAME`) and mel spectrograms."""
@@ -517,6 +526,7 @@ def _latent_source(config: Config, source: str, split: str, holdout: int, out: P
         src.mean, src.std = mean, std
     return src
 
+# %% ../nbs/14_train.ipynb #f1094d36
 def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     "(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the tokenizer is trained once and kept in `out`."
     out, d = Path(out), config.data
@@ -579,6 +589,7 @@ def build_model(config: Config, ck: dict | None, device, world: int = 1) -> tupl
     if ck is not None: load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], world > 1 and config.run.parallel == "fsdp")
     return model, fwd, opt, ema
 
+# %% ../nbs/14_train.ipynb #fd1ec1a0
 def autocast_for(config: Config, device):
     "A function opening the forward pass's autocast: bf16 when `run.precision` asks (on 'auto': a GPU that has it), else nothing."
     bf16 = config.run.precision == "bf16" or (config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -609,6 +620,7 @@ def loss_postfix(row: dict) -> dict:
     "What the progress bar shows of a row."
     return dict(loss=f"{row['loss']:.3f}", lm=f"{row['lm']:.3f}", diff=f"{row['diff']:.3f}", lr=f"{row['lr']:.1e}")
 
+# %% ../nbs/14_train.ipynb #c635d534
 def evaluate_run(learn, model, stream: BatchStream, config: Config, audio_end_id: int, amp, device, ema: EMA | None = None,
                  tensorboard: TensorBoard | None = None, codec=None) -> dict:
     """Held-out losses of `model` and, with `ema`, of its EMA weights (`ema_loss`, ...); then the previews of the first
@@ -689,6 +701,7 @@ def resume_config(config: Config, explicit: dict) -> Config:
                           f"(the run has {had.get(k, '...')!r})" for k in differ) + "; start a new --run.out to change it", key=differ[0])
     return replace(saved, run=replace(saved.run, **{k.split(".")[1]: getattr(config.run, k.split(".")[1]) for k in RESUME_FREE}))
 
+# %% ../nbs/14_train.ipynb #6f00b3ba
 def train_main(argv: list[str]) -> int:
     "`audiochat train`: train a model from a preset, a YAML file and dotted overrides."
     import argparse
@@ -720,4 +733,5 @@ def train_main(argv: list[str]) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     return 0
 
+# %% ../nbs/14_train.ipynb #81600bf4
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(train_main(sys.argv[1:]))  # python -m audiochat.train, torchrun -m

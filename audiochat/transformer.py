@@ -97,6 +97,7 @@ def apply_rotary(x, cos, sin):
 # %% ../nbs/08_transformer.ipynb #6f6baa55
 TEXT, AUDIO = 0, 1
 
+# %% ../nbs/08_transformer.ipynb #c21fb78a
 @dataclass
 class Layout:
     "Per-position description of a packed batch; every field is a (B, T) tensor."
@@ -293,6 +294,7 @@ class MLP(nn.Module):
 
     def forward(self, x): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
+# %% ../nbs/08_transformer.ipynb #175686f8
 class DecoderLayer(nn.Module):
     "Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(.))."
     def __init__(self, c: TransformerConfig):
@@ -326,6 +328,7 @@ def prepare(layout: Layout, rotary: Rotary, cache: KVCache | None = None, causal
         mask, positions = (block_mask(layout, causal) if flex else build_mask(layout, causal)), layout.positions()
     return mask, rotary(positions)
 
+# %% ../nbs/08_transformer.ipynb #ebe059bc
 class Transformer(nn.Module):
     "A Llama-family decoder-only language model."
     def __init__(self, config: TransformerConfig):
@@ -375,6 +378,7 @@ def _resolve(path, allow_patterns) -> Path:
     from audiochat.codec import resolve_pretrained
     return resolve_pretrained(path, allow_patterns)
 
+# %% ../nbs/08_transformer.ipynb #1b348840
 def config_from_hf(path) -> TransformerConfig:
     "TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2): a file, a folder or `hf:ORG/NAME`."
     path = _resolve(path, ["config.json"])
@@ -398,6 +402,7 @@ def config_from_hf(path) -> TransformerConfig:
         norm_eps=hf.get("rms_norm_eps", 1e-6), qkv_bias=kind == "qwen2",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
+# %% ../nbs/08_transformer.ipynb #7fd55e3f
 def load_safetensors_dir(path) -> dict[str, torch.Tensor]:
     "All tensors of a checkpoint directory (single file or shards listed in the index), or of `hf:ORG/NAME`."
     from safetensors.torch import load_file
@@ -420,6 +425,7 @@ def hf_state_dict(tensors: dict[str, torch.Tensor], config: TransformerConfig, n
             if i < n_layers: out[name[len("model."):]] = t
     return out
 
+# %% ../nbs/08_transformer.ipynb #1d8ef2c2
 def from_hf(path, dtype: torch.dtype = torch.float32) -> Transformer:
     "A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub repository (`hf:ORG/NAME`)."
     path = _resolve(path, HF_WEIGHT_FILES)

@@ -50,6 +50,7 @@ def _engine_parser(prog: str, description: str):
     p.add_argument("--raw-weights", action="store_true", help="sample with the raw weights, not the run's EMA weights")
     return p
 
+# %% ../nbs/17_ui.ipynb #6435105f
 def _engine(a) -> ChatEngine:
     from audiochat.chat import ChatEngine
     if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
@@ -75,6 +76,7 @@ def _show(reply: Reply):
     else: print("(no chain of thought: this model renders audio straight from the request)")
     print(timing_line(reply.timings))
 
+# %% ../nbs/17_ui.ipynb #a47f5e96
 def _write_and_show(reply: Reply, path, engine: ChatEngine):
     "Print the reply; write its audio and scene (if it made audio) and say where."
     _show(reply)
@@ -93,6 +95,7 @@ def tell_main(argv: list[str]) -> int:
     _write_and_show(r, a.out, engine)
     return 0
 
+# %% ../nbs/17_ui.ipynb #f159ff08
 def edit_main(argv: list[str]) -> int:
     "`audiochat edit in.wav INSTRUCTION -o out.wav --run DIR`"
     p = _engine_parser("audiochat edit", "Edit an audio file following an instruction.")
@@ -120,6 +123,7 @@ def understand_main(argv: list[str]) -> int:
     print(scene_table(r.scene)); print(timing_line(r.timings)); print(f"wrote {out}")
     return 0
 
+# %% ../nbs/17_ui.ipynb #eb3aae5a
 def chat_main(argv: list[str], stdin=None) -> int:
     "`audiochat chat --run DIR`: a read-eval-print loop over one conversation."
     import sys
@@ -170,6 +174,7 @@ def reply_section(reply: Reply) -> dict:
     return dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
                 timings=reply.timings.to_dict(), message=reply.message)
 
+# %% ../nbs/17_ui.ipynb #adf8c6e7
 def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
     """Write `out_dir/report.html` (with one wav and one png per section that has audio). `sections`: `Reply`s or dicts
     with title, request, scene, cot, audio (channels, samples), timings (dict)."""
