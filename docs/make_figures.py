@@ -24,6 +24,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--eval", default=None, help="results.json of `audiochat eval` for the evaluation figure")
 p.add_argument("--run", default=None, help="a trained run: its story for a request beside the tools' rendering of its plan")
 p.add_argument("--out", default="docs/figures")
+p.add_argument("--name", default="learned", help="file name (without .png) of the --run figure (default: learned)")
 a = p.parse_args()
 out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
@@ -86,4 +87,4 @@ if a.run:
         for k, (start, end, label) in enumerate(story.scene.spans()):
             ax.plot([start, end], [7.6 - 0.5 * k] * 2, lw=3); ax.text(start, 7.75 - 0.5 * k, label[:40], fontsize=6, color="w")
         ax.set(title=title, ylabel="kHz")
-    axes[1].set_xlabel("seconds"); fig.suptitle(f"request: {request}", fontsize=8); fig.tight_layout(); save(fig, "learned.png")
+    axes[1].set_xlabel("seconds"); fig.suptitle(f"request: {request}", fontsize=8); fig.tight_layout(); save(fig, f"{a.name}.png")
