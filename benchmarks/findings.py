@@ -131,10 +131,10 @@ def verdict(summary: dict, table, metric, better, a, b) -> tuple[str, str]:
     va, vb = spread(summary, a, table, metric), spread(summary, b, table, metric)
     figures = f"{a} {fmt(va)} vs {b} {fmt(vb)}"
     if not va or not vb: return "not measurable at this scale", figures
-    sign = 1 if better == "higher" else -1
+    if better == "lower": va, vb = [-v for v in va], [-v for v in vb]  # then higher is better for both directions
     one_seed = " with one seed on a side: not established" if min(len(va), len(vb)) < 2 else ""
-    if sign * (min(va) - max(vb)) > 0: return ("the paper's ordering" + one_seed) if one_seed else "reproduced as an ordering", figures
-    if sign * (max(va) - min(vb)) < 0: return "not reproduced (the opposite ordering" + (one_seed and "; one seed") + ")", figures
+    if min(va) > max(vb): return ("the paper's ordering" + one_seed) if one_seed else "reproduced as an ordering", figures
+    if max(va) < min(vb): return "not reproduced (the opposite ordering" + (one_seed and "; one seed") + ")", figures
     return "not reproduced (the seeds' ranges overlap)", figures
 
 
