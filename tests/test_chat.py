@@ -257,3 +257,6 @@ def test_a_plan_changed_before_rendering(run):
     assert r.audio.shape[1] == 30 * e.codec.hop and e.replies == [r]
     assert e.plan("Make the rain louder.").task == "edit"
     with pytest.raises(ValueError, match="empty"): e.plan("  ")
+    from audiochat.chat import Plan, Timings
+    words = Plan("edit", "Remove the dog.", Turn("user", "Remove the dog."), None, '{"answer":"No dog here."}', Timings(), "No dog here.")
+    with pytest.raises(ValueError, match="no scene to render"): e.render_plan(words)
