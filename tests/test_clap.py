@@ -9,7 +9,6 @@ import transformers
 
 from audiochat.audio import SAMPLE_RATE
 from audiochat.cli import main as cli_main
-from audiochat.data import build_eval
 from audiochat.evaluate import (
     SCORER_EMBEDDINGS,
     OracleSystem,
@@ -19,7 +18,7 @@ from audiochat.evaluate import (
     format_tables,
     summarize,
 )
-from audiochat.metrics import ClapEmbedder, clap_embeddings, fad, kad, load_clap, scorer_examples, train_scorer
+from audiochat.metrics import ClapEmbedder, clap_embeddings, fad, kad, load_clap
 
 
 def save_tiny_clap(folder, fusion: bool = False):
@@ -128,18 +127,10 @@ def test_bad_clap_folders(tmp_path):
 
 
 
-def test_hub_ids(tmp_path, clap_dir, monkeypatch):
+def test_hub_ids(tmp_path, clap_dir, hub, monkeypatch):
     "`hf:ORG/NAME` and a bare `ORG/NAME` are read from the Hugging Face cache (offline here: a cache laid out by hand)."
-    import shutil
-
-    import huggingface_hub.constants as C
-    cache, commit = tmp_path / "hub-cache", "0123456789abcdef0123456789abcdef01234567"
-    root = cache / "models--org--tiny-clap"
-    shutil.copytree(clap_dir, root / "snapshots" / commit)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache)); monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache)); monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    from conftest import fake_hub
+    fake_hub(hub, "org/tiny-clap", clap_dir)
     monkeypatch.chdir(tmp_path)  # no local folder called org/tiny-clap
     x = [torch.sin(torch.arange(SAMPLE_RATE) / 7.0)]
     a, b = ClapEmbedder.load("hf:org/tiny-clap"), ClapEmbedder.load("org/tiny-clap")
@@ -148,19 +139,6 @@ def test_hub_ids(tmp_path, clap_dir, monkeypatch):
     with pytest.raises(FileNotFoundError, match="org/missing"): load_clap("org/missing")
 
 # the evaluation harness and the command -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "split"
-    build_eval(out, dialogues=2, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    model, _ = train_scorer(scorer_examples(range(12)), steps=60)
-    return model
-
 
 def test_evaluate_with_clap(split, scorer, clap_dir):
     emb = ClapEmbedder.load(clap_dir, batch_size=1)  # batch of one: the reference embeddings come in two batches

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import fake_hub
 
 
 def _python(code: str) -> str:
@@ -59,24 +60,6 @@ def test_export_hf_refuses_a_folder_without_data(tmp_path):
         export_hf(tmp_path, tmp_path / "out")
 
 
-def _fake_hub(cache: Path, repo: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> None:
-    "Lay out `folder` as the Hugging Face Hub cache holds a downloaded repository: snapshots/<commit>/..., refs/main."
-    import shutil
-    root = cache / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(folder, root / "snapshots" / commit)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(commit)
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    "An offline Hugging Face Hub whose cache is a temporary folder: what a user with HF_HUB_OFFLINE=1 has."
-    import huggingface_hub.constants as C
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache)); monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache)); monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def test_resolve_pretrained(tmp_path, hub):
@@ -84,7 +67,7 @@ def test_resolve_pretrained(tmp_path, hub):
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "config.json").write_text("{}")
     assert resolve_pretrained(tmp_path / "local") == tmp_path / "local"  # a local folder, as it is
-    _fake_hub(hub, "org/thing", tmp_path / "local")
+    fake_hub(hub, "org/thing", tmp_path / "local")
     d = resolve_pretrained("hf:org/thing", ["config.json"])
     assert d.is_dir() and str(d).startswith(str(hub)) and (d / "config.json").read_text() == "{}"
     with pytest.raises(FileNotFoundError, match="folder not found"): resolve_pretrained(tmp_path / "org/thing")  # never fetched
@@ -110,7 +93,7 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(tmp_path / "lm")
-    for name in ("codec", "tok", "lm"): _fake_hub(hub, f"org/{name}", tmp_path / name)
+    for name in ("codec", "tok", "lm"): fake_hub(hub, f"org/{name}", tmp_path / name)
 
     x = torch.randn(2, 4000) * 0.1
     with torch.inference_mode():
@@ -157,7 +140,7 @@ def test_bundle_moved_gives_identical_outputs(tmp_path, hub):
         cot2, latents2 = _answer(again, request)
         assert cot2 == cot and (latents is None) == (latents2 is None)
         if latents is not None: assert torch.equal(latents, latents2)
-    _fake_hub(hub, "org/audiochat-tiny", moved)
+    fake_hub(hub, "org/audiochat-tiny", moved)
     cot3, latents3 = _answer(ChatEngine.from_pretrained("hf:org/audiochat-tiny", **settings), request)
     assert cot3 == cot and (latents is None or torch.equal(latents, latents3))
     with pytest.raises(FileNotFoundError, match="not a bundle"): ChatEngine.from_pretrained(moved / "codec")
@@ -167,12 +150,13 @@ def test_model_and_scorer_follow_the_hub_convention(tmp_path, hub):
     """AudioChatModel and TinyFLAM: save_pretrained writes config.json + model.safetensors; from_pretrained gives the same
     config (a dataclass) and weights, from the folder and from a repository in the offline Hub cache."""
     import torch
+
     from audiochat.metrics import ScorerConfig, TinyFLAM
     from audiochat.sct import AudioChatModel, ModelConfig, preset
     for name, model in (("model", AudioChatModel(preset("tiny", vocab_size=300))), ("scorer", TinyFLAM(ScorerConfig()))):
         model.save_pretrained(tmp_path / name)
         assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / name).iterdir()}
-        _fake_hub(hub, f"org/{name}", tmp_path / name)
+        fake_hub(hub, f"org/{name}", tmp_path / name)
         for source in (tmp_path / name, f"org/{name}"):
             again = type(model).from_pretrained(source)
             assert type(again.config) is type(model.config) and again.config == model.config

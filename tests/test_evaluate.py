@@ -38,22 +38,8 @@ from audiochat.scene import Scene, Source, diff
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "split"
-    build_eval(out, dialogues=2, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def records(split):
     return list(read_records(split))
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    "A quickly trained scorer: its figures are rough, enough to exercise every path."
-    model, _ = train_scorer(scorer_examples(range(12)), steps=60)
-    return model
 
 
 @pytest.fixture(scope="module")
