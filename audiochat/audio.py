@@ -16,9 +16,10 @@ import torch
 import torchaudio
 
 # %% auto #0
-__all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'MAX_AUDIO_SECONDS', 'SAMPLE_RATE_RANGE', 'MAX_PEAK', 'BLOCK_SECONDS',
-           'AudioError', 'as_tensor', 'check_audio', 'to_channels', 'resample', 'load_audio', 'save_audio', 'loudness',
-           'normalize_loudness', 'pan_gains', 'pan', 'mel_spectrogram', 'plot_audio', 'show_jpeg', 'audio_player']
+__all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'MAX_AUDIO_SECONDS', 'SAMPLE_RATE_RANGE', 'MAX_PEAK', 'MAX_CHANNELS',
+           'MAX_DECODED_SAMPLES', 'BLOCK_SECONDS', 'AudioError', 'inside', 'as_tensor', 'check_audio', 'to_channels',
+           'resample', 'load_audio', 'save_audio', 'loudness', 'normalize_loudness', 'pan_gains', 'pan',
+           'mel_spectrogram', 'plot_audio', 'show_jpeg', 'audio_player']
 
 # %% ../nbs/01_audio.ipynb #a24e6c6d
 SAMPLE_RATE = 16_000  # the project's audio rate (Hz)
@@ -28,9 +29,18 @@ HOP = SAMPLE_RATE // FRAME_RATE  # samples per latent frame
 MAX_AUDIO_SECONDS = 600.0  # longest file `load_audio` reads by default (10 minutes; the chat engine takes 30 s)
 SAMPLE_RATE_RANGE = (1000, 384_000)  # Hz: file rates outside this are refused
 MAX_PEAK = 4.0  # float files peaking above 4x full scale (+12 dBFS) are refused: not audio scaled to [-1, 1]
+MAX_CHANNELS = 8  # files with more channels are refused from the header
+MAX_DECODED_SAMPLES = 28_800_000  # frames x channels one `load_audio` decodes (115 MB of float32: 10 min of 48 kHz mono)
 
 class AudioError(ValueError):
     "Raised for audio that cannot be used: unreadable, too long, an odd header, empty, too loud, or NaN/inf samples."
+
+def inside(folder, name, what: str) -> Path:
+    "`folder / name` when it stays inside `folder` (no `..`, no absolute path, no link out); else a ValueError naming `what`."
+    folder = Path(folder).resolve()
+    if not isinstance(name, str) or not name or "\x00" in name or not (folder / name).resolve().is_relative_to(folder):
+        raise ValueError(f"{what}: {str(name)[:200]!r} points outside {folder}")
+    return (folder / name).resolve()
 
 # %% ../nbs/01_audio.ipynb #484198fe
 def as_tensor(x) -> torch.Tensor:
@@ -71,22 +81,26 @@ def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Te
 # %% ../nbs/01_audio.ipynb #59ec5d8e
 def load_audio(path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS) -> torch.Tensor:
     """Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2 converts, None keeps the
-    file's. The header is checked before anything is decoded: the rate in `SAMPLE_RATE_RANGE`, at most 8 channels and
-    `max_seconds` seconds; a float file peaking above `MAX_PEAK` is refused too (`AudioError` naming the file)."""
+    file's. The header is checked before anything is decoded: the rate in `SAMPLE_RATE_RANGE`, at most `MAX_CHANNELS` channels,
+    `max_seconds` seconds and `MAX_DECODED_SAMPLES` samples (a pipe or device is not read); a float file peaking above `MAX_PEAK` is refused too (`AudioError` naming the file)."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"audio file not found: {path}")
     if path.is_dir(): raise AudioError(f"{path} is a folder, not an audio file")
+    if not path.is_file(): raise AudioError(f"{path} is not a regular file (a pipe, socket or device): not read")
     try: info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e: raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
     lo, hi = SAMPLE_RATE_RANGE
     if not lo <= info.samplerate <= hi: raise AudioError(f"{path}: its header says {info.samplerate} Hz; rates in [{lo}, {hi}] Hz are read")
-    if not 1 <= info.channels <= 8: raise AudioError(f"{path}: its header says {info.channels} channels; at most 8 are read")
+    if not 1 <= info.channels <= MAX_CHANNELS: raise AudioError(f"{path}: its header says {info.channels} channels; at most {MAX_CHANNELS} are read")
     if info.frames > max_seconds * info.samplerate:
         raise AudioError(f"{path} is {info.frames / info.samplerate:.1f} s long; at most {max_seconds:g} s are read (max_seconds)")
+    if info.frames * info.channels > MAX_DECODED_SAMPLES:
+        raise AudioError(f"{path}: {info.frames / info.samplerate:.0f} s x {info.channels} channels at {info.samplerate} Hz is "
+                         f"{info.frames * info.channels:,} samples; at most {MAX_DECODED_SAMPLES:,} are decoded (MAX_DECODED_SAMPLES)")
     try: data, file_sr = sf.read(str(path), dtype="float32", always_2d=True, frames=int(max_seconds * info.samplerate) + 1)
     except sf.LibsndfileError as e: raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
     if len(data) > max_seconds * file_sr: raise AudioError(f"{path} is longer than {max_seconds:g} s (max_seconds)")
-    x = check_audio(torch.from_numpy(data.T.copy()), name=str(path))
+    x = check_audio(torch.from_numpy(np.ascontiguousarray(data.T)), name=str(path))  # mono: no copy
     peak = float(x.abs().max())
     if peak > MAX_PEAK: raise AudioError(f"{path} peaks at {peak:.3g}x full scale (more than {MAX_PEAK:g}x): not audio scaled to [-1, 1]")
     if channels is not None: x = to_channels(x, channels)
