@@ -17,11 +17,13 @@ import regex
 import torch
 
 from .audio import FRAME_RATE
+from .scene import Edit, Scene, SceneError
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'scene_pattern', 'known_vocabulary',
-           'answer_text', 'SceneGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text']
+__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'source_pattern', 'scene_pattern',
+           'known_vocabulary', 'answer_text', 'SceneGrammar', 'fresh_id', 'edit_pattern', 'EditGrammar', 'token_pieces',
+           'DeadEnd', 'Decoded', 'decode_text']
 
 # %% ../nbs/15_grammar.ipynb #e43ca1eb
 _CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'  # printable ASCII but " and \, or a JSON escape
@@ -39,13 +41,17 @@ def _one_of(words) -> str:
     "A regex matching exactly one of `words`, each as a JSON string."
     return "(?:" + "|".join(regex.escape(json.dumps(w, ensure_ascii=False)) for w in sorted(set(words), key=len, reverse=True)) + ")"
 
-def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
-    """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and `music` (captions),
-    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string)."""
+def source_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
+    "One source of the canonical scene JSON as a regular expression (the arguments as in `scene_pattern`)."
     spk, emo = (_one_of(v) if v else _STR for v in (speakers, emotions))
     kind = (rf'"(?:sfx|music)","caption":{_STR}' if not (sfx and music) else
             rf'"sfx","caption":{_one_of(sfx)}|"music","caption":{_one_of(music)}')
-    source = rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
+    return rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
+
+def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
+    """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and `music` (captions),
+    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string)."""
+    source = source_pattern(speakers, emotions, sfx, music, ids)
     return rf'\{{"duration":{_TIME},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
 
 # %% ../nbs/15_grammar.ipynb #a0eefecc
@@ -125,6 +131,42 @@ class SceneGrammar:
     def complete(self, text: bytes) -> bool:
         "Whether `text` is a complete scene."
         return self.pattern.fullmatch(text) is not None and self.numbers_ok(text)
+
+# %% ../nbs/15_grammar.ipynb #e3dde13e
+_GAIN = r"-?(?:[0-9]|[1-5][0-9])(?:\.[0-9])?"  # dB, at most 59.9 either way
+
+def fresh_id(scene: Scene) -> str:
+    "The id an added sound effect gets: the next `fxN` after the scene's."
+    used = [int(i[2:]) for i in scene.ids if regex.fullmatch(r"fx[0-9]{1,6}", i)]
+    return f"fx{1 + max(used, default=0)}"
+
+def edit_pattern(scene: Scene, speakers=None, emotions=None, sfx=None, music=None, **_) -> str:
+    "The diff-form edits of `scene` as a regular expression (vocabulary arguments as in `scene_pattern`)."
+    head = lambda op, which: rf'\{{"edit":"{op}","id":{which}'
+    forms = []
+    if scene.ids:
+        ids = _one_of(scene.ids)
+        forms += [head("remove", ids) + r"\}", head("loudness", ids) + rf',"gain_db":{_GAIN}\}}',
+                  head("move", ids) + rf',"(?:start":{_TIME}|shift":-?{_TIME})\}}', head("pan", ids) + rf',"pan":{_PAN}\}}']
+    for kind, captions in (("sfx", sfx), ("music", music)):
+        mine = [s.id for s in scene.sources if s.kind == kind]
+        if mine: forms.append(head("replace", _one_of(mine)) + rf',"caption":{_one_of(captions) if captions else _STR}\}}')
+    add = source_pattern(speakers, emotions, sfx, music, _one_of([fresh_id(scene)]))
+    forms.append(rf'\{{"edit":"add","source":{add}\}}')
+    return "(?:" + "|".join(forms) + ")"
+
+class EditGrammar(SceneGrammar):
+    "Prefix checks for an edit of `scene` (`pattern`: `edit_pattern`, maybe with `ANSWER_GRAMMAR`); complete only when it applies."
+    def __init__(self, scene: Scene, pattern: str, max_seconds: float = 119.99):
+        super().__init__(pattern, max_seconds)
+        self.scene = scene
+
+    def complete(self, text: bytes) -> bool:
+        if not super().complete(text): return False
+        if answer_text(text.decode(errors="replace")) is not None: return True
+        try: Edit.from_json(text).apply(self.scene)
+        except SceneError: return False
+        return True
 
 # %% ../nbs/15_grammar.ipynb #f7891b3a
 def _byte_decoder() -> dict[str, int]:
