@@ -16,15 +16,16 @@ import reprlib
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'TIME_DECIMALS', 'DB_DECIMALS', 'PAN_DECIMALS',
-           'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'EDIT_VALUES', 'MAX_GAIN_DB', 'short_repr', 'SceneError',
-           'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'to_seglst']
+__all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'MAX_SOURCES', 'TIME_DECIMALS', 'DB_DECIMALS',
+           'PAN_DECIMALS', 'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'EDIT_VALUES', 'MAX_GAIN_DB', 'short_repr',
+           'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'to_seglst']
 
 # %% ../nbs/02_scene.ipynb #47dd7819
 KINDS = ("speech", "sfx", "music")
 LOUDNESS_RANGE = (-60.0, 0.0)  # LUFS
 MAX_DURATION = 120.0  # seconds
 MAX_TEXT_CHARS = 2000  # longest text or caption of one source (2000 characters of speech: about 2 minutes)
+MAX_SOURCES = 64  # sources in one scene (rendering cost grows with their overlaps: 3,000 sources took 20+ GB)
 TIME_DECIMALS, DB_DECIMALS, PAN_DECIMALS = 2, 1, 2
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 FIELD_ORDER = ("id", "kind", "speaker", "emotion", "text", "caption", "start", "end", "loudness_db", "pan")
@@ -78,7 +79,7 @@ class Source:
 
     def __post_init__(self):
         w = f"source {short_repr(self.id)}"
-        if not isinstance(self.id, str) or not _ID_RE.match(self.id):
+        if not isinstance(self.id, str) or not _ID_RE.fullmatch(self.id):
             raise SceneError(f"{w}.id", "must be 1-32 characters from A-Z a-z 0-9 _ -", self.id)
         if self.kind not in KINDS: raise SceneError(f"{w}.kind", f"must be one of {', '.join(KINDS)}", self.kind)
         speech = self.kind == "speech"
@@ -137,6 +138,7 @@ class Scene:
         if not 0 < d <= MAX_DURATION: raise SceneError("scene.duration", f"must be in (0, {MAX_DURATION:g}] seconds", d)
         object.__setattr__(self, "duration", d)
         if not isinstance(self.sources, (tuple, list)): raise SceneError("scene.sources", "must be a list of sources", self.sources)
+        if len(self.sources) > MAX_SOURCES: raise SceneError("scene.sources", f"must hold at most {MAX_SOURCES} sources (MAX_SOURCES)", f"{len(self.sources)} sources")
         for s in self.sources:
             if not isinstance(s, Source): raise SceneError("scene.sources", "must contain Source objects", s)
         srcs = tuple(sorted(self.sources, key=lambda s: (s.start, s.id)))
@@ -176,6 +178,7 @@ class Scene:
         if extra: raise SceneError(f"scene.{short_repr(sorted(map(str, extra))[0])[1:-1]}", "is not a scene field (fields: duration, sources)")
         if "duration" not in d: raise SceneError("scene.duration", "is required")
         if not isinstance(d.get("sources"), list): raise SceneError("scene.sources", "must be a list", d.get("sources"))
+        if len(d["sources"]) > MAX_SOURCES: raise SceneError("scene.sources", f"must hold at most {MAX_SOURCES} sources (MAX_SOURCES)", f"{len(d['sources'])} sources")
         return cls(tuple(Source.from_dict(s, f"sources[{i}]") for i, s in enumerate(d["sources"])), d["duration"])
 
     @classmethod
@@ -346,7 +349,7 @@ def _edit_from_dict(cls, d) -> Edit:
         return cls(op, source=Source.from_dict(d["source"], "edit.source"))
     if op not in ("remove", *EDIT_VALUES): raise SceneError("edit.edit", f"must be add, remove, {', '.join(EDIT_VALUES)}, or come with a diff", op)
     i = d.get("id")
-    if not isinstance(i, str) or not _ID_RE.match(i): raise SceneError("edit.id", "must be the id of a source in the scene", i)
+    if not isinstance(i, str) or not _ID_RE.fullmatch(i): raise SceneError("edit.id", "must be the id of a source in the scene", i)
     return cls(op, i, _edit_values(op, d))
 
 @classmethod
