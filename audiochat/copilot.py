@@ -16,20 +16,24 @@ import json
 import dataclasses
 import random
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .scene import Scene, SceneError, Source, diff
 
 # %% auto #0
-__all__ = ['MAX_TOOL_CALLS', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS', 'EVENTS', 'OBJECTS',
-           'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'EDIT_PLANS', 'REJECTION_REASONS', 'USER_SYSTEM',
-           'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'AgentError', 'tool_call',
-           'assistant_message', 'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls',
-           'TransformersLLM', 'OpenAILLM', 'seed_text', 'speech_seconds', 'random_story', 'names_by_caption',
-           'describe', 'plan_edit', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner',
-           'rendered', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue', 'plan_dialogue',
-           'register_subtask', 'unregister_subtask', 'answer_json', 'missing_source_request', 'heard_scene']
+__all__ = ['MAX_TOOL_CALLS', 'MAX_RESPONSE_BYTES', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS',
+           'EVENTS', 'OBJECTS', 'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'EDIT_PLANS', 'REJECTION_REASONS',
+           'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'FAMILY_WORDS', 'REQUEST_FACETS', 'FAMILIES',
+           'HELD_OUT_FAMILIES', 'SETTING_SOUNDS', 'CHARACTER_PHRASES', 'LINE_GISTS', 'GIST_OBJECTS', 'NUMBER_WORDS',
+           'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent',
+           'FunctionTools', 'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text',
+           'speech_seconds', 'random_story', 'names_by_caption', 'describe', 'plan_edit', 'check_edit', 'story_task',
+           'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'choose_family', 'family_name', 'scene_sounds',
+           'read_request', 'check_request', 'held_out_stories', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources',
+           'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json',
+           'missing_source_request', 'heard_scene']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -215,33 +219,65 @@ class TransformersLLM(ChatLLM):
         return assistant_message(content if content or not calls else None, calls)
 
 # %% ../nbs/04_copilot.ipynb #782aa4f3
+MAX_RESPONSE_BYTES = 4_000_000  # decompressed bytes of one LLM reply read at most (a bigger body is refused, not parsed)
+
+def _retry_after(response, default: float = 0.5) -> float:
+    "Seconds a server asked to wait (`Retry-After`), else `default`."
+    try: return max(0.0, float(response.headers.get("retry-after", default)))
+    except (AttributeError, TypeError, ValueError): return default
+
 class OpenAILLM(ChatLLM):
-    "A model behind an OpenAI-compatible chat-completions server, through the `openai` client."
+    """A model behind an OpenAI-compatible chat-completions server, through the `openai` client. `timeout` is the
+    deadline of one whole call (retries, waits and a slow body included); a reply is read up to MAX_RESPONSE_BYTES."""
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key: str = "none",
-                 temperature: float = 0.7, seed: int | None = None, timeout: float = 120.0, **create_kwargs):
+                 temperature: float = 0.7, seed: int | None = None, timeout: float = 120.0, retries: int = 1, **create_kwargs):
         from openai import OpenAI
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=1)
-        self.model, self.create_kwargs = model, dict(temperature=temperature, **create_kwargs)
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self.model, self.timeout, self.retries = model, timeout, retries
+        self.create_kwargs = dict(temperature=temperature, **create_kwargs)
         if seed is not None: self.create_kwargs["seed"] = seed
+
+    def _read(self, body: dict, deadline: float):
+        "The reply's JSON, read in chunks: refused past MAX_RESPONSE_BYTES or the deadline."
+        data, left = bytearray(), deadline - time.monotonic()
+        if left <= 0: raise AgentError(f"the LLM server did not answer within the {self.timeout:g} s deadline")
+        with self.client.chat.completions.with_streaming_response.create(**body, timeout=left) as r:
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) > MAX_RESPONSE_BYTES: raise AgentError(f"the LLM server's reply is over {MAX_RESPONSE_BYTES:,} bytes (MAX_RESPONSE_BYTES)")
+                if time.monotonic() > deadline: raise AgentError(f"the LLM server's reply took longer than the {self.timeout:g} s deadline")
+        try: return json.loads(bytes(data))
+        except (ValueError, RecursionError) as e:  # a body that is not the API's JSON (HTML, truncated, nested 100,000 deep)
+            raise AgentError(f"the LLM server sent a reply that is not a chat completion ({type(e).__name__}: {str(e)[:200]})") from None
+
+    def _completion(self, body: dict) -> dict:
+        "One call within `timeout`: a failed or rate-limited call is retried only when its wait ends before the deadline."
+        import openai
+        deadline = time.monotonic() + self.timeout
+        for attempt in range(1 + self.retries):
+            try: return self._read(body, deadline)
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
+                wait = _retry_after(getattr(e, "response", None))
+                if attempt < self.retries and time.monotonic() + wait < deadline: time.sleep(wait); continue
+                late = f"; a retry after {wait:g} s would pass the {self.timeout:g} s deadline" if attempt < self.retries else ""
+                raise AgentError(f"the LLM server failed: {type(e).__name__}: {str(e)[:300]}{late}") from None
+            except openai.OpenAIError as e: raise AgentError(f"the LLM server failed: {type(e).__name__}: {str(e)[:300]}") from None
 
     def chat(self, messages, tools=None):
         kw = dict(self.create_kwargs)
         if tools: kw["tools"] = tools
-        import openai
-        try: r = self.client.chat.completions.create(model=self.model, messages=messages, **kw)
-        except openai.OpenAIError as e: raise AgentError(f"the LLM server failed: {type(e).__name__}: {str(e)[:300]}") from None
-        except (ValueError, TypeError, KeyError, AttributeError) as e:  # a body that is not the API's JSON
-            raise AgentError(f"the LLM server sent a reply that is not a chat completion ({type(e).__name__}: {str(e)[:200]})") from None
-        choices = getattr(r, "choices", None)
+        r = self._completion(dict(model=self.model, messages=messages, **kw))
+        choices = r.get("choices") if isinstance(r, dict) else None
         if not isinstance(choices, list) or not choices: raise AgentError(f"the LLM server's reply has no choices: {str(r)[:200]!r}")
-        m = getattr(choices[0], "message", None)
-        if m is None: raise AgentError("the LLM server's reply has no message")
+        m = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if not isinstance(m, dict): raise AgentError("the LLM server's reply has no message")
         calls = []
-        for c in getattr(m, "tool_calls", None) or []:
-            f = getattr(c, "function", None)
-            calls.append({"id": getattr(c, "id", None), "type": "function",
-                          "function": {"name": getattr(f, "name", None), "arguments": getattr(f, "arguments", None)}})
-        return _check_reply(assistant_message(getattr(m, "content", None), calls))
+        for c in m.get("tool_calls") if isinstance(m.get("tool_calls"), list) else []:
+            f = c.get("function") if isinstance(c, dict) else None
+            f = f if isinstance(f, dict) else {}
+            calls.append({"id": c.get("id") if isinstance(c, dict) else None, "type": "function",
+                          "function": {"name": f.get("name"), "arguments": f.get("arguments")}})
+        return _check_reply(assistant_message(m.get("content"), calls))
 
 # %% ../nbs/04_copilot.ipynb #fb7bb795
 SUBTASKS = ["add", "remove", "replace", "loudness", "move", "pan"]  # a list: `register_subtask` adds to it
@@ -504,7 +540,8 @@ def check_edit(before: Scene, after: Scene, subtask: str) -> str | None:
 
 # %% ../nbs/04_copilot.ipynb #eb3df812
 USER_SYSTEM = ("You are a user of an AI sound designer that makes short audio stories (speech, sound effects, music) "
-               "and edits them. Write only your next message to the designer, in one or two sentences.")
+               "and edits them. Write only your next message to the designer, in one to four short sentences, the way people "
+               "type requests, in the phrasing the task asks for.")
 DESIGNER_SYSTEM = (
     "You are an AI sound designer. For every request write the complete scene as JSON: duration (seconds) and sources, "
     "each with id, kind (speech, sfx or music), speaker, emotion and text for speech, caption for sfx and music, "
@@ -515,9 +552,34 @@ SUBTASK_HELP = {"add": "add one new sound effect", "remove": "remove one source"
                 "loudness": "make one source louder or quieter", "move": "move one source in time",
                 "pan": "pan one source left, right or to the centre"}
 
-def story_task(text: str) -> str:
-    return (f"Task: story request.\nSeed text: \"{text}\"\nAsk the sound designer for an audio story of 5 to 15 seconds "
-            "based on the seed text; say who speaks and which sounds you want.")
+FAMILY_WORDS = {  # each phrasing family told to an LLM user in words
+    "caption list": "list the sounds as short captions (a dog barking, steady rain falling)",
+    "paraphrase": "name each sound in your own everyday words, not as a caption",
+    "setting-implied": "let the setting imply some sounds (a storm for rain and thunder) and name the others in your own words",
+    "voice names": "name the voices by the designer's speaker presets ({presets})",
+    "characters": "describe the speakers as characters (a girl greets an old man), each clearly one of the presets ({presets})",
+    "seed text": "quote the seed text for the narrator to read", "quoted line": "quote what each speaker says",
+    "described line": "say what each speaker says without quoting it",
+    "left to the designer": "leave the words to the designer and do not quote the seed text",
+    "seconds": "ask for a length in digits (about 9 seconds)", "words": "ask for a length in words (about nine seconds)",
+    "absent": "do not ask for a length", "story first": "begin with the story", "sounds first": "begin with the sounds",
+    "duration first": "begin with the length",
+}
+
+def story_task(text: str, family: dict | None = None) -> str:
+    "The user's task for a story request: the seed text and a phrasing family (drawn from the seed text if None), in words."
+    from audiochat.tools import SPEAKERS
+    family = family or choose_family(random.Random(f"family-{text}"))
+    how = "; ".join(FAMILY_WORDS[family[f]] for f in REQUEST_FACETS).format(presets=", ".join(SPEAKERS))
+    return (f"Task: story request.\nSeed text: \"{text}\"\nPhrasing: {family_name(family)}.\nAsk the sound designer for an "
+            f"audio story of 5 to 15 seconds based on the seed text; say who speaks and which sounds you want. Write it this way: {how}.")
+
+def _task_family(task: str) -> dict | None:
+    "The phrasing family a story task names (None if it names none)."
+    m = re.search(r"^Phrasing: (.*)\.$", task, re.M)
+    values = m.group(1).split(" · ") if m else []
+    if len(values) != len(REQUEST_FACETS) or any(v not in vs for v, vs in zip(values, REQUEST_FACETS.values())): return None
+    return dict(zip(REQUEST_FACETS, values))
 
 def edit_task(scene: Scene, subtask: str) -> str:
     return (f"Task: edit request, subtask: {subtask} ({SUBTASK_HELP[subtask]}).\nCurrent scene:\n```json\n{scene.to_json()}\n```\n"
@@ -534,7 +596,7 @@ class UserSimulator:
         if not text: raise AgentError("the user simulator wrote an empty request")
         return text
 
-    def story_request(self, text: str) -> str: return self._ask(story_task(text))
+    def story_request(self, text: str, family: dict | None = None) -> str: return self._ask(story_task(text, family))
     def edit_request(self, scene: Scene, subtask: str) -> str: return self._ask(edit_task(scene, subtask))
 
 # %% ../nbs/04_copilot.ipynb #ac58705e
@@ -570,19 +632,219 @@ def rendered(messages: list[dict]) -> tuple[Scene | None, dict | None]:
             scene, result = (Scene.from_json(s) if isinstance(s, str) else Scene.from_dict(s)), r
     return scene, result
 
+# %% ../nbs/04_copilot.ipynb #ad06ec36
+REQUEST_FACETS = {  # each value is a named phrasing family; a request takes one family per facet
+    "sounds": ("caption list", "paraphrase", "setting-implied"),
+    "speakers": ("voice names", "characters"),
+    "lines": ("seed text", "quoted line", "described line", "left to the designer"),
+    "duration": ("seconds", "words", "absent"),
+    "order": ("story first", "sounds first", "duration first"),
+}
+FAMILIES = tuple(f for values in REQUEST_FACETS.values() for f in values)
+HELD_OUT_FAMILIES = ("described line", "sounds first")  # never in training data: evaluated as unseen phrasings
+
+SETTING_SOUNDS = {  # a setting that implies sounds: used only when the scene has every one of them
+    "a storm": ("rain", "thunder"), "a stormy sea": ("ocean waves", "wind"), "the seaside": ("ocean waves",),
+    "a cosy fireplace": ("fire crackling",), "a busy office": ("keyboard typing", "phone ringing"),
+    "a police chase": ("siren", "engine"), "a theatre audience cheering": ("applause", "crowd murmur"),
+    "a church at noon": ("bell",), "a farmyard watchdog": ("dog barking",), "a spring morning": ("birds",),
+    "a referee starting the match": ("whistle",), "an old pendulum clock": ("clock ticking",),
+}
+CHARACTER_PHRASES = {  # characters a listener recognises as each speaker preset
+    "narrator": ("a narrator", "a storyteller"), "man": ("a man", "a young man", "a fisherman"),
+    "woman": ("a woman", "a young woman", "a mother"), "old man": ("an old man", "a grandpa", "an elderly man"),
+    "old woman": ("an old woman", "a grandma", "an elderly woman"), "boy": ("a boy", "a little boy", "a schoolboy"),
+    "girl": ("a girl", "a little girl", "a young girl"), "robot": ("a robot", "an android", "a talking machine"),
+    "announcer": ("an announcer", "a radio host", "a presenter"),
+    "whisperer": ("a whispering stranger", "someone who only whispers"),
+}
+LINE_GISTS = {  # what each line of LINES says, told without quoting it
+    "Did you hear that?": "asks if anyone else heard the noise", "I have been waiting for hours.": "complains about waiting for hours",
+    "Look, {obj} is still here.": "points out that {obj} is still there", "We should leave before dark.": "wants to leave before dark",
+    "Nobody believes me about {obj}.": "complains that nobody believes them about {obj}", "Stay close to me.": "asks the others to stay close",
+    "I remember this place.": "recognises the place", "Where did you find {obj}?": "asks where {obj} was found",
+    "It is too late to turn back now.": "says it is too late to turn back", "Listen, something is coming.": "warns that something is coming",
+    "I told you it would happen.": "says they saw it coming", "Everything changed that night.": "remembers the night everything changed",
+    "Let me tell you about {obj}.": "offers to tell the tale of {obj}", "Are you sure about this?": "asks if everyone is sure",
+    "Come inside, it is cold.": "invites everyone in out of the cold", "I will never forget {obj}.": "swears never to forget {obj}",
+}
+GIST_OBJECTS = {"the storm": "that night", "the old clock": "the heirloom"}  # no sound implied by a described line
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+                "seventeen eighteen nineteen twenty").split()
+
+# %% ../nbs/04_copilot.ipynb #4b4447ff
+def choose_family(rng: random.Random, held_out: str | None = None) -> dict:
+    """One family per facet of REQUEST_FACETS. Training draws only families outside HELD_OUT_FAMILIES; `held_out`
+    (one of them) forces that family, allows the others and asks for a duration (the held-out figures need one)."""
+    if held_out is not None and held_out not in HELD_OUT_FAMILIES:
+        raise ValueError(f"held_out must be one of HELD_OUT_FAMILIES ({', '.join(HELD_OUT_FAMILIES)}), got {held_out!r}")
+    family = {}
+    for facet, values in REQUEST_FACETS.items():
+        allowed = [v for v in values if held_out is not None or v not in HELD_OUT_FAMILIES]
+        if held_out is not None and facet == "duration": allowed.remove("absent")
+        if facet == "order" and family["duration"] == "absent": allowed = [v for v in allowed if v != "duration first"]
+        family[facet] = held_out if held_out in values else rng.choice(allowed)
+    return family
+
+def family_name(family: dict) -> str: return " · ".join(family[f] for f in REQUEST_FACETS)
+
+# %% ../nbs/04_copilot.ipynb #392c2425
+def _join(xs: list[str]) -> str: return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+def _cap(s: str) -> str: return s[:1].upper() + s[1:]
+_CLAUSE = re.compile(r"\b(is|are|rings|barks|knocks|hoots|meows|claps|blows|smashes|shatters|howl|honks|calls)\b")
+
+def scene_sounds(scene: Scene) -> tuple[list[str], str | None]:
+    "The scene's sound-effect classes (in order) and its music mood (None without music)."
+    from audiochat.tools import MUSIC_MOODS
+    names, moods = names_by_caption(), {m.caption: k for k, m in MUSIC_MOODS.items()}
+    sfx = list(dict.fromkeys(names.get(s.caption, s.caption) for s in scene.sources if s.kind == "sfx"))
+    music = [moods.get(s.caption, s.caption) for s in scene.sources if s.kind == "music"]
+    return sfx, (music[0] if music else None)
+
+def _implied(classes: list[str], rng) -> list[str]:
+    "Setting phrases whose sounds are all in `classes`, none sharing a sound, larger settings first."
+    fits = [p for p, c in SETTING_SOUNDS.items() if set(c) <= set(classes)]
+    rng.shuffle(fits)
+    chosen, used = [], set()
+    for p in sorted(fits, key=lambda p: -len(SETTING_SOUNDS[p])):
+        if not used & set(SETTING_SOUNDS[p]): chosen.append(p); used |= set(SETTING_SOUNDS[p])
+    return chosen
+
+# %% ../nbs/04_copilot.ipynb #17a7c1b1
+def _sounds_part(scene: Scene, style: str, rng) -> str:
+    "The sentence(s) naming the sounds: by caption, by paraphrase, or implied by a setting (the rest paraphrased)."
+    from audiochat.tools import MUSIC_MOODS, SOUND_EFFECTS
+    classes, mood = scene_sounds(scene)
+    settings = _implied(classes, rng) if style == "setting-implied" else []
+    rest = [c for c in classes if not any(c in SETTING_SOUNDS[p] for p in settings)]
+    if style == "caption list":
+        items = [_sfx_caption(c) for c in rest]
+        music = f" with {_music_caption(mood)} underneath" if mood else ""
+        if not items: return f"Put {_music_caption(mood)} underneath." if mood else ""
+        return rng.choice(["Include {}.", "Sounds: {}.", "I want to hear {}.", "Add {}."]).format(_join(items) + music)
+    items = [rng.choice(SOUND_EFFECTS[c].paraphrases or (c,)) for c in rest]
+    if mood: items.append(rng.choice(MUSIC_MOODS[mood].paraphrases) + rng.choice([" underneath", " in the background"]))
+    lead = rng.choice(["Picture {}.", "Imagine {}.", "The setting: {}."]).format(_join(settings)) if settings else ""
+    if not items: return lead
+    if any(_CLAUSE.search(x) for x in items): named = " ".join(_cap(x) + "." for x in items)
+    else: named = rng.choice(["With {}.", "I'd like {}.", "There should be {}."] + (["Also {}."] if lead else [])).format(_join(items))
+    return (lead + " " + named).strip()
+
+def _end(s: str) -> str: return s if s.endswith(('."', '?"', '!"')) else s + "."
+
+def _gist(text: str, speaker: str, rng) -> str:
+    "What a line says, in words: LINE_GISTS for a line of LINES, else a narrator's opening."
+    for line, gist in LINE_GISTS.items():
+        for obj in OBJECTS:
+            if line.format(obj=obj) == text: return gist.format(obj=GIST_OBJECTS.get(obj, obj))
+    return rng.choice(["sets the scene", "opens the story", "tells how it all begins"])
+
+def _story_part(scene: Scene, text: str, speakers: str, lines: str, rng) -> str:
+    "Who speaks (voice names or characters) and what is said (the seed text, quoted, described or left open)."
+    speech = [s for s in scene.sources if s.kind == "speech"]
+    voices = list(dict.fromkeys(s.speaker for s in speech))
+    names = {v: rng.choice(CHARACTER_PHRASES.get(v, (f"a {v}",))) if speakers == "characters" else v for v in voices}
+    the = lambda v: names[v] if speakers == "characters" else f"the {v}"
+    if lines in ("quoted line", "described line"):
+        say = lambda s: f'says "{s.text}"' if lines == "quoted line" else _gist(s.text, s.speaker, rng)
+        parts = [f"{the(s.speaker)} {say(s)}" for s in speech]
+        return _end(_cap(parts[0] + "".join(rng.choice([", then ", "; ", " and "]) + p for p in parts[1:])))
+    if speakers == "characters":
+        first, others = the(voices[0]), [names[v] for v in voices[1:]]
+        verb = rng.choice(["greets", "talks with", "argues with", "warns"])
+        cast = _cap(rng.choice([f"{first} tells it", f"just {first}, nobody else", f"only {first} speaks"]) if not others else
+                    rng.choice([f"{first} tells it and {_join(others)} speak" if len(others) > 1 else f"{first} tells it and {others[0]} joins in",
+                                f"{first} tells it; {others[0]} {verb} {others[1]}" if len(others) > 1 else f"{first} tells it and {others[0]} answers",
+                                f"the cast: {_join([first] + others)}"])) + "."
+    else: cast = rng.choice(["Use {}.", "Voices: {}.", "Speakers: {}.", "Voiced by {}."]).format(_join(voices))
+    if lines == "seed text":
+        return rng.choice([f'Base it on this: "{text}" {cast}', f'{cast} The story: "{text}"', f'Tell this: "{text}" {cast}'])
+    return cast + rng.choice(["", " You decide what they say.", " The words are up to you."])
+
+def _duration_part(scene: Scene, style: str, first: bool, rng) -> str:
+    "The length asked for, the scene's duration rounded to whole seconds, in digits or in words (or nothing)."
+    if style == "absent": return ""
+    n = round(scene.duration)
+    w = str(n) if style == "seconds" or n >= len(NUMBER_WORDS) else NUMBER_WORDS[n]
+    a = "an" if w in ("8", "11", "18", "eight", "eleven", "eighteen") else "a"
+    if first: return rng.choice([f"Make me {a} {w}-second audio story.", f"Can you make an audio story of about {w} seconds?", f"I need {a} {w}-second story."])
+    return rng.choice([f"About {w} seconds.", f"{_cap(w)} seconds is plenty." if w != str(n) else f"Keep it near {w} s.", f"Roughly {w} seconds long."])
+
 # %% ../nbs/04_copilot.ipynb #a615093d
-def _story_phrase(scene: Scene, text: str, rng: random.Random) -> str:
-    voices = list(dict.fromkeys(s.speaker for s in scene.sources if s.kind == "speech"))
-    sounds = [s.caption for s in scene.sources if s.kind == "sfx"]
-    music = [s.caption for s in scene.sources if s.kind == "music"]
-    join = lambda xs: xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
-    m = f" with {music[0]} underneath" if music else ""
-    return rng.choice([
-        f"Tell me a short audio story based on this: \"{text}\" Use {join(voices)}, with {join(sounds)}{m}. About {scene.duration:.0f} seconds.",
-        f"Can you make an audio story of about {scene.duration:.0f} seconds? {text} I want to hear {join(sounds)}{m}, voiced by {join(voices)}.",
-        f"Create a scene: {text} Include {join(sounds)}{m}. Speakers: {join(voices)}. Keep it near {scene.duration:.0f} s.",
-        f"I need a {scene.duration:.0f}-second story. {text} Voices: {join(voices)}. Sounds: {join(sounds)}{m}.",
-    ])
+def _story_phrase(scene: Scene, text: str, rng: random.Random, family: dict | None = None) -> tuple[str, dict]:
+    """A story request for `scene` (built from seed text `text`) in `family` (`choose_family(rng)` if None) and the
+    family it was written in: a setting that implies none of the scene's sounds becomes a paraphrase, and the seed
+    text, when the scene does not say it, becomes the quoted lines."""
+    family = dict(family or choose_family(rng))
+    classes, _ = scene_sounds(scene)
+    if family["sounds"] == "setting-implied" and not _implied(classes, random.Random(0)): family["sounds"] = "paraphrase"
+    if family["lines"] == "seed text" and text not in [s.text for s in scene.sources if s.kind == "speech"]: family["lines"] = "quoted line"
+    if family["duration"] == "absent" and family["order"] == "duration first": family["order"] = "story first"
+    story = _story_part(scene, text, family["speakers"], family["lines"], rng)
+    sounds = _sounds_part(scene, family["sounds"], rng)
+    order = family["order"]
+    duration = _duration_part(scene, family["duration"], order == "duration first", rng)
+    opener = rng.choice(["", "Make me an audio story.", "Tell me a short audio story.", "An audio story, please."])
+    parts = {"story first": [opener, story, sounds, duration], "sounds first": [sounds, story, duration],
+             "duration first": [duration, story, sounds]}[order]
+    return " ".join(p for p in parts if p), family
+
+
+# %% ../nbs/04_copilot.ipynb #30e4c341
+_QUOTED = re.compile(r'"([^"]*)"')
+_ASKED = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?|" + "|".join(NUMBER_WORDS) + r")(?:-| )?(?:seconds?|s)\b")
+
+def _request_vocabulary() -> list[tuple[str, str, tuple]]:
+    "(phrase, what, values) for every phrase the request generator names things with, longest first."
+    from audiochat.tools import MUSIC_MOODS, SPEAKERS, sound_phrases
+    v = [(p, "sfx", c) for p, c in SETTING_SOUNDS.items()]
+    v += [(p, "sfx", (k,)) for k, ps in sound_phrases("sfx").items() for p in ps]
+    v += [(p, "music", (k,)) for k, m in MUSIC_MOODS.items() for p in (m.caption, *m.paraphrases)]
+    v += [(p, "speakers", (k,)) for k in SPEAKERS for p in (k, *CHARACTER_PHRASES.get(k, ()))]
+    return sorted(((p.lower(), w, c) for p, w, c in v), key=lambda x: -len(x[0]))
+
+def read_request(request: str) -> dict:
+    """What a story request asks for, read with the generator's vocabulary: the quoted lines, the sound classes and
+    music moods it names or implies, the speakers it names (by preset name or character) and the seconds it asks for."""
+    rest = _QUOTED.sub(" ", request).lower()
+    out = dict(quotes=_QUOTED.findall(request), sfx=set(), music=set(), speakers=set(), seconds=None)
+    for phrase, what, values in _request_vocabulary():
+        pattern = re.compile(r"(?<![a-z])" + re.escape(phrase) + r"(?![a-z])")
+        if pattern.search(rest): out[what] |= set(values); rest = pattern.sub(" ", rest)
+    m = _ASKED.search(rest)
+    if m: out["seconds"] = float(NUMBER_WORDS.index(m.group(1)) if m.group(1) in NUMBER_WORDS else m.group(1))
+    return out
+
+def check_request(request: str, scene: Scene) -> str | None:
+    """None if `request` is true to `scene`: every quoted line is said, the sounds and music named or implied are
+    exactly the scene's, the speakers named are exactly its speakers, a duration asked for is its duration rounded
+    to whole seconds. Else a message saying what is wrong."""
+    got, (sfx, mood) = read_request(request), scene_sounds(scene)
+    said = {s.text for s in scene.sources if s.kind == "speech"}
+    if bad := [q for q in got["quotes"] if q not in said]: return f"quoted line {bad[0]!r} is not said in the scene"
+    for what, want in (("sound", set(sfx)), ("music", {mood} - {None}), ("speaker", {s.speaker for s in scene.sources if s.kind == "speech"})):
+        have = got["sfx" if what == "sound" else what + ("s" if what == "speaker" else "")]
+        if want - have: return f"the request does not name the scene's {what} {sorted(want - have)[0]!r}"
+        if have - want: return f"the request names {what} {sorted(have - want)[0]!r}, which the scene lacks"
+    if got["seconds"] is not None and abs(got["seconds"] - scene.duration) > 0.5:
+        return f"the request asks for {got['seconds']:g} s, the scene lasts {scene.duration:g} s"
+    return None
+
+# %% ../nbs/04_copilot.ipynb #e8adfaf2
+def held_out_stories(n: int = 20, seed: int = 0, max_duration: float = 15.0) -> list[dict]:
+    """`n` story requests in the held-out phrasing families (HELD_OUT_FAMILIES, in turn) for scenes made like
+    StoryGen-Eval-mini's (`random_story`), in the format of `benchmarks/free_form.json`'s stories: the request, the
+    sound classes, music mood and number of speakers a right scene has, the seconds asked, the family and the scene."""
+    items = []
+    for i in range(n):
+        rng = random.Random(f"held-out-{seed}-{i}")
+        text = seed_text(rng)
+        scene = random_story(rng, text, max_duration)
+        request, family = _story_phrase(scene, text, rng, choose_family(rng, HELD_OUT_FAMILIES[i % len(HELD_OUT_FAMILIES)]))
+        sfx, mood = scene_sounds(scene)
+        items.append(dict(request=request, sfx=sorted(sfx), music=mood, speakers=len({s.speaker for s in scene.sources if s.kind == "speech"}),
+                          seconds=round(scene.duration), family=family_name(family), scene=scene.to_dict()))
+    return items
 
 # %% ../nbs/04_copilot.ipynb #a12f7d7a
 class TemplateLLM(ChatLLM):
@@ -590,6 +852,7 @@ class TemplateLLM(ChatLLM):
     def __init__(self, seed: int = 0, mistake_rate: float = 0.0, max_duration: float = 15.0):
         self.rng, self.mistake_rate, self.max_duration = random.Random(seed), mistake_rate, max_duration
         self.plans, self.current = {}, None  # request text -> planned scene; the designer's last delivered scene
+        self.families = {}  # story request text -> the phrasing family it was written in (REQUEST_FACETS)
 
     def chat(self, messages, tools=None):
         if messages and messages[0].get("role") == "system" and messages[0]["content"] == USER_SYSTEM:
@@ -597,10 +860,10 @@ class TemplateLLM(ChatLLM):
         return self._designer(messages, tools or [])
 
     def _user(self, task: str) -> dict:
-        m = re.search(r'Seed text: "(.*)"', task)
+        m, family = re.search(r'Seed text: "(.*)"', task), None
         if m:
             scene = random_story(self.rng, m.group(1), self.max_duration)
-            request = _story_phrase(scene, m.group(1), self.rng)
+            request, family = _story_phrase(scene, m.group(1), self.rng, _task_family(task))
         else:
             sub = re.search(r"subtask: (\w+)", task)
             js = re.search(r"```json\n(.*?)\n```", task, re.S)
@@ -608,6 +871,7 @@ class TemplateLLM(ChatLLM):
             scene, request = plan_edit(Scene.from_json(js.group(1)), sub.group(1), self.rng)
         while request in self.plans and self.plans[request] != scene: request += " Thanks."
         self.plans[request] = scene
+        if family: self.families[request] = family
         return assistant_message(request)
 
     def _designer(self, messages: list[dict], tools: list[dict]) -> dict:

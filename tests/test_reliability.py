@@ -515,3 +515,74 @@ def test_local_codec_path_never_goes_to_the_network(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     for path in ["runs/codec", "missing/codec", "org/name"]:
         with pytest.raises(FileNotFoundError, match="codec folder not found"): Codec.from_pretrained(path)
+
+
+# ---- an OpenAI-compatible server that sends a gzip bomb, drips its body, or asks to wait: bounded by the client ----
+import gzip
+import resource
+
+from audiochat.copilot import MAX_RESPONSE_BYTES
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class HostileServer(http.server.BaseHTTPRequestHandler):
+    mode, calls = "gzip", 0
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        HostileServer.calls += 1
+        if HostileServer.mode == "retry after 50":
+            body = b'{"error": {"message": "slow down"}}'
+            self.send_response(429); self.send_header("Retry-After", "50"); self.send_header("Content-Length", str(len(body)))
+            self.end_headers(); self.wfile.write(body); return
+        if HostileServer.mode == "gzip":  # 1 MB on the wire, 1 GB of spaces once decompressed
+            body = GZIP_BOMB
+            self.send_response(200); self.send_header("Content-Type", "application/json"); self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body); return
+        body = json.dumps(completion({"role": "assistant", "content": "x" * 200})).encode()  # drip: one byte every 0.2 s
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for b in body: self.wfile.write(bytes([b])); self.wfile.flush(); time.sleep(0.2)
+        except OSError: pass
+
+
+def _gzip_bomb(mb=1024):
+    import io
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9) as f:
+        f.write(b'{"choices": ['); block = b" " * (1 << 20)
+        for _ in range(mb): f.write(block)
+    return buf.getvalue()
+
+
+GZIP_BOMB = None
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    global GZIP_BOMB
+    GZIP_BOMB = _gzip_bomb()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HostileServer)
+    server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # the client hanging up mid-body is expected here
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("mode, timeout, message", [
+    ("gzip", 30, "over 4,000,000 bytes"), ("drip", 1.0, "deadline"), ("retry after 50", 2.0, "would pass the 2 s deadline")])
+def test_llm_calls_are_bounded_in_bytes_and_time(hostile_server, mode, timeout, message):
+    HostileServer.mode, HostileServer.calls = mode, 0
+    llm = OpenAILLM("m", base_url=hostile_server, timeout=timeout)
+    before, t0 = _peak_rss_mb(), time.perf_counter()
+    with pytest.raises(AgentError, match=message): llm.chat([{"role": "user", "content": "hi"}])
+    seconds, grown = time.perf_counter() - t0, _peak_rss_mb() - before
+    print(f"{mode}: {seconds:.2f} s, peak RSS grew {grown:.0f} MB")
+    assert seconds < timeout + 1 and grown < 200 and MAX_RESPONSE_BYTES == 4_000_000
+    assert HostileServer.calls == 1  # no retry that could not finish in time
