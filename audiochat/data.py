@@ -26,7 +26,7 @@ from .scene import Scene
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
            'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards', 'build_shard', 'build',
            'summarize', 'format_summary', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
-           'build_samples', 'export_hf', 'data_main']
+           'build_samples', 'check_writable', 'damaged_shards', 'turns_in', 'export_hf', 'data_main']
 
 # %% ../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed wheel finds them
@@ -211,8 +211,19 @@ def format_summary(s: dict) -> str:
     return line + "\nsubtasks: " + ", ".join(f"{k} {v}" for k, v in s["subtasks"].items())
 
 # %% ../nbs/05_data.ipynb #d07de14a
+def _checked_record(r, where: str, folder: Path) -> dict:
+    "`r` with its turns' audio paths joined to `folder`: each must stay inside it; else a ValueError naming the record."
+    from audiochat.audio import inside
+    if not isinstance(r, dict) or not isinstance(r.get("turns"), list): raise ValueError(f"{where}: not a dialogue record (no list of turns)")
+    for j, t in enumerate(r["turns"]):
+        if not isinstance(t, dict): raise ValueError(f"{where}: turns[{j}] is not an object")
+        inside(folder, t.get("audio"), f"{where}: turns[{j}].audio")
+        t["audio"] = str(folder / t["audio"])
+    return r
+
 def read_records(out):
-    "Iterate over the dialogue records of a built dataset (finished shards only), audio paths resolved."
+    """Iterate over the dialogue records of a built dataset (finished shards only), audio paths joined to the shard
+    folder; a path that leads outside it (`../..`, an absolute path) is a ValueError naming the record."""
     out = Path(out)
     shards = [f / "records.jsonl" for f in finished_shards(out)]
     if not shards: raise FileNotFoundError(f"no finished shards in {out} (expected shard-*/records.jsonl and stats.json)")
@@ -221,8 +232,7 @@ def read_records(out):
             for n, line in enumerate(f, 1):
                 try: r = json.loads(line)
                 except json.JSONDecodeError as e: raise ValueError(f"{p} line {n} is not a valid JSON record: {e.msg}") from None
-                for t in r["turns"]: t["audio"] = str(p.parent / t["audio"])
-                yield r
+                yield _checked_record(r, f"{p} line {n}", p.parent)
 
 def load_turn(turn: dict) -> tuple[Scene, object]:
     "A record turn's scene (validated) and stereo audio (2, T) at SAMPLE_RATE."
@@ -276,10 +286,29 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     return summarize(out)
 
 # %% ../nbs/05_data.ipynb #38c67ea9
-def export_hf(data, out, cache_dir=None):
+def check_writable(folder) -> Path:
+    "Create `folder` and write a probe file in it, before any work: a ValueError naming it when it cannot be written."
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"; probe.write_bytes(b""); probe.unlink()
+    except OSError as e: raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return folder
+
+def damaged_shards(data) -> list[Path]:
+    "Shard folders of `data` that are not complete (`stats.json` or `records.jsonl` missing, damaged or disagreeing)."
+    return [p for p in sorted(Path(data).glob("shard-*")) if p.is_dir() and not shard_done(p)]
+
+def turns_in(shard) -> int | None:
+    "Turns in a shard's `records.jsonl`, None when it cannot be read."
+    try: return sum(len(json.loads(line)["turns"]) for line in open(Path(shard) / "records.jsonl") if line.strip())
+    except (OSError, ValueError, KeyError, TypeError): return None
+
+def export_hf(data, out, cache_dir=None, skip_damaged: bool = False):
     """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hugging Face `datasets` dataset
     in `out` (`save_to_disk`): one row per turn with the dialogue id, split, turn index, the user's request, the subtask,
-    the scene as JSON, the designer's answer and the turn's audio, an `Audio` feature holding the FLAC file itself."""
+    the scene as JSON, the designer's answer and the turn's audio, an `Audio` feature holding the FLAC file itself.
+    A damaged shard is an error unless `skip_damaged` (then `damaged_shards` and `turns_in` say what was left out)."""
     import tempfile
     try: import datasets
     except ImportError: raise ImportError("the export needs `datasets`: pip install 'audiochat[hf]'") from None
@@ -288,7 +317,14 @@ def export_hf(data, out, cache_dir=None):
     features = datasets.Features(dict(id=V("string"), split=V("string"), turn=V("int32"), request=V("string"),
                                       subtask=V("string"), scene=V("string"), answer=V("string"), duration=V("float32"),
                                       audio=dict(bytes=V("binary"), path=V("string"))))
-    next(read_records(data))  # a clear error for a folder that holds no dataset, before `datasets` starts
+    bad = damaged_shards(data)
+    if bad and not skip_damaged:
+        raise ValueError(f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild them with `audiochat data build` "
+                         "or export without them (--skip-damaged)")
+    for r in read_records(data):  # every record and audio file checked before `datasets` starts (clear, one-line errors)
+        for j, t in enumerate(r["turns"]):
+            if not Path(t["audio"]).is_file(): raise ValueError(f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing")
+    check_writable(Path(out).parent)
     with tempfile.TemporaryDirectory() as tmp:  # the generator's arrow cache: temporary, `out` is the copy that stays
         ds = datasets.Dataset.from_generator(_hf_rows, features=features, gen_kwargs=dict(data=str(data)),
                                              cache_dir=cache_dir or tmp)
@@ -332,10 +368,14 @@ def data_main(argv: list[str]) -> int:
     x.add_argument("--format", choices=["hf"], default="hf", help="hf: datasets.Dataset.save_to_disk (default)")
     x.add_argument("--data", required=True, help="a built dataset, StoryGen-Eval-mini or data_samples/dialogues")
     x.add_argument("--out", required=True, help="output folder (load it with datasets.load_from_disk)")
+    x.add_argument("--skip-damaged", action="store_true", help="export without the damaged shards (counted and named) instead of failing")
     a = p.parse_args(argv)
     if a.command == "export":
-        ds = export_hf(a.data, a.out)
+        ds = export_hf(a.data, a.out, skip_damaged=a.skip_damaged)
         print(f"wrote {a.out}/: {len(ds)} turns ({', '.join(ds.column_names)}); datasets.load_from_disk({str(a.out)!r})")
+        for shard in damaged_shards(a.data):
+            n = turns_in(shard)
+            print(f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported", file=sys.stderr)
         return 0
     if a.command == "show":
         for i, r in enumerate(read_records(a.dir)):
@@ -344,6 +384,7 @@ def data_main(argv: list[str]) -> int:
         return 0
     if a.command == "samples":
         print(format_summary(build_samples(a.out, a.n))); return 0
+    check_writable(a.out)  # before any work
     if a.command == "build":
         over = dict(dialogues=a.dialogues, shard_size=a.shard_size, edits=a.edits, max_duration=a.max_duration)
         over = {k: v for k, v in over.items() if v is not None}
