@@ -215,7 +215,8 @@ class UserOnly(ChatLLM):
 def test_user_simulator_and_designer_roles():
     llm = TemplateLLM(3)
     user = UserSimulator(llm)
-    request = user.story_request("In a forest at night, a shy librarian hears a strange noise.")
+    family = dict(sounds="caption list", speakers="voice names", lines="seed text", duration="seconds", order="story first")
+    request = user.story_request("In a forest at night, a shy librarian hears a strange noise.", family)
     assert "shy librarian" in request and request in llm.plans
     from audiochat.tools import Toolbox
     designer = SoundDesigner(llm, Toolbox(seed=3))
