@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,10 @@ from .forcing import ForcingConfig
 from .sct import ModelConfig, PRESETS as MODEL_PRESETS
 
 # %% auto #0
-__all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config', 'all_keys',
-           'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range', 'merge',
-           'config_from_dict', 'parse_overrides', 'resolve', 'read_yaml', 'to_dict', 'save_config', 'load_config']
+__all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'DEVICE_RE', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config',
+           'all_keys', 'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range',
+           'merge', 'config_from_dict', 'parse_overrides', 'resolve', 'read_yaml', 'to_dict', 'save_config',
+           'load_config']
 
 # %% ../nbs/13_config.ipynb #ae552ede
 @dataclass
@@ -137,7 +139,8 @@ PRESETS = {
     "base": dict(  # many GPUs: understanding layers from a Hugging Face LLM, a 48 kHz-class codec, three stages
         model=MODEL_PRESETS["base"],
         codec={**CODEC_PRESETS["small"], "sample_rate": 48000, "strides": (2, 4, 5, 6, 5), "latent_dim": 64},
-        data=dict(batch_size=8, max_frames=1200, max_turns=5, window=4096),
+        data=dict(batch_size=8, max_frames=1200, max_turns=5, window=4096,
+                  tokenizer=MODEL_PRESETS["base"]["pretrained"]),  # SmolLM2: its weights with its own tokenizer
         optim=dict(lr=1e-4, warmup=2000, steps=220000),
         run=dict(out="runs/train-base", compile=True, parallel="fsdp", eval_every=2000, save_every=5000, log_every=100),
         stages=[dict(name="pretrain", source="data/pretrain", steps=100000, lr=2.5e-5),
@@ -201,7 +204,7 @@ RANGES = {
     "codec.segment_seconds": "> 0", "codec.batch_size": ">= 1", "codec.learning_rate": "> 0", "codec.grad_clip": ">= 0",
     "codec.save_every": ">= 1", "codec.seed": ">= 0",
     "loss.lambda_diff": ">= 0", "loss.t_min": "[0, 1)", "loss.context_cap": "[0, 1]", "loss.clean_p": "[0, 1]", "loss.cfg_p": "[0, 1]",
-    "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup": ">= 0", "optim.steps": ">= 0", "optim.min_lr_ratio": "[0, 1]",
+    "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup": ">= 0", "optim.steps": ">= 1", "optim.min_lr_ratio": "[0, 1]",
     "optim.grad_clip": ">= 0", "optim.accumulate": ">= 1",
     "run.seed": ">= 0", "run.ema": "[0, 1)", "run.eval_every": ">= 0", "run.eval_batches": ">= 1", "run.save_every": ">= 0",
     "run.keep": ">= 0", "run.log_every": ">= 1", "run.max_bad_steps": ">= 1", "run.threads": ">= 0",
@@ -218,8 +221,14 @@ def in_range(value, rule: str) -> bool:
     lo, hi = (float(v) for v in rule[1:-1].split(","))
     return (value >= lo if rule[0] == "[" else value > lo) and (value <= hi if rule[-1] == "]" else value < hi)
 
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # the values run.device takes
+
 def check_range(key: str, value):
     "A ConfigError naming `key` if `value` (a number, or a tuple of numbers such as optim.betas) is out of its range."
+    if key == "optim.betas" and (not isinstance(value, (tuple, list)) or len(value) != 2):
+        raise ConfigError(f"config key 'optim.betas' must be two numbers [beta1, beta2], got {value!r}", key=key)
+    if key == "run.device" and not (isinstance(value, str) and DEVICE_RE.fullmatch(value)):
+        raise ConfigError(f"config key 'run.device' must be auto, cpu, mps, cuda or cuda:N, got {value!r}", key=key)
     rule = "[0, 1)" if key == "optim.betas" else RANGES.get(key if not key.startswith("stages[") else "stages." + key.rsplit(".", 1)[1])
     if rule is None or value is None or isinstance(value, bool): return
     for v in (value if isinstance(value, (tuple, list)) else [value]):
@@ -325,7 +334,11 @@ def save_config(config: Config, path) -> Path:
 
 def load_config(path) -> Config:
     "A Config saved by `save_config`; any problem is a ConfigError naming the file (and the key)."
-    try: return config_from_dict(read_yaml(path))
+    try:
+        d = read_yaml(path)
+        missing = [s for s in SECTIONS if s not in d]
+        if missing: raise ConfigError(f"{path} has no {', '.join(missing)} section(s): not a complete saved config (an empty or cut file?)", missing[0], path)
+        return config_from_dict(d)
     except ConfigError as e:
         if e.file is not None: raise
         raise type(e)(f"{path}: {e}", e.key, path) from None
