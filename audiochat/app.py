@@ -247,7 +247,7 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
 # %% ../nbs/18_app.ipynb #027efe4c
 def serve(run, host: str = "127.0.0.1", port: int = 7860, steps: int = 25, example: str | None = None,
           block: bool = True, quiet: bool = False):
-    """Load `run` (a run folder, a bundle folder or `hf:ORG/NAME`; or a loaded `ChatEngine`) and serve its page at
+    """Load `run` (a run folder, a bundle folder or a Hub id `ORG/NAME`; or a loaded `ChatEngine`) and serve its page at
     http://host:port, `steps` diffusion steps per render. With `block` False it returns at once and the server runs in
     a thread (`app.close()` stops it). Returns the Gradio app."""
     require_gradio()  # before the model loads: a missing extra is said at once
@@ -261,11 +261,11 @@ def serve(run, host: str = "127.0.0.1", port: int = 7860, steps: int = 25, examp
 
 # %% ../nbs/18_app.ipynb #2e684080
 def serve_main(argv: list[str]) -> int:
-    "`audiochat serve --run DIR|hf:ORG/NAME [--host 127.0.0.1] [--port 7860] [--steps N]`"
+    "`audiochat serve --run DIR|ORG/NAME [--host 127.0.0.1] [--port 7860] [--steps N]`"
     import argparse
     p = argparse.ArgumentParser(prog="audiochat serve", description="A web page (Gradio) to tell, edit and understand "
                                 "audio stories with a trained run. Needs the ui extra: " + INSTALL_UI)
-    p.add_argument("--run", required=True, help="a training run folder, a bundle folder, or a Hub bundle hf:ORG/NAME")
+    p.add_argument("--run", required=True, help="a training run folder, a bundle folder, or a Hub bundle ORG/NAME (hf:ORG/NAME too)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--steps", type=int, default=25, help="diffusion (DPM-Solver++) steps per rendered audio (default: 25)")

@@ -156,9 +156,10 @@ class ChatEngine:
     @classmethod
     def load(cls, run_dir, codec_dir=None, device="cpu", ema: bool = True, **settings) -> ChatEngine:
         """An engine for the latest checkpoint of the training run in `run_dir` (codec: `codec_dir` or the run's data.codec);
-        a bundle (`save_pretrained`, a folder or `hf:ORG/NAME`) is loaded with `from_pretrained`."""
+        a bundle (`save_pretrained`: a folder, or a Hub id `ORG/NAME`) is loaded with `from_pretrained`."""
         from audiochat.train import latest_checkpoint, load_run_model
-        if str(run_dir).startswith("hf:") or (Path(run_dir) / "bundle.json").exists():
+        from audiochat.codec import hub_id
+        if (Path(run_dir) / "bundle.json").exists() or (hub_id(run_dir) and (str(run_dir).startswith("hf:") or not Path(run_dir).exists())):
             return cls.from_pretrained(run_dir, device, **settings)
         run = Path(run_dir)
         if not run.is_dir(): raise FileNotFoundError(f"run folder not found: {run}")
@@ -396,7 +397,7 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
              f"| checkpoint | {bundle['step']} |", f"| chain of thought | {config.data.cot} |",
              f"| codec | {config.codec.kind}, {config.codec.frame_dim} dims per frame |", "",
              "## Use", "", "```python", "from audiochat.chat import ChatEngine",
-             "engine = ChatEngine.from_pretrained('THIS_FOLDER')  # or 'hf:ORG/NAME'",
+             "engine = ChatEngine.from_pretrained('THIS_FOLDER')  # or 'ORG/NAME' on the Hub",
              "story = engine.tell('A 5-second story: rain on a window, a narrator.')", "```", "",
              "or `audiochat tell \"...\" -o story.wav --run THIS_FOLDER`.", ""]
     figures = _figures({k: learning[k] for k in ("cot", "free_form", "understanding", "audio") if isinstance(learning, dict) and learning.get(k)})
@@ -443,7 +444,7 @@ def _save_pretrained(self, out, run_dir=None) -> Path:
 
 # %% ../nbs/16_chat.ipynb #d1b2a749
 def _from_pretrained(cls, name_or_path, device="cpu", **settings) -> ChatEngine:
-    "An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository written `hf:ORG/NAME`."
+    "An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository `ORG/NAME` (`hf:ORG/NAME` too)."
     from safetensors.torch import load_file
     from audiochat.codec import resolve_pretrained
     from audiochat.train import load_run_model

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -39,13 +40,14 @@ from .audio import (SAMPLE_RATE, FRAME_RATE, AudioError, check_audio, to_channel
 from .learner import Checkpoint, ClipGrad, ProgressBar, Recorder, SkipNonFinite, TimeLimit, fit, load_optimizer, optimizer_tensors
 
 # %% auto #0
-__all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
-           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'resolve_pretrained',
-           'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'fit_mel_codec', 'SpectralDistance',
-           'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator', 'discriminator_loss',
-           'generator_adversarial_loss', 'list_audio_files', 'AudioCrops', 'synthesize_audio_folder', 'pick_device',
-           'save_checkpoint', 'load_checkpoint', 'codec_loss', 'codec_row', 'train_codec', 'lowpass', 'evaluate_codec',
-           'format_evaluation', 'encode_folder', 'load_latents', 'codec_main']
+__all__ = ['PRESETS', 'HUB_ID', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
+           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'hub_id',
+           'resolve_pretrained', 'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec',
+           'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator',
+           'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files', 'AudioCrops',
+           'synthesize_audio_folder', 'pick_device', 'save_checkpoint', 'load_checkpoint', 'codec_loss', 'codec_row',
+           'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder', 'load_latents',
+           'codec_main']
 
 # %% ../nbs/06_codec.ipynb #758cccc3
 @dataclass
@@ -281,21 +283,29 @@ class Codec(nn.Module):
         return dict(reconstruction=y, kl=gaussian_kl(mean, std, dim=2), mean=mean, std=std)
 
 # %% ../nbs/06_codec.ipynb #67b27fd9
+HUB_ID = re.compile(r"(?:hf:)?(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")
+
+def hub_id(name_or_path) -> tuple[str, str | None] | None:
+    "(repository, revision) when `name_or_path` is written as a Hub id (`ORG/NAME`, `hf:ORG/NAME`, `...@REVISION`), else None."
+    m = HUB_ID.fullmatch(str(name_or_path))
+    if m is None or ".." in m["repo"] or "--" in m["repo"]: return None
+    return m["repo"], m["revision"]
+
 def resolve_pretrained(name_or_path, allow_patterns=None, what: str = "checkpoint") -> Path:
-    """The local folder of a pretrained checkpoint. A local folder is used as it is (never a network fallback);
-    `hf:ORG/NAME` (or `hf:ORG/NAME@REVISION`) is a Hugging Face Hub repository: `huggingface_hub.snapshot_download`
-    fetches the files matching `allow_patterns` into the Hub cache, or finds them there when `HF_HUB_OFFLINE=1`."""
+    """The local folder of a pretrained checkpoint. An existing local folder is used as it is; otherwise a Hub id
+    (`ORG/NAME`, `hf:ORG/NAME`, `...@REVISION`): `huggingface_hub.snapshot_download` fetches the files matching
+    `allow_patterns` into the Hub cache, or finds them there when `HF_HUB_OFFLINE=1`."""
     s = str(name_or_path)
-    if not s.startswith("hf:"):
-        d = Path(s).expanduser()
-        if not d.is_dir():
-            raise FileNotFoundError(f"{what} folder not found: {s} (it does not exist; a Hugging Face Hub repository is written hf:ORG/NAME)")
-        return d
-    repo, _, revision = s[3:].partition("@")
-    if repo.count("/") != 1 or not all(repo.split("/")): raise ValueError(f"{s!r}: a Hub repository is written hf:ORG/NAME")
+    d = Path(s).expanduser()
+    if not s.startswith("hf:") and d.is_dir(): return d
+    hub = hub_id(s)
+    if hub is None:
+        if s.startswith("hf:"): raise ValueError(f"{s!r}: a Hub repository is written ORG/NAME (or hf:ORG/NAME)")
+        raise FileNotFoundError(f"{what} folder not found: {s} (no such folder, and not a Hugging Face Hub id ORG/NAME)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    try: return Path(snapshot_download(repo, revision=revision or None, allow_patterns=allow_patterns))
+    local = "" if s.startswith("hf:") else "no such local folder; "
+    try: return Path(snapshot_download(hub[0], revision=hub[1], allow_patterns=allow_patterns))
     except LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
         raise FileNotFoundError(f"{what} {s}: not in the local Hugging Face cache and the Hub cannot be reached ({str(e)[:200]})") from None
     except HfHubHTTPError as e:  # unknown repository, gated or private without a token

@@ -419,7 +419,7 @@ def codec_ceilings(systems: list[System]) -> list[System]:
 FAILURES = (ValueError, RuntimeError)  # ChatError, SceneError, ToolError (ValueError); AgentError, TurnFailure (RuntimeError)
 
 SCORER_EMBEDDINGS = "scorer emb.; not comparable with papers"  # how tables name KAD/FAD on the scorer's embeddings
-DEFAULT_CLAP = "hf:laion/clap-htsat-unfused"  # `audiochat eval --embeddings clap` without --clap
+DEFAULT_CLAP = "laion/clap-htsat-unfused"  # `audiochat eval --embeddings clap` without --clap
 
 def embeddings_label(embedder=None) -> str:
     "The name of the embeddings KAD and FAD are computed on: the scorer's, or the embedder's `label` (e.g. 'CLAP: NAME')."
@@ -715,7 +715,7 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--embeddings", choices=("scorer", "clap"), default=None,
                    help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a CLAP model's, as papers use)")
     p.add_argument("--clap", default=None, metavar="MODEL", help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
-                   f"hf:ORG/NAME or ORG/NAME (default: {DEFAULT_CLAP[3:]}); implies --embeddings clap")
+                   f"hf:ORG/NAME or ORG/NAME (default: {DEFAULT_CLAP}); implies --embeddings clap")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
     a = p.parse_args(argv)

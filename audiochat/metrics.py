@@ -782,13 +782,13 @@ def fad(reference, candidate) -> float:
 def _first_line(e: BaseException) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 def load_clap(name_or_path, device="cpu"):
-    "(model, feature extractor) of a CLAP checkpoint: a folder, `hf:ORG/NAME` or `ORG/NAME`; the model in eval mode on `device`."
-    import re
-    from audiochat.codec import resolve_pretrained
+    "(model, feature extractor) of a CLAP checkpoint: a folder, or a Hub id `ORG/NAME` (`hf:ORG/NAME` too); the model in eval mode on `device`."
+    from audiochat.codec import hub_id, resolve_pretrained
     s = str(name_or_path)
     if not s.startswith("hf:") and not Path(s).expanduser().is_dir() and re.fullmatch(r"\w[\w.-]*/\w[\w.-]*", s): s = "hf:" + s
     d = resolve_pretrained(s, ["config.json", "preprocessor_config.json", "*.safetensors"], what="CLAP model")
-    if s.startswith("hf:") and not any(d.glob("*.safetensors")): d = resolve_pretrained(s, ["pytorch_model.bin"], what="CLAP model")
+    if hub_id(s) and d != Path(s).expanduser() and not any(d.glob("*.safetensors")):  # an older repository: pickled weights
+        d = resolve_pretrained(s, ["pytorch_model.bin"], what="CLAP model")
     for f in ("config.json", "preprocessor_config.json"):
         if not (d / f).is_file(): raise FileNotFoundError(f"{d} has no {f}: not a saved CLAP model")
     try: kind = json.loads((d / "config.json").read_text()).get("model_type")
@@ -826,7 +826,7 @@ def clap_embeddings(model, extractor, clips, sample_rate: int = SAMPLE_RATE, bat
 # %% ../nbs/19_metrics.ipynb #128ac100
 @dataclass
 class ClapEmbedder:
-    "CLAP clip embeddings as one callable: `ClapEmbedder.load('hf:laion/clap-htsat-unfused')(clips)` -> (N, D)."
+    "CLAP clip embeddings as one callable: `ClapEmbedder.load('laion/clap-htsat-unfused')(clips)` -> (N, D)."
     model: object
     extractor: object
     name: str

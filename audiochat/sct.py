@@ -355,3 +355,27 @@ def flops_per_token(config: ModelConfig, seq_len: int, text_only: bool = False) 
     else: macs += d * c.vocab_size  # text head
     if c.arch == "sct": macs += c.latent_dim * d  # gen_in
     return 2 * macs
+
+# %% ../nbs/09_sct.ipynb #cb8b0950
+@patch(cls_method=True)
+def from_pretrained(cls: AudioChatModel, name_or_path, *, ema: bool = True, **kwargs) -> AudioChatModel:
+    """A saved model (a folder, or a Hub id `ORG/NAME` / `hf:ORG/NAME`) through the Hub mixin, every tensor checked.
+    A training checkpoint that keeps EMA weights (`ema.safetensors`) gives those, the weights the chat engine samples
+    with; `ema=False` the raw ones. `model.weights` says which it gave: "ema" or "raw"."""
+    from safetensors.torch import load_file
+    s = str(name_or_path)
+    name = s.removeprefix("hf:") if s.startswith("hf:") else name_or_path
+    model = PyTorchModelHubMixin.from_pretrained.__func__(cls, name, strict=True, **kwargs)
+    model.weights = "raw"
+    folder = Path(s) if not s.startswith("hf:") and Path(s).is_dir() else None
+    if ema and folder is None:  # a Hub repository: its EMA file, if it has one
+        from audiochat.codec import resolve_pretrained
+        try: folder = resolve_pretrained(s, ["ema.safetensors"], what="model")
+        except FileNotFoundError: folder = None
+    if not ema or folder is None or not (folder / "ema.safetensors").is_file(): return model
+    averaged, own = load_file(str(folder / "ema.safetensors")), model.state_dict()
+    unknown = sorted(set(averaged) - set(own))
+    if unknown: raise ValueError(f"{folder / 'ema.safetensors'} has weights the model does not: {unknown[:3]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in averaged.items()}, strict=False)
+    model.weights = "ema"
+    return model

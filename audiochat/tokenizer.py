@@ -167,8 +167,8 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def load_tokenizer(path: str | Path):
     """Load a tokenizer saved with `save_pretrained` (ours or any Hugging Face one) and add the special tokens;
-    `path` is a folder or a Hub repository written `hf:ORG/NAME`."""
-    from audiochat.codec import resolve_pretrained  # a folder, or hf:ORG/NAME through the Hub cache
+    `path` is a folder or a Hub id `ORG/NAME` (`hf:ORG/NAME` too)."""
+    from audiochat.codec import resolve_pretrained  # a folder, or ORG/NAME through the Hub cache
     path = resolve_pretrained(path, TOKENIZER_FILES, what="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(path)
     add_special_tokens(tokenizer)

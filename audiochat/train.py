@@ -49,9 +49,9 @@ __all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'OOM_ADVICE', 'LOSS
            'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'check_run_folder',
            'save_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
            'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview',
-           'sample_preview', 'log_preview', 'prepare_data', 'open_run', 'build_model', 'autocast_for', 'step_losses',
-           'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train', 'resume_config',
-           'train_main']
+           'sample_preview', 'log_preview', 'model_vocab', 'prepare_data', 'open_run', 'build_model', 'autocast_for',
+           'step_losses', 'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train',
+           'resume_config', 'train_main']
 
 # %% ../nbs/14_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -526,6 +526,12 @@ def _latent_source(config: Config, source: str, split: str, holdout: int, out: P
         src.mean, src.std = mean, std
     return src
 
+def model_vocab(config: Config, tokenizer) -> int:
+    """The model's vocabulary size: `model.vocab_size`; with a pretrained tokenizer (`data.tokenizer`, e.g. SmolLM2's)
+    it follows the tokenizer, its length rounded up to a multiple of 64 when larger (the added special tokens)."""
+    if config.data.tokenizer is None or len(tokenizer) <= config.model.vocab_size: return config.model.vocab_size
+    return -(-len(tokenizer) // 64) * 64
+
 # %% ../nbs/14_train.ipynb #f1094d36
 def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     "(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the tokenizer is trained once and kept in `out`."
@@ -549,7 +555,7 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
     if codec is not None and rank == 0 and not (out / "codec" / "config.json").exists():
         codec.save_pretrained(out / "codec")  # the run keeps its codec: it works when moved, or run from another folder
-    if len(tokenizer) > config.model.vocab_size:
+    if len(tokenizer) > model_vocab(config, tokenizer):
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {config.model.vocab_size}")
     streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]
     practice = d.planned_dialogues and d.cot and d.source != "synthetic"  # no plans without CoT, nor for the synthetic toy
@@ -651,6 +657,7 @@ def train(config: Config, resume: bool = False, until: int | None = None, overwr
     out, total, r = Path(config.run.out), config.optim.steps, config.run
     rank, world, device = setup_distributed(config)
     torch.manual_seed(r.seed)
+    config = replace(config, model=replace(config.model, vocab_size=model_vocab(config, tokenizer)))  # a pretrained tokenizer sets it
     tokenizer, streams, eval_stream = prepare_data(config, out, rank, world)
     audio_end, main = special_token_ids(tokenizer)["audio_end"], rank == 0
     model, fwd, opt, ema = build_model(config, ck, device, world)

@@ -373,14 +373,14 @@ SUPPORTED_HF_TYPES = ("llama", "qwen2")
 HF_WEIGHT_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
 
 def _resolve(path, allow_patterns) -> Path:
-    "`hf:ORG/NAME` through the Hub cache (`resolve_pretrained`), anything else as the local path it is."
-    if not str(path).startswith("hf:"): return Path(path)
-    from audiochat.codec import resolve_pretrained
+    "An existing local path as it is; a Hub id (`ORG/NAME` or `hf:ORG/NAME`) through the Hub cache (`resolve_pretrained`)."
+    from audiochat.codec import hub_id, resolve_pretrained
+    if (Path(path).exists() and not str(path).startswith("hf:")) or hub_id(path) is None: return Path(path)
     return resolve_pretrained(path, allow_patterns)
 
 # %% ../nbs/08_transformer.ipynb #1b348840
 def config_from_hf(path) -> TransformerConfig:
-    "TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2): a file, a folder or `hf:ORG/NAME`."
+    "TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2): a file, a folder or a Hub id `ORG/NAME`."
     path = _resolve(path, ["config.json"])
     file = path / "config.json" if path.is_dir() else path
     if not file.exists(): raise FileNotFoundError(f"no config.json in {path}")
@@ -404,7 +404,7 @@ def config_from_hf(path) -> TransformerConfig:
 
 # %% ../nbs/08_transformer.ipynb #7fd55e3f
 def load_safetensors_dir(path) -> dict[str, torch.Tensor]:
-    "All tensors of a checkpoint directory (single file or shards listed in the index), or of `hf:ORG/NAME`."
+    "All tensors of a checkpoint directory (single file or shards listed in the index), or of a Hub id `ORG/NAME`."
     from safetensors.torch import load_file
     path = _resolve(path, HF_WEIGHT_FILES)
     index = path / "model.safetensors.index.json"
@@ -427,7 +427,7 @@ def hf_state_dict(tensors: dict[str, torch.Tensor], config: TransformerConfig, n
 
 # %% ../nbs/08_transformer.ipynb #1d8ef2c2
 def from_hf(path, dtype: torch.dtype = torch.float32) -> Transformer:
-    "A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub repository (`hf:ORG/NAME`)."
+    "A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub repository (`ORG/NAME`)."
     path = _resolve(path, HF_WEIGHT_FILES)
     config = config_from_hf(path)
     model = Transformer(config)

@@ -1,0 +1,117 @@
+"""Conventions a Hugging Face and PyTorch user expects: one Hub id convention (a folder, or `ORG/NAME` with `hf:` as
+an alias) read through the Hub cache; `from_pretrained` on a training checkpoint gives the weights the engine samples
+with; resampling at any rate through a polyphase library filter; KAD's bandwidth as kadtk sets it; the web app's
+Gradio conventions; `--help` without torch; a light base install; a data export `datasets.load_dataset` reads."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fake_hub
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_llama(folder, vocab_size: int, d_model: int = 128, n_heads: int = 4, n_kv_heads: int = 2, layers: int = 4):
+    "A tiny Llama checkpoint saved by transformers itself (the stand-in of SmolLM2, same family)."
+    import logging
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from audiochat.sct import ModelConfig
+    d_ff = ModelConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads).d_ff
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff, num_hidden_layers=layers,
+                                 num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, rope_theta=10000.0,
+                                 max_position_embeddings=256, tie_word_embeddings=False)).save_pretrained(folder)
+
+
+# 1. One Hub id convention
+def test_bare_hub_ids_everywhere(tmp_path, hub):
+    "Codec, tokenizer, Hugging Face weights and the model load from `ORG/NAME` (and `hf:ORG/NAME`) in the offline cache."
+    from audiochat.codec import CodecConfig, hub_id, make_codec, resolve_pretrained
+    from audiochat.sct import AudioChatModel, preset
+    from audiochat.tokenizer import load_tokenizer, train_tokenizer
+    from audiochat.transformer import config_from_hf, from_hf
+
+    assert hub_id("org/name") == ("org/name", None) and hub_id("hf:org/name@v1") == ("org/name", "v1")
+    assert hub_id("runs/a/b") is None and hub_id("/abs/path") is None and hub_id("./x") is None and hub_id("a") is None
+    torch.manual_seed(0)
+    codec = make_codec(CodecConfig(strides=(2, 4, 5, 10), latent_dim=4, encoder_channels=4, decoder_channels=8)).eval()
+    codec.save_pretrained(tmp_path / "codec")
+    train_tokenizer(["a rainy night, a door creaks"] * 20, vocab_size=300).save_pretrained(tmp_path / "tok")
+    _tiny_llama(tmp_path / "lm", vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, layers=2)
+    AudioChatModel(preset("tiny", vocab_size=300)).save_pretrained(tmp_path / "model")
+    for name in ("codec", "tok", "lm", "model"): fake_hub(hub, f"org/{name}", tmp_path / name)
+
+    x = torch.randn(1, 4000) * 0.1
+    with torch.inference_mode():
+        for name in ("org/codec", "hf:org/codec"): assert torch.equal(type(codec).from_pretrained(name).encode(x), codec.encode(x))
+    text = "a rainy night <|audio_start|>"
+    for name in ("org/tok", "hf:org/tok"): assert load_tokenizer(name)(text)["input_ids"] == load_tokenizer(tmp_path / "tok")(text)["input_ids"]
+    for name in ("org/lm", "hf:org/lm"):
+        assert config_from_hf(name) == config_from_hf(tmp_path / "lm")
+        a, b = from_hf(name).state_dict(), from_hf(tmp_path / "lm").state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("org/model", "hf:org/model"):
+        assert AudioChatModel.from_pretrained(name).config == AudioChatModel.from_pretrained(tmp_path / "model").config
+    assert resolve_pretrained("org/lm").is_relative_to(hub)
+    (tmp_path / "org" / "lm").mkdir(parents=True)
+    os.chdir(tmp_path)  # an existing local folder of the same name wins, as in transformers
+    assert resolve_pretrained("org/lm") == Path("org/lm")
+    with pytest.raises(FileNotFoundError, match="no such local folder; not in the local Hugging Face cache"): resolve_pretrained("org/missing")
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face Hub id"): resolve_pretrained("no/such/folder")
+
+
+def test_base_preset_names_smollm2_weights_and_tokenizer():
+    from audiochat.config import PRESETS, resolve
+    c = resolve("base")
+    assert c.model.pretrained == c.data.tokenizer == "HuggingFaceTB/SmolLM2-360M"
+    assert PRESETS["base"]["data"]["tokenizer"] == PRESETS["base"]["model"]["pretrained"]
+
+
+def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_path, hub):
+    """The base preset's recipe at a tiny size: weights and tokenizer of one Hub id, read from the offline cache; the
+    model's vocabulary follows the tokenizer (its added special tokens included), the checkpoint's rows are kept."""
+    from safetensors.torch import load_file
+
+    from audiochat.chat import train_tiny_run
+    from audiochat.tokenizer import load_tokenizer, train_tokenizer
+    from audiochat.transformer import load_safetensors_dir
+    lm = tmp_path / "lm"
+    train_tokenizer(["a rainy night, a door creaks, the detective whispers"] * 40, vocab_size=300).save_pretrained(lm)
+    _tiny_llama(lm, vocab_size=300)
+    fake_hub(hub, "HuggingFaceTB/SmolLM2-tiny", lm)
+    n = len(load_tokenizer("HuggingFaceTB/SmolLM2-tiny"))
+    run = train_tiny_run(tmp_path / "run", steps=1, overrides=[
+        "--model.pretrained=HuggingFaceTB/SmolLM2-tiny", "--data.tokenizer=HuggingFaceTB/SmolLM2-tiny", "--model.vocab_size=64",
+        "--model.n_layers=4", "--run.ema=0"])
+    from audiochat.learner import latest_checkpoint
+    step = latest_checkpoint(run)
+    config = json.loads((step / "config.json").read_text())
+    assert config["vocab_size"] == -(-n // 64) * 64 >= n > 64
+    weights, original = load_file(str(step / "model.safetensors")), load_safetensors_dir(lm)
+    assert weights["embed_tokens.weight"].shape[0] == config["vocab_size"]
+    moved = (weights["embed_tokens.weight"][:300] - original["model.embed_tokens.weight"]).abs().max()
+    assert moved < 0.05  # one step of training from the checkpoint's rows, not a fresh init
+
+
+# 2. from_pretrained on a training checkpoint
+def test_from_pretrained_on_a_checkpoint_gives_the_engine_weights(tmp_path):
+    from audiochat.chat import ChatEngine, train_tiny_run
+    from audiochat.sct import AudioChatModel
+    run = train_tiny_run(tmp_path / "run", steps=3)
+    from audiochat.learner import latest_checkpoint
+    step = latest_checkpoint(run)
+    assert (step / "ema.safetensors").exists()
+    engine = ChatEngine.load(run)
+    model, raw = AudioChatModel.from_pretrained(step), AudioChatModel.from_pretrained(step, ema=False)
+    assert model.weights == engine.model.weights == "ema" and raw.weights == "raw"
+    a, b = model.state_dict(), engine.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], raw.state_dict()[k]) for k in a)
