@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, check_audio, resample, to_channels
-from .copilot import (BACKGROUND, LINES, PAN_WORDS, AgentError, ChatLLM, SoundDesigner, names_by_caption,
+from .copilot import (BACKGROUND, LINES, PAN_WORDS, AgentError, ChatLLM, SoundDesigner, names_by_caption, read_request,
                                speech_seconds, assistant_message, rendered, tool_call)
 from .data import build_eval, load_turn, read_records
 from .metrics import (ClapEmbedder, TinyFLAM, clip_embedding, delta_multiflam, editflam, fad, kad, multiflam,
@@ -214,23 +214,20 @@ def find_source(scene: Scene, reference: str) -> Source:
 # %% ../nbs/20_eval.ipynb #49101ed4
 def write_story(request: str) -> Scene:
     "A scene for a story request: its text, voices, sounds, music and length, laid out in time."
-    from audiochat.tools import MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
+    from audiochat.tools import MUSIC_MOODS, SOUND_EFFECTS
+    asked = read_request(request)  # the sounds, music, speakers and length named or implied, in the simulated user's vocabulary
     m = re.search(_NUM + r"\s*(?:-second|seconds?\b|s\b)", request)
-    duration = min(15.0, max(5.0, float(m.group(1)))) if m else 10.0
+    seconds = asked["seconds"] if asked["seconds"] is not None else float(m.group(1)) if m else None
+    duration = min(15.0, max(5.0, seconds)) if seconds is not None else 10.0
     quoted = re.search(r'"([^"]+)"', request)
     if quoted: text = quoted.group(1)
     else:
         meta = re.compile(r"audio story|\bseconds?\b|\d\s*s\b|-second|\binclude\b|voices:|sounds:|speakers:|i want to hear|voiced by|^use ", re.I)
         sentences = [re.sub(r"^(?:create|make|write|tell)[^:]{0,30}:\s*", "", s, flags=re.I) for s in re.split(r"(?<=[.?!])\s+", request)]
         text = " ".join(s for s in sentences if s and not meta.search(s)) or "Here is a short story."
-    rest = request.replace(text, " ").lower()
-    voices, taken = [], rest
-    for name in sorted(SPEAKERS, key=len, reverse=True):  # 'old man' before 'man'
-        m = re.search(rf"\b{re.escape(name)}\b", taken)
-        if m: voices.append((m.start(), name)); taken = taken[:m.start()] + " " * len(name) + taken[m.end():]
-    voices = [v for _, v in sorted(voices)] or ["narrator"]
-    sounds = [k for k, v in SOUND_EFFECTS.items() if v.caption.lower() in rest or re.search(rf"\b{re.escape(k)}\b", rest)]
-    music = [v.caption for v in MUSIC_MOODS.values() if v.caption.lower() in rest]
+    voices = sorted(asked["speakers"], key=lambda v: (v != "narrator", v)) or ["narrator"]
+    sounds = [k for k in SOUND_EFFECTS if k in asked["sfx"]]
+    music = [v.caption for k, v in MUSIC_MOODS.items() if k in asked["music"]]
     sources, t = [], 0.5
     for i, who in enumerate(voices):
         words = text if i == 0 else LINES[i % len(LINES)].format(obj="it")
