@@ -69,14 +69,13 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise AudioError(f"cannot convert {x.shape[0]} channels to {channels}")
 
 def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Tensor:
-    "Resample (C, T) audio from `sr_in` to `sr_out` Hz (torchaudio's windowed-sinc resampler)."
+    """Resample (C, T) audio from `sr_in` to `sr_out` Hz: `scipy.signal.resample_poly` (a Kaiser-windowed polyphase
+    filter), exact for every pair of rates, odd ones such as 12007 Hz included; ceil(T * sr_out / sr_in) samples."""
     if sr_in == sr_out: return x
-    if sr_in // math.gcd(sr_in, sr_out) > 1000:  # an odd rate (e.g. 12007 Hz): the exact filter bank would take gigabytes,
-        near = max(100, round(sr_in / 100) * 100)  # so first move (linearly) to the nearest multiple of 100 Hz
-        n = max(1, round(x.shape[-1] * near / sr_in))
-        x, sr_in = torch.nn.functional.interpolate(x[None], size=n, mode="linear", align_corners=False)[0], near
-        if sr_in == sr_out: return x
-    return torchaudio.functional.resample(x, sr_in, sr_out)
+    from scipy.signal import resample_poly
+    g = math.gcd(int(sr_in), int(sr_out))
+    y = resample_poly(x.detach().cpu().double().numpy(), int(sr_out) // g, int(sr_in) // g, axis=-1)
+    return torch.from_numpy(y).to(x.device, torch.float32)
 
 # %% ../nbs/01_audio.ipynb #59ec5d8e
 def load_audio(path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS) -> torch.Tensor:
