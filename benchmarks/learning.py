@@ -12,7 +12,9 @@ On the first `--dialogues` dialogues of StoryGen-Eval-mini (or `--split DIR`):
    (the true audio through the run's codec), with the model's figures as ratios of both; "plan vs render": the
    multiFLAM of the model's audio against the scene it wrote, of the tools' rendering of that scene, and the mel
    distance between the two audios.
-3. Generalisation: the figures of 1 on the hand-written requests and edits of `benchmarks/free_form.json`.
+3. Generalisation: the figures of 1 on the hand-written requests and edits of `benchmarks/free_form.json`, and the
+   story figures on `--held-out` requests written in the phrasing families kept out of training
+   (`copilot.held_out_stories`: HELD_OUT_FAMILIES, for scenes like StoryGen-Eval-mini's).
 4. Understanding: the model's scene of the story audio against the truth, on the whole story and on the first
    `data.max_frames` frames (what training shows the model): valid scenes, mean |error| of the number of speech and
    of sound sources, micro F1 of the multiset of speaker names and sound classes, tcpWER.
@@ -44,7 +46,7 @@ from audiochat.metrics import delta_multiflam, editflam, multiflam, tcpwer
 from audiochat.scene import Scene, diff, to_seglst
 from audiochat.sct import AudioChatModel
 from audiochat.tools import render, resolve_sound
-from audiochat.copilot import UNDERSTAND_PROMPT, heard_scene
+from audiochat.copilot import HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, heard_scene, held_out_stories
 
 FREE_FORM = Path(__file__).with_name("free_form.json")
 TOLERANCE = dict(start=0.25, end=0.25, loudness_db=1.5, pan=0.2)  # a written number this close to the truth is right
@@ -71,12 +73,15 @@ def n_kind(scene: Scene, kinds) -> int: return sum(s.kind in kinds for s in scen
 
 def speaker_count(scene: Scene) -> int: return len({s.speaker for s in scene.sources if s.kind == "speech"})
 
-_SECONDS = re.compile(r"(\d+(?:\.\d+)?)(?:-| )?(?:seconds?|s)\b", re.I)
+_SECONDS = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?|" + "|".join(NUMBER_WORDS) + r")(?:-| )?(?:seconds?|s)\b", re.I)
 
-def requested_seconds(request: str, default: float) -> float:
-    "The length a story request asks for ('about 10 seconds', 'a 7-second story', 'near 9 s'), else `default`."
-    m = _SECONDS.search(request)
-    return float(m.group(1)) if m else default
+def requested_seconds(request: str, default: float | None) -> float | None:
+    """The length a story request asks for ('about 10 seconds', 'a 7-second story', 'near 9 s', 'about ten seconds'),
+    else `default`. Quoted lines are not read."""
+    m = _SECONDS.search(re.sub(r'"[^"]*"', " ", request))
+    if not m: return default
+    word = m.group(1).lower()
+    return float(NUMBER_WORDS.index(word) if word in NUMBER_WORDS else word)
 
 def same_value(field: str, old, new, kind: str) -> bool:
     if field in TOLERANCE: return abs(new - old) <= TOLERANCE[field]
@@ -140,11 +145,13 @@ def think(engine: ChatEngine, turns: list, answers: bool = False) -> tuple[str, 
     except ChatError: return "invalid", None
     return ("words", None) if scene is None else ("scene", scene)
 
-def story_row(status: str, written, want: set, speakers: int, seconds: float) -> dict:
-    row = dict(status=status, recall=0.0 if want else None, speakers=False, duration=False)
+def story_row(status: str, written, want: set, speakers: int, seconds: float | None) -> dict:
+    "One story's figures; `seconds` None (no length asked) leaves the duration out of the share."
+    row = dict(status=status, recall=0.0 if want else None, speakers=False, duration=False if seconds is not None else None)
     if written is not None:
         row.update(recall=len(want & set(labels(written, speech=False))) / len(want) if want else None,
-                   speakers=speaker_count(written) == speakers, duration=abs(written.duration - seconds) <= 1.0)
+                   speakers=speaker_count(written) == speakers,
+                   duration=abs(written.duration - seconds) <= 1.0 if seconds is not None else None)
     return row
 
 def context(d: dict, j: int) -> list:
@@ -160,7 +167,7 @@ def cot_rows(engine: ChatEngine, dialogues: list, bar) -> tuple[list, list]:
         s0 = d["scenes"][0]
         status, w = think(engine, context(d, 0))
         stories.append(story_row(status, w, set(labels(s0, speech=False)), speaker_count(s0),
-                                 requested_seconds(d["turns"][0]["user"], s0.duration)))
+                                 requested_seconds(d["turns"][0]["user"], None)))
         for j in range(1, len(d["turns"])):
             status, w = think(engine, context(d, j), answers=engine.answers)
             target, expect = truth_expectation(d["scenes"][j - 1], d["scenes"][j])
@@ -233,6 +240,24 @@ def free_form_figures(engine: ChatEngine, ff: dict, progress: bool) -> dict:
         out[f"grammar_{'on' if grammar else 'off'}"] = dict(story=summarize_stories(stories), edit=summarize_edits(edits))
     engine.grammar = True
     return out
+
+def held_out_figures(engine: ChatEngine, items: list, progress: bool) -> dict:
+    "The story figures, grammar off and on, on requests in the held-out phrasing families (`held_out_stories` items)."
+    ho = dict(stories=items, edits=[], bases={})
+    out = dict(stories=len(items), families=list(HELD_OUT_FAMILIES))
+    for grammar in (False, True):
+        engine.grammar = grammar
+        with tqdm(total=len(items), desc=f"held-out phrasings, grammar {'on' if grammar else 'off'}", disable=not progress) as bar:
+            stories, _ = free_form_rows(engine, ho, bar)
+        out[f"grammar_{'on' if grammar else 'off'}"] = dict(story=summarize_stories(stories))
+    engine.grammar = True
+    return out
+
+def held_out_lines(h: dict) -> list:
+    "The story rows of the table for the held-out phrasings."
+    title = f"held-out phrasings ({h['stories']} stories: {', '.join(h['families'])})"
+    return [r for r in cot_lines(title, {k: dict(h[k], edit=summarize_edits([])) for k in ("grammar_off", "grammar_on")})
+            if not r[0].lstrip().startswith("edit")]
 
 # ---- understanding ------------------------------------------------------------------------------------------------
 
@@ -440,6 +465,7 @@ def table(result: dict) -> str:
     if result["free_form"]:
         ff = result["free_form"]
         lines += cot_lines(f"free-form requests ({ff['stories']} stories, {ff['edits']} edits)", ff)
+    if result.get("held_out"): lines += held_out_lines(result["held_out"])
     if result["understanding"]: lines += understanding_lines(result["understanding"])
     if result["audio"]: lines += audio_lines(result["audio"])
     width = max(len(r[0]) for r in lines) + 2
@@ -459,6 +485,7 @@ def parse_args(argv):
     p.add_argument("--curve", action="store_true", help="also every checkpoint's text figures: learning_curve.png")
     p.add_argument("--free-form", default=str(FREE_FORM), help="the hand-written requests and edits ('' to skip)")
     p.add_argument("--free-form-items", type=int, default=None, help="use only the first N stories and N edits")
+    p.add_argument("--held-out", type=int, default=20, help="story requests in the held-out phrasing families (0 to skip)")
     p.add_argument("--max-tokens", type=int, default=768, help="longest chain of thought in tokens (default 768)")
     p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached scorer, trained if missing)")
     p.add_argument("--codec", default=None, help="the codec folder (default: the run's data.codec)")
@@ -493,6 +520,8 @@ def evaluate_run(a) -> dict:
         if a.free_form:
             ff = load_free_form(a.free_form, engine, a.free_form_items)
             out["free_form"] = timed("free_form", lambda: free_form_figures(engine, ff, progress))
+        if a.held_out > 0:
+            out["held_out"] = timed("held_out", lambda: held_out_figures(engine, held_out_stories(a.held_out), progress))
         out["understanding"] = timed("understanding", lambda: understanding_figures(engine, dialogues, progress))
     if a.audio:
         scorer = load_scorer(a.scorer)

@@ -56,7 +56,7 @@ def _check_cot(c, stories, edits):
 
 def test_benchmark_writes_every_figure(learning, files, tmp_path, capsys):
     out = tmp_path / "figures" / "learning.json"
-    assert learning.main(_args(files, files / "run", out, "--free-form-items", "2", "--curve")) == 0
+    assert learning.main(_args(files, files / "run", out, "--free-form-items", "2", "--held-out", "2", "--curve")) == 0
     r = json.loads(out.read_text())
     for k in ("run", "split", "dialogues", "thinks", "cot", "free_form", "understanding", "audio", "curve", "seconds"):
         assert k in r
@@ -66,6 +66,9 @@ def test_benchmark_writes_every_figure(learning, files, tmp_path, capsys):
     _check_ranges(r)
     _check_cot(r["cot"], 1, edits)
     _check_cot(r["free_form"], 2, 2)
+    for g in ("grammar_off", "grammar_on"):  # the held-out phrasings: stories only, every request asks a length
+        s = r["held_out"][g]["story"]
+        assert s["n"] == 2 == s["valid"] + s["invalid"] and s["duration_share"] is not None
     for k in ("whole", "cut"):
         u = r["understanding"][k]
         assert u["n"] == 1 == u["valid"] + u["invalid"]
@@ -80,6 +83,7 @@ def test_benchmark_writes_every_figure(learning, files, tmp_path, capsys):
     assert r["seconds"]["per_dialogue"] > 0
     printed = capsys.readouterr().out
     assert "chain of thought" in printed and "understanding" in printed and "plan vs render" in printed
+    assert "held-out phrasings" in printed
 
 
 def test_run_without_chain_of_thought_gets_audio_figures_only(learning, files, tmp_path):
