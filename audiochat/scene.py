@@ -58,6 +58,9 @@ def _text(where: str, value, required: bool, allowed: bool = True) -> str | None
     if not allowed: raise SceneError(where, "is not allowed for this kind")
     if not isinstance(value, str): raise SceneError(where, "must be a string", value)
     if len(value) > MAX_TEXT_CHARS: raise SceneError(where, f"must be at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters")
+    if not value.isascii():
+        try: value.encode("utf-8")
+        except UnicodeEncodeError: raise SceneError(where, "must be valid Unicode text (a lone surrogate cannot be written)") from None
     value = " ".join(value.split())
     if not value: raise SceneError(where, "must not be empty")
     return value
