@@ -8,13 +8,14 @@ Docs: https://audiochat.github.io/audiochat/forcing.html.md"""
 # %% ../nbs/11_forcing.ipynb #69369842
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
-from .transformer import AUDIO, TEXT, Layout, build_mask
+from .transformer import AUDIO, TEXT, Layout, attention_backend, build_mask
 from .tokenizer import special_token_ids
 
 # %% auto #0
@@ -29,9 +30,11 @@ class Turn:
     role: str
     text: str = ""
     audio: torch.Tensor | None = None  # (frames, latent_dim)
+    tool: str = ""  # assistant turns: text written by code after the model's text, before the audio (no LM loss)
 
     def __post_init__(self):
         if self.role not in ("user", "assistant"): raise ValueError(f"Turn.role must be 'user' or 'assistant', got {self.role!r}")
+        if self.tool and self.role != "assistant": raise ValueError("Turn.tool is for assistant turns (a tool result)")
         if self.audio is not None:
             if self.audio.ndim != 2 or self.audio.shape[0] == 0:
                 raise ValueError(f"Turn.audio must be (frames > 0, latent_dim), got shape {tuple(self.audio.shape)}")
@@ -71,8 +74,11 @@ def pack_dialogue(turns: list[Turn], tokenizer, latent_dim: int | None = None) -
     for i, t in enumerate(turns):
         tgt = t.role == "assistant"
         add([ids[t.role]] + tokenizer.encode(t.text, add_special_tokens=False), i, tgt)
+        if t.tool:  # the model hands over (<|system|>), code writes the tool result: no LM loss on it
+            add([ids["system"]], i, tgt)
+            add(tokenizer.encode(t.tool, add_special_tokens=False), i, False)
         if t.audio is not None:
-            add([ids["audio_start"]], i, tgt)
+            add([ids["audio_start"]], i, tgt and not t.tool)
             add(None, i, tgt, audio=t.audio, span=n_span); n_span += 1
             add([ids["audio_end"]], i, tgt)
         add([ids["end_turn"]], i, tgt)
@@ -252,18 +258,30 @@ def diffusion_mse(pred, v, mask, span, normalize: str = "frame") -> torch.Tensor
     return (sums[counts > 0] / counts[counts > 0]).mean()
 
 # %% ../nbs/11_forcing.ipynb #ae745b92
+def _accepts(model, name: str) -> bool:
+    "Whether the model inside any DDP / torch.compile wrappers takes the keyword `name` in `forward`."
+    for _ in range(4): model = getattr(model, "_orig_mod", None) or getattr(model, "module", None) or model
+    return name in inspect.signature(model.forward).parameters
+
+def _model_options(model, logits_at, device) -> dict:
+    "The options of the model's forward that training uses when it has them: logits only where the loss reads them, FlexAttention on CUDA."
+    options = dict(logits_at=logits_at, flex=attention_backend(device) == "flex")
+    return {k: v for k, v in options.items() if _accepts(model, k) and v is not False}
+
 def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, generator=None) -> LossOutput:
     "Noise the batch, run the model, and combine the two losses: L = L_LM + lambda * L_diff."
-    n = apply_noise(batch, config, generator)
     tt = text_targets(batch, audio_end_id)
+    kw = _model_options(model, F.pad(tt, (0, 1)), batch.tokens.device)
+    at_targets = lambda logits: logits if "logits_at" in kw else logits[:, :-1][tt]  # (N, vocab): the logits the loss reads
     single = not (torch.distributed.is_available() and torch.distributed.is_initialized())  # DDP/FSDP hook forward() only
     if single and not batch.layout.audio.any() and hasattr(model, "forward_text") and model.config.arch != "dit":
-        logits = model.forward_text(batch.tokens, batch.layout)  # a text-only batch: the text path alone (SCT: understanding layers)
-        lm = F.cross_entropy(logits[:, :-1][tt].float(), batch.tokens[:, 1:][tt]) if tt.any() else logits.sum() * 0
+        logits = at_targets(model.forward_text(batch.tokens, batch.layout, **kw))  # a text-only batch: the text path alone, no noise
+        lm = F.cross_entropy(logits.float(), batch.tokens[:, 1:][tt]) if tt.any() else logits.sum() * 0
         return LossOutput(lm, lm, lm * 0, int(tt.sum()), 0)
-    out = model(batch.tokens, n.latents, n.t, n.layout)
+    n = apply_noise(batch, config, generator)
+    out = model(batch.tokens, n.latents, n.t, n.layout, **kw)
     if out.text_logits is not None and tt.any():
-        lm = F.cross_entropy(out.text_logits[:, :-1][tt].float(), batch.tokens[:, 1:][tt])
+        lm = F.cross_entropy(at_targets(out.text_logits).float(), batch.tokens[:, 1:][tt])
     else: lm = out.audio_pred.sum() * 0
     diff = diffusion_mse(out.audio_pred, n.v, n.loss_mask, batch.layout.span, config.normalize)
     if not torch.isfinite(lm) or not torch.isfinite(diff):
