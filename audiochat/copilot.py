@@ -20,20 +20,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .scene import Scene, SceneError, Source, diff
+from .scene import Edit, Scene, SceneError, Source, diff
 
 # %% auto #0
 __all__ = ['MAX_TOOL_CALLS', 'MAX_RESPONSE_BYTES', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS',
            'EVENTS', 'OBJECTS', 'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'EDIT_PLANS', 'REJECTION_REASONS',
            'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'FAMILY_WORDS', 'REQUEST_FACETS', 'FAMILIES',
            'HELD_OUT_FAMILIES', 'SETTING_SOUNDS', 'CHARACTER_PHRASES', 'LINE_GISTS', 'GIST_OBJECTS', 'NUMBER_WORDS',
-           'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'AgentError', 'tool_call', 'assistant_message', 'call_tool', 'run_agent',
-           'FunctionTools', 'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM', 'seed_text',
-           'speech_seconds', 'random_story', 'names_by_caption', 'describe', 'plan_edit', 'check_edit', 'story_task',
-           'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'choose_family', 'family_name', 'scene_sounds',
-           'read_request', 'check_request', 'held_out_stories', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources',
-           'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json',
-           'missing_source_request', 'heard_scene']
+           'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'EDIT_FORMS', 'AgentError', 'tool_call', 'assistant_message',
+           'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM',
+           'seed_text', 'speech_seconds', 'random_story', 'names_by_caption', 'describe', 'plan_edit', 'check_edit',
+           'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'choose_family', 'family_name',
+           'scene_sounds', 'read_request', 'check_request', 'held_out_stories', 'TemplateLLM', 'Turn', 'Dialogue',
+           'silent_sources', 'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask',
+           'answer_json', 'missing_source_request', 'heard_scene', 'assistant_plan']
 
 # %% ../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -487,10 +487,12 @@ def _edit_move(scene: Scene, target: Source, ref: str, rng: random.Random) -> tu
         target = rng.choice(movable); ref = _the(describe(target, scene, rng)); length = target.end - target.start
         choices = starts(target)
     start = rng.choice(choices)
-    shift = start - target.start
-    body = rng.choice([f"Move {ref} to {start:g} seconds", f"Start {ref} at {start:g} s instead",
-                       f"Shift {ref} {abs(shift):.1f} seconds {'later' if shift > 0 else 'earlier'}",
-                       f"Make {ref} happen {abs(shift):.1f} s {'later' if shift > 0 else 'earlier'}"])
+    shift = round(start - target.start, 1)  # a shift the user says is exactly the shift made
+    relative = rng.random() < 0.5 and abs(shift) >= 0.5 and 0 <= target.start + shift <= D - length
+    if relative: start = _r(target.start + shift)
+    later = "later" if shift > 0 else "earlier"
+    body = rng.choice([f"Shift {ref} {abs(shift):g} seconds {later}", f"Make {ref} happen {abs(shift):g} s {later}"] if relative
+                      else [f"Move {ref} to {start:g} seconds", f"Start {ref} at {start:g} s instead"])
     return _with(scene, target, dataclasses.replace(target, start=start, end=_r(start + length))), body
 
 def _edit_pan(scene: Scene, target: Source, ref: str, rng: random.Random) -> tuple[Scene, str]:
@@ -928,6 +930,7 @@ class Turn:
     audio: object  # (2, T) float tensor at SAMPLE_RATE
     answer: str
     messages: list = field(default_factory=list)  # the designer's messages of this turn (tool calls, results, answer)
+    edit: dict | None = None  # an edit turn: the change in the diff form (`Edit.between` the previous scene and this one)
 
 @dataclass
 class Dialogue:
@@ -981,7 +984,8 @@ def simulate_dialogue(seed: int, subtasks=None, edits: int = 2, user: ChatLLM | 
         if before is not None and (msg := check_edit(before, scene, sub)): return reject("inconsistent_edit", f"turn {k}: {msg}")
         mix = tools.clip(result["clip_id"])
         if silent := silent_sources(mix, scene): return reject("silent_audio", f"turn {k}: silent where {', '.join(silent)} should sound")
-        out.turns.append(Turn(request, sub, scene, mix, new[-1].get("content") or "", new))
+        change = None if before is None else Edit.between(before, scene, sub, request).to_dict()
+        out.turns.append(Turn(request, sub, scene, mix, new[-1].get("content") or "", new, change))
         before = scene
     return out
 
@@ -1063,3 +1067,15 @@ def heard_scene(scene: Scene, seconds: float) -> Scene:
     if seconds >= scene.duration: return scene
     keep = [dc.replace(s, end=min(s.end, seconds)) for s in scene.sources if round(s.start, 2) < round(seconds, 2) - 0.005]
     return Scene(tuple(s for s in keep if s.end > s.start), seconds)
+
+# %% ../nbs/04_copilot.ipynb #f751e565
+EDIT_FORMS = ("diff", "scene")  # an edit's chain of thought: the change only (default), or the whole scene restated
+
+def assistant_plan(before: Scene | None, after: Scene, request: str = "", subtask: str | None = None,
+                   form: str = "diff") -> tuple[str, str]:
+    """(what the model writes, the tool result written by code) for a turn whose scene is `after`: a story (`before`
+    None) or the scene form writes the whole scene and no tool result; the diff form of an edit writes the change
+    (`Edit.between`, in the form the request used) and the tool result is the whole new scene."""
+    if form not in EDIT_FORMS: raise ValueError(f"edit form must be one of {EDIT_FORMS}, got {form!r}")
+    if before is None or form == "scene": return after.to_json(), ""
+    return Edit.between(before, after, subtask, request).to_json(), after.to_json()
