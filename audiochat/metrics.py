@@ -758,11 +758,14 @@ def median_bandwidth(x) -> float:
     return float(np.median(d)) if np.median(d) > 0 else 1.0
 
 # %% ../nbs/19_metrics.ipynb #9f4504ff
-def kad(reference, candidate, bandwidth: float | None = None, scale: float = 100.0) -> float:
-    "Kernel audio distance: `scale` x unbiased MMD^2 with a Gaussian kernel (median-heuristic bandwidth of `reference`)."
+def kad(reference, candidate, bandwidth: float | None = None, scale: float = 100.0, bandwidth_from: str = "candidate") -> float:
+    """Kernel audio distance: `scale` x unbiased MMD^2 with a Gaussian kernel. Unless `bandwidth` is given, it is the
+    median pairwise distance of the evaluated set (`candidate`), as kadtk sets it; `bandwidth_from="reference"` takes
+    the reference set's instead (one bandwidth for every system compared against that reference)."""
+    if bandwidth_from not in ("candidate", "reference"): raise ValueError(f"bandwidth_from must be 'candidate' or 'reference', got {bandwidth_from!r}")
     x, y = _embeddings(reference, "reference"), _embeddings(candidate, "candidate")
     if x.shape[1] != y.shape[1]: raise ValueError(f"embedding sizes differ: {x.shape[1]} vs {y.shape[1]}")
-    s = bandwidth or median_bandwidth(x)
+    s = bandwidth or median_bandwidth(y if bandwidth_from == "candidate" else x)
     k = lambda a, b: np.exp(-np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0) / (2 * s * s))
     n, m = len(x), len(y)
     kxx, kyy = k(x, x), k(y, y)
@@ -785,7 +788,6 @@ def load_clap(name_or_path, device="cpu"):
     "(model, feature extractor) of a CLAP checkpoint: a folder, or a Hub id `ORG/NAME` (`hf:ORG/NAME` too); the model in eval mode on `device`."
     from audiochat.codec import hub_id, resolve_pretrained
     s = str(name_or_path)
-    if not s.startswith("hf:") and not Path(s).expanduser().is_dir() and re.fullmatch(r"\w[\w.-]*/\w[\w.-]*", s): s = "hf:" + s
     d = resolve_pretrained(s, ["config.json", "preprocessor_config.json", "*.safetensors"], what="CLAP model")
     if hub_id(s) and d != Path(s).expanduser() and not any(d.glob("*.safetensors")):  # an older repository: pickled weights
         d = resolve_pretrained(s, ["pytorch_model.bin"], what="CLAP model")

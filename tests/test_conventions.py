@@ -132,3 +132,28 @@ def test_resample_snr_at_odd_and_common_rates(sr_in, sr_out, freq):
     k = sr_out // 10  # the edges, where the filter runs off the signal, are left out
     snr = 10 * math.log10((ref[k:-k] ** 2).mean() / ((y[0, k:-k].double() - ref[k:-k]) ** 2).mean())
     assert snr > 55, snr
+
+
+# 7. KAD's bandwidth as kadtk sets it
+def _kadtk_style(x, y, bandwidth=None, eps=1e-8):
+    "KAD computed as kadtk's calc_kernel_audio_distance does it (torch, median pairwise distance of y, gamma with eps)."
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    bandwidth = torch.median(torch.pdist(y)).item() if bandwidth is None else bandwidth
+    gamma = 1 / (2 * bandwidth ** 2 + eps)
+    def mean_k(a, b, off_diagonal):
+        d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+        k = torch.exp(-gamma * d2)
+        return (k.sum() - k.diagonal().sum()) / (len(a) * (len(a) - 1)) if off_diagonal else k.mean()
+    return 100 * float(mean_k(x, x, True) + mean_k(y, y, True) - 2 * mean_k(x, y, False))
+
+
+def test_kad_bandwidth_follows_kadtk():
+    from audiochat.metrics import kad
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 8)), rng.normal(0.4, 2.0, size=(31, 8))  # 465 pairs in y: an odd count, one median
+    assert kad(x, y) == pytest.approx(_kadtk_style(x, y), rel=1e-6)
+    assert kad(x, y, bandwidth=1.3) == pytest.approx(_kadtk_style(x, y, 1.3), rel=1e-6)
+    reference_bw = float(np.median([np.linalg.norm(a - b) for i, a in enumerate(x) for b in x[i + 1:]]))
+    assert kad(x, y, bandwidth_from="reference") == pytest.approx(_kadtk_style(x, y, reference_bw), rel=1e-6)
+    assert abs(kad(x, y) - kad(x, y, bandwidth_from="reference")) > 1  # the two conventions differ on these sets
+    with pytest.raises(ValueError, match="bandwidth_from"): kad(x, y, bandwidth_from="both")

@@ -402,8 +402,10 @@ def test_kad_matches_direct_formula():
     for n, m, d in [(2, 2, 1), (5, 8, 3), (12, 7, 16)]:
         x, y = rng.normal(size=(n, d)), rng.normal(0.3, 1.5, size=(m, d))
         dist = [np.linalg.norm(x[i] - x[j]) for i in range(n) for j in range(i + 1, n)]
+        dist_y = [np.linalg.norm(y[i] - y[j]) for i in range(m) for j in range(i + 1, m)]
         assert median_bandwidth(x) == pytest.approx(np.median(dist))
-        assert kad(x, y) == pytest.approx(kad_direct(x, y, np.median(dist)), rel=1e-9, abs=1e-12)
+        assert kad(x, y) == pytest.approx(kad_direct(x, y, np.median(dist_y)), rel=1e-9, abs=1e-12)  # kadtk: the evaluated set's
+        assert kad(x, y, bandwidth_from="reference") == pytest.approx(kad_direct(x, y, np.median(dist)), rel=1e-9, abs=1e-12)
         assert kad(x, y, bandwidth=0.7) == pytest.approx(kad_direct(x, y, 0.7), rel=1e-9, abs=1e-12)
 
 
