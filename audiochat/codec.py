@@ -307,9 +307,9 @@ def resolve_pretrained(name_or_path, allow_patterns=None, what: str = "checkpoin
     local = "" if s.startswith("hf:") else "no such local folder; "
     try: return Path(snapshot_download(hub[0], revision=hub[1], allow_patterns=allow_patterns))
     except LocalEntryNotFoundError as e:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
-        raise FileNotFoundError(f"{what} {s}: not in the local Hugging Face cache and the Hub cannot be reached ({str(e)[:200]})") from None
+        raise FileNotFoundError(f"{what} {s}: {local}not in the local Hugging Face cache and the Hub cannot be reached ({str(e)[:200]})") from None
     except HfHubHTTPError as e:  # unknown repository, gated or private without a token
-        raise FileNotFoundError(f"{what} {s}: the Hub refused it ({str(e)[:200]})") from None
+        raise FileNotFoundError(f"{what} {s}: {local}the Hub refused it ({str(e)[:200]})") from None
 
 # %% ../nbs/06_codec.ipynb #7f68be0b
 def _atomic_write(path: Path, write) -> Path:
