@@ -23,17 +23,18 @@ from .data import DATA_SAMPLES
 from .codec import Codec
 from .config import load_config
 from .diffusion import sample
-from .grammar import ANSWER_GRAMMAR, DeadEnd, SceneGrammar, answer_text, decode_text, known_vocabulary, scene_pattern, token_pieces
+from .grammar import (ANSWER_GRAMMAR, DeadEnd, EditGrammar, SceneGrammar, answer_text, decode_text, edit_pattern,
+                              known_vocabulary, scene_pattern, token_pieces)
 from .forcing import Turn, collate, pack_dialogue, span_denoiser
-from .scene import Scene, SceneError
+from .scene import Edit, Scene, SceneError
 from .sct import AudioChatModel
 from .tokenizer import load_tokenizer, special_token_ids
 from .copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'BUNDLE_FORMAT', 'train_tiny_run', 'ChatError', 'Timings', 'Reply', 'checked_request',
-           'ChatEngine', 'Plan', 'model_card']
+__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'BUNDLE_FORMAT', 'train_tiny_run', 'ChatError', 'Timings', 'Reply',
+           'read_latent_stats', 'checked_request', 'ChatEngine', 'Plan', 'model_card']
 
 # %% ../nbs/16_chat.ipynb #fe4c16d4
 def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()) -> Path:
@@ -98,11 +99,22 @@ class Reply:
     audio: torch.Tensor | None = None  # (channels, samples) at the codec's rate
     timings: Timings = field(default_factory=Timings)
     message: str | None = None
+    edit: Edit | None = None  # an edit in the diff form: the change the model wrote (`scene` is it applied)
+
+def read_latent_stats(path) -> tuple[torch.Tensor, torch.Tensor]:
+    "`mean` and `std` of a `latent_stats.safetensors` file: two finite vectors of one size, std > 0; else a ValueError naming the file."
+    from safetensors.torch import load_file
+    try: s = load_file(str(path))
+    except Exception as e: raise ValueError(f"{path} is damaged: not a safetensors file ({str(e)[:120]})") from None
+    mean, std = s.get("mean"), s.get("std")
+    if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
+        raise ValueError(f"{path} is damaged: it must hold 'mean' and 'std' vectors of one size (it holds {sorted(s)[:5]})")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"{path} is damaged: its mean/std are not finite or std is not positive")
+    return mean.float(), std.float()
 
 def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    from safetensors.torch import load_file
-    if (run / "latent_stats.safetensors").exists():
-        s = load_file(str(run / "latent_stats.safetensors")); return s["mean"], s["std"]
+    if (run / "latent_stats.safetensors").exists(): return read_latent_stats(run / "latent_stats.safetensors")
     if config.data.latent_cache and Path(config.data.latent_cache).exists():
         from audiochat.codec import load_latents
         _, mean, std = load_latents(config.data.latent_cache); return mean, std
@@ -110,11 +122,15 @@ def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | 
 
 # %% ../nbs/16_chat.ipynb #56c14be2
 MAX_REQUEST_CHARS = 2000  # longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
+MAX_RETRIES = 10  # sampled retries after an invalid CoT (each one a full decode)
 
 def checked_request(text: str, what: str = "request") -> str:
     "`text` without its outer spaces; a ValueError when it is empty or longer than MAX_REQUEST_CHARS."
     if not text or not text.strip(): raise ValueError(f"the {what} is empty")
     if len(text) > MAX_REQUEST_CHARS: raise ValueError(f"the {what} is {len(text)} characters; at most {MAX_REQUEST_CHARS}")
+    if not text.isascii():
+        try: text.encode("utf-8")
+        except UnicodeEncodeError: raise ValueError(f"the {what} is not valid Unicode text (a lone surrogate)") from None
     return text.strip()
 
 # %% ../nbs/16_chat.ipynb #e08d2b12
@@ -135,10 +151,13 @@ class ChatEngine:
         if not 0 < default_seconds <= max_seconds: raise ValueError(f"default_seconds must be in (0, max_seconds={max_seconds:g}], got {default_seconds}")
         if codec.config.frame_dim != model.config.latent_dim:
             raise ValueError(f"the codec's frames have {codec.config.frame_dim} dims but the model's latents {model.config.latent_dim}")
+        if mean is not None and mean.shape[-1] != model.config.latent_dim:
+            raise ValueError(f"the latent statistics have {mean.shape[-1]} dims but the model's latents {model.config.latent_dim}")
         self.model, self.tokenizer, self.codec, self.config = model.eval(), tokenizer, codec.eval(), config
         self.mean, self.std = mean, std
         self.ids = special_token_ids(tokenizer)
-        scene = scene_pattern(**(known_vocabulary() if vocabulary == "known" else {}))
+        self.vocabulary = known_vocabulary() if vocabulary == "known" else {}
+        scene = scene_pattern(**self.vocabulary)
         self.pieces = token_pieces(tokenizer)
         self.scene_grammar = SceneGrammar(scene, max_seconds)
         self.edit_grammar = SceneGrammar(rf'(?:{scene}|{ANSWER_GRAMMAR})', max_seconds)
@@ -147,9 +166,11 @@ class ChatEngine:
         self.default_seconds = default_seconds
         self.steps, self.cfg_scale, self.grammar, self.retries, self.temperature = steps, cfg_scale, grammar, retries, temperature
         self.max_new_tokens, self.max_seconds, self.seed = max_new_tokens, max_seconds, seed
-        if steps < 1 or retries < 0 or max_new_tokens < 1 or not max_seconds > 0 or not cfg_scale >= 0:
-            raise ValueError(f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 (got {retries}), "
+        if steps < 1 or not 0 <= retries <= MAX_RETRIES or max_new_tokens < 1 or not max_seconds > 0 or not cfg_scale >= 0:
+            raise ValueError(f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 and <= {MAX_RETRIES} (got {retries}), "
                              f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), cfg_scale >= 0 (got {cfg_scale})")
+        self.edit_form = config.data.edit_form  # "diff": an edit is written as its change (notebook 02), else restated
+        self.scene: Scene | None = None  # the scene of the conversation's last audio (what an edit changes)
         self.history: list[Turn] = []
         self.replies: list[Reply] = []
 
@@ -188,11 +209,12 @@ class ChatEngine:
 # %% ../nbs/16_chat.ipynb #648a794a
 @patch
 def encode(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor:
-    "Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at `sample_rate`."
+    """Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at `sample_rate`. A file is
+    checked from its header against `max_seconds` before anything is decoded."""
     from audiochat.audio import load_audio
     c = self.codec.config
     if isinstance(audio, (str, Path)):
-        audio, sample_rate = load_audio(audio, c.sample_rate, channels=c.channels), c.sample_rate
+        audio, sample_rate = load_audio(audio, c.sample_rate, channels=c.channels, max_seconds=self.max_seconds), c.sample_rate
     x = torch.as_tensor(audio, dtype=torch.float32)
     if x.numel() == 0: raise ValueError("the audio is empty")
     n = x.shape[-1] / (sample_rate or c.sample_rate)
@@ -214,26 +236,38 @@ def _context(self: ChatEngine, turns: list[Turn]):
 
 # %% ../nbs/16_chat.ipynb #5f61447f
 @patch
-def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, answers: bool = False) -> tuple[Scene | None, str]:
+def _grammar(self: ChatEngine, previous: Scene | None, answers: bool) -> SceneGrammar:
+    "The grammar of the next chain of thought: a scene (maybe an answer in words), or an edit of `previous`."
+    if previous is None: return self.edit_grammar if answers else self.scene_grammar
+    pattern = edit_pattern(previous, **self.vocabulary)
+    return EditGrammar(previous, rf"(?:{pattern}|{ANSWER_GRAMMAR})" if answers else pattern, self.max_seconds)
+
+@patch
+def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, answers: bool = False,
+          previous: Scene | None = None) -> tuple[Scene | None, str]:
     """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the first text that
     `Scene.from_json` accepts wins, else a ChatError with the last raw text. With `answers` (edits) the model may
-    instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer."""
+    instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer. With `previous`
+    (the scene an edit changes) a run trained with the diff form writes only the change, applied to `previous` in
+    code: the scene returned is the whole new scene, the text the change."""
     if not self.thinks: raise ValueError("this model was trained without a chain of thought: it writes no scenes")
     timings = timings if timings is not None else Timings()
     tokens, latents, layout = self._context(turns)
-    stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"]]
+    stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"], self.ids["system"]]
+    by_diff = previous is not None and self.edit_form == "diff"
+    grammar = self._grammar(previous if by_diff else None, answers)
     gen = torch.Generator().manual_seed(self.seed)
     raw, problem = "", ""
     for attempt in range(1 + self.retries):
         try: d = decode_text(self.model, tokens, latents, layout, stop_ids=stop, max_new_tokens=self.max_new_tokens,
                         temperature=0.0 if attempt == 0 else self.temperature, generator=gen,
-                        grammar=(self.edit_grammar if answers else self.scene_grammar) if self.grammar else None,
+                        grammar=grammar if self.grammar else None,
                         pieces=self.pieces, tokenizer=self.tokenizer)
         except DeadEnd as e: raw, problem = e.raw, str(e); timings.attempts += 1; continue
         timings.cot_tokens += len(d.ids); timings.cot_seconds += d.seconds; timings.attempts += 1
         raw = d.text
         if answers and answer_text(raw) is not None: return None, raw
-        try: scene = Scene.from_json(raw)
+        try: scene = Edit.from_json(raw).apply(previous) if by_diff else Scene.from_json(raw)
         except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"; continue
         if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds: return scene, raw
         problem = f"the scene lasts {scene.duration:g} s, not between one frame and max_seconds={self.max_seconds:g}"
@@ -242,15 +276,16 @@ def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, a
 # %% ../nbs/16_chat.ipynb #b6889805
 @patch
 def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
-           seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           seconds: float | None = None, tool: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG),
-    exactly as long as the scene (or `seconds`), which must not exceed `max_seconds`."""
+    exactly as long as the scene (or `seconds`), which must not exceed `max_seconds`. `tool`: the tool result after
+    `cot` (the whole scene after an edit written as its change)."""
     timings = timings if timings is not None else Timings()
     seconds = seconds if seconds is not None else scene.duration
     if not 0 < seconds <= self.max_seconds: raise ValueError(f"cannot render {seconds:g} s: this engine renders at most max_seconds={self.max_seconds:g} s")
     frames = max(1, round(seconds * FRAME_RATE))
     D = self.model.config.latent_dim
-    seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D))], self.tokenizer, D)
+    seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D), tool=tool)], self.tokenizer, D)
     batch = collate([seq], self.ids["pad"]).to(self.device)
     span = int(batch.layout.span.max())
     process = self.config.loss.process
@@ -277,13 +312,18 @@ def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, t
 def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bool = True, seconds: float | None = None) -> Reply:
     timings = Timings()
     turns = self.history + [user]
-    if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers)
+    previous = self.scene if task == "edit" else None
+    if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers, previous=previous)
     else: scene, cot = None, NO_COT_TEXT
     message = answer_text(cot) if self.thinks and scene is None else None
+    change = Edit.from_json(cot) if scene is not None and previous is not None and self.edit_form == "diff" else None
+    tool = scene.to_json() if change is not None else ""
     latents = audio = None
-    if audio_out and message is None: latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds)
-    self.history = turns + [Turn("assistant", cot, audio=latents)]
-    reply = Reply(task, request, scene, cot, latents, audio, timings, message)
+    if audio_out and message is None:
+        latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool)
+        self.scene = scene
+    self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool)]
+    reply = Reply(task, request, scene, cot, latents, audio, timings, message, change)
     self.replies.append(reply)
     return reply
 
@@ -303,9 +343,10 @@ def edit(self: ChatEngine, instruction: str, audio=None, sample_rate: int | None
     instruction = checked_request(instruction, "instruction")
     if audio is None and not any(t.audio is not None for t in self.history):
         raise ValueError("nothing to edit: tell a story first or give the audio to edit")
-    z = None if audio is None else self.encode(audio, sample_rate)
+    z = None if audio is None else self._edited_audio(audio, sample_rate)
     last = z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
     return self._answer("edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE)
+
 
 @patch
 def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply:
@@ -315,9 +356,22 @@ def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply
     return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False)
 
 @patch
+def _edited_audio(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor | None:
+    """The latents of a given audio to edit, as a user span. A run that writes edits as their change needs the scene
+    being changed: it first describes the audio (an understanding turn, kept in the history) and edits that scene,
+    so no user span is left (None)."""
+    z = self.encode(audio, sample_rate)
+    if not (self.thinks and self.edit_form == "diff"): return z
+    ask = Turn("user", UNDERSTAND_PROMPT, audio=z)
+    heard, cot = self.think([ask])
+    self.history += [ask, Turn("assistant", cot)]
+    self.scene = heard
+    return None
+
+@patch
 def reset(self: ChatEngine):
     "Forget the conversation."
-    self.history, self.replies = [], []
+    self.history, self.replies, self.scene = [], [], None
 
 # %% ../nbs/16_chat.ipynb #462f9e40
 @dataclass
@@ -330,6 +384,7 @@ class Plan:
     cot: str
     timings: Timings
     message: str | None = None
+    previous: Scene | None = None  # an edit: the scene it changes
 
 @patch
 def plan(self: ChatEngine, request: str, audio=None, sample_rate: int | None = None) -> Plan:
@@ -337,11 +392,12 @@ def plan(self: ChatEngine, request: str, audio=None, sample_rate: int | None = N
     conversation's last audio, else a story. Change the scene (or not) and give it to `render_plan`. An edit the model
     answers in words is recorded at once."""
     text = checked_request(request)
-    z = None if audio is None else self.encode(audio, sample_rate)
-    task = "edit" if z is not None or any(t.audio is not None for t in self.history) else "tell"
+    task = "edit" if audio is not None or any(t.audio is not None for t in self.history) else "tell"
+    z = None if audio is None else self._edited_audio(audio, sample_rate)
     user, timings = Turn("user", text, audio=z), Timings()
-    scene, cot = self.think(self.history + [user], timings, answers=task == "edit" and self.answers)
-    plan = Plan(task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None)
+    previous = self.scene if task == "edit" else None
+    scene, cot = self.think(self.history + [user], timings, answers=task == "edit" and self.answers, previous=previous)
+    plan = Plan(task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None, previous)
     if scene is None:
         self.history += [user, Turn("assistant", cot)]
         self.replies.append(Reply(task, text, None, cot, timings=timings, message=plan.message))
@@ -353,10 +409,14 @@ def render_plan(self: ChatEngine, plan: Plan, scene: Scene | None = None) -> Rep
     "The second half: render `scene` (default: the plan's own) after the conversation, and add the turn to it."
     scene = scene if scene is not None else plan.scene
     if scene is None: raise ValueError("this plan has no scene to render: the model answered in words")
-    cot, turns = scene.to_json(), self.history + [plan.user]
-    latents, audio = self.render(turns, scene, cot, plan.timings)
-    self.history = turns + [Turn("assistant", cot, audio=latents)]
-    reply = Reply(plan.task, plan.request, scene, cot, latents, audio, plan.timings)
+    turns, change, tool = self.history + [plan.user], None, ""
+    if plan.previous is not None and self.edit_form == "diff":  # the change that gives this scene (the plan's, or new)
+        change = Edit.from_json(plan.cot) if scene == plan.scene else Edit.between(plan.previous, scene)
+        cot, tool = change.to_json(), scene.to_json()
+    else: cot = scene.to_json()
+    latents, audio = self.render(turns, scene, cot, plan.timings, tool=tool)
+    self.history, self.scene = turns + [Turn("assistant", cot, audio=latents, tool=tool)], scene
+    reply = Reply(plan.task, plan.request, scene, cot, latents, audio, plan.timings, edit=change)
     self.replies.append(reply)
     return reply
 
@@ -445,18 +505,18 @@ def _save_pretrained(self, out, run_dir=None) -> Path:
 # %% ../nbs/16_chat.ipynb #d1b2a749
 def _from_pretrained(cls, name_or_path, device="cpu", **settings) -> ChatEngine:
     "An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository `ORG/NAME` (`hf:ORG/NAME` too)."
-    from safetensors.torch import load_file
     from audiochat.codec import resolve_pretrained
     from audiochat.train import load_run_model
     d = resolve_pretrained(name_or_path, what="bundle")
     if not (d / "bundle.json").exists(): raise FileNotFoundError(f"{d} has no bundle.json: not a bundle written by ChatEngine.save_pretrained")
-    bundle = json.loads((d / "bundle.json").read_text())
+    try: bundle = json.loads((d / "bundle.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{d / 'bundle.json'} is not JSON ({e})") from None
+    if not isinstance(bundle, dict): raise ValueError(f"{d / 'bundle.json'} must hold a JSON object, not {type(bundle).__name__}")
     if bundle.get("format") != BUNDLE_FORMAT: raise ValueError(f"{d / 'bundle.json'}: format {bundle.get('format')!r}, this version reads {BUNDLE_FORMAT!r}")
     model = load_run_model(d / "model", device)
     model.weights = bundle.get("weights", "raw")
     mean = std = None
-    if (d / "latent_stats.safetensors").exists():
-        s = load_file(str(d / "latent_stats.safetensors")); mean, std = s["mean"], s["std"]
+    if (d / "latent_stats.safetensors").exists(): mean, std = read_latent_stats(d / "latent_stats.safetensors")
     engine = cls(model, load_tokenizer(d / "tokenizer"), Codec.from_pretrained(d / "codec", device), load_config(d / "config.yaml"),
                  mean, std, **settings)
     engine.run_dir, engine.step = d, bundle.get("step")
