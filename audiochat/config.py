@@ -52,6 +52,11 @@ class TrainDataConfig:
     planned_dialogues: int = 0  # text-only dialogues planned without audio (notebook 04) mixed in for the text path; 0: none
     planned_share: float = 0.5  # share of the micro-batches drawn from the planned dialogues (when there are any)
     planned_batch_size: int | None = None  # dialogues per planned micro-batch; None: 2 x batch_size (they are short)
+    edit_form: str = "diff"  # an edit's chain of thought: "diff" (only the change; code writes the whole new scene
+    #                          after it as a tool result) or "scene" (the whole scene restated: the paper's form)
+
+    def __post_init__(self):
+        if self.edit_form not in ("diff", "scene"): raise ValueError(f"data.edit_form must be 'diff' or 'scene', got {self.edit_form!r}")
 
 # %% ../nbs/13_config.ipynb #532aa3f5
 @dataclass
@@ -338,6 +343,7 @@ def load_config(path) -> Config:
         d = read_yaml(path)
         missing = [s for s in SECTIONS if s not in d]
         if missing: raise ConfigError(f"{path} has no {', '.join(missing)} section(s): not a complete saved config (an empty or cut file?)", missing[0], path)
+        if isinstance(d["data"], dict) and "edit_form" not in d["data"]: d["data"]["edit_form"] = "scene"  # saved before the diff form existed
         return config_from_dict(d)
     except ConfigError as e:
         if e.file is not None: raise

@@ -88,7 +88,7 @@ def _record(d, config: DataConfig, audio_dir: Path, rel: str) -> dict:
         save_audio(audio_dir / name, t.audio)
         calls = [c["function"]["name"] for m in t.messages for c in (m.get("tool_calls") or [])]
         turns.append(dict(user=t.user, subtask=t.subtask, scene=t.scene.to_dict(), audio=f"{rel}/{name}",
-                          duration=t.scene.duration, answer=t.answer, tool_calls=calls))
+                          duration=t.scene.duration, answer=t.answer, tool_calls=calls, **({"edit": t.edit} if t.edit else {})))
     return dict(id=rid, split=config.split, seed=d.seed, seed_text=d.seed_text, turns=turns)
 
 def shard_done(folder) -> bool:

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -31,22 +32,24 @@ from torch import nn
 import yaml
 
 from .config import Config, ConfigError, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, read_yaml, to_dict, merge
-from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
+from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue, pack_rows
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
 from .codec import Codec, pick_device, load_latents
 from .learner import (EMA, Checkpoint, ClipGrad, Evaluate, GradientAccumulation, JsonlLog, ProgressBar, Recorder,
                                RunFolderError, Schedule, SkipNonFinite, TensorBoard, fit, latest_checkpoint, load_optimizer,
                                optimizer_tensors, read_tensors, rng_tensors, write_checkpoint)
-from .data import read_records, finished_shards, build as build_dataset
-from .copilot import NO_COT_TEXT, UNDERSTAND_PROMPT, heard_scene, missing_source_request, plan_dialogue
+from .data import read_records, finished_shards, _checked_record, build as build_dataset
+from .copilot import (NO_COT_TEXT, UNDERSTAND_PROMPT, assistant_plan, heard_scene, missing_source_request,
+                               plan_dialogue)
 from .scene import Scene
 from .audio import load_audio
 
 # %% auto #0
-__all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE',
-           'RESUME_FREE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch', 'BatchStream',
-           'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at', 'check_run_folder',
+__all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'LEFTOVERS', 'LOCK_FILE', 'OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS',
+           'NAN_ADVICE', 'RESUME_FREE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
+           'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at',
+           'check_run_folder', 'lock_run_folder', 'unlock_run_folder', 'data_key', 'check_leftovers', 'clean_temporary',
            'save_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
            'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview',
            'sample_preview', 'log_preview', 'model_vocab', 'prepare_data', 'open_run', 'build_model', 'autocast_for',
@@ -80,10 +83,10 @@ class DialogueSource:
     "Dialogues of a dataset folder (shards of records.jsonl + audio) or synthetic ones, indexed; `turns(i)` loads one."
     def __init__(self, source: str, latent_dim: int, max_frames: int = 64, max_turns: int = 3, synthetic_dialogues: int = 256,
                  seed: int = 0, latents=None, codec=None, holdout: int = 0, split: str = "train", cot: bool = True,
-                 understanding: float = 0.0, refusals: float = 0.0):
+                 understanding: float = 0.0, refusals: float = 0.0, edit_form: str = "diff"):
         self.source, self.latent_dim, self.max_frames, self.max_turns = source, latent_dim, max_frames, max_turns
         self.latents, self.codec, self.mean, self.std, self.seed = latents, codec, None, None, seed
-        self.cot, self.refusals = cot, refusals if cot else 0.0
+        self.cot, self.refusals, self.edit_form = cot, refusals if cot else 0.0, edit_form
         self.tasks = None  # per entry: "dialogue" or "understand" (dataset folders only)
         if source == "synthetic":
             base = seed * 1_000_000 + (500_000 if split == "eval" else 0)
@@ -130,12 +133,11 @@ class DialogueSource:
     def shard(self, i: int) -> str: return self.entries[i][0] if self.source != "synthetic" else str(i // 64)
 
     def record(self, i: int) -> dict:
-        "The JSON record of dialogue `i` (audio paths resolved), read from its shard at its offset."
+        "The JSON record of dialogue `i` (audio paths joined to its shard folder, never outside it), read from its shard at its offset."
         path, offset, _ = self.entries[i]
         with open(path, "rb") as f:
             f.seek(offset); r = json.loads(f.readline())
-        for t in r["turns"]: t["audio"] = str(Path(path).parent / t["audio"])
-        return r
+        return _checked_record(r, f"{path} at byte {offset}", Path(path).parent)  # audio paths stay inside the shard folder
 
     def audio_latents(self, audio_path: str) -> torch.Tensor:
         "Normalised latents (frames, latent_dim) of one turn's audio: from the cache, else encoded with the codec."
@@ -160,10 +162,12 @@ class DialogueSource:
             t = turns[0]
             z = self.audio_latents(t["audio"])  # at most max_frames frames: describe what they hold
             return [Turn("user", UNDERSTAND_PROMPT, audio=z), Turn("assistant", heard_scene(Scene.from_dict(t["scene"]), z.shape[0] / 40).to_json())]
-        out = []
+        out, before = [], None
         for t in turns:
-            plan = Scene.from_dict(t["scene"]).to_json() if self.cot else NO_COT_TEXT
-            out += [Turn("user", t["user"]), Turn("assistant", plan, audio=self.audio_latents(t["audio"]))]
+            scene = Scene.from_dict(t["scene"])
+            plan, tool = assistant_plan(before, scene, t["user"], t["subtask"], self.edit_form) if self.cot else (NO_COT_TEXT, "")
+            out += [Turn("user", t["user"]), Turn("assistant", plan, audio=self.audio_latents(t["audio"]), tool=tool)]
+            before = scene
         rng = self._rng(i, "refusal")
         if self.refusals > 0 and rng.random() < self.refusals:
             ask, answer = missing_source_request(Scene.from_dict(turns[-1]["scene"]), rng)
@@ -176,7 +180,11 @@ class DialogueSource:
         out, answers = [], []
         for i in range(min(n, len(self))):
             turns = self.record(i)["turns"][: self.max_turns]
-            for t in turns: out += [t["user"], Scene.from_dict(t["scene"]).to_json()]
+            before = None
+            for t in turns:
+                scene = Scene.from_dict(t["scene"])
+                out += [t["user"], scene.to_json(), assistant_plan(before, scene, t["user"], t["subtask"], self.edit_form)[0]]
+                before = scene
             if i < 50: answers += missing_source_request(Scene.from_dict(turns[0]["scene"]), random.Random(i))  # their wording
         return out + [UNDERSTAND_PROMPT, NO_COT_TEXT] + answers
 
@@ -215,15 +223,20 @@ class BatchStream:
         return self._plan[1][j]
 
     def __getitem__(self, g: int):
-        return collate([self.sequence(i) for i in self.indices(g)], self.pad_id)
+        seqs = [self.sequence(i) for i in self.indices(g)]
+        if not any(s.span.max() >= 0 for s in seqs):  # text only: packed into fewer rows, no padding (same loss: nothing is noised)
+            return pack_rows(seqs, max(len(s) for s in seqs), self.pad_id)
+        return collate(seqs, self.pad_id)
 
 # %% ../nbs/14_train.ipynb #15b0f8e0
 PLANNED_SEEDS = 3_000_000_000  # planned dialogues use seeds from here on: no dataset build uses them
 
 class PlannedSource:
     "`n` dialogues planned without audio (`plan_dialogue`): requests and scene plans only, each planned when first read."
-    def __init__(self, n: int, seed: int = 0, max_turns: int = 3, max_duration: float = 15.0, latent_dim: int = 0):
+    def __init__(self, n: int, seed: int = 0, max_turns: int = 3, max_duration: float = 15.0, latent_dim: int = 0,
+                 edit_form: str = "diff"):
         self.source, self.n, self.seed, self.max_turns, self.max_duration, self.latent_dim = "planned", n, seed, max_turns, max_duration, latent_dim
+        self.edit_form = edit_form
         self.lengths = [0] * n  # one length: no bucketing needed, the dialogues are alike
 
     def __len__(self): return self.n
@@ -231,7 +244,12 @@ class PlannedSource:
 
     def turns(self, i: int) -> list[Turn]:
         planned = plan_dialogue(PLANNED_SEEDS + self.seed * 10_000_000 + i, max_duration=self.max_duration)[: self.max_turns]
-        return [t for request, _, scene in planned for t in (Turn("user", request), Turn("assistant", scene.to_json()))]
+        out, before = [], None
+        for request, subtask, scene in planned:
+            text, tool = assistant_plan(before, scene, request, subtask, self.edit_form)
+            out += [Turn("user", request), Turn("assistant", text, tool=tool)]
+            before = scene
+        return out
 
     def texts(self, n: int = 500) -> list[str]: return [t.text for i in range(min(n, self.n)) for t in self.turns(i)]
 
@@ -277,7 +295,10 @@ def lr_at(config: Config, step: int) -> float:
     return learning_rate(local, s.lr if s.lr is not None else config.optim.lr, s.steps, min(config.optim.warmup, s.steps), config.optim.min_lr_ratio)
 
 # %% ../nbs/14_train.ipynb #fdc69037
-RUN_FILES = ("checkpoints", "tb", "log.jsonl", "config.yaml", "tokenizer", "latent_stats.safetensors")  # what a run writes
+RUN_FILES = ("checkpoints", "tb", "log.jsonl", "config.yaml", "tokenizer", "latent_stats.safetensors", "data.json")  # what a run writes
+LEFTOVERS = ("tokenizer", "latent_stats.safetensors", "codec")  # made from the data before the first checkpoint
+LOCK_FILE = ".lock"  # names the one process that writes into a run folder
+_LOCKS = {}  # run folder -> the open lock file this process holds
 
 def _unwrap(model): return getattr(model, "module", model)
 
@@ -290,15 +311,58 @@ def check_run_folder(out, resume: bool = False, overwrite: bool = False) -> Path
         probe = out / f".write-test-{os.getpid()}"; probe.write_text(""); probe.unlink()
     except OSError as e: raise RunFolderError(f"cannot write to the run folder {out}: {e.strerror or e}", out) from None
     old = sorted((out / "checkpoints").glob("step-*")) + [p for p in [out / "checkpoints" / "latest"] if p.exists()]
-    if old and not resume:
-        if not overwrite:
-            raise RunFolderError(f"{out} already holds a run (checkpoints up to {sorted(p.name for p in old)[-1]}): continue it with "
-                                 f"--resume, train into a new --run.out, or pass --overwrite to delete it first", out)
-        for name in RUN_FILES:
+    if old and not resume and not overwrite:
+        raise RunFolderError(f"{out} already holds a run (checkpoints up to {sorted(p.name for p in old)[-1]}): continue it with "
+                             f"--resume, train into a new --run.out, or pass --overwrite to delete it first", out)
+    if overwrite and not resume:
+        for name in RUN_FILES + LEFTOVERS:
             p = out / name
             if p.is_dir(): shutil.rmtree(p)
             elif p.exists(): p.unlink()
     return out
+
+def lock_run_folder(out) -> Path:
+    """Hold `out/.lock` (an exclusive `flock`, the file naming this process: pid and host) until `unlock_run_folder` or
+    exit. A folder another live process holds is a RunFolderError naming it; the lock of a process that died is free
+    (the system drops it with the process), so a killed run's folder is taken over."""
+    import fcntl
+    out = Path(out).resolve(); lock = out / LOCK_FILE
+    if out in _LOCKS: return lock  # this process holds it already
+    f = open(lock, "a+")
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0); holder = f.read().strip()[:100] or "another process"; f.close()
+        raise RunFolderError(f"{out} is in use by {holder} ({lock}): one training writes into a run folder at a time", out) from None
+    f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()}\n"); f.flush()
+    _LOCKS[out] = f
+    return lock
+
+def unlock_run_folder(out):
+    "Let go of the lock `lock_run_folder` took (its file stays, emptied)."
+    f = _LOCKS.pop(Path(out).resolve(), None)
+    if f is not None: f.truncate(0); f.close()
+
+def data_key(config: Config) -> dict:
+    "What a run's tokenizer and latent statistics depend on: its data settings, vocabulary, latent size and seed."
+    return dict(data=to_dict(config)["data"], vocab_size=config.model.vocab_size, latent_dim=config.model.latent_dim, seed=config.run.seed)
+
+def check_leftovers(out, config: Config):
+    """A new run reuses a tokenizer, latent statistics or codec found in `out` only when `out/data.json` says they were
+    made for the same data; anything else (a killed run's files, other data) is a RunFolderError. Writes `data.json`."""
+    out, key = Path(out), data_key(config)
+    try: made_for = json.loads((out / "data.json").read_text())
+    except (OSError, ValueError): made_for = None
+    own_codec = config.data.codec is not None and Path(config.data.codec).resolve() == (out / "codec").resolve()  # an input, not a leftover
+    left = [n for n in LEFTOVERS if (out / n).exists() and not (n == "codec" and own_codec)]
+    if left and made_for != key:
+        why = "made for other data settings" if made_for else "not made by a run of this config (no data.json)"
+        raise RunFolderError(f"{out} holds {', '.join(left)} {why}: delete them, train into a new --run.out, or pass --overwrite", out)
+    tmp = out / ".data.json.tmp"; tmp.write_text(json.dumps(key, indent=1) + "\n"); os.replace(tmp, out / "data.json")
+
+def clean_temporary(out):
+    "Remove what an interrupted run left half-written: `.tmp-*` checkpoint folders and temporary files."
+    for p in list((Path(out) / "checkpoints").glob(".tmp-*")) + list(Path(out).glob(".*.tmp")):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 # %% ../nbs/14_train.ipynb #a69a2226
 def save_checkpoint(out, model, optimizer, ema: dict | None, state: dict, config: Config, keep: int = 2, full: tuple | None = None) -> Path:
@@ -515,7 +579,8 @@ def _latent_source(config: Config, source: str, split: str, holdout: int, out: P
         if cache is not None: latents, mean, std = load_latents(cache)
     src = DialogueSource(source, config.model.latent_dim, d.max_frames, d.max_turns, d.synthetic_dialogues, config.run.seed,
                          latents=latents, codec=None if latents is not None else codec, holdout=holdout, split=split,
-                         cot=d.cot, understanding=d.understanding if split == "train" else 0.0, refusals=d.refusals)
+                         cot=d.cot, understanding=d.understanding if split == "train" else 0.0, refusals=d.refusals,
+                       edit_form=d.edit_form)
     if source != "synthetic":
         if mean is None:  # no cache: statistics of the first dialogues, computed once per run and saved with it
             stats = out / "latent_stats.safetensors"
@@ -526,13 +591,13 @@ def _latent_source(config: Config, source: str, split: str, holdout: int, out: P
         src.mean, src.std = mean, std
     return src
 
+# %% ../nbs/14_train.ipynb #f1094d36
 def model_vocab(config: Config, tokenizer) -> int:
     """The model's vocabulary size: `model.vocab_size`; with a pretrained tokenizer (`data.tokenizer`, e.g. SmolLM2's)
     it follows the tokenizer, its length rounded up to a multiple of 64 when larger (the added special tokens)."""
     if config.data.tokenizer is None or len(tokenizer) <= config.model.vocab_size: return config.model.vocab_size
     return -(-len(tokenizer) // 64) * 64
 
-# %% ../nbs/14_train.ipynb #f1094d36
 def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     "(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the tokenizer is trained once and kept in `out`."
     out, d = Path(out), config.data
@@ -549,7 +614,7 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     else: eval_src = None
     tok_dir = out / "tokenizer"
     if not tok_dir.exists() and d.tokenizer is None and rank == 0:
-        texts = sources[0].texts() + (PlannedSource(500, config.run.seed).texts() if d.planned_dialogues and d.cot and d.source != "synthetic" else [])
+        texts = sources[0].texts() + (PlannedSource(500, config.run.seed, edit_form=d.edit_form).texts() if d.planned_dialogues and d.cot and d.source != "synthetic" else [])
         train_tokenizer(texts, vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
     _barrier(world)
     tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
@@ -560,7 +625,8 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]
     practice = d.planned_dialogues and d.cot and d.source != "synthetic"  # no plans without CoT, nor for the synthetic toy
     if practice:  # text-only practice for the text path
-        planned = PlannedSource(d.planned_dialogues, config.run.seed, d.max_turns, latent_dim=config.model.latent_dim)
+        planned = PlannedSource(d.planned_dialogues, config.run.seed, d.max_turns, latent_dim=config.model.latent_dim,
+                                edit_form=d.edit_form)
         planned = BatchStream(planned, tokenizer, d.planned_batch_size or 2 * d.batch_size, d.window, config.run.seed + 2)
         streams = [MixedStream(s, planned, d.planned_share) for s in streams]
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
@@ -569,9 +635,13 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
 # %% ../nbs/14_train.ipynb #32902f9e
 def open_run(config: Config, resume: bool = False, overwrite: bool = False) -> tuple[Config, dict | None]:
     """The config to train with and the checkpoint to continue (`load_checkpoint`'s dict plus its `path`; None for a new
-    run), after checking the run folder. A resumed run keeps its saved config; only where and how it prints may change."""
+    run), after checking the run folder and taking its lock (`lock_run_folder`; `train` lets go of it at the end). A resumed run keeps its saved config; only where and how it prints may change."""
     out = Path(config.run.out)
-    if int(os.environ.get("RANK", "0")) == 0: check_run_folder(out, resume, overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_folder(out, resume, overwrite)
+        lock_run_folder(out)  # one writer per folder: a second training into it is refused
+        clean_temporary(out)
+        if not resume: check_leftovers(out, config)
     if config.run.threads: torch.set_num_threads(config.run.threads)
     if not resume: return config, None
     path = latest_checkpoint(out)
@@ -591,7 +661,7 @@ def build_model(config: Config, ck: dict | None, device, world: int = 1) -> tupl
     if ck is not None and ck["ema"] is not None: ema = {k: _like(v.to(device), params[k]) for k, v in ck["ema"].items()}
     groups = [dict(params=[p for p in params.values() if p.ndim >= 2], weight_decay=o.weight_decay),
               dict(params=[p for p in params.values() if p.ndim < 2], weight_decay=0.0)]
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), foreach=True if device.type == "cpu" else None)  # CPU: one op for all tensors
     if ck is not None: load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], world > 1 and config.run.parallel == "fsdp")
     return model, fwd, opt, ema
 
@@ -657,8 +727,8 @@ def train(config: Config, resume: bool = False, until: int | None = None, overwr
     out, total, r = Path(config.run.out), config.optim.steps, config.run
     rank, world, device = setup_distributed(config)
     torch.manual_seed(r.seed)
-    config = replace(config, model=replace(config.model, vocab_size=model_vocab(config, tokenizer)))  # a pretrained tokenizer sets it
     tokenizer, streams, eval_stream = prepare_data(config, out, rank, world)
+    config = replace(config, model=replace(config.model, vocab_size=model_vocab(config, tokenizer)))  # a pretrained tokenizer sets it
     audio_end, main = special_token_ids(tokenizer)["audio_end"], rank == 0
     model, fwd, opt, ema = build_model(config, ck, device, world)
     amp = autocast_for(config, device)
@@ -686,7 +756,9 @@ def train(config: Config, resume: bool = False, until: int | None = None, overwr
         cbs += [Recorder(r.log_every, partial(log_row, config=config), step_losses, LOSS_KEYS, partial(batch_counts, world=world)), tb,
                 JsonlLog(out / "log.jsonl", dict(event="resume" if ck else "start", step=state["step"], processes=world, config=to_dict(config))),
                 ProgressBar(total, loss_postfix, desc="train") if r.progress else None]
-    with oom_advice(): return fit(fwd, opt, loss, batch_at, total if until is None else min(total, until), cbs, state)
+    try:
+        with oom_advice(): return fit(fwd, opt, loss, batch_at, total if until is None else min(total, until), cbs, state)
+    finally: unlock_run_folder(out)
 
 # %% ../nbs/14_train.ipynb #1912a900
 RESUME_FREE = ("run.out", "run.progress", "run.threads", "run.device")  # what a resumed run may change
