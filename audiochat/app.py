@@ -22,9 +22,10 @@ from pathlib import Path
 from .scene import Scene
 
 # %% auto #0
-__all__ = ['INSTALL_UI', 'SCENE_COLUMNS', 'EXAMPLE_REQUEST', 'BROWSERS', 'require_gradio', 'Session', 'one_line', 'scene_rows',
-           'scene_text', 'status_line', 'tell', 'plan', 'render', 'understand', 'new_conversation', 'build_app',
-           'serve', 'serve_main', 'free_port', 'find_browser', 'screenshot', 'save_screenshot']
+__all__ = ['INSTALL_UI', 'MAX_UPLOAD_MB', 'SCENE_COLUMNS', 'EXAMPLE_REQUEST', 'BROWSERS', 'require_gradio', 'Session', 'one_line',
+           'checked_upload', 'scene_rows', 'scene_text', 'status_line', 'tell', 'plan', 'render', 'understand',
+           'new_conversation', 'app_folder', 'build_app', 'serve', 'serve_main', 'free_port', 'find_browser',
+           'screenshot', 'save_screenshot']
 
 # %% ../nbs/18_app.ipynb #82f2dfd0
 INSTALL_UI = "pip install 'audiochat[ui]'"
@@ -64,10 +65,22 @@ class Session:
         return other
 
 # %% ../nbs/18_app.ipynb #1466167e
+MAX_UPLOAD_MB = 20  # largest upload the page takes (30 s of 48 kHz stereo float WAV is 11.5 MB); bigger ones are refused
+
 def one_line(err: BaseException, limit: int = 300) -> str:
-    "An exception as one short line for the page: whitespace collapsed, cut at `limit` characters."
+    """An exception as one short line for the page: whitespace collapsed, folders of the server's paths left out
+    (`/tmp/gradio/…/rain.wav` shows as `rain.wav`), cut at `limit` characters."""
+    import re
     text = " ".join(str(err).split()) or type(err).__name__
+    text = re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"()]+)+[\\/]([^\s\\/'\"()]+)", r"\1", text)
+    text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot go to the page
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+def checked_upload(path) -> str:
+    "An uploaded file's path, refused (ValueError) when it is larger than MAX_UPLOAD_MB."
+    size = Path(path).stat().st_size
+    if size > MAX_UPLOAD_MB * 2**20: raise ValueError(f"the file is {size / 2**20:.1f} MB; at most {MAX_UPLOAD_MB} MB are taken (MAX_UPLOAD_MB)")
+    return str(path)
 
 SCENE_COLUMNS = ["id", "kind", "start (s)", "end (s)", "dB", "pan", "who / what"]
 EXAMPLE_REQUEST = "A 6-second story: a girl greets an old man while rain falls."
@@ -118,7 +131,7 @@ def plan(session: Session, request: str, audio=None) -> tuple[str, str]:
     an edit answered in words returns no scene, the words in the status, and the turn joins the conversation."""
     if not (request or "").strip(): raise ValueError("type a request first")
     with session.lock:
-        p = session.engine.plan(request, audio or None)  # ChatEngine.plan: nothing joins the conversation yet
+        p = session.engine.plan(request, checked_upload(audio) if audio else None)  # ChatEngine.plan: nothing joins the conversation yet
         session.pending = p if p.scene is not None else None
     if p.scene is None: return "", f"{p.task}: the model answered: {p.message}"  # words: nothing to render
     t = p.timings
@@ -143,7 +156,7 @@ def understand(session: Session, audio) -> tuple[list[list], str, str]:
     if not audio: raise ValueError("upload an audio file first")
     with session.lock:
         session.pending = None
-        reply = session.engine.understand(audio)
+        reply = session.engine.understand(checked_upload(audio))
     return scene_rows(reply.scene), scene_text(reply.scene), status_line(reply)
 
 def new_conversation(session: Session) -> tuple[str]:
@@ -159,6 +172,8 @@ def _forget(session):
 def _handler(gr, fn, engine, folder: Path, lock):
     """`fn(session, *inputs)` as a Gradio event handler: the browser's `Session` is made on its first request, and
     bad input (a ValueError, a file that cannot be read) comes back as a one-line error on the page."""
+    from functools import wraps
+    @wraps(fn)  # the page's API names its parameters after fn's (request, audio, ...), not param_1, param_2
     def handle(session, *inputs):
         session = session if session is not None else Session(engine, tempfile.mkdtemp(dir=folder), lock)
         try: out = fn(session, *inputs)
@@ -219,12 +234,30 @@ def _understand_tab(gr, state, wrap, max_seconds: float):
     go.click(wrap(understand), [state, upload], [state, table, scene, status], api_name="understand")
 
 # %% ../nbs/18_app.ipynb #43fb0b13
+def _alive(pid: int) -> bool:
+    import os
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def app_folder() -> Path:
+    """A new `audiochat-app-PID-*` folder for the sessions' audio in the system's temporary folder, removed when the
+    server exits; the folders of servers that are gone (killed) are removed now."""
+    import atexit, os, re
+    for old in Path(tempfile.gettempdir()).glob("audiochat-app-*"):
+        m = re.match(r"audiochat-app-(\d+)-", old.name)
+        if m and not _alive(int(m[1])): shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"audiochat-app-{os.getpid()}-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
 def build_app(engine, example: str | None = None, title: str = "audiochat"):
     """The Gradio page for `engine`: Tell, Edit (plan, change the scene, render) and Understand tabs and a button for a
     new conversation. Each browser gets its own `Session`; all share the engine's model, one request at a time.
     `example`: a request told now, as the page is built; every browser's conversation starts with that story."""
     gr = require_gradio()
-    folder, lock = Path(tempfile.mkdtemp(prefix="audiochat-app-")), threading.Lock()
+    folder, lock = app_folder(), threading.Lock()
     wrap = lambda fn: _handler(gr, fn, engine, folder, lock)
     first = told = None
     if example:
@@ -245,18 +278,23 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
     return app
 
 # %% ../nbs/18_app.ipynb #027efe4c
-def serve(run, host: str = "127.0.0.1", port: int = 7860, steps: int = 25, example: str | None = None,
+def serve(run, host: str | None = None, port: int | None = None, steps: int = 25, example: str | None = None,
           block: bool = True, quiet: bool = False):
     """Load `run` (a run folder, a bundle folder or a Hub id `ORG/NAME`; or a loaded `ChatEngine`) and serve its page at
-    http://host:port, `steps` diffusion steps per render. With `block` False it returns at once and the server runs in
+    http://host:port (None: Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1 and the first free port
+    from 7860), `steps` diffusion steps per render. With `block` False it returns at once and the server runs in
     a thread (`app.close()` stops it). Returns the Gradio app."""
     require_gradio()  # before the model loads: a missing extra is said at once
+    if port is not None and not 1 <= port <= 65535: raise ValueError(f"port {port}: give a TCP port from 1 to 65535")
     from audiochat.chat import ChatEngine
     engine = run if isinstance(run, ChatEngine) else ChatEngine.load(run, steps=steps)
     app = build_app(engine, example)
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, inline=False,
-               inbrowser=False, share=False)
+               inbrowser=False, share=False,
+               max_file_size=f"{MAX_UPLOAD_MB}mb")
+    import atexit
+    atexit.register(app.close)  # still running at exit: stopped, so Gradio deletes the files it cached for the page
     return app
 
 # %% ../nbs/18_app.ipynb #2e684080
@@ -266,10 +304,12 @@ def serve_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="audiochat serve", description="A web page (Gradio) to tell, edit and understand "
                                 "audio stories with a trained run. Needs the ui extra: " + INSTALL_UI)
     p.add_argument("--run", required=True, help="a training run folder, a bundle folder, or a Hub bundle ORG/NAME (hf:ORG/NAME too)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: the network)")
-    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this "
+                   "machine only; 0.0.0.0: the network)")
+    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)")
     p.add_argument("--steps", type=int, default=25, help="diffusion (DPM-Solver++) steps per rendered audio (default: 25)")
     a = p.parse_args(argv)
+    if a.port is not None and not 1 <= a.port <= 65535: p.error(f"--port {a.port}: give a TCP port from 1 to 65535")  # before the model loads
     try:
         require_gradio()
         import matplotlib

@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     module, fn, _ = COMMANDS[name]
     try:
         return getattr(importlib.import_module(module), fn)(argv[1:]) or 0
-    except (FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback (AUDIOCHAT_DEBUG=1 for one)
+    except (OSError, ValueError) as e:  # bad input, a file that cannot be read or written: a message, not a traceback (AUDIOCHAT_DEBUG=1 for one)
         if os.environ.get("AUDIOCHAT_DEBUG"): raise
-        print(f"audiochat {name}: error: {e}", file=sys.stderr)
+        line = " ".join(f"audiochat {name}: error: {e}".split())  # one line, also for a file name that is not UTF-8:
+        print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return 1
 
 # %% ../nbs/21_cli.ipynb #cfaa3fea

@@ -18,8 +18,8 @@ from .scene import Scene, SceneError
 if TYPE_CHECKING: from audiochat.chat import ChatEngine, Plan, Reply, Timings  # imported where used: `--help` needs no torch
 
 # %% auto #0
-__all__ = ['scene_table', 'timing_line', 'tell_main', 'edit_main', 'understand_main', 'chat_main', 'reply_section',
-           'write_report', 'ChatPanel']
+__all__ = ['scene_table', 'timing_line', 'tell_main', 'edit_main', 'understand_main', 'next_turn_file', 'chat_main',
+           'reply_section', 'write_report', 'ChatPanel']
 
 # %% ../nbs/17_ui.ipynb #c61b7ac7
 def scene_table(scene: Scene) -> str:
@@ -53,7 +53,10 @@ def _engine_parser(prog: str, description: str):
 # %% ../nbs/17_ui.ipynb #6435105f
 def _engine(a) -> ChatEngine:
     from audiochat.chat import ChatEngine
+    from audiochat.chat import MAX_RETRIES
+    if not 0 <= a.retries <= MAX_RETRIES: raise ValueError(f"--retries {a.retries}: give 0 to {MAX_RETRIES} (MAX_RETRIES)")
     if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
+    for path in getattr(a, "outputs", []): _check_writable(path)
     return ChatEngine.load(a.run, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
                            ema=not a.raw_weights)
 
@@ -62,6 +65,15 @@ def _check_audio_out(path):
     import soundfile as sf
     ext = Path(path).suffix.lower().lstrip(".")
     if ext.upper() not in sf.available_formats(): raise ValueError(f"-o {path}: give an audio file name ending in .wav, .flac or .ogg")
+
+def _check_writable(path):
+    "A new file can be written at `path` (its folder is made), checked before the model is loaded."
+    import os
+    from audiochat.data import check_writable
+    path = Path(path)
+    check_writable(path.parent)
+    if path.is_dir(): raise ValueError(f"{path} is a folder: give a file name")
+    if path.exists() and not os.access(path, os.W_OK): raise ValueError(f"cannot write to {path}: permission denied")
 
 def _write(reply: Reply, path, engine: ChatEngine) -> Path:
     from audiochat.audio import save_audio
@@ -89,7 +101,7 @@ def tell_main(argv: list[str]) -> int:
     p = _engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
     p.add_argument("request", help="what the story should be")
     p.add_argument("-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv); a.check_out = True
+    a = p.parse_args(argv); a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
     engine = _engine(a)
     r = engine.tell(a.request)
     _write_and_show(r, a.out, engine)
@@ -102,7 +114,7 @@ def edit_main(argv: list[str]) -> int:
     p.add_argument("audio", help="the audio file to edit")
     p.add_argument("instruction", help="what to change")
     p.add_argument("-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv); a.check_out = True
+    a = p.parse_args(argv); a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
     engine = _engine(a)
     r = engine.edit(a.instruction, a.audio)
     _write_and_show(r, a.out, engine)
@@ -115,23 +127,31 @@ def understand_main(argv: list[str]) -> int:
     p.add_argument("audio", help="the audio file")
     p.add_argument("-o", "--out", default=None, help="SegLST JSON output (default: AUDIO_STEM.seglst.json here)")
     a = p.parse_args(argv)
+    out = Path(a.out or f"{Path(a.audio).stem}.seglst.json")
+    a.outputs = [out, out.with_suffix("").with_suffix(".scene.json")]
     engine = _engine(a)
     r = engine.understand(a.audio)
-    out = Path(a.out or f"{Path(a.audio).stem}.seglst.json")
     out.write_text(json.dumps(to_seglst(r.scene, Path(a.audio).stem), indent=1) + "\n")
     out.with_suffix("").with_suffix(".scene.json").write_text(r.scene.to_json(indent=2) + "\n")
     print(scene_table(r.scene)); print(timing_line(r.timings)); print(f"wrote {out}")
     return 0
 
 # %% ../nbs/17_ui.ipynb #eb3aae5a
+def next_turn_file(out: Path) -> Path:
+    "The first `turn-NN.wav` in `out` not taken yet: a new conversation (`/reset`) or a new session never overwrites a turn."
+    n = 1
+    while (out / f"turn-{n:02d}.wav").exists(): n += 1
+    return out / f"turn-{n:02d}.wav"
+
 def chat_main(argv: list[str], stdin=None) -> int:
     "`audiochat chat --run DIR`: a read-eval-print loop over one conversation."
     import sys
     p = _engine_parser("audiochat chat", "Chat with a trained model: a line tells a story, the next lines edit it.")
     p.add_argument("--out", default="runs/chat", help="folder for the turns' audio (default: runs/chat)")
     a = p.parse_args(argv)
+    from audiochat.data import check_writable
+    out = check_writable(a.out)  # before the model is loaded
     engine, stdin = _engine(a), stdin or sys.stdin
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     print("type a request (a story, then edits); /understand FILE, /reset, /quit")
     for line in stdin:
         line = line.strip()
@@ -145,7 +165,7 @@ def chat_main(argv: list[str], stdin=None) -> int:
             else: r = engine.tell(line)
         except (ValueError, FileNotFoundError) as e: print(f"error: {e}"); continue
         _show(r)
-        if r.audio is not None: print(f"audio: {_write(r, out / f'turn-{len(engine.replies):02d}.wav', engine)}")
+        if r.audio is not None: print(f"audio: {_write(r, next_turn_file(out), engine)}")
     return 0
 
 # %% ../nbs/17_ui.ipynb #585b8313

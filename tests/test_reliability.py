@@ -168,11 +168,13 @@ def corrupt(ck: Path, how: str):
     elif how == "config.yaml wrong type": (ck / "config.yaml").write_text((ck / "config.yaml").read_text().replace("  lr: ", "  lr: fast #"))
     elif how == "config.yaml bad syntax": (ck / "config.yaml").write_text("optim: [1, 2\n")
     elif how == "trainer_state garbage": (ck / "trainer_state.json").write_text("]")
+    elif how == "config.yaml empty": (ck / "config.yaml").write_text("")  # once read as the defaults
     else: raise ValueError(how)
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "nan", "config.json mismatch", "config.json garbage",
-                                 "config.yaml unknown key", "config.yaml wrong type", "config.yaml bad syntax", "trainer_state garbage"])
+                                 "config.yaml unknown key", "config.yaml wrong type", "config.yaml bad syntax", "trainer_state garbage",
+                                 "config.yaml empty"])
 def test_bad_checkpoint_files_are_named_errors(run2, tmp_path, how, capsys):
     import shutil
     out = tmp_path / "run"; shutil.copytree(run2, out)
@@ -202,7 +204,8 @@ def test_unwritable_run_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arg", ["--optim.lr=-1", "--run.ema=2", "--model.d_model=0", "--run.out=", "--optim.betas=[0.9, 1]",
-                                 "--run.log_every=0", "--loss.cfg_p=1.5", "--codec.sample_rate=1"])
+                                 "--run.log_every=0", "--loss.cfg_p=1.5", "--codec.sample_rate=1",
+                                 "--optim.betas=[0.9]", "--run.device=quantum", "--optim.steps=0"])
 def test_config_values_out_of_range(arg, capsys):
     with pytest.raises(ConfigError): resolve("tiny", overrides=[arg])
     assert cli(["train", arg, "--show-config"]) == 1
@@ -429,6 +432,7 @@ MISBEHAVIOURS = {
     "fifty music calls": (200, completion({"role": "assistant", "content": None,
                                            "tool_calls": [call("music", '{"seconds": 120}', f"t{i}") for i in range(50)]})),
     "too slow": (200, "sleep"),
+    "body nested 100,000 deep": (200, b"[" * 100_000 + b"]" * 100_000),
 }
 
 
@@ -502,7 +506,7 @@ def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
     assert time.perf_counter() - t0 < 5 and MAX_REQUEST_CHARS == 2000
     with pytest.raises(ValueError, match="retries >= 0"): ChatEngine.load(run, codec, retries=-1)
     assert cli(["tell", "a story", "--run", str(run), "--codec", str(codec), "--retries", "-1"]) == 1
-    assert "retries >= 0" in capsys.readouterr().err
+    assert "--retries -1: give 0 to 10" in capsys.readouterr().err
     sf.write(str(tmp_path / "in.wav"), np.zeros(8000, "float32"), 16000)
     assert cli(["edit", str(tmp_path / "in.wav"), "louder", "-o", str(tmp_path / "out"), "--run", str(run), "--codec", str(codec)]) == 1
     assert "give an audio file name" in capsys.readouterr().err and not list(tmp_path.glob("out*"))
@@ -586,3 +590,259 @@ def test_llm_calls_are_bounded_in_bytes_and_time(hostile_server, mode, timeout, 
     print(f"{mode}: {seconds:.2f} s, peak RSS grew {grown:.0f} MB")
     assert seconds < timeout + 1 and grown < 200 and MAX_RESPONSE_BYTES == 4_000_000
     assert HostileServer.calls == 1  # no retry that could not finish in time
+
+
+# ---- limits decided from headers and sizes, before the work ----
+from audiochat.audio import MAX_DECODED_SAMPLES
+from audiochat.scene import MAX_SOURCES
+
+
+def hostile_flac(path, seconds=60, rate=384_000, channels=8):
+    "A FLAC of 0.1 s whose header (STREAMINFO) says `seconds` at `rate` Hz with `channels`: what a reader sees before decoding."
+    sf.write(str(path), np.zeros((rate // 10, channels), "float32"), rate, subtype="PCM_16")
+    b = bytearray(path.read_bytes())
+    field = int.from_bytes(b[18:26], "big")  # 'fLaC', a block header, then 10 bytes before rate/channels/bits/total samples
+    b[18:26] = ((field & ~((1 << 36) - 1)) | seconds * rate).to_bytes(8, "big")
+    path.write_bytes(b)
+    assert sf.info(str(path)).duration == seconds
+    return path
+
+
+def measured(fn):
+    "(what fn raised, seconds, MB that the peak of Python allocations reached): one hostile input's cost."
+    import tracemalloc
+    tracemalloc.start(); t0 = time.perf_counter()
+    try: fn(); err = None
+    except Exception as e: err = e
+    seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return err, seconds, peak
+
+
+def test_hostile_flac_is_refused_from_its_header(tmp_path):
+    p = hostile_flac(tmp_path / "hostile.flac")  # 60 s x 384 kHz x 8 channels: 3.3 GB once decoded
+    err, seconds, mb = measured(lambda: load_audio(p))
+    assert isinstance(err, AudioError) and str(p) in str(err) and "MAX_DECODED_SAMPLES" in str(err)
+    err30, _, _ = measured(lambda: load_audio(p, max_seconds=30))
+    assert isinstance(err30, AudioError) and "at most 30 s" in str(err30)
+    print(f"hostile FLAC refused in {seconds * 1000:.1f} ms, {mb:.2f} MB allocated")
+    assert seconds < 1 and mb < 5 and MAX_DECODED_SAMPLES == 28_800_000
+
+
+def test_engine_reads_audio_with_its_own_limit(engine_parts, tmp_path):
+    "understand/edit of a file: the engine's max_seconds (30 s) is checked from the header, before decoding."
+    from audiochat.chat import ChatEngine
+    run, codec = engine_parts
+    e = ChatEngine.load(run, codec)
+    p = hostile_flac(tmp_path / "long.flac", seconds=40, rate=16000, channels=2)  # under every file limit, over the engine's
+    err, seconds, mb = measured(lambda: e.encode(p))
+    assert isinstance(err, AudioError) and str(p) in str(err) and "at most 30 s" in str(err)
+    assert seconds < 1 and mb < 5
+
+
+def test_pipe_is_not_read(tmp_path):
+    fifo = tmp_path / "pipe.wav"; os.mkfifo(fifo)
+    err, seconds, _ = measured(lambda: load_audio(fifo))
+    assert isinstance(err, AudioError) and "not a regular file" in str(err) and seconds < 1
+
+
+def test_many_source_scene_is_refused_at_once():
+    rain = VALID["sources"][1]
+    text = json.dumps({"duration": 8, "sources": [dict(rain, id=f"r{i}") for i in range(3000)]})  # 250 KB, once 22.8 GB to render
+    err, seconds, mb = measured(lambda: Scene.from_json(text))
+    assert isinstance(err, SceneError) and err.field == "scene.sources" and f"at most {MAX_SOURCES}" in str(err)
+    print(f"3,000-source scene refused in {seconds * 1000:.0f} ms, {mb:.1f} MB allocated")
+    assert seconds < 1 and mb < 50
+    assert len(Scene.from_json(json.dumps({"duration": 8, "sources": [dict(rain, id=f"r{i}") for i in range(MAX_SOURCES)]})).sources) == MAX_SOURCES
+
+
+@pytest.mark.slow
+def test_largest_scene_renders_in_bounded_time_and_memory(engine_parts):
+    "A scene of MAX_SOURCES long sources (the longest CoT a scene can be) renders with the tiny model within the targets."
+    from audiochat.chat import ChatEngine
+    run, codec = engine_parts
+    e = ChatEngine.load(run, codec, steps=8)
+    srcs = [dict(id=f"s{i}", kind="speech", speaker="narrator", text="word " * 60, start=0, end=8) for i in range(MAX_SOURCES)]
+    scene = Scene.from_dict({"duration": 8, "sources": srcs})
+    from audiochat.forcing import Turn
+    before, t0 = _peak_rss_mb(), time.perf_counter()
+    z, audio = e.render([Turn("user", "a story")], scene, scene.to_json())
+    seconds, grown = time.perf_counter() - t0, _peak_rss_mb() - before
+    print(f"{MAX_SOURCES}-source scene ({len(scene.to_json())} characters) rendered in {seconds:.1f} s, peak RSS grew {grown:.0f} MB")
+    assert audio.shape[-1] > 0 and seconds < 60 and grown < 1024
+
+
+def test_upload_size_is_limited(tmp_path):
+    from audiochat.app import MAX_UPLOAD_MB, checked_upload
+    big = tmp_path / "big.wav"
+    with open(big, "wb") as f: f.truncate(MAX_UPLOAD_MB * 2**20 + 1)  # sparse: no disk used
+    with pytest.raises(ValueError, match=f"at most {MAX_UPLOAD_MB} MB"): checked_upload(big)
+    assert checked_upload(wav_with_rate(tmp_path / "small.wav", 16000)) == str(tmp_path / "small.wav")
+
+
+def test_page_errors_show_no_server_paths():
+    from audiochat.app import one_line
+    line = one_line(AudioError("cannot read /tmp/gradio/0a1b2c/rain.wav: not a supported audio format"))
+    assert line == "cannot read rain.wav: not a supported audio format"
+    assert one_line(ValueError("caption \ud800")).encode("utf-8")  # a lone surrogate reaches the page as '?'
+
+
+def test_lone_surrogate_and_newline_ids():
+    with pytest.raises(SceneError, match="must be valid Unicode text"):
+        Scene.from_dict({"duration": 4, "sources": [{"id": "a", "kind": "sfx", "caption": "rain \ud800", "start": 0, "end": 1}]})
+    with pytest.raises(SceneError, match="id: must be 1-32"):
+        Scene.from_dict({"duration": 4, "sources": [{"id": "s1\n", "kind": "sfx", "caption": "rain", "start": 0, "end": 1}]})
+    from audiochat.chat import checked_request
+    with pytest.raises(ValueError, match="not valid Unicode"): checked_request("a story \ud800")
+
+
+def test_numbers_that_would_mean_no_work_or_endless_work(capsys, tmp_path):
+    from audiochat.codec import codec_preset, train_codec
+    with pytest.raises(ValueError, match="minutes > 0"): train_codec(codec_preset("tiny"), str(tmp_path), tmp_path / "c", minutes=-1)
+    assert cli(["codec", "train", "--data", str(tmp_path), "--minutes", "-1", "--out", str(tmp_path / "c")]) == 1
+    assert "minutes > 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert cli(["tell", "a story", "--run", str(tmp_path / "none"), "--retries", "1000000"]) == 1  # before the run is even looked for
+    assert "--retries 1000000: give 0 to 10" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e: cli(["serve", "--run", str(tmp_path / "none"), "--port", "99999"])
+    assert e.value.code == 2 and "give a TCP port from 1 to 65535" in capsys.readouterr().err
+
+
+def test_unwritable_outputs_are_refused_before_the_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    under_a_file = tmp_path / "file" / "out"
+    assert cli(["tell", "a story", "--run", str(tmp_path / "none"), "-o", str(under_a_file / "story.wav")]) == 1
+    assert "cannot write to" in capsys.readouterr().err
+    assert cli(["data", "build", "--out", str(under_a_file), "--dialogues", "1", "--workers", "1"]) == 1
+    assert "cannot write to" in capsys.readouterr().err
+    assert cli(["data", "export", "--data", str(D.DATA_SAMPLES / "dialogues"), "--out", str(under_a_file / "hf")]) == 1
+    assert "cannot write to" in capsys.readouterr().err
+
+
+def test_non_utf8_file_name_is_one_line(tmp_path, capsys):
+    name = os.fsdecode(str(tmp_path).encode() + b"/\xff\xfe.wav")
+    assert cli(["understand", name, "--run", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---- containment: a path read from a record, an index or a pointer stays in its folder ----
+def _record_pointing_outside(tmp_path):
+    data = tmp_path / "data"; shutil.copytree(D.DATA_SAMPLES / "dialogues", data)
+    rec = data / "shard-00000" / "records.jsonl"
+    lines = rec.read_text().splitlines()
+    r = json.loads(lines[0]); r["turns"][1]["audio"] = "../" * 20 + "etc/hostname"
+    rec.write_text("\n".join([json.dumps(r)] + lines[1:]) + "\n")
+    return data
+
+
+def test_record_audio_path_cannot_leave_its_shard(tmp_path, capsys):
+    pytest.importorskip("datasets")
+    data = _record_pointing_outside(tmp_path)
+    assert cli(["data", "export", "--data", str(data), "--out", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert "records.jsonl line 1: turns[1].audio: '../../" in err and "points outside" in err and not (tmp_path / "hf").exists()
+    src = T.DialogueSource(str(data), 8)  # training reads the same records
+    with pytest.raises(ValueError, match="turns\\[1\\].audio: '../../.*points outside"): src.record(0)
+
+
+def test_safetensors_index_cannot_leave_its_folder(tmp_path):
+    from audiochat.transformer import load_safetensors_dir
+    ck = tmp_path / "ck"; ck.mkdir()
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "secret.safetensors"))
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../secret.safetensors"}}))
+    with pytest.raises(ValueError, match="weight_map: '../secret.safetensors' points outside"): load_safetensors_dir(ck)
+
+
+# ---- one writer per run folder; nothing left over is reused unasked ----
+TRAIN = [sys.executable, "-c", "import sys; from audiochat.cli import main; sys.exit(main(sys.argv[1:]))", "train", *SMALL]
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
+    out = tmp_path / "run"; out.mkdir()
+    T.lock_run_folder(out)  # this process trains into it
+    try:
+        r = subprocess.run(TRAIN + [f"--run.out={out}", "--optim.steps=1"], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert r.returncode == 1 and f"is in use by pid {os.getpid()}" in r.stderr and not (out / "checkpoints").exists()
+    finally: T.unlock_run_folder(out)
+
+
+def test_two_trainings_at_once_one_wins(tmp_path):
+    "Started together into one folder: one trains, the other is refused; the checkpoints and config.yaml agree."
+    out, env = tmp_path / "run", dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(TRAIN + [f"--run.out={out}", "--optim.steps=2", f"--run.seed={s}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in (1, 2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1], results
+    assert any("in use by" in err or "already holds a run" in err for rc, err in results if rc == 1)
+    winner = T.load_config(out / "config.yaml")
+    assert T.load_checkpoint(T.latest_checkpoint(out))["config"].run.seed == winner.run.seed
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    out = tmp_path / "run"; out.mkdir()
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.train import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
+                             str(out)], capture_output=True)
+    assert killed.returncode == 9 and (out / ".lock").read_text().startswith("pid ")  # what a killed run leaves: the file, no holder
+    T.train(small(out, "--optim.steps=1"))
+    assert T.latest_checkpoint(out).name == "step-0000001"
+
+
+def test_leftovers_of_a_killed_run_are_not_reused_for_other_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = small(out, "--optim.steps=1")
+    T.open_run(first); T.prepare_data(first, out); T.unlock_run_folder(out)  # a run killed before its first checkpoint
+    assert (out / "tokenizer").exists() and T.latest_checkpoint(out) is None
+    (out / "checkpoints").mkdir(exist_ok=True); (out / "checkpoints" / ".tmp-step-0000001-99999").mkdir()  # a save cut short
+    with pytest.raises(T.RunFolderError, match="holds tokenizer made for other data settings"):
+        T.train(small(out, "--optim.steps=1", "--data.synthetic_dialogues=30"))
+    assert not list((out / "checkpoints").glob(".tmp-*"))  # cleaned on the next start
+    T.train(small(out, "--optim.steps=1"))  # the same data: the tokenizer is its own
+    T.train(small(out, "--optim.steps=1", "--data.synthetic_dialogues=30"), overwrite=True)  # asked: made afresh
+
+
+def test_export_fails_on_a_damaged_shard_unless_asked(tmp_path, capsys):
+    pytest.importorskip("datasets")
+    data = tmp_path / "data"
+    D.build(data, D.DataConfig(dialogues=4, shard_size=2, edits=1, max_duration=5.0, mistake_rate=0.0), workers=1, progress=False)
+    (data / "shard-00001" / "stats.json").write_text("{damaged")
+    assert cli(["data", "export", "--data", str(data), "--out", str(tmp_path / "hf")]) == 1
+    assert "1 damaged shard(s) (shard-00001)" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    assert cli(["data", "export", "--data", str(data), "--out", str(tmp_path / "hf"), "--skip-damaged"]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped shard-00001 (damaged): 4 turns not exported" in err and "wrote" in out
+
+
+def test_server_folders_are_removed(tmp_path):
+    import tempfile
+    from audiochat.app import app_folder
+    gone = subprocess.run([sys.executable, "-c", "import os; from audiochat.app import app_folder; f = app_folder(); (f / 'turn.wav').write_text('x'); print(f); os._exit(0)"],
+                          capture_output=True, text=True).stdout.strip()
+    assert Path(gone).exists()  # killed: no exit handler ran
+    mine = app_folder()  # the next server removes what servers that are gone left behind
+    assert not Path(gone).exists() and mine.exists() and mine.parent == Path(tempfile.gettempdir())
+    shutil.rmtree(mine)
+
+
+def test_chat_reset_never_overwrites_a_turn(tmp_path, monkeypatch, capsys):
+    "A new conversation (/reset), or a new session in the same folder, writes new turn files."
+    import io
+    import types
+    import audiochat.ui as ui
+    from audiochat.chat import Reply, Timings
+
+    class Engine:
+        codec = types.SimpleNamespace(config=types.SimpleNamespace(sample_rate=16000))
+        def __init__(self): self.history, self.replies = [], []
+        def reset(self): self.history, self.replies = [], []
+        def tell(self, text):
+            r = Reply("tell", text, None, "", audio=torch.full((1, 1600), 0.01 * next(told)), timings=Timings())
+            self.replies.append(r); return r
+    told = iter(range(1, 10))  # the n-th story of the test is at level n/100
+    monkeypatch.setattr(ui, "_engine", lambda a: Engine())
+    out = tmp_path / "chat"
+    assert ui.chat_main(["--run", "unused", "--out", str(out)], io.StringIO("rain\n/reset\nwind\n/quit\n")) == 0
+    assert ui.chat_main(["--run", "unused", "--out", str(out)], io.StringIO("fire\n/quit\n")) == 0
+    assert sorted(p.name for p in out.glob("turn-*.wav")) == ["turn-01.wav", "turn-02.wav", "turn-03.wav"]
+    levels = [float(np.abs(sf.read(str(out / f"turn-0{i}.wav"))[0]).max()) for i in (1, 2, 3)]
+    assert levels == pytest.approx([0.01, 0.02, 0.03], abs=1e-3)  # every story kept, in order, none written over
