@@ -168,7 +168,10 @@ class EMA(Callback):
     def after_step(self, learn):
         if learn.skipped: return
         d = ema_decay(self.decay, learn.step - 1)
-        for k, p in self.params.items(): self.averages[k].lerp_(p.detach().float(), 1 - d)
+        averages, weights = [self.averages[k] for k in self.params], [p.detach().float() for p in self.params.values()]
+        if all(type(a) is torch.Tensor for a in averages): torch._foreach_lerp_(averages, weights, 1 - d)  # one op for all
+        else:  # sharded (FSDP2 DTensor) averages: one at a time
+            for a, w in zip(averages, weights): a.lerp_(w, 1 - d)
 
     @contextmanager
     def swapped(self):

@@ -231,11 +231,12 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
                              f"(a cache serves either forward or forward_text, not both)")
 
     def forward(self, tokens, latents, t, layout: Layout, flex: bool = False, cache: KVCache | None = None,
-                commit: bool = True) -> AudioChatOutput:
+                commit: bool = True, logits_at: torch.Tensor | None = None) -> AudioChatOutput:
         """Text logits and diffusion predictions for a mixed sequence. tokens (B, T) long, latents (B, T, latent_dim),
         t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block masks.
         With `cache` (from `new_cache()`) the positions continue the cached context; `commit=False` leaves the cache
-        unchanged (a diffusion sampler's repeated evaluations of one span)."""
+        unchanged (a diffusion sampler's repeated evaluations of one span). `logits_at` (bool (B, T)): text logits
+        only at these positions, as (N, vocab) in row-major order (what a loss reads; the LM head is a large matmul)."""
         self.check_inputs(tokens, latents, t, layout)
         self._check_cache(cache, text_only=False)
         c = self.config
@@ -251,7 +252,7 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
             if c.arch == "mot":
                 for i, l in enumerate(self.layers): x = l(x, rope, mask, layout.audio, cache, i)
             else: x = run_layers(self.layers, x, rope, mask, cache)
-            text_logits = self.lm_head(self.norm(x))
+            text_logits = self.lm_head(self.norm(x if logits_at is None else x[logits_at]))
             if c.arch == "sct":  # the generation stack: add the projected noisy latents again at audio positions
                 x = x + torch.where(layout.audio[..., None], self.gen_in(latents.to(x.dtype)) + tau, torch.zeros_like(x))
                 x = run_layers(self.gen_layers, x, rope, mask, cache, first=len(self.layers))
@@ -260,19 +261,20 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
         if cache is not None and commit: cache.advance(layout)
         return AudioChatOutput(text_logits, self.diffusion_head(self.audio_norm(x)))
 
-    def forward_text(self, tokens, layout: Layout | None = None, cache: KVCache | None = None):
-        "Next-token logits (B, T, vocab) for text only, through the text path (SCT: understanding layers only)."
+    def forward_text(self, tokens, layout: Layout | None = None, cache: KVCache | None = None, flex: bool = False,
+                     logits_at: torch.Tensor | None = None):
+        "Next-token logits (B, T, vocab) for text only, through the text path (SCT: understanding layers only); `flex`, `logits_at` as in `forward`."
         if self.config.arch == "dit": raise ValueError("arch 'dit' has no text head: it cannot read or write text")
         self._check_cache(cache, text_only=True)
         layout = Layout.text_only(tokens) if layout is None else layout
         if layout.audio.any(): raise ValueError("forward_text takes text positions only; use forward for audio")
-        mask, rope = prepare(layout, self.rotary, cache)
+        mask, rope = prepare(layout, self.rotary, cache, flex=flex)
         x = self.embed_tokens(tokens)
         if self.config.arch == "mot":
             for i, l in enumerate(self.layers): x = l(x, rope, mask, layout.audio, cache, i)
         else: x = run_layers(self.layers, x, rope, mask, cache)
         if cache is not None: cache.advance(layout)
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(x if logits_at is None else x[logits_at]))
 
     @torch.no_grad()
     def generate_text(self, tokens, max_new_tokens: int, pad: torch.Tensor | None = None, eos_id: int | None = None):

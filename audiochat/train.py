@@ -661,7 +661,7 @@ def build_model(config: Config, ck: dict | None, device, world: int = 1) -> tupl
     if ck is not None and ck["ema"] is not None: ema = {k: _like(v.to(device), params[k]) for k, v in ck["ema"].items()}
     groups = [dict(params=[p for p in params.values() if p.ndim >= 2], weight_decay=o.weight_decay),
               dict(params=[p for p in params.values() if p.ndim < 2], weight_decay=0.0)]
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), foreach=True if device.type == "cpu" else None)  # CPU: one op for all tensors
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=True if device.type == "cpu" else None)  # CPU: one kernel per tensor
     if ck is not None: load_optimizer_state(model, opt, ck["trainer"], ck["state"]["param_groups"], world > 1 and config.run.parallel == "fsdp")
     return model, fwd, opt, ema
 

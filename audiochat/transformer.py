@@ -23,9 +23,9 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['TEXT', 'AUDIO', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies', 'Rotary',
-           'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'merge_heads', 'attention', 'KVCache', 'Attention',
-           'MLP', 'DecoderLayer', 'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate',
-           'config_from_hf', 'load_safetensors_dir', 'hf_state_dict', 'from_hf']
+           'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'merge_heads', 'additive_mask', 'attention_backend',
+           'attention', 'KVCache', 'Attention', 'MLP', 'DecoderLayer', 'init_weights', 'run_layers', 'prepare',
+           'Transformer', 'greedy_generate', 'config_from_hf', 'load_safetensors_dir', 'hf_state_dict', 'from_hf']
 
 # %% ../nbs/08_transformer.ipynb #e8fb2dcb
 @dataclass
@@ -60,6 +60,8 @@ class RMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if x.dtype == self.weight.dtype and not torch.is_autocast_enabled(x.device.type):  # one fused kernel, same numbers
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         y = x.float()
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * y.to(x.dtype)
@@ -215,15 +217,28 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     "(B, H, T, D) per-head outputs -> (B, T, H*D), the layout the output projection reads."
     return rearrange(x, "b heads t d -> b t (heads d)")
 
+def additive_mask(mask: torch.Tensor) -> torch.Tensor:
+    "A bool mask as the float mask SDPA adds to the scores (0 where allowed, -inf elsewhere): converted once per batch, not per layer."
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+def attention_backend(device) -> str:
+    "The attention path training takes on `device`: 'flex' (FlexAttention block masks, compiled) on CUDA when PyTorch has it, else 'sdpa'."
+    import importlib.util
+    if torch.device(device).type != "cuda" or importlib.util.find_spec("triton") is None: return "sdpa"
+    try: from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+    except ImportError: return "sdpa"
+    return "flex"
+
 def attention(q, k, v, mask) -> torch.Tensor:
-    """Grouped-query attention of q (B, H, T, D) over k, v (B, H_kv, S, D); `mask` is a bool (B, 1, T, S) tensor
-    (SDPA) or a FlexAttention BlockMask. Returns (B, H, T, D)."""
+    """Grouped-query attention of q (B, H, T, D) over k, v (B, H_kv, S, D); `mask` is a bool or additive float (B, 1, T, S)
+    tensor (SDPA) or a FlexAttention BlockMask. Returns (B, H, T, D)."""
     if isinstance(mask, torch.Tensor) or mask is None:
+        if mask is not None and mask.dtype not in (torch.bool, q.dtype): mask = mask.to(q.dtype)  # bf16 autocast
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
     if q.is_cuda:
-        _compiled_flex = _compiled_flex or torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention)  # dynamic after a second length: batches vary
         return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unfused CPU path: correct but slow, fine for tests
@@ -278,10 +293,15 @@ class Attention(nn.Module):
 
     def split(self, x, n): return rearrange(x, "b t (heads d) -> b heads t d", heads=n)  # one (T, D) sequence per head
 
+    def project(self, x, rope):
+        "Rotated queries and keys and the values: one matmul (the three weights side by side), one rotation for q and k."
+        H, Hkv, ps = self.n_heads, self.n_kv_heads, (self.q_proj, self.k_proj, self.v_proj)
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in ps])
+        qk, v = self.split(F.linear(x, torch.cat([p.weight for p in ps]), bias), H + 2 * Hkv).split([H + Hkv, Hkv], 1)
+        return *apply_rotary(qk, *rope).split([H, Hkv], 1), v  # split, not slices: one gradient copy back, not one per slice
+
     def forward(self, x, rope, mask, cache: KVCache | None = None, layer: int = 0):
-        q = apply_rotary(self.split(self.q_proj(x), self.n_heads), *rope)
-        k = apply_rotary(self.split(self.k_proj(x), self.n_kv_heads), *rope)
-        v = self.split(self.v_proj(x), self.n_kv_heads)
+        q, k, v = self.project(x, rope)
         if cache is not None: k, v = cache.update(layer, k, v)
         return self.o_proj(merge_heads(attention(q, k, v, mask)))
 
@@ -292,7 +312,9 @@ class MLP(nn.Module):
         self.gate_proj, self.up_proj = nn.Linear(d_model, d_ff, bias=False), nn.Linear(d_model, d_ff, bias=False)
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
 
-    def forward(self, x): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x):
+        gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, -1)  # one matmul for both
+        return self.down_proj(F.silu(gate) * up)
 
 # %% ../nbs/08_transformer.ipynb #175686f8
 class DecoderLayer(nn.Module):
@@ -325,7 +347,7 @@ def prepare(layout: Layout, rotary: Rotary, cache: KVCache | None = None, causal
         if flex: raise ValueError("the FlexAttention path is for full sequences; decode with the SDPA path")
         mask, positions = cache.step_mask_and_positions(layout, causal)
     else:
-        mask, positions = (block_mask(layout, causal) if flex else build_mask(layout, causal)), layout.positions()
+        mask, positions = (block_mask(layout, causal) if flex else additive_mask(build_mask(layout, causal))), layout.positions()
     return mask, rotary(positions)
 
 # %% ../nbs/08_transformer.ipynb #ebe059bc
@@ -403,15 +425,22 @@ def config_from_hf(path) -> TransformerConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
 
 # %% ../nbs/08_transformer.ipynb #7fd55e3f
+def _index_files(index: Path) -> list[str]:
+    "The shard files a `model.safetensors.index.json` names (a ValueError naming the index when it is not one)."
+    try: names = json.loads(index.read_text())["weight_map"].values()
+    except (ValueError, KeyError, TypeError, AttributeError) as e: raise ValueError(f"{index} is not a safetensors index ({type(e).__name__}: {e})") from None
+    return sorted(set(map(str, names)))
+
 def load_safetensors_dir(path) -> dict[str, torch.Tensor]:
     "All tensors of a checkpoint directory (single file or shards listed in the index), or of a Hub id `ORG/NAME`."
     from safetensors.torch import load_file
+    from audiochat.audio import inside
     path = _resolve(path, HF_WEIGHT_FILES)
     index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = _index_files(index) if index.exists() else ["model.safetensors"]
     if not (path / files[0]).exists(): raise FileNotFoundError(f"no model.safetensors in {path}")
     out = {}
-    for f in files: out.update(load_file(path / f))
+    for f in files: out.update(load_file(inside(path, f, f"{index}: weight_map")))  # a shard name never leads out of the folder
     return out
 
 def hf_state_dict(tensors: dict[str, torch.Tensor], config: TransformerConfig, n_layers: int | None = None) -> dict:
