@@ -24,6 +24,7 @@ A run without a chain of thought gets only the audio figures.
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning.py --run runs/pipeline/model [--dialogues 20] [--curve]
      [--no-audio] [--steps 10] [--out runs/pipeline/model/learning.json]"""
 import argparse
+import random
 import json
 import math
 import os
@@ -46,7 +47,8 @@ from audiochat.metrics import delta_multiflam, editflam, multiflam, tcpwer
 from audiochat.scene import Scene, diff, to_seglst
 from audiochat.sct import AudioChatModel
 from audiochat.tools import render, resolve_sound
-from audiochat.copilot import HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, heard_scene, held_out_stories
+from audiochat.copilot import (HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, assistant_plan, heard_scene,
+                               held_out_stories, missing_source_request)
 
 FREE_FORM = Path(__file__).with_name("free_form.json")
 TOLERANCE = dict(start=0.25, end=0.25, loudness_db=1.5, pan=0.2)  # a written number this close to the truth is right
@@ -139,9 +141,9 @@ def truth_expectation(before: Scene, after: Scene) -> tuple[str, dict]:
 
 # ---- chain of thought -------------------------------------------------------------------------------------------
 
-def think(engine: ChatEngine, turns: list, answers: bool = False) -> tuple[str, Scene | None]:
-    "('scene', scene), ('words', None) for an answer in words, or ('invalid', None)."
-    try: scene, _ = engine.think(turns, answers=answers)
+def think(engine: ChatEngine, turns: list, answers: bool = False, previous: Scene | None = None) -> tuple[str, Scene | None]:
+    "('scene', scene), ('words', None) for an answer in words, or ('invalid', None). `previous`: the scene an edit changes."
+    try: scene, _ = engine.think(turns, answers=answers, previous=previous)
     except ChatError: return "invalid", None
     return ("words", None) if scene is None else ("scene", scene)
 
@@ -154,25 +156,39 @@ def story_row(status: str, written, want: set, speakers: int, seconds: float | N
                    duration=abs(written.duration - seconds) <= 1.0 if seconds is not None else None)
     return row
 
-def context(d: dict, j: int) -> list:
-    "The true dialogue before turn `j` (requests, true scenes, codec latents of the true audio), then request j."
+def assistant_turn(engine: ChatEngine, before: Scene | None, after: Scene, request: str, subtask: str | None, z) -> Turn:
+    "The assistant's turn with scene `after` as the run was trained to write it (an edit as its change, or restated)."
+    text, tool = assistant_plan(before, after, request, subtask, engine.edit_form)
+    return Turn("assistant", text, audio=z, tool=tool)
+
+def context(engine: ChatEngine, d: dict, j: int, request: str | None = None) -> list:
+    "The true dialogue before turn `j` (requests, true scenes, codec latents of the true audio), then request j (or `request`)."
     turns = []
-    for k in range(j): turns += [Turn("user", d["turns"][k]["user"]), Turn("assistant", d["scenes"][k].to_json(), audio=d["z"][k])]
-    return turns + [Turn("user", d["turns"][j]["user"])]
+    for k in range(j):
+        t = d["turns"][k]
+        turns += [Turn("user", t["user"]), assistant_turn(engine, d["scenes"][k - 1] if k else None, d["scenes"][k], t["user"], t["subtask"], d["z"][k])]
+    return turns + [Turn("user", d["turns"][j]["user"] if request is None else request)]
+
+def absent_request(d: dict) -> str:
+    "An edit request about a sound the story does not have (the right answer is a sentence saying so)."
+    return missing_source_request(d["scenes"][0], random.Random(f"absent-{d['id']}"))[0]
 
 def cot_rows(engine: ChatEngine, dialogues: list, bar) -> tuple[list, list]:
     "Story and edit rows of the split's dialogues under the engine's current grammar setting."
     stories, edits = [], []
     for d in dialogues:
         s0 = d["scenes"][0]
-        status, w = think(engine, context(d, 0))
+        status, w = think(engine, context(engine, d, 0))
         stories.append(story_row(status, w, set(labels(s0, speech=False)), speaker_count(s0),
                                  requested_seconds(d["turns"][0]["user"], None)))
         for j in range(1, len(d["turns"])):
-            status, w = think(engine, context(d, j), answers=engine.answers)
+            status, w = think(engine, context(engine, d, j), answers=engine.answers, previous=d["scenes"][j - 1])
             target, expect = truth_expectation(d["scenes"][j - 1], d["scenes"][j])
             sub = d["turns"][j]["subtask"]
             edits.append(dict(status=status, subtask_name=sub, **judge_edit(d["scenes"][j - 1], w, sub, target, expect)))
+        if len(d["turns"]) > 1:  # the same story, then an edit of a sound it lacks: answered in words?
+            status, _ = think(engine, context(engine, d, 1, absent_request(d)), answers=engine.answers, previous=d["scenes"][0])
+            edits.append(dict(status=status, subtask_name="absent", subtask=None, source=None, exact=None))
         bar.update(1)
     return stories, edits
 
@@ -185,11 +201,23 @@ def summarize_stories(rows: list) -> dict:
     return dict(n=n, valid=c["scene"], invalid=c["invalid"], valid_share=c["scene"] / n if n else None,
                 class_recall=share(rows, "recall"), speakers_share=share(rows, "speakers"), duration_share=share(rows, "duration"))
 
+def words_figures(rows: list) -> dict:
+    "Answers in words: their share on edits of absent sounds and on real edits, and the share answered the right way."
+    absent, real = [r for r in rows if r["subtask_name"] == "absent"], [r for r in rows if r["subtask_name"] != "absent"]
+    words = lambda rs: sum(r["status"] == "words" for r in rs)
+    right = words(absent) + len(real) - words(real)
+    return dict(absent=len(absent), words_on_absent=words(absent) / len(absent) if absent else None,
+                words_on_real=words(real) / len(real) if real else None,
+                words_right=right / (len(absent) + len(real)) if absent else None)
+
 def summarize_edits(rows: list, per_subtask: bool = True) -> dict:
+    if per_subtask:
+        out = summarize_edits([r for r in rows if r["subtask_name"] != "absent"], None)
+        return dict(out, refusal=words_figures(rows))
     n = len(rows); c = Counter(r["status"] for r in rows)
     out = dict(n=n, valid=c["scene"], words=c["words"], invalid=c["invalid"], valid_share=c["scene"] / n if n else None,
                subtask_share=share(rows, "subtask"), source_share=share(rows, "source"), exact_share=share(rows, "exact"))
-    if per_subtask:
+    if per_subtask is None:  # the top level, real edits only: per subtask too
         names = dict.fromkeys(r["subtask_name"] for r in rows)
         out["subtasks"] = {k: summarize_edits([r for r in rows if r["subtask_name"] == k], False) for k in names}
     return out
@@ -225,7 +253,7 @@ def free_form_rows(engine: ChatEngine, ff: dict, bar) -> tuple[list, list]:
     for e in ff["edits"]:
         b = ff["bases"][e["base"]]
         turns = [Turn("user", b["request"]), Turn("assistant", b["scene"].to_json(), audio=b["z"]), Turn("user", e["instruction"])]
-        status, w = think(engine, turns, answers=engine.answers)
+        status, w = think(engine, turns, answers=engine.answers, previous=b["scene"])
         edits.append(dict(status=status, subtask_name=e["subtask"], **judge_edit(b["scene"], w, e["subtask"], e["target"], e["expect"])))
         bar.update(1)
     return stories, edits
@@ -316,7 +344,29 @@ def model_audio(engine: ChatEngine, d: dict, scorer, distance, plans: list) -> l
         if reply.scene is not None: plans.append(plan_vs_render(scorer, distance, as_eval_audio(reply.audio, rate, reply.scene.duration), reply.scene))
     return out
 
-def turn_scores(scorer, system: str, d: dict, audios: list) -> list:
+def edited_spans(before: Scene, after: Scene) -> list[tuple[float, float]]:
+    "The time spans an edit touches: removed and changed sources where they were, added and changed where they are."
+    d = diff(before, after)
+    return ([(before[i].start, before[i].end) for i in [*d.removed, *d.changed]] +
+            [(after[i].start, after[i].end) for i in d.changed] + [(s.start, s.end) for s in d.added])
+
+def keep_error(distance: SpectralDistance, a, b, spans: list, rate: int = SAMPLE_RATE) -> float | None:
+    """Mean |log-mel difference| of two audios of one scene over the frames outside `spans` (what an edit should keep),
+    averaged over the distance's mel resolutions; None when no frame lies outside."""
+    n = min(a.shape[-1], b.shape[-1])
+    a, b = a[..., :n], b[..., :n]
+    out = []
+    with torch.no_grad():
+        for mel in distance.mels:
+            log = lambda x: torch.log10(mel(x).clamp(min=distance.floor))
+            la, lb = log(a), log(b)  # (..., mels, frames)
+            t = torch.arange(la.shape[-1]) * mel.hop_length / rate
+            keep = torch.ones_like(t, dtype=torch.bool)
+            for s, e in spans: keep &= (t < s) | (t > e)
+            if keep.any(): out.append(float((la - lb).abs()[..., keep].mean()))
+    return sum(out) / len(out) if out else None
+
+def turn_scores(scorer, system: str, d: dict, audios: list, distance: SpectralDistance | None = None) -> list:
     rows = []
     for j, (scene, audio) in enumerate(zip(d["scenes"], audios)):
         row = dict(system=system, task="story" if j == 0 else "edit", subtask=d["turns"][j]["subtask"], ok=audio is not None)
@@ -324,6 +374,7 @@ def turn_scores(scorer, system: str, d: dict, audios: list) -> list:
         elif audio is not None and audios[j - 1] is not None:
             args = (scorer, audios[j - 1], d["scenes"][j - 1], audio, scene)
             row.update(delta_multiflam=attempt(delta_multiflam, *args), editflam=attempt(editflam, *args))
+            if distance is not None: row["keep"] = keep_error(distance, audios[j - 1], audio, edited_spans(d["scenes"][j - 1], scene))
         rows.append(row)
     return rows
 
@@ -337,7 +388,8 @@ def audio_summary(rows: list) -> dict:
     for system in dict.fromkeys(r["system"] for r in rows):
         mine = [r for r in rows if r["system"] == system]
         story, edits = [r for r in mine if r["task"] == "story"], [r for r in mine if r["task"] == "edit"]
-        stat = lambda rs: dict(n=len(rs), failed=sum(not r["ok"] for r in rs), delta_multiflam=mean(rs, "delta_multiflam"), editflam=mean(rs, "editflam"))
+        stat = lambda rs: dict(n=len(rs), failed=sum(not r["ok"] for r in rs), delta_multiflam=mean(rs, "delta_multiflam"),
+                               editflam=mean(rs, "editflam"), keep_error=mean(rs, "keep"))
         out[system] = dict(story=dict(n=len(story), failed=sum(not r["ok"] for r in story), multiflam=mean(story, "multiflam")),
                            edit=dict(stat(edits), subtasks={k: stat([r for r in edits if r["subtask"] == k]) for k in dict.fromkeys(r["subtask"] for r in edits)}))
     return out
@@ -345,7 +397,9 @@ def audio_summary(rows: list) -> dict:
 def ratios(summary: dict) -> dict:
     "The model's figures divided by the ground truth's and by the codec ceiling's (None where undefined)."
     flat = lambda s: {"story_multiflam": s["story"]["multiflam"], "delta_multiflam": s["edit"]["delta_multiflam"], "editflam": s["edit"]["editflam"],
-                      **{f"editflam_{k}": v["editflam"] for k, v in s["edit"]["subtasks"].items()}}
+                      "keep_error": s["edit"].get("keep_error"),
+                      **{f"editflam_{k}": v["editflam"] for k, v in s["edit"]["subtasks"].items()},
+                      **{f"keep_error_{k}": v.get("keep_error") for k, v in s["edit"]["subtasks"].items()}}
     m, out = flat(summary["model"]), {}
     for ref in ("truth", "codec"):
         r = flat(summary[ref])
@@ -360,7 +414,7 @@ def audio_figures(engine: ChatEngine, dialogues: list, scorer, steps: int, progr
         truth = [as_eval_audio(load_turn(t)[1], SAMPLE_RATE, s.duration) for t, s in zip(d["turns"], d["scenes"])]
         with torch.inference_mode(): codec = [as_eval_audio(engine.codec.reconstruct(a, SAMPLE_RATE), rate, s.duration) for a, s in zip(truth, d["scenes"])]
         for system, audios in (("truth", truth), ("codec", codec), ("model", model_audio(engine, d, scorer, distance, plans))):
-            rows += turn_scores(scorer, system, d, audios)
+            rows += turn_scores(scorer, system, d, audios, distance)
     summary = audio_summary(rows)
     plan = dict(n=len(plans), model_multiflam=mean(plans, "model"), tools_multiflam=mean(plans, "tools"), mel_distance=mean(plans, "mel"))
     return dict(steps=steps, systems=summary, **ratios(summary), plan_vs_render=plan)
@@ -428,7 +482,8 @@ def cot_lines(title: str, c: dict) -> list:
             ("story: speaker count right (share)", lambda g: fmt(g["story"]["speakers_share"])),
             ("story: length within 1 s (share)", lambda g: fmt(g["story"]["duration_share"])),
             ("edit: valid scenes", lambda g: frac(g["edit"]) + f", {g['edit']['words']} in words"),
-            ("edit: right subtask / right source / exact", lambda g: " / ".join(fmt(g["edit"][k]) for k in ("subtask_share", "source_share", "exact_share")))]
+            ("edit: right subtask / right source / exact", lambda g: " / ".join(fmt(g["edit"][k]) for k in ("subtask_share", "source_share", "exact_share"))),
+            ("edit in words: when absent / on real edits / right", lambda g: " / ".join(fmt(g["edit"].get("refusal", {}).get(k)) for k in ("words_on_absent", "words_on_real", "words_right")))]
     lines += [tuple(pair(r)) for r in rows]
     for k in on["edit"].get("subtasks", {}):
         lines.append((f"  edit exact: {k} (n={on['edit']['subtasks'][k]['n']})", fmt(off["edit"]["subtasks"][k]["exact_share"]), fmt(on["edit"]["subtasks"][k]["exact_share"])))
@@ -447,11 +502,15 @@ def audio_lines(a: dict) -> list:
     s, mt, mc = a["systems"], a["model_over_truth"], a["model_over_codec"]
     lines = [(f"audio ({a['steps']} steps)", "model", "truth", "codec", "model/truth", "model/codec")]
     get = {"story_multiflam": lambda x: x["story"]["multiflam"], "delta_multiflam": lambda x: x["edit"]["delta_multiflam"],
-           "editflam": lambda x: x["edit"]["editflam"]}
+           "editflam": lambda x: x["edit"]["editflam"], "keep_error": lambda x: x["edit"].get("keep_error")}
     get |= {f"editflam_{k}": (lambda x, k=k: x["edit"]["subtasks"].get(k, {}).get("editflam")) for k in s["model"]["edit"]["subtasks"]}
-    names = {"story_multiflam": "story multiFLAM", "delta_multiflam": "Delta-multiFLAM (lower is better)", "editflam": "editFLAM"}
+    get |= {f"keep_error_{k}": (lambda x, k=k: x["edit"]["subtasks"].get(k, {}).get("keep_error")) for k in s["model"]["edit"]["subtasks"]}
+    names = {"story_multiflam": "story multiFLAM", "delta_multiflam": "Delta-multiFLAM (lower is better)", "editflam": "editFLAM",
+             "keep_error": "keep error outside the edited span (lower)"}
+    short = lambda k: k.replace("editflam_", "editFLAM: ").replace("keep_error_", "keep error: ")
     for k, g in get.items():
-        lines.append(("  " + names.get(k, k.replace("editflam_", "editFLAM: ")), *(fmt(g(s[x]), 1) for x in ("model", "truth", "codec")), fmt(mt[k]), fmt(mc[k])))
+        digits = 3 if k.startswith("keep_error") else 1
+        lines.append(("  " + names.get(k, short(k)), *(fmt(g(s[x]), digits) for x in ("model", "truth", "codec")), fmt(mt.get(k)), fmt(mc.get(k))))
     m = s["model"]
     lines.append(("  failed turns: story, edits", f"{m['story']['failed']}/{m['story']['n']}, {m['edit']['failed']}/{m['edit']['n']}"))
     p = a["plan_vs_render"]

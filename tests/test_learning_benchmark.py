@@ -65,6 +65,10 @@ def test_benchmark_writes_every_figure(learning, files, tmp_path, capsys):
     edits = sum(len(x["turns"]) - 1 for x in records)
     _check_ranges(r)
     _check_cot(r["cot"], 1, edits)
+    for g in ("grammar_off", "grammar_on"):  # one edit of a sound the story lacks per dialogue with edits
+        w = r["cot"][g]["edit"]["refusal"]
+        assert w["absent"] == 1 and all(w[k] is None or 0 <= w[k] <= 1 for k in ("words_on_absent", "words_on_real", "words_right"))
+    assert "keep_error" in r["audio"]["systems"]["truth"]["edit"]
     _check_cot(r["free_form"], 2, 2)
     for g in ("grammar_off", "grammar_on"):  # the held-out phrasings: stories only, every request asks a length
         s = r["held_out"][g]["story"]
@@ -141,3 +145,28 @@ def test_plan_vs_render_of_a_true_scene(learning, files):
     scene, audio = load_turn(next(read_records(files / "split"))["turns"][0])
     p = learning.plan_vs_render(TinyFLAM.load(files / "scorer"), SpectralDistance(), audio, scene)
     assert set(p) == {"model", "tools", "mel"} and p["mel"] >= 0 and 0 <= p["model"] <= 100 and 0 <= p["tools"] <= 100
+
+
+def test_keep_error_looks_only_outside_the_edited_span(learning):
+    import torch
+    from audiochat.codec import SpectralDistance
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 3 * 16000, generator=g) * 0.1
+    b = a.clone()
+    b[:, 16000:32000] = torch.randn(2, 16000, generator=g) * 0.1  # changed between 1 and 2 s only
+    d = SpectralDistance()
+    inside = learning.keep_error(d, a, b, [(0.9, 2.1)])  # the change's frames (and their windows) are left out
+    outside = learning.keep_error(d, a, b, [(2.5, 3.0)])
+    assert inside is not None and outside is not None and inside < 0.02 < outside
+    assert learning.keep_error(d, a, a, []) == 0
+    assert learning.keep_error(d, a, b, [(0, 3.5)]) is None  # nothing left outside
+
+
+def test_edited_spans_cover_where_the_source_was_and_is(learning):
+    before = Scene.from_dict(dict(duration=6, sources=[dict(id="fx1", kind="sfx", caption="a dog barking", start=1, end=2),
+                                                       dict(id="fx2", kind="sfx", caption="rain", start=0, end=6)]))
+    moved = Scene.from_dict(dict(duration=6, sources=[dict(id="fx1", kind="sfx", caption="a dog barking", start=4, end=5),
+                                                      dict(id="fx2", kind="sfx", caption="rain", start=0, end=6)]))
+    assert sorted(learning.edited_spans(before, moved)) == [(1, 2), (4, 5)]
+    removed = Scene(tuple(s for s in before.sources if s.id != "fx1"), 6)
+    assert learning.edited_spans(before, removed) == [(1, 2)]
