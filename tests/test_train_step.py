@@ -1,0 +1,166 @@
+"""The training step's fast paths give the losses of the plain one: fused q/k/v and gate/up matmuls, fused RMSNorm, the
+additive mask, LM logits only at the targets, fused AdamW and packed text-only batches, against the textbook forms; and
+the attention backend training asks for (FlexAttention on CUDA, SDPA elsewhere)."""
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import audiochat.forcing as forcing
+import audiochat.train as T
+import audiochat.transformer as tr
+from audiochat.config import resolve
+from audiochat.forcing import ForcingConfig, Turn, collate, forcing_loss, pack_dialogue, pack_rows
+from audiochat.sct import AudioChatModel
+from audiochat.tokenizer import special_token_ids, train_tokenizer
+
+torch.set_num_threads(1)
+SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
+         "--data.synthetic_dialogues=24", "--data.eval_dialogues=2", "--data.batch_size=2", "--data.max_frames=12",
+         "--data.max_turns=2", "--data.window=8", "--run.progress=false", "--run.eval_every=0", "--run.log_every=1",
+         "--run.save_every=0", "--optim.steps=6", "--optim.warmup=2"]
+
+
+# ---- the textbook forms, as the step was written before it was made fast ----
+def plain_rms_norm(self, x):
+    y = x.float()
+    return self.weight * (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+def plain_attention(self, x, rope, mask, cache=None, layer=0):
+    q = tr.apply_rotary(self.split(self.q_proj(x), self.n_heads), *rope)
+    k = tr.apply_rotary(self.split(self.k_proj(x), self.n_kv_heads), *rope)
+    v = self.split(self.v_proj(x), self.n_kv_heads)
+    if cache is not None: k, v = cache.update(layer, k, v)
+    return self.o_proj(tr.merge_heads(tr.attention(q, k, v, mask)))
+
+def plain_mlp(self, x): return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+class LoopAdamW(torch.optim.AdamW):
+    "AdamW's per-tensor loop (no fused kernel, no foreach)."
+    def __init__(self, params, **kw): super().__init__(params, **{**kw, "fused": None, "foreach": False})
+
+
+def plain_step(monkeypatch):
+    "Swap every fast path of the step for its plain form."
+    monkeypatch.setattr(tr.RMSNorm, "forward", plain_rms_norm)
+    monkeypatch.setattr(tr.Attention, "forward", plain_attention)
+    monkeypatch.setattr(tr.MLP, "forward", plain_mlp)
+    monkeypatch.setattr(tr, "additive_mask", lambda mask: mask)  # the boolean mask, converted by SDPA in every layer
+    monkeypatch.setattr(forcing, "_model_options", lambda model, at, device: {})  # logits at every position
+    monkeypatch.setattr(torch.optim, "AdamW", LoopAdamW)
+
+
+def step_losses(tmp_path, name, *extra):
+    state = T.train(resolve("tiny", overrides=SMALL + [f"--run.out={tmp_path / name}", *extra]))
+    return torch.tensor([[h["loss"], h["lm"], h["diff"], h["grad_norm"]] for h in state["history"]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("arch", ["sct", "mot"])
+def test_fast_step_has_the_plain_step_losses(tmp_path, monkeypatch, arch):
+    fast = step_losses(tmp_path, "fast", f"--model.arch={arch}")
+    with monkeypatch.context() as m:
+        plain_step(m)
+        plain = step_losses(tmp_path, "plain", f"--model.arch={arch}")
+    assert fast.shape == plain.shape == (6, 4)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)  # float rounding only (fused AdamW: about 1e-7)
+    assert (fast[1:, 0] != fast[:-1, 0]).all()  # the losses move: the comparison is not of constants
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(T.synthetic_texts(60) + ['{"sources": [{"id": "fx1", "class": "rain"}]}'] * 20, vocab_size=300)
+
+
+def text_dialogues(n):
+    return [[Turn("user", f"Make {i} seconds of rain" + " and wind" * (i % 4)), Turn("assistant", '{"sources": []}' + " ok" * (4 * i * i))]
+            for i in range(n)]
+
+
+def test_text_only_batches_are_packed_with_the_same_loss_and_gradients(tok):
+    ids = special_token_ids(tok)
+    seqs = [pack_dialogue(d, tok, latent_dim=8) for d in text_dialogues(6)]
+    torch.manual_seed(0)
+    model = AudioChatModel(dict(vocab_size=len(tok), d_model=32, n_heads=2, n_kv_heads=1, n_layers=2, n_gen_layers=1, latent_dim=8))
+    packed, padded = pack_rows(seqs, max(map(len, seqs)), ids["pad"]), collate(seqs, ids["pad"])
+    assert packed.tokens.shape[0] < padded.tokens.shape[0] and packed.layout.pad.sum() < padded.layout.pad.sum()
+    losses, grads = [], []
+    for batch in (packed, padded):
+        model.zero_grad()
+        out = forcing_loss(model, batch, ForcingConfig(), ids["audio_end"], torch.Generator().manual_seed(0))
+        out.loss.backward()
+        losses.append(out); grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0].n_text == losses[1].n_text > 0
+    torch.testing.assert_close(losses[0].loss, losses[1].loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_stream_packs_text_only_batches_only(tok):
+    class Source:
+        source, latent_dim, lengths = "toy", 8, [0] * 4 + [1] * 4  # bucketing puts the four text-only dialogues together
+        def __len__(self): return 8
+        def shard(self, i): return "0"
+        def turns(self, i):
+            d = text_dialogues(8)[i]
+            return d if i < 4 else d[:1] + [Turn("assistant", "here", audio=torch.randn(3 + i, 8))]
+    stream = T.BatchStream(Source(), tok, batch_size=4, window=8)
+    for g in range(stream.per_epoch):
+        b, seqs = stream[g], [stream.sequence(i) for i in stream.indices(g)]
+        text_only = all(s.span.max() < 0 for s in seqs)
+        assert int((~b.layout.pad).sum()) == sum(map(len, seqs))  # every position of every dialogue, once
+        assert b.tokens.shape[1] == max(map(len, seqs))
+        if text_only: assert b.tokens.shape[0] < len(seqs) and not b.layout.audio.any()  # packed: fewer rows
+        else: assert b.tokens.shape[0] == len(seqs)  # audio batches: one dialogue per row, as before (their noise is drawn per row)
+    assert {all(stream.sequence(i).span.max() < 0 for i in stream.indices(g)) for g in range(stream.per_epoch)} == {True, False}
+
+
+def test_lm_logits_at_targets_are_the_full_logits_there():
+    torch.manual_seed(0)
+    model = AudioChatModel(dict(vocab_size=50, d_model=32, n_heads=2, n_kv_heads=1, n_layers=2, n_gen_layers=1, latent_dim=8))
+    layout = tr.Layout.from_segments([[("text", 5), ("audio", 4), ("text", 3)], [("text", 6), ("pad", 6)]])
+    tokens, latents, t = torch.randint(0, 50, (2, 12)), torch.randn(2, 12, 8), torch.rand(2, 12) * layout.audio
+    at = torch.rand(2, 12) < 0.5
+    with torch.no_grad():
+        full, some = model(tokens, latents, t, layout), model(tokens, latents, t, layout, logits_at=at)
+        torch.testing.assert_close(some.text_logits, full.text_logits[at], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(some.audio_pred, full.audio_pred)
+        text = tr.Layout.text_only(tokens)
+        torch.testing.assert_close(model.forward_text(tokens, text, logits_at=at), model.forward_text(tokens, text)[at], rtol=1e-6, atol=1e-6)
+
+
+# ---- which attention training takes ----
+def test_attention_backend_by_device(monkeypatch):
+    assert tr.attention_backend("cpu") == tr.attention_backend(torch.device("cpu")) == "sdpa"
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert tr.attention_backend("cuda") == ("flex" if has_triton else "sdpa")  # the choice needs no GPU to be made
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    assert tr.attention_backend("cuda") == "sdpa"  # no Triton, no compiled FlexAttention: the SDPA fallback
+
+
+class Spy(torch.nn.Module):
+    "A stand-in model that records the options forcing_loss gives it."
+    def __init__(self, model):
+        super().__init__(); self.model, self.config, self.calls = model, model.config, []
+    def forward(self, tokens, latents, t, layout, flex: bool = False, logits_at=None):
+        self.calls.append(("forward", flex)); return self.model(tokens, latents, t, layout, flex=flex, logits_at=logits_at)
+    def forward_text(self, tokens, layout=None, flex: bool = False, logits_at=None):
+        self.calls.append(("forward_text", flex)); return self.model.forward_text(tokens, layout, flex=flex, logits_at=logits_at)
+
+
+@pytest.mark.parametrize("backend", ["flex", "sdpa"])
+def test_forcing_loss_asks_for_the_backends_attention(tok, monkeypatch, backend):
+    ids = special_token_ids(tok)
+    monkeypatch.setattr(forcing, "attention_backend", lambda device: backend)  # what CUDA would choose, on this CPU
+    torch.manual_seed(0)
+    model = Spy(AudioChatModel(dict(vocab_size=len(tok), d_model=32, n_heads=2, n_kv_heads=1, n_layers=2, n_gen_layers=1, latent_dim=8)))
+    audio = collate([pack_dialogue([Turn("user", "rain"), Turn("assistant", "here", audio=torch.randn(5, 8))], tok)], ids["pad"])
+    text = collate([pack_dialogue(text_dialogues(2)[1], tok, latent_dim=8)], ids["pad"])
+    with torch.no_grad():  # FlexAttention on the CPU: forward only (its unfused reference path)
+        got = [forcing_loss(model, b, ForcingConfig(), ids["audio_end"], torch.Generator().manual_seed(1)).loss for b in (audio, text)]
+    assert model.calls == [("forward", backend == "flex"), ("forward_text", backend == "flex")]
+    with torch.no_grad():
+        monkeypatch.setattr(forcing, "attention_backend", lambda device: "sdpa")
+        ref = [forcing_loss(model.model, b, ForcingConfig(), ids["audio_end"], torch.Generator().manual_seed(1)).loss for b in (audio, text)]
+    torch.testing.assert_close(torch.stack(got), torch.stack(ref), rtol=1e-5, atol=1e-5)  # both attentions: the same losses
