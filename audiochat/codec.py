@@ -729,6 +729,8 @@ def train_codec(config: CodecConfig, data, out_dir, steps: int | None = None, mi
     checkpoints in `out_dir`. `threads` sets torch's CPU threads (process-wide). Returns the trainer state (step, seconds, history)."""
     if threads: torch.set_num_threads(threads)
     if steps is None and minutes is None: raise ValueError("give steps or minutes (or both)")
+    if (steps is not None and steps < 1) or (minutes is not None and not 0 < minutes < float("inf")):
+        raise ValueError(f"steps must be >= 1 and minutes > 0 (got steps={steps}, minutes={minutes})")
     out, state = Path(out_dir), dict(step=0, seconds=0.0, history=[])
     if resume:
         if not (out / "trainer_state.json").exists(): raise FileNotFoundError(f"no checkpoint to resume in {out}")
