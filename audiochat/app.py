@@ -278,6 +278,22 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
     return app
 
 # %% ../nbs/18_app.ipynb #027efe4c
+def _clean_on_close(app):
+    """`app.close()` (also called at exit, and by Gradio on Ctrl-C) then deletes what the page left on disk: the files
+    Gradio cached for it in GRADIO_TEMP_DIR (answers and uploads, with their emptied folders) and the sessions' folder."""
+    import atexit
+    close = app.close
+    def close_and_clean(*args, **kwargs):
+        close(*args, **kwargs)
+        for files in app.temp_file_sets:
+            for f in list(files):
+                Path(f).unlink(missing_ok=True)
+                try: Path(f).parent.rmdir()
+                except OSError: pass  # not empty: other files are still served
+        shutil.rmtree(app.audiochat_folder, ignore_errors=True)
+    app.close = close_and_clean
+    atexit.register(close_and_clean)
+
 def serve(run, host: str | None = None, port: int | None = None, steps: int = 25, example: str | None = None,
           block: bool = True, quiet: bool = False):
     """Load `run` (a run folder, a bundle folder or a Hub id `ORG/NAME`; or a loaded `ChatEngine`) and serve its page at
@@ -293,8 +309,7 @@ def serve(run, host: str | None = None, port: int | None = None, steps: int = 25
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, inline=False,
                inbrowser=False, share=False,
                max_file_size=f"{MAX_UPLOAD_MB}mb")
-    import atexit
-    atexit.register(app.close)  # still running at exit: stopped, so Gradio deletes the files it cached for the page
+    _clean_on_close(app)
     return app
 
 # %% ../nbs/18_app.ipynb #2e684080

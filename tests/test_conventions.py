@@ -157,3 +157,36 @@ def test_kad_bandwidth_follows_kadtk():
     assert kad(x, y, bandwidth_from="reference") == pytest.approx(_kadtk_style(x, y, reference_bw), rel=1e-6)
     assert abs(kad(x, y) - kad(x, y, bandwidth_from="reference")) > 1  # the two conventions differ on these sets
     with pytest.raises(ValueError, match="bandwidth_from"): kad(x, y, bandwidth_from="both")
+
+
+# 8. The web app's Gradio conventions
+SERVE = """
+import json, sys
+from audiochat.app import serve
+from gradio_client import Client
+app = serve(sys.argv[1], steps=1, block=False, quiet=True)
+client = Client(app.local_url, verbose=False, download_files=sys.argv[2])  # the browser's copies: not the server's folder
+api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+client.predict("A short story: rain on a roof.", api_name="/tell")
+print(json.dumps(dict(url=app.local_url, host=app.server_name, folder=str(app.audiochat_folder),
+                      names={k: [p["parameter_name"] for p in v["parameters"]] for k, v in api.items()})))
+"""
+
+
+def test_app_follows_gradio_conventions(tmp_path):
+    "GRADIO_SERVER_PORT / GRADIO_SERVER_NAME are honoured, API parameters have names, no temporary folder outlives the server."
+    pytest.importorskip("gradio")
+    from audiochat.app import free_port
+    from audiochat.chat import train_tiny_run
+    run = train_tiny_run(tmp_path / "run", steps=2)
+    port, temp = free_port(), tmp_path / "gradio-temp"
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "localhost", "GRADIO_TEMP_DIR": str(temp),
+           "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    out = subprocess.run([sys.executable, "-c", SERVE, str(run), str(tmp_path / "downloads")], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
+    assert seen["url"].rstrip("/").endswith(f":{port}") and seen["host"] == "localhost"
+    assert seen["names"]["/tell"] == ["request"] and seen["names"]["/render"] == ["scene_json"]
+    assert seen["names"]["/plan"] == ["request", "audio"] and seen["names"]["/understand"] == ["audio"]
+    assert not Path(seen["folder"]).exists()  # the sessions' audio went with the server
+    assert not any(p.is_file() for p in temp.rglob("*")) if temp.exists() else True
