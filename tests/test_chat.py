@@ -193,7 +193,7 @@ def test_an_edit_answered_in_words_makes_no_audio(run, tmp_path, capsys, monkeyp
     story = e.tell("A story with rain.")
     assert story.audio is not None and story.message is None
     words = '{"answer":"There is no thunder in this story."}'
-    monkeypatch.setattr(ChatEngine, "think", lambda self, turns, timings=None, answers=False: (None, words))
+    monkeypatch.setattr(ChatEngine, "think", lambda self, turns, timings=None, answers=False, previous=None: (None, words))
     r = e.edit("Make the thunder louder by 6 dB.")
     assert r.message == "There is no thunder in this story." and r.scene is None and r.audio is None and r.latents is None
     assert e.history[-1].text == r.cot and e.history[-1].audio is None and len(e.history) == 4
@@ -260,3 +260,30 @@ def test_a_plan_changed_before_rendering(run):
     from audiochat.chat import Plan, Timings
     words = Plan("edit", "Remove the dog.", Turn("user", "Remove the dog."), None, '{"answer":"No dog here."}', Timings(), "No dog here.")
     with pytest.raises(ValueError, match="no scene to render"): e.render_plan(words)
+
+
+def test_an_edit_is_written_as_its_change_and_applied_in_code(run):
+    "The diff form: the reply's edit applied to the previous scene is the reply's scene, which enters as a tool result."
+    from audiochat.scene import Edit
+    e = ChatEngine.load(run, steps=2)
+    assert e.edit_form == "diff"
+    story = e.tell("A story with rain and a bell.")
+    r = e.edit("Make the rain louder by 6 dB.")
+    assert isinstance(r.edit, Edit) and Edit.from_json(r.cot) == r.edit and r.scene == story.scene.apply(r.edit)
+    assert e.history[-1].text == r.cot and e.history[-1].tool == r.scene.to_json() and e.scene == r.scene
+    assert r.latents.shape[0] == round(r.scene.duration * 40) and r.audio.shape[1] == r.latents.shape[0] * e.codec.hop
+    p = e.plan("Remove the bell.")
+    assert p.previous == r.scene
+    if p.scene is not None:  # render a scene changed by hand: the change written is the one that gives it
+        mine = Scene(p.previous.sources[1:], p.previous.duration)
+        r2 = e.render_plan(p, mine)
+        assert r2.scene == mine and p.previous.apply(r2.edit) == mine and e.history[-1].tool == mine.to_json()
+
+
+def test_the_scene_form_restates_the_whole_scene(run, tmp_path):
+    r_dir = train_tiny_run(tmp_path / "scene-form", steps=2, codec_dir=run / "codec", overrides=["--data.edit_form=scene", "--data.refusals=0"])
+    e = ChatEngine.load(r_dir, steps=2)
+    assert e.edit_form == "scene"
+    e.tell("Rain.")
+    r = e.edit("Remove the rain.")
+    assert r.edit is None and Scene.from_json(r.cot) == r.scene and e.history[-1].tool == ""
