@@ -18,7 +18,7 @@ from pathlib import Path
 import audiochat
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main', 'demo', 'demo_main']
+__all__ = ['COMMANDS', 'HELP_PARSERS', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'demo', 'demo_main']
 
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"audiochat: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if name in HELP_PARSERS and ({"-h", "--help"} & set(argv[1:])): HELP_PARSERS[name]().parse_args(["--help"])  # exits
     module, fn, _ = COMMANDS[name]
     try:
         return getattr(importlib.import_module(module), fn)(argv[1:]) or 0
@@ -63,6 +64,101 @@ def main(argv: list[str] | None = None) -> int:
         line = " ".join(f"audiochat {name}: error: {e}".split())  # one line, also for a file name that is not UTF-8:
         print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return 1
+
+# %% ../nbs/21_cli.ipynb #1c101dc6
+import ast
+
+def _source(module: str) -> str: return (Path(audiochat.__file__).parent / f"{module}.py").read_text()
+
+def _assigned(tree: ast.Module, name: str) -> ast.expr:
+    "The value of the module-level assignment `name = ...` in `tree`."
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets): return node.value
+    raise KeyError(f"no {name} = ... in the source")
+
+def _comments(source: str) -> dict[int, str]:
+    "{line number: its trailing comment}."
+    import io, tokenize
+    return {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+
+def _default(value: ast.expr | None) -> str:
+    "A field's default as source text; `field(default_factory=X)` as `X()`."
+    if value is None: return "(required)"
+    if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "field":
+        for k in value.keywords:
+            if k.arg == "default_factory": return f"{ast.unparse(k.value)}()"
+            if k.arg == "default": return ast.unparse(k.value)
+    return ast.unparse(value)
+
+def config_fields() -> dict[str, tuple[str, str, str]]:
+    """{dotted key: (type, default, comment)} of every training config key, read from the dataclasses' source without
+    importing them (nor torch). The defaults are the dataclasses'; a preset changes some (`train --show-config`)."""
+    config = ast.parse(_source("config"))
+    home = {a.asname or a.name: n.module for n in config.body if isinstance(n, ast.ImportFrom) and n.level == 1 for a in n.names}
+    sections = {ast.literal_eval(k): v.id for k, v in zip(_assigned(config, "SECTIONS").keys, _assigned(config, "SECTIONS").values)}
+    out = {}
+    for section, cls in {**sections, "data.build": "DataConfig"}.items():
+        source = _source(home.get(cls, "config"))
+        node = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == cls)
+        notes = _comments(source)
+        for f in node.body:
+            if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name):
+                out[f"{section}.{f.target.id}"] = (ast.unparse(f.annotation), _default(f.value), notes.get(f.end_lineno, ""))
+    return out
+
+def config_help() -> str:
+    "Every config key as a line of `train --help`: --KEY=DEFAULT (type, range)  what it is."
+    config = ast.parse(_source("config"))
+    ranges = ast.literal_eval(_assigned(config, "RANGES"))
+    lines = ["config keys, each set as --KEY=VALUE (defaults before a preset applies; --show-config prints the resolved config):"]
+    for key, (kind, default, note) in config_fields().items():
+        rule = ranges.get(key)
+        lines.append(f"  --{key}={default}  ({kind}{', ' + rule if rule else ''})" + (f"  {note}" if note else ""))
+    return "\n".join(lines)
+
+# %% ../nbs/21_cli.ipynb #ad5dd1f0
+def train_parser() -> argparse.ArgumentParser:
+    "The parser of `audiochat train`; its help lists every config key (`config_help`). Builds without torch."
+    presets = [ast.literal_eval(k) for k in _assigned(ast.parse(_source("config")), "PRESETS").keys]
+    p = argparse.ArgumentParser(prog="audiochat train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Train an AudioChat model with the forcing loss.", epilog=config_help())
+    p.add_argument("--preset", default="tiny", choices=sorted(presets), help="size preset (default: tiny)")
+    p.add_argument("--config", default=None, help="YAML file of config sections, applied over the preset")
+    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoints/latest (with its saved config)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in run.out first (default: refuse)")
+    p.add_argument("--until", type=int, default=None, help="stop after this step (a later --resume continues)")
+    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+HELP_PARSERS = {"train": train_parser}  # commands whose `--help` is answered here, before their module (and torch) loads
+
+# %% ../nbs/21_cli.ipynb #64c051a1
+def eval_parser() -> argparse.ArgumentParser:
+    "The parser of `audiochat eval`, built without torch (its defaults read from `audiochat/evaluate.py`'s source)."
+    tree = ast.parse(_source("evaluate"))
+    split, clap = (ast.literal_eval(_assigned(tree, name)) for name in ("SPLIT_NAME", "DEFAULT_CLAP"))
+    p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
+                                "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR", help="a training run folder (repeatable)")
+    p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth through that codec), or none (default: oracle,cascade)")
+    p.add_argument("--split", default=split, help=f"a built eval folder, or {split} (built into the cache if missing)")
+    p.add_argument("--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)")
+    p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached one, trained once)")
+    p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every system's sampling (default: 0)")
+    p.add_argument("--cascade-llm", default="script", help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL")
+    p.add_argument("--cascade-url", default=None, help="base URL of the OpenAI-compatible server for --cascade-llm openai:...")
+    p.add_argument("--embeddings", choices=("scorer", "clap"), default=None,
+                   help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a CLAP model's, as papers use)")
+    p.add_argument("--clap", default=None, metavar="MODEL", help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
+                   f"hf:ORG/NAME or ORG/NAME (default: {clap}); implies --embeddings clap")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
+    return p
+
+HELP_PARSERS["eval"] = eval_parser
 
 # %% ../nbs/21_cli.ipynb #cfaa3fea
 from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package

@@ -696,25 +696,8 @@ def _llm(spec: str | None, url: str | None) -> ChatLLM | None:
 # %% ../nbs/20_eval.ipynb #ea6175fe
 def eval_main(argv: list[str]) -> int:
     "`audiochat eval`: evaluate checkpoints and baselines on StoryGen-Eval-mini; write tables.md, results.json, plots/."
-    p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
-                                "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR", help="a training run folder (repeatable)")
-    p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth through that codec), or none (default: oracle,cascade)")
-    p.add_argument("--split", default=SPLIT_NAME, help=f"a built eval folder, or {SPLIT_NAME} (built into the cache if missing)")
-    p.add_argument("--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)")
-    p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached one, trained once)")
-    p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
-    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every system's sampling (default: 0)")
-    p.add_argument("--cascade-llm", default="script", help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL")
-    p.add_argument("--cascade-url", default=None, help="base URL of the OpenAI-compatible server for --cascade-llm openai:...")
-    p.add_argument("--embeddings", choices=("scorer", "clap"), default=None,
-                   help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a CLAP model's, as papers use)")
-    p.add_argument("--clap", default=None, metavar="MODEL", help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
-                   f"hf:ORG/NAME or ORG/NAME (default: {DEFAULT_CLAP}); implies --embeddings clap")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
+    from .cli import eval_parser  # built without torch: `audiochat eval --help` is answered before this module loads
+    p = eval_parser()
     a = p.parse_args(argv)
     if a.dialogues is not None and a.dialogues < 1: raise ValueError(f"--dialogues must be >= 1, got {a.dialogues}")
     names = [b.strip() for b in a.baselines.split(",") if b.strip() and b.strip() != "none"]

@@ -190,3 +190,38 @@ def test_app_follows_gradio_conventions(tmp_path):
     assert seen["names"]["/plan"] == ["request", "audio"] and seen["names"]["/understand"] == ["audio"]
     assert not Path(seen["folder"]).exists()  # the sessions' audio went with the server
     assert not any(p.is_file() for p in temp.rglob("*")) if temp.exists() else True
+
+
+# 5. --help without torch, listing every config key
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_loads_no_torch(command):
+    import time
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "audiochat", command, "--help"], capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - t0
+    assert out.returncode == 0 and f"usage: audiochat {command}" in out.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "numpy" not in imported
+    assert seconds < 2.0  # about 0.3 s; the bound leaves room for a busy shared CPU
+
+
+def test_train_help_lists_every_config_key_with_its_default():
+    import ast
+    import dataclasses
+
+    from audiochat.cli import config_fields, train_parser
+    from audiochat.config import RANGES, SECTIONS, all_keys
+    from audiochat.data import DataConfig
+    text, fields = train_parser().format_help(), config_fields()
+    assert set(fields) == set(all_keys()) - {"stages"}
+    checked = 0
+    for section, cls in {**SECTIONS, "data.build": DataConfig}.items():
+        for f in dataclasses.fields(cls):
+            key, default = f"{section}.{f.name}", f.default if f.default is not dataclasses.MISSING else None
+            assert f"--{key}=" in text, key
+            try: shown = ast.literal_eval(fields[key][1])
+            except ValueError: continue  # a name (SAMPLE_RATE) or a factory: shown as written in the source
+            assert shown == default, (key, shown, default)
+            checked += 1
+            if key in RANGES: assert f", {RANGES[key]})" in text.split(f"--{key}=")[1].splitlines()[0], key
+    assert checked > 80
