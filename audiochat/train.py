@@ -32,7 +32,7 @@ from torch import nn
 import yaml
 
 from .config import Config, ConfigError, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, read_yaml, to_dict, merge
-from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue, pack_rows
+from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
 from .codec import Codec, pick_device, load_latents
@@ -223,10 +223,7 @@ class BatchStream:
         return self._plan[1][j]
 
     def __getitem__(self, g: int):
-        seqs = [self.sequence(i) for i in self.indices(g)]
-        if not any(s.span.max() >= 0 for s in seqs):  # text only: packed into fewer rows, no padding (same loss: nothing is noised)
-            return pack_rows(seqs, max(len(s) for s in seqs), self.pad_id)
-        return collate(seqs, self.pad_id)
+        return collate([self.sequence(i) for i in self.indices(g)], self.pad_id)  # text-only rows: the causal kernel (notebook 08)
 
 # %% ../nbs/14_train.ipynb #15b0f8e0
 PLANNED_SEEDS = 3_000_000_000  # planned dialogues use seeds from here on: no dataset build uses them

@@ -22,10 +22,11 @@ from einops import rearrange
 from torch import nn
 
 # %% auto #0
-__all__ = ['TEXT', 'AUDIO', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies', 'Rotary',
-           'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'merge_heads', 'additive_mask', 'attention_backend',
-           'attention', 'KVCache', 'Attention', 'MLP', 'DecoderLayer', 'init_weights', 'run_layers', 'prepare',
-           'Transformer', 'greedy_generate', 'config_from_hf', 'load_safetensors_dir', 'hf_state_dict', 'from_hf']
+__all__ = ['TEXT', 'AUDIO', 'CAUSAL', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies',
+           'Rotary', 'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'merge_heads', 'additive_mask',
+           'attention_backend', 'plain_causal', 'attention', 'KVCache', 'Attention', 'MLP', 'DecoderLayer',
+           'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate', 'config_from_hf',
+           'load_safetensors_dir', 'hf_state_dict', 'from_hf']
 
 # %% ../nbs/08_transformer.ipynb #e8fb2dcb
 @dataclass
@@ -229,9 +230,22 @@ def attention_backend(device) -> str:
     except ImportError: return "sdpa"
     return "flex"
 
+CAUSAL = "causal"  # the mask of plain causal text (`plain_causal`): SDPA's causal kernel, which skips the blocks above the diagonal
+
+def plain_causal(layout: Layout) -> bool:
+    """Whether `layout` is plain causal text: all text, one document per row, padding only at the end of a row, nothing
+    isolated. Then the causal rule alone gives every real position what `build_mask` does (a padding position may see
+    other padding, and no real position ever sees it)."""
+    lay = layout
+    return bool((lay.modality == TEXT).all() and not lay.isolated.any() and (lay.document == lay.document[:, :1]).all()
+                and (lay.pad[:, 1:] >= lay.pad[:, :-1]).all())
+
 def attention(q, k, v, mask) -> torch.Tensor:
     """Grouped-query attention of q (B, H, T, D) over k, v (B, H_kv, S, D); `mask` is a bool or additive float (B, 1, T, S)
-    tensor (SDPA) or a FlexAttention BlockMask. Returns (B, H, T, D)."""
+    tensor (SDPA), `CAUSAL` or a FlexAttention BlockMask. Returns (B, H, T, D)."""
+    if isinstance(mask, str):
+        if mask != CAUSAL: raise ValueError(f"unknown mask {mask!r}")
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
     if isinstance(mask, torch.Tensor) or mask is None:
         if mask is not None and mask.dtype not in (torch.bool, q.dtype): mask = mask.to(q.dtype)  # bf16 autocast
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
@@ -347,7 +361,10 @@ def prepare(layout: Layout, rotary: Rotary, cache: KVCache | None = None, causal
         if flex: raise ValueError("the FlexAttention path is for full sequences; decode with the SDPA path")
         mask, positions = cache.step_mask_and_positions(layout, causal)
     else:
-        mask, positions = (block_mask(layout, causal) if flex else additive_mask(build_mask(layout, causal))), layout.positions()
+        if flex: mask = block_mask(layout, causal)
+        elif causal and plain_causal(layout): mask = CAUSAL  # text-only batches: half the attention work
+        else: mask = additive_mask(build_mask(layout, causal))  # converted once here, not in every layer
+        positions = layout.positions()
     return mask, rotary(positions)
 
 # %% ../nbs/08_transformer.ipynb #ebe059bc

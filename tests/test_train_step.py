@@ -1,6 +1,6 @@
 """The training step's fast paths give the losses of the plain one: fused q/k/v and gate/up matmuls, fused RMSNorm, the
-additive mask, LM logits only at the targets, fused AdamW and packed text-only batches, against the textbook forms; and
-the attention backend training asks for (FlexAttention on CUDA, SDPA elsewhere)."""
+additive mask, the causal kernel for text-only batches, LM logits only at the targets and fused AdamW, against the
+textbook forms; and the attention backend training asks for (FlexAttention on CUDA, SDPA elsewhere)."""
 import importlib.util
 from types import SimpleNamespace
 
@@ -48,6 +48,7 @@ def plain_step(monkeypatch):
     monkeypatch.setattr(tr.Attention, "forward", plain_attention)
     monkeypatch.setattr(tr.MLP, "forward", plain_mlp)
     monkeypatch.setattr(tr, "additive_mask", lambda mask: mask)  # the boolean mask, converted by SDPA in every layer
+    monkeypatch.setattr(tr, "plain_causal", lambda layout: False)  # text-only batches through the full mask too
     monkeypatch.setattr(forcing, "_model_options", lambda model, at, device: {})  # logits at every position
     monkeypatch.setattr(torch.optim, "AdamW", LoopAdamW)
 
@@ -78,41 +79,37 @@ def text_dialogues(n):
             for i in range(n)]
 
 
-def test_text_only_batches_are_packed_with_the_same_loss_and_gradients(tok):
+def test_plain_causal_layouts():
+    rows = lambda *segs: tr.Layout.from_segments(list(segs))
+    assert tr.plain_causal(rows([("text", 5)], [("text", 3), ("pad", 2)]))  # padding at the end of a row
+    assert not tr.plain_causal(rows([("text", 2), ("audio", 3)]))  # audio spans see each other both ways
+    assert not tr.plain_causal(rows([("text", 3, 0), ("text", 2, 1)]))  # packed documents never see each other
+    assert not tr.plain_causal(rows([("pad", 2), ("text", 3)]))  # left padding would be seen
+
+
+def test_text_only_batches_take_the_causal_kernel_with_the_same_loss_and_gradients(tok, monkeypatch):
     ids = special_token_ids(tok)
     seqs = [pack_dialogue(d, tok, latent_dim=8) for d in text_dialogues(6)]
     torch.manual_seed(0)
     model = AudioChatModel(dict(vocab_size=len(tok), d_model=32, n_heads=2, n_kv_heads=1, n_layers=2, n_gen_layers=1, latent_dim=8))
-    packed, padded = pack_rows(seqs, max(map(len, seqs)), ids["pad"]), collate(seqs, ids["pad"])
-    assert packed.tokens.shape[0] < padded.tokens.shape[0] and packed.layout.pad.sum() < padded.layout.pad.sum()
-    losses, grads = [], []
-    for batch in (packed, padded):
+    batch = collate(seqs, ids["pad"])
+    assert batch.layout.pad.any() and tr.prepare(batch.layout, model.rotary)[0] == tr.CAUSAL
+    def loss_and_grads():
         model.zero_grad()
         out = forcing_loss(model, batch, ForcingConfig(), ids["audio_end"], torch.Generator().manual_seed(0))
         out.loss.backward()
-        losses.append(out); grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    assert losses[0].n_text == losses[1].n_text > 0
-    torch.testing.assert_close(losses[0].loss, losses[1].loss, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
-
-
-def test_the_stream_packs_text_only_batches_only(tok):
-    class Source:
-        source, latent_dim, lengths = "toy", 8, [0] * 4 + [1] * 4  # bucketing puts the four text-only dialogues together
-        def __len__(self): return 8
-        def shard(self, i): return "0"
-        def turns(self, i):
-            d = text_dialogues(8)[i]
-            return d if i < 4 else d[:1] + [Turn("assistant", "here", audio=torch.randn(3 + i, 8))]
-    stream = T.BatchStream(Source(), tok, batch_size=4, window=8)
-    for g in range(stream.per_epoch):
-        b, seqs = stream[g], [stream.sequence(i) for i in stream.indices(g)]
-        text_only = all(s.span.max() < 0 for s in seqs)
-        assert int((~b.layout.pad).sum()) == sum(map(len, seqs))  # every position of every dialogue, once
-        assert b.tokens.shape[1] == max(map(len, seqs))
-        if text_only: assert b.tokens.shape[0] < len(seqs) and not b.layout.audio.any()  # packed: fewer rows
-        else: assert b.tokens.shape[0] == len(seqs)  # audio batches: one dialogue per row, as before (their noise is drawn per row)
-    assert {all(stream.sequence(i).span.max() < 0 for i in stream.indices(g)) for g in range(stream.per_epoch)} == {True, False}
+        return out, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    fast, fast_grads = loss_and_grads()
+    monkeypatch.setattr(tr, "plain_causal", lambda layout: False)  # the full mask: padding and the causal rule written out
+    masked, masked_grads = loss_and_grads()
+    assert fast.n_text == masked.n_text > 0
+    torch.testing.assert_close(fast.loss, masked.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast_grads, masked_grads, rtol=1e-5, atol=1e-7)
+    # packed rows (several dialogues in a row) keep the full mask, and the same loss
+    packed = pack_rows(seqs, max(map(len, seqs)), ids["pad"])
+    assert packed.tokens.shape[0] < batch.tokens.shape[0] and not tr.plain_causal(packed.layout)
+    with torch.no_grad():
+        torch.testing.assert_close(forcing_loss(model, packed, ForcingConfig(), ids["audio_end"]).loss, fast.loss, rtol=1e-6, atol=1e-6)
 
 
 def test_lm_logits_at_targets_are_the_full_logits_there():
