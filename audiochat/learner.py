@@ -222,14 +222,20 @@ class JsonlLog(Callback):
 # %% ../nbs/12_learner.ipynb #1cf52889
 class TensorBoard(Callback):
     """Rows as `train/KEY` scalars (`keys`; default every number but the step), evaluations as `eval/KEY`, written to
-    TensorBoard event files in `folder`; `text` ({tag: text}) once at the start. `writer` is open from `before_fit` on."""
+    TensorBoard event files in `folder`; `text` ({tag: text}) once at the start. `writer` is open from `before_fit` on;
+    without the `tensorboard` package (an extra: `pip install 'audiochat[tensorboard]'`) it says so once and writes nothing."""
     order = 60
     def __init__(self, folder, keys=None, text: dict | None = None): self.folder, self.keys, self.text, self.writer = folder, keys, text, None
     def before_fit(self, learn):
-        from torch.utils.tensorboard import SummaryWriter
+        try: from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            import sys
+            print("TensorBoard logging is off (pip install 'audiochat[tensorboard]'); log.jsonl keeps every row", file=sys.stderr)
+            return
         self.writer = SummaryWriter(str(self.folder))
         for tag, text in (self.text or {}).items(): self.writer.add_text(tag, text, learn.step)
     def after_step(self, learn):
+        if self.writer is None: return
         row, ev = learn.row or {}, learn.evaluation or {}
         for k in self.keys or [k for k, v in row.items() if k != "step" and isinstance(v, (int, float))]:
             if k in row: self.writer.add_scalar(f"train/{k}", row[k], learn.step)

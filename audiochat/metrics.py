@@ -22,13 +22,14 @@ from .scene import Scene, to_seglst
 # %% auto #0
 __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATURE', 'WordErrorRate', 'check_segments',
            'Alignment', 'overlaps', 'align_words', 'speaker_streams', 'cpwer_from_scratch', 'word_intervals',
-           'word_points', 'timed_streams', 'tcpwer_from_scratch', 'plot_word_timeline', 'tcpwer', 'cpwer',
-           'FrameScorer', 'check_texts', 'unbiased_score', 'speaker_caption', 'source_caption', 'caption_classes',
-           'source_class', 'active_frames', 'frame_labels', 'ScorerConfig', 'text_ngrams', 'TextTower', 'AudioTower',
-           'TinyFLAM', 'scorer_examples', 'scorer_batch', 'LossList', 'train_scorer', 'auroc', 'f1_score', 'best_f1',
-           'eval_renders', 'detection_scores', 'OpenFLAMScorer', 'span_frames', 'span_score', 'source_scores',
-           'multiflam', 'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam', 'StemOracleScorer',
-           'clip_embedding', 'median_bandwidth', 'kad', 'fad', 'load_clap', 'clap_embeddings', 'ClapEmbedder']
+           'word_points', 'timed_streams', 'tcpwer_from_scratch', 'plot_word_timeline', 'has_meeteval', 'tcpwer',
+           'cpwer', 'FrameScorer', 'check_texts', 'unbiased_score', 'speaker_caption', 'source_caption',
+           'caption_classes', 'source_class', 'active_frames', 'frame_labels', 'ScorerConfig', 'text_ngrams',
+           'TextTower', 'AudioTower', 'TinyFLAM', 'scorer_examples', 'scorer_batch', 'LossList', 'train_scorer',
+           'auroc', 'f1_score', 'best_f1', 'eval_renders', 'detection_scores', 'OpenFLAMScorer', 'span_frames',
+           'span_score', 'source_scores', 'multiflam', 'kept_sources', 'delta_multiflam', 'edit_terms', 'editflam',
+           'StemOracleScorer', 'clip_embedding', 'median_bandwidth', 'kad', 'fad', 'load_clap', 'clap_embeddings',
+           'ClapEmbedder']
 
 # %% ../nbs/19_metrics.ipynb #f98b80d5
 DEFAULT_COLLAR = 5.0  # seconds; MeetEval's recommended tcpWER collar (the paper does not state its value)
@@ -276,8 +277,15 @@ def _from_meeteval(r) -> WordErrorRate:
                          tuple(tuple(p) for p in (r.assignment or ())))
 
 # %% ../nbs/19_metrics.ipynb #65fe7f13
+def has_meeteval() -> bool:
+    "Whether MeetEval (the `eval` extra) is installed."
+    import importlib.util
+    return importlib.util.find_spec("meeteval") is not None
+
 def tcpwer(reference, hypothesis, collar: float = DEFAULT_COLLAR) -> WordErrorRate:
-    "tcpWER of one session through MeetEval (character-based reference timings, centre points for the hypothesis)."
+    """tcpWER of one session (character-based reference timings, centre points for the hypothesis): through MeetEval
+    when it is installed, else `tcpwer_from_scratch`, which agrees with it."""
+    if not has_meeteval(): return tcpwer_from_scratch(reference, hypothesis, collar)
     import meeteval
     reference, hypothesis = _check_pair(reference, hypothesis)
     if isinstance(collar, bool) or not isinstance(collar, (int, float)) or not collar >= 0 or math.isinf(collar):
@@ -291,7 +299,9 @@ def tcpwer(reference, hypothesis, collar: float = DEFAULT_COLLAR) -> WordErrorRa
     return _from_meeteval(r)
 
 def cpwer(reference, hypothesis) -> WordErrorRate:
-    "cpWER of one session through MeetEval (segments sorted by start time, words concatenated per speaker)."
+    """cpWER of one session (segments sorted by start time, words concatenated per speaker): through MeetEval when it
+    is installed, else `cpwer_from_scratch`, which agrees with it."""
+    if not has_meeteval(): return cpwer_from_scratch(reference, hypothesis)
     import meeteval
     reference, hypothesis = _check_pair(reference, hypothesis)
     with _quiet_meeteval():

@@ -704,7 +704,7 @@ def evaluate_run(learn, model, stream: BatchStream, config: Config, audio_end_id
     batch = stream[0].to(device)
     clean, estimate = denoise_preview(model, batch, config, seed=config.run.seed)
     _, sampled = sample_preview(model, batch, config, seed=config.run.seed)
-    if tensorboard is not None:
+    if tensorboard is not None and tensorboard.writer is not None:  # None: the tensorboard extra is not installed
         log_preview(tensorboard.writer, learn.step, dict(clean=clean, estimate=estimate, sampled=sampled), codec, stream.source.mean, stream.source.std)
     return ev
 
@@ -780,18 +780,8 @@ def resume_config(config: Config, explicit: dict) -> Config:
 # %% ../nbs/14_train.ipynb #6f00b3ba
 def train_main(argv: list[str]) -> int:
     "`audiochat train`: train a model from a preset, a YAML file and dotted overrides."
-    import argparse
-    p = argparse.ArgumentParser(prog="audiochat train", allow_abbrev=False,
-                                description="Train an AudioChat model with the forcing loss.",
-                                epilog="Any config key can be set: --model.d_model=256 --optim.lr=1e-3 --data.source=DIR "
-                                       "--run.out=DIR ... (see --show-config for all keys).")
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset (default: tiny)")
-    p.add_argument("--config", default=None, help="YAML file of config sections, applied over the preset")
-    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoints/latest (with its saved config)")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in run.out first (default: refuse)")
-    p.add_argument("--until", type=int, default=None, help="stop after this step (a later --resume continues)")
-    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
-    a, rest = p.parse_known_args(argv)
+    from .cli import train_parser  # built without torch: `audiochat train --help` is answered before this module loads
+    a, rest = train_parser().parse_known_args(argv)
     if a.resume and a.overwrite: raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
     config = resolve(a.preset, a.config, rest)
     if a.resume: config = resume_config(config, merge(read_yaml(a.config) if a.config else {}, parse_overrides(rest)))

@@ -225,3 +225,72 @@ def test_train_help_lists_every_config_key_with_its_default():
             checked += 1
             if key in RANGES: assert f", {RANGES[key]})" in text.split(f"--{key}=")[1].splitlines()[0], key
     assert checked > 80
+
+
+# 4. A lighter, honest install
+def _pyproject() -> dict:
+    import tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _requirements(project: dict) -> dict[str, tuple[str, str]]:
+    "{normalised distribution name: (where, floor)} of the base dependencies and every extra but dev."
+    import re
+    out = {}
+    for where, reqs in [("base", project["dependencies"])] + [(k, v) for k, v in project["optional-dependencies"].items() if k != "dev"]:
+        for r in reqs:
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)", r.split(";")[0].strip())
+            assert m, f"pyproject: {r!r} has no >= floor"
+            out[m[1].lower().replace("_", "-")] = (where, m[2])
+    return out
+
+
+def test_meeteval_and_tensorboard_are_extras():
+    project = _pyproject()["project"]
+    base = {r.split(">=")[0].strip().lower() for r in project["dependencies"]}
+    assert not base & {"meeteval", "tensorboard", "gradio", "datasets"}
+    extras = project["optional-dependencies"]
+    assert extras["eval"] == ["meeteval>=0.4.3"] and extras["tensorboard"][0].startswith("tensorboard>=")
+    dev = extras["dev"][0]
+    for name in ("eval", "tensorboard", "hf", "ui"): assert name in dev  # the tests need them all
+
+
+def test_every_imported_package_is_declared_with_a_tested_floor():
+    "Every package the code imports (lazily too) is a declared requirement, and each floor is the installed major.minor."
+    import ast
+    from importlib.metadata import packages_distributions, version
+    declared, dists = _requirements(_pyproject()["project"]), packages_distributions()
+    stdlib = set(sys.stdlib_module_names) | {"audiochat"}
+    imported = set()
+    for py in (ROOT / "audiochat").glob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Import): imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0: imported.add(node.module.split(".")[0])
+    by_hand = {"openflam"}  # OpenFLAMScorer: an adapter to a research package installed by hand, with its weights
+    for module in sorted(imported - stdlib - by_hand):
+        names = {d.lower().replace("_", "-") for d in dists.get(module, [])}
+        assert names & set(declared), f"audiochat imports {module} ({names or 'not installed'}) but pyproject declares none of it"
+    for name, (where, floor) in declared.items():
+        installed = tuple(int(x) for x in version(name).split(".")[:2])
+        assert tuple(int(x) for x in floor.split(".")[:2]) == installed, f"{name}: floor {floor}, installed and tested {version(name)}"
+
+
+def test_tcpwer_and_cpwer_without_meeteval(monkeypatch):
+    "Without the eval extra the from-scratch scorers answer, with MeetEval's numbers."
+    import audiochat.metrics as M
+    ref = [dict(speaker="a", words="the rain falls", start_time=0.0, end_time=1.5),
+           dict(speaker="b", words="hello there", start_time=1.0, end_time=2.0)]
+    hyp = [dict(speaker="x", words="the rain fell", start_time=0.1, end_time=1.4),
+           dict(speaker="y", words="hello", start_time=1.2, end_time=2.0)]
+    with_meeteval = M.tcpwer(ref, hyp, collar=0.5), M.cpwer(ref, hyp)
+    monkeypatch.setitem(sys.modules, "meeteval", None)  # `import meeteval` now fails, as in a base install
+    monkeypatch.setattr(M, "has_meeteval", lambda: False)
+    assert (M.tcpwer(ref, hyp, collar=0.5), M.cpwer(ref, hyp)) == with_meeteval
+
+
+def test_training_without_tensorboard(tmp_path, monkeypatch, capsys):
+    from audiochat.chat import train_tiny_run
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as in a base install
+    run = train_tiny_run(tmp_path / "run", steps=2)
+    assert "TensorBoard logging is off" in capsys.readouterr().err
+    assert (run / "log.jsonl").exists() and not list(run.rglob("events.out.tfevents.*"))
