@@ -24,9 +24,10 @@ from .scene import Scene
 
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
-           'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards', 'build_shard', 'build',
-           'summarize', 'format_summary', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
-           'build_samples', 'check_writable', 'damaged_shards', 'turns_in', 'export_hf', 'data_main']
+           'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
+           'build_shard', 'build', 'summarize', 'format_summary', 'read_records', 'load_turn', 'format_dialogue',
+           'eval_config', 'build_eval', 'build_samples', 'check_writable', 'damaged_shards', 'turns_in', 'export_hf',
+           'write_hub_folder', 'data_main']
 
 # %% ../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed wheel finds them
@@ -304,9 +305,11 @@ def turns_in(shard) -> int | None:
     try: return sum(len(json.loads(line)["turns"]) for line in open(Path(shard) / "records.jsonl") if line.strip())
     except (OSError, ValueError, KeyError, TypeError): return None
 
-def export_hf(data, out, cache_dir=None, skip_damaged: bool = False):
-    """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hugging Face `datasets` dataset
-    in `out` (`save_to_disk`): one row per turn with the dialogue id, split, turn index, the user's request, the subtask,
+def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows: int = 500):
+    """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hub-ready dataset folder `out`
+    (parquet shards and a dataset card, `write_hub_folder`) that `datasets.load_dataset(out)` reads, and
+    `load_dataset("ORG/NAME")` once uploaded (`huggingface_hub.upload_folder`); returns it loaded. One row per turn
+    with the dialogue id, split, turn index, the user's request, the subtask,
     the scene as JSON, the designer's answer and the turn's audio, an `Audio` feature holding the FLAC file itself.
     A damaged shard is an error unless `skip_damaged` (then `damaged_shards` and `turns_in` say what was left out)."""
     import tempfile
@@ -331,8 +334,55 @@ def export_hf(data, out, cache_dir=None, skip_damaged: bool = False):
         # the FLAC bytes go in as they are; casting (not encoding) makes the column an `Audio` feature, which needs no
         # audio encoder (recent `datasets` wants `torchcodec` to encode, but not to cast stored bytes)
         ds = ds.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
-        ds.save_to_disk(str(out))
-    return datasets.load_from_disk(str(out))
+        write_hub_folder(ds, out, shard_rows)
+    return datasets.load_dataset(str(out))
+
+HF_CARD = """---
+configs:
+- config_name: default
+  data_files:
+{files}
+task_categories:
+- text-to-audio
+tags:
+- audio
+- audiochat
+---
+# {name}
+
+Dialogues of the `audiochat` project (`audiochat data export`), one row per turn: `id` (the dialogue), `split`,
+`turn`, `request` (the user's words), `subtask`, `scene` (the designer's chain of thought, as JSON), `answer` (the
+words of an answer without audio), `duration` (seconds) and `audio`, the turn's FLAC file as it was rendered.
+
+```python
+from datasets import load_dataset, Audio
+ds = load_dataset("THIS_FOLDER_OR_ORG/NAME")
+rows = ds["{first}"].cast_column("audio", Audio(decode=False))  # the FLAC bytes (soundfile reads them); decoded
+                                                                # arrays need torchcodec and FFmpeg
+```
+"""
+
+def write_hub_folder(ds, out, shard_rows: int = 500) -> Path:
+    """Write `ds` (rows with a `split` column) as the Hub lays out a dataset repository: `data/SPLIT-NNNNN-of-MMMMM.parquet`
+    shards of at most `shard_rows` rows per split and a dataset card `README.md` naming them. Built beside `out`, then
+    moved into place: a reader never sees a half-written folder. An existing `out` is replaced only if it is such a folder."""
+    import shutil
+    out = Path(out)
+    ours = out.is_dir() and (not any(out.iterdir()) or ((out / "README.md").is_file() and (out / "data").is_dir()))
+    if out.exists() and not ours:
+        raise ValueError(f"{out} exists and is not a dataset folder written by `audiochat data export`: give a new --out")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = []
+    for split in dict.fromkeys(ds["split"]):  # the splits in the order the dialogues came
+        part = ds.filter(lambda s: s == split, input_columns="split")
+        n = -(-len(part) // shard_rows)
+        for i in range(n): part.shard(n, i, contiguous=True).to_parquet(str(tmp / "data" / f"{split}-{i:05d}-of-{n:05d}.parquet"))
+        files.append(f"  - split: {split}\n    path: data/{split}-*.parquet")
+    (tmp / "README.md").write_text(HF_CARD.format(files="\n".join(files), name=out.name, first=next(iter(dict.fromkeys(ds["split"])))))
+    if out.exists(): shutil.rmtree(out)
+    tmp.rename(out)
+    return out
 
 def _hf_rows(data):
     for r in read_records(data):
@@ -365,14 +415,15 @@ def data_main(argv: list[str]) -> int:
     s = sub.add_parser("show", help="print dialogues of a built dataset as chats")
     s.add_argument("dir"); s.add_argument("-n", type=int, default=1, help="how many dialogues (default 1)")
     x = sub.add_parser("export", help="write a dataset as a Hugging Face `datasets` dataset (one row per turn, audio included)")
-    x.add_argument("--format", choices=["hf"], default="hf", help="hf: datasets.Dataset.save_to_disk (default)")
+    x.add_argument("--format", choices=["hf"], default="hf", help="hf: parquet shards + a dataset card, the Hub's layout (default)")
     x.add_argument("--data", required=True, help="a built dataset, StoryGen-Eval-mini or data_samples/dialogues")
-    x.add_argument("--out", required=True, help="output folder (load it with datasets.load_from_disk)")
+    x.add_argument("--out", required=True, help="output folder (load it with datasets.load_dataset(OUT); upload it as it is)")
     x.add_argument("--skip-damaged", action="store_true", help="export without the damaged shards (counted and named) instead of failing")
     a = p.parse_args(argv)
     if a.command == "export":
         ds = export_hf(a.data, a.out, skip_damaged=a.skip_damaged)
-        print(f"wrote {a.out}/: {len(ds)} turns ({', '.join(ds.column_names)}); datasets.load_from_disk({str(a.out)!r})")
+        turns, columns = sum(map(len, ds.values())), next(iter(ds.values())).column_names
+        print(f"wrote {a.out}/: {turns} turns in {len(ds)} split(s) ({', '.join(columns)}); datasets.load_dataset({str(a.out)!r})")
         for shard in damaged_shards(a.data):
             n = turns_in(shard)
             print(f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported", file=sys.stderr)

@@ -294,3 +294,32 @@ def test_training_without_tensorboard(tmp_path, monkeypatch, capsys):
     run = train_tiny_run(tmp_path / "run", steps=2)
     assert "TensorBoard logging is off" in capsys.readouterr().err
     assert (run / "log.jsonl").exists() and not list(run.rglob("events.out.tfevents.*"))
+
+
+# 3. The data export: the Hub's layout, audio read back bit for bit
+def test_export_is_a_hub_dataset_folder_read_back_bit_for_bit(tmp_path):
+    import io
+
+    import datasets
+    import soundfile as sf
+
+    from audiochat.data import DATA_SAMPLES, export_hf, read_records
+    out = tmp_path / "audiochat-samples"
+    export_hf(DATA_SAMPLES / "dialogues", out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == ["data/train-00000-of-00001.parquet"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "path: data/train-*.parquet" in card
+    ds = datasets.load_dataset(str(out))  # what `load_dataset("ORG/NAME")` reads once the folder is uploaded
+    assert list(ds) == ["train"] and isinstance(ds["train"].features["audio"], datasets.Audio)
+    rows = iter(ds["train"].cast_column("audio", datasets.Audio(decode=False)))
+    for r in read_records(DATA_SAMPLES / "dialogues"):
+        for t in r["turns"]:
+            audio = next(rows)["audio"]
+            assert audio["bytes"] == Path(t["audio"]).read_bytes()  # the turn's FLAC file, bit for bit
+            a, sr = sf.read(io.BytesIO(audio["bytes"]), dtype="int16")
+            b, sr_b = sf.read(t["audio"], dtype="int16")
+            assert sr == sr_b and (a == b).all()
+    export_hf(DATA_SAMPLES / "dialogues", out)  # a second export replaces the first
+    (tmp_path / "notes").mkdir(); (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a dataset folder"): export_hf(DATA_SAMPLES / "dialogues", tmp_path / "notes")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"

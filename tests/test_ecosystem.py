@@ -27,7 +27,7 @@ def test_light_imports():
 
 
 def test_export_hf(tmp_path):
-    "`audiochat data export --format hf` writes one row per turn; loaded back it matches the records, audio included."
+    "`audiochat data export --format hf` writes one row per turn; `load_dataset(folder)` gives back the records, audio included."
     import io
     import json
 
@@ -39,7 +39,7 @@ def test_export_hf(tmp_path):
 
     samples = Path(__file__).parents[1] / "audiochat" / "data_samples" / "dialogues"
     assert main(["data", "export", "--format", "hf", "--data", str(samples), "--out", str(tmp_path / "hf")]) == 0
-    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    ds = datasets.load_dataset(str(tmp_path / "hf"), split="train")  # the folder as the Hub would serve it
     assert isinstance(ds.features["audio"], datasets.Audio)
     rows = iter(ds.cast_column("audio", datasets.Audio(decode=False)))  # decoding needs torchcodec; the bytes do not
     n = 0
