@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 # %% ../nbs/21_cli.ipynb #1c101dc6
 import ast
 
+from functools import lru_cache
+
+@lru_cache(None)
 def _source(module: str) -> str: return (Path(audiochat.__file__).parent / f"{module}.py").read_text()
+
+@lru_cache(None)
+def _tree(module: str) -> ast.Module: return ast.parse(_source(module))
 
 def _assigned(tree: ast.Module, name: str) -> ast.expr:
     "The value of the module-level assignment `name = ...` in `tree`."
@@ -93,14 +99,15 @@ def _default(value: ast.expr | None) -> str:
 def config_fields() -> dict[str, tuple[str, str, str]]:
     """{dotted key: (type, default, comment)} of every training config key, read from the dataclasses' source without
     importing them (nor torch). The defaults are the dataclasses'; a preset changes some (`train --show-config`)."""
-    config = ast.parse(_source("config"))
+    config = _tree("config")
     home = {a.asname or a.name: n.module for n in config.body if isinstance(n, ast.ImportFrom) and n.level == 1 for a in n.names}
     sections = {ast.literal_eval(k): v.id for k, v in zip(_assigned(config, "SECTIONS").keys, _assigned(config, "SECTIONS").values)}
     out = {}
     for section, cls in {**sections, "data.build": "DataConfig"}.items():
         source = _source(home.get(cls, "config"))
-        node = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == cls)
-        notes = _comments(source)
+        node = next(n for n in _tree(home.get(cls, "config")).body if isinstance(n, ast.ClassDef) and n.name == cls)
+        lines = source.splitlines()[node.lineno - 1:node.end_lineno]  # only the class is tokenized (fast)
+        notes = {node.lineno - 1 + k: v for k, v in _comments("\n".join(lines) + "\n").items()}
         for f in node.body:
             if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name):
                 out[f"{section}.{f.target.id}"] = (ast.unparse(f.annotation), _default(f.value), notes.get(f.end_lineno, ""))
@@ -108,7 +115,7 @@ def config_fields() -> dict[str, tuple[str, str, str]]:
 
 def config_help() -> str:
     "Every config key as a line of `train --help`: --KEY=DEFAULT (type, range)  what it is."
-    config = ast.parse(_source("config"))
+    config = _tree("config")
     ranges = ast.literal_eval(_assigned(config, "RANGES"))
     lines = ["config keys, each set as --KEY=VALUE (defaults before a preset applies; --show-config prints the resolved config):"]
     for key, (kind, default, note) in config_fields().items():
@@ -119,7 +126,7 @@ def config_help() -> str:
 # %% ../nbs/21_cli.ipynb #ad5dd1f0
 def train_parser() -> argparse.ArgumentParser:
     "The parser of `audiochat train`; its help lists every config key (`config_help`). Builds without torch."
-    presets = [ast.literal_eval(k) for k in _assigned(ast.parse(_source("config")), "PRESETS").keys]
+    presets = [ast.literal_eval(k) for k in _assigned(_tree("config"), "PRESETS").keys]
     p = argparse.ArgumentParser(prog="audiochat train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Train an AudioChat model with the forcing loss.", epilog=config_help())
     p.add_argument("--preset", default="tiny", choices=sorted(presets), help="size preset (default: tiny)")
@@ -135,7 +142,7 @@ HELP_PARSERS = {"train": train_parser}  # commands whose `--help` is answered he
 # %% ../nbs/21_cli.ipynb #64c051a1
 def eval_parser() -> argparse.ArgumentParser:
     "The parser of `audiochat eval`, built without torch (its defaults read from `audiochat/evaluate.py`'s source)."
-    tree = ast.parse(_source("evaluate"))
+    tree = _tree("evaluate")
     split, clap = (ast.literal_eval(_assigned(tree, name)) for name in ("SPLIT_NAME", "DEFAULT_CLAP"))
     p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
                                 "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
