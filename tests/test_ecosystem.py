@@ -141,8 +141,10 @@ def test_bundle_moved_gives_identical_outputs(tmp_path, hub):
         assert cot2 == cot and (latents is None) == (latents2 is None)
         if latents is not None: assert torch.equal(latents, latents2)
     fake_hub(hub, "org/audiochat-tiny", moved)
-    cot3, latents3 = _answer(ChatEngine.from_pretrained("hf:org/audiochat-tiny", **settings), request)
-    assert cot3 == cot and (latents is None or torch.equal(latents, latents3))
+    for name in ("hf:org/audiochat-tiny", "org/audiochat-tiny"):  # a Hub id, with or without the hf: prefix
+        for load in (ChatEngine.from_pretrained, ChatEngine.load):
+            cot3, latents3 = _answer(load(name, **settings), request)
+            assert cot3 == cot and (latents is None or torch.equal(latents, latents3))
     with pytest.raises(FileNotFoundError, match="not a bundle"): ChatEngine.from_pretrained(moved / "codec")
 
 
