@@ -18,7 +18,8 @@ from pathlib import Path
 import audiochat
 
 # %% auto #0
-__all__ = ['COMMANDS', 'HELP_PARSERS', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'demo', 'demo_main']
+__all__ = ['COMMANDS', 'HELP_PARSERS', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'codec_parser',
+           'demo', 'demo_main']
 
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"audiochat: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    if name in HELP_PARSERS and ({"-h", "--help"} & set(argv[1:])): HELP_PARSERS[name]().parse_args(["--help"])  # exits
+    if name in HELP_PARSERS and ({"-h", "--help"} & set(argv[1:])): HELP_PARSERS[name]().parse_known_args(argv[1:])  # prints the help, exits
     module, fn, _ = COMMANDS[name]
     try:
         return getattr(importlib.import_module(module), fn)(argv[1:]) or 0
@@ -166,6 +167,40 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 HELP_PARSERS["eval"] = eval_parser
+
+# %% ../nbs/21_cli.ipynb #f012f328
+def codec_parser() -> argparse.ArgumentParser:
+    "The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets read from `audiochat/codec.py`)."
+    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec"), "PRESETS").keys]
+    p = argparse.ArgumentParser(prog="audiochat codec", description="Train, use and evaluate the audio codec.")
+    sub = p.add_subparsers(dest="action", required=True)
+    t = sub.add_parser("train", help="train a codec on the audio files under a folder")
+    t.add_argument("--preset", default="tiny", choices=sorted(presets))
+    t.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
+    t.add_argument("--out", default=None, help="output folder (default: runs/codec-PRESET)")
+    t.add_argument("--steps", type=int, default=None, help="total steps to reach (default 2000 unless --minutes)")
+    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--device", default="auto"); t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)")
+    f = sub.add_parser("fit", help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to train)")
+    f.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
+    f.add_argument("--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of the tiny preset")
+    e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
+    e.add_argument("--model", required=True, help="codec folder (save_pretrained)")
+    e.add_argument("--data", required=True); e.add_argument("--out", required=True)
+    e.add_argument("--shard-files", type=int, default=256); e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--device", default="auto")
+    v = sub.add_parser("eval", help="reconstruction figures on a folder of audio, with baselines")
+    v.add_argument("--model", required=True); v.add_argument("--data", required=True)
+    v.add_argument("--max-files", type=int, default=None); v.add_argument("--max-seconds", type=float, default=None)
+    v.add_argument("--lowpass-hz", type=float, default=4000.0); v.add_argument("--json", default=None, help="also write the result here")
+    v.add_argument("--device", default="cpu")
+    return p
+
+HELP_PARSERS["codec"] = codec_parser
 
 # %% ../nbs/21_cli.ipynb #cfaa3fea
 from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package

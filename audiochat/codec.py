@@ -863,32 +863,8 @@ def _parse_override(text: str) -> tuple[str, object]:
 # %% ../nbs/06_codec.ipynb #a3c25508
 def codec_main(argv: list[str]) -> int:
     "`audiochat codec train|encode|eval`: train a codec, cache latents, evaluate."
-    p = argparse.ArgumentParser(prog="audiochat codec", description="Train, use and evaluate the audio codec.")
-    sub = p.add_subparsers(dest="action", required=True)
-    t = sub.add_parser("train", help="train a codec on the audio files under a folder")
-    t.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    t.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
-    t.add_argument("--out", default=None, help="output folder (default: runs/codec-PRESET)")
-    t.add_argument("--steps", type=int, default=None, help="total steps to reach (default 2000 unless --minutes)")
-    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    t.add_argument("--device", default="auto"); t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)")
-    f = sub.add_parser("fit", help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to train)")
-    f.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
-    f.add_argument("--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of the tiny preset")
-    e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
-    e.add_argument("--model", required=True, help="codec folder (save_pretrained)")
-    e.add_argument("--data", required=True); e.add_argument("--out", required=True)
-    e.add_argument("--shard-files", type=int, default=256); e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--device", default="auto")
-    v = sub.add_parser("eval", help="reconstruction figures on a folder of audio, with baselines")
-    v.add_argument("--model", required=True); v.add_argument("--data", required=True)
-    v.add_argument("--max-files", type=int, default=None); v.add_argument("--max-seconds", type=float, default=None)
-    v.add_argument("--lowpass-hz", type=float, default=4000.0); v.add_argument("--json", default=None, help="also write the result here")
-    v.add_argument("--device", default="cpu")
+    from .cli import codec_parser  # built without torch: `audiochat codec --help` is answered before this module loads
+    p = codec_parser()
     a = p.parse_args(argv)
     if a.action == "train":
         out = a.out or f"runs/codec-{a.preset}"

@@ -193,11 +193,11 @@ def test_app_follows_gradio_conventions(tmp_path):
 
 
 # 5. --help without torch, listing every config key
-@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("command", ["train", "eval", "codec", "codec train"])
 def test_help_loads_no_torch(command):
     import time
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "audiochat", command, "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "audiochat", *command.split(), "--help"], capture_output=True, text=True, timeout=60)
     seconds = time.perf_counter() - t0
     assert out.returncode == 0 and f"usage: audiochat {command}" in out.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
