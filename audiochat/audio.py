@@ -150,6 +150,7 @@ def mel_spectrogram(x, sr: int = SAMPLE_RATE, n_mels: int = 80, n_fft: int = 102
     "Log-mel spectrogram in dB of (C, T) audio: (C, n_mels, frames), torchaudio's MelSpectrogram + AmplitudeToDB."
     x = check_audio(x)
     hop = hop or n_fft // 4
+    if x.shape[-1] <= n_fft // 2: x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.shape[-1]))  # a clip shorter than half a window
     mel = torchaudio.transforms.MelSpectrogram(sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels, power=2.0)(x)
     return torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)(mel)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 # %% auto #0
 __all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'MAX_SOURCES', 'TIME_DECIMALS', 'DB_DECIMALS',
            'PAN_DECIMALS', 'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'EDIT_VALUES', 'MAX_GAIN_DB', 'short_repr',
-           'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'to_seglst']
+           'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'edited_spans', 'to_seglst']
 
 # %% ../nbs/02_scene.ipynb #47dd7819
 KINDS = ("speech", "sfx", "music")
@@ -425,6 +425,14 @@ def _between(before: Scene, after: Scene, subtask: str | None = None, request: s
     return Edit(subtask or "edit", changes=d)
 
 Edit.between = staticmethod(_between)
+
+# %% ../nbs/02_scene.ipynb #47a9d3b4
+def edited_spans(before: Scene, after: Scene) -> list[tuple[float, float]]:
+    """The time spans an edit touches, as (start, end) in seconds: removed and changed sources where they were, added
+    and changed ones where they are. Outside them an edit should keep the audio as it was."""
+    d = diff(before, after)
+    return ([(before[i].start, before[i].end) for i in [*d.removed, *d.changed]] +
+            [(after[i].start, after[i].end) for i in d.changed] + [(s.start, s.end) for s in d.added])
 
 # %% ../nbs/02_scene.ipynb #db3cd7e8
 def to_seglst(scene: Scene, session_id: str = "session0") -> list[dict]:

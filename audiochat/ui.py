@@ -13,13 +13,13 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from .scene import Scene, SceneError
+from .scene import Scene, SceneError, edited_spans
 
 if TYPE_CHECKING: from audiochat.chat import ChatEngine, Plan, Reply, Timings  # imported where used: `--help` needs no torch
 
 # %% auto #0
 __all__ = ['scene_table', 'timing_line', 'tell_main', 'edit_main', 'understand_main', 'next_turn_file', 'chat_main',
-           'reply_section', 'write_report', 'ChatPanel']
+           'plot_before_after', 'reply_section', 'report_sections', 'write_report', 'ChatPanel']
 
 # %% ../nbs/17_ui.ipynb #c61b7ac7
 def scene_table(scene: Scene) -> str:
@@ -82,7 +82,8 @@ def _write(reply: Reply, path, engine: ChatEngine) -> Path:
     return path
 
 def _show(reply: Reply):
-    "Print the reply: its scene as a table (or the model's answer in words) and the timings."
+    "Print the reply: an edit's change, its scene as a table (or the model's answer in words) and the timings."
+    if reply.edit is not None: print(f"edit: {reply.edit.to_json()}")
     if reply.message is not None: print(f"the model answered: {reply.message}")
     elif reply.scene is not None: print(scene_table(reply.scene))
     else: print("(no chain of thought: this model renders audio straight from the request)")
@@ -169,6 +170,24 @@ def chat_main(argv: list[str], stdin=None) -> int:
     return 0
 
 # %% ../nbs/17_ui.ipynb #585b8313
+def plot_before_after(before, after, sample_rate: int, changed: list, title: str | None = None, figsize=(9, 4.2)):
+    """Log-mel spectrograms of an edit's audio before (top) and after (bottom), the spans it changed (`edited_spans`)
+    outlined: outside them the two should look alike."""
+    import matplotlib.pyplot as plt
+    from audiochat.audio import check_audio, mel_spectrogram
+    fig, axes = plt.subplots(2, 1, figsize=figsize, sharex=True)
+    for ax, x, name in zip(axes, (before, after), ("before", "after")):
+        x = check_audio(x)
+        seconds, m = x.shape[-1] / sample_rate, mel_spectrogram(x.mean(0, keepdim=True), sample_rate)[0].numpy()
+        ax.imshow(m, origin="lower", aspect="auto", extent=(0, seconds, 0, m.shape[0]), cmap="magma")
+        for start, end in changed:
+            ax.add_patch(plt.Rectangle((start, 0), end - start, m.shape[0], fill=False, edgecolor="cyan", lw=2, ls="--"))
+        ax.set_ylabel(f"{name}\nmel bin")
+    axes[-1].set_xlabel("time (s)")
+    if title: axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
 def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
     import html
     import matplotlib.pyplot as plt
@@ -176,11 +195,18 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
     parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
     if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
     if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
+    if s.get("edit"): parts.append(f"<p><b>edit (the change the model wrote):</b> <code>{html.escape(s['edit'])}</code></p>")
     if s.get("audio") is not None:
         wav = save_audio(out / f"turn-{i:02d}.wav", s["audio"], sample_rate)
         fig = plot_audio(s["audio"], sample_rate, spans=s["scene"].spans() if s.get("scene") else None, title=s["title"], figsize=(9, 3.5))
         fig.savefig(out / f"turn-{i:02d}.png", dpi=90); plt.close(fig)
         parts.append(f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" alt="spectrogram of turn {i}" width="810">')
+    if s.get("before") is not None and s.get("audio") is not None:
+        wav = save_audio(out / f"turn-{i:02d}-before.wav", s["before"], sample_rate)
+        fig = plot_before_after(s["before"], s["audio"], sample_rate, s.get("changed") or [], "before / after (changed spans outlined)")
+        fig.savefig(out / f"turn-{i:02d}-edit.png", dpi=90); plt.close(fig)
+        parts.append(f'<h3>before / after</h3>before: <audio controls src="{wav.name}"></audio><br>'
+                     f'<img src="turn-{i:02d}-edit.png" alt="spectrograms before and after the edit of turn {i}" width="810">')
     if s.get("scene") is not None: parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
     if s.get("cot"): parts.append(f"<details><summary>chain of thought (raw)</summary><pre>{html.escape(s['cot'])}</pre></details>")
     if s.get("timings"):
@@ -189,10 +215,21 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
         parts.append(f"<h3>timings (s)</h3><table>{rows}</table>")
     return "\n".join(parts) + "</section>"
 
-def reply_section(reply: Reply) -> dict:
-    "A report section for a chat reply."
-    return dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
-                timings=reply.timings.to_dict(), message=reply.message)
+def reply_section(reply: Reply, before: Reply | None = None) -> dict:
+    "A report section for a chat reply; an edit with the reply it changed (`before`) also shows the audio before it."
+    s = dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
+             timings=reply.timings.to_dict(), message=reply.message, edit=reply.edit.to_json() if reply.edit else None)
+    if reply.task == "edit" and before is not None and before.audio is not None and reply.audio is not None:
+        s.update(before=before.audio, changed=edited_spans(before.scene, reply.scene) if before.scene and reply.scene else [])
+    return s
+
+def report_sections(replies: list) -> list[dict]:
+    "Report sections of a conversation's replies, each edit paired with the last reply before it that made audio."
+    out, last = [], None
+    for r in replies:
+        out.append(reply_section(r, last if r.task == "edit" else None))
+        if r.audio is not None: last = r
+    return out
 
 # %% ../nbs/17_ui.ipynb #adf8c6e7
 def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
@@ -200,7 +237,10 @@ def write_report(out_dir, sections: list, sample_rate: int, title: str = "audioc
     with title, request, scene, cot, audio (channels, samples), timings (dict)."""
     import html
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(_section_html(i, s if isinstance(s, dict) else reply_section(s), out, sample_rate) for i, s in enumerate(sections, 1))
+    replies = [s for s in sections if not isinstance(s, dict)]
+    paired = iter(report_sections(replies))
+    sections = [s if isinstance(s, dict) else next(paired) for s in sections]
+    body = "\n".join(_section_html(i, s, out, sample_rate) for i, s in enumerate(sections, 1))
     style = ("body{font-family:sans-serif;max-width:900px;margin:auto;padding:1em} pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"
              " section{border-top:1px solid #ccc;margin-top:1.5em} td{padding:0 1em 0 0}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"

@@ -44,7 +44,7 @@ from audiochat.codec import SpectralDistance
 from audiochat.data import load_turn, read_records
 from audiochat.evaluate import as_eval_audio, load_scorer, resolve_split
 from audiochat.metrics import delta_multiflam, editflam, multiflam, tcpwer
-from audiochat.scene import Scene, diff, to_seglst
+from audiochat.scene import Scene, diff, edited_spans, to_seglst
 from audiochat.sct import AudioChatModel
 from audiochat.tools import render, resolve_sound
 from audiochat.copilot import (HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, assistant_plan, heard_scene,
@@ -343,12 +343,6 @@ def model_audio(engine: ChatEngine, d: dict, scorer, distance, plans: list) -> l
         out.append(as_eval_audio(reply.audio, rate, d["scenes"][j].duration))
         if reply.scene is not None: plans.append(plan_vs_render(scorer, distance, as_eval_audio(reply.audio, rate, reply.scene.duration), reply.scene))
     return out
-
-def edited_spans(before: Scene, after: Scene) -> list[tuple[float, float]]:
-    "The time spans an edit touches: removed and changed sources where they were, added and changed where they are."
-    d = diff(before, after)
-    return ([(before[i].start, before[i].end) for i in [*d.removed, *d.changed]] +
-            [(after[i].start, after[i].end) for i in d.changed] + [(s.start, s.end) for s in d.added])
 
 def keep_error(distance: SpectralDistance, a, b, spans: list, rate: int = SAMPLE_RATE) -> float | None:
     """Mean |log-mel difference| of two audios of one scene over the frames outside `spans` (what an edit should keep),

@@ -9,7 +9,7 @@ from audiochat.chat import train_tiny_run
 from audiochat.copilot import SUBTASKS
 from audiochat.data import build_eval, load_turn, read_records
 from audiochat.metrics import scorer_examples, train_scorer
-from audiochat.scene import Scene
+from audiochat.scene import Scene, edited_spans
 
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "learning.py"
 
@@ -167,6 +167,6 @@ def test_edited_spans_cover_where_the_source_was_and_is(learning):
                                                        dict(id="fx2", kind="sfx", caption="rain", start=0, end=6)]))
     moved = Scene.from_dict(dict(duration=6, sources=[dict(id="fx1", kind="sfx", caption="a dog barking", start=4, end=5),
                                                       dict(id="fx2", kind="sfx", caption="rain", start=0, end=6)]))
-    assert sorted(learning.edited_spans(before, moved)) == [(1, 2), (4, 5)]
+    assert sorted(edited_spans(before, moved)) == [(1, 2), (4, 5)]
     removed = Scene(tuple(s for s in before.sources if s.id != "fx1"), 6)
-    assert learning.edited_spans(before, removed) == [(1, 2)]
+    assert edited_spans(before, removed) == [(1, 2)]
