@@ -110,7 +110,7 @@ def test_pretrained_without_bos_eos(tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="vocab_size must be at least"):
         train_tokenizer(["x"], vocab_size=10)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="tokenizer folder not found"):
         load_tokenizer(tmp_path / "missing")
     _tiny_pretrained(tmp_path)
     from transformers import AutoTokenizer
