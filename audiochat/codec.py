@@ -299,9 +299,11 @@ def resolve_pretrained(name_or_path, allow_patterns=None, what: str = "checkpoin
     d = Path(s).expanduser()
     if not s.startswith("hf:") and d.is_dir(): return d
     hub = hub_id(s)
-    if hub is None:
+    here = not s.startswith("hf:") and d.parent != Path(".") and d.parent.is_dir()  # `runs/x` with a local `runs/`: a path
+    if hub is None or here:
         if s.startswith("hf:"): raise ValueError(f"{s!r}: a Hub repository is written ORG/NAME (or hf:ORG/NAME)")
-        raise FileNotFoundError(f"{what} folder not found: {s} (no such folder, and not a Hugging Face Hub id ORG/NAME)")
+        why = f"{d.parent}/ is a local folder, so it is not read as a Hub id (hf:{s} is)" if hub else "and not a Hugging Face Hub id ORG/NAME"
+        raise FileNotFoundError(f"{what} folder not found: {s} (no such folder; {why})")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     local = "" if s.startswith("hf:") else "no such local folder; "

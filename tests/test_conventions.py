@@ -32,7 +32,7 @@ def _tiny_llama(folder, vocab_size: int, d_model: int = 128, n_heads: int = 4, n
 
 
 # 1. One Hub id convention
-def test_bare_hub_ids_everywhere(tmp_path, hub):
+def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
     "Codec, tokenizer, Hugging Face weights and the model load from `ORG/NAME` (and `hf:ORG/NAME`) in the offline cache."
     from audiochat.codec import CodecConfig, hub_id, make_codec, resolve_pretrained
     from audiochat.sct import AudioChatModel, preset
@@ -60,12 +60,14 @@ def test_bare_hub_ids_everywhere(tmp_path, hub):
         assert all(torch.equal(a[k], b[k]) for k in a)
     for name in ("org/model", "hf:org/model"):
         assert AudioChatModel.from_pretrained(name).config == AudioChatModel.from_pretrained(tmp_path / "model").config
+    monkeypatch.chdir(tmp_path)
     assert resolve_pretrained("org/lm").is_relative_to(hub)
-    (tmp_path / "org" / "lm").mkdir(parents=True)
-    os.chdir(tmp_path)  # an existing local folder of the same name wins, as in transformers
-    assert resolve_pretrained("org/lm") == Path("org/lm")
     with pytest.raises(FileNotFoundError, match="no such local folder; not in the local Hugging Face cache"): resolve_pretrained("org/missing")
     with pytest.raises(FileNotFoundError, match="not a Hugging Face Hub id"): resolve_pretrained("no/such/folder")
+    (tmp_path / "org" / "lm").mkdir(parents=True)  # an existing local folder of the same name wins, as in transformers
+    assert resolve_pretrained("org/lm") == Path("org/lm")
+    with pytest.raises(FileNotFoundError, match="org/ is a local folder, so it is not read as a Hub id"): resolve_pretrained("org/missing")
+    assert resolve_pretrained("hf:org/lm").is_relative_to(hub)  # hf: says which is meant
 
 
 def test_base_preset_names_smollm2_weights_and_tokenizer():

@@ -512,12 +512,13 @@ def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
     assert "give an audio file name" in capsys.readouterr().err and not list(tmp_path.glob("out*"))
 
 
-def test_local_codec_path_never_goes_to_the_network(monkeypatch):
+def test_local_codec_path_never_goes_to_the_network(monkeypatch, tmp_path):
     import huggingface_hub
     from audiochat.codec import Codec
     def no_network(*a, **k): raise AssertionError("a local path must not be looked up on the Hub")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
-    for path in ["runs/codec", "missing/codec", "org/name"]:
+    monkeypatch.chdir(tmp_path); (tmp_path / "runs").mkdir()  # a bare ORG/NAME is a Hub id, unless ORG/ is a local folder
+    for path in ["runs/codec", "./missing/codec", str(tmp_path / "org" / "name")]:
         with pytest.raises(FileNotFoundError, match="codec folder not found"): Codec.from_pretrained(path)
 
 
