@@ -16,16 +16,18 @@ import reprlib
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'MAX_SOURCES', 'TIME_DECIMALS', 'DB_DECIMALS',
-           'PAN_DECIMALS', 'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'EDIT_VALUES', 'MAX_GAIN_DB', 'short_repr',
-           'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'edited_spans', 'to_seglst']
+__all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'MAX_SOURCES', 'MAX_SCENE_CHARS', 'TIME_DECIMALS',
+           'DB_DECIMALS', 'PAN_DECIMALS', 'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'EDIT_VALUES', 'MAX_GAIN_DB',
+           'short_repr', 'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'edited_spans',
+           'to_seglst']
 
 # %% ../nbs/02_scene.ipynb #47dd7819
 KINDS = ("speech", "sfx", "music")
 LOUDNESS_RANGE = (-60.0, 0.0)  # LUFS
 MAX_DURATION = 120.0  # seconds
 MAX_TEXT_CHARS = 2000  # longest text or caption of one source (2000 characters of speech: about 2 minutes)
-MAX_SOURCES = 64  # sources in one scene (rendering cost grows with their overlaps: 3,000 sources took 20+ GB)
+MAX_SOURCES = 32  # sources in one scene (3,000 sources made a 257 KB scene that took 22.8 GB to render)
+MAX_SCENE_CHARS = 4000  # a scene's canonical JSON (about 1,500 tokens): a model reads it whole at every diffusion step
 TIME_DECIMALS, DB_DECIMALS, PAN_DECIMALS = 2, 1, 2
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 FIELD_ORDER = ("id", "kind", "speaker", "emotion", "text", "caption", "start", "end", "loudness_db", "pan")
@@ -151,6 +153,8 @@ class Scene:
             seen.add(s.id)
             if s.end > d: raise SceneError(f"source {s.id!r}.end", f"must be <= the scene duration ({d})", s.end)
         object.__setattr__(self, "sources", srcs)
+        n = len(self.to_json())
+        if n > MAX_SCENE_CHARS: raise SceneError("scene", f"must be at most {MAX_SCENE_CHARS} characters as JSON (MAX_SCENE_CHARS)", f"{n} characters")
 
     def __getitem__(self, id: str) -> Source:
         for s in self.sources:
