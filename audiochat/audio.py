@@ -19,7 +19,7 @@ import torchaudio
 __all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'MAX_AUDIO_SECONDS', 'SAMPLE_RATE_RANGE', 'MAX_PEAK', 'MAX_CHANNELS',
            'MAX_DECODED_SAMPLES', 'BLOCK_SECONDS', 'AudioError', 'inside', 'as_tensor', 'check_audio', 'to_channels',
            'resample', 'load_audio', 'save_audio', 'loudness', 'normalize_loudness', 'pan_gains', 'pan',
-           'mel_spectrogram', 'plot_audio', 'show_jpeg', 'audio_player']
+           'mel_spectrogram', 'plot_audio', 'plot_before_after', 'show_jpeg', 'audio_player']
 
 # %% ../nbs/01_audio.ipynb #a24e6c6d
 SAMPLE_RATE = 16_000  # the project's audio rate (Hz)
@@ -189,6 +189,25 @@ def plot_audio(x, sr: int = SAMPLE_RATE, spans=None, title: str | None = None, f
     if title: ax_w.set_title(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/01_audio.ipynb #ffff5270
+def plot_before_after(before, after, sample_rate: int, changed: list, title: str | None = None, figsize=(9, 4.2)):
+    """Log-mel spectrograms of an edit's audio before (top) and after (bottom), the spans it changed (`edited_spans`)
+    outlined: outside them the two should look alike."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 1, figsize=figsize, sharex=True)
+    for ax, x, name in zip(axes, (before, after), ("before", "after")):
+        x = check_audio(x)
+        seconds, m = x.shape[-1] / sample_rate, mel_spectrogram(x.mean(0, keepdim=True), sample_rate)[0].numpy()
+        ax.imshow(m, origin="lower", aspect="auto", extent=(0, seconds, 0, m.shape[0]), cmap="magma")
+        for start, end in changed:
+            ax.add_patch(plt.Rectangle((start, 0), end - start, m.shape[0], fill=False, edgecolor="cyan", lw=2, ls="--"))
+        ax.set_ylabel(f"{name}\nmel bin")
+    axes[-1].set_xlabel("time (s)")
+    if title: axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
 
 # %% ../nbs/01_audio.ipynb #cb01a77c
 def show_jpeg(fig, dpi: int = 80, quality: int = 70):

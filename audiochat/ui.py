@@ -19,7 +19,7 @@ if TYPE_CHECKING: from audiochat.chat import ChatEngine, Plan, Reply, Timings  #
 
 # %% auto #0
 __all__ = ['scene_table', 'timing_line', 'tell_main', 'edit_main', 'understand_main', 'next_turn_file', 'chat_main',
-           'plot_before_after', 'reply_section', 'report_sections', 'write_report', 'ChatPanel']
+           'reply_section', 'report_sections', 'write_report', 'ChatPanel']
 
 # %% ../nbs/17_ui.ipynb #c61b7ac7
 def scene_table(scene: Scene) -> str:
@@ -170,28 +170,10 @@ def chat_main(argv: list[str], stdin=None) -> int:
     return 0
 
 # %% ../nbs/17_ui.ipynb #585b8313
-def plot_before_after(before, after, sample_rate: int, changed: list, title: str | None = None, figsize=(9, 4.2)):
-    """Log-mel spectrograms of an edit's audio before (top) and after (bottom), the spans it changed (`edited_spans`)
-    outlined: outside them the two should look alike."""
-    import matplotlib.pyplot as plt
-    from audiochat.audio import check_audio, mel_spectrogram
-    fig, axes = plt.subplots(2, 1, figsize=figsize, sharex=True)
-    for ax, x, name in zip(axes, (before, after), ("before", "after")):
-        x = check_audio(x)
-        seconds, m = x.shape[-1] / sample_rate, mel_spectrogram(x.mean(0, keepdim=True), sample_rate)[0].numpy()
-        ax.imshow(m, origin="lower", aspect="auto", extent=(0, seconds, 0, m.shape[0]), cmap="magma")
-        for start, end in changed:
-            ax.add_patch(plt.Rectangle((start, 0), end - start, m.shape[0], fill=False, edgecolor="cyan", lw=2, ls="--"))
-        ax.set_ylabel(f"{name}\nmel bin")
-    axes[-1].set_xlabel("time (s)")
-    if title: axes[0].set_title(title)
-    fig.tight_layout()
-    return fig
-
 def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
     import html
     import matplotlib.pyplot as plt
-    from audiochat.audio import plot_audio, save_audio
+    from audiochat.audio import plot_audio, plot_before_after, save_audio
     parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
     if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
     if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
