@@ -264,6 +264,7 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
         first = Session(engine, tempfile.mkdtemp(dir=folder), lock)
         told = tell(first, example)
     source = getattr(engine, "run_dir", None)
+    source = Path(source).name if source is not None else None  # the run's name, not the server's folders
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         state = gr.State(first, delete_callback=_forget)
         with gr.Row():
