@@ -325,7 +325,11 @@ def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows:
         raise ValueError(f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild them with `audiochat data build` "
                          "or export without them (--skip-damaged)")
     for r in read_records(data):  # every record and audio file checked before `datasets` starts (clear, one-line errors)
+        missing = [k for k in ("id", "split") if not isinstance(r.get(k), str)]
+        if missing: raise ValueError(f"dialogue record {str(r.get('id'))[:40]!r} has no {missing[0]!r} text")
         for j, t in enumerate(r["turns"]):
+            gone = [k for k in ("user", "scene", "duration") if k not in t]
+            if gone: raise ValueError(f"dialogue {r['id']!r} turns[{j}] has no {gone[0]!r}")
             if not Path(t["audio"]).is_file(): raise ValueError(f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing")
     check_writable(Path(out).parent)
     with tempfile.TemporaryDirectory() as tmp:  # the generator's arrow cache: temporary, `out` is the copy that stays

@@ -852,3 +852,15 @@ def test_chat_reset_never_overwrites_a_turn(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in out.glob("turn-*.wav")) == ["turn-01.wav", "turn-02.wav", "turn-03.wav"]
     levels = [float(np.abs(sf.read(str(out / f"turn-0{i}.wav"))[0]).max()) for i in (1, 2, 3)]
     assert levels == pytest.approx([0.01, 0.02, 0.03], abs=1e-3)  # every story kept, in order, none written over
+
+
+def test_export_of_a_record_without_a_field_is_one_line(tmp_path, capsys):
+    pytest.importorskip("datasets")
+    data = tmp_path / "data"; shutil.copytree(D.DATA_SAMPLES / "dialogues", data)
+    rec = data / "shard-00000" / "records.jsonl"
+    lines = rec.read_text().splitlines()
+    r = json.loads(lines[2]); del r["turns"][1]["user"]
+    rec.write_text("\n".join(lines[:2] + [json.dumps(r)] + lines[3:]) + "\n")
+    assert cli(["data", "export", "--data", str(data), "--out", str(tmp_path / "hf")]) == 1  # was a DatasetGenerationError
+    err = capsys.readouterr().err
+    assert f"dialogue {r['id']!r} turns[1] has no 'user'" in err and err.count("\n") == 1 and not (tmp_path / "hf").exists()
