@@ -85,7 +85,8 @@ def _assigned(tree: ast.Module, name: str) -> ast.expr:
 
 def _comments(source: str) -> dict[int, str]:
     "{line number: its trailing comment}."
-    import io, tokenize
+    import io
+    import tokenize
     return {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
 
 def _default(value: ast.expr | None) -> str:

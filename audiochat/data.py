@@ -379,7 +379,7 @@ def write_hub_folder(ds, out, shard_rows: int = 500) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     files = []
     for split in dict.fromkeys(ds["split"]):  # the splits in the order the dialogues came
-        part = ds.filter(lambda s: s == split, input_columns="split")
+        part = ds.filter(lambda s, split=split: s == split, input_columns="split")
         n = -(-len(part) // shard_rows)
         for i in range(n): part.shard(n, i, contiguous=True).to_parquet(str(tmp / "data" / f"{split}-{i:05d}-of-{n:05d}.parquet"))
         files.append(f"  - split: {split}\n    path: data/{split}-*.parquet")

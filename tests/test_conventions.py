@@ -272,7 +272,7 @@ def test_every_imported_package_is_declared_with_a_tested_floor():
     for module in sorted(imported - stdlib - by_hand):
         names = {d.lower().replace("_", "-") for d in dists.get(module, [])}
         assert names & set(declared), f"audiochat imports {module} ({names or 'not installed'}) but pyproject declares none of it"
-    for name, (where, floor) in declared.items():
+    for name, (_, floor) in declared.items():
         installed = tuple(int(x) for x in version(name).split(".")[:2])
         assert tuple(int(x) for x in floor.split(".")[:2]) == installed, f"{name}: floor {floor}, installed and tested {version(name)}"
 
