@@ -49,12 +49,12 @@ from .audio import load_audio
 __all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'LEFTOVERS', 'LOCK_FILE', 'OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS',
            'NAN_ADVICE', 'RESUME_FREE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
            'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at',
-           'check_run_folder', 'lock_run_folder', 'unlock_run_folder', 'data_key', 'check_leftovers', 'clean_temporary',
-           'save_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state', 'load_optimizer_state',
-           'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate', 'denoise_preview',
-           'sample_preview', 'log_preview', 'model_vocab', 'prepare_data', 'open_run', 'build_model', 'autocast_for',
-           'step_losses', 'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train',
-           'resume_config', 'train_main']
+           'check_run_folder', 'lock_run_folder', 'unlock_run_folder', 'data_key', 'check_leftovers', 'write_data_key',
+           'clean_temporary', 'save_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state',
+           'load_optimizer_state', 'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate',
+           'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab', 'prepare_data', 'open_run', 'build_model',
+           'autocast_for', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run',
+           'train', 'resume_config', 'train_main']
 
 # %% ../nbs/14_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -354,7 +354,11 @@ def check_leftovers(out, config: Config):
     if left and made_for != key:
         why = "made for other data settings" if made_for else "not made by a run of this config (no data.json)"
         raise RunFolderError(f"{out} holds {', '.join(left)} {why}: delete them, train into a new --run.out, or pass --overwrite", out)
-    tmp = out / ".data.json.tmp"; tmp.write_text(json.dumps(key, indent=1) + "\n"); os.replace(tmp, out / "data.json")
+    write_data_key(out, config)
+
+def write_data_key(out, config: Config):
+    "Record in `out/data.json` what the run's tokenizer, statistics and codec are made for (`data_key`)."
+    tmp = Path(out) / ".data.json.tmp"; tmp.write_text(json.dumps(data_key(config), indent=1) + "\n"); os.replace(tmp, Path(out) / "data.json")
 
 def clean_temporary(out):
     "Remove what an interrupted run left half-written: `.tmp-*` checkpoint folders and temporary files."
@@ -599,6 +603,7 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     "(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the tokenizer is trained once and kept in `out`."
     out, d = Path(out), config.data
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not (out / "data.json").exists(): write_data_key(out, config)  # what the files made below are made for
     if d.build is not None and d.source != "synthetic" and not Path(d.source).exists() and rank == 0:
         build_dataset(d.source, d.build, workers=os.cpu_count() or 1)
     _barrier(world)
