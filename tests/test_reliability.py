@@ -722,6 +722,11 @@ def test_unwritable_outputs_are_refused_before_the_work(tmp_path, capsys):
     assert "cannot write to" in capsys.readouterr().err
     assert cli(["data", "export", "--data", str(D.DATA_SAMPLES / "dialogues"), "--out", str(under_a_file / "hf")]) == 1
     assert "cannot write to" in capsys.readouterr().err
+    wav = wav_with_rate(tmp_path / "in.wav", 16000)
+    assert cli(["understand", str(wav), "--run", str(tmp_path / "none"), "-o", str(under_a_file / "u.json")]) == 1
+    assert "cannot write to" in capsys.readouterr().err
+    assert cli(["chat", "--run", str(tmp_path / "none"), "--out", str(under_a_file)]) == 1
+    assert "cannot write to" in capsys.readouterr().err
 
 
 def test_non_utf8_file_name_is_one_line(tmp_path, capsys):
@@ -757,6 +762,24 @@ def test_safetensors_index_cannot_leave_its_folder(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "secret.safetensors"))
     (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../secret.safetensors"}}))
     with pytest.raises(ValueError, match="weight_map: '../secret.safetensors' points outside"): load_safetensors_dir(ck)
+    (ck / "model.safetensors.index.json").write_text("[1]")
+    with pytest.raises(ValueError, match="is not a safetensors index"): load_safetensors_dir(ck)
+
+
+def test_damaged_bundle_files_are_named_errors(engine_parts, tmp_path):
+    "latent_stats.safetensors damaged three ways and a bundle.json holding [1]: one line naming the file, when the engine loads."
+    from audiochat.chat import ChatEngine
+    run, codec = engine_parts
+    bundle = ChatEngine.load(run, codec).save_pretrained(tmp_path / "bundle")
+    stats = bundle / "latent_stats.safetensors"
+    for damage, says in [(lambda: stats.write_bytes(os.urandom(64)), "latent_stats.safetensors is damaged"),
+                         (lambda: save_file({"mean": torch.zeros(3)}, str(stats)), "must hold 'mean' and 'std'"),
+                         (lambda: save_file({"mean": torch.zeros(3), "std": torch.ones(3)}, str(stats)), "latent statistics have 3 dims"),
+                         (lambda: save_file({"mean": torch.zeros(8), "std": torch.full((8,), float("nan"))}, str(stats)), "not finite")]:
+        damage()
+        with pytest.raises(ValueError, match=says): ChatEngine.from_pretrained(bundle)
+    (bundle / "bundle.json").write_text("[1]")
+    with pytest.raises(ValueError, match="bundle.json must hold a JSON object"): ChatEngine.from_pretrained(bundle)
 
 
 # ---- one writer per run folder; nothing left over is reused unasked ----
