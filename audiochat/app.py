@@ -78,6 +78,7 @@ def one_line(err: BaseException, limit: int = 300) -> str:
 
 def checked_upload(path) -> str:
     "An uploaded file's path, refused (ValueError) when it is larger than MAX_UPLOAD_MB."
+    if not Path(path).is_file(): raise FileNotFoundError(f"audio file not found: {path}")
     size = Path(path).stat().st_size
     if size > MAX_UPLOAD_MB * 2**20: raise ValueError(f"the file is {size / 2**20:.1f} MB; at most {MAX_UPLOAD_MB} MB are taken (MAX_UPLOAD_MB)")
     return str(path)
