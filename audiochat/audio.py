@@ -91,6 +91,7 @@ def load_audio(path, sr: int = SAMPLE_RATE, channels: int | None = None, max_sec
     lo, hi = SAMPLE_RATE_RANGE
     if not lo <= info.samplerate <= hi: raise AudioError(f"{path}: its header says {info.samplerate} Hz; rates in [{lo}, {hi}] Hz are read")
     if not 1 <= info.channels <= MAX_CHANNELS: raise AudioError(f"{path}: its header says {info.channels} channels; at most {MAX_CHANNELS} are read")
+    if channels == 2 and info.channels > 2: raise AudioError(f"{path} has {info.channels} channels: give a mono or stereo file (channels=2)")
     if info.frames > max_seconds * info.samplerate:
         raise AudioError(f"{path} is {info.frames / info.samplerate:.1f} s long; at most {max_seconds:g} s are read (max_seconds)")
     if info.frames * info.channels > MAX_DECODED_SAMPLES:

@@ -887,3 +887,10 @@ def test_export_of_a_record_without_a_field_is_one_line(tmp_path, capsys):
     assert cli(["data", "export", "--data", str(data), "--out", str(tmp_path / "hf")]) == 1  # was a DatasetGenerationError
     err = capsys.readouterr().err
     assert f"dialogue {r['id']!r} turns[1] has no 'user'" in err and err.count("\n") == 1 and not (tmp_path / "hf").exists()
+
+
+def test_more_than_two_channels_refused_from_the_header_when_stereo_is_asked(tmp_path):
+    "3-8 channel files were decoded, then refused without the file's name; now the header decides, naming the file."
+    p = hostile_flac(tmp_path / "six.flac", seconds=20, rate=48000, channels=6)  # 0.1 s of samples, a header that says 20 s
+    err, seconds, mb = measured(lambda: load_audio(p, channels=2, max_seconds=30))
+    assert isinstance(err, AudioError) and f"{p} has 6 channels" in str(err) and seconds < 1 and mb < 5
