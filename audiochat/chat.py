@@ -236,26 +236,31 @@ def _context(self: ChatEngine, turns: list[Turn]):
 
 # %% ../nbs/16_chat.ipynb #5f61447f
 @patch
-def _grammar(self: ChatEngine, previous: Scene | None, answers: bool) -> SceneGrammar:
-    "The grammar of the next chain of thought: a scene (maybe an answer in words), or an edit of `previous`."
+def _grammar(self: ChatEngine, previous: Scene | None, answers: bool, seconds: float | None = None) -> SceneGrammar:
+    """The grammar of the next chain of thought: a scene (maybe an answer in words), or an edit of `previous`; a scene
+    of exactly `seconds` when given (the length of the audio described or restated)."""
+    if previous is None and seconds is not None:
+        scene = scene_pattern(**self.vocabulary, duration=seconds)
+        return SceneGrammar(rf"(?:{scene}|{ANSWER_GRAMMAR})" if answers else scene, self.max_seconds)
     if previous is None: return self.edit_grammar if answers else self.scene_grammar
     pattern = edit_pattern(previous, **self.vocabulary)
     return EditGrammar(previous, rf"(?:{pattern}|{ANSWER_GRAMMAR})" if answers else pattern, self.max_seconds)
 
 @patch
 def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, answers: bool = False,
-          previous: Scene | None = None) -> tuple[Scene | None, str]:
+          previous: Scene | None = None, seconds: float | None = None) -> tuple[Scene | None, str]:
     """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the first text that
     `Scene.from_json` accepts wins, else a ChatError with the last raw text. With `answers` (edits) the model may
     instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer. With `previous`
     (the scene an edit changes) a run trained with the diff form writes only the change, applied to `previous` in
-    code: the scene returned is the whole new scene, the text the change."""
+    code: the scene returned is the whole new scene, the text the change. `seconds`: the grammar allows only a scene
+    of that length (understanding a file; restating an edit)."""
     if not self.thinks: raise ValueError("this model was trained without a chain of thought: it writes no scenes")
     timings = timings if timings is not None else Timings()
     tokens, latents, layout = self._context(turns)
     stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"], self.ids["system"]]
     by_diff = previous is not None and self.edit_form == "diff"
-    grammar = self._grammar(previous if by_diff else None, answers)
+    grammar = self._grammar(previous if by_diff else None, answers, None if by_diff or seconds is None else round(seconds, 2))
     gen = torch.Generator().manual_seed(self.seed)
     raw, problem = "", ""
     for attempt in range(1 + self.retries):
@@ -313,7 +318,8 @@ def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bo
     timings = Timings()
     turns = self.history + [user]
     previous = self.scene if task == "edit" else None
-    if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers, previous=previous)
+    known = seconds if task in ("understand", "edit") else None  # the audio described, or the one an edit keeps the length of
+    if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers, previous=previous, seconds=known)
     else: scene, cot = None, NO_COT_TEXT
     message = answer_text(cot) if self.thinks and scene is None else None
     change = Edit.from_json(cot) if scene is not None and previous is not None and self.edit_form == "diff" else None
@@ -353,7 +359,8 @@ def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply
     "The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when."
     if not self.thinks: raise ValueError("this model was trained without a chain of thought: it cannot describe audio")
     z = self.encode(audio, sample_rate)
-    return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False)
+    return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False,
+                        seconds=z.shape[0] / FRAME_RATE)
 
 @patch
 def _edited_audio(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor | None:
@@ -363,7 +370,7 @@ def _edited_audio(self: ChatEngine, audio, sample_rate: int | None = None) -> to
     z = self.encode(audio, sample_rate)
     if not (self.thinks and self.edit_form == "diff"): return z
     ask = Turn("user", UNDERSTAND_PROMPT, audio=z)
-    heard, cot = self.think([ask])
+    heard, cot = self.think([ask], seconds=z.shape[0] / FRAME_RATE)
     self.history += [ask, Turn("assistant", cot)]
     self.scene = heard
     return None

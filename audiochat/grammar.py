@@ -48,11 +48,13 @@ def source_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str 
             rf'"sfx","caption":{_one_of(sfx)}|"music","caption":{_one_of(music)}')
     return rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
 
-def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
+def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID, duration: float | None = None) -> str:
     """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and `music` (captions),
-    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string)."""
+    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string); `duration`,
+    when given, is the only duration allowed (e.g. the length of the audio being described)."""
     source = source_pattern(speakers, emotions, sfx, music, ids)
-    return rf'\{{"duration":{_TIME},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
+    dur = _TIME if duration is None else regex.escape(json.dumps(int(duration) if float(duration).is_integer() else round(duration, 2)))
+    return rf'\{{"duration":{dur},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
 
 # %% ../nbs/15_grammar.ipynb #a0eefecc
 def known_vocabulary() -> dict:

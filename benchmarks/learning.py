@@ -141,9 +141,11 @@ def truth_expectation(before: Scene, after: Scene) -> tuple[str, dict]:
 
 # ---- chain of thought -------------------------------------------------------------------------------------------
 
-def think(engine: ChatEngine, turns: list, answers: bool = False, previous: Scene | None = None) -> tuple[str, Scene | None]:
-    "('scene', scene), ('words', None) for an answer in words, or ('invalid', None). `previous`: the scene an edit changes."
-    try: scene, _ = engine.think(turns, answers=answers, previous=previous)
+def think(engine: ChatEngine, turns: list, answers: bool = False, previous: Scene | None = None,
+          seconds: float | None = None) -> tuple[str, Scene | None]:
+    """('scene', scene), ('words', None) for an answer in words, or ('invalid', None). `previous`: the scene an edit
+    changes; `seconds`: the length the engine holds a scene to (the audio described, or the one an edit keeps)."""
+    try: scene, _ = engine.think(turns, answers=answers, previous=previous, seconds=seconds)
     except ChatError: return "invalid", None
     return ("words", None) if scene is None else ("scene", scene)
 
@@ -182,7 +184,8 @@ def cot_rows(engine: ChatEngine, dialogues: list, bar) -> tuple[list, list]:
         stories.append(story_row(status, w, set(labels(s0, speech=False)), speaker_count(s0),
                                  requested_seconds(d["turns"][0]["user"], None)))
         for j in range(1, len(d["turns"])):
-            status, w = think(engine, context(engine, d, j), answers=engine.answers, previous=d["scenes"][j - 1])
+            status, w = think(engine, context(engine, d, j), answers=engine.answers, previous=d["scenes"][j - 1],
+                              seconds=d["scenes"][j - 1].duration)
             target, expect = truth_expectation(d["scenes"][j - 1], d["scenes"][j])
             sub = d["turns"][j]["subtask"]
             edits.append(dict(status=status, subtask_name=sub, **judge_edit(d["scenes"][j - 1], w, sub, target, expect)))
@@ -253,7 +256,7 @@ def free_form_rows(engine: ChatEngine, ff: dict, bar) -> tuple[list, list]:
     for e in ff["edits"]:
         b = ff["bases"][e["base"]]
         turns = [Turn("user", b["request"]), Turn("assistant", b["scene"].to_json(), audio=b["z"]), Turn("user", e["instruction"])]
-        status, w = think(engine, turns, answers=engine.answers, previous=b["scene"])
+        status, w = think(engine, turns, answers=engine.answers, previous=b["scene"], seconds=b["scene"].duration)
         edits.append(dict(status=status, subtask_name=e["subtask"], **judge_edit(b["scene"], w, e["subtask"], e["target"], e["expect"])))
         bar.update(1)
     return stories, edits
@@ -313,7 +316,7 @@ def understanding_figures(engine: ChatEngine, dialogues: list, progress: bool) -
     for d in tqdm(dialogues, desc="understanding", disable=not progress):
         z, truth = d["z"][0], d["scenes"][0]
         for key, audio, ref in (("whole", z, truth), ("cut", z[:cut], heard_scene(truth, min(cut, len(z)) / FRAME_RATE))):
-            _, u = think(engine, [Turn("user", UNDERSTAND_PROMPT, audio=audio)])
+            _, u = think(engine, [Turn("user", UNDERSTAND_PROMPT, audio=audio)], seconds=len(audio) / FRAME_RATE)
             rows[key].append(understanding_row(u, ref))
     return dict(cut_frames=cut, **{k: summarize_understanding(v) for k, v in rows.items()})
 

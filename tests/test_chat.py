@@ -193,7 +193,7 @@ def test_an_edit_answered_in_words_makes_no_audio(run, tmp_path, capsys, monkeyp
     story = e.tell("A story with rain.")
     assert story.audio is not None and story.message is None
     words = '{"answer":"There is no thunder in this story."}'
-    monkeypatch.setattr(ChatEngine, "think", lambda self, turns, timings=None, answers=False, previous=None: (None, words))
+    monkeypatch.setattr(ChatEngine, "think", lambda self, turns, timings=None, answers=False, previous=None, seconds=None: (None, words))
     r = e.edit("Make the thunder louder by 6 dB.")
     assert r.message == "There is no thunder in this story." and r.scene is None and r.audio is None and r.latents is None
     assert e.history[-1].text == r.cot and e.history[-1].audio is None and len(e.history) == 4
@@ -287,3 +287,12 @@ def test_the_scene_form_restates_the_whole_scene(run, tmp_path):
     e.tell("Rain.")
     r = e.edit("Remove the rain.")
     assert r.edit is None and Scene.from_json(r.cot) == r.scene and e.history[-1].tool == ""
+
+
+def test_understanding_describes_exactly_the_audio_given(run):
+    "The grammar holds the described scene to the length of the audio (a 2 s file is not answered with an 8 s scene)."
+    e = ChatEngine.load(run, steps=2)
+    sr = e.codec.config.sample_rate
+    for seconds in (0.5, 2.0):
+        u = e.understand(torch.zeros(2, int(seconds * sr)), sr)
+        assert u.scene.duration == seconds and all(s.end <= seconds for s in u.scene.sources)
