@@ -1,7 +1,8 @@
 """The README's figures, drawn with the package (seconds on a CPU). Run from the repository root:
     OMP_NUM_THREADS=1 .venv/bin/python docs/make_figures.py [--eval runs/eval/results.json]
-Writes docs/figures/{scene,mask,forcing,evaluation,learned}.png (evaluation.png only when an evaluation's results are
-given, learned.png only with --run: the run's story for a request next to the tools' rendering of the plan it wrote)."""
+Writes docs/figures/{scene,mask,forcing,evaluation,learned,learned_edit}.png (evaluation.png only when an evaluation's
+results are given, learned*.png only with --run: the run's story for a request next to the tools' rendering of the plan
+it wrote, and an edit of that story before and after, the changed spans outlined)."""
 import argparse
 import json
 from pathlib import Path
@@ -88,3 +89,14 @@ if a.run:
             ax.plot([start, end], [7.6 - 0.5 * k] * 2, lw=3); ax.text(start, 7.75 - 0.5 * k, label[:40], fontsize=6, color="w")
         ax.set(title=title, ylabel="kHz")
     axes[1].set_xlabel("seconds"); fig.suptitle(f"request: {request}", fontsize=8); fig.tight_layout(); save(fig, f"{a.name}.png")
+    # an edit of that story: the change the model writes, and the audio before and after it
+    from audiochat.audio import plot_before_after
+    from audiochat.scene import edited_spans
+    sound = next((x for x in story.scene.sources if x.kind == "sfx"), story.scene.sources[0])
+    name = sound.caption if sound.kind != "speech" else f"{sound.speaker}'s line"
+    edit = engine.edit(f"Make the {name} quieter by 10 dB.")
+    if edit.audio is not None:
+        print(edit.request, "->", edit.edit.to_json() if edit.edit else edit.cot)
+        save(plot_before_after(story.audio, edit.audio, engine.codec.config.sample_rate, edited_spans(story.scene, edit.scene),
+                               f"{edit.request}  ->  {edit.edit.to_json() if edit.edit else 'the scene restated'}"), f"{a.name}_edit.png")
+    else: print(f"the model answered the edit in words: {edit.message}")

@@ -8,9 +8,9 @@ import torch
 
 from audiochat.audio import save_audio
 from audiochat.chat import ChatEngine, ChatError, train_tiny_run
+from audiochat.cli import main
 from audiochat.forcing import Turn
 from audiochat.grammar import Decoded, SceneGrammar, decode_text, token_pieces
-from audiochat.cli import main
 from audiochat.scene import Scene
 
 

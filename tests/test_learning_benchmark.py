@@ -149,6 +149,7 @@ def test_plan_vs_render_of_a_true_scene(learning, files):
 
 def test_keep_error_looks_only_outside_the_edited_span(learning):
     import torch
+
     from audiochat.codec import SpectralDistance
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2, 3 * 16000, generator=g) * 0.1

@@ -3,7 +3,6 @@ builds are killed or mixed, sizes are checked before work starts. docs/RELIABILI
 
 The fuzzers run a fast subset by default and thousands of cases with `-m slow`."""
 import json
-import math
 import shutil
 
 import pytest
@@ -232,7 +231,7 @@ def test_resume_refuses_a_changed_setting(run2, tmp_path, capsys):
 
 def test_resume_restores_the_random_state_after_the_codec(tmp_path):
     "With a codec folder (the preview codec draws from the global generator when built) a resumed run's saved random state is the uninterrupted run's."
-    from audiochat.codec import Codec, make_codec
+    from audiochat.codec import make_codec
     torch.manual_seed(0); make_codec(resolve("tiny").codec).save_pretrained(tmp_path / "codec")
     extra = ["--optim.steps=4", "--run.save_every=2", f"--data.codec={tmp_path / 'codec'}"]
     T.train(small(tmp_path / "once", *extra))
@@ -324,7 +323,7 @@ def test_kill_only_the_main_process_then_rebuild(tmp_path):
 import numpy as np
 import soundfile as sf
 
-from audiochat.audio import AudioError, MAX_AUDIO_SECONDS, load_audio
+from audiochat.audio import MAX_AUDIO_SECONDS, AudioError, load_audio
 
 
 def wav_with_rate(path, rate, seconds=0.1):
@@ -477,10 +476,11 @@ def test_tool_loop_against_a_misbehaving_server(fake_server, mode):
 @pytest.fixture(scope="module")
 def engine_parts(run2, tmp_path_factory):
     import inspect
+
     from audiochat.chat import ChatEngine
     if "ema" not in inspect.signature(ChatEngine.load).parameters:
         pytest.skip("the chat engine does not load the EMA weights yet (ChatEngine.load(ema=...))")
-    from audiochat.codec import Codec, make_codec
+    from audiochat.codec import make_codec
     codec = tmp_path_factory.mktemp("codec") / "codec"
     torch.manual_seed(0); make_codec(resolve("tiny").codec).save_pretrained(codec)
     return run2, codec
@@ -514,6 +514,7 @@ def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
 
 def test_local_codec_path_never_goes_to_the_network(monkeypatch, tmp_path):
     import huggingface_hub
+
     from audiochat.codec import Codec
     def no_network(*a, **k): raise AssertionError("a local path must not be looked up on the Hub")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
@@ -844,6 +845,7 @@ def test_export_fails_on_a_damaged_shard_unless_asked(tmp_path, capsys):
 
 def test_server_folders_are_removed(tmp_path):
     import tempfile
+
     from audiochat.app import app_folder
     gone = subprocess.run([sys.executable, "-c", "import os; from audiochat.app import app_folder; f = app_folder(); (f / 'turn.wav').write_text('x'); print(f); os._exit(0)"],
                           capture_output=True, text=True).stdout.strip()
@@ -857,6 +859,7 @@ def test_chat_reset_never_overwrites_a_turn(tmp_path, monkeypatch, capsys):
     "A new conversation (/reset), or a new session in the same folder, writes new turn files."
     import io
     import types
+
     import audiochat.ui as ui
     from audiochat.chat import Reply, Timings
 

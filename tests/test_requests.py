@@ -6,9 +6,23 @@ from collections import Counter
 import pytest
 
 import audiochat.copilot as copilot
-from audiochat.copilot import (FAMILIES, HELD_OUT_FAMILIES, REQUEST_FACETS, TemplateLLM, UserSimulator, _story_phrase,
-                               check_request, choose_family, held_out_stories, plan_dialogue, random_story, read_request,
-                               seed_text, simulate_dialogue, story_task)
+from audiochat.copilot import (
+    FAMILIES,
+    HELD_OUT_FAMILIES,
+    REQUEST_FACETS,
+    TemplateLLM,
+    UserSimulator,
+    _story_phrase,
+    check_request,
+    choose_family,
+    held_out_stories,
+    plan_dialogue,
+    random_story,
+    read_request,
+    seed_text,
+    simulate_dialogue,
+    story_task,
+)
 from audiochat.scene import Scene, Source
 
 

@@ -2,7 +2,6 @@
 additive mask, the causal kernel for text-only batches, LM logits only at the targets and fused AdamW, against the
 textbook forms; and the attention backend training asks for (FlexAttention on CUDA, SDPA elsewhere)."""
 import importlib.util
-from types import SimpleNamespace
 
 import pytest
 import torch
