@@ -865,7 +865,7 @@ def _parse_override(text: str) -> tuple[str, object]:
 # %% ../nbs/06_codec.ipynb #a3c25508
 def codec_main(argv: list[str]) -> int:
     "`audiochat codec train|encode|eval`: train a codec, cache latents, evaluate."
-    from .cli import codec_parser  # built without torch: `audiochat codec --help` is answered before this module loads
+    from audiochat.cli import codec_parser  # built without torch: `audiochat codec --help` is answered before this module loads
     p = codec_parser()
     a = p.parse_args(argv)
     if a.action == "train":

@@ -696,7 +696,7 @@ def _llm(spec: str | None, url: str | None) -> ChatLLM | None:
 # %% ../nbs/20_eval.ipynb #ea6175fe
 def eval_main(argv: list[str]) -> int:
     "`audiochat eval`: evaluate checkpoints and baselines on StoryGen-Eval-mini; write tables.md, results.json, plots/."
-    from .cli import eval_parser  # built without torch: `audiochat eval --help` is answered before this module loads
+    from audiochat.cli import eval_parser  # built without torch: `audiochat eval --help` is answered before this module loads
     p = eval_parser()
     a = p.parse_args(argv)
     if a.dialogues is not None and a.dialogues < 1: raise ValueError(f"--dialogues must be >= 1, got {a.dialogues}")

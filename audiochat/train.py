@@ -404,7 +404,7 @@ def load_checkpoint(path) -> dict:
 def load_run_model(path, device=None, ema: bool = True) -> AudioChatModel:
     """The model of checkpoint folder `path`, every file checked (`RunFolderError` naming it). `ema`: sample with the
     EMA weights when the checkpoint has them (`model.weights` says "ema" or "raw")."""
-    from .sct import ModelConfig
+    from audiochat.sct import ModelConfig
     path = Path(path)
     try: mc = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
     except FileNotFoundError: raise RunFolderError(f"{path / 'config.json'} is missing", path) from None
@@ -785,7 +785,7 @@ def resume_config(config: Config, explicit: dict) -> Config:
 # %% ../nbs/14_train.ipynb #6f00b3ba
 def train_main(argv: list[str]) -> int:
     "`audiochat train`: train a model from a preset, a YAML file and dotted overrides."
-    from .cli import train_parser  # built without torch: `audiochat train --help` is answered before this module loads
+    from audiochat.cli import train_parser  # built without torch: `audiochat train --help` is answered before this module loads
     a, rest = train_parser().parse_known_args(argv)
     if a.resume and a.overwrite: raise ValueError("--resume continues a run and --overwrite deletes it: give one of them")
     config = resolve(a.preset, a.config, rest)
