@@ -47,14 +47,14 @@ from .audio import load_audio
 
 # %% auto #0
 __all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'LEFTOVERS', 'LOCK_FILE', 'OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS',
-           'NAN_ADVICE', 'RESUME_FREE', 'synthetic_dialogue', 'synthetic_texts', 'DialogueSource', 'plan_epoch',
-           'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at', 'lr_at',
-           'check_run_folder', 'lock_run_folder', 'unlock_run_folder', 'data_key', 'check_leftovers', 'write_data_key',
-           'clean_temporary', 'save_checkpoint', 'load_checkpoint', 'load_run_model', 'gather_full_state',
-           'load_optimizer_state', 'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'evaluate',
-           'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab', 'prepare_data', 'open_run', 'build_model',
-           'autocast_for', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run',
-           'train', 'resume_config', 'train_main']
+           'NAN_ADVICE', 'RESUME_FREE', 'synthetic_dialogue', 'synthetic_texts', 'with_refusal', 'DialogueSource',
+           'plan_epoch', 'BatchStream', 'PlannedSource', 'MixedStream', 'learning_rate', 'stages_of', 'stage_at',
+           'lr_at', 'check_run_folder', 'lock_run_folder', 'unlock_run_folder', 'data_key', 'check_leftovers',
+           'write_data_key', 'clean_temporary', 'save_checkpoint', 'load_checkpoint', 'load_run_model',
+           'gather_full_state', 'load_optimizer_state', 'oom_advice', 'setup_distributed', 'wrap_model',
+           'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab',
+           'prepare_data', 'open_run', 'build_model', 'autocast_for', 'step_losses', 'batch_counts', 'log_row',
+           'loss_postfix', 'evaluate_run', 'save_run', 'train', 'resume_config', 'train_main']
 
 # %% ../nbs/14_train.ipynb #27da9465
 SYNTHETIC_SOUNDS = ("rain", "bell", "wind", "drums", "birds", "engine", "waves", "steps")
@@ -77,6 +77,16 @@ def synthetic_dialogue(seed: int, latent_dim: int, max_frames: int = 64, max_tur
 def synthetic_texts(n: int = 200, seed: int = 0) -> list[str]:
     "Texts like those of the synthetic dialogues, for training a tokenizer."
     return [t.text for i in range(n) for t in synthetic_dialogue(seed + i, 1)]
+
+# %% ../nbs/14_train.ipynb #87e10ecd
+def with_refusal(turns: list[Turn], scenes: list[Scene], p: float, rng: random.Random) -> list[Turn]:
+    """`turns` (user, assistant pairs whose scenes are `scenes`) with, at probability `p`, a request about a sound the
+    scene lacks and its answer in words after a random turn: the model learns to answer in words because the sound is
+    absent, not because of where the request comes in the dialogue."""
+    if p <= 0 or rng.random() >= p: return turns
+    k = rng.randrange(len(scenes))
+    ask, answer = missing_source_request(scenes[k], rng)
+    return turns[: 2 * (k + 1)] + [Turn("user", ask), Turn("assistant", answer)] + turns[2 * (k + 1):]
 
 # %% ../nbs/14_train.ipynb #4f278acb
 class DialogueSource:
@@ -154,7 +164,7 @@ class DialogueSource:
 
     def turns(self, i: int) -> list[Turn]:
         """Example `i` as Turns. A dialogue: user request; assistant scene JSON (the plan; `NO_COT_TEXT` without CoT) +
-        the turn's audio latents; maybe a request about a missing sound and its answer in words. An understanding
+        the turn's audio latents; maybe a request about a missing sound and its answer in words, after any turn. An understanding
         example: `UNDERSTAND_PROMPT` with the story's audio; the story's scene as text."""
         if self.source == "synthetic": return synthetic_dialogue(self.entries[i][1], self.latent_dim, self.max_frames, self.max_turns)
         turns = self.record(i)["turns"][: self.max_turns]
@@ -168,11 +178,7 @@ class DialogueSource:
             plan, tool = assistant_plan(before, scene, t["user"], t["subtask"], self.edit_form) if self.cot else (NO_COT_TEXT, "")
             out += [Turn("user", t["user"]), Turn("assistant", plan, audio=self.audio_latents(t["audio"]), tool=tool)]
             before = scene
-        rng = self._rng(i, "refusal")
-        if self.refusals > 0 and rng.random() < self.refusals:
-            ask, answer = missing_source_request(Scene.from_dict(turns[-1]["scene"]), rng)
-            out += [Turn("user", ask), Turn("assistant", answer)]
-        return out
+        return with_refusal(out, [Scene.from_dict(t["scene"]) for t in turns], self.refusals, self._rng(i, "refusal"))
 
     def texts(self, n: int = 2000) -> list[str]:
         "Texts of the first `n` dialogues (for training a tokenizer)."
@@ -231,9 +237,9 @@ PLANNED_SEEDS = 3_000_000_000  # planned dialogues use seeds from here on: no da
 class PlannedSource:
     "`n` dialogues planned without audio (`plan_dialogue`): requests and scene plans only, each planned when first read."
     def __init__(self, n: int, seed: int = 0, max_turns: int = 3, max_duration: float = 15.0, latent_dim: int = 0,
-                 edit_form: str = "diff"):
+                 edit_form: str = "diff", refusals: float = 0.0):
         self.source, self.n, self.seed, self.max_turns, self.max_duration, self.latent_dim = "planned", n, seed, max_turns, max_duration, latent_dim
-        self.edit_form = edit_form
+        self.edit_form, self.refusals = edit_form, refusals
         self.lengths = [0] * n  # one length: no bucketing needed, the dialogues are alike
 
     def __len__(self): return self.n
@@ -246,7 +252,8 @@ class PlannedSource:
             text, tool = assistant_plan(before, scene, request, subtask, self.edit_form)
             out += [Turn("user", request), Turn("assistant", text, tool=tool)]
             before = scene
-        return out
+        rng = random.Random(f"{self.seed}-planned-{i}-refusal")
+        return with_refusal(out, [scene for _, _, scene in planned], self.refusals, rng)
 
     def texts(self, n: int = 500) -> list[str]: return [t.text for i in range(min(n, self.n)) for t in self.turns(i)]
 
@@ -627,8 +634,8 @@ def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
     streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]
     practice = d.planned_dialogues and d.cot and d.source != "synthetic"  # no plans without CoT, nor for the synthetic toy
     if practice:  # text-only practice for the text path
-        planned = PlannedSource(d.planned_dialogues, config.run.seed, d.max_turns, latent_dim=config.model.latent_dim,
-                                edit_form=d.edit_form)
+        planned = PlannedSource(d.planned_dialogues, config.run.seed, max(3, d.max_turns), latent_dim=config.model.latent_dim,
+                                edit_form=d.edit_form, refusals=d.refusals)  # text is cheap: both edits of a planned dialogue
         planned = BatchStream(planned, tokenizer, d.planned_batch_size or 2 * d.batch_size, d.window, config.run.seed + 2)
         streams = [MixedStream(s, planned, d.planned_share) for s in streams]
     ev = BatchStream(eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1) if eval_src is not None and len(eval_src) else None
