@@ -25,9 +25,9 @@ from .scene import Scene
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
            'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
-           'build_shard', 'build', 'summarize', 'format_summary', 'read_records', 'load_turn', 'format_dialogue',
-           'eval_config', 'build_eval', 'build_samples', 'check_writable', 'damaged_shards', 'turns_in', 'export_hf',
-           'write_hub_folder', 'data_main']
+           'build_shard', 'build', 'summarize', 'format_summary', 'checked_record', 'read_records', 'load_turn',
+           'format_dialogue', 'eval_config', 'build_eval', 'build_samples', 'check_writable', 'damaged_shards',
+           'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
 
 # %% ../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed wheel finds them
@@ -212,7 +212,7 @@ def format_summary(s: dict) -> str:
     return line + "\nsubtasks: " + ", ".join(f"{k} {v}" for k, v in s["subtasks"].items())
 
 # %% ../nbs/05_data.ipynb #d07de14a
-def _checked_record(r, where: str, folder: Path) -> dict:
+def checked_record(r, where: str, folder: Path) -> dict:
     "`r` with its turns' audio paths joined to `folder`: each must stay inside it; else a ValueError naming the record."
     from audiochat.audio import inside
     if not isinstance(r, dict) or not isinstance(r.get("turns"), list): raise ValueError(f"{where}: not a dialogue record (no list of turns)")
@@ -233,7 +233,7 @@ def read_records(out):
             for n, line in enumerate(f, 1):
                 try: r = json.loads(line)
                 except json.JSONDecodeError as e: raise ValueError(f"{p} line {n} is not a valid JSON record: {e.msg}") from None
-                yield _checked_record(r, f"{p} line {n}", p.parent)
+                yield checked_record(r, f"{p} line {n}", p.parent)
 
 def load_turn(turn: dict) -> tuple[Scene, object]:
     "A record turn's scene (validated) and stereo audio (2, T) at SAMPLE_RATE."

@@ -39,7 +39,7 @@ from .codec import Codec, pick_device, load_latents
 from .learner import (EMA, Checkpoint, ClipGrad, Evaluate, GradientAccumulation, JsonlLog, ProgressBar, Recorder,
                                RunFolderError, Schedule, SkipNonFinite, TensorBoard, fit, latest_checkpoint, load_optimizer,
                                optimizer_tensors, read_tensors, rng_tensors, write_checkpoint)
-from .data import read_records, finished_shards, _checked_record, build as build_dataset
+from .data import read_records, finished_shards, checked_record, build as build_dataset
 from .copilot import (NO_COT_TEXT, UNDERSTAND_PROMPT, assistant_plan, heard_scene, missing_source_request,
                                plan_dialogue)
 from .scene import Scene
@@ -147,7 +147,7 @@ class DialogueSource:
         path, offset, _ = self.entries[i]
         with open(path, "rb") as f:
             f.seek(offset); r = json.loads(f.readline())
-        return _checked_record(r, f"{path} at byte {offset}", Path(path).parent)  # audio paths stay inside the shard folder
+        return checked_record(r, f"{path} at byte {offset}", Path(path).parent)  # audio paths stay inside the shard folder
 
     def audio_latents(self, audio_path: str) -> torch.Tensor:
         "Normalised latents (frames, latent_dim) of one turn's audio: from the cache, else encoded with the codec."
