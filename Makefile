@@ -68,7 +68,7 @@ $(PIPE)/model/done: $(PIPE)/codec/done
 
 # The longer CPU recipe: the same data and codec as `make demo`, 6,000 steps (about an hour on 2 cores), then the
 # learning benchmark (runs/course-model/learning.json)
-COURSE_STEPS ?= 6000
+COURSE_STEPS ?= 3600
 .PHONY: course-model
 course-model: $(PIPE)/codec/done
 	OMP_NUM_THREADS=2 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \

@@ -25,7 +25,7 @@ from .config import load_config
 from .diffusion import sample
 from .grammar import (ANSWER_GRAMMAR, DeadEnd, EditGrammar, SceneGrammar, answer_text, decode_text, edit_pattern,
                               known_vocabulary, scene_pattern, token_pieces)
-from .forcing import Turn, collate, pack_dialogue, span_denoiser
+from .forcing import Turn, collate, pack_dialogue, plan_frames, span_denoiser
 from .scene import Edit, Scene, SceneError
 from .sct import AudioChatModel
 from .tokenizer import load_tokenizer, special_token_ids
@@ -278,6 +278,12 @@ def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, a
         problem = f"the scene lasts {scene.duration:g} s, not between one frame and max_seconds={self.max_seconds:g}"
     raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
+# %% ../nbs/16_chat.ipynb #0719209d
+@patch
+def frame_plan(self: ChatEngine, scene: Scene | None, frames: int) -> torch.Tensor | None:
+    "The scene frame by frame (`plan_frames`, notebook 11) for a model built with `plan_features`, else None."
+    return plan_frames(scene, frames) if self.model.config.plan_features and scene is not None else None
+
 # %% ../nbs/16_chat.ipynb #b6889805
 @patch
 def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
@@ -290,14 +296,16 @@ def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, t
     if not 0 < seconds <= self.max_seconds: raise ValueError(f"cannot render {seconds:g} s: this engine renders at most max_seconds={self.max_seconds:g} s")
     frames = max(1, round(seconds * FRAME_RATE))
     D = self.model.config.latent_dim
-    seq = pack_dialogue(turns + [Turn("assistant", cot, audio=torch.zeros(frames, D), tool=tool)], self.tokenizer, D)
+    planned = Turn("assistant", cot, audio=torch.zeros(frames, D), tool=tool, plan=self.frame_plan(scene, frames))
+    seq = pack_dialogue(turns + [planned], self.tokenizer, D)
     batch = collate([seq], self.ids["pad"]).to(self.device)
     span = int(batch.layout.span.max())
     process = self.config.loss.process
     cond, shape = span_denoiser(self.model, batch, span, process=process, seed=self.seed)
     lay = batch.layout
     iso = Layout(lay.modality, lay.span, lay.document, lay.pad, lay.audio & (lay.span == span))
-    uncond, _ = span_denoiser(self.model, type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target), span, process=process, seed=self.seed)
+    alone = type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target, batch.plan)  # CFG: the span alone
+    uncond, _ = span_denoiser(self.model, alone, span, process=process, seed=self.seed)
     calls = [0]
     def counted(fn):
         def f(x, t): calls[0] += 1; return fn(x, t)
@@ -328,7 +336,8 @@ def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bo
     if audio_out and message is None:
         latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool)
         self.scene = scene
-    self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool)]
+    plan = None if latents is None else self.frame_plan(scene, latents.shape[0])
+    self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool, plan=plan)]
     reply = Reply(task, request, scene, cot, latents, audio, timings, message, change)
     self.replies.append(reply)
     return reply

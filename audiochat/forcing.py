@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import zlib
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -19,7 +20,8 @@ from .transformer import AUDIO, TEXT, Layout, attention_backend, build_mask
 from .tokenizer import special_token_ids
 
 # %% auto #0
-__all__ = ['NOISE_POLICIES', 'Turn', 'Sequence', 'pack_dialogue', 'Batch', 'collate', 'pack_rows', 'ForcingConfig', 'span_table',
+__all__ = ['PLAN_SPEAKERS', 'PLAN_WORDS', 'PLAN_FEATURES', 'NOISE_POLICIES', 'Turn', 'Sequence', 'pack_dialogue',
+           'source_features', 'plan_frames', 'Batch', 'collate', 'pack_rows', 'ForcingConfig', 'span_table',
            'noise_levels', 'Noised', 'apply_noise', 'LossOutput', 'text_targets', 'diffusion_mse', 'forcing_loss',
            'span_denoiser']
 
@@ -31,6 +33,7 @@ class Turn:
     text: str = ""
     audio: torch.Tensor | None = None  # (frames, latent_dim)
     tool: str = ""  # assistant turns: text written by code after the model's text, before the audio (no LM loss)
+    plan: torch.Tensor | None = None  # (frames, PLAN_FEATURES): the audio's scene, frame by frame (see `plan_frames`)
 
     def __post_init__(self):
         if self.role not in ("user", "assistant"): raise ValueError(f"Turn.role must be 'user' or 'assistant', got {self.role!r}")
@@ -39,6 +42,9 @@ class Turn:
             if self.audio.ndim != 2 or self.audio.shape[0] == 0:
                 raise ValueError(f"Turn.audio must be (frames > 0, latent_dim), got shape {tuple(self.audio.shape)}")
             if not torch.isfinite(self.audio).all(): raise ValueError("Turn.audio contains NaN/inf")
+        if self.plan is not None and (self.audio is None or self.plan.shape != (self.audio.shape[0], PLAN_FEATURES)):
+            raise ValueError(f"Turn.plan must be (audio frames, {PLAN_FEATURES}), got {tuple(self.plan.shape)}"
+                             + ("" if self.audio is not None else " on a turn without audio"))
         if not self.text and self.audio is None: raise ValueError("a turn needs text or audio")
 
 @dataclass
@@ -50,6 +56,7 @@ class Sequence:
     span: torch.Tensor  # long: audio span index in the dialogue, -1 at text
     turn: torch.Tensor  # long: turn index
     target: torch.Tensor  # bool: produced by the assistant (text or audio)
+    plan: torch.Tensor | None = None  # float (T, PLAN_FEATURES): the scene at audio frames that have one, 0 elsewhere
 
     def __len__(self): return self.tokens.shape[0]
 
@@ -62,9 +69,11 @@ def pack_dialogue(turns: list[Turn], tokenizer, latent_dim: int | None = None) -
     if latent_dim is None: latent_dim = dims.pop() if len(dims) == 1 else None
     if latent_dim is None or any(d != latent_dim for d in dims):
         raise ValueError(f"all audio spans need the same latent_dim, got {sorted(dims) or 'no audio and no latent_dim'}")
-    toks, mods, spans, turn_ix, target, lat = [], [], [], [], [], []
-    def add(tokens, turn, tgt, audio=None, span=-1):
+    toks, mods, spans, turn_ix, target, lat, plan = [], [], [], [], [], [], []
+    planned = any(t.plan is not None for t in turns)  # no plan tensor at all for the usual case
+    def add(tokens, turn, tgt, audio=None, span=-1, frames_plan=None):
         n = len(tokens) if audio is None else audio.shape[0]
+        if planned: plan.append(torch.zeros(n, PLAN_FEATURES) if frames_plan is None else frames_plan.float())
         toks.extend(tokens if audio is None else [ids["pad"]] * n)
         mods.extend([TEXT if audio is None else AUDIO] * n); spans.extend([span] * n)
         turn_ix.extend([turn] * n); target.extend([tgt] * n)
@@ -79,11 +88,43 @@ def pack_dialogue(turns: list[Turn], tokenizer, latent_dim: int | None = None) -
             add(tokenizer.encode(t.tool, add_special_tokens=False), i, False)
         if t.audio is not None:
             add([ids["audio_start"]], i, tgt and not t.tool)
-            add(None, i, tgt, audio=t.audio, span=n_span); n_span += 1
+            add(None, i, tgt, audio=t.audio, span=n_span, frames_plan=t.plan); n_span += 1
             add([ids["audio_end"]], i, tgt)
         add([ids["end_turn"]], i, tgt)
     L = lambda x, dt=torch.long: torch.tensor(x, dtype=dt)
-    return Sequence(L(toks), torch.cat(lat), L(mods), L(spans), L(turn_ix), L(target, torch.bool))
+    return Sequence(L(toks), torch.cat(lat), L(mods), L(spans), L(turn_ix), L(target, torch.bool),
+                    torch.cat(plan) if planned else None)
+
+# %% ../nbs/11_forcing.ipynb #cf365b40
+PLAN_SPEAKERS, PLAN_WORDS = 8, 32
+PLAN_FEATURES = len(("speech", "sfx", "music")) + PLAN_SPEAKERS + PLAN_WORDS + 5  # + loudness, pan, progress, onset, offset
+_STOP_WORDS = {"a", "an", "the", "of", "and", "in", "on", "with", "at", "to", "is", "its", "from", "by"}
+
+def _bucket(word: str, n: int) -> int: return zlib.crc32(word.encode()) % n  # stable across runs and machines
+
+def source_features(source) -> torch.Tensor:
+    "The constant part of one source's plan features: kind, speaker slot, hashed caption words, loudness, pan."
+    f = torch.zeros(PLAN_FEATURES)
+    f[("speech", "sfx", "music").index(source.kind)] = 1
+    if source.speaker: f[3 + _bucket(source.speaker.lower(), PLAN_SPEAKERS)] = 1
+    words = [w for w in "".join(c if c.isalnum() else " " for c in (source.caption or source.emotion or "").lower()).split()
+             if w not in _STOP_WORDS]
+    for w in words: f[3 + PLAN_SPEAKERS + _bucket(w, PLAN_WORDS)] += 1 / len(words)
+    f[-5], f[-4] = (source.loudness_db + 23) / 20, source.pan
+    return f
+
+def plan_frames(scene, frames: int, frame_rate: int = 40) -> torch.Tensor:
+    "Plan features (frames, PLAN_FEATURES) of `scene` at `frame_rate`: the sum over the sources sounding at each frame."
+    out = torch.zeros(frames, PLAN_FEATURES)
+    centre = (torch.arange(frames) + 0.5) / frame_rate  # the time at the middle of each frame
+    for s in scene.sources:
+        on = (centre >= s.start) & (centre < s.end)
+        if not on.any(): continue
+        f = source_features(s).expand(frames, -1).clone()
+        f[:, -3] = ((centre - s.start) / max(s.end - s.start, 1e-6)).clamp(0, 1)
+        f[:, -2], f[:, -1] = (centre - s.start < 0.1).float(), (s.end - centre <= 0.1).float()
+        out += f * on[:, None]
+    return out
 
 # %% ../nbs/11_forcing.ipynb #7f722c29
 @dataclass
@@ -94,9 +135,12 @@ class Batch:
     layout: Layout
     turn: torch.Tensor
     target: torch.Tensor
+    plan: torch.Tensor | None = None  # (B, T, PLAN_FEATURES) when some dialogue carries its plan frame by frame
 
     def to(self, device):
-        return Batch(self.tokens.to(device), self.latents.to(device), self.layout.to(device), self.turn.to(device), self.target.to(device))
+        plan = None if self.plan is None else self.plan.to(device)
+        return Batch(self.tokens.to(device), self.latents.to(device), self.layout.to(device), self.turn.to(device),
+                     self.target.to(device), plan)
 
 # %% ../nbs/11_forcing.ipynb #2b5bc6c6
 def _rows_to_batch(rows: list[list[Sequence]], pad_id: int, length: int | None = None) -> Batch:
@@ -108,6 +152,8 @@ def _rows_to_batch(rows: list[list[Sequence]], pad_id: int, length: int | None =
     span -= 1
     turn = torch.zeros(B, T, dtype=torch.long)
     pad, target = torch.ones(B, T, dtype=torch.bool), torch.zeros(B, T, dtype=torch.bool)
+    planned = any(s.plan is not None for row in rows for s in row)
+    plan = torch.zeros(B, T, PLAN_FEATURES) if planned else None
     for b, row in enumerate(rows):
         i, spans_before = 0, 0
         for d, s in enumerate(row):
@@ -116,11 +162,12 @@ def _rows_to_batch(rows: list[list[Sequence]], pad_id: int, length: int | None =
             tokens[b, sl], latents[b, sl], modality[b, sl], turn[b, sl] = s.tokens, s.latents, s.modality, s.turn
             span[b, sl] = torch.where(s.span >= 0, s.span + spans_before, s.span)  # span ids unique within a row
             document[b, sl], pad[b, sl], target[b, sl] = d, False, s.target
+            if s.plan is not None: plan[b, sl] = s.plan
             spans_before += int(s.span.max().clamp_min(-1)) + 1
             i = sl.stop
         document[b, i:] = len(row) - 1
     layout = Layout(modality, span, document, pad, torch.zeros_like(pad))
-    return Batch(tokens, latents, layout, turn, target)
+    return Batch(tokens, latents, layout, turn, target, plan)
 
 def collate(seqs: list[Sequence], pad_id: int) -> Batch:
     "One dialogue per row, padded to the longest."
@@ -279,6 +326,7 @@ def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, 
         lm = F.cross_entropy(logits.float(), batch.tokens[:, 1:][tt]) if tt.any() else logits.sum() * 0
         return LossOutput(lm, lm, lm * 0, int(tt.sum()), 0)
     n = apply_noise(batch, config, generator)
+    if batch.plan is not None: kw["plan"] = batch.plan  # the scene frame by frame (a model with plan_features)
     out = model(batch.tokens, n.latents, n.t, n.layout, **kw)
     if out.text_logits is not None and tt.any():
         lm = F.cross_entropy(at_targets(out.text_logits).float(), batch.tokens[:, 1:][tt])
@@ -302,8 +350,9 @@ def span_denoiser(model, batch: Batch, span_id: int, history_t: float = 0.0, pro
     hist_t = torch.where(lay.audio & ~sel, torch.full(sel.shape, float(history_t), device=sel.device), torch.zeros(sel.shape, device=sel.device))
     hist, _ = add_noise(batch.latents, eps, hist_t, process)
     B, F = sel.shape[0], int(counts[0])
+    kw = {} if batch.plan is None else dict(plan=batch.plan)
     def denoise_fn(x, t):  # x (B, F, D), t (B,)
         lat = hist.clone(); lat[sel] = x.reshape(-1, x.shape[-1]).to(lat.dtype)
         tt = torch.where(sel, t[:, None].to(hist_t.dtype).expand_as(hist_t), hist_t)
-        return model(batch.tokens, lat, tt, lay).audio_pred[sel].reshape(B, F, -1).float()
+        return model(batch.tokens, lat, tt, lay, **kw).audio_pred[sel].reshape(B, F, -1).float()
     return denoise_fn, (B, F, batch.latents.shape[-1])

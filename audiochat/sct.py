@@ -53,6 +53,7 @@ class ModelConfig:
     time_freqs: int = 256  # sinusoidal features of the diffusion time t
     norm_match: bool = True  # rescale audio input embeddings to the mean text-embedding norm (sct, dense, mot)
     pretrained: str | None = None  # Hugging Face checkpoint the understanding layers start from (see from_hf)
+    plan_features: int = 0  # > 0: audio frames also read their scene frame by frame (forcing.PLAN_FEATURES; notebook 11)
 
     def __post_init__(self):
         if self.arch not in ARCHS: raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
@@ -61,6 +62,7 @@ class ModelConfig:
         if self.n_gen_layers < 0 or (self.arch == "sct" and self.n_gen_layers < 1):
             raise ValueError(f"n_gen_layers must be >= 1 for sct (>= 0 otherwise), got {self.n_gen_layers}")
         if self.latent_dim < 1: raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.plan_features < 0: raise ValueError(f"plan_features must be >= 0, got {self.plan_features}")
         tc = self.layer_config()  # validates heads / dims
         self.d_ff, self.head_dim = tc.d_ff, tc.head_dim
 
@@ -177,6 +179,7 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
         self.embed_tokens = nn.Embedding(c.vocab_size, d)
         self.audio_in = nn.Linear(c.latent_dim, d)
         self.time_embed = TimestepEmbedding(c.time_freqs, d)
+        if c.plan_features: self.plan_in = nn.Linear(c.plan_features, d)  # the scene at each audio frame (optional)
         self.rotary = Rotary(tc.head_dim, c.rope_theta, c.rope_scaling)
         n_first = c.n_layers if c.arch == "sct" else c.depth
         layer = {"sct": DecoderLayer, "dense": DecoderLayer, "mot": MoTLayer, "dit": DiTLayer}[c.arch]
@@ -203,9 +206,10 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
         if self.config.arch == "dit": raise ValueError("arch 'dit' has no text path")
         return len(self.layers)
 
-    def embed(self, tokens, latents, t, layout: Layout):
-        "Input embeddings (B, T, d) and the time embedding (B, T, d)."
+    def embed(self, tokens, latents, t, layout: Layout, plan=None):
+        "Input embeddings (B, T, d) and the time embedding (B, T, d); `plan` (B, T, plan_features) joins the time's."
         tau = self.time_embed(t)
+        if plan is not None: tau = tau + self.plan_in(plan.to(tau.dtype))  # added wherever the time embedding is
         text = self.embed_tokens(tokens)
         audio = self.audio_in(latents.to(text.dtype)) + tau
         if self.config.norm_match and self.config.arch != "dit": audio = match_norm(audio, self.embed_tokens.weight)
@@ -231,16 +235,20 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
                              f"(a cache serves either forward or forward_text, not both)")
 
     def forward(self, tokens, latents, t, layout: Layout, flex: bool = False, cache: KVCache | None = None,
-                commit: bool = True, logits_at: torch.Tensor | None = None) -> AudioChatOutput:
+                commit: bool = True, logits_at: torch.Tensor | None = None, plan: torch.Tensor | None = None) -> AudioChatOutput:
         """Text logits and diffusion predictions for a mixed sequence. tokens (B, T) long, latents (B, T, latent_dim),
         t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block masks.
         With `cache` (from `new_cache()`) the positions continue the cached context; `commit=False` leaves the cache
         unchanged (a diffusion sampler's repeated evaluations of one span). `logits_at` (bool (B, T)): text logits
-        only at these positions, as (N, vocab) in row-major order (what a loss reads; the LM head is a large matmul)."""
+        only at these positions, as (N, vocab) in row-major order (what a loss reads; the LM head is a large matmul).
+        `plan` (B, T, plan_features): the scene at each audio frame, for a model built with `plan_features` (else ignored)."""
         self.check_inputs(tokens, latents, t, layout)
         self._check_cache(cache, text_only=False)
         c = self.config
-        x, tau = self.embed(tokens, latents, t, layout)
+        if not c.plan_features: plan = None
+        elif plan is not None and plan.shape != (*tokens.shape, c.plan_features):
+            raise ValueError(f"plan must be (B, T, plan_features) = {(*tokens.shape, c.plan_features)}, got {tuple(plan.shape)}")
+        x, tau = self.embed(tokens, latents, t, layout, plan)
         if c.arch == "dit":
             mask, rope = prepare(layout, self.rotary, causal=False, flex=flex)
             for l in self.layers: x = l(x, tau, rope, mask)

@@ -32,7 +32,7 @@ from torch import nn
 import yaml
 
 from .config import Config, ConfigError, StageConfig, PRESETS, load_config, resolve, save_config, config_from_dict, parse_overrides, read_yaml, to_dict, merge
-from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue
+from .forcing import Turn, Sequence, collate, forcing_loss, pack_dialogue, plan_frames
 from .sct import AudioChatModel, flops_per_token, count_parameters
 from .tokenizer import special_token_ids, train_tokenizer, load_tokenizer
 from .codec import Codec, pick_device, load_latents
@@ -93,8 +93,9 @@ class DialogueSource:
     "Dialogues of a dataset folder (shards of records.jsonl + audio) or synthetic ones, indexed; `turns(i)` loads one."
     def __init__(self, source: str, latent_dim: int, max_frames: int = 64, max_turns: int = 3, synthetic_dialogues: int = 256,
                  seed: int = 0, latents=None, codec=None, holdout: int = 0, split: str = "train", cot: bool = True,
-                 understanding: float = 0.0, refusals: float = 0.0, edit_form: str = "diff"):
+                 understanding: float = 0.0, refusals: float = 0.0, edit_form: str = "diff", plan: bool = False):
         self.source, self.latent_dim, self.max_frames, self.max_turns = source, latent_dim, max_frames, max_turns
+        self.plan = plan  # assistant audio carries its scene frame by frame (`plan_frames`; ModelConfig.plan_features)
         self.latents, self.codec, self.mean, self.std, self.seed = latents, codec, None, None, seed
         self.cot, self.refusals, self.edit_form = cot, refusals if cot else 0.0, edit_form
         self.tasks = None  # per entry: "dialogue" or "understand" (dataset folders only)
@@ -176,7 +177,9 @@ class DialogueSource:
         for t in turns:
             scene = Scene.from_dict(t["scene"])
             plan, tool = assistant_plan(before, scene, t["user"], t["subtask"], self.edit_form) if self.cot else (NO_COT_TEXT, "")
-            out += [Turn("user", t["user"]), Turn("assistant", plan, audio=self.audio_latents(t["audio"]), tool=tool)]
+            z = self.audio_latents(t["audio"])
+            frames = plan_frames(scene, z.shape[0]) if self.plan else None
+            out += [Turn("user", t["user"]), Turn("assistant", plan, audio=z, tool=tool, plan=frames)]
             before = scene
         return with_refusal(out, [Scene.from_dict(t["scene"]) for t in turns], self.refusals, self._rng(i, "refusal"))
 
@@ -549,7 +552,7 @@ def sample_preview(model, batch, config: Config, steps: int = 20, seed: int = 0)
     lay = batch.layout
     if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
     row = Batch(batch.tokens[:1], batch.latents[:1], Layout(*(getattr(lay, f)[:1] for f in ("modality", "span", "document", "pad", "isolated"))),
-                batch.turn[:1], batch.target[:1])
+                batch.turn[:1], batch.target[:1], None if batch.plan is None else batch.plan[:1])
     span = int(lay.span[0][lay.audio[0]].max())
     fn, shape = span_denoiser(model, row, span, process=config.loss.process, seed=seed)
     x = sample(fn, shape, steps, process=config.loss.process, generator=torch.Generator().manual_seed(seed), device=batch.latents.device)
@@ -588,7 +591,7 @@ def _latent_source(config: Config, source: str, split: str, holdout: int, out: P
     src = DialogueSource(source, config.model.latent_dim, d.max_frames, d.max_turns, d.synthetic_dialogues, config.run.seed,
                          latents=latents, codec=None if latents is not None else codec, holdout=holdout, split=split,
                          cot=d.cot, understanding=d.understanding if split == "train" else 0.0, refusals=d.refusals,
-                       edit_form=d.edit_form)
+                         edit_form=d.edit_form, plan=config.model.plan_features > 0)
     if source != "synthetic":
         if mean is None:  # no cache: statistics of the first dialogues, computed once per run and saved with it
             stats = out / "latent_stats.safetensors"
