@@ -296,3 +296,16 @@ def test_understanding_describes_exactly_the_audio_given(run):
     for seconds in (0.5, 2.0):
         u = e.understand(torch.zeros(2, int(seconds * sr)), sr)
         assert u.scene.duration == seconds and all(s.end <= seconds for s in u.scene.sources)
+
+
+def test_a_model_that_reads_its_plan_tells_and_edits(tmp_path):
+    "plan_features on: training batches carry each frame's scene, and the engine gives the scene it renders to the model."
+    from audiochat.forcing import PLAN_FEATURES
+    run = train_tiny_run(tmp_path / "planned", steps=2, overrides=["--data.refusals=0", f"--model.plan_features={PLAN_FEATURES}"])
+    e = ChatEngine.load(run, steps=2)
+    assert e.model.config.plan_features == PLAN_FEATURES
+    r = e.tell("A short story: a bell rings in the rain.")
+    assert r.latents.shape == (round(r.scene.duration * 40), e.model.config.latent_dim)
+    assert e.history[-1].plan.shape == (r.latents.shape[0], PLAN_FEATURES)
+    r2 = e.edit("Make the bell quieter.")
+    assert r2.task == "edit" and all(t.plan is not None for t in e.history if t.role == "assistant" and t.audio is not None)

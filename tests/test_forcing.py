@@ -222,3 +222,37 @@ def test_span_denoiser_with_an_exact_model_samples_the_target(tok):
     bad = collate([pack_dialogue(story(), tok), pack_dialogue(understanding(), tok)], ids["pad"])
     with pytest.raises(ValueError, match="same number of frames"):
         span_denoiser(Exact(), bad, span_id=0)
+
+
+def test_plan_frames_follow_the_scene():
+    "Each frame carries the sources sounding at its centre: kind, speaker, caption words, loudness, pan, position."
+    from audiochat.forcing import PLAN_FEATURES, plan_frames, source_features
+    from audiochat.scene import Scene
+    s = Scene.from_json('{"duration":2,"sources":[{"id":"s1","kind":"speech","speaker":"girl","text":"Hi.","start":0.5,'
+                        '"end":1,"loudness_db":-20,"pan":-0.5},{"id":"fx1","kind":"sfx","caption":"rain","start":0,"end":2}]}')
+    p = plan_frames(s, 80)
+    assert p.shape == (80, PLAN_FEATURES)
+    speech, sfx = p[:, 0], p[:, 1]
+    assert speech[20:40].eq(1).all() and speech[:20].eq(0).all() and speech[40:].eq(0).all()  # 0.5-1 s at 40 frames/s
+    assert sfx.eq(1).all()
+    rain = next(x for x in s.sources if x.id == "fx1")
+    only_rain = p[0] - source_features(rain)  # before the speech starts: rain alone, at its first frame
+    assert only_rain[:-3].abs().max() == 0 and p[0, -2] == 1 and p[-1, -1] == 1  # onset at the start, offset at the end
+    assert torch.allclose(p[:20, -3], (torch.arange(20) + 0.5) / 80)  # progress through the rain, alone before 0.5 s
+    assert plan_frames(s, 10).shape == (10, PLAN_FEATURES)  # frames past the audio are not planned
+    assert plan_frames(Scene(duration=1.0, sources=[]), 40).eq(0).all()
+
+
+def test_plan_is_packed_at_audio_frames_only(tok):
+    from audiochat.forcing import PLAN_FEATURES
+    turns = story()
+    plan = torch.rand(5, PLAN_FEATURES)
+    turns[1] = Turn("assistant", turns[1].text, turns[1].audio, plan=plan)
+    seq = pack_dialogue(turns, tok)
+    assert seq.plan.shape == (len(seq), PLAN_FEATURES)
+    assert torch.equal(seq.plan[seq.modality == AUDIO], plan) and seq.plan[seq.modality == TEXT].eq(0).all()
+    b = collate([seq, pack_dialogue(edit(), tok)], 0)
+    assert b.plan.shape == (2, b.tokens.shape[1], PLAN_FEATURES) and b.plan[1].eq(0).all()
+    assert collate([pack_dialogue(edit(), tok)], 0).plan is None  # no dialogue planned: no tensor at all
+    with pytest.raises(ValueError, match="Turn.plan"): Turn("assistant", "x", torch.zeros(5, D), plan=torch.zeros(4, PLAN_FEATURES))
+    with pytest.raises(ValueError, match="without audio"): Turn("assistant", "x", plan=torch.zeros(4, PLAN_FEATURES))

@@ -323,3 +323,17 @@ def test_cached_context_gives_the_same_span_predictions(arch):
             model.forward_text(tokens[:, :3], cache=cache)
     with pytest.raises(ValueError, match="cannot be cached"):
         AudioChatModel(config("dit")).new_cache()
+
+
+def test_plan_features_reach_the_audio_predictions():
+    "A model built with plan_features reads the plan; one built without it ignores any plan it is given."
+    tokens, latents, t, layout = batch(config("sct"))
+    plan = torch.randn(*tokens.shape, 6)
+    torch.manual_seed(0); planned = AudioChatModel(config("sct", plan_features=6)).eval()
+    a = planned(tokens, latents, t, layout, plan=plan).audio_pred
+    b = planned(tokens, latents, t, layout, plan=plan * 2).audio_pred
+    assert not torch.allclose(a[layout.audio], b[layout.audio])
+    with pytest.raises(ValueError, match="plan must be"): planned(tokens, latents, t, layout, plan=plan[..., :5])
+    torch.manual_seed(0); plain = AudioChatModel(config("sct")).eval()
+    assert torch.equal(plain(tokens, latents, t, layout, plan=plan).audio_pred, plain(tokens, latents, t, layout).audio_pred)
+    with pytest.raises(ValueError, match="plan_features"): ModelConfig(plan_features=-1)

@@ -314,3 +314,18 @@ def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
     state = T.train(dataclasses.replace(config, optim=dataclasses.replace(config.optim, steps=4, warmup=1),
                                         run=dataclasses.replace(config.run, progress=False, eval_every=0)))
     assert state["step"] == 4 and all(math.isfinite(h["loss"]) for h in state["history"])
+
+
+def test_planned_source_gives_assistant_audio_its_scene(codec_dir):
+    "plan=True: each assistant audio carries plan_frames of the scene that turn rendered, frame for frame."
+    from audiochat.codec import Codec
+    from audiochat.forcing import plan_frames
+    from audiochat.scene import Scene
+    codec = Codec.from_pretrained(codec_dir)
+    src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, plan=True)
+    plain = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec)
+    turns, record = src.turns(0), src.record(0)
+    spoken = [t for t in turns if t.role == "assistant" and t.audio is not None]
+    assert spoken and all(t.plan is None for t in plain.turns(0))
+    for t, rec in zip(spoken, record["turns"]):
+        assert torch.equal(t.plan, plan_frames(Scene.from_dict(rec["scene"]), t.audio.shape[0]))
