@@ -320,7 +320,8 @@ def serve_main(argv: list[str]) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="audiochat serve", description="A web page (Gradio) to tell, edit and understand "
                                 "audio stories with a trained run. Needs the ui extra: " + INSTALL_UI)
-    p.add_argument("--run", required=True, help="a training run folder, a bundle folder, or a Hub bundle ORG/NAME (hf:ORG/NAME too)")
+    p.add_argument("--run", default=None, help="a training run folder, a bundle folder, or a Hub bundle ORG/NAME (hf:ORG/NAME "
+                   "too); default: the model shipped with the package")
     p.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this "
                    "machine only; 0.0.0.0: the network)")
     p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)")
@@ -331,8 +332,10 @@ def serve_main(argv: list[str]) -> int:
         require_gradio()
         import matplotlib
         matplotlib.use("Agg")  # figures are drawn in the server's threads, for the page, never on a screen
-        print(f"audiochat serve: loading {a.run}", flush=True)
-        serve(a.run, a.host, a.port, a.steps)
+        from audiochat.chat import SHIPPED_MODEL
+        run = a.run or SHIPPED_MODEL
+        print(f"audiochat serve: loading {run}", flush=True)
+        serve(run, a.host, a.port, a.steps)
     except (ImportError, OSError) as e:  # no gradio, a port in use, a run that is not there: one line
         print(f"audiochat serve: error: {one_line(e)}", file=sys.stderr); return 1
     return 0

@@ -33,8 +33,9 @@ from .copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .transformer import Layout
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'BUNDLE_FORMAT', 'train_tiny_run', 'ChatError', 'Timings', 'Reply',
-           'read_latent_stats', 'checked_request', 'ChatEngine', 'Plan', 'model_card']
+__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'BUNDLE_FORMAT', 'SHIPPED_MODEL', 'HEADLINE', 'train_tiny_run', 'ChatError',
+           'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'ChatEngine', 'Plan', 'headline',
+           'headline_table', 'model_card']
 
 # %% ../nbs/16_chat.ipynb #fe4c16d4
 def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()) -> Path:
@@ -438,6 +439,8 @@ def render_plan(self: ChatEngine, plan: Plan, scene: Scene | None = None) -> Rep
 
 # %% ../nbs/16_chat.ipynb #cc743bc1
 BUNDLE_FORMAT = "audiochat-bundle/1"
+# the model that comes with the package: `make course-model` then `make bundle` (its model card says how it scores)
+SHIPPED_MODEL = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd().parent / "audiochat") / "models" / "course"
 
 def _preset_of(config) -> str:
     "The preset whose model the run's model is (tiny / small / base), else custom."
@@ -456,6 +459,45 @@ def _figures(d, prefix="") -> list[tuple[str, float]]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool): out.append((f"{prefix}{k}", v))
     return out
 
+# %% ../nbs/16_chat.ipynb #2bd02876
+HEADLINE = [  # (figure, path in learning.json; "{g}" is grammar_off or grammar_on)
+    ("valid story scenes", "cot.{g}.story.valid_share"),
+    ("requested sound classes, StoryGen-Eval-mini", "cot.{g}.story.class_recall"),
+    ("requested sound classes, free-form requests", "free_form.{g}.story.class_recall"),
+    ("requested sound classes, held-out phrasings", "held_out.{g}.story.class_recall"),
+    ("speaker count right, free-form requests", "free_form.{g}.story.speakers_share"),
+    ("length within 1 s of the asked duration", "cot.{g}.story.duration_share"),
+    ("exact edits", "cot.{g}.edit.exact_share"),
+    ("answered in words when the named sound is absent", "cot.{g}.edit.refusal.words_on_absent"),
+    ("understanding: class/speaker F1", "understanding.whole.f1"),
+    ("story multiFLAM, share of the ground truth's", "audio.model_over_truth.story_multiflam"),
+    ("editFLAM, share of the ground truth's", "audio.model_over_truth.editflam"),
+    ("Delta-multiFLAM, x the ground truth's (lower)", "audio.model_over_truth.delta_multiflam"),
+    ("keep error outside the edited span, x the ground truth's (lower)", "audio.model_over_truth.keep_error"),
+    ("plan-vs-render mel distance (lower)", "audio.plan_vs_render.mel_distance"),
+]
+
+def _at(d, path: str):
+    for k in path.split("."): d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+def headline(learning: dict) -> list[tuple[str, float | None, float | None]]:
+    "The learning benchmark's main figures: (figure, grammar off, grammar on), None where the run has no such figure."
+    return [(name, _at(learning, path.format(g="grammar_off")), _at(learning, path.format(g="grammar_on")) if "{g}" in path else None)
+            for name, path in HEADLINE]
+
+def headline_table(columns: dict) -> str:
+    """A markdown table of `headline` figures side by side: `columns` maps a column name to a learning benchmark's
+    figures (a dict) or to a run or bundle folder holding `learning.json`. "a / b": without / with the grammar."""
+    read = lambda v: v if isinstance(v, dict) else json.loads((Path(v) / "learning.json").read_text())
+    cols = {name: headline(read(v)) for name, v in columns.items()}
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"
+    rows = [f"| figure | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
+    for i, (name, *_) in enumerate(HEADLINE):
+        cells = [fmt(c[i][1]) + ("" if c[i][2] is None else f" / {fmt(c[i][2])}") for c in cols.values()]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
 # %% ../nbs/16_chat.ipynb #1e4972a9
 def model_card(config, model, bundle: dict, learning: dict | None = None) -> str:
     "The README.md of a bundle: what it is, how it was trained, how to use it, the learning benchmark's figures."
@@ -470,7 +512,9 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
              f"{model.config.n_layers} layers |", f"| parameters | {count_parameters(model) / 1e6:.2f} M |",
              f"| weights | {bundle['weights']} |", f"| training data | {src if src == 'synthetic' else Path(src).name} "
              f"({'simulated dialogues' if src != 'synthetic' else 'random latents and short texts'}) |",
-             f"| checkpoint | {bundle['step']} |", f"| chain of thought | {config.data.cot} |",
+             f"| checkpoint | {bundle['step']} of {config.optim.steps} training steps |", f"| chain of thought | {config.data.cot} |",
+             f"| edits written as | {'a diff' if config.data.edit_form == 'diff' else 'the whole scene restated'} |",
+             f"| stored as | {bundle.get('dtype', 'float32')} |",
              f"| codec | {config.codec.kind}, {config.codec.frame_dim} dims per frame |", "",
              "## Use", "", "```python", "from audiochat.chat import ChatEngine",
              "engine = ChatEngine.from_pretrained('THIS_FOLDER')  # or 'ORG/NAME' on the Hub",
@@ -479,25 +523,40 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
     figures = _figures({k: learning[k] for k in ("cot", "free_form", "understanding", "audio") if isinstance(learning, dict) and learning.get(k)})
     if figures:
         lines += ["## Learning benchmark", "", "From `learning.json` (benchmarks/learning.py), on "
-                  f"{learning.get('dialogues', '?')} held-out dialogues:", "", "| figure | value |", "|---|---|"]
+                  f"{learning.get('dialogues', '?')} StoryGen-Eval-mini dialogues, the repository's free-form requests "
+                  "and the held-out phrasings; \"a / b\": without / with the scene grammar.", "", "### Main figures", "",
+                  headline_table({"value": learning}), "", "### Every figure", "",
+                  "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in figures[:60]]
         if len(figures) > 60: lines.append(f"| ... | {len(figures) - 60} more in learning.json |")
     else: lines += ["No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling to add them."]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/16_chat.ipynb #3199561c
-def _save_pretrained(self, out, run_dir=None) -> Path:
+def _halved(module: torch.nn.Module, state: dict) -> dict:
+    "`state` with `module`'s float32 parameters in float16 (buffers such as filter banks keep their precision)."
+    params = {k for k, _ in module.named_parameters()}
+    return {k: v.half() if k in params and v.dtype == torch.float32 else v for k, v in state.items()}
+
+def _save_pretrained(self, out, run_dir=None, half: bool = False) -> Path:
     """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent statistics, config and
-    a model card. `run_dir` (default: the run it was loaded from) supplies `learning.json` for the card."""
+    a model card. `run_dir` (default: the run it was loaded from) supplies `learning.json` for the card. `half`:
+    the model's and the codec's parameters are stored in float16 (half the size; loading casts them back)."""
     import dataclasses, shutil
     from safetensors.torch import save_file
     from audiochat.config import save_config
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     run_dir = run_dir or getattr(self, "run_dir", None)
     (out / "model").mkdir(exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(out / "model" / "model.safetensors"))
+    state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+    save_file(_halved(self.model, state) if half else state, str(out / "model" / "model.safetensors"))
     (out / "model" / "config.json").write_text(json.dumps(self.model.config.to_dict(), indent=1))
     self.codec.save_pretrained(out / "codec")
+    if half:  # the codec writes float32; store its parameters halved, atomically
+        codec_file = out / "codec" / "model.safetensors"
+        state = _halved(self.codec, {k: v.detach().cpu().contiguous() for k, v in self.codec.state_dict().items()})
+        save_file(state, str(codec_file.with_suffix(".tmp")), metadata={"format": "pt"})
+        codec_file.with_suffix(".tmp").replace(codec_file)
     self.tokenizer.save_pretrained(str(out / "tokenizer"))
     if self.mean is not None:
         save_file({"mean": self.mean.float().cpu().contiguous(), "std": self.std.float().cpu().contiguous()}, str(out / "latent_stats.safetensors"))
@@ -513,14 +572,16 @@ def _save_pretrained(self, out, run_dir=None) -> Path:
         learning = json.loads((Path(run_dir) / "learning.json").read_text())
         shutil.copyfile(Path(run_dir) / "learning.json", out / "learning.json")
     bundle = dict(format=BUNDLE_FORMAT, preset=_preset_of(c), weights=getattr(self.model, "weights", "raw"),
-                  step=getattr(self, "step", None))
+                  step=getattr(self, "step", None), dtype="float16" if half else "float32")
     (out / "bundle.json").write_text(json.dumps(bundle, indent=1))
     (out / "README.md").write_text(model_card(c, self.model, bundle, learning))
     return out
 
 # %% ../nbs/16_chat.ipynb #d1b2a749
-def _from_pretrained(cls, name_or_path, device="cpu", **settings) -> ChatEngine:
-    "An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository `ORG/NAME` (`hf:ORG/NAME` too)."
+def _from_pretrained(cls, name_or_path=SHIPPED_MODEL, device="cpu", **settings) -> ChatEngine:
+    """An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository `ORG/NAME` (`hf:ORG/NAME`
+    too); by default the model shipped with the package (`SHIPPED_MODEL`). Weights stored in float16 are loaded as
+    float32."""
     from audiochat.codec import resolve_pretrained
     from audiochat.train import load_run_model
     d = resolve_pretrained(name_or_path, what="bundle")

@@ -18,8 +18,8 @@ from pathlib import Path
 import audiochat
 
 # %% auto #0
-__all__ = ['COMMANDS', 'HELP_PARSERS', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'codec_parser',
-           'demo', 'demo_main']
+__all__ = ['COMMANDS', 'HELP_PARSERS', 'DEMO_STORY', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser',
+           'codec_parser', 'demo_edit', 'absent_edit', 'chat_sections', 'demo', 'demo_main']
 
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
@@ -207,9 +207,42 @@ HELP_PARSERS["codec"] = codec_parser
 from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package
 
 # %% ../nbs/21_cli.ipynb #aa1169b1
-def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25) -> dict:
-    """Render the sample scene into `out_dir` and write `report.html`; with a training run (`run`, or `tiny_run`: train
-    one for a few steps in `out_dir/tiny-run`) the report adds a chat: a story, two edits, understanding. Returns the paths."""
+DEMO_STORY = "A 6-second story: a girl greets an old man while rain falls."  # in the words of the held-out phrasings
+
+def demo_edit(scene) -> str:
+    "An instruction that changes a sound the story has (its first sound effect or music, else its first voice)."
+    fx = [s for s in scene.sources if s.kind != "speech"]
+    if fx: return f"Make the {fx[0].caption} louder."
+    return f"Move {scene.sources[0].speaker} to the left." if scene.sources else "Make it louder."
+
+def absent_edit(scene) -> str:
+    "An instruction about a sound the story does not have: the right answer is a sentence, not a new scene."
+    word = next(w for w in ("thunder", "dog", "bell", "trumpet", "harp") if not any(w in (s.caption or "") for s in scene.sources))
+    return f"Make the {word} quieter."
+
+def chat_sections(engine, name: str, sample, sample_audio) -> list[dict]:
+    """The three jobs with `engine`, as report sections titled by `name`: a story (its audio beside the tools' rendering
+    of its scene), an edit of one of its sounds (the diff, before / after), an edit naming a sound it lacks (answered in
+    words by a model taught to), and the understanding of the sample story beside its true scene."""
+    from audiochat.audio import SAMPLE_RATE
+    from audiochat.ui import reply_section
+    story = engine.tell(DEMO_STORY)
+    sections = [reply_section(story, rendered=True)]
+    last = story  # the audio the next edit changes
+    for instruction in (demo_edit(story.scene), absent_edit(story.scene)) if story.scene and story.scene.sources else ():
+        reply = engine.edit(instruction)
+        sections.append(reply_section(reply, before=last))
+        if reply.audio is not None: last = reply
+    sections.append(reply_section(engine.understand(sample_audio, SAMPLE_RATE), truth=sample))
+    for s in sections: s["title"] = f"{name}: {s['title']}"
+    return sections
+
+def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25,
+         shipped: bool = True) -> dict:
+    """Render the sample scene into `out_dir` and write `report.html`. The report adds a chat (a story, two edits, the
+    sample story understood) with the shipped model (`shipped`, when the package has it) and with a training run
+    (`run`, or `tiny_run`: train one for a few steps in `out_dir/tiny-run`), and their learning benchmark figures side
+    by side when they have them. Returns the paths (and `figures`, the table, when there is one)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -226,17 +259,20 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     fig.savefig(paths["figure"], dpi=110); plt.close(fig)
     paths["scene"].write_text(scene.to_json(indent=2) + "\n")
     from audiochat.audio import SAMPLE_RATE
-    from audiochat.chat import ChatEngine, train_tiny_run
+    from audiochat.chat import SHIPPED_MODEL, ChatEngine, headline_table, train_tiny_run
     from audiochat.ui import write_report
     sections = [dict(title="sample scene rendered by the tools", scene=scene, cot=scene.to_json(indent=2), audio=x)]
     if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
-    if run is not None:
-        engine = ChatEngine.load(run, steps=steps)
-        story = engine.tell("A 4-second story: a girl greets an old man while rain falls.")
-        engine.edit("Make the rain louder."); engine.edit("Move the girl to the left.")
-        engine.understand(story.audio, engine.codec.config.sample_rate)
-        sections += engine.replies
-    note = f"chat with the run {run}" if run is not None else "no training run given (audiochat demo --run DIR or --tiny-run adds a chat)"
+    models = {}
+    if shipped and (SHIPPED_MODEL / "bundle.json").exists(): models["shipped model"] = SHIPPED_MODEL
+    if run is not None: models["your model"] = Path(run)
+    for name, where in models.items(): sections += chat_sections(ChatEngine.load(where, steps=steps), name, scene, x)
+    benchmarked = {name: where for name, where in models.items() if (where / "learning.json").exists()}
+    if benchmarked:
+        paths["figures"] = headline_table(benchmarked)
+        sections.append(dict(title="learning benchmark figures (benchmarks/learning.py)", table=paths["figures"]))
+    note = (f"chat with {' and '.join(f'the {k} ({v})' for k, v in models.items())}" if models
+            else "no model to chat with (audiochat demo --run DIR or --tiny-run adds a chat)")
     paths["report"] = write_report(out, sections, SAMPLE_RATE, "audiochat demo", note)
     return paths
 
@@ -249,8 +285,11 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--run", default=None, help="a training run folder: the report adds a chat with it")
     p.add_argument("--tiny-run", action="store_true", help="train a tiny run for a few steps (seconds) and chat with it")
     p.add_argument("--steps", type=int, default=25, help="diffusion steps of the chat (default: 25)")
+    p.add_argument("--no-shipped", action="store_true", help="no chat with the model shipped with the package")
     a = p.parse_args(argv)
-    paths = demo(a.out, a.sample, a.seed, a.run, a.tiny_run, a.steps)
+    paths = demo(a.out, a.sample, a.seed, a.run, a.tiny_run, a.steps, shipped=not a.no_shipped)
+    figures = paths.pop("figures", None)
+    if figures: print("learning benchmark (benchmarks/learning.py; \"a / b\": without / with the scene grammar)\n" + figures)
     print("audiochat demo wrote:")
     for k, v in paths.items(): print(f"  {k:<7} {v}")
     return 0

@@ -40,7 +40,8 @@ def timing_line(t: Timings) -> str:
 def _engine_parser(prog: str, description: str):
     import argparse
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--run", required=True, help="training run folder (with checkpoints/latest and tokenizer/)")
+    p.add_argument("--run", default=None, help="a training run folder (checkpoints/latest, tokenizer/), a bundle folder or a Hub "
+                   "bundle ORG/NAME (default: the model shipped with the package, audiochat/models/course)")
     p.add_argument("--codec", default=None, help="codec folder (default: the run's data.codec)")
     p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default: 25)")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
@@ -57,7 +58,8 @@ def _engine(a) -> ChatEngine:
     if not 0 <= a.retries <= MAX_RETRIES: raise ValueError(f"--retries {a.retries}: give 0 to {MAX_RETRIES} (MAX_RETRIES)")
     if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
     for path in getattr(a, "outputs", []): _check_writable(path)
-    return ChatEngine.load(a.run, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
+    from audiochat.chat import SHIPPED_MODEL
+    return ChatEngine.load(a.run or SHIPPED_MODEL, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
                            ema=not a.raw_weights)
 
 def _check_audio_out(path):
@@ -173,7 +175,7 @@ def chat_main(argv: list[str], stdin=None) -> int:
 def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
     import html
     import matplotlib.pyplot as plt
-    from audiochat.audio import plot_audio, plot_before_after, save_audio
+    from audiochat.audio import SAMPLE_RATE, plot_audio, plot_before_after, resample, save_audio
     parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
     if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
     if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
@@ -183,13 +185,25 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
         fig = plot_audio(s["audio"], sample_rate, spans=s["scene"].spans() if s.get("scene") else None, title=s["title"], figsize=(9, 3.5))
         fig.savefig(out / f"turn-{i:02d}.png", dpi=90); plt.close(fig)
         parts.append(f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" alt="spectrogram of turn {i}" width="810">')
+    if s.get("rendered") is not None:  # the same scene through the tools: what the model's audio should sound like
+        tools = resample(s["rendered"], SAMPLE_RATE, sample_rate)  # the tools render at the project's rate
+        wav = save_audio(out / f"turn-{i:02d}-tools.wav", tools, sample_rate)
+        fig = plot_audio(tools, sample_rate, spans=s["scene"].spans(), title="the tools' rendering of the same scene", figsize=(9, 3.5))
+        fig.savefig(out / f"turn-{i:02d}-tools.png", dpi=90); plt.close(fig)
+        parts.append(f'<h3>the tools\' rendering of the same scene</h3><audio controls src="{wav.name}"></audio><br>'
+                     f'<img src="turn-{i:02d}-tools.png" alt="spectrogram of the tools\' rendering of turn {i}" width="810">')
     if s.get("before") is not None and s.get("audio") is not None:
         wav = save_audio(out / f"turn-{i:02d}-before.wav", s["before"], sample_rate)
         fig = plot_before_after(s["before"], s["audio"], sample_rate, s.get("changed") or [], "before / after (changed spans outlined)")
         fig.savefig(out / f"turn-{i:02d}-edit.png", dpi=90); plt.close(fig)
         parts.append(f'<h3>before / after</h3>before: <audio controls src="{wav.name}"></audio><br>'
                      f'<img src="turn-{i:02d}-edit.png" alt="spectrograms before and after the edit of turn {i}" width="810">')
-    if s.get("scene") is not None: parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
+    if s.get("scene") is not None and s.get("truth") is not None:  # understanding: what the model heard beside the truth
+        parts.append("<div style='display:flex;gap:1em'>" + "".join(
+            f"<div><h3>{name}</h3><pre>{html.escape(scene_table(sc))}</pre></div>"
+            for name, sc in (("what the model heard", s["scene"]), ("the truth", s["truth"]))) + "</div>")
+    elif s.get("scene") is not None: parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
+    if s.get("table"): parts.append(f"<pre>{html.escape(s['table'])}</pre>")
     if s.get("cot"): parts.append(f"<details><summary>chain of thought (raw)</summary><pre>{html.escape(s['cot'])}</pre></details>")
     if s.get("timings"):
         rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else f"<tr><td>{k}</td><td>{v}</td></tr>"
@@ -197,10 +211,14 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
         parts.append(f"<h3>timings (s)</h3><table>{rows}</table>")
     return "\n".join(parts) + "</section>"
 
-def reply_section(reply: Reply, before: Reply | None = None) -> dict:
-    "A report section for a chat reply; an edit with the reply it changed (`before`) also shows the audio before it."
+def reply_section(reply: Reply, before: Reply | None = None, truth: Scene | None = None, rendered: bool = False) -> dict:
+    """A report section for a chat reply; an edit with the reply it changed (`before`) also shows the audio before it.
+    `truth`: the scene an understood audio really has, shown beside what the model heard. `rendered`: a reply with
+    audio also gets the tools' rendering of its scene (notebook 03), what its audio should sound like."""
+    from audiochat.tools import render
     s = dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
-             timings=reply.timings.to_dict(), message=reply.message, edit=reply.edit.to_json() if reply.edit else None)
+             timings=reply.timings.to_dict(), message=reply.message, edit=reply.edit.to_json() if reply.edit else None, truth=truth)
+    if rendered and reply.audio is not None and reply.scene is not None: s["rendered"] = render(reply.scene).mix
     if reply.task == "edit" and before is not None and before.audio is not None and reply.audio is not None:
         s.update(before=before.audio, changed=edited_spans(before.scene, reply.scene) if before.scene and reply.scene else [])
     return s
@@ -216,7 +234,9 @@ def report_sections(replies: list) -> list[dict]:
 # %% ../nbs/17_ui.ipynb #adf8c6e7
 def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
     """Write `out_dir/report.html` (with one wav and one png per section that has audio). `sections`: `Reply`s or dicts
-    with title, request, scene, cot, audio (channels, samples), timings (dict)."""
+    with title, request, scene, cot, audio (channels, samples), timings (dict), and optionally `reply_section`'s
+    before / changed (an edit), rendered (the tools' audio of the scene), truth (the real scene of understood audio),
+    table (preformatted text, e.g. figures)."""
     import html
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     replies = [s for s in sections if not isinstance(s, dict)]

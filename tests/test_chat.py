@@ -309,3 +309,26 @@ def test_a_model_that_reads_its_plan_tells_and_edits(tmp_path):
     assert e.history[-1].plan.shape == (r.latents.shape[0], PLAN_FEATURES)
     r2 = e.edit("Make the bell quieter.")
     assert r2.task == "edit" and all(t.plan is not None for t in e.history if t.role == "assistant" and t.audio is not None)
+
+
+def test_the_shipped_model_tells_edits_and_understands(tmp_path, capsys):
+    "The bundle committed with the package: small, loaded by default, answers the three jobs with outputs of the right shapes."
+    from audiochat.chat import SHIPPED_MODEL
+    from audiochat.data import DATA_SAMPLES
+    files = [p for p in SHIPPED_MODEL.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 10 * 2**20 and json.loads((SHIPPED_MODEL / "bundle.json").read_text())["dtype"] == "float16"
+    assert "learning.json" in {p.name for p in files} and "## Learning benchmark" in (SHIPPED_MODEL / "README.md").read_text()
+    e = ChatEngine.from_pretrained(steps=2)  # the default: the shipped model
+    assert e.thinks and e.model.config.arch == "sct"
+    r = e.tell("A 3-second story: a dog barks in the rain.")
+    assert Scene.from_json(r.cot) == r.scene
+    assert r.latents.shape == (round(r.scene.duration * 40), e.model.config.latent_dim) and r.audio.shape[1] == r.latents.shape[0] * e.codec.hop
+    r2 = e.edit("Make the dog quieter.")
+    assert (r2.scene is None) == (r2.audio is None) and (r2.scene is not None or r2.message)
+    if r2.scene is not None: assert r2.latents.shape[0] == round(r2.scene.duration * 40)
+    sample = Scene.from_json((DATA_SAMPLES / "demo" / "scene.json").read_text())
+    from audiochat.tools import render
+    u = e.understand(render(sample).mix, 16000)
+    assert isinstance(u.scene, Scene) and u.audio is None
+    assert main(["tell", "A story: rain.", "-o", str(tmp_path / "s.wav"), "--steps", "2"]) == 0  # --run defaults to it
+    assert (tmp_path / "s.wav").exists() and (tmp_path / "s.json").exists()

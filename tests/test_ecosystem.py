@@ -164,3 +164,28 @@ def test_model_and_scorer_follow_the_hub_convention(tmp_path, hub):
             assert type(again.config) is type(model.config) and again.config == model.config
             assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert isinstance(AudioChatModel.from_pretrained(tmp_path / "model").config, ModelConfig)
+
+
+def test_half_precision_bundle_loads_as_float32(tmp_path):
+    "save_pretrained(half=True): parameters stored in float16 (buffers kept), loaded back as float32 with the rounded values."
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from audiochat.chat import ChatEngine, train_tiny_run
+
+    run = train_tiny_run(tmp_path / "run", steps=1)
+    engine = ChatEngine.load(run, steps=2)
+    bundle = engine.save_pretrained(tmp_path / "bundle", half=True)
+    assert json.loads((bundle / "bundle.json").read_text())["dtype"] == "float16"
+    for stored, module in ((load_file(str(bundle / "model" / "model.safetensors")), engine.model),
+                           (load_file(str(bundle / "codec" / "model.safetensors")), engine.codec)):
+        params = dict(module.named_parameters())
+        assert params and all(stored[k].dtype == torch.float16 for k in params)
+        assert all(v.dtype == torch.float32 for k, v in stored.items() if k not in params and v.is_floating_point())
+    again = ChatEngine.from_pretrained(bundle, steps=2)
+    for k, p in again.model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, engine.model.state_dict()[k].half().float())
+    r = again.tell("Rain on a roof.", seconds=1.0) if not again.thinks else again.tell("A 1-second story: rain.")
+    assert r.audio is None or torch.isfinite(r.audio).all()
