@@ -326,9 +326,10 @@ def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, t
 def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bool = True, seconds: float | None = None) -> Reply:
     timings = Timings()
     turns = self.history + [user]
+    context = [user] if task == "understand" else turns  # understanding opens its dialogue in training: the audio alone
     previous = self.scene if task == "edit" else None
     known = seconds if task in ("understand", "edit") else None  # the audio described, or the one an edit keeps the length of
-    if self.thinks: scene, cot = self.think(turns, timings, answers=task == "edit" and self.answers, previous=previous, seconds=known)
+    if self.thinks: scene, cot = self.think(context, timings, answers=task == "edit" and self.answers, previous=previous, seconds=known)
     else: scene, cot = None, NO_COT_TEXT
     message = answer_text(cot) if self.thinks and scene is None else None
     change = Edit.from_json(cot) if scene is not None and previous is not None and self.edit_form == "diff" else None
@@ -337,6 +338,7 @@ def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bo
     if audio_out and message is None:
         latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool)
         self.scene = scene
+    if task == "understand" and scene is not None: self.scene = scene  # an edit that follows changes what was heard
     plan = None if latents is None else self.frame_plan(scene, latents.shape[0])
     self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool, plan=plan)]
     reply = Reply(task, request, scene, cot, latents, audio, timings, message, change)
@@ -366,7 +368,9 @@ def edit(self: ChatEngine, instruction: str, audio=None, sample_rate: int | None
 
 @patch
 def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply:
-    "The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when."
+    """The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when. The
+    model hears the audio alone, as in training (an understanding example opens its dialogue); the turn then joins the
+    conversation, and an edit that follows changes the scene heard."""
     if not self.thinks: raise ValueError("this model was trained without a chain of thought: it cannot describe audio")
     z = self.encode(audio, sample_rate)
     return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False,

@@ -19,7 +19,7 @@ import audiochat
 
 # %% auto #0
 __all__ = ['COMMANDS', 'HELP_PARSERS', 'DEMO_STORY', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser',
-           'codec_parser', 'demo_edit', 'absent_edit', 'chat_sections', 'demo', 'demo_main']
+           'codec_parser', 'demo_edit', 'absent_edit', 'held_out_story', 'chat_sections', 'demo', 'demo_main']
 
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
@@ -210,20 +210,35 @@ from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipp
 DEMO_STORY = "A 6-second story: a girl greets an old man while rain falls."  # in the words of the held-out phrasings
 
 def demo_edit(scene) -> str:
-    "An instruction that changes a sound the story has (its first sound effect or music, else its first voice)."
-    fx = [s for s in scene.sources if s.kind != "speech"]
-    if fx: return f"Make the {fx[0].caption} louder."
-    return f"Move {scene.sources[0].speaker} to the left." if scene.sources else "Make it louder."
+    """An edit of a sound the story has (its first sound effect or music, else its first voice), in the words of the
+    simulated user's loudness edits (notebook 04)."""
+    import random
+    from audiochat.copilot import describe
+    target = next((s for s in scene.sources if s.kind != "speech"), scene.sources[0])
+    ref = describe(target, scene, random.Random(0))
+    return f"Make the {ref.removeprefix('a ').removeprefix('an ')} quieter by 6 dB."
 
 def absent_edit(scene) -> str:
-    "An instruction about a sound the story does not have: the right answer is a sentence, not a new scene."
-    word = next(w for w in ("thunder", "dog", "bell", "trumpet", "harp") if not any(w in (s.caption or "") for s in scene.sources))
-    return f"Make the {word} quieter."
+    "An edit of a sound effect the story does not have: the right answer is a sentence, not a new scene."
+    from audiochat.tools import SOUND_EFFECTS
+    have = {s.caption for s in scene.sources}
+    name = next(n for n in ("dog barking", "bell", "thunder", "siren", "owl") if SOUND_EFFECTS[n].caption not in have)
+    return f"Make the {name} louder by 6 dB."
 
-def chat_sections(engine, name: str, sample, sample_audio) -> list[dict]:
+def held_out_story(folder) -> tuple:
+    """The first story of StoryGen-Eval-mini (built into `folder`: one dialogue, seconds), never seen in training:
+    (audio (channels, samples) at SAMPLE_RATE, its true scene)."""
+    from audiochat.audio import load_audio
+    from audiochat.data import build_eval, read_records
+    from audiochat.scene import Scene
+    if not (Path(folder) / "summary.json").exists(): build_eval(folder, dialogues=1, progress=False)
+    turn = next(iter(read_records(folder)))["turns"][0]
+    return load_audio(turn["audio"]), Scene.from_dict(turn["scene"])
+
+def chat_sections(engine, name: str, truth, heard_audio) -> list[dict]:
     """The three jobs with `engine`, as report sections titled by `name`: a story (its audio beside the tools' rendering
     of its scene), an edit of one of its sounds (the diff, before / after), an edit naming a sound it lacks (answered in
-    words by a model taught to), and the understanding of the sample story beside its true scene."""
+    words by a model taught to), and the understanding of `heard_audio` (at SAMPLE_RATE) beside its true scene `truth`."""
     from audiochat.audio import SAMPLE_RATE
     from audiochat.ui import reply_section
     story = engine.tell(DEMO_STORY)
@@ -233,14 +248,14 @@ def chat_sections(engine, name: str, sample, sample_audio) -> list[dict]:
         reply = engine.edit(instruction)
         sections.append(reply_section(reply, before=last))
         if reply.audio is not None: last = reply
-    sections.append(reply_section(engine.understand(sample_audio, SAMPLE_RATE), truth=sample))
+    sections.append(reply_section(engine.understand(heard_audio, SAMPLE_RATE), truth=truth))
     for s in sections: s["title"] = f"{name}: {s['title']}"
     return sections
 
 def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25,
          shipped: bool = True) -> dict:
-    """Render the sample scene into `out_dir` and write `report.html`. The report adds a chat (a story, two edits, the
-    sample story understood) with the shipped model (`shipped`, when the package has it) and with a training run
+    """Render the sample scene into `out_dir` and write `report.html`. The report adds a chat (a story, two edits, a
+    held-out StoryGen-Eval-mini story understood) with the shipped model (`shipped`, when the package has it) and with a training run
     (`run`, or `tiny_run`: train one for a few steps in `out_dir/tiny-run`), and their learning benchmark figures side
     by side when they have them. Returns the paths (and `figures`, the table, when there is one)."""
     import matplotlib
@@ -266,7 +281,8 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     models = {}
     if shipped and (SHIPPED_MODEL / "bundle.json").exists(): models["shipped model"] = SHIPPED_MODEL
     if run is not None: models["your model"] = Path(run)
-    for name, where in models.items(): sections += chat_sections(ChatEngine.load(where, steps=steps), name, scene, x)
+    if models: heard_audio, truth = held_out_story(out / "held-out")  # what each model is asked to understand
+    for name, where in models.items(): sections += chat_sections(ChatEngine.load(where, steps=steps), name, truth, heard_audio)
     benchmarked = {name: where for name, where in models.items() if (where / "learning.json").exists()}
     if benchmarked:
         paths["figures"] = headline_table(benchmarked)

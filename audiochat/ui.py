@@ -19,7 +19,7 @@ if TYPE_CHECKING: from audiochat.chat import ChatEngine, Plan, Reply, Timings  #
 
 # %% auto #0
 __all__ = ['scene_table', 'timing_line', 'tell_main', 'edit_main', 'understand_main', 'next_turn_file', 'chat_main',
-           'reply_section', 'report_sections', 'write_report', 'ChatPanel']
+           'reply_section', 'report_sections', 'write_report', 'show_reply', 'ChatPanel']
 
 # %% ../nbs/17_ui.ipynb #c61b7ac7
 def scene_table(scene: Scene) -> str:
@@ -250,6 +250,29 @@ def write_report(out_dir, sections: list, sample_rate: int, title: str = "audioc
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp"); tmp.write_text(page); tmp.replace(path)
     return path
+
+# %% ../nbs/17_ui.ipynb #f13fbeec
+def show_reply(reply: Reply, sample_rate: int, before: Reply | None = None, truth: Scene | None = None, rendered: bool = False):
+    "Display `reply` in Jupyter as a report section (`reply_section`'s arguments): text, players, spectrograms, scene tables."
+    import html
+    from IPython.display import HTML, display
+    from audiochat.audio import SAMPLE_RATE, audio_player, plot_audio, plot_before_after, resample, show_jpeg
+    s = reply_section(reply, before, truth, rendered)
+    text = [f"<b>{s['title']}:</b> {html.escape(s['request'])}"] + [f"<b>{k}:</b> <code>{html.escape(s[k])}</code>"
+                                                                    for k in ("message", "edit") if s.get(k)]
+    display(HTML("<br>".join(text)))
+    spans = s["scene"].spans() if s.get("scene") else None
+    shown = [("the model's audio", s.get("audio"), sample_rate)] + [("the tools' rendering of the same scene", s.get("rendered"), SAMPLE_RATE)]
+    for name, x, sr in ((n, x, sr) for n, x, sr in shown if x is not None):
+        x = resample(x, sr, sample_rate)
+        display(HTML(f"<i>{name}</i>"), audio_player(x, sample_rate))
+        show_jpeg(plot_audio(x, sample_rate, spans=spans, title=name, figsize=(9, 3)))
+    if s.get("before") is not None:
+        display(HTML("<i>before the edit</i>"), audio_player(s["before"], sample_rate))
+        show_jpeg(plot_before_after(s["before"], s["audio"], sample_rate, s["changed"], "before / after (changed spans outlined)"))
+    tables = [("scene", s.get("scene")), ("the truth", s.get("truth"))]
+    if any(sc is not None for _, sc in tables): display(HTML("<div style='display:flex;gap:1em'>" + "".join(f"<div><b>{n}</b><pre>{html.escape(scene_table(sc))}</pre></div>"
+                                                                for n, sc in tables if sc is not None) + "</div>"))
 
 # %% ../nbs/17_ui.ipynb #63aba1dc
 class ChatPanel:

@@ -2,7 +2,8 @@
     OMP_NUM_THREADS=1 .venv/bin/python docs/make_figures.py [--eval runs/eval/results.json]
 Writes docs/figures/{scene,mask,forcing,evaluation,learned,learned_edit}.png (evaluation.png only when an evaluation's
 results are given, learned*.png only with --run: the run's story for a request next to the tools' rendering of the plan
-it wrote, and an edit of that story before and after, the changed spans outlined)."""
+it wrote, and an edit of that story before and after, the changed spans outlined; it prints the plans, the edit's
+change, the answer to an edit about a sound the story lacks, and a held-out story understood beside its truth)."""
 import argparse
 import json
 from pathlib import Path
@@ -26,6 +27,7 @@ p.add_argument("--eval", default=None, help="results.json of `audiochat eval` fo
 p.add_argument("--run", default=None, help="a trained run: its story for a request beside the tools' rendering of its plan")
 p.add_argument("--out", default="docs/figures")
 p.add_argument("--name", default="learned", help="file name (without .png) of the --run figure (default: learned)")
+p.add_argument("--request", default=None, help="the story request of the --run figure (default: three, the first whose plan renders)")
 a = p.parse_args()
 out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
@@ -75,6 +77,7 @@ if a.run:
     requests = ["I need a 7-second story. On a rainy night, a girl greets an old man at the door. Voices: narrator, girl. Sounds: steady rain falling and a dog barking.",
                 "Create a scene: In a quiet kitchen, a tired detective hears a knock. Include a clock ticking and a knock on a door. Speakers: narrator. Keep it near 6 s.",
                 "Tell me a short audio story: a girl greets an old man while steady rain falls, then a dog barks."]
+    requests = [a.request] if a.request else requests
     for request in requests:  # the first plan the tools can render (a valid scene is not always renderable)
         engine.reset(); story = engine.tell(request)
         try: render(story.scene, seed=0); break
@@ -100,3 +103,12 @@ if a.run:
         save(plot_before_after(story.audio, edit.audio, engine.codec.config.sample_rate, edited_spans(story.scene, edit.scene),
                                f"{edit.request}  ->  {edit.edit.to_json() if edit.edit else 'the scene restated'}"), f"{a.name}_edit.png")
     else: print(f"the model answered the edit in words: {edit.message}")
+    from audiochat.cli import absent_edit
+    absent = engine.edit(absent_edit(story.scene))
+    print(absent.request, "->", absent.message or (absent.edit.to_json() if absent.edit else absent.cot))
+    # understanding: the first story of StoryGen-Eval-mini (never trained on), the scene the model hears beside the true one
+    import tempfile
+    from audiochat.cli import held_out_story
+    heard_audio, truth = held_out_story(Path(tempfile.mkdtemp()) / "held-out")
+    heard = engine.understand(heard_audio, 16000)
+    print("the model hears a held-out story as:"); print(scene_table(heard.scene)); print("the truth:"); print(scene_table(truth))

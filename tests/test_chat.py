@@ -332,3 +332,14 @@ def test_the_shipped_model_tells_edits_and_understands(tmp_path, capsys):
     assert isinstance(u.scene, Scene) and u.audio is None
     assert main(["tell", "A story: rain.", "-o", str(tmp_path / "s.wav"), "--steps", "2"]) == 0  # --run defaults to it
     assert (tmp_path / "s.wav").exists() and (tmp_path / "s.json").exists()
+
+
+def test_understanding_hears_the_audio_alone(run):
+    "As in training, the model describes audio at the start of a dialogue: earlier turns do not change what it hears."
+    e = ChatEngine.load(run, steps=2)
+    x = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    fresh = e.understand(x, 16000).cot
+    e.reset(); e.tell("A story with rain.")
+    after = e.understand(x, 16000)
+    assert after.cot == fresh and len(e.history) == 4
+    assert e.scene == after.scene  # an edit now changes the scene heard
