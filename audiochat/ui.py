@@ -258,8 +258,9 @@ def show_reply(reply: Reply, sample_rate: int, before: Reply | None = None, trut
     from IPython.display import HTML, display
     from audiochat.audio import SAMPLE_RATE, audio_player, plot_audio, plot_before_after, resample, show_jpeg
     s = reply_section(reply, before, truth, rendered)
-    text = [f"<b>{s['title']}:</b> {html.escape(s['request'])}"] + [f"<b>{k}:</b> <code>{html.escape(s[k])}</code>"
-                                                                    for k in ("message", "edit") if s.get(k)]
+    labels = dict(message="the model answered", edit="the change it wrote")
+    text = [f"<b>{s['title']}:</b> {html.escape(s['request'])}"] + [f"<b>{labels[k]}:</b> <code>{html.escape(s[k])}</code>"
+                                                                    for k in labels if s.get(k)]
     display(HTML("<br>".join(text)))
     spans = s["scene"].spans() if s.get("scene") else None
     shown = [("the model's audio", s.get("audio"), sample_rate)] + [("the tools' rendering of the same scene", s.get("rendered"), SAMPLE_RATE)]
