@@ -26,9 +26,14 @@ def test_unknown_command_suggests():
 
 
 def test_demo_writes_outputs(tmp_path):
-    r = run("demo", "--out", str(tmp_path / "demo"))
+    r = run("demo", "--out", str(tmp_path / "demo"), "--steps", "2")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "demo"
+    page = (out / "report.html").read_text()  # the shipped model's three jobs, and its benchmark figures
+    for part in ("shipped model: tell", "rendering of the same scene", "shipped model: edit", "the truth",
+                 "shipped model: understand", "learning benchmark figures"):
+        assert part in page, part
+    assert "| figure | shipped model |" in r.stdout
     info = sf.info(str(out / "story.wav"))
     assert info.channels == 2 and info.samplerate == 16000 and info.duration > 1
     assert (out / "story.png").stat().st_size > 10_000
