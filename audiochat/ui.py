@@ -263,8 +263,9 @@ def show_reply(reply: Reply, sample_rate: int, before: Reply | None = None, trut
                                                                     for k in labels if s.get(k)]
     display(HTML("<br>".join(text)))
     spans = s["scene"].spans() if s.get("scene") else None
-    shown = [("the model's audio", s.get("audio"), sample_rate)] + [("the tools' rendering of the same scene", s.get("rendered"), SAMPLE_RATE)]
-    for name, x, sr in ((n, x, sr) for n, x, sr in shown if x is not None):
+    for name, x, sr in (("the model's audio", s.get("audio"), sample_rate),
+                        ("the tools' rendering of the same scene", s.get("rendered"), SAMPLE_RATE)):
+        if x is None: continue
         x = resample(x, sr, sample_rate)
         display(HTML(f"<i>{name}</i>"), audio_player(x, sample_rate))
         show_jpeg(plot_audio(x, sample_rate, spans=spans, title=name, figsize=(9, 3)))
