@@ -87,7 +87,7 @@ SHIPPED := audiochat/models/course
 .PHONY: bundle
 bundle: setup
 	@test -e runs/course-model/learning.json || { echo "make course-model first (it trains and benchmarks runs/course-model)"; exit 1; }
-	rm -rf $(SHIPPED).new && $(BIN)/python -c "from audiochat.chat import ChatEngine; \
+	rm -rf $(SHIPPED).new && $(BIN)/python -c "from audiochat.serve.chat import ChatEngine; \
 	  ChatEngine.load('runs/course-model').save_pretrained('$(SHIPPED).new', half=True)"
 	rm -rf $(SHIPPED) && mv $(SHIPPED).new $(SHIPPED) && du -sh $(SHIPPED)
 
@@ -199,4 +199,4 @@ findings: setup espeak
 APP_RUN ?= $(SHIPPED)
 .PHONY: app-screenshot
 app-screenshot: setup
-	OMP_NUM_THREADS=2 $(BIN)/python -c "from audiochat.app import save_screenshot; print(save_screenshot('$(APP_RUN)', 'docs/figures/app.png', steps=25))"
+	OMP_NUM_THREADS=2 $(BIN)/python -c "from audiochat.serve.app import save_screenshot; print(save_screenshot('$(APP_RUN)', 'docs/figures/app.png', steps=25))"

@@ -16,23 +16,23 @@ import sys
 from pathlib import Path
 
 import audiochat
+from .core.args import HELP_PARSERS
 
 # %% auto #0
-__all__ = ['COMMANDS', 'HELP_PARSERS', 'DEMO_STORY', 'main', 'config_fields', 'config_help', 'train_parser', 'eval_parser',
-           'codec_parser', 'demo_edit', 'absent_edit', 'held_out_story', 'chat_sections', 'demo', 'demo_main']
+__all__ = ['COMMANDS', 'DEMO_STORY', 'main', 'demo_edit', 'absent_edit', 'held_out_story', 'chat_sections', 'demo', 'demo_main']
 
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
-    "data": ("audiochat.data", "data_main", "build the simulated dialogue dataset (build, eval, samples, show)"),
+    "data": ("audiochat.sim.data", "data_main", "build the simulated dialogue dataset (build, eval, samples, show)"),
     "demo": ("audiochat.cli", "demo_main", "render a sample scene from data_samples/ into runs/demo/"),
-    "codec": ("audiochat.codec", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
-    "train": ("audiochat.train", "train_main", "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ..."),
-    "tell": ("audiochat.ui", "tell_main", "tell a story with a trained run: TEXT -o story.wav --run DIR"),
-    "edit": ("audiochat.ui", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
-    "understand": ("audiochat.ui", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
-    "chat": ("audiochat.ui", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
-    "serve": ("audiochat.app", "serve_main", "a web app (Gradio) for a run: --run DIR|REPO_ID"),
-    "eval": ("audiochat.evaluate", "eval_main", "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots"),
+    "codec": ("audiochat.codec.codecs", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
+    "train": ("audiochat.training.train", "train_main", "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ..."),
+    "tell": ("audiochat.serve.ui", "tell_main", "tell a story with a trained run: TEXT -o story.wav --run DIR"),
+    "edit": ("audiochat.serve.ui", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
+    "understand": ("audiochat.serve.ui", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
+    "chat": ("audiochat.serve.ui", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
+    "serve": ("audiochat.serve.app", "serve_main", "a web app (Gradio) for a run: --run DIR|REPO_ID"),
+    "eval": ("audiochat.eval.evaluate", "eval_main", "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots"),
 }
 
 def _usage() -> str:
@@ -66,145 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return 1
 
-# %% ../nbs/21_cli.ipynb #1c101dc6
-import ast
-
-from functools import lru_cache
-
-@lru_cache(None)
-def _source(module: str) -> str: return (Path(audiochat.__file__).parent / f"{module}.py").read_text()
-
-@lru_cache(None)
-def _tree(module: str) -> ast.Module: return ast.parse(_source(module))
-
-def _assigned(tree: ast.Module, name: str) -> ast.expr:
-    "The value of the module-level assignment `name = ...` in `tree`."
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets): return node.value
-    raise KeyError(f"no {name} = ... in the source")
-
-def _comments(source: str) -> dict[int, str]:
-    "{line number: its trailing comment}."
-    import io
-    import tokenize
-    return {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
-
-def _default(value: ast.expr | None) -> str:
-    "A field's default as source text; `field(default_factory=X)` as `X()`."
-    if value is None: return "(required)"
-    if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "field":
-        for k in value.keywords:
-            if k.arg == "default_factory": return f"{ast.unparse(k.value)}()"
-            if k.arg == "default": return ast.unparse(k.value)
-    return ast.unparse(value)
-
-def config_fields() -> dict[str, tuple[str, str, str]]:
-    """{dotted key: (type, default, comment)} of every training config key, read from the dataclasses' source without
-    importing them (nor torch). The defaults are the dataclasses'; a preset changes some (`train --show-config`)."""
-    config = _tree("config")
-    home = {a.asname or a.name: n.module for n in config.body if isinstance(n, ast.ImportFrom) and n.level == 1 for a in n.names}
-    sections = {ast.literal_eval(k): v.id for k, v in zip(_assigned(config, "SECTIONS").keys, _assigned(config, "SECTIONS").values)}
-    out = {}
-    for section, cls in {**sections, "data.build": "DataConfig"}.items():
-        source = _source(home.get(cls, "config"))
-        node = next(n for n in _tree(home.get(cls, "config")).body if isinstance(n, ast.ClassDef) and n.name == cls)
-        lines = source.splitlines()[node.lineno - 1:node.end_lineno]  # only the class is tokenized (fast)
-        notes = {node.lineno - 1 + k: v for k, v in _comments("\n".join(lines) + "\n").items()}
-        for f in node.body:
-            if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name):
-                out[f"{section}.{f.target.id}"] = (ast.unparse(f.annotation), _default(f.value), notes.get(f.end_lineno, ""))
-    return out
-
-def config_help() -> str:
-    "Every config key as a line of `train --help`: --KEY=DEFAULT (type, range)  what it is."
-    config = _tree("config")
-    ranges = ast.literal_eval(_assigned(config, "RANGES"))
-    lines = ["config keys, each set as --KEY=VALUE (defaults before a preset applies; --show-config prints the resolved config):"]
-    for key, (kind, default, note) in config_fields().items():
-        rule = ranges.get(key)
-        lines.append(f"  --{key}={default}  ({kind}{', ' + rule if rule else ''})" + (f"  {note}" if note else ""))
-    return "\n".join(lines)
-
-# %% ../nbs/21_cli.ipynb #ad5dd1f0
-def train_parser() -> argparse.ArgumentParser:
-    "The parser of `audiochat train`; its help lists every config key (`config_help`). Builds without torch."
-    presets = [ast.literal_eval(k) for k in _assigned(_tree("config"), "PRESETS").keys]
-    p = argparse.ArgumentParser(prog="audiochat train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Train an AudioChat model with the forcing loss.", epilog=config_help())
-    p.add_argument("--preset", default="tiny", choices=sorted(presets), help="size preset (default: tiny)")
-    p.add_argument("--config", default=None, help="YAML file of config sections, applied over the preset")
-    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoints/latest (with its saved config)")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in run.out first (default: refuse)")
-    p.add_argument("--until", type=int, default=None, help="stop after this step (a later --resume continues)")
-    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
-    return p
-
-HELP_PARSERS = {"train": train_parser}  # commands whose `--help` is answered here, before their module (and torch) loads
-
-# %% ../nbs/21_cli.ipynb #64c051a1
-def eval_parser() -> argparse.ArgumentParser:
-    "The parser of `audiochat eval`, built without torch (its defaults read from `audiochat/evaluate.py`'s source)."
-    tree = _tree("evaluate")
-    split, clap = (ast.literal_eval(_assigned(tree, name)) for name in ("SPLIT_NAME", "DEFAULT_CLAP"))
-    p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
-                                "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR", help="a training run folder (repeatable)")
-    p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth through that codec), or none (default: oracle,cascade)")
-    p.add_argument("--split", default=split, help=f"a built eval folder, or {split} (built into the cache if missing)")
-    p.add_argument("--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)")
-    p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached one, trained once)")
-    p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
-    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every system's sampling (default: 0)")
-    p.add_argument("--cascade-llm", default="script", help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL")
-    p.add_argument("--cascade-url", default=None, help="base URL of the OpenAI-compatible server for --cascade-llm openai:...")
-    p.add_argument("--embeddings", choices=("scorer", "clap"), default=None,
-                   help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a CLAP model's, as papers use)")
-    p.add_argument("--clap", default=None, metavar="MODEL", help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
-                   f"hf:ORG/NAME or ORG/NAME (default: {clap}); implies --embeddings clap")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
-    return p
-
-HELP_PARSERS["eval"] = eval_parser
-
-# %% ../nbs/21_cli.ipynb #f012f328
-def codec_parser() -> argparse.ArgumentParser:
-    "The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets read from `audiochat/codec.py`)."
-    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec"), "PRESETS").keys]
-    p = argparse.ArgumentParser(prog="audiochat codec", description="Train, use and evaluate the audio codec.")
-    sub = p.add_subparsers(dest="action", required=True)
-    t = sub.add_parser("train", help="train a codec on the audio files under a folder")
-    t.add_argument("--preset", default="tiny", choices=sorted(presets))
-    t.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
-    t.add_argument("--out", default=None, help="output folder (default: runs/codec-PRESET)")
-    t.add_argument("--steps", type=int, default=None, help="total steps to reach (default 2000 unless --minutes)")
-    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    t.add_argument("--device", default="auto"); t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)")
-    f = sub.add_parser("fit", help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to train)")
-    f.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
-    f.add_argument("--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of the tiny preset")
-    e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
-    e.add_argument("--model", required=True, help="codec folder (save_pretrained)")
-    e.add_argument("--data", required=True); e.add_argument("--out", required=True)
-    e.add_argument("--shard-files", type=int, default=256); e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--device", default="auto")
-    v = sub.add_parser("eval", help="reconstruction figures on a folder of audio, with baselines")
-    v.add_argument("--model", required=True); v.add_argument("--data", required=True)
-    v.add_argument("--max-files", type=int, default=None); v.add_argument("--max-seconds", type=float, default=None)
-    v.add_argument("--lowpass-hz", type=float, default=4000.0); v.add_argument("--json", default=None, help="also write the result here")
-    v.add_argument("--device", default="cpu")
-    return p
-
-HELP_PARSERS["codec"] = codec_parser
-
 # %% ../nbs/21_cli.ipynb #cfaa3fea
-from .data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package
+from .sim.data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package
 
 # %% ../nbs/21_cli.ipynb #aa1169b1
 DEMO_STORY = "A 6-second story: a girl greets an old man while rain falls."  # in the words of the held-out phrasings
@@ -213,14 +76,14 @@ def demo_edit(scene) -> str:
     """An edit of a sound the story has (its first sound effect or music, else its first voice), in the words of the
     simulated user's loudness edits (notebook 04)."""
     import random
-    from audiochat.copilot import describe
+    from audiochat.sim.copilot import describe
     target = next((s for s in scene.sources if s.kind != "speech"), scene.sources[0])
     ref = describe(target, scene, random.Random(0))
     return f"Make the {ref.removeprefix('a ').removeprefix('an ')} quieter by 6 dB."
 
 def absent_edit(scene) -> str:
     "An edit of a sound effect the story does not have: the right answer is a sentence, not a new scene."
-    from audiochat.tools import SOUND_EFFECTS
+    from audiochat.sim.tools import SOUND_EFFECTS
     have = {s.caption for s in scene.sources}
     name = next(n for n in ("dog barking", "bell", "thunder", "siren", "owl") if SOUND_EFFECTS[n].caption not in have)
     return f"Make the {name} louder by 6 dB."
@@ -228,9 +91,9 @@ def absent_edit(scene) -> str:
 def held_out_story(folder) -> tuple:
     """The first story of StoryGen-Eval-mini (built into `folder`: one dialogue, seconds), never seen in training:
     (audio (channels, samples) at SAMPLE_RATE, its true scene)."""
-    from audiochat.audio import load_audio
-    from audiochat.data import build_eval, read_records
-    from audiochat.scene import Scene
+    from audiochat.core.audio import load_audio
+    from audiochat.sim.data import build_eval, read_records
+    from audiochat.core.scene import Scene
     if not (Path(folder) / "summary.json").exists(): build_eval(folder, dialogues=1, progress=False)
     turn = next(iter(read_records(folder)))["turns"][0]
     return load_audio(turn["audio"]), Scene.from_dict(turn["scene"])
@@ -239,8 +102,8 @@ def chat_sections(engine, name: str, truth, heard_audio) -> list[dict]:
     """The three jobs with `engine`, as report sections titled by `name`: a story (its audio beside the tools' rendering
     of its scene), an edit of one of its sounds (the diff, before / after), an edit naming a sound it lacks (answered in
     words by a model taught to), and the understanding of `heard_audio` (at SAMPLE_RATE) beside its true scene `truth`."""
-    from audiochat.audio import SAMPLE_RATE
-    from audiochat.ui import reply_section
+    from audiochat.core.audio import SAMPLE_RATE
+    from audiochat.serve.ui import reply_section
     story = engine.tell(DEMO_STORY)
     sections = [reply_section(story, rendered=True)]
     last = story  # the audio the next edit changes
@@ -261,9 +124,9 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from audiochat.audio import save_audio, plot_audio
-    from audiochat.scene import Scene
-    from audiochat.tools import render
+    from audiochat.core.audio import save_audio, plot_audio
+    from audiochat.core.scene import Scene
+    from audiochat.sim.tools import render
     sample_dir = Path(sample_dir or DATA_SAMPLES / "demo")
     if not sample_dir.exists(): raise FileNotFoundError(f"sample folder not found: {sample_dir}")
     scene = Scene.from_json((sample_dir / "scene.json").read_text())
@@ -273,9 +136,9 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
     fig = plot_audio(x, spans=scene.spans(), title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s")
     fig.savefig(paths["figure"], dpi=110); plt.close(fig)
     paths["scene"].write_text(scene.to_json(indent=2) + "\n")
-    from audiochat.audio import SAMPLE_RATE
-    from audiochat.chat import SHIPPED_MODEL, ChatEngine, headline_table, train_tiny_run
-    from audiochat.ui import write_report
+    from audiochat.core.audio import SAMPLE_RATE
+    from audiochat.serve.chat import SHIPPED_MODEL, ChatEngine, headline_table, train_tiny_run
+    from audiochat.serve.ui import write_report
     sections = [dict(title="sample scene rendered by the tools", scene=scene, cot=scene.to_json(indent=2), audio=x)]
     if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
     models = {}

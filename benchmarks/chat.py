@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from audiochat.chat import ChatEngine, train_tiny_run
-from audiochat.forcing import Turn
-from audiochat.grammar import decode_text
-from audiochat.data import DATA_SAMPLES
-from audiochat.scene import Scene
-from audiochat.tools import render
+from audiochat.serve.chat import ChatEngine, train_tiny_run
+from audiochat.model.forcing import Turn
+from audiochat.model.grammar import decode_text
+from audiochat.sim.data import DATA_SAMPLES
+from audiochat.core.scene import Scene
+from audiochat.sim.tools import render
 
 torch.set_num_threads(1)
 tmp = Path(tempfile.mkdtemp())
@@ -32,7 +32,7 @@ n_tokens = len(e.tokenizer.encode(cot, add_special_tokens=False))
 turns = [Turn("user", "A 10-second story: a girl greets an old man while rain falls.")]
 rows = []
 for _ in range(3):
-    from audiochat.chat import Timings
+    from audiochat.serve.chat import Timings
     t = Timings()
     e.render(turns, scene, cot, t)
     rows.append(t)

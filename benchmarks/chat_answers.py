@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from audiochat.chat import ChatEngine, ChatError
-from audiochat.forcing import Turn
-from audiochat.data import build_eval, read_records
-from audiochat.scene import Scene
-from audiochat.copilot import UNDERSTAND_PROMPT, heard_scene, missing_source_request
+from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.model.forcing import Turn
+from audiochat.sim.data import build_eval, read_records
+from audiochat.core.scene import Scene
+from audiochat.sim.copilot import UNDERSTAND_PROMPT, heard_scene, missing_source_request
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", default="runs/pipeline/model")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from audiochat.data import DATA_SAMPLES
-from audiochat.codec import (
+from audiochat.sim.data import DATA_SAMPLES
+from audiochat.codec.codecs import (
     Codec,
     codec_preset,
     evaluate_codec,

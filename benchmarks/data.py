@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import torch
 
-import audiochat.copilot as copilot
-import audiochat.data as data
-import audiochat.tools as tools
+import audiochat.sim.copilot as copilot
+import audiochat.sim.data as data
+import audiochat.sim.tools as tools
 
 
 def end_to_end(config, workers: int) -> tuple[float, dict]:

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from audiochat.evaluate import evaluate, load_scorer, make_system, resolve_split
+from audiochat.eval.evaluate import evaluate, load_scorer, make_system, resolve_split
 
 p = argparse.ArgumentParser()
 p.add_argument("--dialogues", type=int, default=60)

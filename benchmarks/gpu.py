@@ -11,7 +11,7 @@ Stages
   throughput  training steps (forward, loss, backward, fused AdamW, bf16 autocast) on synthetic batches of B x T
               positions, for the SCT (`AudioChatModel`, arch "sct": text and audio spans, AudioChat's mask: causal
               text, bidirectional spans, packed documents) and for a plain decoder of the same width and depth
-              (`audiochat.transformer.Transformer`, text only, causal), at about 30M / 90M / 200M non-embedding
+              (`audiochat.model.transformer.Transformer`, text only, causal), at about 30M / 90M / 200M non-embedding
               parameters, torch.compile on and off. Attention kernels ("kernel" column):
                 flex         FlexAttention block mask (`transformer.block_mask`): the AudioChat mask for the SCT, the
                              causal mask for the plain decoder
@@ -133,7 +133,7 @@ def peak_flops(device: torch.device, given: float | None) -> tuple[float | None,
 # ------------------------------------------------------------------------------------------------------- throughput
 def sct_layout(B: int, T: int, device):
     "Rows of text (112) / audio span (400 frames, 10 s) pairs, a new packed document every two pairs."
-    from audiochat.transformer import Layout
+    from audiochat.model.transformer import Layout
     text, audio = max(1, T * 112 // 1024), max(1, T * 400 // 1024)
     row, n, doc = [], 0, 0
     while n < T:
@@ -146,7 +146,7 @@ def sct_layout(B: int, T: int, device):
 
 def plain_causal_layer(layer, x, cos, sin):
     "A package DecoderLayer run with SDPA is_causal=True (flash attention) instead of an explicit mask."
-    from audiochat.transformer import apply_rotary
+    from audiochat.model.transformer import apply_rotary
     a, h = layer.self_attn, layer.input_layernorm(x)
     q = apply_rotary(a.split(a.q_proj(h), a.n_heads), cos, sin)
     k = apply_rotary(a.split(a.k_proj(h), a.n_kv_heads), cos, sin)
@@ -158,8 +158,8 @@ def plain_causal_layer(layer, x, cos, sin):
 
 def build_case(arch: str, kernel: str, shape, vocab: int, latent_dim: int, B: int, T: int, device, compile_mode: str):
     "(model, step closure inputs) of one throughput case."
-    from audiochat.sct import AudioChatModel, ModelConfig
-    from audiochat.transformer import Layout, Transformer, TransformerConfig
+    from audiochat.model.sct import AudioChatModel, ModelConfig
+    from audiochat.model.transformer import Layout, Transformer, TransformerConfig
     d, H, U, G = shape
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (B, T), generator=g).to(device)
@@ -258,14 +258,14 @@ def measure_case(arch, kernel, compiled, size, shape, a, device, peak) -> dict:
 
 
 def throughput(a, device, results: Results, deadline: float):
-    from audiochat import transformer
+    from audiochat.model import transformer
     peak, how = peak_flops(device, a.peak_tflops)
     flex_ok = hasattr(transformer, "block_mask")
     try: import torch.nn.attention.flex_attention  # noqa: F401
     except ImportError: flex_ok = False
     notes = [f"peak: {how}"]
     kernels = ["flex", "sdpa-mask"] if flex_ok else ["sdpa-mask"]
-    if not flex_ok: notes.append("audiochat.transformer has no FlexAttention block mask here: only the SDPA boolean-mask path is measured")
+    if not flex_ok: notes.append("audiochat.model.transformer has no FlexAttention block mask here: only the SDPA boolean-mask path is measured")
     if device.type == "cpu" and "flex" in kernels:
         kernels.remove("flex"); notes.append("CPU: FlexAttention has no backward on the CPU, flex cases skipped")
     compiles = [c for c in ({"on": [True], "off": [False], "both": [True, False]}[a.compile])]
@@ -358,7 +358,7 @@ def stage_data(a, work: Path, results: Results, left) -> dict:
 
 
 def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
-    from audiochat import codec as C
+    from audiochat.codec.codecs import codecs as C
     if a.codec:
         return dict(codec=a.codec, trained=False)
     preset = "tiny"
@@ -379,7 +379,7 @@ def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
 
 
 def stage_encode(a, work: Path, data: dict, codec: dict, results: Results, device) -> dict:
-    from audiochat.codec import Codec, encode_folder
+    from audiochat.codec.codecs import Codec, encode_folder
     model = Codec.from_pretrained(codec["codec"], device)
     cache = work / "latents"
     t0 = time.perf_counter()
@@ -393,8 +393,8 @@ def stage_encode(a, work: Path, data: dict, codec: dict, results: Results, devic
 
 
 def train_config(a, work: Path, data: dict, codec: dict, latents: dict, run: Path, steps: int, device, probe: bool = False):
-    from audiochat.codec import CodecConfig
-    from audiochat.config import resolve
+    from audiochat.codec.codecs import CodecConfig
+    from audiochat.training.config import resolve
     ccfg = CodecConfig.from_dict(json.loads((Path(codec["codec"]) / "config.json").read_text()))
     overrides = dict(
         data=dict(source=data["data"], codec=codec["codec"], latent_cache=latents["latents"]),
@@ -415,12 +415,12 @@ def train_config(a, work: Path, data: dict, codec: dict, latents: dict, run: Pat
 
 
 def count_model_parameters(model_config) -> int:
-    from audiochat.sct import AudioChatModel
+    from audiochat.model.sct import AudioChatModel
     with torch.device("meta"): return sum(p.numel() for p in AudioChatModel(model_config).parameters())
 
 
 def stage_train(a, work: Path, data: dict, codec: dict, latents: dict, results: Results, device, left) -> dict:
-    from audiochat.train import train
+    from audiochat.training.train import train
     run = work / "run"
     shutil.rmtree(run, ignore_errors=True)
     info = {}
@@ -457,17 +457,17 @@ def stage_train(a, work: Path, data: dict, codec: dict, latents: dict, results: 
 
 def make_scorer(a, work: Path) -> tuple[str | None, str]:
     "(--scorer argument, description): the package's cached default scorer if present, else a quick one trained here."
-    from audiochat.evaluate import cache_dir
+    from audiochat.eval.evaluate import cache_dir
     if a.scorer not in ("auto", "default", "quick"): return a.scorer, f"given: {a.scorer}"
     default = cache_dir() / "tinyflam-150x1500"
     if a.scorer == "default" or (a.scorer == "auto" and (default / "model.safetensors").exists()):
         return None, "the package's default TinyFLAM (150 scenes x 1500 steps; trained now if not cached)"
-    from audiochat.metrics import scorer_examples, train_scorer
+    from audiochat.eval.metrics import scorer_examples, train_scorer
     examples, steps = (4, 10) if a.dry else (40, 400)
     scorer, _ = train_scorer(scorer_examples(range(examples)), steps=steps)
     d = work / f"scorer-{examples}x{steps}"
     scorer.save(d)
-    return str(d), f"quick TinyFLAM trained here ({examples} scenes x {steps} steps): not comparable with the README's tables"
+    return str(d), f"quick TinyFLAM trained here ({examples} scenes x {steps} steps): not comparable with the tables of docs/results.md"
 
 
 def stage_scorer(a, work: Path, results: Results) -> dict:
@@ -528,11 +528,11 @@ def stage_learning(a, work: Path, data: dict, train_info: dict | None, scorer: s
 
 # ------------------------------------------------------------------------------------------------------------ chat
 def stage_chat(a, work: Path, train_info: dict | None, results: Results, device) -> dict:
-    from audiochat.chat import ChatEngine, Timings, train_tiny_run
-    from audiochat.forcing import Turn
-    from audiochat.grammar import decode_text
-    from audiochat.data import DATA_SAMPLES
-    from audiochat.scene import Scene
+    from audiochat.serve.chat import ChatEngine, Timings, train_tiny_run
+    from audiochat.model.forcing import Turn
+    from audiochat.model.grammar import decode_text
+    from audiochat.sim.data import DATA_SAMPLES
+    from audiochat.core.scene import Scene
     steps = 5 if a.dry else 25
     if train_info and (Path(train_info["run"]) / "checkpoints").exists():
         run, which = Path(train_info["run"]), "the e2e run"

@@ -37,17 +37,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from audiochat.audio import FRAME_RATE, SAMPLE_RATE
-from audiochat.chat import ChatEngine, ChatError
-from audiochat.forcing import Turn
-from audiochat.codec import SpectralDistance
-from audiochat.data import load_turn, read_records
-from audiochat.evaluate import as_eval_audio, load_scorer, resolve_split
-from audiochat.metrics import delta_multiflam, editflam, multiflam, tcpwer
-from audiochat.scene import Scene, diff, edited_spans, to_seglst
-from audiochat.sct import AudioChatModel
-from audiochat.tools import render, resolve_sound
-from audiochat.copilot import (HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, assistant_plan, heard_scene,
+from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
+from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.model.forcing import Turn
+from audiochat.codec.codecs import SpectralDistance
+from audiochat.sim.data import load_turn, read_records
+from audiochat.eval.evaluate import as_eval_audio, load_scorer, resolve_split
+from audiochat.eval.metrics import delta_multiflam, editflam, multiflam, tcpwer
+from audiochat.core.scene import Scene, diff, edited_spans, to_seglst
+from audiochat.model.sct import AudioChatModel
+from audiochat.sim.tools import render, resolve_sound
+from audiochat.sim.copilot import (HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, assistant_plan, heard_scene,
                                held_out_stories, missing_source_request)
 
 FREE_FORM = Path(__file__).with_name("free_form.json")

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from audiochat.chat import ChatEngine
-from audiochat.forcing import Turn
-from audiochat.scene import Scene
+from audiochat.serve.chat import ChatEngine
+from audiochat.model.forcing import Turn
+from audiochat.core.scene import Scene
 
 
 def main(run, n: int, steps: int = 25):

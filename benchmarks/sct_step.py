@@ -10,8 +10,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from audiochat.sct import ARCHS, AudioChatModel, count_parameters, flops_per_token, preset
-from audiochat.transformer import Layout
+from audiochat.model.sct import ARCHS, AudioChatModel, count_parameters, flops_per_token, preset
+from audiochat.model.transformer import Layout
 
 
 def make_batch(config, B, T, device):

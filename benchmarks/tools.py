@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from audiochat import tools
-from audiochat.audio import SAMPLE_RATE
-from audiochat.scene import Scene
+from audiochat.sim import tools
+from audiochat.core.audio import SAMPLE_RATE
+from audiochat.core.scene import Scene
 
 
 def timed(fn, repeat):

@@ -3,7 +3,7 @@ stream, the forcing loss, AdamW with clipping. Prints tokens/s, audio seconds/s,
 
 Usage: python benchmarks/train.py [--preset tiny] [--steps 20] [--archs sct dense mot dit] [--device cpu|cuda]
                                   [--peak-tflops X] [--compile] [--planned SHARE]
-The model and its AdamW come from `audiochat.train.build_model` (as the training loop builds them). `--planned 0.75`
+The model and its AdamW come from `audiochat.training.train.build_model` (as the training loop builds them). `--planned 0.75`
 makes that share of the micro-batches text-only planned dialogues (batches of 2 x batch_size), as the tiny preset's
 `make demo` recipe mixes them; the tokenizer is then trained on their text too.
 MFU = training FLOPs per token (3 x forward, `flops_per_token` at the batch's padded length) x tokens/s / peak FLOP/s.
@@ -43,12 +43,12 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
 
 def run_arch(args) -> dict:
     "One architecture in this process (so that peak memory is its own)."
-    from audiochat.config import resolve
-    from audiochat.forcing import forcing_loss
-    from audiochat.sct import AudioChatModel, count_parameters, flops_per_token
-    from audiochat.tokenizer import special_token_ids
-    from audiochat.tokenizer import train_tokenizer
-    from audiochat.train import BatchStream, MixedStream, PlannedSource, build_model, noise_generator, prepare_data, synthetic_texts
+    from audiochat.training.config import resolve
+    from audiochat.model.forcing import forcing_loss
+    from audiochat.model.sct import AudioChatModel, count_parameters, flops_per_token
+    from audiochat.model.tokenizer import special_token_ids
+    from audiochat.model.tokenizer import train_tokenizer
+    from audiochat.training.train import BatchStream, MixedStream, PlannedSource, build_model, noise_generator, prepare_data, synthetic_texts
     torch.manual_seed(0)
     config = resolve(args.preset, overrides=[f"--model.arch={args.arch}", "--data.source=synthetic", f"--run.compile={str(args.compile).lower()}"] + args.set)
     device, d = torch.device(args.device), config.data

@@ -1,4 +1,4 @@
-"""The README's figures, drawn with the package (seconds on a CPU). Run from the repository root:
+"""The figures of the README and docs/, drawn with the package (seconds on a CPU). Run from the repository root:
     OMP_NUM_THREADS=1 .venv/bin/python docs/make_figures.py [--eval runs/eval/results.json]
 Writes docs/figures/{scene,mask,forcing,evaluation,learned,learned_edit}.png (evaluation.png only when an evaluation's
 results are given, learned*.png only with --run: the run's story for a request next to the tools' rendering of the plan
@@ -14,13 +14,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from audiochat.audio import plot_audio
-from audiochat.data import DATA_SAMPLES
-from audiochat.forcing import ForcingConfig, Turn, collate, noise_levels, pack_dialogue
-from audiochat.scene import Scene
-from audiochat.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
-from audiochat.tools import render
-from audiochat.transformer import Layout, build_mask
+from audiochat.core.audio import plot_audio
+from audiochat.sim.data import DATA_SAMPLES
+from audiochat.model.forcing import ForcingConfig, Turn, collate, noise_levels, pack_dialogue
+from audiochat.core.scene import Scene
+from audiochat.model.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
+from audiochat.sim.tools import render
+from audiochat.model.transformer import Layout, build_mask
 
 p = argparse.ArgumentParser()
 p.add_argument("--eval", default=None, help="results.json of `audiochat eval` for the evaluation figure")
@@ -64,16 +64,16 @@ fig.tight_layout(); save(fig, "forcing.png")
 
 # 4. the evaluation overview, when results are given
 if a.eval:
-    from audiochat.evaluate import plot_overview
+    from audiochat.eval.evaluate import plot_overview
     fig = plot_overview(json.loads(Path(a.eval).read_text())["summary"])
     save(fig, "evaluation.png")
 
 # 5. a trained run's story: its audio for the plan it wrote, beside the tools' rendering of that plan
 if a.run:
-    from audiochat.chat import ChatEngine
-    from audiochat.ui import scene_table
+    from audiochat.serve.chat import ChatEngine
+    from audiochat.serve.ui import scene_table
     engine = ChatEngine.load(a.run, steps=25)
-    from audiochat.tools import ToolError
+    from audiochat.sim.tools import ToolError
     requests = ["I need a 7-second story. On a rainy night, a girl greets an old man at the door. Voices: narrator, girl. Sounds: steady rain falling and a dog barking.",
                 "Create a scene: In a quiet kitchen, a tired detective hears a knock. Include a clock ticking and a knock on a door. Speakers: narrator. Keep it near 6 s.",
                 "Tell me a short audio story: a girl greets an old man while steady rain falls, then a dog barks."]
@@ -93,8 +93,8 @@ if a.run:
         ax.set(title=title, ylabel="kHz")
     axes[1].set_xlabel("seconds"); fig.suptitle(f"request: {request}", fontsize=8); fig.tight_layout(); save(fig, f"{a.name}.png")
     # an edit of that story: the change the model writes, and the audio before and after it
-    from audiochat.audio import plot_before_after
-    from audiochat.scene import edited_spans
+    from audiochat.core.audio import plot_before_after
+    from audiochat.core.scene import edited_spans
     sound = next((x for x in story.scene.sources if x.kind == "sfx"), story.scene.sources[0])
     name = sound.caption if sound.kind != "speech" else f"{sound.speaker}'s line"
     edit = engine.edit(f"Make the {name} quieter by 10 dB.")

@@ -21,7 +21,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def split(tmp_path_factory):
     "A two-dialogue StoryGen-Eval-mini split, built once for the evaluation tests."
-    from audiochat.data import build_eval
+    from audiochat.sim.data import build_eval
     out = tmp_path_factory.mktemp("eval") / "split"
     build_eval(out, dialogues=2, progress=False)
     return out
@@ -30,7 +30,7 @@ def split(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scorer():
     "A quickly trained scorer: its figures are rough, enough to exercise every path."
-    from audiochat.metrics import scorer_examples, train_scorer
+    from audiochat.eval.metrics import scorer_examples, train_scorer
     model, _ = train_scorer(scorer_examples(range(12)), steps=60)
     return model
 

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiochat.scene import Scene
+from audiochat.core.scene import Scene
 
 # pandas warnings raised inside gradio's queue, not by this project
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"), pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
@@ -20,7 +20,7 @@ HAND_WRITTEN = '{"duration":1.5,"sources":[{"id":"fx1","kind":"sfx","caption":"s
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from audiochat.chat import train_tiny_run
+    from audiochat.serve.chat import train_tiny_run
     # no examples answered in words: every edit here makes audio
     return train_tiny_run(tmp_path_factory.mktemp("app") / "run", steps=4, overrides=["--data.refusals=0"])
 
@@ -28,7 +28,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(run):
     pytest.importorskip("gradio", reason="the web app needs the ui extra: pip install 'audiochat[ui]'")
-    from audiochat.app import free_port, serve
+    from audiochat.serve.app import free_port, serve
     app = serve(run, host="127.0.0.1", port=free_port(), steps=2, block=False, quiet=True)
     yield app
     app.close()
@@ -85,8 +85,8 @@ def test_plan_change_render(client, server):
 def test_understand_an_upload(client, tmp_path):
     from gradio_client import handle_file
 
-    from audiochat.app import SCENE_COLUMNS
-    from audiochat.audio import save_audio
+    from audiochat.serve.app import SCENE_COLUMNS
+    from audiochat.core.audio import save_audio
     wav = save_audio(tmp_path / "noise.wav", 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)))
     table, scene_json, status = client.predict(handle_file(str(wav)), api_name="/understand")
     scene = Scene.from_json(scene_json)
@@ -137,7 +137,7 @@ def test_serve_without_gradio_says_what_to_install(tmp_path):
 
 
 def test_screenshot(server, tmp_path):
-    from audiochat.app import find_browser, screenshot
+    from audiochat.serve.app import find_browser, screenshot
     if find_browser() is None: pytest.skip("no Chromium on the PATH (Debian: apt-get install chromium): no screenshot taken")
     from PIL import Image
     png = screenshot(server.local_url, tmp_path / "app.png", size=(1280, 1000))

@@ -1,4 +1,4 @@
-"""Bad input and reference checks for audiochat.audio."""
+"""Bad input and reference checks for audiochat.core.audio."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiochat.audio import (
+from audiochat.core.audio import (
     SAMPLE_RATE,
     AudioError,
     check_audio,

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from audiochat.audio import save_audio
-from audiochat.chat import ChatEngine, ChatError, train_tiny_run
+from audiochat.core.audio import save_audio
+from audiochat.serve.chat import ChatEngine, ChatError, train_tiny_run
 from audiochat.cli import main
-from audiochat.forcing import Turn
-from audiochat.grammar import Decoded, SceneGrammar, decode_text, token_pieces
-from audiochat.scene import Scene
+from audiochat.model.forcing import Turn
+from audiochat.model.grammar import Decoded, SceneGrammar, decode_text, token_pieces
+from audiochat.core.scene import Scene
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_grammar_accepts_every_training_scene():
     "Random scenes of the tokenizer corpus and the sample dialogues' scenes: complete, and every prefix viable."
     import random
 
-    from audiochat.data import DATA_SAMPLES
-    from audiochat.tokenizer import random_scene
+    from audiochat.sim.data import DATA_SAMPLES
+    from audiochat.model.tokenizer import random_scene
     g = SceneGrammar()
     scenes = [random_scene(random.Random(i)) for i in range(100)]
     for f in (DATA_SAMPLES / "dialogues").glob("*/records.jsonl"):
@@ -72,7 +72,7 @@ def test_greedy_decoding_matches_generate_text(run):
     got = decode_text(e.model, *ctx, max_new_tokens=4).ids
     toks, lat, lay = ctx
     for i in got:
-        from audiochat.transformer import Layout
+        from audiochat.model.transformer import Layout
         out = e.model(toks, lat, torch.zeros(toks.shape), lay).text_logits
         assert int(out[0, -1].argmax()) == i
         toks = torch.cat([toks, torch.tensor([[i]])], 1); lat = torch.cat([lat, torch.zeros(1, 1, lat.shape[-1])], 1)
@@ -129,14 +129,14 @@ def test_cli_tell_edit_understand_chat(run, tmp_path, capsys):
     assert "who / what" in printed and "tokens/s" in printed
     assert main(["understand", str(tmp_path / "missing.wav"), "--run", str(run)]) == 1
     assert "audio file not found" in capsys.readouterr().err
-    from audiochat.ui import chat_main
+    from audiochat.serve.ui import chat_main
     assert chat_main(["--run", str(run), "--steps", "2", "--out", str(tmp_path / "chat")], io.StringIO("rain\nlouder\n/reset\n/understand nothing.wav\n/quit\n")) == 0
     assert sorted(p.name for p in (tmp_path / "chat").glob("*.wav")) == ["turn-01.wav", "turn-02.wav"]
     assert "error: audio file not found" in capsys.readouterr().out
 
 
 def test_chat_panel_renders_the_edited_plan(run):
-    from audiochat.ui import ChatPanel
+    from audiochat.serve.ui import ChatPanel
     panel = ChatPanel(ChatEngine.load(run, steps=2))
     panel.render()
     assert "Plan first" in panel.status.value
@@ -177,7 +177,7 @@ def test_demo_report_renders_in_headless_chromium(run, tmp_path):
 
 
 def test_grammar_takes_utf8_escapes_and_answers_only_for_edits():
-    from audiochat.grammar import EDIT_GRAMMAR, answer_text
+    from audiochat.model.grammar import EDIT_GRAMMAR, answer_text
     s = Scene.from_json('{"duration":3,"sources":[{"id":"s1","kind":"speech","speaker":"girl","text":"Ça va? \\"Sí\\" 日本","start":0,"end":2}]}')
     text, g, edit = s.to_json().encode(), SceneGrammar(), SceneGrammar(EDIT_GRAMMAR)
     assert g.complete(text) and all(g.viable(text[:i]) for i in range(len(text)))
@@ -211,7 +211,7 @@ def test_a_reply_never_outlasts_its_audio(run, monkeypatch):
     assert r.scene.duration <= 1.5 and r.latents.shape[0] == round(r.scene.duration * 40)
     assert r.audio.shape[1] == r.latents.shape[0] * e.codec.hop
     long_scene = '{"duration":69,"sources":[{"id":"fx1","kind":"sfx","caption":"steady rain falling","start":0,"end":69}]}'
-    import audiochat.chat as chat
+    import audiochat.serve.chat as chat
     monkeypatch.setattr(chat, "decode_text", lambda *a, **k: Decoded([1], long_scene, 0.01, True))
     free = ChatEngine.load(run, steps=2, grammar=False, retries=1)
     with pytest.raises(ChatError, match="not between one frame and max_seconds"): free.tell("A 69-second story.")
@@ -257,14 +257,14 @@ def test_a_plan_changed_before_rendering(run):
     assert r.audio.shape[1] == 30 * e.codec.hop and e.replies == [r]
     assert e.plan("Make the rain louder.").task == "edit"
     with pytest.raises(ValueError, match="empty"): e.plan("  ")
-    from audiochat.chat import Plan, Timings
+    from audiochat.serve.chat import Plan, Timings
     words = Plan("edit", "Remove the dog.", Turn("user", "Remove the dog."), None, '{"answer":"No dog here."}', Timings(), "No dog here.")
     with pytest.raises(ValueError, match="no scene to render"): e.render_plan(words)
 
 
 def test_an_edit_is_written_as_its_change_and_applied_in_code(run):
     "The diff form: the reply's edit applied to the previous scene is the reply's scene, which enters as a tool result."
-    from audiochat.scene import Edit
+    from audiochat.core.scene import Edit
     e = ChatEngine.load(run, steps=2)
     assert e.edit_form == "diff"
     story = e.tell("A story with rain and a bell.")
@@ -300,7 +300,7 @@ def test_understanding_describes_exactly_the_audio_given(run):
 
 def test_a_model_that_reads_its_plan_tells_and_edits(tmp_path):
     "plan_features on: training batches carry each frame's scene, and the engine gives the scene it renders to the model."
-    from audiochat.forcing import PLAN_FEATURES
+    from audiochat.model.forcing import PLAN_FEATURES
     run = train_tiny_run(tmp_path / "planned", steps=2, overrides=["--data.refusals=0", f"--model.plan_features={PLAN_FEATURES}"])
     e = ChatEngine.load(run, steps=2)
     assert e.model.config.plan_features == PLAN_FEATURES
@@ -313,8 +313,8 @@ def test_a_model_that_reads_its_plan_tells_and_edits(tmp_path):
 
 def test_the_shipped_model_tells_edits_and_understands(tmp_path, capsys):
     "The bundle committed with the package: small, loaded by default, answers the three jobs with outputs of the right shapes."
-    from audiochat.chat import SHIPPED_MODEL
-    from audiochat.data import DATA_SAMPLES
+    from audiochat.serve.chat import SHIPPED_MODEL
+    from audiochat.sim.data import DATA_SAMPLES
     files = [p for p in SHIPPED_MODEL.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 10 * 2**20 and json.loads((SHIPPED_MODEL / "bundle.json").read_text())["dtype"] == "float16"
     assert "learning.json" in {p.name for p in files} and "## Learning benchmark" in (SHIPPED_MODEL / "README.md").read_text()
@@ -327,7 +327,7 @@ def test_the_shipped_model_tells_edits_and_understands(tmp_path, capsys):
     assert (r2.scene is None) == (r2.audio is None) and (r2.scene is not None or r2.message)
     if r2.scene is not None: assert r2.latents.shape[0] == round(r2.scene.duration * 40)
     sample = Scene.from_json((DATA_SAMPLES / "demo" / "scene.json").read_text())
-    from audiochat.tools import render
+    from audiochat.sim.tools import render
     u = e.understand(render(sample).mix, 16000)
     assert isinstance(u.scene, Scene) and u.audio is None
     assert main(["tell", "A story: rain.", "-o", str(tmp_path / "s.wav"), "--steps", "2"]) == 0  # --run defaults to it

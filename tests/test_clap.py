@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers
 
-from audiochat.audio import SAMPLE_RATE
+from audiochat.core.audio import SAMPLE_RATE
 from audiochat.cli import main as cli_main
-from audiochat.evaluate import (
+from audiochat.eval.evaluate import (
     SCORER_EMBEDDINGS,
     OracleSystem,
     SilenceSystem,
@@ -18,7 +18,7 @@ from audiochat.evaluate import (
     format_tables,
     summarize,
 )
-from audiochat.metrics import ClapEmbedder, clap_embeddings, fad, kad, load_clap
+from audiochat.eval.metrics import ClapEmbedder, clap_embeddings, fad, kad, load_clap
 
 
 def save_tiny_clap(folder, fusion: bool = False):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from audiochat.scene import Scene
+from audiochat.core.scene import Scene
 
 AUDIOCHAT = Path(sys.executable).parent / "audiochat"  # the installed console script
 

@@ -14,9 +14,9 @@ import torch
 import torchaudio
 from safetensors.torch import load_file
 
-from audiochat.audio import AudioError, resample
+from audiochat.core.audio import AudioError, resample
 from audiochat.cli import main
-from audiochat.codec import (
+from audiochat.codec.codecs import (
     AudioCrops,
     Codec,
     CodecConfig,
@@ -300,7 +300,7 @@ def test_cli_train_reload_encode(folder, tmp_path):
 
 
 # --- the mel codec (kind="mel"): a fixed log-mel front end, a PCA basis, Griffin-Lim or a learned iSTFT decoder ---
-from audiochat.codec import MelCodec, dct_basis, fit_mel_codec, make_codec  # noqa: E402
+from audiochat.codec.codecs import MelCodec, dct_basis, fit_mel_codec, make_codec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +332,7 @@ def test_mel_codec_fit_statistics_and_channels(mel, folder):
     "After the fit, every latent dim has zero mean and unit variance over the fitted frames; channels are encoded apart."
     z = []
     for f in list_audio_files(folder):
-        from audiochat.audio import load_audio
+        from audiochat.core.audio import load_audio
         x = load_audio(f, 16000, channels=2)
         z.append(mel.to_latents(mel.log_mel(x)).reshape(-1, 16))
     z = torch.cat(z).double()
@@ -365,7 +365,7 @@ def test_mel_codec_save_load_and_errors(mel, tmp_path, folder):
 
 def test_mel_codec_griffin_lim_keeps_the_sound(mel, folder):
     "A fitted mel codec with Griffin-Lim is far closer to the input than silence is (no training involved)."
-    from audiochat.audio import load_audio
+    from audiochat.core.audio import load_audio
     x = load_audio(list_audio_files(folder)[0], 16000, channels=2)
     d = SpectralDistance()
     with torch.inference_mode(): y = mel.reconstruct(x)

@@ -22,7 +22,7 @@ def _tiny_llama(folder, vocab_size: int, d_model: int = 128, n_heads: int = 4, n
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from audiochat.sct import ModelConfig
+    from audiochat.model.sct import ModelConfig
     d_ff = ModelConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads).d_ff
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.manual_seed(0)
@@ -34,10 +34,10 @@ def _tiny_llama(folder, vocab_size: int, d_model: int = 128, n_heads: int = 4, n
 # 1. One Hub id convention
 def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
     "Codec, tokenizer, Hugging Face weights and the model load from `ORG/NAME` (and `hf:ORG/NAME`) in the offline cache."
-    from audiochat.codec import CodecConfig, hub_id, make_codec, resolve_pretrained
-    from audiochat.sct import AudioChatModel, preset
-    from audiochat.tokenizer import load_tokenizer, train_tokenizer
-    from audiochat.transformer import config_from_hf, from_hf
+    from audiochat.codec.codecs import CodecConfig, hub_id, make_codec, resolve_pretrained
+    from audiochat.model.sct import AudioChatModel, preset
+    from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
+    from audiochat.model.transformer import config_from_hf, from_hf
 
     assert hub_id("org/name") == ("org/name", None) and hub_id("hf:org/name@v1") == ("org/name", "v1")
     assert hub_id("runs/a/b") is None and hub_id("/abs/path") is None and hub_id("./x") is None and hub_id("a") is None
@@ -71,7 +71,7 @@ def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
 
 
 def test_base_preset_names_smollm2_weights_and_tokenizer():
-    from audiochat.config import PRESETS, resolve
+    from audiochat.training.config import PRESETS, resolve
     c = resolve("base")
     assert c.model.pretrained == c.data.tokenizer == "HuggingFaceTB/SmolLM2-360M"
     assert PRESETS["base"]["data"]["tokenizer"] == PRESETS["base"]["model"]["pretrained"]
@@ -82,9 +82,9 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
     model's vocabulary follows the tokenizer (its added special tokens included), the checkpoint's rows are kept."""
     from safetensors.torch import load_file
 
-    from audiochat.chat import train_tiny_run
-    from audiochat.tokenizer import load_tokenizer, train_tokenizer
-    from audiochat.transformer import load_safetensors_dir
+    from audiochat.serve.chat import train_tiny_run
+    from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
+    from audiochat.model.transformer import load_safetensors_dir
     lm = tmp_path / "lm"
     train_tokenizer(["a rainy night, a door creaks, the detective whispers"] * 40, vocab_size=300).save_pretrained(lm)
     _tiny_llama(lm, vocab_size=300)
@@ -93,7 +93,7 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
     run = train_tiny_run(tmp_path / "run", steps=1, overrides=[
         "--model.pretrained=HuggingFaceTB/SmolLM2-tiny", "--data.tokenizer=HuggingFaceTB/SmolLM2-tiny", "--model.vocab_size=64",
         "--model.n_layers=4", "--run.ema=0"])
-    from audiochat.learner import latest_checkpoint
+    from audiochat.core.learner import latest_checkpoint
     step = latest_checkpoint(run)
     config = json.loads((step / "config.json").read_text())
     assert config["vocab_size"] == -(-n // 64) * 64 >= n > 64
@@ -105,10 +105,10 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
 
 # 2. from_pretrained on a training checkpoint
 def test_from_pretrained_on_a_checkpoint_gives_the_engine_weights(tmp_path):
-    from audiochat.chat import ChatEngine, train_tiny_run
-    from audiochat.sct import AudioChatModel
+    from audiochat.serve.chat import ChatEngine, train_tiny_run
+    from audiochat.model.sct import AudioChatModel
     run = train_tiny_run(tmp_path / "run", steps=3)
-    from audiochat.learner import latest_checkpoint
+    from audiochat.core.learner import latest_checkpoint
     step = latest_checkpoint(run)
     assert (step / "ema.safetensors").exists()
     engine = ChatEngine.load(run)
@@ -126,7 +126,7 @@ def test_resample_snr_at_odd_and_common_rates(sr_in, sr_out, freq):
     "A tone resampled is the same tone: > 55 dB SNR (the linear pre-interpolation it replaces gave 32 and 5 dB at 12007 Hz)."
     import math
 
-    from audiochat.audio import resample
+    from audiochat.core.audio import resample
     t = torch.arange(2 * sr_in, dtype=torch.float64) / sr_in
     y = resample((0.5 * torch.sin(2 * math.pi * freq * t)).float()[None], sr_in, sr_out)
     assert y.shape == (1, 2 * sr_out) and y.dtype == torch.float32
@@ -150,7 +150,7 @@ def _kadtk_style(x, y, bandwidth=None, eps=1e-8):
 
 
 def test_kad_bandwidth_follows_kadtk():
-    from audiochat.metrics import kad
+    from audiochat.eval.metrics import kad
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(40, 8)), rng.normal(0.4, 2.0, size=(31, 8))  # 465 pairs in y: an odd count, one median
     assert kad(x, y) == pytest.approx(_kadtk_style(x, y), rel=1e-6)
@@ -164,7 +164,7 @@ def test_kad_bandwidth_follows_kadtk():
 # 8. The web app's Gradio conventions
 SERVE = """
 import json, sys
-from audiochat.app import serve
+from audiochat.serve.app import serve
 from gradio_client import Client
 app = serve(sys.argv[1], steps=1, block=False, quiet=True)
 client = Client(app.local_url, verbose=False, download_files=sys.argv[2])  # the browser's copies: not the server's folder
@@ -178,8 +178,8 @@ print(json.dumps(dict(url=app.local_url, host=app.server_name, folder=str(app.au
 def test_app_follows_gradio_conventions(tmp_path):
     "GRADIO_SERVER_PORT / GRADIO_SERVER_NAME are honoured, API parameters have names, no temporary folder outlives the server."
     pytest.importorskip("gradio")
-    from audiochat.app import free_port
-    from audiochat.chat import train_tiny_run
+    from audiochat.serve.app import free_port
+    from audiochat.serve.chat import train_tiny_run
     run = train_tiny_run(tmp_path / "run", steps=2)
     port, temp = free_port(), tmp_path / "gradio-temp"
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "localhost", "GRADIO_TEMP_DIR": str(temp),
@@ -211,9 +211,9 @@ def test_train_help_lists_every_config_key_with_its_default():
     import ast
     import dataclasses
 
-    from audiochat.cli import config_fields, train_parser
-    from audiochat.config import RANGES, SECTIONS, all_keys
-    from audiochat.data import DataConfig
+    from audiochat.core.args import config_fields, train_parser
+    from audiochat.training.config import RANGES, SECTIONS, all_keys
+    from audiochat.sim.data import DataConfig
     text, fields = train_parser().format_help(), config_fields()
     assert set(fields) == set(all_keys()) - {"stages"}
     checked = 0
@@ -264,7 +264,7 @@ def test_every_imported_package_is_declared_with_a_tested_floor():
     declared, dists = _requirements(_pyproject()["project"]), packages_distributions()
     stdlib = set(sys.stdlib_module_names) | {"audiochat"}
     imported = set()
-    for py in (ROOT / "audiochat").glob("*.py"):
+    for py in (ROOT / "audiochat").rglob("*.py"):
         for node in ast.walk(ast.parse(py.read_text())):
             if isinstance(node, ast.Import): imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0: imported.add(node.module.split(".")[0])
@@ -279,7 +279,7 @@ def test_every_imported_package_is_declared_with_a_tested_floor():
 
 def test_tcpwer_and_cpwer_without_meeteval(monkeypatch):
     "Without the eval extra the from-scratch scorers answer, with MeetEval's numbers."
-    import audiochat.metrics as M
+    import audiochat.eval.metrics as M
     ref = [dict(speaker="a", words="the rain falls", start_time=0.0, end_time=1.5),
            dict(speaker="b", words="hello there", start_time=1.0, end_time=2.0)]
     hyp = [dict(speaker="x", words="the rain fell", start_time=0.1, end_time=1.4),
@@ -291,7 +291,7 @@ def test_tcpwer_and_cpwer_without_meeteval(monkeypatch):
 
 
 def test_training_without_tensorboard(tmp_path, monkeypatch, capsys):
-    from audiochat.chat import train_tiny_run
+    from audiochat.serve.chat import train_tiny_run
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as in a base install
     run = train_tiny_run(tmp_path / "run", steps=2)
     assert "TensorBoard logging is off" in capsys.readouterr().err
@@ -305,7 +305,7 @@ def test_export_is_a_hub_dataset_folder_read_back_bit_for_bit(tmp_path):
     import datasets
     import soundfile as sf
 
-    from audiochat.data import DATA_SAMPLES, export_hf, read_records
+    from audiochat.sim.data import DATA_SAMPLES, export_hf, read_records
     out = tmp_path / "audiochat-samples"
     export_hf(DATA_SAMPLES / "dialogues", out)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == ["data/train-00000-of-00001.parquet"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiochat.copilot import (
+from audiochat.sim.copilot import (
     SUBTASKS,
     AgentError,
     ChatLLM,
@@ -32,7 +32,7 @@ from audiochat.copilot import (
     simulate_dialogue,
     tool_call,
 )
-from audiochat.scene import Scene, diff
+from audiochat.core.scene import Scene, diff
 
 DEMO = Scene.from_json((Path(__file__).parent.parent / "data_samples/demo/scene.json").read_text())
 
@@ -218,7 +218,7 @@ def test_user_simulator_and_designer_roles():
     family = dict(sounds="caption list", speakers="voice names", lines="seed text", duration="seconds", order="story first")
     request = user.story_request("In a forest at night, a shy librarian hears a strange noise.", family)
     assert "shy librarian" in request and request in llm.plans
-    from audiochat.tools import Toolbox
+    from audiochat.sim.tools import Toolbox
     designer = SoundDesigner(llm, Toolbox(seed=3))
     new = designer.respond(request)
     assert new[-1]["role"] == "assistant" and "```json" in new[-1]["content"]
@@ -383,8 +383,8 @@ def test_template_designer_gives_up_on_an_impossible_scene():
 
 
 def test_move_picks_a_source_that_can_move():
-    from audiochat.copilot import check_edit, plan_edit
-    from audiochat.scene import Scene, Source
+    from audiochat.sim.copilot import check_edit, plan_edit
+    from audiochat.core.scene import Scene, Source
     # the bed cannot start 0.5 s away from 0.3 s (it may start anywhere in [0, 0.7]); the knock can
     scene = Scene((Source("bed", "sfx", 0.3, 4.6, caption="steady rain"), Source("knock", "sfx", 1.0, 1.5, caption="door knock")), 5)
     for seed in range(40):
@@ -426,14 +426,14 @@ def _check_shorten(before, after):
 
 @pytest.fixture
 def shorten():
-    from audiochat.copilot import register_subtask, unregister_subtask
+    from audiochat.sim.copilot import register_subtask, unregister_subtask
     register_subtask("shorten", _plan_shorten, _check_shorten, help="make one sound stop earlier")
     try: yield "shorten"
     finally: unregister_subtask("shorten")
 
 
 def test_registered_subtask_in_dialogues_and_filter(shorten):
-    from audiochat.copilot import edit_task
+    from audiochat.sim.copilot import edit_task
     assert SUBTASKS[-1] == "shorten"
     d = simulate_dialogue(3, ["shorten"])
     assert d.rejected is None and d.turns[1].subtask == "shorten"
@@ -455,7 +455,7 @@ def test_registered_subtask_in_dialogues_and_filter(shorten):
 
 
 def test_registered_subtask_default_check_and_training_draws():
-    from audiochat.copilot import register_subtask, unregister_subtask
+    from audiochat.sim.copilot import register_subtask, unregister_subtask
     register_subtask("shorten", _plan_shorten)  # no check: one source changed is enough
     try:
         story = random_story(random.Random(0))
@@ -477,7 +477,7 @@ def test_registered_subtask_default_check_and_training_draws():
 
 
 def test_dataset_builder_accepts_registered_subtask(shorten, tmp_path):
-    from audiochat.data import DataConfig, build_shard, dialogue_subtasks, read_records
+    from audiochat.sim.data import DataConfig, build_shard, dialogue_subtasks, read_records
     config = DataConfig(split="eval", dialogues=7, shard_size=1, edits=1)
     assert dialogue_subtasks(config, 6) == ["shorten"]  # the evaluation split cycles through every subtask
     stats = build_shard(tmp_path, config, 6)
@@ -494,13 +494,13 @@ def test_dataset_builder_accepts_registered_subtask(shorten, tmp_path):
     (("echo", "plan"), TypeError, "must be a function"),
 ])
 def test_register_subtask_bad_input(args, error, match):
-    from audiochat.copilot import register_subtask
+    from audiochat.sim.copilot import register_subtask
     with pytest.raises(error, match=match): register_subtask(*args)
     assert len(SUBTASKS) == 6
 
 
 def test_registered_plan_must_return_scene_and_instruction():
-    from audiochat.copilot import register_subtask, unregister_subtask
+    from audiochat.sim.copilot import register_subtask, unregister_subtask
     register_subtask("noop", lambda scene, rng: scene)
     try:
         with pytest.raises(TypeError, match="must return \\(Scene, non-empty instruction\\)"): plan_edit(DEMO, "noop", random.Random(0))

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from audiochat.cli import main
-from audiochat.copilot import SUBTASKS, check_edit
-from audiochat.data import (
+from audiochat.sim.copilot import SUBTASKS, check_edit
+from audiochat.sim.data import (
     EVAL_SEED_RANGE,
     PRESETS,
     RUN_STRIDE,
@@ -30,7 +30,7 @@ from audiochat.data import (
     load_turn,
     read_records,
 )
-from audiochat.scene import Scene
+from audiochat.core.scene import Scene
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "data_samples" / "dialogues"

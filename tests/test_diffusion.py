@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from audiochat.diffusion import (
+from audiochat.model.diffusion import (
     PROCESSES,
     add_noise,
     alpha_sigma,

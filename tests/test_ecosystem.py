@@ -17,12 +17,12 @@ def _python(code: str) -> str:
 def test_light_imports():
     "Reading scenes and records loads neither torch, pyplot nor pyloudnorm; `audiochat data --help` needs no torch."
     out = _python(
-        "import sys, audiochat.scene, audiochat.data, audiochat.cli as cli\n"
+        "import sys, audiochat.core.scene, audiochat.sim.data, audiochat.cli as cli\n"
         "try: cli.main(['data', '--help'])\n"
         "except SystemExit: pass\n"
         "print(sorted(m for m in ('torch', 'matplotlib.pyplot', 'pyloudnorm') if m in sys.modules))")
     assert out.splitlines()[-1] == "[]"
-    out = _python("import sys, audiochat.audio; print(sorted(m for m in ('matplotlib.pyplot', 'pyloudnorm') if m in sys.modules))")
+    out = _python("import sys, audiochat.core.audio; print(sorted(m for m in ('matplotlib.pyplot', 'pyloudnorm') if m in sys.modules))")
     assert out == "[]"
 
 
@@ -35,7 +35,7 @@ def test_export_hf(tmp_path):
     import soundfile as sf
 
     from audiochat.cli import main
-    from audiochat.data import read_records
+    from audiochat.sim.data import read_records
 
     samples = Path(__file__).parents[1] / "audiochat" / "data_samples" / "dialogues"
     assert main(["data", "export", "--format", "hf", "--data", str(samples), "--out", str(tmp_path / "hf")]) == 0
@@ -55,7 +55,7 @@ def test_export_hf(tmp_path):
 
 
 def test_export_hf_refuses_a_folder_without_data(tmp_path):
-    from audiochat.data import export_hf
+    from audiochat.sim.data import export_hf
     with pytest.raises(FileNotFoundError):
         export_hf(tmp_path, tmp_path / "out")
 
@@ -63,7 +63,7 @@ def test_export_hf_refuses_a_folder_without_data(tmp_path):
 
 
 def test_resolve_pretrained(tmp_path, hub):
-    from audiochat.codec import resolve_pretrained
+    from audiochat.codec.codecs import resolve_pretrained
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "config.json").write_text("{}")
     assert resolve_pretrained(tmp_path / "local") == tmp_path / "local"  # a local folder, as it is
@@ -82,9 +82,9 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from audiochat.codec import CodecConfig, make_codec
-    from audiochat.tokenizer import load_tokenizer, train_tokenizer
-    from audiochat.transformer import config_from_hf, from_hf
+    from audiochat.codec.codecs import CodecConfig, make_codec
+    from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
+    from audiochat.model.transformer import config_from_hf, from_hf
 
     torch.manual_seed(0)
     codec = make_codec(CodecConfig(strides=(2, 4, 5, 10), latent_dim=4, encoder_channels=4, decoder_channels=8)).eval()
@@ -108,7 +108,7 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
 
 def _answer(engine, request):
     "The chain of thought and latents of a story (or the raw text of a refused one): what must survive a move."
-    from audiochat.chat import ChatError
+    from audiochat.serve.chat import ChatError
     try: r = engine.tell(request)
     except ChatError as e: return ("error", e.raw), None
     return r.cot, r.latents
@@ -121,7 +121,7 @@ def test_bundle_moved_gives_identical_outputs(tmp_path, hub):
 
     import torch
 
-    from audiochat.chat import ChatEngine, train_tiny_run
+    from audiochat.serve.chat import ChatEngine, train_tiny_run
 
     torch.manual_seed(0)
     run = train_tiny_run(tmp_path / "run", steps=2)
@@ -153,8 +153,8 @@ def test_model_and_scorer_follow_the_hub_convention(tmp_path, hub):
     config (a dataclass) and weights, from the folder and from a repository in the offline Hub cache."""
     import torch
 
-    from audiochat.metrics import ScorerConfig, TinyFLAM
-    from audiochat.sct import AudioChatModel, ModelConfig, preset
+    from audiochat.eval.metrics import ScorerConfig, TinyFLAM
+    from audiochat.model.sct import AudioChatModel, ModelConfig, preset
     for name, model in (("model", AudioChatModel(preset("tiny", vocab_size=300))), ("scorer", TinyFLAM(ScorerConfig()))):
         model.save_pretrained(tmp_path / name)
         assert {"config.json", "model.safetensors"} <= {p.name for p in (tmp_path / name).iterdir()}
@@ -173,7 +173,7 @@ def test_half_precision_bundle_loads_as_float32(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from audiochat.chat import ChatEngine, train_tiny_run
+    from audiochat.serve.chat import ChatEngine, train_tiny_run
 
     run = train_tiny_run(tmp_path / "run", steps=1)
     engine = ChatEngine.load(run, steps=2)

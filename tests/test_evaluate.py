@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from audiochat.audio import SAMPLE_RATE, resample
-from audiochat.chat import ChatError, train_tiny_run
+from audiochat.core.audio import SAMPLE_RATE, resample
+from audiochat.serve.chat import ChatError, train_tiny_run
 from audiochat.cli import main as cli_main
-from audiochat.config import resolve
-from audiochat.copilot import AgentError
-from audiochat.data import build_eval, load_turn, read_records
-from audiochat.evaluate import (
+from audiochat.training.config import resolve
+from audiochat.sim.copilot import AgentError
+from audiochat.sim.data import build_eval, load_turn, read_records
+from audiochat.eval.evaluate import (
     CascadeSystem,
     OracleSystem,
     Output,
@@ -33,8 +33,8 @@ from audiochat.evaluate import (
     write_edit,
     write_story,
 )
-from audiochat.metrics import multiflam, scorer_examples, train_scorer
-from audiochat.scene import Scene, Source, diff
+from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
+from audiochat.core.scene import Scene, Source, diff
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_cascade_edits_without_audio_context(records):
 
 def test_split_and_scorer_are_cached(tmp_path, monkeypatch):
     "The named split and the default scorer are made once into $AUDIOCHAT_CACHE, then reused."
-    import audiochat.evaluate as ev
+    import audiochat.eval.evaluate as ev
     monkeypatch.setenv("AUDIOCHAT_CACHE", str(tmp_path))
     builds, trainings = [], []
     monkeypatch.setattr(ev, "build_eval", lambda out, progress=True: builds.append(out) or build_eval(out, dialogues=1, progress=False))
@@ -259,7 +259,7 @@ def test_split_and_scorer_are_cached(tmp_path, monkeypatch):
 
 def test_codec_ceiling_row(split, records, scorer, tiny_run, tmp_path):
     "The ground truth through a run's codec: same length as the truth, scored in the story and edit tables, no understanding."
-    from audiochat.evaluate import CodecCeilingSystem, codec_ceilings, format_tables
+    from audiochat.eval.evaluate import CodecCeilingSystem, codec_ceilings, format_tables
     run = make_system(f"tiny={tiny_run}", steps=2)
     ceilings = codec_ceilings([run, make_system("oracle"), run])
     assert len(ceilings) == 1 and ceilings[0].role == "codec" and not ceilings[0].understands

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from audiochat.forcing import (
+from audiochat.model.forcing import (
     Batch,
     ForcingConfig,
     Turn,
@@ -17,8 +17,8 @@ from audiochat.forcing import (
     pack_rows,
     text_targets,
 )
-from audiochat.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
-from audiochat.transformer import AUDIO, TEXT, build_mask
+from audiochat.model.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
+from audiochat.model.transformer import AUDIO, TEXT, build_mask
 
 D = 4
 
@@ -198,8 +198,8 @@ def test_span_denoiser_with_an_exact_model_samples_the_target(tok):
     """A stand-in that knows the clean latents returns the exact v at every step, so sampling must land on them."""
     import math
 
-    from audiochat.diffusion import sample
-    from audiochat.forcing import span_denoiser
+    from audiochat.model.diffusion import sample
+    from audiochat.model.forcing import span_denoiser
     ids = special_token_ids(tok)
     b = collate([pack_dialogue(edit(torch.Generator().manual_seed(i)), tok) for i in range(3)], ids["pad"])
     seen = []
@@ -226,8 +226,8 @@ def test_span_denoiser_with_an_exact_model_samples_the_target(tok):
 
 def test_plan_frames_follow_the_scene():
     "Each frame carries the sources sounding at its centre: kind, speaker, caption words, loudness, pan, position."
-    from audiochat.forcing import PLAN_FEATURES, plan_frames, source_features
-    from audiochat.scene import Scene
+    from audiochat.model.forcing import PLAN_FEATURES, plan_frames, source_features
+    from audiochat.core.scene import Scene
     s = Scene.from_json('{"duration":2,"sources":[{"id":"s1","kind":"speech","speaker":"girl","text":"Hi.","start":0.5,'
                         '"end":1,"loudness_db":-20,"pan":-0.5},{"id":"fx1","kind":"sfx","caption":"rain","start":0,"end":2}]}')
     p = plan_frames(s, 80)
@@ -244,7 +244,7 @@ def test_plan_frames_follow_the_scene():
 
 
 def test_plan_is_packed_at_audio_frames_only(tok):
-    from audiochat.forcing import PLAN_FEATURES
+    from audiochat.model.forcing import PLAN_FEATURES
     turns = story()
     plan = torch.rand(5, PLAN_FEATURES)
     turns[1] = Turn("assistant", turns[1].text, turns[1].audio, plan=plan)

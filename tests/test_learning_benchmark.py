@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from audiochat.chat import train_tiny_run
-from audiochat.copilot import SUBTASKS
-from audiochat.data import build_eval, load_turn, read_records
-from audiochat.metrics import scorer_examples, train_scorer
-from audiochat.scene import Scene, edited_spans
+from audiochat.serve.chat import train_tiny_run
+from audiochat.sim.copilot import SUBTASKS
+from audiochat.sim.data import build_eval, load_turn, read_records
+from audiochat.eval.metrics import scorer_examples, train_scorer
+from audiochat.core.scene import Scene, edited_spans
 
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "learning.py"
 
@@ -140,8 +140,8 @@ def test_free_form_items_are_consistent(learning):
 
 
 def test_plan_vs_render_of_a_true_scene(learning, files):
-    from audiochat.codec import SpectralDistance
-    from audiochat.metrics import TinyFLAM
+    from audiochat.codec.codecs import SpectralDistance
+    from audiochat.eval.metrics import TinyFLAM
     scene, audio = load_turn(next(read_records(files / "split"))["turns"][0])
     p = learning.plan_vs_render(TinyFLAM.load(files / "scorer"), SpectralDistance(), audio, scene)
     assert set(p) == {"model", "tools", "mel"} and p["mel"] >= 0 and 0 <= p["model"] <= 100 and 0 <= p["tools"] <= 100
@@ -150,7 +150,7 @@ def test_plan_vs_render_of_a_true_scene(learning, files):
 def test_keep_error_looks_only_outside_the_edited_span(learning):
     import torch
 
-    from audiochat.codec import SpectralDistance
+    from audiochat.codec.codecs import SpectralDistance
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2, 3 * 16000, generator=g) * 0.1
     b = a.clone()

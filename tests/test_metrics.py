@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meeteval.io import SegLST
 
-from audiochat.metrics import (
+from audiochat.eval.metrics import (
     WordErrorRate,
     align_words,
     check_segments,
@@ -19,7 +19,7 @@ from audiochat.metrics import (
     word_intervals,
     word_points,
 )
-from audiochat.scene import Scene, Source
+from audiochat.core.scene import Scene, Source
 
 VOCAB = "a an the door creaked open who is there nobody answered rain thunderstorm whispered quietly".split()
 COLLARS = [0, 0, 0.1, 0.5, 1, 2, 5]
@@ -247,8 +247,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
-from audiochat.copilot import SUBTASKS, plan_edit, random_story  # noqa: E402
-from audiochat.metrics import (  # noqa: E402
+from audiochat.sim.copilot import SUBTASKS, plan_edit, random_story  # noqa: E402
+from audiochat.eval.metrics import (  # noqa: E402
     FrameScorer,
     OpenFLAMScorer,
     StemOracleScorer,
@@ -269,7 +269,7 @@ from audiochat.metrics import (  # noqa: E402
     train_scorer,
     unbiased_score,
 )
-from audiochat.tools import render  # noqa: E402
+from audiochat.sim.tools import render  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +384,7 @@ def test_editflam_sign_of_correct_and_reverse_edits(story, subtask):
 
 
 # ---- KAD and FAD ----
-from audiochat.metrics import clip_embedding, fad, kad, median_bandwidth  # noqa: E402
+from audiochat.eval.metrics import clip_embedding, fad, kad, median_bandwidth  # noqa: E402
 
 
 def kad_direct(x, y, s):
@@ -439,7 +439,7 @@ def test_clip_embedding(tiny_scorer, story):
 
 
 def test_best_f1_is_the_best_threshold():
-    from audiochat.metrics import best_f1
+    from audiochat.eval.metrics import best_f1
     rng = np.random.default_rng(4)
     for _ in range(20):
         y = rng.random(40) < 0.3

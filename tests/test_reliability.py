@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audiochat.scene import FIELD_ORDER, Scene, SceneError, Source
+from audiochat.core.scene import FIELD_ORDER, Scene, SceneError, Source
 
 FAST, SLOW = 150, 3000
 FUZZ = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -109,9 +109,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-import audiochat.train as T
+import audiochat.training.train as T
 from audiochat.cli import main as cli
-from audiochat.config import ConfigError, resolve
+from audiochat.training.config import ConfigError, resolve
 
 SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
          "--data.synthetic_dialogues=24", "--data.eval_dialogues=2", "--data.batch_size=2", "--data.max_frames=12",
@@ -231,7 +231,7 @@ def test_resume_refuses_a_changed_setting(run2, tmp_path, capsys):
 
 def test_resume_restores_the_random_state_after_the_codec(tmp_path):
     "With a codec folder (the preview codec draws from the global generator when built) a resumed run's saved random state is the uninterrupted run's."
-    from audiochat.codec import make_codec
+    from audiochat.codec.codecs import make_codec
     torch.manual_seed(0); make_codec(resolve("tiny").codec).save_pretrained(tmp_path / "codec")
     extra = ["--optim.steps=4", "--run.save_every=2", f"--data.codec={tmp_path / 'codec'}"]
     T.train(small(tmp_path / "once", *extra))
@@ -255,7 +255,7 @@ def test_ema_weights_are_loaded_for_sampling(run2):
 import signal
 import time
 
-import audiochat.data as D
+import audiochat.sim.data as D
 
 ONE = D.DataConfig(dialogues=2, shard_size=1, edits=1, max_duration=5.0, mistake_rate=0.0)
 
@@ -323,7 +323,7 @@ def test_kill_only_the_main_process_then_rebuild(tmp_path):
 import numpy as np
 import soundfile as sf
 
-from audiochat.audio import MAX_AUDIO_SECONDS, AudioError, load_audio
+from audiochat.core.audio import MAX_AUDIO_SECONDS, AudioError, load_audio
 
 
 def wav_with_rate(path, rate, seconds=0.1):
@@ -371,7 +371,7 @@ def test_odd_sample_rate_resamples_in_little_memory(tmp_path):
 
 
 # ---- tools: text limits ----
-import audiochat.tools as tools
+import audiochat.sim.tools as tools
 
 
 def test_tts_text_limits_and_control_characters(monkeypatch):
@@ -401,7 +401,7 @@ def test_speech_cache_is_bounded_by_audio_length(monkeypatch):
 import http.server
 import threading
 
-from audiochat.copilot import MAX_TOOL_CALLS, AgentError, FunctionTools, OpenAILLM, run_agent
+from audiochat.sim.copilot import MAX_TOOL_CALLS, AgentError, FunctionTools, OpenAILLM, run_agent
 
 
 def completion(message):
@@ -477,17 +477,17 @@ def test_tool_loop_against_a_misbehaving_server(fake_server, mode):
 def engine_parts(run2, tmp_path_factory):
     import inspect
 
-    from audiochat.chat import ChatEngine
+    from audiochat.serve.chat import ChatEngine
     if "ema" not in inspect.signature(ChatEngine.load).parameters:
         pytest.skip("the chat engine does not load the EMA weights yet (ChatEngine.load(ema=...))")
-    from audiochat.codec import make_codec
+    from audiochat.codec.codecs import make_codec
     codec = tmp_path_factory.mktemp("codec") / "codec"
     torch.manual_seed(0); make_codec(resolve("tiny").codec).save_pretrained(codec)
     return run2, codec
 
 
 def test_chat_engine_uses_the_ema_weights(engine_parts):
-    from audiochat.chat import ChatEngine
+    from audiochat.serve.chat import ChatEngine
     run, codec = engine_parts
     ema = load_file(str(T.latest_checkpoint(run) / "ema.safetensors"))
     e, r = ChatEngine.load(run, codec), ChatEngine.load(run, codec, ema=False)
@@ -497,7 +497,7 @@ def test_chat_engine_uses_the_ema_weights(engine_parts):
 
 
 def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
-    from audiochat.chat import MAX_REQUEST_CHARS, ChatEngine
+    from audiochat.serve.chat import MAX_REQUEST_CHARS, ChatEngine
     run, codec = engine_parts
     e = ChatEngine.load(run, codec)
     t0 = time.perf_counter()
@@ -515,7 +515,7 @@ def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
 def test_local_codec_path_never_goes_to_the_network(monkeypatch, tmp_path):
     import huggingface_hub
 
-    from audiochat.codec import Codec
+    from audiochat.codec.codecs import Codec
     def no_network(*a, **k): raise AssertionError("a local path must not be looked up on the Hub")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     monkeypatch.chdir(tmp_path); (tmp_path / "runs").mkdir()  # a bare ORG/NAME is a Hub id, unless ORG/ is a local folder
@@ -527,7 +527,7 @@ def test_local_codec_path_never_goes_to_the_network(monkeypatch, tmp_path):
 import gzip
 import resource
 
-from audiochat.copilot import MAX_RESPONSE_BYTES
+from audiochat.sim.copilot import MAX_RESPONSE_BYTES
 
 
 def _peak_rss_mb():
@@ -595,8 +595,8 @@ def test_llm_calls_are_bounded_in_bytes_and_time(hostile_server, mode, timeout, 
 
 
 # ---- limits decided from headers and sizes, before the work ----
-from audiochat.audio import MAX_DECODED_SAMPLES
-from audiochat.scene import MAX_SCENE_CHARS, MAX_SOURCES
+from audiochat.core.audio import MAX_DECODED_SAMPLES
+from audiochat.core.scene import MAX_SCENE_CHARS, MAX_SOURCES
 
 
 def hostile_flac(path, seconds=60, rate=384_000, channels=8):
@@ -633,7 +633,7 @@ def test_hostile_flac_is_refused_from_its_header(tmp_path):
 
 def test_engine_reads_audio_with_its_own_limit(engine_parts, tmp_path):
     "understand/edit of a file: the engine's max_seconds (30 s) is checked from the header, before decoding."
-    from audiochat.chat import ChatEngine
+    from audiochat.serve.chat import ChatEngine
     run, codec = engine_parts
     e = ChatEngine.load(run, codec)
     p = hostile_flac(tmp_path / "long.flac", seconds=40, rate=16000, channels=2)  # under every file limit, over the engine's
@@ -665,13 +665,13 @@ def test_many_source_scene_is_refused_at_once():
 @pytest.mark.slow
 def test_largest_scene_renders_in_bounded_time_and_memory(engine_parts):
     "A scene as long as a scene can be (MAX_SCENE_CHARS) renders with the tiny model and the default 25 steps in bounded time and memory."
-    from audiochat.chat import ChatEngine
+    from audiochat.serve.chat import ChatEngine
     run, codec = engine_parts
     e = ChatEngine.load(run, codec)
     srcs = [dict(id=f"s{i}", kind="speech", speaker="narrator", text="word " * 130, start=0, end=8) for i in range(5)]
     scene = Scene.from_dict({"duration": 8, "sources": srcs})
     assert len(scene.to_json()) > 0.8 * MAX_SCENE_CHARS
-    from audiochat.forcing import Turn
+    from audiochat.model.forcing import Turn
     before, t0 = _peak_rss_mb(), time.perf_counter()
     z, audio = e.render([Turn("user", "a story")], scene, scene.to_json())
     seconds, grown = time.perf_counter() - t0, _peak_rss_mb() - before
@@ -680,7 +680,7 @@ def test_largest_scene_renders_in_bounded_time_and_memory(engine_parts):
 
 
 def test_upload_size_is_limited(tmp_path):
-    from audiochat.app import MAX_UPLOAD_MB, checked_upload
+    from audiochat.serve.app import MAX_UPLOAD_MB, checked_upload
     big = tmp_path / "big.wav"
     with open(big, "wb") as f: f.truncate(MAX_UPLOAD_MB * 2**20 + 1)  # sparse: no disk used
     with pytest.raises(ValueError, match=f"at most {MAX_UPLOAD_MB} MB"): checked_upload(big)
@@ -688,7 +688,7 @@ def test_upload_size_is_limited(tmp_path):
 
 
 def test_page_errors_show_no_server_paths():
-    from audiochat.app import one_line
+    from audiochat.serve.app import one_line
     line = one_line(AudioError("cannot read /tmp/gradio/0a1b2c/rain.wav: not a supported audio format"))
     assert line == "cannot read rain.wav: not a supported audio format"
     assert one_line(ValueError("caption \ud800")).encode("utf-8")  # a lone surrogate reaches the page as '?'
@@ -699,12 +699,12 @@ def test_lone_surrogate_and_newline_ids():
         Scene.from_dict({"duration": 4, "sources": [{"id": "a", "kind": "sfx", "caption": "rain \ud800", "start": 0, "end": 1}]})
     with pytest.raises(SceneError, match="id: must be 1-32"):
         Scene.from_dict({"duration": 4, "sources": [{"id": "s1\n", "kind": "sfx", "caption": "rain", "start": 0, "end": 1}]})
-    from audiochat.chat import checked_request
+    from audiochat.serve.chat import checked_request
     with pytest.raises(ValueError, match="not valid Unicode"): checked_request("a story \ud800")
 
 
 def test_numbers_that_would_mean_no_work_or_endless_work(capsys, tmp_path):
-    from audiochat.codec import codec_preset, train_codec
+    from audiochat.codec.codecs import codec_preset, train_codec
     with pytest.raises(ValueError, match="minutes > 0"): train_codec(codec_preset("tiny"), str(tmp_path), tmp_path / "c", minutes=-1)
     assert cli(["codec", "train", "--data", str(tmp_path), "--minutes", "-1", "--out", str(tmp_path / "c")]) == 1
     assert "minutes > 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
@@ -758,7 +758,7 @@ def test_record_audio_path_cannot_leave_its_shard(tmp_path, capsys):
 
 
 def test_safetensors_index_cannot_leave_its_folder(tmp_path):
-    from audiochat.transformer import load_safetensors_dir
+    from audiochat.model.transformer import load_safetensors_dir
     ck = tmp_path / "ck"; ck.mkdir()
     save_file({"w": torch.zeros(1)}, str(tmp_path / "secret.safetensors"))
     (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../secret.safetensors"}}))
@@ -769,7 +769,7 @@ def test_safetensors_index_cannot_leave_its_folder(tmp_path):
 
 def test_damaged_bundle_files_are_named_errors(engine_parts, tmp_path):
     "latent_stats.safetensors damaged three ways and a bundle.json holding [1]: one line naming the file, when the engine loads."
-    from audiochat.chat import ChatEngine
+    from audiochat.serve.chat import ChatEngine
     run, codec = engine_parts
     bundle = ChatEngine.load(run, codec).save_pretrained(tmp_path / "bundle")
     stats = bundle / "latent_stats.safetensors"
@@ -811,7 +811,7 @@ def test_two_trainings_at_once_one_wins(tmp_path):
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "run"; out.mkdir()
-    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.train import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.training.train import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
                              str(out)], capture_output=True)
     assert killed.returncode == 9 and (out / ".lock").read_text().startswith("pid ")  # what a killed run leaves: the file, no holder
     T.train(small(out, "--optim.steps=1"))
@@ -846,8 +846,8 @@ def test_export_fails_on_a_damaged_shard_unless_asked(tmp_path, capsys):
 def test_server_folders_are_removed(tmp_path):
     import tempfile
 
-    from audiochat.app import app_folder
-    gone = subprocess.run([sys.executable, "-c", "import os; from audiochat.app import app_folder; f = app_folder(); (f / 'turn.wav').write_text('x'); print(f); os._exit(0)"],
+    from audiochat.serve.app import app_folder
+    gone = subprocess.run([sys.executable, "-c", "import os; from audiochat.serve.app import app_folder; f = app_folder(); (f / 'turn.wav').write_text('x'); print(f); os._exit(0)"],
                           capture_output=True, text=True).stdout.strip()
     assert Path(gone).exists()  # killed: no exit handler ran
     mine = app_folder()  # the next server removes what servers that are gone left behind
@@ -860,8 +860,8 @@ def test_chat_reset_never_overwrites_a_turn(tmp_path, monkeypatch, capsys):
     import io
     import types
 
-    import audiochat.ui as ui
-    from audiochat.chat import Reply, Timings
+    import audiochat.serve.ui as ui
+    from audiochat.serve.chat import Reply, Timings
 
     class Engine:
         codec = types.SimpleNamespace(config=types.SimpleNamespace(sample_rate=16000))

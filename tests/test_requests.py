@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-import audiochat.copilot as copilot
-from audiochat.copilot import (
+import audiochat.sim.copilot as copilot
+from audiochat.sim.copilot import (
     FAMILIES,
     HELD_OUT_FAMILIES,
     REQUEST_FACETS,
@@ -23,7 +23,7 @@ from audiochat.copilot import (
     simulate_dialogue,
     story_task,
 )
-from audiochat.scene import Scene, Source
+from audiochat.core.scene import Scene, Source
 
 
 def training_request(i: int):

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from audiochat.scene import Scene
-from audiochat.tokenizer import (
+from audiochat.core.scene import Scene
+from audiochat.model.tokenizer import (
     SPECIAL_TOKENS,
     add_special_tokens,
     dialogue_corpus,
@@ -125,7 +125,7 @@ def test_corpus_scenes_valid():
 
 
 def test_copilot_corpus():
-    from audiochat.tokenizer import copilot_corpus
+    from audiochat.model.tokenizer import copilot_corpus
     texts = copilot_corpus(3, seed=7)
     assert texts == copilot_corpus(3, seed=7)
     scenes = [t for t in texts if t.startswith('{"duration"')]

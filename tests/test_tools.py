@@ -15,10 +15,10 @@ import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiochat import tools
-from audiochat.audio import SAMPLE_RATE, pan_gains
-from audiochat.scene import Scene, Source
-from audiochat.tools import (
+from audiochat.sim import tools
+from audiochat.core.audio import SAMPLE_RATE, pan_gains
+from audiochat.core.scene import Scene, Source
+from audiochat.sim.tools import (
     EMOTIONS,
     LIMIT_CEILING,
     MAX_SPEEDUP,
@@ -456,7 +456,7 @@ def frog():
 
 
 def test_register_sound_reaches_every_user(frog):
-    from audiochat.metrics import caption_classes, source_class
+    from audiochat.eval.metrics import caption_classes, source_class
     assert frog.caption == "a frog croaking" and SOUND_EFFECTS["frog"] is frog
     assert resolve_sound("frogs croaking near the pond") == "frog"
     x = synth_sfx("a frog croaking", 1.0, seed=1)

@@ -14,10 +14,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import audiochat.train as T
-from audiochat.config import load_config, resolve, save_config
-from audiochat.data import read_records
-from audiochat.forcing import LossOutput
+import audiochat.training.train as T
+from audiochat.training.config import load_config, resolve, save_config
+from audiochat.sim.data import read_records
+from audiochat.model.forcing import LossOutput
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,8 +124,8 @@ def test_dataset_source_streams_records():
 
 
 def test_understanding_and_missing_source_examples(codec_dir):
-    from audiochat.codec import Codec
-    from audiochat.scene import Scene
+    from audiochat.codec.codecs import Codec
+    from audiochat.core.scene import Scene
     codec = Codec.from_pretrained(codec_dir)
     src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
     base = T.DialogueSource(str(SAMPLES), 32, max_turns=2)
@@ -151,7 +151,7 @@ def test_understanding_and_missing_source_examples(codec_dir):
 
 
 def test_no_cot_source_and_fraction_checks(codec_dir):
-    from audiochat.codec import Codec
+    from audiochat.codec.codecs import Codec
     src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=Codec.from_pretrained(codec_dir), cot=False, understanding=1, refusals=1)
     assert all(t.text == T.NO_COT_TEXT for t in src.turns(0) if t.role == "assistant") and len(src) == 6
     with pytest.raises(ValueError, match="data.refusals is a fraction"): resolve("tiny", overrides=["--data.refusals=1.5"])
@@ -234,7 +234,7 @@ def test_losses_fall_on_synthetic(tmp_path):
 # ---- distributed ----
 def torchrun(args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "audiochat.train", *args],
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "audiochat.training.train", *args],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -263,7 +263,7 @@ def test_two_processes_equal_one(tmp_path, parallel):
 # ---- the command on real sample data ----
 @pytest.fixture(scope="module")
 def codec_dir(tmp_path_factory):
-    from audiochat.codec import codec_preset, make_codec
+    from audiochat.codec.codecs import codec_preset, make_codec
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("codec")
     make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(d / "codec")  # the tiny preset's codec, unfitted
@@ -272,7 +272,7 @@ def codec_dir(tmp_path_factory):
 
 def test_cli_trains_on_sample_dialogues(tmp_path, codec_dir, capsys):
     from audiochat.cli import main
-    from audiochat.codec import Codec, encode_folder
+    from audiochat.codec.codecs import Codec, encode_folder
     cache = tmp_path / "latents"
     encode_folder(Codec.from_pretrained(codec_dir), SAMPLES, cache)
     args = ["train", "--preset", "tiny", f"--data.source={SAMPLES}", f"--data.latent_cache={cache}", "--data.batch_size=2",
@@ -296,7 +296,7 @@ def test_cli_trains_on_sample_dialogues(tmp_path, codec_dir, capsys):
 
 def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
     "With data.planned_dialogues, a share of the micro-batches are text-only planned dialogues (no audio, valid scenes)."
-    from audiochat.scene import Scene
+    from audiochat.core.scene import Scene
     config = resolve("tiny", overrides=[f"--data.source={SAMPLES}", f"--data.codec={codec_dir}", "--data.batch_size=2",
                                         "--data.eval_dialogues=2", "--data.max_frames=16", "--data.planned_dialogues=40",
                                         "--data.planned_share=0.5", f"--run.out={tmp_path / 'run'}"])
@@ -318,9 +318,9 @@ def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
 
 def test_planned_source_gives_assistant_audio_its_scene(codec_dir):
     "plan=True: each assistant audio carries plan_frames of the scene that turn rendered, frame for frame."
-    from audiochat.codec import Codec
-    from audiochat.forcing import plan_frames
-    from audiochat.scene import Scene
+    from audiochat.codec.codecs import Codec
+    from audiochat.model.forcing import plan_frames
+    from audiochat.core.scene import Scene
     codec = Codec.from_pretrained(codec_dir)
     src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, plan=True)
     plain = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec)

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audiochat.transformer import (
+from audiochat.model.transformer import (
     DecoderLayer,
     KVCache,
     Layout,

@@ -27,7 +27,7 @@ def test_checks_reject_wrong_answers():
         solutions.check_span_mask(lambda span: torch.ones(len(span), len(span), dtype=torch.bool).tril())  # causal only
     with pytest.raises(AssertionError):
         solutions.check_v_target(lambda x0, eps, t: solutions.v_target(x0, eps, t)[::-1])  # x_t and v swapped
-    with pytest.raises(AssertionError, match="differs from audiochat.diffusion.sample"):  # first order only
+    with pytest.raises(AssertionError, match="differs from audiochat.model.diffusion.sample"):  # first order only
         solutions.check_dpmpp_2m(lambda x, x0, prev, s, sn, sp: solutions.dpmpp_2m_step(x, x0, None, s, sn, sp))
     with pytest.raises(AssertionError, match="MeetEval counts 3 in 6"):
         solutions.check_tcpwer(lambda: (2, 6))

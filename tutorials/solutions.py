@@ -9,9 +9,9 @@ import math
 
 import torch
 
-from audiochat.diffusion import add_noise, alpha_sigma, karras_sigmas, predict_x0, sample, time_from_noise_level
-from audiochat.metrics import tcpwer
-from audiochat.transformer import AUDIO, TEXT, Layout, build_mask
+from audiochat.model.diffusion import add_noise, alpha_sigma, karras_sigmas, predict_x0, sample, time_from_noise_level
+from audiochat.eval.metrics import tcpwer
+from audiochat.model.transformer import AUDIO, TEXT, Layout, build_mask
 
 # ---------------------------------------------------------------- exercise 1: the span-bidirectional mask
 
@@ -107,8 +107,8 @@ def check_span_mask(mine=span_mask):
         got = _pick("span_mask", mine, span_mask, span)
         want = build_mask(_layout(span))[0, 0]
         assert got.dtype == torch.bool and got.shape == want.shape, f"expected a bool ({len(span)}, {len(span)}) mask, got {got.dtype} {tuple(got.shape)}"
-        assert torch.equal(got, want), f"mask differs from audiochat.transformer.build_mask for span ids {span.tolist()}:\n{got.int()}\nvs\n{want.int()}"
-    print("span_mask matches audiochat.transformer.build_mask")
+        assert torch.equal(got, want), f"mask differs from audiochat.model.transformer.build_mask for span ids {span.tolist()}:\n{got.int()}\nvs\n{want.int()}"
+    print("span_mask matches audiochat.model.transformer.build_mask")
 
 
 def check_v_target(mine_target=v_target, mine_x0=x0_from_v):
@@ -123,11 +123,11 @@ def check_v_target(mine_target=v_target, mine_x0=x0_from_v):
             back = _pick("x0_from_v", mine_x0, x0_from_v, x_t, v, t)
             torch.testing.assert_close(back, predict_x0(want_x, want_v, t, "cosine_v"))
             torch.testing.assert_close(back, x0, atol=1e-5, rtol=1e-5)
-    print("v_target and x0_from_v match audiochat.diffusion.add_noise and predict_x0")
+    print("v_target and x0_from_v match audiochat.model.diffusion.add_noise and predict_x0")
 
 
 def check_dpmpp_2m(mine=dpmpp_2m_step, steps: int = 12):
-    "Replays a whole DPM-Solver++(2M) trajectory with the step function and compares it with audiochat.diffusion.sample."
+    "Replays a whole DPM-Solver++(2M) trajectory with the step function and compares it with audiochat.model.diffusion.sample."
     _said.clear()
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(3, 5, generator=g, dtype=torch.float64)
@@ -142,10 +142,10 @@ def check_dpmpp_2m(mine=dpmpp_2m_step, steps: int = 12):
         args = (x, x0, previous, sig[i], sig[i + 1], sig[i - 1] if i else None)
         x_next = _pick("dpmpp_2m_step", mine, dpmpp_2m_step, *args)
         torch.testing.assert_close(x_next, trajectory[i + 1].to(x_next.dtype), atol=1e-6, rtol=1e-6,
-                                   msg=lambda m: f"step {i} (sigma {sig[i]:.3g} -> {sig[i + 1]:.3g}) differs from audiochat.diffusion.sample: {m}")
+                                   msg=lambda m: f"step {i} (sigma {sig[i]:.3g} -> {sig[i + 1]:.3g}) differs from audiochat.model.diffusion.sample: {m}")
         x, previous = x_next, x0
     torch.testing.assert_close(x, want.to(x.dtype))
-    print(f"dpmpp_2m_step reproduces audiochat.diffusion.sample over {steps} steps")
+    print(f"dpmpp_2m_step reproduces audiochat.model.diffusion.sample over {steps} steps")
 
 
 def check_tcpwer(mine=tcpwer_by_hand):
@@ -153,7 +153,7 @@ def check_tcpwer(mine=tcpwer_by_hand):
     errors, words = _pick("tcpwer_by_hand", mine, tcpwer_by_hand)
     r = tcpwer(TCP_REFERENCE, TCP_HYPOTHESIS, collar=TCP_COLLAR)
     assert (errors, words) == (r.errors, r.length), f"you counted {errors} errors in {words} words; MeetEval counts {r.errors} in {r.length}"
-    print(f"tcpWER by hand = {errors}/{words} = {errors / words:.0%}, as audiochat.metrics.tcpwer (MeetEval) computes")
+    print(f"tcpWER by hand = {errors}/{words} = {errors / words:.0%}, as audiochat.eval.metrics.tcpwer (MeetEval) computes")
 
 
 def check_all():

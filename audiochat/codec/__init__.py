@@ -1,0 +1,1 @@
+"""The audio codecs (a VAE and a mel codec), their training and the latent cache."""
