@@ -120,7 +120,7 @@ tutorials: setup espeak
 	  echo "$$nb: ok in $$(( $$(date +%s) - start )) s (tiny form)"; \
 	done
 
-test: check-sync nbtest pytest tutorials gpu-dry
+test: check-sync lint nbtest pytest tutorials gpu-dry
 
 # One GPU, unattended (about 9 minutes on an H100/H200): throughput and MFU of the SCT vs a plain decoder, the small
 # preset end to end (data, codec, latents, training, eval), chat latency -> runs/gpu/results.json (GPU_ARGS: flags of

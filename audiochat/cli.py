@@ -1,5 +1,5 @@
-"""One console script, one subcommand per job. Each subcommand lives in the module that does the work and is
-imported only when it runs, so `audiochat --help` is instant.
+"""One console script, one subcommand per job. Each subcommand lives in the module that does the
+work and is imported only when it runs, so `audiochat --help` is instant.
 
 Docs: https://audiochat.github.io/audiochat/cli.html.md"""
 
@@ -23,21 +23,65 @@ __all__ = ['COMMANDS', 'DEMO_STORY', 'main', 'demo_edit', 'absent_edit', 'held_o
 
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
-    "data": ("audiochat.sim.data", "data_main", "build the simulated dialogue dataset (build, eval, samples, show)"),
-    "demo": ("audiochat.cli", "demo_main", "render a sample scene from data_samples/ into runs/demo/"),
-    "codec": ("audiochat.codec.codecs", "codec_main", "train the audio codec, cache latents, evaluate (train|encode|eval)"),
-    "train": ("audiochat.training.train", "train_main", "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ..."),
-    "tell": ("audiochat.serve.ui", "tell_main", "tell a story with a trained run: TEXT -o story.wav --run DIR"),
-    "edit": ("audiochat.serve.ui", "edit_main", "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR"),
-    "understand": ("audiochat.serve.ui", "understand_main", "describe an audio file (table + SegLST JSON): IN.wav --run DIR"),
-    "chat": ("audiochat.serve.ui", "chat_main", "a chat in the terminal (a story, then edits): --run DIR"),
-    "serve": ("audiochat.serve.app", "serve_main", "a web app (Gradio) for a run: --run DIR|REPO_ID"),
-    "eval": ("audiochat.eval.evaluate", "eval_main", "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots"),
+    "data": (
+        "audiochat.sim.data",
+        "data_main",
+        "build the simulated dialogue dataset (build, eval, samples, show)",
+    ),
+    "demo": (
+        "audiochat.cli",
+        "demo_main",
+        "render a sample scene from data_samples/ into runs/demo/",
+    ),
+    "codec": (
+        "audiochat.codec.codecs",
+        "codec_main",
+        "train the audio codec, cache latents, evaluate (train|encode|eval)",
+    ),
+    "train": (
+        "audiochat.training.train",
+        "train_main",
+        "train a model: --preset tiny|small|base, --config FILE.yaml, --model.d_model=256 ...",
+    ),
+    "tell": (
+        "audiochat.serve.ui",
+        "tell_main",
+        "tell a story with a trained run: TEXT -o story.wav --run DIR",
+    ),
+    "edit": (
+        "audiochat.serve.ui",
+        "edit_main",
+        "edit an audio file: IN.wav INSTRUCTION -o out.wav --run DIR",
+    ),
+    "understand": (
+        "audiochat.serve.ui",
+        "understand_main",
+        "describe an audio file (table + SegLST JSON): IN.wav --run DIR",
+    ),
+    "chat": (
+        "audiochat.serve.ui",
+        "chat_main",
+        "a chat in the terminal (a story, then edits): --run DIR",
+    ),
+    "serve": (
+        "audiochat.serve.app",
+        "serve_main",
+        "a web app (Gradio) for a run: --run DIR|REPO_ID",
+    ),
+    "eval": (
+        "audiochat.eval.evaluate",
+        "eval_main",
+        "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots",
+    ),
 }
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: audiochat COMMAND [ARGS]   (audiochat {audiochat.__version__})", "", "commands:"]
+    lines = [
+        f"usage: audiochat COMMAND [ARGS]   (audiochat {audiochat.__version__})",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {help}" for name, (_, _, help) in COMMANDS.items()]
     lines += ["", "Run `audiochat COMMAND --help` for a command's options."]
     return "\n".join(lines)
@@ -47,67 +91,89 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `audiochat` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage()); return 0
+        print(_usage())
+        return 0
     if argv[0] == "--version":
-        print(audiochat.__version__); return 0
+        print(audiochat.__version__)
+        return 0
     name = argv[0]
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, COMMANDS, n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"audiochat: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    if name in HELP_PARSERS and ({"-h", "--help"} & set(argv[1:])): HELP_PARSERS[name]().parse_known_args(argv[1:])  # prints the help, exits
+    if name in HELP_PARSERS and ({"-h", "--help"} & set(argv[1:])):
+        HELP_PARSERS[name]().parse_known_args(argv[1:])  # prints the help, exits
     module, fn, _ = COMMANDS[name]
     try:
         return getattr(importlib.import_module(module), fn)(argv[1:]) or 0
-    except (OSError, ValueError) as e:  # bad input, a file that cannot be read or written: a message, not a traceback (AUDIOCHAT_DEBUG=1 for one)
+    # bad input, a file that cannot be read or written: a message, not a traceback
+    # (AUDIOCHAT_DEBUG=1 for one)
+    except (OSError, ValueError) as e:
         if os.environ.get("AUDIOCHAT_DEBUG"): raise
-        line = " ".join(f"audiochat {name}: error: {e}".split())  # one line, also for a file name that is not UTF-8:
+        # one line, also for a file name that is not UTF-8:
+        line = " ".join(f"audiochat {name}: error: {e}".split())
         print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return 1
 
 # %% ../nbs/21_cli.ipynb #cfaa3fea
-from .sim.data import DATA_SAMPLES  # the sample dialogues and the demo scene, shipped inside the package
+# the sample dialogues and the demo scene, shipped inside the package
+from .sim.data import DATA_SAMPLES
 
 # %% ../nbs/21_cli.ipynb #aa1169b1
-DEMO_STORY = "A 6-second story: a girl greets an old man while rain falls."  # in the words of the held-out phrasings
+# in the words of the held-out phrasings
+DEMO_STORY = "A 6-second story: a girl greets an old man while rain falls."
 
 def demo_edit(scene) -> str:
-    """An edit of a sound the story has (its first sound effect or music, else its first voice), in the words of the
-    simulated user's loudness edits (notebook 04)."""
+    """An edit of a sound the story has (its first sound effect or music, else its first voice), in
+    the
+    words of the simulated user's loudness edits (notebook 04)."""
     import random
+
     from audiochat.sim.copilot import describe
     target = next((s for s in scene.sources if s.kind != "speech"), scene.sources[0])
     ref = describe(target, scene, random.Random(0))
     return f"Make the {ref.removeprefix('a ').removeprefix('an ')} quieter by 6 dB."
 
 def absent_edit(scene) -> str:
-    "An edit of a sound effect the story does not have: the right answer is a sentence, not a new scene."
+    """An edit of a sound effect the story does not have: the right answer is a sentence, not a new
+    scene."""
     from audiochat.sim.tools import SOUND_EFFECTS
     have = {s.caption for s in scene.sources}
-    name = next(n for n in ("dog barking", "bell", "thunder", "siren", "owl") if SOUND_EFFECTS[n].caption not in have)
+    name = next(
+        n
+        for n in ("dog barking", "bell", "thunder", "siren", "owl")
+        if SOUND_EFFECTS[n].caption not in have
+    )
     return f"Make the {name} louder by 6 dB."
 
 def held_out_story(folder) -> tuple:
-    """The first story of StoryGen-Eval-mini (built into `folder`: one dialogue, seconds), never seen in training:
-    (audio (channels, samples) at SAMPLE_RATE, its true scene)."""
+    """The first story of StoryGen-Eval-mini (built into `folder`: one dialogue, seconds), never
+    seen
+    in training: (audio (channels, samples) at SAMPLE_RATE, its true scene)."""
     from audiochat.core.audio import load_audio
-    from audiochat.sim.data import build_eval, read_records
     from audiochat.core.scene import Scene
+    from audiochat.sim.data import build_eval, read_records
     if not (Path(folder) / "summary.json").exists(): build_eval(folder, dialogues=1, progress=False)
     turn = next(iter(read_records(folder)))["turns"][0]
     return load_audio(turn["audio"]), Scene.from_dict(turn["scene"])
 
 def chat_sections(engine, name: str, truth, heard_audio) -> list[dict]:
-    """The three jobs with `engine`, as report sections titled by `name`: a story (its audio beside the tools' rendering
-    of its scene), an edit of one of its sounds (the diff, before / after), an edit naming a sound it lacks (answered in
-    words by a model taught to), and the understanding of `heard_audio` (at SAMPLE_RATE) beside its true scene `truth`."""
+    """The three jobs with `engine`, as report sections titled by `name`: a story (its audio beside
+    the
+    tools' rendering of its scene), an edit of one of its sounds (the diff, before / after), an edit
+    naming a sound it lacks (answered in words by a model taught to), and the understanding of
+    `heard_audio` (at SAMPLE_RATE) beside its true scene `truth`."""
     from audiochat.core.audio import SAMPLE_RATE
     from audiochat.serve.ui import reply_section
     story = engine.tell(DEMO_STORY)
     sections = [reply_section(story, rendered=True)]
     last = story  # the audio the next edit changes
-    for instruction in (demo_edit(story.scene), absent_edit(story.scene)) if story.scene and story.scene.sources else ():
+    for instruction in (
+        (demo_edit(story.scene), absent_edit(story.scene))
+        if story.scene and story.scene.sources
+        else ()
+    ):
         reply = engine.edit(instruction)
         sections.append(reply_section(reply, before=last))
         if reply.audio is not None: last = reply
@@ -115,41 +181,80 @@ def chat_sections(engine, name: str, truth, heard_audio) -> list[dict]:
     for s in sections: s["title"] = f"{name}: {s['title']}"
     return sections
 
-def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run: bool = False, steps: int = 25,
-         shipped: bool = True) -> dict:
-    """Render the sample scene into `out_dir` and write `report.html`. The report adds a chat (a story, two edits, a
-    held-out StoryGen-Eval-mini story understood) with the shipped model (`shipped`, when the package has it) and with a training run
-    (`run`, or `tiny_run`: train one for a few steps in `out_dir/tiny-run`), and their learning benchmark figures side
-    by side when they have them. Returns the paths (and `figures`, the table, when there is one)."""
+def demo(
+    out_dir="runs/demo",
+    sample_dir=None,
+    seed: int = 0,
+    run=None,
+    tiny_run: bool = False,
+    steps: int = 25,
+    shipped: bool = True,
+) -> dict:
+    """Render the sample scene into `out_dir` and write `report.html`. The report adds a chat (a
+    story,
+    two edits, a held-out StoryGen-Eval-mini story understood) with the shipped model (`shipped`,
+    when the package has it) and with a training run (`run`, or `tiny_run`: train one for a few
+    steps in `out_dir/tiny-run`), and their learning benchmark figures side by side when they have
+    them. Returns the paths (and `figures`, the table, when there is one)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from audiochat.core.audio import save_audio, plot_audio
+
+    from audiochat.core.audio import plot_audio, save_audio
     from audiochat.core.scene import Scene
     from audiochat.sim.tools import render
     sample_dir = Path(sample_dir or DATA_SAMPLES / "demo")
     if not sample_dir.exists(): raise FileNotFoundError(f"sample folder not found: {sample_dir}")
     scene = Scene.from_json((sample_dir / "scene.json").read_text())
     x = render(scene, seed=seed).mix
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    paths = dict(audio=save_audio(out / "story.wav", x), figure=out / "story.png", scene=out / "scene.json")
-    fig = plot_audio(x, spans=scene.spans(), title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s")
-    fig.savefig(paths["figure"], dpi=110); plt.close(fig)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = dict(
+        audio=save_audio(out / "story.wav", x), figure=out / "story.png", scene=out / "scene.json"
+    )
+    fig = plot_audio(
+        x,
+        spans=scene.spans(),
+        title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s",
+    )
+    fig.savefig(paths["figure"], dpi=110)
+    plt.close(fig)
     paths["scene"].write_text(scene.to_json(indent=2) + "\n")
     from audiochat.core.audio import SAMPLE_RATE
-    from audiochat.serve.chat import SHIPPED_MODEL, ChatEngine, headline_table, train_tiny_run
+    from audiochat.serve.chat import (
+        SHIPPED_MODEL,
+        ChatEngine,
+        headline_table,
+        train_tiny_run,
+    )
     from audiochat.serve.ui import write_report
-    sections = [dict(title="sample scene rendered by the tools", scene=scene, cot=scene.to_json(indent=2), audio=x)]
+
+    sections = [
+        dict(
+            title="sample scene rendered by the tools",
+            scene=scene,
+            cot=scene.to_json(indent=2),
+            audio=x,
+        )
+    ]
     if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
     models = {}
     if shipped and (SHIPPED_MODEL / "bundle.json").exists(): models["shipped model"] = SHIPPED_MODEL
     if run is not None: models["your model"] = Path(run)
-    if models: heard_audio, truth = held_out_story(out / "held-out")  # what each model is asked to understand
-    for name, where in models.items(): sections += chat_sections(ChatEngine.load(where, steps=steps), name, truth, heard_audio)
-    benchmarked = {name: where for name, where in models.items() if (where / "learning.json").exists()}
+    # what each model is asked to understand
+    if models: heard_audio, truth = held_out_story(out / "held-out")
+    for name, where in models.items():
+        sections += chat_sections(ChatEngine.load(where, steps=steps), name, truth, heard_audio)
+    benchmarked = {
+        name: where for name, where in models.items() if (where / "learning.json").exists()
+    }
     if benchmarked:
         paths["figures"] = headline_table(benchmarked)
-        sections.append(dict(title="learning benchmark figures (benchmarks/learning.py)", table=paths["figures"]))
+        sections.append(
+            dict(
+                title="learning benchmark figures (benchmarks/learning.py)", table=paths["figures"]
+            )
+        )
     note = (f"chat with {' and '.join(f'the {k} ({v})' for k, v in models.items())}" if models
             else "no model to chat with (audiochat demo --run DIR or --tiny-run adds a chat)")
     paths["report"] = write_report(out, sections, SAMPLE_RATE, "audiochat demo", note)
@@ -157,18 +262,40 @@ def demo(out_dir="runs/demo", sample_dir=None, seed: int = 0, run=None, tiny_run
 
 # %% ../nbs/21_cli.ipynb #29f1b138
 def demo_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="audiochat demo", description="Render a sample story into a folder (audio, figure, scene).")
+    p = argparse.ArgumentParser(
+        prog="audiochat demo",
+        description="Render a sample story into a folder (audio, figure, scene).",
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--sample", default=None, help="sample folder with scene.json (default: data_samples/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sound effects and music (default: 0)")
-    p.add_argument("--run", default=None, help="a training run folder: the report adds a chat with it")
-    p.add_argument("--tiny-run", action="store_true", help="train a tiny run for a few steps (seconds) and chat with it")
-    p.add_argument("--steps", type=int, default=25, help="diffusion steps of the chat (default: 25)")
-    p.add_argument("--no-shipped", action="store_true", help="no chat with the model shipped with the package")
+    p.add_argument(
+        "--sample", default=None, help="sample folder with scene.json (default: data_samples/demo)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sound effects and music (default: 0)"
+    )
+    p.add_argument(
+        "--run", default=None, help="a training run folder: the report adds a chat with it"
+    )
+    p.add_argument(
+        "--tiny-run",
+        action="store_true",
+        help="train a tiny run for a few steps (seconds) and chat with it",
+    )
+    p.add_argument(
+        "--steps", type=int, default=25, help="diffusion steps of the chat (default: 25)"
+    )
+    p.add_argument(
+        "--no-shipped", action="store_true", help="no chat with the model shipped with the package"
+    )
     a = p.parse_args(argv)
     paths = demo(a.out, a.sample, a.seed, a.run, a.tiny_run, a.steps, shipped=not a.no_shipped)
     figures = paths.pop("figures", None)
-    if figures: print("learning benchmark (benchmarks/learning.py; \"a / b\": without / with the scene grammar)\n" + figures)
+    if figures:
+        print(
+            'learning benchmark (benchmarks/learning.py; "a / b": without / with the scene '
+            'grammar)\n'
+            + figures
+        )
     print("audiochat demo wrote:")
     for k, v in paths.items(): print(f"  {k:<7} {v}")
     return 0

@@ -85,8 +85,8 @@ def test_plan_change_render(client, server):
 def test_understand_an_upload(client, tmp_path):
     from gradio_client import handle_file
 
-    from audiochat.serve.app import SCENE_COLUMNS
     from audiochat.core.audio import save_audio
+    from audiochat.serve.app import SCENE_COLUMNS
     wav = save_audio(tmp_path / "noise.wav", 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)))
     table, scene_json, status = client.predict(handle_file(str(wav)), api_name="/understand")
     scene = Scene.from_json(scene_json)

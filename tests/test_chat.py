@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from audiochat.core.audio import save_audio
-from audiochat.serve.chat import ChatEngine, ChatError, train_tiny_run
 from audiochat.cli import main
+from audiochat.core.audio import save_audio
+from audiochat.core.scene import Scene
 from audiochat.model.forcing import Turn
 from audiochat.model.grammar import Decoded, SceneGrammar, decode_text, token_pieces
-from audiochat.core.scene import Scene
+from audiochat.serve.chat import ChatEngine, ChatError, train_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_grammar_accepts_every_training_scene():
     "Random scenes of the tokenizer corpus and the sample dialogues' scenes: complete, and every prefix viable."
     import random
 
-    from audiochat.sim.data import DATA_SAMPLES
     from audiochat.model.tokenizer import random_scene
+    from audiochat.sim.data import DATA_SAMPLES
     g = SceneGrammar()
     scenes = [random_scene(random.Random(i)) for i in range(100)]
     for f in (DATA_SAMPLES / "dialogues").glob("*/records.jsonl"):

@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from audiochat.core.audio import SAMPLE_RATE
 from audiochat.cli import main as cli_main
+from audiochat.core.audio import SAMPLE_RATE
 from audiochat.eval.evaluate import (
     SCORER_EMBEDDINGS,
     OracleSystem,

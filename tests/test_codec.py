@@ -14,7 +14,6 @@ import torch
 import torchaudio
 from safetensors.torch import load_file
 
-from audiochat.core.audio import AudioError, resample
 from audiochat.cli import main
 from audiochat.codec.codecs import (
     AudioCrops,
@@ -33,6 +32,7 @@ from audiochat.codec.codecs import (
     synthesize_audio_folder,
     train_codec,
 )
+from audiochat.core.audio import AudioError, resample
 
 AUDIOCHAT = Path(sys.executable).parent / "audiochat"
 SMALL = dict(encoder_channels=4, decoder_channels=16, latent_dim=4)  # a narrow tiny codec: fast tests

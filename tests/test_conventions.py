@@ -82,9 +82,9 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
     model's vocabulary follows the tokenizer (its added special tokens included), the checkpoint's rows are kept."""
     from safetensors.torch import load_file
 
-    from audiochat.serve.chat import train_tiny_run
     from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
     from audiochat.model.transformer import load_safetensors_dir
+    from audiochat.serve.chat import train_tiny_run
     lm = tmp_path / "lm"
     train_tokenizer(["a rainy night, a door creaks, the detective whispers"] * 40, vocab_size=300).save_pretrained(lm)
     _tiny_llama(lm, vocab_size=300)
@@ -105,8 +105,8 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
 
 # 2. from_pretrained on a training checkpoint
 def test_from_pretrained_on_a_checkpoint_gives_the_engine_weights(tmp_path):
-    from audiochat.serve.chat import ChatEngine, train_tiny_run
     from audiochat.model.sct import AudioChatModel
+    from audiochat.serve.chat import ChatEngine, train_tiny_run
     run = train_tiny_run(tmp_path / "run", steps=3)
     from audiochat.core.learner import latest_checkpoint
     step = latest_checkpoint(run)
@@ -212,8 +212,8 @@ def test_train_help_lists_every_config_key_with_its_default():
     import dataclasses
 
     from audiochat.core.args import config_fields, train_parser
-    from audiochat.training.config import RANGES, SECTIONS, all_keys
     from audiochat.sim.data import DataConfig
+    from audiochat.training.config import RANGES, SECTIONS, all_keys
     text, fields = train_parser().format_help(), config_fields()
     assert set(fields) == set(all_keys()) - {"stages"}
     checked = 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from audiochat.core.scene import Scene, diff
 from audiochat.sim.copilot import (
     SUBTASKS,
     AgentError,
@@ -32,7 +33,6 @@ from audiochat.sim.copilot import (
     simulate_dialogue,
     tool_call,
 )
-from audiochat.core.scene import Scene, diff
 
 DEMO = Scene.from_json((Path(__file__).parent.parent / "data_samples/demo/scene.json").read_text())
 
@@ -383,8 +383,8 @@ def test_template_designer_gives_up_on_an_impossible_scene():
 
 
 def test_move_picks_a_source_that_can_move():
-    from audiochat.sim.copilot import check_edit, plan_edit
     from audiochat.core.scene import Scene, Source
+    from audiochat.sim.copilot import check_edit, plan_edit
     # the bed cannot start 0.5 s away from 0.3 s (it may start anywhere in [0, 0.7]); the knock can
     scene = Scene((Source("bed", "sfx", 0.3, 4.6, caption="steady rain"), Source("knock", "sfx", 1.0, 1.5, caption="door knock")), 5)
     for seed in range(40):

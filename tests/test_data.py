@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from audiochat.cli import main
+from audiochat.core.scene import Scene
 from audiochat.sim.copilot import SUBTASKS, check_edit
 from audiochat.sim.data import (
     EVAL_SEED_RANGE,
@@ -30,7 +31,6 @@ from audiochat.sim.data import (
     load_turn,
     read_records,
 )
-from audiochat.core.scene import Scene
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "data_samples" / "dialogues"

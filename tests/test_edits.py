@@ -4,9 +4,15 @@ import random
 
 import pytest
 
-from audiochat.sim.copilot import SUBTASKS, assistant_plan, plan_edit, random_story
-from audiochat.model.grammar import ANSWER_GRAMMAR, EditGrammar, edit_pattern, fresh_id, known_vocabulary
 from audiochat.core.scene import Edit, Scene, SceneError
+from audiochat.model.grammar import (
+    ANSWER_GRAMMAR,
+    EditGrammar,
+    edit_pattern,
+    fresh_id,
+    known_vocabulary,
+)
+from audiochat.sim.copilot import SUBTASKS, assistant_plan, plan_edit, random_story
 
 BUILTIN = ["add", "remove", "replace", "loudness", "move", "pan"]
 

@@ -6,12 +6,9 @@ import math
 import pytest
 import torch
 
-from audiochat.core.audio import SAMPLE_RATE, resample
-from audiochat.serve.chat import ChatError, train_tiny_run
 from audiochat.cli import main as cli_main
-from audiochat.training.config import resolve
-from audiochat.sim.copilot import AgentError
-from audiochat.sim.data import build_eval, load_turn, read_records
+from audiochat.core.audio import SAMPLE_RATE, resample
+from audiochat.core.scene import Scene, Source, diff
 from audiochat.eval.evaluate import (
     CascadeSystem,
     OracleSystem,
@@ -34,7 +31,10 @@ from audiochat.eval.evaluate import (
     write_story,
 )
 from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
-from audiochat.core.scene import Scene, Source, diff
+from audiochat.serve.chat import ChatError, train_tiny_run
+from audiochat.sim.copilot import AgentError
+from audiochat.sim.data import build_eval, load_turn, read_records
+from audiochat.training.config import resolve
 
 
 @pytest.fixture(scope="module")

@@ -226,8 +226,8 @@ def test_span_denoiser_with_an_exact_model_samples_the_target(tok):
 
 def test_plan_frames_follow_the_scene():
     "Each frame carries the sources sounding at its centre: kind, speaker, caption words, loudness, pan, position."
-    from audiochat.model.forcing import PLAN_FEATURES, plan_frames, source_features
     from audiochat.core.scene import Scene
+    from audiochat.model.forcing import PLAN_FEATURES, plan_frames, source_features
     s = Scene.from_json('{"duration":2,"sources":[{"id":"s1","kind":"speech","speaker":"girl","text":"Hi.","start":0.5,'
                         '"end":1,"loudness_db":-20,"pan":-0.5},{"id":"fx1","kind":"sfx","caption":"rain","start":0,"end":2}]}')
     p = plan_frames(s, 80)

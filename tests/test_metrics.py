@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meeteval.io import SegLST
 
+from audiochat.core.scene import Scene, Source
 from audiochat.eval.metrics import (
     WordErrorRate,
     align_words,
@@ -19,7 +20,6 @@ from audiochat.eval.metrics import (
     word_intervals,
     word_points,
 )
-from audiochat.core.scene import Scene, Source
 
 VOCAB = "a an the door creaked open who is there nobody answered rain thunderstorm whispered quietly".split()
 COLLARS = [0, 0, 0.1, 0.5, 1, 2, 5]
@@ -247,7 +247,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
-from audiochat.sim.copilot import SUBTASKS, plan_edit, random_story  # noqa: E402
 from audiochat.eval.metrics import (  # noqa: E402
     FrameScorer,
     OpenFLAMScorer,
@@ -269,6 +268,7 @@ from audiochat.eval.metrics import (  # noqa: E402
     train_scorer,
     unbiased_score,
 )
+from audiochat.sim.copilot import SUBTASKS, plan_edit, random_story  # noqa: E402
 from audiochat.sim.tools import render  # noqa: E402
 
 

@@ -146,7 +146,8 @@ def test_new_run_into_a_used_folder_is_refused(tmp_path, capsys):
 
 def test_latest_pointer_stays_in_the_run_folder(run2, tmp_path):
     out = tmp_path / "copy"
-    import shutil; shutil.copytree(run2, out)
+    import shutil
+    shutil.copytree(run2, out)
     outside = tmp_path / "elsewhere" / "step-0000009"; shutil.copytree(T.latest_checkpoint(run2), outside)
     for target in ["../../elsewhere/step-0000009", str(outside), "step-0000002/../../../elsewhere/step-0000009"]:
         (out / "checkpoints" / "latest").write_text(target + "\n")

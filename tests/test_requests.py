@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 import audiochat.sim.copilot as copilot
+from audiochat.core.scene import Scene, Source
 from audiochat.sim.copilot import (
     FAMILIES,
     HELD_OUT_FAMILIES,
@@ -23,7 +24,6 @@ from audiochat.sim.copilot import (
     simulate_dialogue,
     story_task,
 )
-from audiochat.core.scene import Scene, Source
 
 
 def training_request(i: int):

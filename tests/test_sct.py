@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from audiochat.model.sct import ARCHS, AudioChatModel, ModelConfig, count_parameters, flops_per_token, preset
+from audiochat.model.sct import (
+    ARCHS,
+    AudioChatModel,
+    ModelConfig,
+    count_parameters,
+    flops_per_token,
+    preset,
+)
 from audiochat.model.transformer import Layout
 
 logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -15,9 +15,9 @@ import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiochat.sim import tools
 from audiochat.core.audio import SAMPLE_RATE, pan_gains
 from audiochat.core.scene import Scene, Source
+from audiochat.sim import tools
 from audiochat.sim.tools import (
     EMOTIONS,
     LIMIT_CEILING,

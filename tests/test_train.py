@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 import audiochat.training.train as T
-from audiochat.training.config import load_config, resolve, save_config
-from audiochat.sim.data import read_records
 from audiochat.model.forcing import LossOutput
+from audiochat.sim.data import read_records
+from audiochat.training.config import load_config, resolve, save_config
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,8 +319,8 @@ def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
 def test_planned_source_gives_assistant_audio_its_scene(codec_dir):
     "plan=True: each assistant audio carries plan_frames of the scene that turn rendered, frame for frame."
     from audiochat.codec.codecs import Codec
-    from audiochat.model.forcing import plan_frames
     from audiochat.core.scene import Scene
+    from audiochat.model.forcing import plan_frames
     codec = Codec.from_pretrained(codec_dir)
     src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, plan=True)
     plain = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec)
@@ -329,3 +329,26 @@ def test_planned_source_gives_assistant_audio_its_scene(codec_dir):
     assert spoken and all(t.plan is None for t in plain.turns(0))
     for t, rec in zip(spoken, record["turns"]):
         assert torch.equal(t.plan, plan_frames(Scene.from_dict(rec["scene"]), t.audio.shape[0]))
+
+
+def test_logged_diffusion_loss_counts_only_steps_with_audio():
+    "A text-only micro-batch has no diffusion loss: the logged `diff` is the mean over the steps that had audio."
+    from types import SimpleNamespace
+
+    import torch
+
+    from audiochat.core.learner import Recorder
+    from audiochat.model.forcing import LossOutput
+    from audiochat.training.train import step_losses
+
+    def out(diff, frames): return LossOutput(torch.tensor(1.0 + diff), torch.tensor(1.0), torch.tensor(diff), 10, frames)
+    learn = SimpleNamespace(outs=[out(0.0, 0), out(0.6, 32)], grad_norm=1.0)
+    assert step_losses(learn)["diff"] == pytest.approx(0.6) and step_losses(learn)["lm"] == 1.0
+    learn.outs = [out(0.0, 0)]
+    assert step_losses(learn)["diff"] is None
+    rec = Recorder(every=3, values=lambda learn: learn.values, keys=("diff",))
+    learn = SimpleNamespace(step=0, stop=3, skipped=False, state={})
+    rec.before_fit(learn)
+    for learn.step, learn.values in zip((1, 2, 3), ({"diff": 0.9}, {"diff": None}, {"diff": 0.5})):
+        rec.after_step(learn)
+    assert learn.row["diff"] == pytest.approx(0.5)  # step 1 made its own row; steps 2 (no audio) and 3: only 3 counts

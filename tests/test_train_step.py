@@ -8,12 +8,19 @@ import torch
 import torch.nn.functional as F
 
 import audiochat.model.forcing as forcing
-import audiochat.training.train as T
 import audiochat.model.transformer as tr
-from audiochat.training.config import resolve
-from audiochat.model.forcing import ForcingConfig, Turn, collate, forcing_loss, pack_dialogue, pack_rows
+import audiochat.training.train as T
+from audiochat.model.forcing import (
+    ForcingConfig,
+    Turn,
+    collate,
+    forcing_loss,
+    pack_dialogue,
+    pack_rows,
+)
 from audiochat.model.sct import AudioChatModel
 from audiochat.model.tokenizer import special_token_ids, train_tokenizer
+from audiochat.training.config import resolve
 
 torch.set_num_threads(1)
 SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",

@@ -1,4 +1,5 @@
-"""The parsers of `audiochat train`, `audiochat eval` and `audiochat codec`, built from the package's source read as text, so `--help` answers before torch loads.
+"""The parsers of `audiochat train`, `audiochat eval` and `audiochat codec`, built from the
+package's source read as text, so `--help` answers before torch loads.
 
 Docs: https://audiochat.github.io/audiochat/args.html.md"""
 
@@ -29,21 +30,31 @@ def _source(module: str) -> str:
 def _tree(module: str) -> ast.Module: return ast.parse(_source(module))
 
 def _absolute(node: ast.ImportFrom, module: str) -> str:
-    "The dotted name (inside the package) of the module a relative `from ..x import y` in `module` imports from."
+    """The dotted name (inside the package) of the module a relative `from ..x import y` in `module`
+    imports from."""
     base = module.split(".")[:-node.level]
     return ".".join(base + ([node.module] if node.module else []))
 
 def _assigned(tree: ast.Module, name: str) -> ast.expr:
     "The value of the module-level assignment `name = ...` in `tree`."
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets): return node.value
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return node.value
     raise KeyError(f"no {name} = ... in the source")
 
 def _comments(source: str) -> dict[int, str]:
     "{line number: its trailing comment}."
     import io
     import tokenize
-    return {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+
+    return {
+        t.start[0]: t.string.lstrip("#").strip()
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.COMMENT
+    }
+
 
 def _default(value: ast.expr | None) -> str:
     "A field's default as source text; `field(default_factory=X)` as `X()`."
@@ -55,103 +66,242 @@ def _default(value: ast.expr | None) -> str:
     return ast.unparse(value)
 
 def config_fields() -> dict[str, tuple[str, str, str]]:
-    """{dotted key: (type, default, comment)} of every training config key, read from the dataclasses' source without
-    importing them (nor torch). The defaults are the dataclasses'; a preset changes some (`train --show-config`)."""
+    """{dotted key: (type, default, comment)} of every training config key, read from the
+    dataclasses'
+    source without importing them (nor torch). The defaults are the dataclasses'; a preset changes
+    some (`train --show-config`)."""
     config = _tree(CONFIG_MODULE)
-    home = {a.asname or a.name: _absolute(n, CONFIG_MODULE) for n in config.body if isinstance(n, ast.ImportFrom) and n.level
-            for a in n.names}
-    sections = {ast.literal_eval(k): v.id for k, v in zip(_assigned(config, "SECTIONS").keys, _assigned(config, "SECTIONS").values)}
+    home = {
+        a.asname or a.name: _absolute(n, CONFIG_MODULE)
+        for n in config.body
+        if isinstance(n, ast.ImportFrom) and n.level
+        for a in n.names
+    }
+    sections = {
+        ast.literal_eval(k): v.id
+        for k, v in zip(_assigned(config, "SECTIONS").keys, _assigned(config, "SECTIONS").values)
+    }
     out = {}
     for section, cls in {**sections, "data.build": "DataConfig"}.items():
         source = _source(home.get(cls, CONFIG_MODULE))
-        node = next(n for n in _tree(home.get(cls, CONFIG_MODULE)).body if isinstance(n, ast.ClassDef) and n.name == cls)
-        lines = source.splitlines()[node.lineno - 1:node.end_lineno]  # only the class is tokenized (fast)
+        node = next(
+            n
+            for n in _tree(home.get(cls, CONFIG_MODULE)).body
+            if isinstance(n, ast.ClassDef) and n.name == cls
+        )
+        # only the class is tokenized (fast)
+        lines = source.splitlines()[node.lineno - 1:node.end_lineno]
         notes = {node.lineno - 1 + k: v for k, v in _comments("\n".join(lines) + "\n").items()}
         for f in node.body:
             if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name):
-                out[f"{section}.{f.target.id}"] = (ast.unparse(f.annotation), _default(f.value), notes.get(f.end_lineno, ""))
+                out[f"{section}.{f.target.id}"] = (
+                    ast.unparse(f.annotation),
+                    _default(f.value),
+                    notes.get(f.end_lineno, ""),
+                )
     return out
 
 def config_help() -> str:
     "Every config key as a line of `train --help`: --KEY=DEFAULT (type, range)  what it is."
     config = _tree(CONFIG_MODULE)
     ranges = ast.literal_eval(_assigned(config, "RANGES"))
-    lines = ["config keys, each set as --KEY=VALUE (defaults before a preset applies; --show-config prints the resolved config):"]
+    lines = [
+        "config keys, each set as --KEY=VALUE (defaults before a preset applies; --show-config "
+        "prints the resolved config):"
+    ]
     for key, (kind, default, note) in config_fields().items():
         rule = ranges.get(key)
-        lines.append(f"  --{key}={default}  ({kind}{', ' + rule if rule else ''})" + (f"  {note}" if note else ""))
+        lines.append(
+            f"  --{key}={default}  ({kind}{', ' + rule if rule else ''})"
+            + (f"  {note}" if note else "")
+        )
     return "\n".join(lines)
 
 # %% ../../nbs/05a_args.ipynb #a1cd3af5
 def train_parser() -> argparse.ArgumentParser:
-    "The parser of `audiochat train`; its help lists every config key (`config_help`). Builds without torch."
+    """The parser of `audiochat train`; its help lists every config key (`config_help`). Builds
+    without torch."""
     presets = [ast.literal_eval(k) for k in _assigned(_tree(CONFIG_MODULE), "PRESETS").keys]
-    p = argparse.ArgumentParser(prog="audiochat train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Train an AudioChat model with the forcing loss.", epilog=config_help())
-    p.add_argument("--preset", default="tiny", choices=sorted(presets), help="size preset (default: tiny)")
-    p.add_argument("--config", default=None, help="YAML file of config sections, applied over the preset")
-    p.add_argument("--resume", action="store_true", help="continue from run.out/checkpoints/latest (with its saved config)")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in run.out first (default: refuse)")
-    p.add_argument("--until", type=int, default=None, help="stop after this step (a later --resume continues)")
+    p = argparse.ArgumentParser(
+        prog="audiochat train",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train an AudioChat model with the forcing loss.",
+        epilog=config_help(),
+    )
+    p.add_argument(
+        "--preset", default="tiny", choices=sorted(presets), help="size preset (default: tiny)"
+    )
+    p.add_argument(
+        "--config", default=None, help="YAML file of config sections, applied over the preset"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from run.out/checkpoints/latest (with its saved config)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run in run.out first (default: refuse)",
+    )
+    p.add_argument(
+        "--until", type=int, default=None, help="stop after this step (a later --resume continues)"
+    )
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     return p
 
-
 # %% ../../nbs/05a_args.ipynb #375b29a3
 def eval_parser() -> argparse.ArgumentParser:
-    "The parser of `audiochat eval`, built without torch (its defaults read from `audiochat/eval/evaluate.py`'s source)."
+    """The parser of `audiochat eval`, built without torch (its defaults read from
+    `audiochat/eval/evaluate.py`'s source)."""
     tree = _tree("eval.evaluate")
-    split, clap = (ast.literal_eval(_assigned(tree, name)) for name in ("SPLIT_NAME", "DEFAULT_CLAP"))
-    p = argparse.ArgumentParser(prog="audiochat eval", description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
-                                "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), understanding (tcpWER, captioning multiFLAM).")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]DIR", help="a training run folder (repeatable)")
-    p.add_argument("--baselines", default="oracle,cascade", help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth through that codec), or none (default: oracle,cascade)")
-    p.add_argument("--split", default=split, help=f"a built eval folder, or {split} (built into the cache if missing)")
-    p.add_argument("--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)")
-    p.add_argument("--scorer", default=None, help="a saved TinyFLAM folder (default: the cached one, trained once)")
+    split, clap = (
+        ast.literal_eval(_assigned(tree, name)) for name in ("SPLIT_NAME", "DEFAULT_CLAP")
+    )
+    p = argparse.ArgumentParser(
+        prog="audiochat eval",
+        description="Evaluate trained runs and baselines on StoryGen-Eval-mini: "
+        "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), "
+        "understanding (tcpWER, captioning multiFLAM).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="a training run folder (repeatable)",
+    )
+    p.add_argument(
+        "--baselines",
+        default="oracle,cascade",
+        help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth "
+             "through that codec), or none (default: oracle,cascade)",
+    )
+    p.add_argument(
+        "--split",
+        default=split,
+        help=f"a built eval folder, or {split} (built into the cache if missing)",
+    )
+    p.add_argument(
+        "--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)"
+    )
+    p.add_argument(
+        "--scorer",
+        default=None,
+        help="a saved TinyFLAM folder (default: the cached one, trained once)",
+    )
     p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
-    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every system's sampling (default: 0)")
-    p.add_argument("--cascade-llm", default="script", help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL")
-    p.add_argument("--cascade-url", default=None, help="base URL of the OpenAI-compatible server for --cascade-llm openai:...")
-    p.add_argument("--embeddings", choices=("scorer", "clap"), default=None,
-                   help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a CLAP model's, as papers use)")
-    p.add_argument("--clap", default=None, metavar="MODEL", help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
-                   f"hf:ORG/NAME or ORG/NAME (default: {clap}); implies --embeddings clap")
+    p.add_argument(
+        "--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)"
+    )
+    p.add_argument(
+        "--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of every system's sampling (default: 0)"
+    )
+    p.add_argument(
+        "--cascade-llm",
+        default="script",
+        help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL",
+    )
+    p.add_argument(
+        "--cascade-url",
+        default=None,
+        help="base URL of the OpenAI-compatible server for --cascade-llm openai:...",
+    )
+    p.add_argument(
+        "--embeddings",
+        choices=("scorer", "clap"),
+        default=None,
+        help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a "
+             "CLAP model's, as papers use)",
+    )
+    p.add_argument(
+        "--clap",
+        default=None,
+        metavar="MODEL",
+        help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
+        f"hf:ORG/NAME or ORG/NAME (default: {clap}); implies --embeddings clap",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-ceiling", action="store_true", help="no codec-ceiling row (the ground truth through each run's codec)")
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="no codec-ceiling row (the ground truth through each run's codec)",
+    )
     return p
 
 # %% ../../nbs/05a_args.ipynb #93d00837
 def codec_parser() -> argparse.ArgumentParser:
-    "The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets read from `audiochat/codec/codecs.py`)."
+    """The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets
+    read from `audiochat/codec/codecs.py`)."""
     presets = [ast.literal_eval(k) for k in _assigned(_tree("codec.codecs"), "PRESETS").keys]
-    p = argparse.ArgumentParser(prog="audiochat codec", description="Train, use and evaluate the audio codec.")
+    p = argparse.ArgumentParser(
+        prog="audiochat codec", description="Train, use and evaluate the audio codec."
+    )
     sub = p.add_subparsers(dest="action", required=True)
     t = sub.add_parser("train", help="train a codec on the audio files under a folder")
     t.add_argument("--preset", default="tiny", choices=sorted(presets))
-    t.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
+    t.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="folder(s) of .wav/.flac files (searched recursively)",
+    )
     t.add_argument("--out", default=None, help="output folder (default: runs/codec-PRESET)")
-    t.add_argument("--steps", type=int, default=None, help="total steps to reach (default 2000 unless --minutes)")
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="total steps to reach (default 2000 unless --minutes)",
+    )
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    t.add_argument("--device", default="auto"); t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)")
-    f = sub.add_parser("fit", help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to train)")
-    f.add_argument("--data", required=True, nargs="+", help="folder(s) of .wav/.flac files (searched recursively)")
-    f.add_argument("--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of the tiny preset")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)"
+    )
+    f = sub.add_parser(
+        "fit",
+        help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to "
+             "train)",
+    )
+    f.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="folder(s) of .wav/.flac files (searched recursively)",
+    )
+    f.add_argument(
+        "--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)"
+    )
+    f.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field of the tiny preset",
+    )
     e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
     e.add_argument("--model", required=True, help="codec folder (save_pretrained)")
-    e.add_argument("--data", required=True); e.add_argument("--out", required=True)
-    e.add_argument("--shard-files", type=int, default=256); e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--shard-files", type=int, default=256)
+    e.add_argument("--overwrite", action="store_true")
     e.add_argument("--device", default="auto")
     v = sub.add_parser("eval", help="reconstruction figures on a folder of audio, with baselines")
-    v.add_argument("--model", required=True); v.add_argument("--data", required=True)
-    v.add_argument("--max-files", type=int, default=None); v.add_argument("--max-seconds", type=float, default=None)
-    v.add_argument("--lowpass-hz", type=float, default=4000.0); v.add_argument("--json", default=None, help="also write the result here")
+    v.add_argument("--model", required=True)
+    v.add_argument("--data", required=True)
+    v.add_argument("--max-files", type=int, default=None)
+    v.add_argument("--max-seconds", type=float, default=None)
+    v.add_argument("--lowpass-hz", type=float, default=4000.0)
+    v.add_argument("--json", default=None, help="also write the result here")
     v.add_argument("--device", default="cpu")
     return p
 

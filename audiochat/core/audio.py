@@ -1,4 +1,5 @@
-"""Load and save audio, resample, measure and set loudness, pan in stereo, draw spectrograms with labelled sources, and play clips.
+"""Load and save audio, resample, measure and set loudness, pan in stereo, draw spectrograms with
+labelled sources, and play clips.
 
 Docs: https://audiochat.github.io/audiochat/audio.html.md"""
 
@@ -26,34 +27,51 @@ SAMPLE_RATE = 16_000  # the project's audio rate (Hz)
 FRAME_RATE = 40  # codec latent frames per second (docs/method.md section 1)
 HOP = SAMPLE_RATE // FRAME_RATE  # samples per latent frame
 
-MAX_AUDIO_SECONDS = 600.0  # longest file `load_audio` reads by default (10 minutes; the chat engine takes 30 s)
+# longest file `load_audio` reads by default (10 minutes; the chat engine takes 30 s)
+MAX_AUDIO_SECONDS = 600.0
 SAMPLE_RATE_RANGE = (1000, 384_000)  # Hz: file rates outside this are refused
-MAX_PEAK = 4.0  # float files peaking above 4x full scale (+12 dBFS) are refused: not audio scaled to [-1, 1]
+# float files peaking above 4x full scale (+12 dBFS) are refused: not audio scaled to [-1, 1]
+MAX_PEAK = 4.0
 MAX_CHANNELS = 8  # files with more channels are refused from the header
-MAX_DECODED_SAMPLES = 28_800_000  # frames x channels one `load_audio` decodes (115 MB of float32: 10 min of 48 kHz mono)
+# frames x channels one `load_audio` decodes (115 MB of float32: 10 min of 48 kHz mono)
+MAX_DECODED_SAMPLES = 28_800_000
 
 class AudioError(ValueError):
-    "Raised for audio that cannot be used: unreadable, too long, an odd header, empty, too loud, or NaN/inf samples."
+    """Raised for audio that cannot be used: unreadable, too long, an odd header, empty, too loud,
+    or NaN/inf samples."""
 
 def inside(folder, name, what: str) -> Path:
-    "`folder / name` when it stays inside `folder` (no `..`, no absolute path, no link out); else a ValueError naming `what`."
+    """`folder / name` when it stays inside `folder` (no `..`, no absolute path, no link out); else
+    a ValueError naming `what`."""
     folder = Path(folder).resolve()
-    if not isinstance(name, str) or not name or "\x00" in name or not (folder / name).resolve().is_relative_to(folder):
+    if (
+        not isinstance(name, str)
+        or not name
+        or "\x00" in name
+        or not (folder / name).resolve().is_relative_to(folder)
+    ):
         raise ValueError(f"{what}: {str(name)[:200]!r} points outside {folder}")
     return (folder / name).resolve()
 
 # %% ../../nbs/01_audio.ipynb #484198fe
 def as_tensor(x) -> torch.Tensor:
-    "`x` (array, tensor or list) as a float32 tensor of shape (channels, samples); 1-D input becomes one channel."
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
+    """`x` (array, tensor or list) as a float32 tensor of shape (channels, samples); 1-D input
+    becomes one channel."""
+    x = torch.as_tensor(
+        np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32
+    )
     if x.ndim == 1: x = x[None]
-    if x.ndim != 2: raise AudioError(f"audio must have shape (channels, samples) or (samples,), got {tuple(x.shape)}")
+    if x.ndim != 2:
+        raise AudioError(
+            f"audio must have shape (channels, samples) or (samples,), got {tuple(x.shape)}"
+        )
     return x
 
 def check_audio(x, name: str = "audio") -> torch.Tensor:
     "Return `x` as a (channels, samples) tensor, raising `AudioError` if it is empty or not finite."
     x = as_tensor(x)
-    if x.shape[-1] == 0 or x.shape[0] == 0: raise AudioError(f"{name} is empty (shape {tuple(x.shape)})")
+    if x.shape[-1] == 0 or x.shape[0] == 0:
+        raise AudioError(f"{name} is empty (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise AudioError(f"{name} contains {bad} NaN/inf samples")
@@ -61,7 +79,8 @@ def check_audio(x, name: str = "audio") -> torch.Tensor:
 
 # %% ../../nbs/01_audio.ipynb #d08c35cc
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    "Convert (C, T) audio to `channels` channels: mono is copied to every channel, several channels are averaged to mono."
+    """Convert (C, T) audio to `channels` channels: mono is copied to every channel, several
+    channels are averaged to mono."""
     if channels not in (1, 2): raise ValueError(f"channels must be 1 or 2, got {channels}")
     if x.shape[0] == channels: return x
     if x.shape[0] == 1: return x.expand(channels, -1).clone()
@@ -69,8 +88,9 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise AudioError(f"cannot convert {x.shape[0]} channels to {channels}")
 
 def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Tensor:
-    """Resample (C, T) audio from `sr_in` to `sr_out` Hz: `scipy.signal.resample_poly` (a Kaiser-windowed polyphase
-    filter), exact for every pair of rates, odd ones such as 12007 Hz included; ceil(T * sr_out / sr_in) samples."""
+    """Resample (C, T) audio from `sr_in` to `sr_out` Hz: `scipy.signal.resample_poly` (a
+    Kaiser-windowed polyphase filter), exact for every pair of rates, odd ones such as 12007 Hz
+    included; ceil(T * sr_out / sr_in) samples."""
     if sr_in == sr_out: return x
     from scipy.signal import resample_poly
     g = math.gcd(int(sr_in), int(sr_out))
@@ -78,38 +98,75 @@ def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Te
     return torch.from_numpy(y).to(x.device, torch.float32)
 
 # %% ../../nbs/01_audio.ipynb #59ec5d8e
-def load_audio(path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS) -> torch.Tensor:
-    """Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2 converts, None keeps the
-    file's. The header is checked before anything is decoded: the rate in `SAMPLE_RATE_RANGE`, at most `MAX_CHANNELS` channels,
-    `max_seconds` seconds and `MAX_DECODED_SAMPLES` samples (a pipe or device is not read); a float file peaking above `MAX_PEAK` is refused too (`AudioError` naming the file)."""
+def load_audio(
+    path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS
+) -> torch.Tensor:
+    """Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2
+    converts, None keeps the file's. The header is checked before anything is decoded: the rate in
+    `SAMPLE_RATE_RANGE`, at most `MAX_CHANNELS` channels, `max_seconds` seconds and
+    `MAX_DECODED_SAMPLES` samples (a pipe or device is not read); a float file peaking above
+    `MAX_PEAK` is refused too (`AudioError` naming the file)."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"audio file not found: {path}")
     if path.is_dir(): raise AudioError(f"{path} is a folder, not an audio file")
-    if not path.is_file(): raise AudioError(f"{path} is not a regular file (a pipe, socket or device): not read")
-    try: info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as e: raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
+    if not path.is_file():
+        raise AudioError(f"{path} is not a regular file (a pipe, socket or device): not read")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
     lo, hi = SAMPLE_RATE_RANGE
-    if not lo <= info.samplerate <= hi: raise AudioError(f"{path}: its header says {info.samplerate} Hz; rates in [{lo}, {hi}] Hz are read")
-    if not 1 <= info.channels <= MAX_CHANNELS: raise AudioError(f"{path}: its header says {info.channels} channels; at most {MAX_CHANNELS} are read")
-    if channels == 2 and info.channels > 2: raise AudioError(f"{path} has {info.channels} channels: give a mono or stereo file (channels=2)")
+    if not lo <= info.samplerate <= hi:
+        raise AudioError(
+            f"{path}: its header says {info.samplerate} Hz; rates in [{lo}, {hi}] Hz are read"
+        )
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(
+            f"{path}: its header says {info.channels} channels; at most {MAX_CHANNELS} are read"
+        )
+    if channels == 2 and info.channels > 2:
+        raise AudioError(
+            f"{path} has {info.channels} channels: give a mono or stereo file (channels=2)"
+        )
     if info.frames > max_seconds * info.samplerate:
-        raise AudioError(f"{path} is {info.frames / info.samplerate:.1f} s long; at most {max_seconds:g} s are read (max_seconds)")
+        raise AudioError(
+            f"{path} is {info.frames / info.samplerate:.1f} s long; at most {max_seconds:g} s are "
+            "read (max_seconds)"
+        )
     if info.frames * info.channels > MAX_DECODED_SAMPLES:
-        raise AudioError(f"{path}: {info.frames / info.samplerate:.0f} s x {info.channels} channels at {info.samplerate} Hz is "
-                         f"{info.frames * info.channels:,} samples; at most {MAX_DECODED_SAMPLES:,} are decoded (MAX_DECODED_SAMPLES)")
-    try: data, file_sr = sf.read(str(path), dtype="float32", always_2d=True, frames=int(max_seconds * info.samplerate) + 1)
-    except sf.LibsndfileError as e: raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
-    if len(data) > max_seconds * file_sr: raise AudioError(f"{path} is longer than {max_seconds:g} s (max_seconds)")
+        raise AudioError(
+            f"{path}: {info.frames / info.samplerate:.0f} s x {info.channels} channels at "
+            f"{info.samplerate} Hz is "
+            f"{info.frames * info.channels:,} samples; at most {MAX_DECODED_SAMPLES:,} are decoded "
+            "(MAX_DECODED_SAMPLES)"
+        )
+    try:
+        data, file_sr = sf.read(
+            str(path),
+            dtype="float32",
+            always_2d=True,
+            frames=int(max_seconds * info.samplerate) + 1,
+        )
+    except sf.LibsndfileError as e:
+        raise AudioError(f"cannot read {path}: not a supported audio format ({e})") from None
+    if len(data) > max_seconds * file_sr:
+        raise AudioError(f"{path} is longer than {max_seconds:g} s (max_seconds)")
     x = check_audio(torch.from_numpy(np.ascontiguousarray(data.T)), name=str(path))  # mono: no copy
     peak = float(x.abs().max())
-    if peak > MAX_PEAK: raise AudioError(f"{path} peaks at {peak:.3g}x full scale (more than {MAX_PEAK:g}x): not audio scaled to [-1, 1]")
+    if peak > MAX_PEAK:
+        raise AudioError(
+            f"{path} peaks at {peak:.3g}x full scale (more than {MAX_PEAK:g}x): not audio scaled "
+            "to [-1, 1]"
+        )
     if channels is not None: x = to_channels(x, channels)
     return resample(x, file_sr, sr)
 
 def save_audio(path, x, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
-    "Write (C, T) audio to `path` (format from the suffix, 16-bit PCM by default); creates parent folders."
+    """Write (C, T) audio to `path` (format from the suffix, 16-bit PCM by default); creates parent
+    folders."""
     x = check_audio(x)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), x.clamp(-1, 1).T.numpy(), sr, subtype=subtype)
     return path
 
@@ -117,8 +174,10 @@ def save_audio(path, x, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
 BLOCK_SECONDS = 0.4  # BS.1770 gating block
 
 def loudness(x, sr: int = SAMPLE_RATE) -> float:
-    "Integrated loudness (LUFS, BS.1770 via pyloudnorm) of (C, T) audio; clips under 400 ms are measured as one block."
-    import pyloudnorm as pyln  # scipy.signal: half a second, paid only by the code that measures loudness
+    """Integrated loudness (LUFS, BS.1770 via pyloudnorm) of (C, T) audio; clips under 400 ms are
+    measured as one block."""
+    # scipy.signal: half a second, paid only by the code that measures loudness
+    import pyloudnorm as pyln
     x = check_audio(x)
     duration = x.shape[-1] / sr
     meter = pyln.Meter(sr, block_size=min(BLOCK_SECONDS, duration))
@@ -146,18 +205,29 @@ def pan(x, pan: float) -> torch.Tensor:
     return torch.cat([x * gl, x * gr])
 
 # %% ../../nbs/01_audio.ipynb #9d34165b
-def mel_spectrogram(x, sr: int = SAMPLE_RATE, n_mels: int = 80, n_fft: int = 1024, hop: int | None = None,
-                    top_db: float = 80.0) -> torch.Tensor:
-    "Log-mel spectrogram in dB of (C, T) audio: (C, n_mels, frames), torchaudio's MelSpectrogram + AmplitudeToDB."
+def mel_spectrogram(
+    x,
+    sr: int = SAMPLE_RATE,
+    n_mels: int = 80,
+    n_fft: int = 1024,
+    hop: int | None = None,
+    top_db: float = 80.0,
+) -> torch.Tensor:
+    """Log-mel spectrogram in dB of (C, T) audio: (C, n_mels, frames), torchaudio's MelSpectrogram +
+    AmplitudeToDB."""
     x = check_audio(x)
     hop = hop or n_fft // 4
-    if x.shape[-1] <= n_fft // 2: x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.shape[-1]))  # a clip shorter than half a window
-    mel = torchaudio.transforms.MelSpectrogram(sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels, power=2.0)(x)
+    # a clip shorter than half a window
+    if x.shape[-1] <= n_fft // 2: x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.shape[-1]))
+    mel = torchaudio.transforms.MelSpectrogram(
+        sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels, power=2.0
+    )(x)
     return torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)(mel)
 
 # %% ../../nbs/01_audio.ipynb #36968196
 def _envelope(x: torch.Tensor, sr: int, bins: int = 1500):
-    "Min/max envelope of a 1-D signal in `bins` time bins: draws like the waveform at a fraction of the points."
+    """Min/max envelope of a 1-D signal in `bins` time bins: draws like the waveform at a fraction
+    of the points."""
     n = max(1, x.numel() // bins)
     k = x.numel() // n
     y = x[: k * n].reshape(k, n)
@@ -166,43 +236,66 @@ def _envelope(x: torch.Tensor, sr: int, bins: int = 1500):
 
 # %% ../../nbs/01_audio.ipynb #43cc95ff
 def plot_audio(x, sr: int = SAMPLE_RATE, spans=None, title: str | None = None, figsize=(9, 3.6)):
-    """Waveform (top) and log-mel spectrogram (bottom) of (C, T) audio, channels averaged for the spectrogram.
-    `spans`: optional (start_s, end_s, label) tuples drawn as labelled bars, one lane per span."""
-    import matplotlib.pyplot as plt  # imported by the code that draws, not by every module that reads audio
+    """Waveform (top) and log-mel spectrogram (bottom) of (C, T) audio, channels averaged for the
+    spectrogram. `spans`: optional (start_s, end_s, label) tuples drawn as labelled bars, one lane
+    per span."""
+    # imported by the code that draws, not by every module that reads audio
+    import matplotlib.pyplot as plt
     x = check_audio(x)
     spans = list(spans or [])
-    fig, (ax_w, ax_s) = plt.subplots(2, 1, figsize=figsize, sharex=True, gridspec_kw=dict(height_ratios=[1, 2]))
+    fig, (ax_w, ax_s) = plt.subplots(
+        2, 1, figsize=figsize, sharex=True, gridspec_kw=dict(height_ratios=[1, 2])
+    )
     t_end = x.shape[-1] / sr
     for c, name in zip(range(x.shape[0]), ("L", "R") if x.shape[0] == 2 else ("",)):
         tt, lo, hi = _envelope(x[c], sr)
         ax_w.fill_between(tt, lo, hi, lw=0, alpha=0.6, label=name or None)
     if x.shape[0] == 2: ax_w.legend(loc="upper right", fontsize=7)
-    ax_w.set_ylabel("amplitude"); ax_w.set_ylim(-1.05, 1.05)
+    ax_w.set_ylabel("amplitude")
+    ax_w.set_ylim(-1.05, 1.05)
     m = mel_spectrogram(x.mean(0, keepdim=True), sr)[0].numpy()
     ax_s.imshow(m, origin="lower", aspect="auto", extent=(0, t_end, 0, m.shape[0]), cmap="magma")
-    ax_s.set_ylabel("mel bin"); ax_s.set_xlabel("time (s)")
+    ax_s.set_ylabel("mel bin")
+    ax_s.set_xlabel("time (s)")
     colors = plt.cm.tab10.colors
     for i, (start, end, label) in enumerate(spans):
         lane = m.shape[0] * (0.92 - 0.1 * (i % 8))
-        ax_s.add_patch(plt.Rectangle((start, lane), end - start, m.shape[0] * 0.07, color=colors[i % 10], alpha=0.75))
-        ax_s.text(start + 0.02, lane + m.shape[0] * 0.015, label, fontsize=7, color="white", clip_on=True)
+        ax_s.add_patch(
+            plt.Rectangle(
+                (start, lane), end - start, m.shape[0] * 0.07, color=colors[i % 10], alpha=0.75
+            )
+        )
+        ax_s.text(
+            start + 0.02, lane + m.shape[0] * 0.015, label, fontsize=7, color="white", clip_on=True
+        )
         ax_w.axvspan(start, end, color=colors[i % 10], alpha=0.08)
     if title: ax_w.set_title(title)
     fig.tight_layout()
     return fig
 
 # %% ../../nbs/01_audio.ipynb #ffff5270
-def plot_before_after(before, after, sample_rate: int, changed: list, title: str | None = None, figsize=(9, 4.2)):
-    """Log-mel spectrograms of an edit's audio before (top) and after (bottom), the spans it changed (`edited_spans`)
-    outlined: outside them the two should look alike."""
+def plot_before_after(
+    before, after, sample_rate: int, changed: list, title: str | None = None, figsize=(9, 4.2)
+):
+    """Log-mel spectrograms of an edit's audio before (top) and after (bottom), the spans it changed
+    (`edited_spans`) outlined: outside them the two should look alike."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 1, figsize=figsize, sharex=True)
     for ax, x, name in zip(axes, (before, after), ("before", "after")):
         x = check_audio(x)
-        seconds, m = x.shape[-1] / sample_rate, mel_spectrogram(x.mean(0, keepdim=True), sample_rate)[0].numpy()
-        ax.imshow(m, origin="lower", aspect="auto", extent=(0, seconds, 0, m.shape[0]), cmap="magma")
+        seconds, m = (
+            x.shape[-1] / sample_rate,
+            mel_spectrogram(x.mean(0, keepdim=True), sample_rate)[0].numpy(),
+        )
+        ax.imshow(
+            m, origin="lower", aspect="auto", extent=(0, seconds, 0, m.shape[0]), cmap="magma"
+        )
         for start, end in changed:
-            ax.add_patch(plt.Rectangle((start, 0), end - start, m.shape[0], fill=False, edgecolor="cyan", lw=2, ls="--"))
+            ax.add_patch(
+                plt.Rectangle(
+                    (start, 0), end - start, m.shape[0], fill=False, edgecolor="cyan", lw=2, ls="--"
+                )
+            )
         ax.set_ylabel(f"{name}\nmel bin")
     axes[-1].set_xlabel("time (s)")
     if title: axes[0].set_title(title)
@@ -211,8 +304,10 @@ def plot_before_after(before, after, sample_rate: int, changed: list, title: str
 
 # %% ../../nbs/01_audio.ipynb #cb01a77c
 def show_jpeg(fig, dpi: int = 80, quality: int = 70):
-    "Display a matplotlib figure in a notebook as a JPEG image (much smaller than PNG for spectrograms), then close it."
+    """Display a matplotlib figure in a notebook as a JPEG image (much smaller than PNG for
+    spectrograms), then close it."""
     import io
+
     import matplotlib.pyplot as plt
     from IPython.display import Image, display
     buf = io.BytesIO()
@@ -222,9 +317,11 @@ def show_jpeg(fig, dpi: int = 80, quality: int = 70):
 
 # %% ../../nbs/01_audio.ipynb #6955056a
 def audio_player(x, sr: int = SAMPLE_RATE, compress: bool = True):
-    """An IPython audio player for (C, T) audio, without loudness normalisation (levels are heard as they are).
-    `compress` embeds OGG Vorbis, about ten times smaller than WAV in a saved notebook; False embeds exact WAV."""
+    """An IPython audio player for (C, T) audio, without loudness normalisation (levels are heard as
+    they are). `compress` embeds OGG Vorbis, about ten times smaller than WAV in a saved notebook;
+    False embeds exact WAV."""
     import io
+
     from IPython.display import Audio
     x = check_audio(x).clamp(-1, 1)
     if not compress: return Audio(x.numpy(), rate=sr, normalize=False)

@@ -1,6 +1,7 @@
-"""One training loop for every trained part: `fit` runs optimiser steps and calls callbacks at fixed events. Gradient
-accumulation, clipping, NaN/inf skipping, EMA, logging (JSONL, TensorBoard, tqdm), evaluation and atomic
-safetensors checkpoints with exact resume are one small callback each.
+"""One training loop for every trained part: `fit` runs optimiser steps and calls callbacks at
+fixed events. Gradient accumulation, clipping, NaN/inf skipping, EMA, logging (JSONL,
+TensorBoard, tqdm), evaluation and atomic safetensors checkpoints with exact resume are one
+small callback each.
 
 Docs: https://audiochat.github.io/audiochat/learner.html.md"""
 
@@ -35,23 +36,60 @@ class SkipStep(Exception):
 class StopFit(Exception):
     "Raised by a callback: end the run now; `after_fit` still runs."
 
-EVENTS = ("before_fit", "before_step", "before_batch", "after_loss", "after_backward", "after_step", "after_fit", "cleanup_fit")
+EVENTS = (
+    "before_fit",
+    "before_step",
+    "before_batch",
+    "after_loss",
+    "after_backward",
+    "after_step",
+    "after_fit",
+    "cleanup_fit",
+)
+
 
 class Callback:
-    "One concern of the loop: methods named after `EVENTS`, each called with the `Learner`; lower `order` runs first."
+    """One concern of the loop: methods named after `EVENTS`, each called with the `Learner`; lower
+    `order` runs first."""
     order = 0
 
 # %% ../../nbs/12_learner.ipynb #870d9f25
 class Learner:
-    "What callbacks read and change during `fit`: model, optimiser, the current micro-batch and loss, and `state`."
-    def __init__(self, model, opt, loss_fn, batch_at, stop: int | None = None, cbs=(), state: dict | None = None):
-        self.model, self.opt, self.loss_fn, self.batch_at, self.stop = model, opt, loss_fn, batch_at, stop
+    """What callbacks read and change during `fit`: model, optimiser, the current micro-batch and
+    loss, and `state`."""
+
+    def __init__(
+        self,
+        model,
+        opt,
+        loss_fn,
+        batch_at,
+        stop: int | None = None,
+        cbs=(),
+        state: dict | None = None,
+    ):
+        self.model, self.opt, self.loss_fn, self.batch_at, self.stop = (
+            model,
+            opt,
+            loss_fn,
+            batch_at,
+            stop,
+        )
         self.cbs = sorted((cb for cb in cbs if cb is not None), key=lambda cb: cb.order)
         for cb in self.cbs:
-            unknown = [n for n in dir(cb) if n.startswith(("before_", "after_", "cleanup_")) and n not in EVENTS]
-            if unknown: raise AttributeError(f"{type(cb).__name__}.{unknown[0]} is named like an event but is not one of {EVENTS}")
+            unknown = [
+                n
+                for n in dir(cb)
+                if n.startswith(("before_", "after_", "cleanup_")) and n not in EVENTS
+            ]
+            if unknown:
+                raise AttributeError(
+                    f"{type(cb).__name__}.{unknown[0]} is named like an event but is not one of "
+                    f"{EVENTS}"
+                )
         self.state = {} if state is None else state
-        self.state.setdefault("step", 0); self.state.setdefault("seconds", 0.0)
+        self.state.setdefault("step", 0)
+        self.state.setdefault("seconds", 0.0)
         self.accumulate, self.micro, self.g, self.lr = 1, 0, 0, opt.param_groups[0]["lr"]
         self.batch = self.out = self.loss = self.grad_norm = self.row = self.evaluation = None
         self.outs, self.skipped = [], False
@@ -64,11 +102,14 @@ class Learner:
             if hasattr(cb, event): getattr(cb, event)(self)
 
 # %% ../../nbs/12_learner.ipynb #f7b04157
-def fit(model, opt, loss_fn, batch_at, steps: int | None = None, cbs=(), state: dict | None = None) -> dict:
-    """Train `model` with `opt` until `state['step']` reaches `steps` (None: until a callback raises `StopFit`).
-    A step: `learn.accumulate` micro-batches, each `batch_at(learn)`, `loss_fn(learn)` (a loss tensor or an object
-    with `.loss`) and backward of loss / accumulate; then `opt.step()` unless a callback raised `SkipStep`.
-    Returns the state (step, seconds and what the callbacks keep there)."""
+def fit(
+    model, opt, loss_fn, batch_at, steps: int | None = None, cbs=(), state: dict | None = None
+) -> dict:
+    """Train `model` with `opt` until `state['step']` reaches `steps` (None: until a callback raises
+    `StopFit`). A step: `learn.accumulate` micro-batches, each `batch_at(learn)`, `loss_fn(learn)`
+    (a loss tensor or an object with `.loss`) and backward of loss / accumulate; then `opt.step()`
+    unless a callback raised `SkipStep`. Returns the state (step, seconds and what the callbacks
+    keep there)."""
     learn = Learner(model, opt, loss_fn, batch_at, steps, cbs, state)
     try:
         learn("before_fit")
@@ -92,7 +133,8 @@ def fit(model, opt, loss_fn, batch_at, steps: int | None = None, cbs=(), state: 
                     learn("after_backward")
                     opt.step()
                 except SkipStep:
-                    opt.zero_grad(set_to_none=True); learn.skipped = True
+                    opt.zero_grad(set_to_none=True)
+                    learn.skipped = True
                 learn.state["step"] += 1
                 learn.state["seconds"] = seconds0 + time.perf_counter() - t0
                 learn("after_step")
@@ -103,7 +145,8 @@ def fit(model, opt, loss_fn, batch_at, steps: int | None = None, cbs=(), state: 
 
 # %% ../../nbs/12_learner.ipynb #355405d3
 class Schedule(Callback):
-    "Set every param group's learning rate to `lr_at(step)` at the start of each step; `learn.lr` keeps it."
+    """Set every param group's learning rate to `lr_at(step)` at the start of each step; `learn.lr`
+    keeps it."""
     def __init__(self, lr_at): self.lr_at = lr_at
     def before_step(self, learn):
         learn.lr = self.lr_at(learn.step)
@@ -111,16 +154,19 @@ class Schedule(Callback):
 
 # %% ../../nbs/12_learner.ipynb #bf2ee4d0
 class GradientAccumulation(Callback):
-    """`n` micro-batches per optimiser step: the gradient of n times the batch. Under DDP the processes average
-    their gradients only after the last micro-batch (`no_sync` around the others)."""
+    """`n` micro-batches per optimiser step: the gradient of n times the batch. Under DDP the
+    processes
+    average their gradients only after the last micro-batch (`no_sync` around the others)."""
     def __init__(self, n: int): self.n = n
     def before_fit(self, learn): learn.accumulate = self.n
     def before_batch(self, learn):
-        if learn.micro < self.n - 1 and hasattr(learn.model, "no_sync"): learn.batch_context.enter_context(learn.model.no_sync())
+        if learn.micro < self.n - 1 and hasattr(learn.model, "no_sync"):
+            learn.batch_context.enter_context(learn.model.no_sync())
 
 # %% ../../nbs/12_learner.ipynb #b19ac5a0
 class ClipGrad(Callback):
-    "Rescale the gradients to a global norm of at most `max_norm` (<= 0: measure only); `learn.grad_norm` is the norm before."
+    """Rescale the gradients to a global norm of at most `max_norm` (<= 0: measure only);
+    `learn.grad_norm` is the norm before."""
     order = 10
     def __init__(self, max_norm: float): self.max_norm = max_norm
     def after_backward(self, learn):
@@ -129,47 +175,78 @@ class ClipGrad(Callback):
 
 # %% ../../nbs/12_learner.ipynb #c73dde57
 class SkipNonFinite(Callback):
-    """Skip a step whose loss (any micro-batch; `None` too) or gradient norm is NaN/inf, counted in state['bad_steps'];
-    the `max_in_row`-th bad step in a row stops the run (`FloatingPointError` naming the last checkpoint, then `advice`).
-    `any_process(bad)`: whether any process had a bad loss, so that all skip together."""
+    """Skip a step whose loss (any micro-batch; `None` too) or gradient norm is NaN/inf, counted in
+    state['bad_steps']; the `max_in_row`-th bad step in a row stops the run (`FloatingPointError`
+    naming the last checkpoint, then `advice`). `any_process(bad)`: whether any process had a bad
+    loss, so that all skip together."""
     order = 20
     def __init__(self, max_in_row: int = 1, advice: str = "", any_process=None):
-        self.max_in_row, self.advice, self.any_process = max_in_row, advice, any_process or (lambda bad: bad)
-    def before_fit(self, learn): learn.state.setdefault("bad_steps", 0); learn.state.setdefault("bad_in_row", 0)
+        self.max_in_row, self.advice, self.any_process = (
+            max_in_row,
+            advice,
+            any_process or (lambda bad: bad),
+        )
+
+    def before_fit(self, learn):
+        learn.state.setdefault("bad_steps", 0)
+        learn.state.setdefault("bad_in_row", 0)
+
     def after_loss(self, learn):
-        if self.any_process(learn.loss is None or not bool(torch.isfinite(learn.loss))): self.skip(learn)
+        if self.any_process(learn.loss is None or not bool(torch.isfinite(learn.loss))):
+            self.skip(learn)
+
     def after_backward(self, learn):
         if learn.grad_norm is not None and not math.isfinite(learn.grad_norm): self.skip(learn)
     def after_step(self, learn):
         if not learn.skipped: learn.state["bad_in_row"] = 0
     def skip(self, learn):
-        s = learn.state; s["bad_steps"] += 1; s["bad_in_row"] += 1
+        s = learn.state
+        s["bad_steps"] += 1
+        s["bad_in_row"] += 1
         if s["bad_in_row"] < self.max_in_row: raise SkipStep
         n = s["bad_in_row"]
-        what = f"{n} steps in a row had a NaN/inf loss or gradient (the last at step {learn.step})" if n > 1 else f"step {learn.step} had a NaN/inf loss or gradient"
-        raise FloatingPointError(f"{what}; last good checkpoint: {s.get('last_checkpoint') or 'none saved yet'}. {self.advice}".strip())
+        what = (
+            f"{n} steps in a row had a NaN/inf loss or gradient (the last at step {learn.step})"
+            if n > 1
+            else f"step {learn.step} had a NaN/inf loss or gradient"
+        )
+        raise FloatingPointError(
+            f"{what}; last good checkpoint: {s.get('last_checkpoint') or 'none saved yet'}. "
+            f"{self.advice}".strip()
+        )
 
 # %% ../../nbs/12_learner.ipynb #8f1dc7f2
 def ema_decay(decay: float, step: int) -> float:
-    """The EMA decay at optimiser step `step`: min(decay, (1 + step) / (10 + step)). Early on the average follows the
-    weights (its window grows with the run), so a short run's EMA is not stuck near the random initial weights."""
+    """The EMA decay at optimiser step `step`: min(decay, (1 + step) / (10 + step)). Early on the
+    average follows the weights (its window grows with the run), so a short run's EMA is not stuck
+    near the random initial weights."""
     return min(decay, (1 + step) / (10 + step))
 
 # %% ../../nbs/12_learner.ipynb #1a29c991
 class EMA(Callback):
-    """Averages of `params` ({name: parameter}) updated after every step with an update (`ema_decay`); `averages`
-    continues saved ones. `swapped()`: a context with the averages in place of the weights."""
+    """Averages of `params` ({name: parameter}) updated after every step with an update
+    (`ema_decay`);
+    `averages` continues saved ones. `swapped()`: a context with the averages in place of the
+    weights."""
     order = 30
     def __init__(self, params: dict, decay: float, averages: dict | None = None):
         self.params, self.decay = params, decay
-        self.averages = averages if averages is not None else {k: p.detach().float().clone() for k, p in params.items()}
+        self.averages = (
+            averages
+            if averages is not None
+            else {k: p.detach().float().clone() for k, p in params.items()}
+        )
 
     @torch.no_grad()
     def after_step(self, learn):
         if learn.skipped: return
         d = ema_decay(self.decay, learn.step - 1)
-        averages, weights = [self.averages[k] for k in self.params], [p.detach().float() for p in self.params.values()]
-        if all(type(a) is torch.Tensor for a in averages): torch._foreach_lerp_(averages, weights, 1 - d)  # one op for all
+        averages, weights = (
+            [self.averages[k] for k in self.params],
+            [p.detach().float() for p in self.params.values()],
+        )
+        if all(type(a) is torch.Tensor for a in averages):
+            torch._foreach_lerp_(averages, weights, 1 - d)  # one op for all
         else:  # sharded (FSDP2 DTensor) averages: one at a time
             for a, w in zip(averages, weights): a.lerp_(w, 1 - d)
 
@@ -184,31 +261,49 @@ class EMA(Callback):
                 for k, p in self.params.items(): p.copy_(backup[k])
 
 # %% ../../nbs/12_learner.ipynb #54166a3c
+def _mean(values: list) -> float: return sum(values) / len(values) if values else float("nan")
+
 class Recorder(Callback):
-    """A row every `every` steps, at step 1 and at the last step, in `learn.row` and state['history']: `row(learn, mean,
-    rate)` (default: the step, means and rates). `mean`: of `values(learn)` (a dict with `keys`) over the steps since the
-    last row that made an update (NaN if none); `rate`: sums of `counts(learn)` over their micro-batches per second."""
+    """A row every `every` steps, at step 1 and at the last step, in `learn.row` and
+    state['history']:
+    `row(learn, mean, rate)` (default: the step, means and rates). `mean`: of `values(learn)` (a
+    dict with `keys`) over the steps since the last row that made an update and gave the value (a
+    value may be None: absent from that step; NaN if none gave it); `rate`: sums of `counts(learn)`
+    over their micro-batches per second."""
     order = 40
     def __init__(self, every: int = 1, row=None, values=None, keys=(), counts=None):
-        self.every, self.row, self.values, self.keys, self.counts = every, row, values, tuple(keys), counts
+        self.every, self.row, self.values, self.keys, self.counts = (
+            every,
+            row,
+            values,
+            tuple(keys),
+            counts,
+        )
+
     def before_fit(self, learn): self.reset()
-    def reset(self): self.seen, self.counted, self.t = [], {}, time.perf_counter()  # the steps since the last row
+    # the steps since the last row
+    def reset(self): self.seen, self.counted, self.t = [], {}, time.perf_counter()
     def after_loss(self, learn):
-        for k, v in (self.counts(learn) if self.counts else {}).items(): self.counted[k] = self.counted.get(k, 0) + v
+        for k, v in (self.counts(learn) if self.counts else {}).items():
+            self.counted[k] = self.counted.get(k, 0) + v
+
     def after_step(self, learn):
         learn.row = None
         if self.values is not None and not learn.skipped: self.seen.append(self.values(learn))
         if learn.step % self.every and learn.step not in (1, learn.stop): return
-        mean = {k: sum(v[k] for v in self.seen) / len(self.seen) if self.seen else float("nan") for k in self.keys}
+        mean = {k: _mean([v[k] for v in self.seen if v.get(k) is not None]) for k in self.keys}
         dt = time.perf_counter() - self.t
         rate = {k: v / dt for k, v in self.counted.items()}
-        learn.row = self.row(learn, mean, rate) if self.row else dict(step=learn.step, **mean, **rate)
+        learn.row = (
+            self.row(learn, mean, rate) if self.row else dict(step=learn.step, **mean, **rate)
+        )
         learn.state.setdefault("history", []).append(learn.row)
         self.reset()
 
 # %% ../../nbs/12_learner.ipynb #57148e15
 class JsonlLog(Callback):
-    "Each row, and each evaluation as `{\"event\": \"eval\", ...}`, as one JSON line appended to `path`; `start` (a dict) first."
+    """Each row, and each evaluation as `{\"event\": \"eval\", ...}`, as one JSON line appended to
+    `path`; `start` (a dict) first."""
     order = 60
     def __init__(self, path, start: dict | None = None): self.path, self.start = Path(path), start
     def write(self, record: dict):
@@ -221,23 +316,34 @@ class JsonlLog(Callback):
 
 # %% ../../nbs/12_learner.ipynb #1cf52889
 class TensorBoard(Callback):
-    """Rows as `train/KEY` scalars (`keys`; default every number but the step), evaluations as `eval/KEY`, written to
-    TensorBoard event files in `folder`; `text` ({tag: text}) once at the start. `writer` is open from `before_fit` on;
-    without the `tensorboard` package (an extra: `pip install 'audiochat[tensorboard]'`) it says so once and writes nothing."""
+    """Rows as `train/KEY` scalars (`keys`; default every number but the step), evaluations as
+    `eval/KEY`, written to TensorBoard event files in `folder`; `text` ({tag: text}) once at the
+    start. `writer` is open from `before_fit` on; without the `tensorboard` package (an extra: `pip
+    install 'audiochat[tensorboard]'`) it says so once and writes nothing."""
     order = 60
-    def __init__(self, folder, keys=None, text: dict | None = None): self.folder, self.keys, self.text, self.writer = folder, keys, text, None
+
+    def __init__(self, folder, keys=None, text: dict | None = None):
+        self.folder, self.keys, self.text, self.writer = folder, keys, text, None
+
     def before_fit(self, learn):
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             import sys
-            print("TensorBoard logging is off (pip install 'audiochat[tensorboard]'); log.jsonl keeps every row", file=sys.stderr)
+
+            print(
+                "TensorBoard logging is off (pip install 'audiochat[tensorboard]'); log.jsonl "
+                "keeps every row",
+                file=sys.stderr,
+            )
             return
         self.writer = SummaryWriter(str(self.folder))
         for tag, text in (self.text or {}).items(): self.writer.add_text(tag, text, learn.step)
     def after_step(self, learn):
         if self.writer is None: return
         row, ev = learn.row or {}, learn.evaluation or {}
-        for k in self.keys or [k for k, v in row.items() if k != "step" and isinstance(v, (int, float))]:
+        for k in self.keys or [
+            k for k, v in row.items() if k != "step" and isinstance(v, (int, float))
+        ]:
             if k in row: self.writer.add_scalar(f"train/{k}", row[k], learn.step)
         for k, v in ev.items():
             if k != "step": self.writer.add_scalar(f"eval/{k}", v, learn.step)
@@ -246,25 +352,43 @@ class TensorBoard(Callback):
 
 # %% ../../nbs/12_learner.ipynb #2e269929
 class ProgressBar(Callback):
-    "A tqdm bar over the steps (`total`, default the run's last step) showing `postfix(row)` (default: its numbers) at each row."
+    """A tqdm bar over the steps (`total`, default the run's last step) showing `postfix(row)`
+    (default: its numbers) at each row."""
     order = 60
-    def __init__(self, total: int | None = None, postfix=None, **tqdm_args): self.total, self.postfix, self.tqdm_args = total, postfix, tqdm_args
+
+    def __init__(self, total: int | None = None, postfix=None, **tqdm_args):
+        self.total, self.postfix, self.tqdm_args = total, postfix, tqdm_args
+
     def before_fit(self, learn):
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.total if self.total is not None else learn.stop, initial=learn.step, unit="step",
-                        dynamic_ncols=True, **self.tqdm_args)
+
+        self.bar = tqdm(
+            total=self.total if self.total is not None else learn.stop,
+            initial=learn.step,
+            unit="step",
+            dynamic_ncols=True,
+            **self.tqdm_args,
+        )
     def after_step(self, learn):
         self.bar.update(1)
         if learn.row is None: return
-        show = self.postfix or (lambda row: {k: f"{v:.3g}" for k, v in row.items() if isinstance(v, float) and k != "seconds"})
+        show = self.postfix or (
+            lambda row: {
+                k: f"{v:.3g}" for k, v in row.items() if isinstance(v, float) and k != "seconds"
+            }
+        )
         self.bar.set_postfix(**show(learn.row))
     def cleanup_fit(self, learn): self.bar.close()
 
 # %% ../../nbs/12_learner.ipynb #f921e4e8
 class Evaluate(Callback):
-    "Every `every` steps (0: never) and at step `last` (default the run's last): `evaluate(learn)` -> dict of numbers, kept in state['evals']."
+    """Every `every` steps (0: never) and at step `last` (default the run's last): `evaluate(learn)`
+    -> dict of numbers, kept in state['evals']."""
     order = 45
-    def __init__(self, evaluate, every: int = 0, last: int | None = None): self.evaluate, self.every, self.last = evaluate, every, last
+
+    def __init__(self, evaluate, every: int = 0, last: int | None = None):
+        self.evaluate, self.every, self.last = evaluate, every, last
+
     def after_step(self, learn):
         learn.evaluation = None
         last = self.last if self.last is not None else learn.stop
@@ -274,7 +398,8 @@ class Evaluate(Callback):
 
 # %% ../../nbs/12_learner.ipynb #fecea45f
 class TimeLimit(Callback):
-    "Stop the run (`StopFit`) at the first step that would start `minutes` or more after the run did."
+    """Stop the run (`StopFit`) at the first step that would start `minutes` or more after the run
+    did."""
     def __init__(self, minutes: float): self.seconds = 60 * minutes
     def before_fit(self, learn): self.t0 = time.perf_counter()
     def before_step(self, learn):
@@ -284,24 +409,37 @@ class TimeLimit(Callback):
 class RunFolderError(ValueError):
     "A run folder or checkpoint that cannot be used; `path` is the folder or file at fault."
     def __init__(self, message: str, path=None):
-        super().__init__(message); self.path = None if path is None else str(path)
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
 
 def read_tensors(path, what: str = "tensors") -> dict:
-    "A safetensors file as {name: tensor}, checked finite; a missing, truncated or garbage file is a `RunFolderError` naming it."
+    """A safetensors file as {name: tensor}, checked finite; a missing, truncated or garbage file is
+    a `RunFolderError` naming it."""
     path = Path(path)
     if not path.is_file(): raise RunFolderError(f"{path} is missing", path)
-    try: tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error type for a truncated or garbage header
-        raise RunFolderError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]})", path) from None
+    try:
+        tensors = load_file(str(path))
+    # safetensors raises its own error type for a truncated or garbage header
+    except Exception as e:
+        raise RunFolderError(
+            f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]})", path
+        ) from None
     for k, v in tensors.items():
-        if v.is_floating_point() and not torch.isfinite(v).all(): raise RunFolderError(f"{path}: {what} {k!r} holds NaN/inf values", path)
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise RunFolderError(f"{path}: {what} {k!r} holds NaN/inf values", path)
     return tensors
 
 # %% ../../nbs/12_learner.ipynb #62712e1c
 def optimizer_tensors(optimizer, prefix: str) -> tuple[dict, list]:
-    "The optimiser's state as {`prefix.INDEX.NAME`: tensor} (for safetensors) and its param groups (for JSON)."
+    """The optimiser's state as {`prefix.INDEX.NAME`: tensor} (for safetensors) and its param groups
+    (for JSON)."""
     sd = optimizer.state_dict()
-    tensors = {f"{prefix}.{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
+    tensors = {
+        f"{prefix}.{i}.{k}": v.detach().cpu().contiguous()
+        for i, s in sd["state"].items()
+        for k, v in s.items()
+    }
     return tensors, sd["param_groups"]
 
 def load_optimizer(optimizer, tensors: dict, groups: list, prefix: str):
@@ -309,30 +447,41 @@ def load_optimizer(optimizer, tensors: dict, groups: list, prefix: str):
     state = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):
-            i, k = key[len(prefix) + 1:].split(".", 1); state.setdefault(int(i), {})[k] = v
+            i, k = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(i), {})[k] = v
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 def rng_tensors() -> dict:
     "The random generators' states as tensors: `rng.torch` (CPU) and `rng.cuda.I` per GPU."
     t = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available(): t.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if torch.cuda.is_available():
+        t.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return t
 
 # %% ../../nbs/12_learner.ipynb #3bc2d239
 def write_checkpoint(out, step: int, fill, keep: int = 2) -> Path:
-    """Make `out/checkpoints/step-NNNNNNN` with `fill(folder)` (which writes `trainer_state.json` among its files)
-    under a temporary name, rename it and point `latest` at it (both atomic); keep the last `keep` (<= 0: all)."""
-    ckdir = Path(out) / "checkpoints"; ckdir.mkdir(parents=True, exist_ok=True)
+    """Make `out/checkpoints/step-NNNNNNN` with `fill(folder)` (which writes `trainer_state.json`
+    among
+    its files) under a temporary name, rename it and point `latest` at it (both atomic); keep the
+    last `keep` (<= 0: all)."""
+    ckdir = Path(out) / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     final, tmp = ckdir / name, ckdir / f".tmp-{name}-{os.getpid()}"
     if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(); fill(tmp)
+    tmp.mkdir()
+    fill(tmp)
     if final.exists(): shutil.rmtree(final)
     os.replace(tmp, final)
-    pointer = ckdir / ".latest.tmp"; pointer.write_text(name + "\n"); os.replace(pointer, ckdir / "latest")
-    steps = sorted(ckdir.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
+    pointer = ckdir / ".latest.tmp"
+    pointer.write_text(name + "\n")
+    os.replace(pointer, ckdir / "latest")
+    steps = sorted(
+        ckdir.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1
+    )
     others = [p for p in steps if p != final]  # never delete the checkpoint just written
-    for old in (others if keep == 1 else others[:-(keep - 1)] if keep > 1 else []): shutil.rmtree(old)
+    for old in others if keep == 1 else others[: -(keep - 1)] if keep > 1 else []:
+        shutil.rmtree(old)
     return final
 
 # %% ../../nbs/12_learner.ipynb #a1676e01
@@ -340,21 +489,33 @@ def latest_checkpoint(out) -> Path | None:
     "The folder `latest` points at in `out/checkpoints/`, or None."
     pointer = Path(out) / "checkpoints" / "latest"
     if not pointer.exists(): return None
-    try: name = pointer.read_text(errors="replace").strip()
-    except OSError as e: raise RunFolderError(f"cannot read {pointer}: {e.strerror or e}", pointer) from None
+    try:
+        name = pointer.read_text(errors="replace").strip()
+    except OSError as e:
+        raise RunFolderError(f"cannot read {pointer}: {e.strerror or e}", pointer) from None
     path = pointer.parent / name
-    if not re.fullmatch(r"step-\d{7,}", name) or path.is_symlink():  # only a checkpoint folder beside the pointer, never elsewhere
-        raise RunFolderError(f"{pointer} must name a step-NNNNNNN folder in {pointer.parent}, it says {name[:80]!r}", pointer)
-    if not (path / "trainer_state.json").exists(): raise RunFolderError(f"{pointer} points at {path}, which is incomplete", path)
+    # only a checkpoint folder beside the pointer, never elsewhere
+    if not re.fullmatch(r"step-\d{7,}", name) or path.is_symlink():
+        raise RunFolderError(
+            f"{pointer} must name a step-NNNNNNN folder in {pointer.parent}, it says {name[:80]!r}",
+            pointer,
+        )
+    if not (path / "trainer_state.json").exists():
+        raise RunFolderError(f"{pointer} points at {path}, which is incomplete", path)
     return path
 
 # %% ../../nbs/12_learner.ipynb #37d6c6eb
 class Checkpoint(Callback):
-    """`save(learn)` -> path of a checkpoint, every `every` steps (0: never; not right after a skipped step) and at the
-    end of a run whose last step has none; the path goes to state['last_checkpoint']."""
+    """`save(learn)` -> path of a checkpoint, every `every` steps (0: never; not right after a
+    skipped
+    step) and at the end of a run whose last step has none; the path goes to
+    state['last_checkpoint']."""
     order = 70
     def __init__(self, save, every: int = 0): self.save, self.every = save, every
-    def before_fit(self, learn): self.saved = learn.step if learn.state.get("last_checkpoint") else None
+
+    def before_fit(self, learn):
+        self.saved = learn.step if learn.state.get("last_checkpoint") else None
+
     def after_step(self, learn):
         if self.every and learn.step % self.every == 0 and not learn.skipped: self.save_now(learn)
     def after_fit(self, learn):

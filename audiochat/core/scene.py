@@ -1,5 +1,5 @@
-"""`Source` and `Scene`, their JSON schema and validation, the compact serialisation the language model writes,
-edit diffs, and export of the speech to SegLST for tcpWER.
+"""`Source` and `Scene`, their JSON schema and validation, the compact serialisation the language
+model writes, edit diffs, and export of the speech to SegLST for tcpWER.
 
 Docs: https://audiochat.github.io/audiochat/scene.html.md"""
 
@@ -25,31 +25,54 @@ __all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'MAX_SOU
 KINDS = ("speech", "sfx", "music")
 LOUDNESS_RANGE = (-60.0, 0.0)  # LUFS
 MAX_DURATION = 120.0  # seconds
-MAX_TEXT_CHARS = 2000  # longest text or caption of one source (2000 characters of speech: about 2 minutes)
-MAX_SOURCES = 32  # sources in one scene (3,000 sources made a 257 KB scene that took 22.8 GB to render)
-MAX_SCENE_CHARS = 4000  # a scene's canonical JSON (about 1,500 tokens): a model reads it whole at every diffusion step
+# longest text or caption of one source (2000 characters of speech: about 2 minutes)
+MAX_TEXT_CHARS = 2000
+# sources in one scene (3,000 sources made a 257 KB scene that took 22.8 GB to render)
+MAX_SOURCES = 32
+# a scene's canonical JSON (about 1,500 tokens): a model reads it whole at every diffusion step
+MAX_SCENE_CHARS = 4000
 TIME_DECIMALS, DB_DECIMALS, PAN_DECIMALS = 2, 1, 2
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-FIELD_ORDER = ("id", "kind", "speaker", "emotion", "text", "caption", "start", "end", "loudness_db", "pan")
+FIELD_ORDER = (
+    "id",
+    "kind",
+    "speaker",
+    "emotion",
+    "text",
+    "caption",
+    "start",
+    "end",
+    "loudness_db",
+    "pan",
+)
 
-_short = reprlib.Repr(); _short.maxstring = _short.maxother = 60; _short.maxlevel = 3
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlevel = 3
+
 
 def short_repr(value) -> str:
-    "A bounded repr for error messages: long strings, huge numbers and deep nesting are cut (never raises)."
+    """A bounded repr for error messages: long strings, huge numbers and deep nesting are cut (never
+    raises)."""
     try: return _short.repr(value)
-    except (ValueError, RecursionError): return f"<{type(value).__name__}>"  # e.g. an int of more than 4300 digits
+    # e.g. an int of more than 4300 digits
+    except (ValueError, RecursionError): return f"<{type(value).__name__}>"
 
 class SceneError(ValueError):
     "An invalid scene: `field` names where (e.g. `source 's2'.end`), `rule` says what was expected."
     def __init__(self, field: str, rule: str, value=None):
         self.field, self.rule, self.value = field, rule, value
-        super().__init__(f"{field}: {rule}" + ("" if value is None else f" (got {short_repr(value)})"))
+        super().__init__(
+            f"{field}: {rule}" + ("" if value is None else f" (got {short_repr(value)})")
+        )
 
 # %% ../../nbs/02_scene.ipynb #f62881eb
 def _number(where: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)): raise SceneError(where, "must be a number", value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SceneError(where, "must be a number", value)
     try: value = float(value)
-    except OverflowError: raise SceneError(where, "must be finite", value) from None  # an integer too large for a float
+    # an integer too large for a float
+    except OverflowError: raise SceneError(where, "must be finite", value) from None
     if not math.isfinite(value): raise SceneError(where, "must be finite", value)
     return value
 
@@ -59,10 +82,17 @@ def _text(where: str, value, required: bool, allowed: bool = True) -> str | None
         return None
     if not allowed: raise SceneError(where, "is not allowed for this kind")
     if not isinstance(value, str): raise SceneError(where, "must be a string", value)
-    if len(value) > MAX_TEXT_CHARS: raise SceneError(where, f"must be at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters")
+    if len(value) > MAX_TEXT_CHARS:
+        raise SceneError(
+            where, f"must be at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters"
+        )
     if not value.isascii():
-        try: value.encode("utf-8")
-        except UnicodeEncodeError: raise SceneError(where, "must be valid Unicode text (a lone surrogate cannot be written)") from None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SceneError(
+                where, "must be valid Unicode text (a lone surrogate cannot be written)"
+            ) from None
     value = " ".join(value.split())
     if not value: raise SceneError(where, "must not be empty")
     return value
@@ -70,7 +100,8 @@ def _text(where: str, value, required: bool, allowed: bool = True) -> str | None
 # %% ../../nbs/02_scene.ipynb #97017268
 @dataclass(frozen=True)
 class Source:
-    "One sound in a scene: speech (speaker + text), a sound effect or music (caption), placed in time, level and pan."
+    """One sound in a scene: speech (speaker + text), a sound effect or music (caption), placed in
+    time, level and pan."""
     id: str
     kind: str
     start: float
@@ -86,7 +117,8 @@ class Source:
         w = f"source {short_repr(self.id)}"
         if not isinstance(self.id, str) or not _ID_RE.fullmatch(self.id):
             raise SceneError(f"{w}.id", "must be 1-32 characters from A-Z a-z 0-9 _ -", self.id)
-        if self.kind not in KINDS: raise SceneError(f"{w}.kind", f"must be one of {', '.join(KINDS)}", self.kind)
+        if self.kind not in KINDS:
+            raise SceneError(f"{w}.kind", f"must be one of {', '.join(KINDS)}", self.kind)
         speech = self.kind == "speech"
         put = lambda k, v: object.__setattr__(self, k, v)
         put("speaker", _text(f"{w}.speaker", self.speaker, required=speech, allowed=speech))
@@ -98,9 +130,17 @@ class Source:
         put("loudness_db", round(_number(f"{w}.loudness_db", self.loudness_db), DB_DECIMALS))
         put("pan", round(_number(f"{w}.pan", self.pan), PAN_DECIMALS))
         if self.start < 0: raise SceneError(f"{w}.start", "must be >= 0", self.start)
-        if self.end <= self.start: raise SceneError(f"{w}.end", f"must be greater than start ({self.start}) after rounding to 10 ms", self.end)
+        if self.end <= self.start:
+            raise SceneError(
+                f"{w}.end",
+                f"must be greater than start ({self.start}) after rounding to 10 ms",
+                self.end,
+            )
         lo, hi = LOUDNESS_RANGE
-        if not lo <= self.loudness_db <= hi: raise SceneError(f"{w}.loudness_db", f"must be in [{lo:g}, {hi:g}] LUFS", self.loudness_db)
+        if not lo <= self.loudness_db <= hi:
+            raise SceneError(
+                f"{w}.loudness_db", f"must be in [{lo:g}, {hi:g}] LUFS", self.loudness_db
+            )
         if not -1 <= self.pan <= 1: raise SceneError(f"{w}.pan", "must be in [-1, 1]", self.pan)
 
     @property
@@ -126,7 +166,11 @@ class Source:
         if not isinstance(d, dict): raise SceneError(where, "must be an object", d)
         names = {f.name for f in dataclasses.fields(cls)}
         for k in d:
-            if k not in names: raise SceneError(f"{where}.{str(k)[:40]}", f"is not a source field (fields: {', '.join(FIELD_ORDER)})")
+            if k not in names:
+                raise SceneError(
+                    f"{where}.{str(k)[:40]}",
+                    f"is not a source field (fields: {', '.join(FIELD_ORDER)})",
+                )
         for k in ("id", "kind", "start", "end"):
             if k not in d: raise SceneError(f"{where}.{k}", "is required")
         return cls(**d)
@@ -140,21 +184,37 @@ class Scene:
 
     def __post_init__(self):
         d = round(_number("scene.duration", self.duration), TIME_DECIMALS)
-        if not 0 < d <= MAX_DURATION: raise SceneError("scene.duration", f"must be in (0, {MAX_DURATION:g}] seconds", d)
+        if not 0 < d <= MAX_DURATION:
+            raise SceneError("scene.duration", f"must be in (0, {MAX_DURATION:g}] seconds", d)
         object.__setattr__(self, "duration", d)
-        if not isinstance(self.sources, (tuple, list)): raise SceneError("scene.sources", "must be a list of sources", self.sources)
-        if len(self.sources) > MAX_SOURCES: raise SceneError("scene.sources", f"must hold at most {MAX_SOURCES} sources (MAX_SOURCES)", f"{len(self.sources)} sources")
+        if not isinstance(self.sources, (tuple, list)):
+            raise SceneError("scene.sources", "must be a list of sources", self.sources)
+        if len(self.sources) > MAX_SOURCES:
+            raise SceneError(
+                "scene.sources",
+                f"must hold at most {MAX_SOURCES} sources (MAX_SOURCES)",
+                f"{len(self.sources)} sources",
+            )
         for s in self.sources:
-            if not isinstance(s, Source): raise SceneError("scene.sources", "must contain Source objects", s)
+            if not isinstance(s, Source):
+                raise SceneError("scene.sources", "must contain Source objects", s)
         srcs = tuple(sorted(self.sources, key=lambda s: (s.start, s.id)))
         seen = set()
         for s in srcs:
             if s.id in seen: raise SceneError(f"source {s.id!r}.id", "must be unique in the scene")
             seen.add(s.id)
-            if s.end > d: raise SceneError(f"source {s.id!r}.end", f"must be <= the scene duration ({d})", s.end)
+            if s.end > d:
+                raise SceneError(
+                    f"source {s.id!r}.end", f"must be <= the scene duration ({d})", s.end
+                )
         object.__setattr__(self, "sources", srcs)
         n = len(self.to_json())
-        if n > MAX_SCENE_CHARS: raise SceneError("scene", f"must be at most {MAX_SCENE_CHARS} characters as JSON (MAX_SCENE_CHARS)", f"{n} characters")
+        if n > MAX_SCENE_CHARS:
+            raise SceneError(
+                "scene",
+                f"must be at most {MAX_SCENE_CHARS} characters as JSON (MAX_SCENE_CHARS)",
+                f"{n} characters",
+            )
 
     def __getitem__(self, id: str) -> Source:
         for s in self.sources:
@@ -170,32 +230,58 @@ class Scene:
 
     def to_dict(self) -> dict:
         d = self.duration
-        return {"duration": int(d) if d.is_integer() else d, "sources": [s.to_dict() for s in self.sources]}
+        return {
+            "duration": int(d) if d.is_integer() else d,
+            "sources": [s.to_dict() for s in self.sources],
+        }
 
     def to_json(self, indent: int | None = None) -> str:
-        "Canonical JSON: stable key order, rounded numbers, compact separators unless `indent` is given."
+        """Canonical JSON: stable key order, rounded numbers, compact separators unless `indent` is
+        given."""
         seps = (",", ":") if indent is None else (",", ": ")
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=seps, indent=indent)
 
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
         "Validate and build a Scene from a dict; errors name the field and the rule."
-        if not isinstance(d, dict): raise SceneError("scene", "must be a JSON object", type(d).__name__)
+        if not isinstance(d, dict):
+            raise SceneError("scene", "must be a JSON object", type(d).__name__)
         extra = set(d) - {"duration", "sources"}
-        if extra: raise SceneError(f"scene.{short_repr(sorted(map(str, extra))[0])[1:-1]}", "is not a scene field (fields: duration, sources)")
+        if extra:
+            raise SceneError(
+                f"scene.{short_repr(sorted(map(str, extra))[0])[1:-1]}",
+                "is not a scene field (fields: duration, sources)",
+            )
         if "duration" not in d: raise SceneError("scene.duration", "is required")
-        if not isinstance(d.get("sources"), list): raise SceneError("scene.sources", "must be a list", d.get("sources"))
-        if len(d["sources"]) > MAX_SOURCES: raise SceneError("scene.sources", f"must hold at most {MAX_SOURCES} sources (MAX_SOURCES)", f"{len(d['sources'])} sources")
-        return cls(tuple(Source.from_dict(s, f"sources[{i}]") for i, s in enumerate(d["sources"])), d["duration"])
+        if not isinstance(d.get("sources"), list):
+            raise SceneError("scene.sources", "must be a list", d.get("sources"))
+        if len(d["sources"]) > MAX_SOURCES:
+            raise SceneError(
+                "scene.sources",
+                f"must hold at most {MAX_SOURCES} sources (MAX_SOURCES)",
+                f"{len(d['sources'])} sources",
+            )
+        return cls(
+            tuple(Source.from_dict(s, f"sources[{i}]") for i, s in enumerate(d["sources"])),
+            d["duration"],
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Scene:
         "Parse and validate JSON text (as written by a model: malformed JSON is a SceneError too)."
-        if not isinstance(text, (str, bytes)): raise SceneError("scene", "must be JSON text", type(text).__name__)
-        try: d = json.loads(text)
-        except json.JSONDecodeError as e: raise SceneError("scene", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        except RecursionError: raise SceneError("scene", "is nested too deeply to be a scene") from None
-        except ValueError as e: raise SceneError("scene", f"is not valid JSON: {e}") from None  # e.g. a number of over 4300 digits, bad UTF-8
+        if not isinstance(text, (str, bytes)):
+            raise SceneError("scene", "must be JSON text", type(text).__name__)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SceneError(
+                "scene", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            ) from None
+        except RecursionError:
+            raise SceneError("scene", "is nested too deeply to be a scene") from None
+        # e.g. a number of over 4300 digits, bad UTF-8
+        except ValueError as e:
+            raise SceneError("scene", f"is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
 # %% ../../nbs/02_scene.ipynb #7fdc7350
@@ -205,18 +291,36 @@ SOURCE_SCHEMA = {
     "properties": {
         "id": {"type": "string", "pattern": _ID_RE.pattern},
         "kind": {"enum": list(KINDS)},
-        "speaker": _str, "emotion": _str, "text": _str, "caption": _str,
+        "speaker": _str,
+        "emotion": _str,
+        "text": _str,
+        "caption": _str,
         "start": {"type": "number", "minimum": 0, "maximum": MAX_DURATION},
         "end": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION},
-        "loudness_db": {"type": "number", "minimum": LOUDNESS_RANGE[0], "maximum": LOUDNESS_RANGE[1]},
+        "loudness_db": {
+            "type": "number",
+            "minimum": LOUDNESS_RANGE[0],
+            "maximum": LOUDNESS_RANGE[1],
+        },
         "pan": {"type": "number", "minimum": -1, "maximum": 1},
     },
     "required": ["id", "kind", "start", "end"],
     "additionalProperties": False,
     "allOf": [
-        {"if": {"properties": {"kind": {"const": "speech"}}},
-         "then": {"required": ["speaker", "text"], "not": {"required": ["caption"]}},
-         "else": {"required": ["caption"], "not": {"anyOf": [{"required": ["speaker"]}, {"required": ["text"]}, {"required": ["emotion"]}]}}},
+        {
+            "if": {"properties": {"kind": {"const": "speech"}}},
+            "then": {"required": ["speaker", "text"], "not": {"required": ["caption"]}},
+            "else": {
+                "required": ["caption"],
+                "not": {
+                    "anyOf": [
+                        {"required": ["speaker"]},
+                        {"required": ["text"]},
+                        {"required": ["emotion"]},
+                    ]
+                },
+            },
+        },
     ],
 }
 SCENE_SCHEMA = {
@@ -234,21 +338,27 @@ SCENE_SCHEMA = {
 # %% ../../nbs/02_scene.ipynb #e8938123
 @dataclass(frozen=True)
 class SceneDiff:
-    "What an edit changed: sources added, ids removed, changed fields per id as (old, new), and the duration change."
+    """What an edit changed: sources added, ids removed, changed fields per id as (old, new), and
+    the duration change."""
     added: tuple[Source, ...] = ()
     removed: tuple[str, ...] = ()
     changed: dict = field(default_factory=dict)  # id -> {field: (old, new)}
     duration: tuple[float, float] | None = None  # (old, new) if the duration changed
 
     @property
-    def empty(self) -> bool: return not (self.added or self.removed or self.changed or self.duration)
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.duration)
 
     def to_dict(self) -> dict:
-        "Compact form for the CoT: added sources in full, removed ids, changed fields with their new values."
+        """Compact form for the CoT: added sources in full, removed ids, changed fields with their
+        new values."""
         d = {}
         if self.added: d["added"] = [s.to_dict() for s in self.added]
         if self.removed: d["removed"] = list(self.removed)
-        if self.changed: d["changed"] = {i: {k: new for k, (_, new) in f.items()} for i, f in self.changed.items()}
+        if self.changed:
+            d["changed"] = {
+                i: {k: new for k, (_, new) in f.items()} for i, f in self.changed.items()
+            }
         if self.duration: d["duration"] = self.duration[1]
         return d
 
@@ -258,7 +368,11 @@ def diff(before: Scene, after: Scene) -> SceneDiff:
     b, a = {s.id: s for s in before.sources}, {s.id: s for s in after.sources}
     changed = {}
     for i in b.keys() & a.keys():
-        f = {k: (getattr(b[i], k), getattr(a[i], k)) for k in FIELD_ORDER[1:] if getattr(b[i], k) != getattr(a[i], k)}
+        f = {
+            k: (getattr(b[i], k), getattr(a[i], k))
+            for k in FIELD_ORDER[1:]
+            if getattr(b[i], k) != getattr(a[i], k)
+        }
         if f: changed[i] = f
     return SceneDiff(
         added=tuple(s for s in after.sources if s.id not in b),
@@ -267,13 +381,20 @@ def diff(before: Scene, after: Scene) -> SceneDiff:
         duration=None if before.duration == after.duration else (before.duration, after.duration))
 
 def apply_edit(scene: Scene, edit: SceneDiff) -> Scene:
-    "Apply a diff to a scene; unknown or clashing ids are SceneErrors, and the result is validated as a whole."
+    """Apply a diff to a scene; unknown or clashing ids are SceneErrors, and the result is validated
+    as a whole."""
     srcs = {s.id: s for s in scene.sources}
     for i in edit.removed:
-        if i not in srcs: raise SceneError("edit.removed", f"id {i!r} is not in the scene (ids: {', '.join(srcs)})")
+        if i not in srcs:
+            raise SceneError(
+                "edit.removed", f"id {i!r} is not in the scene (ids: {', '.join(srcs)})"
+            )
         del srcs[i]
     for i, fields in edit.changed.items():
-        if i not in srcs: raise SceneError("edit.changed", f"id {i!r} is not in the scene (ids: {', '.join(srcs)})")
+        if i not in srcs:
+            raise SceneError(
+                "edit.changed", f"id {i!r} is not in the scene (ids: {', '.join(srcs)})"
+            )
         srcs[i] = dataclasses.replace(srcs[i], **{k: new for k, (_, new) in fields.items()})
     for s in edit.added:
         if s.id in srcs: raise SceneError("edit.added", f"id {s.id!r} is already in the scene")
@@ -281,7 +402,12 @@ def apply_edit(scene: Scene, edit: SceneDiff) -> Scene:
     return Scene(tuple(srcs.values()), edit.duration[1] if edit.duration else scene.duration)
 
 # %% ../../nbs/02_scene.ipynb #7bf01e11
-EDIT_VALUES = {"replace": ("caption",), "loudness": ("gain_db",), "move": ("start", "shift"), "pan": ("pan",)}
+EDIT_VALUES = {
+    "replace": ("caption",),
+    "loudness": ("gain_db",),
+    "move": ("start", "shift"),
+    "pan": ("pan",),
+}
 MAX_GAIN_DB = 60.0  # the largest loudness change an edit may ask for
 _NAME_RE = re.compile(r"^[a-z_]{1,32}$")
 
@@ -289,8 +415,9 @@ def _whole(v): return int(v) if isinstance(v, float) and v.is_integer() else v
 
 @dataclass(frozen=True)
 class Edit:
-    """One edit in the diff form: the subtask, the source id and the new values (`values`: caption, gain_db, start,
-    shift or pan), a whole new `source` (add), or a general `changes` diff (any other subtask)."""
+    """One edit in the diff form: the subtask, the source id and the new values (`values`: caption,
+    gain_db, start, shift or pan), a whole new `source` (add), or a general `changes` diff (any
+    other subtask)."""
     subtask: str
     id: str | None = None
     values: dict = field(default_factory=dict)
@@ -303,7 +430,8 @@ class Edit:
         if self.source is not None: return {**d, "source": self.source.to_dict()}
         return {**d, "id": self.id, **{k: _whole(v) for k, v in self.values.items()}}
 
-    def to_json(self) -> str: return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @property
     def target(self) -> str | None:
@@ -315,54 +443,91 @@ def _diff_from_dict(d, where: str) -> SceneDiff:
     "A SceneDiff from its compact form (`SceneDiff.to_dict`); old values are unknown (None)."
     if not isinstance(d, dict): raise SceneError(where, "must be an object", d)
     extra = set(d) - {"added", "removed", "changed", "duration"}
-    if extra: raise SceneError(f"{where}.{sorted(map(str, extra))[0][:40]}", "is not a diff field (added, removed, changed, duration)")
-    added = d.get("added", []); removed = d.get("removed", []); changed = d.get("changed", {})
-    if not isinstance(added, list): raise SceneError(f"{where}.added", "must be a list of sources", added)
+    if extra:
+        raise SceneError(
+            f"{where}.{sorted(map(str, extra))[0][:40]}",
+            "is not a diff field (added, removed, changed, duration)",
+        )
+    added = d.get("added", [])
+    removed = d.get("removed", [])
+    changed = d.get("changed", {})
+    if not isinstance(added, list):
+        raise SceneError(f"{where}.added", "must be a list of sources", added)
     if not isinstance(removed, list) or not all(isinstance(i, str) for i in removed):
         raise SceneError(f"{where}.removed", "must be a list of ids", removed)
     if not isinstance(changed, dict) or not all(isinstance(f, dict) for f in changed.values()):
         raise SceneError(f"{where}.changed", "must map ids to objects of new field values", changed)
     dur = d.get("duration")
-    return SceneDiff(added=tuple(Source.from_dict(s, f"{where}.added[{i}]") for i, s in enumerate(added)),
-                     removed=tuple(removed), changed={i: {k: (None, v) for k, v in f.items()} for i, f in changed.items()},
-                     duration=None if dur is None else (None, _number(f"{where}.duration", dur)))
+    return SceneDiff(
+        added=tuple(Source.from_dict(s, f"{where}.added[{i}]") for i, s in enumerate(added)),
+        removed=tuple(removed),
+        changed={i: {k: (None, v) for k, v in f.items()} for i, f in changed.items()},
+        duration=None if dur is None else (None, _number(f"{where}.duration", dur)),
+    )
 
 def _edit_values(op: str, d: dict) -> dict:
     "The checked values of a built-in subtask's edit (errors name the field)."
     allowed = EDIT_VALUES.get(op, ())
     extra = set(d) - {"edit", "id", *allowed}
-    if extra: raise SceneError(f"edit.{sorted(map(str, extra))[0][:40]}", f"is not a field of a {op} edit (fields: edit, id{''.join(', ' + a for a in allowed)})")
+    if extra:
+        raise SceneError(
+            f"edit.{sorted(map(str, extra))[0][:40]}",
+            f"is not a field of a {op} edit (fields: edit, id{''.join(', ' + a for a in allowed)})",
+        )
     values = {k: d[k] for k in allowed if k in d}
-    if op == "move" and len(values) != 1: raise SceneError("edit.start", "a move gives exactly one of start (seconds) or shift (seconds, signed)")
-    if op not in ("remove", "move") and not values: raise SceneError(f"edit.{allowed[0]}", "is required")
+    if op == "move" and len(values) != 1:
+        raise SceneError(
+            "edit.start", "a move gives exactly one of start (seconds) or shift (seconds, signed)"
+        )
+    if op not in ("remove", "move") and not values:
+        raise SceneError(f"edit.{allowed[0]}", "is required")
     for k, v in values.items():
-        values[k] = _text(f"edit.{k}", v, required=True) if k == "caption" else _number(f"edit.{k}", v)
-    if abs(values.get("gain_db", 0)) > MAX_GAIN_DB: raise SceneError("edit.gain_db", f"must be in [-{MAX_GAIN_DB:g}, {MAX_GAIN_DB:g}] dB", values["gain_db"])
-    if not -1 <= values.get("pan", 0) <= 1: raise SceneError("edit.pan", "must be in [-1, 1]", values["pan"])
+        values[k] = (
+            _text(f"edit.{k}", v, required=True) if k == "caption" else _number(f"edit.{k}", v)
+        )
+    if abs(values.get("gain_db", 0)) > MAX_GAIN_DB:
+        raise SceneError(
+            "edit.gain_db", f"must be in [-{MAX_GAIN_DB:g}, {MAX_GAIN_DB:g}] dB", values["gain_db"]
+        )
+    if not -1 <= values.get("pan", 0) <= 1:
+        raise SceneError("edit.pan", "must be in [-1, 1]", values["pan"])
     return values
 
 # %% ../../nbs/02_scene.ipynb #c067dac8
 @classmethod
 def _edit_from_dict(cls, d) -> Edit:
-    "Validate and build an Edit from its JSON object; errors name the field (`edit.id`, `edit.source.end`, ...)."
+    """Validate and build an Edit from its JSON object; errors name the field (`edit.id`,
+    `edit.source.end`, ...)."""
     if not isinstance(d, dict): raise SceneError("edit", "must be a JSON object", type(d).__name__)
     op = d.get("edit")
-    if not isinstance(op, str) or not _NAME_RE.match(op): raise SceneError("edit.edit", "must name the subtask (a-z and _)", op)
+    if not isinstance(op, str) or not _NAME_RE.match(op):
+        raise SceneError("edit.edit", "must name the subtask (a-z and _)", op)
     if "diff" in d:
-        if set(d) != {"edit", "diff"}: raise SceneError("edit", "a general edit has exactly the fields edit and diff")
+        if set(d) != {"edit", "diff"}:
+            raise SceneError("edit", "a general edit has exactly the fields edit and diff")
         return cls(op, changes=_diff_from_dict(d["diff"], "edit.diff"))
     if op == "add":
-        if set(d) != {"edit", "source"}: raise SceneError("edit.source" if "source" not in d else "edit", "an add edit has exactly the fields edit and source")
+        if set(d) != {"edit", "source"}:
+            raise SceneError(
+                "edit.source" if "source" not in d else "edit",
+                "an add edit has exactly the fields edit and source",
+            )
         return cls(op, source=Source.from_dict(d["source"], "edit.source"))
-    if op not in ("remove", *EDIT_VALUES): raise SceneError("edit.edit", f"must be add, remove, {', '.join(EDIT_VALUES)}, or come with a diff", op)
+    if op not in ("remove", *EDIT_VALUES):
+        raise SceneError(
+            "edit.edit", f"must be add, remove, {', '.join(EDIT_VALUES)}, or come with a diff", op
+        )
     i = d.get("id")
-    if not isinstance(i, str) or not _ID_RE.fullmatch(i): raise SceneError("edit.id", "must be the id of a source in the scene", i)
+    if not isinstance(i, str) or not _ID_RE.fullmatch(i):
+        raise SceneError("edit.id", "must be the id of a source in the scene", i)
     return cls(op, i, _edit_values(op, d))
 
 @classmethod
 def _edit_from_json(cls, text) -> Edit:
-    "Parse and validate an edit written as JSON text (malformed JSON is a SceneError naming `edit`)."
-    if not isinstance(text, (str, bytes)): raise SceneError("edit", "must be JSON text", type(text).__name__)
+    """Parse and validate an edit written as JSON text (malformed JSON is a SceneError naming
+    `edit`)."""
+    if not isinstance(text, (str, bytes)):
+        raise SceneError("edit", "must be JSON text", type(text).__name__)
     try: d = json.loads(text)
     except RecursionError: raise SceneError("edit", "is nested too deeply to be an edit") from None
     except ValueError as e: raise SceneError("edit", f"is not valid JSON: {e}") from None
@@ -372,22 +537,39 @@ Edit.from_dict, Edit.from_json = _edit_from_dict, _edit_from_json
 
 # %% ../../nbs/02_scene.ipynb #2500c3aa
 def _apply(self: Edit, scene: Scene) -> Scene:
-    "The scene after this edit; an id that is not in the scene (or a clash) is a SceneError naming it."
+    """The scene after this edit; an id that is not in the scene (or a clash) is a SceneError naming
+    it."""
     if self.changes is not None: return apply_edit(scene, self.changes)
     if self.source is not None:
-        if self.source.id in scene.ids: raise SceneError("edit.source.id", f"{self.source.id!r} is already in the scene (ids: {', '.join(scene.ids)})")
+        if self.source.id in scene.ids:
+            raise SceneError(
+                "edit.source.id",
+                f"{self.source.id!r} is already in the scene (ids: {', '.join(scene.ids)})",
+            )
         return Scene(scene.sources + (self.source,), scene.duration)
-    if self.id not in scene.ids: raise SceneError("edit.id", f"{self.id!r} is not in the scene (ids: {', '.join(scene.ids)})")
+    if self.id not in scene.ids:
+        raise SceneError(
+            "edit.id", f"{self.id!r} is not in the scene (ids: {', '.join(scene.ids)})"
+        )
     old, v = scene[self.id], self.values
-    if self.subtask == "remove": return Scene(tuple(s for s in scene.sources if s.id != self.id), scene.duration)
+    if self.subtask == "remove":
+        return Scene(tuple(s for s in scene.sources if s.id != self.id), scene.duration)
     if self.subtask == "replace":
-        if old.kind == "speech": raise SceneError("edit.id", f"{self.id!r} is speech: replace takes a sound effect or music")
+        if old.kind == "speech":
+            raise SceneError(
+                "edit.id", f"{self.id!r} is speech: replace takes a sound effect or music"
+            )
         new = dataclasses.replace(old, caption=v["caption"])
-    elif self.subtask == "loudness": new = dataclasses.replace(old, loudness_db=round(old.loudness_db + v["gain_db"], DB_DECIMALS))
+    elif self.subtask == "loudness":
+        new = dataclasses.replace(
+            old, loudness_db=round(old.loudness_db + v["gain_db"], DB_DECIMALS)
+        )
     elif self.subtask == "pan": new = dataclasses.replace(old, pan=v["pan"])
     else:  # move: the same length from the new start
         start = round(v["start"] if "start" in v else old.start + v["shift"], TIME_DECIMALS)
-        new = dataclasses.replace(old, start=start, end=round(start + old.end - old.start, TIME_DECIMALS))
+        new = dataclasses.replace(
+            old, start=start, end=round(start + old.end - old.start, TIME_DECIMALS)
+        )
     return Scene(tuple(new if s.id == self.id else s for s in scene.sources), scene.duration)
 
 Edit.apply = _apply
@@ -402,7 +584,8 @@ Scene.apply, Scene.diff = _scene_apply, lambda self, other: diff(self, other)
 _RELATIVE_MOVE = re.compile(r"(\d+(?:\.\d+)?) ?(?:s|sec|secs|seconds?) (later|earlier)\b", re.I)
 
 def _as_move(before: Source, after: Source, request: str) -> dict:
-    "{shift} when the request says the change (e.g. '1.5 seconds later') and it gives the new start, else {start}."
+    """{shift} when the request says the change (e.g. '1.5 seconds later') and it gives the new
+    start, else {start}."""
     shift = round(after.start - before.start, TIME_DECIMALS)
     for m in _RELATIVE_MOVE.finditer(request or ""):
         said = float(m.group(1)) * (1 if m.group(2).lower() == "later" else -1)
@@ -410,8 +593,8 @@ def _as_move(before: Source, after: Source, request: str) -> dict:
     return {"start": after.start}
 
 def _between(before: Scene, after: Scene, subtask: str | None = None, request: str = "") -> Edit:
-    """The edit that turns `before` into `after`: the built-in form when the change is one subtask's (checked against
-    `subtask` when given), else a general diff named `subtask` (default "edit")."""
+    """The edit that turns `before` into `after`: the built-in form when the change is one subtask's
+    (checked against `subtask` when given), else a general diff named `subtask` (default "edit")."""
     d = diff(before, after)
     if d.duration is None and len(d.added) + len(d.removed) + len(d.changed) == 1:
         fits = lambda name: subtask in (None, name)
@@ -420,26 +603,45 @@ def _between(before: Scene, after: Scene, subtask: str | None = None, request: s
         if d.changed:
             (i, fields), = d.changed.items()
             old, new = before[i], after[i]
-            if set(fields) == {"caption"} and fits("replace"): return Edit("replace", i, {"caption": new.caption})
+            if set(fields) == {"caption"} and fits("replace"):
+                return Edit("replace", i, {"caption": new.caption})
             if set(fields) == {"loudness_db"} and fits("loudness"):
-                return Edit("loudness", i, {"gain_db": round(new.loudness_db - old.loudness_db, DB_DECIMALS)})
+                return Edit(
+                    "loudness",
+                    i,
+                    {"gain_db": round(new.loudness_db - old.loudness_db, DB_DECIMALS)},
+                )
             if set(fields) == {"pan"} and fits("pan"): return Edit("pan", i, {"pan": new.pan})
             same_length = abs((new.end - new.start) - (old.end - old.start)) < 0.015
-            if set(fields) == {"start", "end"} and same_length and fits("move"): return Edit("move", i, _as_move(old, new, request))
+            if set(fields) == {"start", "end"} and same_length and fits("move"):
+                return Edit("move", i, _as_move(old, new, request))
     return Edit(subtask or "edit", changes=d)
 
 Edit.between = staticmethod(_between)
 
 # %% ../../nbs/02_scene.ipynb #47a9d3b4
 def edited_spans(before: Scene, after: Scene) -> list[tuple[float, float]]:
-    """The time spans an edit touches, as (start, end) in seconds: removed and changed sources where they were, added
-    and changed ones where they are. Outside them an edit should keep the audio as it was."""
+    """The time spans an edit touches, as (start, end) in seconds: removed and changed sources where
+    they were, added and changed ones where they are. Outside them an edit should keep the audio as
+    it was."""
     d = diff(before, after)
-    return ([(before[i].start, before[i].end) for i in [*d.removed, *d.changed]] +
-            [(after[i].start, after[i].end) for i in d.changed] + [(s.start, s.end) for s in d.added])
+    return (
+        [(before[i].start, before[i].end) for i in [*d.removed, *d.changed]]
+        + [(after[i].start, after[i].end) for i in d.changed]
+        + [(s.start, s.end) for s in d.added]
+    )
 
 # %% ../../nbs/02_scene.ipynb #db3cd7e8
 def to_seglst(scene: Scene, session_id: str = "session0") -> list[dict]:
     "The scene's speech as SegLST segments (MeetEval's transcript format), in time order."
-    return [dict(session_id=session_id, speaker=s.speaker, start_time=s.start, end_time=s.end, words=s.text)
-            for s in scene.sources if s.kind == "speech"]
+    return [
+        dict(
+            session_id=session_id,
+            speaker=s.speaker,
+            start_time=s.start,
+            end_time=s.end,
+            words=s.text,
+        )
+        for s in scene.sources
+        if s.kind == "speech"
+    ]

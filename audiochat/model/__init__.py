@@ -1,1 +1,2 @@
-"""The AudioChat model: tokenizer, transformer, the SCT and its ablations, diffusion, the forcing loss, constrained decoding."""
+"""The AudioChat model: tokenizer, transformer, the SCT and its ablations, diffusion, the forcing
+loss, constrained decoding."""

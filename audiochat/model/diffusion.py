@@ -1,7 +1,7 @@
-"""The noising process the forcing loss trains on and the sampler the chat engine generates audio with: a continuous
-cosine schedule with v-prediction (flow matching as an alternative), Karras noise levels, DPM-Solver++(2M) and an
-Euler/DDIM baseline, classifier-free guidance. Verified on toy data whose exact denoiser is known, and against
-`diffusers`.
+"""The noising process the forcing loss trains on and the sampler the chat engine generates audio
+with: a continuous cosine schedule with v-prediction (flow matching as an alternative), Karras
+noise levels, DPM-Solver++(2M) and an Euler/DDIM baseline, classifier-free guidance. Verified
+on toy data whose exact denoiser is known, and against `diffusers`.
 
 Docs: https://audiochat.github.io/audiochat/diffusion.html.md"""
 
@@ -24,12 +24,18 @@ __all__ = ['PROCESSES', 'NOISE_DISTRIBUTIONS', 'SAMPLERS', 'alpha_sigma', 'add_n
 PROCESSES = ("cosine_v", "flow")
 
 def _check_process(process: str):
-    if process not in PROCESSES: raise ValueError(f"process must be one of {', '.join(PROCESSES)} (got {process!r})")
+    if process not in PROCESSES:
+        raise ValueError(f"process must be one of {', '.join(PROCESSES)} (got {process!r})")
+
 
 def _expand(t, x: torch.Tensor) -> torch.Tensor:
-    "`t` (a number, or a tensor whose shape is a prefix of `x.shape`) shaped to broadcast against `x`."
+    """`t` (a number, or a tensor whose shape is a prefix of `x.shape`) shaped to broadcast against
+    `x`."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.shape != x.shape[:t.ndim]: raise ValueError(f"t of shape {tuple(t.shape)} does not match the leading dims of x {tuple(x.shape)}")
+    if t.shape != x.shape[: t.ndim]:
+        raise ValueError(
+            f"t of shape {tuple(t.shape)} does not match the leading dims of x {tuple(x.shape)}"
+        )
     return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
 
 def alpha_sigma(t, process: str = "cosine_v") -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,22 +45,32 @@ def alpha_sigma(t, process: str = "cosine_v") -> tuple[torch.Tensor, torch.Tenso
     if process == "cosine_v": return torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
     return 1 - t, t
 
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, process: str = "cosine_v") -> tuple[torch.Tensor, torch.Tensor]:
+def add_noise(
+    x0: torch.Tensor, eps: torch.Tensor, t, process: str = "cosine_v"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy input and training target: `(x_t, v)` for cosine_v, `(x_t, eps - x0)` for flow.
     `t` is a number or has a prefix of `x0.shape` (e.g. `(B,)` per example, `(B, T)` per frame)."""
-    if x0.shape != eps.shape: raise ValueError(f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must have the same shape")
+    if x0.shape != eps.shape:
+        raise ValueError(
+            f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must have the same shape"
+        )
     a, s = alpha_sigma(_expand(t, x0), process)
     target = a * eps - s * x0 if process == "cosine_v" else eps - x0
     return a * x0 + s * eps, target
 
 # %% ../../nbs/10_diffusion.ipynb #6d6e5241
-def predict_x0(x_t: torch.Tensor, prediction: torch.Tensor, t, process: str = "cosine_v") -> torch.Tensor:
+def predict_x0(
+    x_t: torch.Tensor, prediction: torch.Tensor, t, process: str = "cosine_v"
+) -> torch.Tensor:
     "The clean-data estimate from a model's prediction (`v` or flow velocity) at time `t`."
     a, s = alpha_sigma(_expand(t, x_t), process)
     return a * x_t - s * prediction if process == "cosine_v" else x_t - s * prediction
 
-def prediction_from_x0(x_t: torch.Tensor, x0: torch.Tensor, t, process: str = "cosine_v") -> torch.Tensor:
-    "Inverse of `predict_x0`: the `v` (or velocity) that corresponds to a clean-data estimate; needs `t > 0`."
+def prediction_from_x0(
+    x_t: torch.Tensor, x0: torch.Tensor, t, process: str = "cosine_v"
+) -> torch.Tensor:
+    """Inverse of `predict_x0`: the `v` (or velocity) that corresponds to a clean-data estimate;
+    needs `t > 0`."""
     a, s = alpha_sigma(_expand(t, x_t), process)
     return (a * x_t - x0) / s if process == "cosine_v" else (x_t - x0) / s
 
@@ -65,7 +81,8 @@ def noise_level(t, process: str = "cosine_v") -> torch.Tensor:
     return s / a
 
 def time_from_noise_level(level, process: str = "cosine_v") -> torch.Tensor:
-    "Inverse of `noise_level`: the time `t` at which sigma_t / alpha_t equals `level` (0 -> 0, inf -> 1)."
+    """Inverse of `noise_level`: the time `t` at which sigma_t / alpha_t equals `level` (0 -> 0, inf
+    -> 1)."""
     _check_process(process)
     level = torch.as_tensor(level, dtype=torch.float64 if not torch.is_tensor(level) else None)
     if (level < 0).any(): raise ValueError("noise levels must be >= 0")
@@ -74,34 +91,58 @@ def time_from_noise_level(level, process: str = "cosine_v") -> torch.Tensor:
 # %% ../../nbs/10_diffusion.ipynb #4af8a715
 NOISE_DISTRIBUTIONS = ("uniform", "logit_normal")
 
-def sample_noise_level(shape, generator: torch.Generator | None = None, distribution: str = "uniform",
-                       device=None, dtype=torch.float32) -> torch.Tensor:
+def sample_noise_level(
+    shape,
+    generator: torch.Generator | None = None,
+    distribution: str = "uniform",
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
     "Training times `t` in [0, 1] of the given shape (e.g. `(batch,)` or `(batch, spans)`)."
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if distribution == "uniform": return torch.rand(shape, generator=generator, device=device, dtype=dtype)
-    if distribution == "logit_normal": return torch.sigmoid(torch.randn(shape, generator=generator, device=device, dtype=dtype))
-    raise ValueError(f"distribution must be one of {', '.join(NOISE_DISTRIBUTIONS)} (got {distribution!r})")
+    if distribution == "uniform":
+        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    if distribution == "logit_normal":
+        return torch.sigmoid(torch.randn(shape, generator=generator, device=device, dtype=dtype))
+    raise ValueError(
+        f"distribution must be one of {', '.join(NOISE_DISTRIBUTIONS)} (got {distribution!r})"
+    )
 
 # %% ../../nbs/10_diffusion.ipynb #4c2a954c
-def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
-    "`steps` noise levels from sigma_max down to sigma_min, uniform in sigma**(1/rho), then a final 0 (float64)."
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive integer (got {steps!r})")
-    if not 0 < sigma_min < sigma_max: raise ValueError(f"need 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
+def karras_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> torch.Tensor:
+    """`steps` noise levels from sigma_max down to sigma_min, uniform in sigma**(1/rho), then a
+    final 0 (float64)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (got {steps!r})")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
     if rho <= 0: raise ValueError(f"rho must be > 0 (got {rho})")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
 
 # %% ../../nbs/10_diffusion.ipynb #5e24dfe7
-def mixture_denoiser(means: torch.Tensor, stds, weights=None, process: str = "cosine_v") -> Callable:
-    """The exact denoiser of a mixture of isotropic Gaussians (`means` (K, D), `stds` (K,), `weights` (K,)) as a
-    `denoise_fn(x_t, t)` returning the prediction of `process` (v or flow velocity); `x_t` has shape (..., D)."""
+def mixture_denoiser(
+    means: torch.Tensor, stds, weights=None, process: str = "cosine_v"
+) -> Callable:
+    """The exact denoiser of a mixture of isotropic Gaussians (`means` (K, D), `stds` (K,),
+    `weights`
+    (K,)) as a `denoise_fn(x_t, t)` returning the prediction of `process` (v or flow velocity);
+    `x_t` has shape (..., D)."""
     means = torch.as_tensor(means)
     if means.ndim != 2: raise ValueError(f"means must have shape (K, D) (got {tuple(means.shape)})")
     k = means.shape[0]
     stds = torch.as_tensor(stds, dtype=means.dtype).expand(k)
-    weights = torch.full((k,), 1 / k, dtype=means.dtype) if weights is None else torch.as_tensor(weights, dtype=means.dtype)
-    if weights.shape != (k,) or (weights < 0).any(): raise ValueError("weights must be K non-negative numbers")
+    weights = (
+        torch.full((k,), 1 / k, dtype=means.dtype)
+        if weights is None
+        else torch.as_tensor(weights, dtype=means.dtype)
+    )
+    if weights.shape != (k,) or (weights < 0).any():
+        raise ValueError("weights must be K non-negative numbers")
+
     def denoise_fn(x_t: torch.Tensor, t) -> torch.Tensor:
         mu, s2, w = means.to(x_t), stds.to(x_t) ** 2, weights.to(x_t) / weights.sum()
         a, s = alpha_sigma(_expand(t, x_t), process)                       # (B, 1, ..., 1)
@@ -117,7 +158,8 @@ def mixture_denoiser(means: torch.Tensor, stds, weights=None, process: str = "co
 SAMPLERS = ("dpmpp_2m", "euler", "ddim")  # euler and ddim are the same update (see above)
 
 def classifier_free_guidance(cond_fn: Callable, uncond_fn: Callable, scale: float) -> Callable:
-    "A denoise_fn that returns uncond + scale * (cond - uncond); scale 1 is the conditional model alone."
+    """A denoise_fn that returns uncond + scale * (cond - uncond); scale 1 is the conditional model
+    alone."""
     def denoise_fn(x_t, t):
         c = cond_fn(x_t, t)
         if scale == 1: return c
@@ -126,27 +168,59 @@ def classifier_free_guidance(cond_fn: Callable, uncond_fn: Callable, scale: floa
     return denoise_fn
 
 # %% ../../nbs/10_diffusion.ipynb #f6cd7242
-def sample(denoise_fn: Callable, shape, steps: int, sampler: str = "dpmpp_2m", *, cfg_scale: float = 1.0,
-           uncond_fn: Callable | None = None, process: str = "cosine_v", sigmas: torch.Tensor | None = None,
-           sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, noise: torch.Tensor | None = None,
-           generator: torch.Generator | None = None, device=None, dtype=torch.float32, return_trajectory: bool = False):
-    """Generate data of `shape` by solving the probability-flow ODE from noise.
-    `denoise_fn(x_t, t)` gets `t` of shape `(shape[0],)` in [0, 1] and returns v (cosine_v) or eps - x0 (flow).
-    Noise levels: Karras sigmas (`steps`, `sigma_min`, `sigma_max`, `rho`) unless `sigmas` (decreasing, last 0)
-    is given. `cfg_scale` != 1 needs `uncond_fn`. Returns x0, or (x0, [x at every level]) with `return_trajectory`."""
+def sample(
+    denoise_fn: Callable,
+    shape,
+    steps: int,
+    sampler: str = "dpmpp_2m",
+    *,
+    cfg_scale: float = 1.0,
+    uncond_fn: Callable | None = None,
+    process: str = "cosine_v",
+    sigmas: torch.Tensor | None = None,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype=torch.float32,
+    return_trajectory: bool = False,
+):
+    """Generate data of `shape` by solving the probability-flow ODE from noise. `denoise_fn(x_t, t)`
+    gets `t` of shape `(shape[0],)` in [0, 1] and returns v (cosine_v) or eps - x0 (flow). Noise
+    levels: Karras sigmas (`steps`, `sigma_min`, `sigma_max`, `rho`) unless `sigmas` (decreasing,
+    last 0) is given. `cfg_scale` != 1 needs `uncond_fn`. Returns x0, or (x0, [x at every level])
+    with `return_trajectory`."""
     _check_process(process)
-    if sampler not in SAMPLERS: raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
     if cfg_scale != 1 and uncond_fn is None: raise ValueError("cfg_scale != 1 needs an uncond_fn")
-    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho) if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.ndim != 1 or len(sigmas) < 2 or not (sigmas[1:] < sigmas[:-1]).all() or sigmas[-1] < 0:
-        raise ValueError("sigmas must be a decreasing 1-D sequence of at least 2 non-negative noise levels")
-    fn = denoise_fn if cfg_scale == 1 else classifier_free_guidance(denoise_fn, uncond_fn, cfg_scale)
+    sigmas = (
+        karras_sigmas(steps, sigma_min, sigma_max, rho)
+        if sigmas is None
+        else torch.as_tensor(sigmas, dtype=torch.float64)
+    )
+    if (
+        sigmas.ndim != 1
+        or len(sigmas) < 2
+        or not (sigmas[1:] < sigmas[:-1]).all()
+        or sigmas[-1] < 0
+    ):
+        raise ValueError(
+            "sigmas must be a decreasing 1-D sequence of at least 2 non-negative noise levels"
+        )
+    fn = (
+        denoise_fn if cfg_scale == 1 else classifier_free_guidance(denoise_fn, uncond_fn, cfg_scale)
+    )
     ts = time_from_noise_level(sigmas, process)
     alphas, sigs = (c.tolist() for c in alpha_sigma(ts, process))
     lambdas = [-math.log(s) if s > 0 else math.inf for s in sigmas.tolist()]
     if noise is None: noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    if tuple(noise.shape) != tuple(shape): raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-    x = noise * math.sqrt(alphas[0] ** 2 + sigs[0] ** 2)  # the marginal std of unit-variance data (1 when VP)
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+    # the marginal std of unit-variance data (1 when VP)
+    x = noise * math.sqrt(alphas[0] ** 2 + sigs[0] ** 2)
     trajectory, previous, h_previous = [x], None, None
     for i in range(len(sigmas) - 1):
         t = torch.full(x.shape[:1], ts[i].item(), dtype=x.dtype, device=x.device)

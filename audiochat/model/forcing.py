@@ -1,5 +1,5 @@
-"""One sequence per dialogue (text tokens and audio latent spans), one loss for both:
-L = L_LM + λ L_diff with λ = 5, and an **independent noise level for every audio span**.
+"""One sequence per dialogue (text tokens and audio latent spans), one loss for both: L = L_LM +
+λ L_diff with λ = 5, and an **independent noise level for every audio span**.
 
 Docs: https://audiochat.github.io/audiochat/forcing.html.md"""
 
@@ -16,8 +16,14 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from .transformer import AUDIO, TEXT, Layout, attention_backend, build_mask
 from .tokenizer import special_token_ids
+from audiochat.model.transformer import (
+    AUDIO,
+    TEXT,
+    Layout,
+    attention_backend,
+    build_mask,
+)
 
 # %% auto #0
 __all__ = ['PLAN_SPEAKERS', 'PLAN_WORDS', 'PLAN_FEATURES', 'NOISE_POLICIES', 'Turn', 'Sequence', 'pack_dialogue',
@@ -28,23 +34,35 @@ __all__ = ['PLAN_SPEAKERS', 'PLAN_WORDS', 'PLAN_FEATURES', 'NOISE_POLICIES', 'Tu
 # %% ../../nbs/11_forcing.ipynb #587f507f
 @dataclass
 class Turn:
-    "One turn of a dialogue: `role` user or assistant, its text, and optionally one audio span after the text."
+    """One turn of a dialogue: `role` user or assistant, its text, and optionally one audio span
+    after the text."""
     role: str
     text: str = ""
     audio: torch.Tensor | None = None  # (frames, latent_dim)
-    tool: str = ""  # assistant turns: text written by code after the model's text, before the audio (no LM loss)
-    plan: torch.Tensor | None = None  # (frames, PLAN_FEATURES): the audio's scene, frame by frame (see `plan_frames`)
+    # assistant turns: text written by code after the model's text, before the audio (no LM loss)
+    tool: str = ""
+    # (frames, PLAN_FEATURES): the audio's scene, frame by frame (see `plan_frames`)
+    plan: torch.Tensor | None = None
 
     def __post_init__(self):
-        if self.role not in ("user", "assistant"): raise ValueError(f"Turn.role must be 'user' or 'assistant', got {self.role!r}")
-        if self.tool and self.role != "assistant": raise ValueError("Turn.tool is for assistant turns (a tool result)")
+        if self.role not in ("user", "assistant"):
+            raise ValueError(f"Turn.role must be 'user' or 'assistant', got {self.role!r}")
+        if self.tool and self.role != "assistant":
+            raise ValueError("Turn.tool is for assistant turns (a tool result)")
         if self.audio is not None:
             if self.audio.ndim != 2 or self.audio.shape[0] == 0:
-                raise ValueError(f"Turn.audio must be (frames > 0, latent_dim), got shape {tuple(self.audio.shape)}")
+                raise ValueError(
+                    "Turn.audio must be (frames > 0, latent_dim), got shape "
+                    f"{tuple(self.audio.shape)}"
+                )
             if not torch.isfinite(self.audio).all(): raise ValueError("Turn.audio contains NaN/inf")
-        if self.plan is not None and (self.audio is None or self.plan.shape != (self.audio.shape[0], PLAN_FEATURES)):
-            raise ValueError(f"Turn.plan must be (audio frames, {PLAN_FEATURES}), got {tuple(self.plan.shape)}"
-                             + ("" if self.audio is not None else " on a turn without audio"))
+        if self.plan is not None and (
+            self.audio is None or self.plan.shape != (self.audio.shape[0], PLAN_FEATURES)
+        ):
+            raise ValueError(
+                f"Turn.plan must be (audio frames, {PLAN_FEATURES}), got {tuple(self.plan.shape)}"
+                + ("" if self.audio is not None else " on a turn without audio")
+            )
         if not self.text and self.audio is None: raise ValueError("a turn needs text or audio")
 
 @dataclass
@@ -56,7 +74,8 @@ class Sequence:
     span: torch.Tensor  # long: audio span index in the dialogue, -1 at text
     turn: torch.Tensor  # long: turn index
     target: torch.Tensor  # bool: produced by the assistant (text or audio)
-    plan: torch.Tensor | None = None  # float (T, PLAN_FEATURES): the scene at audio frames that have one, 0 elsewhere
+    # float (T, PLAN_FEATURES): the scene at audio frames that have one, 0 elsewhere
+    plan: torch.Tensor | None = None
 
     def __len__(self): return self.tokens.shape[0]
 
@@ -68,27 +87,37 @@ def pack_dialogue(turns: list[Turn], tokenizer, latent_dim: int | None = None) -
     dims = {t.audio.shape[1] for t in turns if t.audio is not None}
     if latent_dim is None: latent_dim = dims.pop() if len(dims) == 1 else None
     if latent_dim is None or any(d != latent_dim for d in dims):
-        raise ValueError(f"all audio spans need the same latent_dim, got {sorted(dims) or 'no audio and no latent_dim'}")
+        raise ValueError(
+            "all audio spans need the same latent_dim, got "
+            f"{sorted(dims) or 'no audio and no latent_dim'}"
+        )
     toks, mods, spans, turn_ix, target, lat, plan = [], [], [], [], [], [], []
     planned = any(t.plan is not None for t in turns)  # no plan tensor at all for the usual case
     def add(tokens, turn, tgt, audio=None, span=-1, frames_plan=None):
         n = len(tokens) if audio is None else audio.shape[0]
-        if planned: plan.append(torch.zeros(n, PLAN_FEATURES) if frames_plan is None else frames_plan.float())
+        if planned:
+            plan.append(
+                torch.zeros(n, PLAN_FEATURES) if frames_plan is None else frames_plan.float()
+            )
         toks.extend(tokens if audio is None else [ids["pad"]] * n)
-        mods.extend([TEXT if audio is None else AUDIO] * n); spans.extend([span] * n)
-        turn_ix.extend([turn] * n); target.extend([tgt] * n)
+        mods.extend([TEXT if audio is None else AUDIO] * n)
+        spans.extend([span] * n)
+        turn_ix.extend([turn] * n)
+        target.extend([tgt] * n)
         lat.append(torch.zeros(n, latent_dim) if audio is None else audio.float())
     add([ids["bos"]], 0, False)
     n_span = 0
     for i, t in enumerate(turns):
         tgt = t.role == "assistant"
         add([ids[t.role]] + tokenizer.encode(t.text, add_special_tokens=False), i, tgt)
-        if t.tool:  # the model hands over (<|system|>), code writes the tool result: no LM loss on it
+        # the model hands over (<|system|>), code writes the tool result: no LM loss on it
+        if t.tool:
             add([ids["system"]], i, tgt)
             add(tokenizer.encode(t.tool, add_special_tokens=False), i, False)
         if t.audio is not None:
             add([ids["audio_start"]], i, tgt and not t.tool)
-            add(None, i, tgt, audio=t.audio, span=n_span, frames_plan=t.plan); n_span += 1
+            add(None, i, tgt, audio=t.audio, span=n_span, frames_plan=t.plan)
+            n_span += 1
             add([ids["audio_end"]], i, tgt)
         add([ids["end_turn"]], i, tgt)
     L = lambda x, dt=torch.long: torch.tensor(x, dtype=dt)
@@ -97,24 +126,49 @@ def pack_dialogue(turns: list[Turn], tokenizer, latent_dim: int | None = None) -
 
 # %% ../../nbs/11_forcing.ipynb #cf365b40
 PLAN_SPEAKERS, PLAN_WORDS = 8, 32
-PLAN_FEATURES = len(("speech", "sfx", "music")) + PLAN_SPEAKERS + PLAN_WORDS + 5  # + loudness, pan, progress, onset, offset
-_STOP_WORDS = {"a", "an", "the", "of", "and", "in", "on", "with", "at", "to", "is", "its", "from", "by"}
+# + loudness, pan, progress, onset, offset
+PLAN_FEATURES = len(("speech", "sfx", "music")) + PLAN_SPEAKERS + PLAN_WORDS + 5
+_STOP_WORDS = {
+    "a",
+    "an",
+    "the",
+    "of",
+    "and",
+    "in",
+    "on",
+    "with",
+    "at",
+    "to",
+    "is",
+    "its",
+    "from",
+    "by",
+}
 
-def _bucket(word: str, n: int) -> int: return zlib.crc32(word.encode()) % n  # stable across runs and machines
+
+# stable across runs and machines
+def _bucket(word: str, n: int) -> int: return zlib.crc32(word.encode()) % n
 
 def source_features(source) -> torch.Tensor:
-    "The constant part of one source's plan features: kind, speaker slot, hashed caption words, loudness, pan."
+    """The constant part of one source's plan features: kind, speaker slot, hashed caption words,
+    loudness, pan."""
     f = torch.zeros(PLAN_FEATURES)
     f[("speech", "sfx", "music").index(source.kind)] = 1
     if source.speaker: f[3 + _bucket(source.speaker.lower(), PLAN_SPEAKERS)] = 1
-    words = [w for w in "".join(c if c.isalnum() else " " for c in (source.caption or source.emotion or "").lower()).split()
-             if w not in _STOP_WORDS]
+    words = [
+        w
+        for w in "".join(
+            c if c.isalnum() else " " for c in (source.caption or source.emotion or "").lower()
+        ).split()
+        if w not in _STOP_WORDS
+    ]
     for w in words: f[3 + PLAN_SPEAKERS + _bucket(w, PLAN_WORDS)] += 1 / len(words)
     f[-5], f[-4] = (source.loudness_db + 23) / 20, source.pan
     return f
 
 def plan_frames(scene, frames: int, frame_rate: int = 40) -> torch.Tensor:
-    "Plan features (frames, PLAN_FEATURES) of `scene` at `frame_rate`: the sum over the sources sounding at each frame."
+    """Plan features (frames, PLAN_FEATURES) of `scene` at `frame_rate`: the sum over the sources
+    sounding at each frame."""
     out = torch.zeros(frames, PLAN_FEATURES)
     centre = (torch.arange(frames) + 0.5) / frame_rate  # the time at the middle of each frame
     for s in scene.sources:
@@ -129,18 +183,26 @@ def plan_frames(scene, frames: int, frame_rate: int = 40) -> torch.Tensor:
 # %% ../../nbs/11_forcing.ipynb #7f722c29
 @dataclass
 class Batch:
-    "A training batch: tokens (B, T), latents (B, T, D), the layout, and per-position turn and target flags."
+    """A training batch: tokens (B, T), latents (B, T, D), the layout, and per-position turn and
+    target flags."""
     tokens: torch.Tensor
     latents: torch.Tensor
     layout: Layout
     turn: torch.Tensor
     target: torch.Tensor
-    plan: torch.Tensor | None = None  # (B, T, PLAN_FEATURES) when some dialogue carries its plan frame by frame
+    # (B, T, PLAN_FEATURES) when some dialogue carries its plan frame by frame
+    plan: torch.Tensor | None = None
 
     def to(self, device):
         plan = None if self.plan is None else self.plan.to(device)
-        return Batch(self.tokens.to(device), self.latents.to(device), self.layout.to(device), self.turn.to(device),
-                     self.target.to(device), plan)
+        return Batch(
+            self.tokens.to(device),
+            self.latents.to(device),
+            self.layout.to(device),
+            self.turn.to(device),
+            self.target.to(device),
+            plan,
+        )
 
 # %% ../../nbs/11_forcing.ipynb #2b5bc6c6
 def _rows_to_batch(rows: list[list[Sequence]], pad_id: int, length: int | None = None) -> Batch:
@@ -158,9 +220,16 @@ def _rows_to_batch(rows: list[list[Sequence]], pad_id: int, length: int | None =
         i, spans_before = 0, 0
         for d, s in enumerate(row):
             sl = slice(i, i + len(s))
-            if sl.stop > T: raise ValueError(f"row {b} needs {sl.stop} positions, more than the length {T}")
-            tokens[b, sl], latents[b, sl], modality[b, sl], turn[b, sl] = s.tokens, s.latents, s.modality, s.turn
-            span[b, sl] = torch.where(s.span >= 0, s.span + spans_before, s.span)  # span ids unique within a row
+            if sl.stop > T:
+                raise ValueError(f"row {b} needs {sl.stop} positions, more than the length {T}")
+            tokens[b, sl], latents[b, sl], modality[b, sl], turn[b, sl] = (
+                s.tokens,
+                s.latents,
+                s.modality,
+                s.turn,
+            )
+            # span ids unique within a row
+            span[b, sl] = torch.where(s.span >= 0, s.span + spans_before, s.span)
             document[b, sl], pad[b, sl], target[b, sl] = d, False, s.target
             if s.plan is not None: plan[b, sl] = s.plan
             spans_before += int(s.span.max().clamp_min(-1)) + 1
@@ -176,14 +245,24 @@ def collate(seqs: list[Sequence], pad_id: int) -> Batch:
 
 # %% ../../nbs/11_forcing.ipynb #33c1193a
 def pack_rows(seqs: list[Sequence], length: int, pad_id: int) -> Batch:
-    "Several dialogues per row of `length` positions (first-fit decreasing); a longer dialogue is an error."
+    """Several dialogues per row of `length` positions (first-fit decreasing); a longer dialogue is
+    an error."""
     too_long = [len(s) for s in seqs if len(s) > length]
-    if too_long: raise ValueError(f"{len(too_long)} dialogues are longer than the row length {length} (longest {max(too_long)})")
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} dialogues are longer than the row length {length} (longest "
+            f"{max(too_long)})"
+        )
     rows, free = [], []
     for s in sorted(seqs, key=len, reverse=True):
         for r in range(len(rows)):
-            if free[r] >= len(s): rows[r].append(s); free[r] -= len(s); break
-        else: rows.append([s]); free.append(length - len(s))
+            if free[r] >= len(s):
+                rows[r].append(s)
+                free[r] -= len(s)
+                break
+        else:
+            rows.append([s])
+            free.append(length - len(s))
     return _rows_to_batch(rows, pad_id, length)
 
 # %% ../../nbs/11_forcing.ipynb #972f2d47
@@ -201,27 +280,40 @@ class ForcingConfig:
     clean_p: float = 0.1  # probability that a span other than the last target is left clean
     cfg_p: float = 0.1  # probability that a target span is isolated from its context (CFG training)
     loss_on: str = "target"  # target | all: which noisy spans get the diffusion loss
-    normalize: str = "frame"  # frame | span: average the diffusion loss over frames, or per span then over spans
+    # frame | span: average the diffusion loss over frames, or per span then over spans
+    normalize: str = "frame"
     process: str = "cosine_v"  # cosine_v (v-prediction) | flow (flow matching), see notebook 10
 
     def __post_init__(self):
-        if self.policy not in NOISE_POLICIES: raise ValueError(f"policy must be one of {NOISE_POLICIES}, got {self.policy!r}")
-        if self.loss_on not in ("target", "all"): raise ValueError(f"loss_on must be 'target' or 'all', got {self.loss_on!r}")
-        if self.normalize not in ("frame", "span"): raise ValueError(f"normalize must be 'frame' or 'span', got {self.normalize!r}")
+        if self.policy not in NOISE_POLICIES:
+            raise ValueError(f"policy must be one of {NOISE_POLICIES}, got {self.policy!r}")
+        if self.loss_on not in ("target", "all"):
+            raise ValueError(f"loss_on must be 'target' or 'all', got {self.loss_on!r}")
+        if self.normalize not in ("frame", "span"):
+            raise ValueError(f"normalize must be 'frame' or 'span', got {self.normalize!r}")
         for k in ("t_min", "context_cap", "clean_p", "cfg_p"):
-            if not 0 <= getattr(self, k) <= 1: raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
+            if not 0 <= getattr(self, k) <= 1:
+                raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
 
 # %% ../../nbs/11_forcing.ipynb #9ac3924e
 def span_table(batch: Batch):
-    """Per-span facts as (B, S) tensors, S = most spans in a row: exists, is_target, document, and is_last
-    (the last target span of its dialogue)."""
+    """Per-span facts as (B, S) tensors, S = most spans in a row: exists, is_target, document, and
+    is_last (the last target span of its dialogue)."""
     lay = batch.layout
-    B, S = lay.span.shape[0], int(lay.span.max().clamp_min(0)) + 1  # at least one (empty) column: a text-only batch
+    # at least one (empty) column: a text-only batch
+    B, S = lay.span.shape[0], int(lay.span.max().clamp_min(0)) + 1
     idx = lay.span.clamp_min(0)
     audio = lay.audio
     def per_span(values, reduce="amax"):
         out = torch.zeros(B, S, dtype=torch.long, device=idx.device)
-        return out.scatter_reduce(1, idx, torch.where(audio, values.long(), torch.zeros_like(idx)), reduce, include_self=True)
+        return out.scatter_reduce(
+            1,
+            idx,
+            torch.where(audio, values.long(), torch.zeros_like(idx)),
+            reduce,
+            include_self=True,
+        )
+
     exists = per_span(audio) > 0
     is_target = per_span(batch.target) > 0
     document = per_span(lay.document)
@@ -233,14 +325,16 @@ def span_table(batch: Batch):
     return exists, is_target, document, last
 
 def _draw(shape, generator=None, device=None, normal=False):
-    "Random numbers drawn on the generator's device (so a seed gives the same draws on CPU and GPU), moved to `device`."
+    """Random numbers drawn on the generator's device (so a seed gives the same draws on CPU and
+    GPU), moved to `device`."""
     where = generator.device if generator is not None else device
     x = (torch.randn if normal else torch.rand)(shape, generator=generator, device=where)
     return x.to(device)
 
 # %% ../../nbs/11_forcing.ipynb #c8488d98
 def noise_levels(batch: Batch, config: ForcingConfig, generator=None):
-    "Diffusion time per span (B, S) and which target spans are isolated for CFG (B, S), following `config`."
+    """Diffusion time per span (B, S) and which target spans are isolated for CFG (B, S), following
+    `config`."""
     exists, is_target, document, last = span_table(batch)
     B, S = exists.shape
     u = lambda *shape: _draw(shape, generator, exists.device)
@@ -251,14 +345,16 @@ def noise_levels(batch: Batch, config: ForcingConfig, generator=None):
         t = per_doc.gather(1, document)
     else: t = torch.where(last, lo + (1 - lo) * u(B, S), torch.zeros(B, S, device=exists.device))
     t = torch.where(is_target, t, t.clamp_max(config.context_cap))
-    if config.policy != "clean_history": t = torch.where(~last & (u(B, S) < config.clean_p), torch.zeros_like(t), t)
+    if config.policy != "clean_history":
+        t = torch.where(~last & (u(B, S) < config.clean_p), torch.zeros_like(t), t)
     isolated = is_target & (u(B, S) < config.cfg_p)
     return t * exists, isolated & exists
 
 # %% ../../nbs/11_forcing.ipynb #bfc15926
 @dataclass
 class Noised:
-    "A batch after noising: what the model reads (latents, t, layout) and what the loss needs (v, loss mask)."
+    """A batch after noising: what the model reads (latents, t, layout) and what the loss needs (v,
+    loss mask)."""
     latents: torch.Tensor  # (B, T, D) x_t at audio positions
     t: torch.Tensor  # (B, T) diffusion time at audio positions, 0 at text
     v: torch.Tensor  # (B, T, D) v-prediction target
@@ -290,7 +386,8 @@ class LossOutput:
     n_frames: int  # number of frames in the diffusion loss
 
 def text_targets(batch: Batch, audio_end_id: int) -> torch.Tensor:
-    "Bool (B, T-1): position i is trained to predict token i+1 (an assistant text token other than <|audio_end|>)."
+    """Bool (B, T-1): position i is trained to predict token i+1 (an assistant text token other than
+    <|audio_end|>)."""
     nxt = slice(1, None)
     return batch.target[:, nxt] & batch.layout.text[:, nxt] & (batch.tokens[:, nxt] != audio_end_id)
 
@@ -299,60 +396,103 @@ def diffusion_mse(pred, v, mask, span, normalize: str = "frame") -> torch.Tensor
     err = (pred.float() - v.float()).pow(2).mean(-1)  # (B, T)
     if not mask.any(): return err.sum() * 0
     if normalize == "frame": return err[mask].mean()
-    key = (torch.arange(span.shape[0], device=span.device)[:, None] * (int(span.max()) + 1) + span)[mask]
+    key = (torch.arange(span.shape[0], device=span.device)[:, None] * (int(span.max()) + 1) + span)[
+        mask
+    ]
     sums = torch.zeros(int(key.max()) + 1, device=err.device).index_add(0, key, err[mask])
     counts = torch.zeros_like(sums).index_add(0, key, torch.ones_like(err[mask]))
     return (sums[counts > 0] / counts[counts > 0]).mean()
 
 # %% ../../nbs/11_forcing.ipynb #ae745b92
 def _accepts(model, name: str) -> bool:
-    "Whether the model inside any DDP / torch.compile wrappers takes the keyword `name` in `forward`."
-    for _ in range(4): model = getattr(model, "_orig_mod", None) or getattr(model, "module", None) or model
+    """Whether the model inside any DDP / torch.compile wrappers takes the keyword `name` in
+    `forward`."""
+    for _ in range(4):
+        model = getattr(model, "_orig_mod", None) or getattr(model, "module", None) or model
     return name in inspect.signature(model.forward).parameters
 
 def _model_options(model, logits_at, device) -> dict:
-    "The options of the model's forward that training uses when it has them: logits only where the loss reads them, FlexAttention on CUDA."
+    """The options of the model's forward that training uses when it has them: logits only where the
+    loss reads them, FlexAttention on CUDA."""
     options = dict(logits_at=logits_at, flex=attention_backend(device) == "flex")
     return {k: v for k, v in options.items() if _accepts(model, k) and v is not False}
 
-def forcing_loss(model, batch: Batch, config: ForcingConfig, audio_end_id: int, generator=None) -> LossOutput:
+def forcing_loss(
+    model, batch: Batch, config: ForcingConfig, audio_end_id: int, generator=None
+) -> LossOutput:
     "Noise the batch, run the model, and combine the two losses: L = L_LM + lambda * L_diff."
     tt = text_targets(batch, audio_end_id)
     kw = _model_options(model, F.pad(tt, (0, 1)), batch.tokens.device)
-    at_targets = lambda logits: logits if "logits_at" in kw else logits[:, :-1][tt]  # (N, vocab): the logits the loss reads
-    single = not (torch.distributed.is_available() and torch.distributed.is_initialized())  # DDP/FSDP hook forward() only
-    if single and not batch.layout.audio.any() and hasattr(model, "forward_text") and model.config.arch != "dit":
-        logits = at_targets(model.forward_text(batch.tokens, batch.layout, **kw))  # a text-only batch: the text path alone, no noise
-        lm = F.cross_entropy(logits.float(), batch.tokens[:, 1:][tt]) if tt.any() else logits.sum() * 0
+    # (N, vocab): the logits the loss reads
+    at_targets = lambda logits: logits if "logits_at" in kw else logits[:, :-1][tt]
+    # DDP/FSDP hook forward() only
+    single = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    if (
+        single
+        and not batch.layout.audio.any()
+        and hasattr(model, "forward_text")
+        and model.config.arch != "dit"
+    ):
+        # a text-only batch: the text path alone, no noise
+        logits = at_targets(model.forward_text(batch.tokens, batch.layout, **kw))
+        lm = (
+            F.cross_entropy(logits.float(), batch.tokens[:, 1:][tt])
+            if tt.any()
+            else logits.sum() * 0
+        )
         return LossOutput(lm, lm, lm * 0, int(tt.sum()), 0)
     n = apply_noise(batch, config, generator)
-    if batch.plan is not None: kw["plan"] = batch.plan  # the scene frame by frame (a model with plan_features)
+    # the scene frame by frame (a model with plan_features)
+    if batch.plan is not None: kw["plan"] = batch.plan
     out = model(batch.tokens, n.latents, n.t, n.layout, **kw)
     if out.text_logits is not None and tt.any():
         lm = F.cross_entropy(at_targets(out.text_logits).float(), batch.tokens[:, 1:][tt])
     else: lm = out.audio_pred.sum() * 0
     diff = diffusion_mse(out.audio_pred, n.v, n.loss_mask, batch.layout.span, config.normalize)
     if not torch.isfinite(lm) or not torch.isfinite(diff):
-        raise FloatingPointError(f"non-finite loss: lm={lm.item()}, diff={diff.item()} (check the learning rate and the latent normalisation)")
-    return LossOutput(lm + config.lambda_diff * diff, lm, diff, int(tt.sum()), int(n.loss_mask.sum()))
+        raise FloatingPointError(
+            f"non-finite loss: lm={lm.item()}, diff={diff.item()} (check the learning rate and the "
+            "latent normalisation)"
+        )
+    return LossOutput(
+        lm + config.lambda_diff * diff, lm, diff, int(tt.sum()), int(n.loss_mask.sum())
+    )
 
 # %% ../../nbs/11_forcing.ipynb #25a3604f
-def span_denoiser(model, batch: Batch, span_id: int, history_t: float = 0.0, process: str = "cosine_v", seed: int = 0):
-    """A `denoise_fn` for `diffusion.sample` that generates audio span `span_id` of every row (each row must have the
-    same number of frames in it). Other spans keep their latents, clean or noised to `history_t` (with fixed noise);
-    text is as in the batch. Returns (denoise_fn, shape of the span's latents (B, F, D))."""
+def span_denoiser(
+    model,
+    batch: Batch,
+    span_id: int,
+    history_t: float = 0.0,
+    process: str = "cosine_v",
+    seed: int = 0,
+):
+    """A `denoise_fn` for `diffusion.sample` that generates audio span `span_id` of every row (each
+    row
+    must have the same number of frames in it). Other spans keep their latents, clean or noised to
+    `history_t` (with fixed noise); text is as in the batch. Returns (denoise_fn, shape of the
+    span's latents (B, F, D))."""
     lay = batch.layout
     sel = lay.audio & (lay.span == span_id)
     counts = sel.sum(1)
     if counts.min() == 0 or (counts != counts[0]).any():
-        raise ValueError(f"every row needs span {span_id} with the same number of frames, got {counts.tolist()}")
-    eps = _draw(batch.latents.shape, torch.Generator().manual_seed(seed), batch.latents.device, normal=True)
-    hist_t = torch.where(lay.audio & ~sel, torch.full(sel.shape, float(history_t), device=sel.device), torch.zeros(sel.shape, device=sel.device))
+        raise ValueError(
+            f"every row needs span {span_id} with the same number of frames, got {counts.tolist()}"
+        )
+    eps = _draw(
+        batch.latents.shape, torch.Generator().manual_seed(seed), batch.latents.device, normal=True
+    )
+    hist_t = torch.where(
+        lay.audio & ~sel,
+        torch.full(sel.shape, float(history_t), device=sel.device),
+        torch.zeros(sel.shape, device=sel.device),
+    )
     hist, _ = add_noise(batch.latents, eps, hist_t, process)
     B, F = sel.shape[0], int(counts[0])
     kw = {} if batch.plan is None else dict(plan=batch.plan)
     def denoise_fn(x, t):  # x (B, F, D), t (B,)
-        lat = hist.clone(); lat[sel] = x.reshape(-1, x.shape[-1]).to(lat.dtype)
+        lat = hist.clone()
+        lat[sel] = x.reshape(-1, x.shape[-1]).to(lat.dtype)
         tt = torch.where(sel, t[:, None].to(hist_t.dtype).expand_as(hist_t), hist_t)
         return model(batch.tokens, lat, tt, lay, **kw).audio_pred[sel].reshape(B, F, -1).float()
     return denoise_fn, (B, F, batch.latents.shape[-1])

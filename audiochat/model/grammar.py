@@ -1,6 +1,6 @@
-"""`SceneGrammar` answers one question for a decoder: *can this text still become a valid scene?* `decode_text`
-continues a sequence token by token with a KV cache and, given a grammar, only ever picks tokens that keep the
-answer a viable prefix.
+"""`SceneGrammar` answers one question for a decoder: *can this text still become a valid scene?*
+`decode_text` continues a sequence token by token with a KV cache and, given a grammar, only
+ever picks tokens that keep the answer a viable prefix.
 
 Docs: https://audiochat.github.io/audiochat/grammar.html.md"""
 
@@ -27,63 +27,115 @@ __all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_
            'DeadEnd', 'Decoded', 'decode_text']
 
 # %% ../../nbs/15_grammar.ipynb #e43ca1eb
-_CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'  # printable ASCII but " and \, or a JSON escape
-         r'|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})')  # or a UTF-8 character
+# printable ASCII but " and \, or a JSON escape
+_CHAR = (r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\/bfnrt]'
+         # or a UTF-8 character
+         r'|[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3})')
 _STR = rf'"{_CHAR}{{1,120}}"'
 _TIME = r"(?:[0-9]|[1-9][0-9]|1[01][0-9])(?:\.[0-9]{1,2})?"  # 0 to 119.99 s
 _DB = r"(?:0|-(?:0|[1-9][0-9]?)(?:\.[0-9])?)"
 _PAN = r"(?:-?(?:0(?:\.[0-9]{1,2})?|1))"
 _TAIL = rf',"start":{_TIME},"end":{_TIME}(?:,"loudness_db":{_DB})?(?:,"pan":{_PAN})?\}}'
 _ID = r'"[A-Za-z0-9_-]{1,32}"'
-KNOWN_IDS = r'"(?:s[1-9][0-9]?|fx[1-9][0-9]?|music)"'  # the ids the project's dialogues use: s1, fx2, music
+# the ids the project's dialogues use: s1, fx2, music
+KNOWN_IDS = r'"(?:s[1-9][0-9]?|fx[1-9][0-9]?|music)"'
 MAX_SOURCES = 12
 
 def _one_of(words) -> str:
     "A regex matching exactly one of `words`, each as a JSON string."
-    return "(?:" + "|".join(regex.escape(json.dumps(w, ensure_ascii=False)) for w in sorted(set(words), key=len, reverse=True)) + ")"
+    return (
+        "(?:"
+        + "|".join(
+            regex.escape(json.dumps(w, ensure_ascii=False))
+            for w in sorted(set(words), key=len, reverse=True)
+        )
+        + ")"
+    )
+
 
 def source_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID) -> str:
-    "One source of the canonical scene JSON as a regular expression (the arguments as in `scene_pattern`)."
+    """One source of the canonical scene JSON as a regular expression (the arguments as in
+    `scene_pattern`)."""
     spk, emo = (_one_of(v) if v else _STR for v in (speakers, emotions))
     kind = (rf'"(?:sfx|music)","caption":{_STR}' if not (sfx and music) else
             rf'"sfx","caption":{_one_of(sfx)}|"music","caption":{_one_of(music)}')
-    return rf'\{{"id":{ids},"kind":(?:"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}|{kind}){_TAIL}'
+    speech = rf'"speech","speaker":{spk}(?:,"emotion":{emo})?,"text":{_STR}'
+    return rf'\{{"id":{ids},"kind":(?:{speech}|{kind}){_TAIL}'
 
-def scene_pattern(speakers=None, emotions=None, sfx=None, music=None, ids: str = _ID, duration: float | None = None) -> str:
-    """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and `music` (captions),
-    when given, limits that field to those strings; `ids` is the pattern of a source id (a JSON string); `duration`,
-    when given, is the only duration allowed (e.g. the length of the audio being described)."""
+
+def scene_pattern(
+    speakers=None,
+    emotions=None,
+    sfx=None,
+    music=None,
+    ids: str = _ID,
+    duration: float | None = None,
+) -> str:
+    """The canonical scene JSON as a regular expression. Each of `speakers`, `emotions`, `sfx` and
+    `music` (captions), when given, limits that field to those strings; `ids` is the pattern of a
+    source id (a JSON string); `duration`, when given, is the only duration allowed (e.g. the length
+    of the audio being described)."""
     source = source_pattern(speakers, emotions, sfx, music, ids)
-    dur = _TIME if duration is None else regex.escape(json.dumps(int(duration) if float(duration).is_integer() else round(duration, 2)))
-    return rf'\{{"duration":{dur},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
+    dur = (
+        _TIME
+        if duration is None
+        else regex.escape(
+            json.dumps(int(duration) if float(duration).is_integer() else round(duration, 2))
+        )
+    )
+    return (
+        rf'\{{"duration":{dur},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
+    )
 
 # %% ../../nbs/15_grammar.ipynb #a0eefecc
 def known_vocabulary() -> dict:
-    "The names the tools know (speakers, emotions, sound-effect and music captions) and the data's ids, for `scene_pattern`."
-    return dict(speakers=list(SPEAKERS), emotions=list(EMOTIONS), sfx=[v.caption for v in SOUND_EFFECTS.values()],
-                music=[m.caption for m in MUSIC_MOODS.values()], ids=KNOWN_IDS)
+    """The names the tools know (speakers, emotions, sound-effect and music captions) and the data's
+    ids, for `scene_pattern`."""
+    return dict(
+        speakers=list(SPEAKERS),
+        emotions=list(EMOTIONS),
+        sfx=[v.caption for v in SOUND_EFFECTS.values()],
+        music=[m.caption for m in MUSIC_MOODS.values()],
+        ids=KNOWN_IDS,
+    )
 
 SCENE_GRAMMAR = scene_pattern()  # any strings, at most 12 sources
-ANSWER_GRAMMAR = rf'\{{"answer":"{_CHAR}{{1,300}}"\}}'  # a reply in words (e.g. an edit of a sound that is not there)
+# a reply in words (e.g. an edit of a sound that is not there)
+ANSWER_GRAMMAR = rf'\{{"answer":"{_CHAR}{{1,300}}"\}}'
 EDIT_GRAMMAR = rf'(?:{SCENE_GRAMMAR}|{ANSWER_GRAMMAR})'
 
 def answer_text(raw: str) -> str | None:
     "The words of an answer `{\"answer\": ...}` the model wrote instead of a scene, else None."
     try: d = json.loads(raw)
     except ValueError: return None
-    return d["answer"] if isinstance(d, dict) and list(d) == ["answer"] and isinstance(d["answer"], str) else None
+    return (
+        d["answer"]
+        if isinstance(d, dict) and list(d) == ["answer"] and isinstance(d["answer"], str)
+        else None
+    )
 
 
 _NUM = lambda key: regex.compile(rb'"' + key + rb'":(-?[0-9.]+)(,|\}|$)')
-_DURATION, _START, _END, _DB_NUM, _ID = _NUM(b"duration"), _NUM(b"start"), _NUM(b"end"), _NUM(b"loudness_db"), regex.compile(rb'"id":"([^"]*)"')
-_OPEN_ID, _ID_CHARS = regex.compile(rb'"id":"([^"]*)$'), [bytes([c]) for c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-"]
+_DURATION, _START, _END, _DB_NUM, _ID = (
+    _NUM(b"duration"),
+    _NUM(b"start"),
+    _NUM(b"end"),
+    _NUM(b"loudness_db"),
+    regex.compile(rb'"id":"([^"]*)"'),
+)
+_OPEN_ID, _ID_CHARS = (
+    regex.compile(rb'"id":"([^"]*)$'),
+    [bytes([c]) for c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-"],
+)
 
 # %% ../../nbs/15_grammar.ipynb #eb449464
 def _reachable(number: bytes, done: bool) -> list[tuple[float, float]]:
-    "Intervals of the values a non-negative number (at most 3 integer digits and 2 decimals) can still take."
+    """Intervals of the values a non-negative number (at most 3 integer digits and 2 decimals) can
+    still take."""
     whole, dot, frac = number.partition(b".")
     if done or len(frac) == 2: return [(float(number), float(number))]
-    if dot: return [(float(whole + b"." + (frac or b"0")), float(whole + b"." + (frac + b"99")[:2]))]
+    if dot:
+        return [(float(whole + b"." + (frac or b"0")), float(whole + b"." + (frac + b"99")[:2]))]
     if whole == b"0": return [(0.0, 0.99)]
     n = int(whole)
     return [(n * 10 ** k, n * 10 ** k + 10 ** k - 0.01) for k in range(4 - len(whole))]
@@ -94,19 +146,26 @@ def _can_reach(number: bytes, done: bool, lo: float, hi: float) -> bool:
 
 # %% ../../nbs/15_grammar.ipynb #0bf885f6
 class SceneGrammar:
-    """Prefix checks of UTF-8 bytes against the canonical scene JSON grammar, plus the scene's numeric rules on the
-    numbers written so far (start < end <= duration <= max_seconds, loudness >= -60 LUFS, unique ids)."""
+    """Prefix checks of UTF-8 bytes against the canonical scene JSON grammar, plus the scene's
+    numeric
+    rules on the numbers written so far (start < end <= duration <= max_seconds, loudness >= -60
+    LUFS, unique ids)."""
     def __init__(self, pattern: str = SCENE_GRAMMAR, max_seconds: float = 119.99):
-        if not 0.01 <= max_seconds <= 119.99: raise ValueError(f"max_seconds must be in [0.01, 119.99], got {max_seconds}")
+        if not 0.01 <= max_seconds <= 119.99:
+            raise ValueError(f"max_seconds must be in [0.01, 119.99], got {max_seconds}")
         self.pattern, self.max_seconds = regex.compile(pattern.encode()), max_seconds
 
     def numbers_ok(self, text: bytes) -> bool:
-        "The numeric rules on the numbers so far (a number still being written counts with its current value)."
+        """The numeric rules on the numbers so far (a number still being written counts with its
+        current value)."""
         v = lambda m: float(m.group(1)) if m.group(1).strip(b"-.") else None
         d = _DURATION.search(text)
         if d is None: return True
         duration, done = v(d), d.group(2) != b""
-        if duration is not None and not _can_reach(d.group(1), done, 1 / FRAME_RATE, self.max_seconds): return False  # >= one frame
+        if duration is not None and not _can_reach(
+            d.group(1), done, 1 / FRAME_RATE, self.max_seconds
+        ):
+            return False  # >= one frame
         ids = _ID.findall(text)
         if len(ids) != len(set(ids)): return False
         for m in _DB_NUM.finditer(text):
@@ -116,19 +175,30 @@ class SceneGrammar:
             if v(m) is None or duration is None or not done: continue
             if not _can_reach(m.group(1), m.group(2) != b"", 0, duration - 0.01): return False
             if i < len(ends) and v(ends[i]) is not None and m.group(2):
-                if not _can_reach(ends[i].group(1), ends[i].group(2) != b"", v(m) + 0.01, duration): return False
+                if not _can_reach(ends[i].group(1), ends[i].group(2) != b"", v(m) + 0.01, duration):
+                    return False
         return True
 
     def viable(self, text: bytes) -> bool:
         "Whether `text` can still be extended into a complete scene."
-        if self.pattern.fullmatch(text, partial=True) is None or not self.numbers_ok(text): return False
+        if self.pattern.fullmatch(text, partial=True) is None or not self.numbers_ok(text):
+            return False
         return _OPEN_ID.search(text) is None or self._id_can_close(text)
 
     def _id_can_close(self, text: bytes, depth: int = 0) -> bool:
-        "An id still being written must be able to end as a new id (ids are unique): close it now, or after more characters."
-        if self.pattern.fullmatch(text + b'"', partial=True) is not None and self.numbers_ok(text + b'"'): return True
-        if depth == 8: return True  # eight more characters complete any id of the data's form (s1, fx12, music)
-        return any(self.pattern.fullmatch(text + c, partial=True) is not None and self._id_can_close(text + c, depth + 1) for c in _ID_CHARS)
+        """An id still being written must be able to end as a new id (ids are unique): close it now,
+        or after more characters."""
+        if self.pattern.fullmatch(text + b'"', partial=True) is not None and self.numbers_ok(
+            text + b'"'
+        ):
+            return True
+        # eight more characters complete any id of the data's form (s1, fx12, music)
+        if depth == 8: return True
+        return any(
+            self.pattern.fullmatch(text + c, partial=True) is not None
+            and self._id_can_close(text + c, depth + 1)
+            for c in _ID_CHARS
+        )
 
     def complete(self, text: bytes) -> bool:
         "Whether `text` is a complete scene."
@@ -143,22 +213,32 @@ def fresh_id(scene: Scene) -> str:
     return f"fx{1 + max(used, default=0)}"
 
 def edit_pattern(scene: Scene, speakers=None, emotions=None, sfx=None, music=None, **_) -> str:
-    "The diff-form edits of `scene` as a regular expression (vocabulary arguments as in `scene_pattern`)."
+    """The diff-form edits of `scene` as a regular expression (vocabulary arguments as in
+    `scene_pattern`)."""
     head = lambda op, which: rf'\{{"edit":"{op}","id":{which}'
     forms = []
     if scene.ids:
         ids = _one_of(scene.ids)
-        forms += [head("remove", ids) + r"\}", head("loudness", ids) + rf',"gain_db":{_GAIN}\}}',
-                  head("move", ids) + rf',"(?:start":{_TIME}|shift":-?{_TIME})\}}', head("pan", ids) + rf',"pan":{_PAN}\}}']
+        forms += [
+            head("remove", ids) + r"\}",
+            head("loudness", ids) + rf',"gain_db":{_GAIN}\}}',
+            head("move", ids) + rf',"(?:start":{_TIME}|shift":-?{_TIME})\}}',
+            head("pan", ids) + rf',"pan":{_PAN}\}}',
+        ]
     for kind, captions in (("sfx", sfx), ("music", music)):
         mine = [s.id for s in scene.sources if s.kind == kind]
-        if mine: forms.append(head("replace", _one_of(mine)) + rf',"caption":{_one_of(captions) if captions else _STR}\}}')
+        if mine:
+            forms.append(
+                head("replace", _one_of(mine))
+                + rf',"caption":{_one_of(captions) if captions else _STR}\}}'
+            )
     add = source_pattern(speakers, emotions, sfx, music, _one_of([fresh_id(scene)]))
     forms.append(rf'\{{"edit":"add","source":{add}\}}')
     return "(?:" + "|".join(forms) + ")"
 
 class EditGrammar(SceneGrammar):
-    "Prefix checks for an edit of `scene` (`pattern`: `edit_pattern`, maybe with `ANSWER_GRAMMAR`); complete only when it applies."
+    """Prefix checks for an edit of `scene` (`pattern`: `edit_pattern`, maybe with
+    `ANSWER_GRAMMAR`); complete only when it applies."""
     def __init__(self, scene: Scene, pattern: str, max_seconds: float = 119.99):
         super().__init__(pattern, max_seconds)
         self.scene = scene
@@ -173,11 +253,18 @@ class EditGrammar(SceneGrammar):
 # %% ../../nbs/15_grammar.ipynb #f7891b3a
 def _byte_decoder() -> dict[str, int]:
     "The byte-level BPE alphabet: printable stand-in characters -> byte values."
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
-        if b in keep: chars[chr(b)] = b
-        else: chars[chr(256 + extra)] = b; extra += 1
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
     return chars
 
 def token_pieces(tokenizer) -> list[bytes | None]:
@@ -185,12 +272,19 @@ def token_pieces(tokenizer) -> list[bytes | None]:
     table, special = _byte_decoder(), set(tokenizer.all_special_ids)
     pieces = []
     for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        pieces.append(None if i in special or tok is None or any(c not in table for c in tok) else bytes(table[c] for c in tok))
+        pieces.append(
+            None
+            if i in special or tok is None or any(c not in table for c in tok)
+            else bytes(table[c] for c in tok)
+        )
     return pieces
 
 class DeadEnd(RuntimeError):
     "Constrained decoding reached a prefix that no token extends; `raw` is the text so far."
-    def __init__(self, message: str, raw: str): super().__init__(message); self.raw = raw
+
+    def __init__(self, message: str, raw: str):
+        super().__init__(message)
+        self.raw = raw
 
 # %% ../../nbs/15_grammar.ipynb #dd76a7d0
 @dataclass
@@ -206,23 +300,50 @@ class Decoded:
 
 # %% ../../nbs/15_grammar.ipynb #ad1cb190
 @torch.no_grad()
-def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, stop_ids=(), max_new_tokens: int = 512,
-                temperature: float = 0.0, generator: torch.Generator | None = None, grammar: SceneGrammar | None = None,
-                pieces: list | None = None, top_k: int = 64, tokenizer=None) -> Decoded:
-    """Continue one sequence (tokens (1, T), latents (1, T, D) and layout for a context with audio) with a KV cache.
-    Greedy when `temperature` is 0, else sampling from the top_k tokens. With `grammar` (and `pieces` from
-    `token_pieces`) only tokens that keep the text a viable prefix are chosen; stop ids only once it is complete.
-    With `tokenizer` the new ids are also decoded into text."""
-    if tokens.ndim != 2 or tokens.shape[0] != 1: raise ValueError(f"decode_text takes one sequence (1, T), got {tuple(tokens.shape)}")
-    if grammar is not None and pieces is None: raise ValueError("grammar-constrained decoding needs the token pieces (token_pieces(tokenizer))")
+def decode_text(
+    model,
+    tokens,
+    latents=None,
+    layout: Layout | None = None,
+    *,
+    stop_ids=(),
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    grammar: SceneGrammar | None = None,
+    pieces: list | None = None,
+    top_k: int = 64,
+    tokenizer=None,
+) -> Decoded:
+    """Continue one sequence (tokens (1, T), latents (1, T, D) and layout for a context with audio)
+    with a KV cache. Greedy when `temperature` is 0, else sampling from the top_k tokens. With
+    `grammar` (and `pieces` from `token_pieces`) only tokens that keep the text a viable prefix are
+    chosen; stop ids only once it is complete. With `tokenizer` the new ids are also decoded into
+    text."""
+    if tokens.ndim != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"decode_text takes one sequence (1, T), got {tuple(tokens.shape)}")
+    if grammar is not None and pieces is None:
+        raise ValueError(
+            "grammar-constrained decoding needs the token pieces (token_pieces(tokenizer))"
+        )
     stop, t0 = set(stop_ids), time.perf_counter()
     dev = tokens.device
     with_audio = layout is not None and bool(layout.audio.any())
     if with_audio:
         cache = model.new_cache()
         D = model.config.latent_dim
-        step = lambda tok: model(tok, torch.zeros(1, tok.shape[1], D, device=dev), torch.zeros(tok.shape, device=dev), Layout.text_only(tok), cache=cache).text_logits
-        logits = model(tokens, latents, torch.zeros(tokens.shape, device=dev), layout, cache=cache).text_logits
+        step = lambda tok: (
+            model(
+                tok,
+                torch.zeros(1, tok.shape[1], D, device=dev),
+                torch.zeros(tok.shape, device=dev),
+                Layout.text_only(tok),
+                cache=cache,
+            ).text_logits
+        )
+        logits = model(
+            tokens, latents, torch.zeros(tokens.shape, device=dev), layout, cache=cache
+        ).text_logits
     else:
         cache = model.new_cache(text_only=True)
         step = lambda tok: model.forward_text(tok, Layout.text_only(tok), cache)
@@ -237,16 +358,41 @@ def decode_text(model, tokens, latents=None, layout: Layout | None = None, *, st
         else: order = z.argsort(descending=True).tolist()
         nxt = None
         for i in order if grammar is not None else order[:1]:
-            if grammar is None: nxt = i; break
+            if grammar is None:
+                nxt = i
+                break
             if i in stop:
-                if grammar.complete(text): nxt = i; break
-            elif pieces[i] is not None and grammar.viable(text + pieces[i]): nxt = i; break
-        if nxt is None:  # sampling looked at the top_k only: fall back to the best allowed token of the whole vocabulary
-            nxt = next((i for i in z.argsort(descending=True).tolist()
-                        if (i in stop and grammar.complete(text)) or (i not in stop and pieces[i] is not None and grammar.viable(text + pieces[i]))), None)
-            if nxt is None and grammar.complete(text): stopped = True; break  # complete, and no stop token was given
-            if nxt is None: raise DeadEnd("no token can extend the text under the grammar", text.decode(errors="replace"))
-        if nxt in stop: stopped = True; break
+                if grammar.complete(text):
+                    nxt = i
+                    break
+            elif pieces[i] is not None and grammar.viable(text + pieces[i]):
+                nxt = i
+                break
+        # sampling looked at the top_k only: fall back to the best allowed token of the whole
+        # vocabulary
+        if nxt is None:
+            nxt = next(
+                (
+                    i
+                    for i in z.argsort(descending=True).tolist()
+                    if (i in stop and grammar.complete(text))
+                    or (
+                        i not in stop and pieces[i] is not None and grammar.viable(text + pieces[i])
+                    )
+                ),
+                None,
+            )
+            # complete, and no stop token was given
+            if nxt is None and grammar.complete(text):
+                stopped = True
+                break
+            if nxt is None:
+                raise DeadEnd(
+                    "no token can extend the text under the grammar", text.decode(errors="replace")
+                )
+        if nxt in stop:
+            stopped = True
+            break
         ids.append(nxt)
         if pieces is not None and pieces[nxt] is not None: text += pieces[nxt]
         logits = step(torch.tensor([[nxt]], device=dev))

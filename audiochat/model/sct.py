@@ -1,6 +1,7 @@
-"""One model class, `AudioChatModel`, with four architectures behind one interface: the paper's **SCT**
-(understanding layers from a pretrained LLM + new generation layers), **Dense** (plain Transfusion), **MoT**
-(Mixture-of-Transformers) and **DiT** (a standalone diffusion transformer).
+"""One model class, `AudioChatModel`, with four architectures behind one interface: the paper's
+**SCT** (understanding layers from a pretrained LLM + new generation layers), **Dense** (plain
+Transfusion), **MoT** (Mixture-of-Transformers) and **DiT** (a standalone diffusion
+transformer).
 
 Docs: https://audiochat.github.io/audiochat/sct.html.md"""
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -20,10 +21,29 @@ from fastcore.basics import patch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .transformer import (TransformerConfig, Layout, DecoderLayer, Attention, MLP, RMSNorm, Rotary, KVCache,
-                                   apply_rotary, attention, merge_heads, build_mask, block_mask, prepare, run_layers, init_weights,
-                                   greedy_generate, config_from_hf, load_safetensors_dir, hf_state_dict)
 from ..codec.codecs import resolve_pretrained
+from audiochat.model.transformer import (
+    MLP,
+    Attention,
+    DecoderLayer,
+    KVCache,
+    Layout,
+    RMSNorm,
+    Rotary,
+    TransformerConfig,
+    apply_rotary,
+    attention,
+    block_mask,
+    build_mask,
+    config_from_hf,
+    greedy_generate,
+    hf_state_dict,
+    init_weights,
+    load_safetensors_dir,
+    merge_heads,
+    prepare,
+    run_layers,
+)
 
 # %% auto #0
 __all__ = ['ARCHS', 'PRESETS', 'ModelConfig', 'preset', 'timestep_features', 'TimestepEmbedding', 'match_norm', 'route',
@@ -35,7 +55,8 @@ ARCHS = ("sct", "dense", "mot", "dit")
 # %% ../../nbs/09_sct.ipynb #590cfddf
 @dataclass
 class ModelConfig:
-    "Shape of an AudioChat model; `n_layers` = U understanding layers, `n_gen_layers` = G; every arch has U + G layers."
+    """Shape of an AudioChat model; `n_layers` = U understanding layers, `n_gen_layers` = G; every
+    arch has U + G layers."""
     arch: str = "sct"  # one of ARCHS
     vocab_size: int = 512
     d_model: int = 64
@@ -52,18 +73,25 @@ class ModelConfig:
     qkv_bias: bool = False  # True for Qwen2 checkpoints
     tie_embeddings: bool = False
     time_freqs: int = 256  # sinusoidal features of the diffusion time t
-    norm_match: bool = True  # rescale audio input embeddings to the mean text-embedding norm (sct, dense, mot)
-    pretrained: str | None = None  # Hugging Face checkpoint the understanding layers start from (see from_hf)
-    plan_features: int = 0  # > 0: audio frames also read their scene frame by frame (forcing.PLAN_FEATURES; notebook 11)
+    # rescale audio input embeddings to the mean text-embedding norm (sct, dense, mot)
+    norm_match: bool = True
+    # Hugging Face checkpoint the understanding layers start from (see from_hf)
+    pretrained: str | None = None
+    # > 0: audio frames also read their scene frame by frame (forcing.PLAN_FEATURES; notebook 11)
+    plan_features: int = 0
 
     def __post_init__(self):
-        if self.arch not in ARCHS: raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.n_layers < 1: raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
         if self.n_gen_layers is None: self.n_gen_layers = max(1, self.n_layers // 2)
         if self.n_gen_layers < 0 or (self.arch == "sct" and self.n_gen_layers < 1):
-            raise ValueError(f"n_gen_layers must be >= 1 for sct (>= 0 otherwise), got {self.n_gen_layers}")
+            raise ValueError(
+                f"n_gen_layers must be >= 1 for sct (>= 0 otherwise), got {self.n_gen_layers}"
+            )
         if self.latent_dim < 1: raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if self.plan_features < 0: raise ValueError(f"plan_features must be >= 0, got {self.plan_features}")
+        if self.plan_features < 0:
+            raise ValueError(f"plan_features must be >= 0, got {self.plan_features}")
         tc = self.layer_config()  # validates heads / dims
         self.d_ff, self.head_dim = tc.d_ff, tc.head_dim
 
@@ -72,10 +100,20 @@ class ModelConfig:
 
     def layer_config(self) -> TransformerConfig:
         "The TransformerConfig of one decoder layer stack of this shape."
-        return TransformerConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
-                                 n_kv_heads=self.n_kv_heads, n_layers=self.n_layers, d_ff=self.d_ff, head_dim=self.head_dim,
-                                 rope_theta=self.rope_theta, rope_scaling=self.rope_scaling, norm_eps=self.norm_eps,
-                                 qkv_bias=self.qkv_bias, tie_embeddings=self.tie_embeddings)
+        return TransformerConfig(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            n_layers=self.n_layers,
+            d_ff=self.d_ff,
+            head_dim=self.head_dim,
+            rope_theta=self.rope_theta,
+            rope_scaling=self.rope_scaling,
+            norm_eps=self.norm_eps,
+            qkv_bias=self.qkv_bias,
+            tie_embeddings=self.tie_embeddings,
+        )
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -88,22 +126,53 @@ class ModelConfig:
 
 # %% ../../nbs/09_sct.ipynb #66075d00
 PRESETS = {
-    "tiny": dict(vocab_size=512, d_model=64, n_heads=4, n_kv_heads=2, n_layers=4, n_gen_layers=2, latent_dim=32),
-    "small": dict(vocab_size=8192, d_model=512, n_heads=8, n_kv_heads=4, n_layers=12, n_gen_layers=6, latent_dim=64),
-    "base": dict(vocab_size=49152, d_model=960, n_heads=15, n_kv_heads=5, n_layers=32, n_gen_layers=16, d_ff=2560,
-                 latent_dim=128, rope_theta=100000.0, tie_embeddings=True, pretrained="HuggingFaceTB/SmolLM2-360M"),
+    "tiny": dict(
+        vocab_size=512,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=4,
+        n_gen_layers=2,
+        latent_dim=32,
+    ),
+    "small": dict(
+        vocab_size=8192,
+        d_model=512,
+        n_heads=8,
+        n_kv_heads=4,
+        n_layers=12,
+        n_gen_layers=6,
+        latent_dim=64,
+    ),
+    "base": dict(
+        vocab_size=49152,
+        d_model=960,
+        n_heads=15,
+        n_kv_heads=5,
+        n_layers=32,
+        n_gen_layers=16,
+        d_ff=2560,
+        latent_dim=128,
+        rope_theta=100000.0,
+        tie_embeddings=True,
+        pretrained="HuggingFaceTB/SmolLM2-360M",
+    ),
 }
 
 def preset(name: str, **overrides) -> ModelConfig:
     "A named ModelConfig (tiny, small, base) with fields overridden by keyword."
-    if name not in PRESETS: raise ValueError(f"unknown preset {name!r} (choose from {sorted(PRESETS)})")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (choose from {sorted(PRESETS)})")
     return ModelConfig(**{**PRESETS[name], **overrides})
 
 # %% ../../nbs/09_sct.ipynb #41b9547d
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    "Sinusoidal features (..., dim) of the diffusion time t in [0, 1] (scaled by 1000, as in DDPM/DiT)."
+    """Sinusoidal features (..., dim) of the diffusion time t in [0, 1] (scaled by 1000, as in
+    DDPM/DiT)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     angles = 1000 * t.float()[..., None] * freqs
     return torch.cat([angles.cos(), angles.sin()], -1)
 
@@ -114,7 +183,9 @@ class TimestepEmbedding(nn.Module):
         self.freqs = freqs
         self.mlp = nn.Sequential(nn.Linear(freqs, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
 
-    def forward(self, t): return self.mlp(timestep_features(t, self.freqs).to(self.mlp[0].weight.dtype))
+    def forward(self, t):
+        return self.mlp(timestep_features(t, self.freqs).to(self.mlp[0].weight.dtype))
+
 
 def match_norm(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     "Rescale every vector of x (..., d) to the mean L2 norm of the rows of `reference` (detached)."
@@ -123,7 +194,8 @@ def match_norm(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-6) -> t
 
 # %% ../../nbs/09_sct.ipynb #97c947e2
 def route(x: torch.Tensor, is_audio: torch.Tensor, text_fn, audio_fn) -> torch.Tensor:
-    "Apply text_fn to positions where is_audio is False and audio_fn where it is True; x (B, T, d) -> (B, T, d')."
+    """Apply text_fn to positions where is_audio is False and audio_fn where it is True; x (B, T, d)
+    -> (B, T, d')."""
     xt, xa = text_fn(x[~is_audio]), audio_fn(x[is_audio])
     out = xt.new_zeros(*x.shape[:-1], xt.shape[-1])
     out[~is_audio], out[is_audio] = xt, xa
@@ -149,7 +221,8 @@ class MoTLayer(nn.Module):
 
 # %% ../../nbs/09_sct.ipynb #e320f255
 class DiTLayer(nn.Module):
-    "A bidirectional transformer layer with adaLN-Zero modulation by a per-position conditioning vector."
+    """A bidirectional transformer layer with adaLN-Zero modulation by a per-position conditioning
+    vector."""
     def __init__(self, c: TransformerConfig):
         super().__init__()
         self.norm1 = nn.LayerNorm(c.d_model, elementwise_affine=False, eps=1e-6)
@@ -170,20 +243,30 @@ class AudioChatOutput:
     audio_pred: torch.Tensor  # (B, T, latent_dim) diffusion-head prediction at every position
 
 # %% ../../nbs/09_sct.ipynb #29bd640d
-class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", tags=["audio", "text-to-audio", "transfusion"]):
-    """SCT, Dense, MoT or DiT behind one interface (see ModelConfig.arch). `save_pretrained(dir)` / `from_pretrained(dir
-    or ORG/NAME)` follow the Hub's convention (config.json + model.safetensors + a model card)."""
+class AudioChatModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="audiochat",
+    tags=["audio", "text-to-audio", "transfusion"],
+):
+    """SCT, Dense, MoT or DiT behind one interface (see ModelConfig.arch). `save_pretrained(dir)` /
+    `from_pretrained(dir or ORG/NAME)` follow the Hub's convention (config.json + model.safetensors
+    + a model card)."""
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = c = ModelConfig.from_dict(config) if isinstance(config, dict) else config  # a dict: from config.json
+        # a dict: from config.json
+        self.config = c = ModelConfig.from_dict(config) if isinstance(config, dict) else config
         tc, d = c.layer_config(), c.d_model
         self.embed_tokens = nn.Embedding(c.vocab_size, d)
         self.audio_in = nn.Linear(c.latent_dim, d)
         self.time_embed = TimestepEmbedding(c.time_freqs, d)
-        if c.plan_features: self.plan_in = nn.Linear(c.plan_features, d)  # the scene at each audio frame (optional)
+        # the scene at each audio frame (optional)
+        if c.plan_features: self.plan_in = nn.Linear(c.plan_features, d)
         self.rotary = Rotary(tc.head_dim, c.rope_theta, c.rope_scaling)
         n_first = c.n_layers if c.arch == "sct" else c.depth
-        layer = {"sct": DecoderLayer, "dense": DecoderLayer, "mot": MoTLayer, "dit": DiTLayer}[c.arch]
+        layer = {"sct": DecoderLayer, "dense": DecoderLayer, "mot": MoTLayer, "dit": DiTLayer}[
+            c.arch
+        ]
         self.layers = nn.ModuleList(layer(tc) for _ in range(n_first))
         if c.arch == "sct":
             self.gen_in = nn.Linear(c.latent_dim, d)
@@ -197,8 +280,12 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
         self.diffusion_head = nn.Linear(d, c.latent_dim)
         init_weights(self)
         if c.arch == "dit":  # adaLN-Zero: every block starts as the identity, the output at zero
-            for m in [l.modulation for l in self.layers] + [self.final_modulation, self.diffusion_head]:
-                nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
+            for m in [l.modulation for l in self.layers] + [
+                self.final_modulation,
+                self.diffusion_head,
+            ]:
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
         elif c.tie_embeddings: self.lm_head.weight = self.embed_tokens.weight
 
     @property
@@ -208,47 +295,83 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
         return len(self.layers)
 
     def embed(self, tokens, latents, t, layout: Layout, plan=None):
-        "Input embeddings (B, T, d) and the time embedding (B, T, d); `plan` (B, T, plan_features) joins the time's."
+        """Input embeddings (B, T, d) and the time embedding (B, T, d); `plan` (B, T, plan_features)
+        joins the time's."""
         tau = self.time_embed(t)
-        if plan is not None: tau = tau + self.plan_in(plan.to(tau.dtype))  # added wherever the time embedding is
+        # added wherever the time embedding is
+        if plan is not None: tau = tau + self.plan_in(plan.to(tau.dtype))
         text = self.embed_tokens(tokens)
         audio = self.audio_in(latents.to(text.dtype)) + tau
-        if self.config.norm_match and self.config.arch != "dit": audio = match_norm(audio, self.embed_tokens.weight)
+        if self.config.norm_match and self.config.arch != "dit":
+            audio = match_norm(audio, self.embed_tokens.weight)
         return torch.where(layout.audio[..., None], audio, text), tau
 
     def check_inputs(self, tokens, latents, t, layout: Layout):
         B, T = tokens.shape
-        if layout.shape != (B, T): raise ValueError(f"layout shape {layout.shape} does not match tokens {(B, T)}")
+        if layout.shape != (B, T):
+            raise ValueError(f"layout shape {layout.shape} does not match tokens {(B, T)}")
         if latents.shape != (B, T, self.config.latent_dim):
-            raise ValueError(f"latents must be (B, T, latent_dim) = {(B, T, self.config.latent_dim)}, got {tuple(latents.shape)}")
+            raise ValueError(
+                f"latents must be (B, T, latent_dim) = {(B, T, self.config.latent_dim)}, got "
+                f"{tuple(latents.shape)}"
+            )
         if t.shape != (B, T): raise ValueError(f"t must be (B, T) = {(B, T)}, got {tuple(t.shape)}")
 
     def new_cache(self, text_only: bool = False) -> KVCache:
-        "An empty KV cache for `forward` (every layer) or, with text_only, for `forward_text` / `generate_text`."
-        if self.config.arch == "dit": raise ValueError("arch 'dit' is bidirectional: its context cannot be cached")
-        return KVCache(self.text_depth if text_only else len(self.layers) + len(getattr(self, "gen_layers", [])))
+        """An empty KV cache for `forward` (every layer) or, with text_only, for `forward_text` /
+        `generate_text`."""
+        if self.config.arch == "dit":
+            raise ValueError("arch 'dit' is bidirectional: its context cannot be cached")
+        return KVCache(
+            self.text_depth
+            if text_only
+            else len(self.layers) + len(getattr(self, "gen_layers", []))
+        )
 
     def _check_cache(self, cache: KVCache | None, text_only: bool):
         if cache is None: return
-        if self.config.arch == "dit": raise ValueError("arch 'dit' is bidirectional: its context cannot be cached")
+        if self.config.arch == "dit":
+            raise ValueError("arch 'dit' is bidirectional: its context cannot be cached")
         if len(cache.keys) != len(self.new_cache(text_only).keys):
-            raise ValueError(f"this cache has {len(cache.keys)} layers; use model.new_cache(text_only={text_only}) "
-                             f"(a cache serves either forward or forward_text, not both)")
+            raise ValueError(
+                f"this cache has {len(cache.keys)} layers; use "
+                f"model.new_cache(text_only={text_only}) "
+                f"(a cache serves either forward or forward_text, not both)"
+            )
 
-    def forward(self, tokens, latents, t, layout: Layout, flex: bool = False, cache: KVCache | None = None,
-                commit: bool = True, logits_at: torch.Tensor | None = None, plan: torch.Tensor | None = None) -> AudioChatOutput:
-        """Text logits and diffusion predictions for a mixed sequence. tokens (B, T) long, latents (B, T, latent_dim),
-        t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block masks.
-        With `cache` (from `new_cache()`) the positions continue the cached context; `commit=False` leaves the cache
-        unchanged (a diffusion sampler's repeated evaluations of one span). `logits_at` (bool (B, T)): text logits
-        only at these positions, as (N, vocab) in row-major order (what a loss reads; the LM head is a large matmul).
-        `plan` (B, T, plan_features): the scene at each audio frame, for a model built with `plan_features` (else ignored)."""
+    def forward(
+        self,
+        tokens,
+        latents,
+        t,
+        layout: Layout,
+        flex: bool = False,
+        cache: KVCache | None = None,
+        commit: bool = True,
+        logits_at: torch.Tensor | None = None,
+        plan: torch.Tensor | None = None,
+    ) -> AudioChatOutput:
+        """Text logits and diffusion predictions for a mixed sequence. tokens (B, T) long, latents
+        (B, T, latent_dim),
+        t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block
+        masks.
+        With `cache` (from `new_cache()`) the positions continue the cached context; `commit=False`
+        leaves the cache
+        unchanged (a diffusion sampler's repeated evaluations of one span). `logits_at` (bool (B,
+        T)): text logits
+        only at these positions, as (N, vocab) in row-major order (what a loss reads; the LM head is
+        a large matmul).
+        `plan` (B, T, plan_features): the scene at each audio frame, for a model built with
+        `plan_features` (else ignored)."""
         self.check_inputs(tokens, latents, t, layout)
         self._check_cache(cache, text_only=False)
         c = self.config
         if not c.plan_features: plan = None
         elif plan is not None and plan.shape != (*tokens.shape, c.plan_features):
-            raise ValueError(f"plan must be (B, T, plan_features) = {(*tokens.shape, c.plan_features)}, got {tuple(plan.shape)}")
+            raise ValueError(
+                f"plan must be (B, T, plan_features) = {(*tokens.shape, c.plan_features)}, got "
+                f"{tuple(plan.shape)}"
+            )
         x, tau = self.embed(tokens, latents, t, layout, plan)
         if c.arch == "dit":
             mask, rope = prepare(layout, self.rotary, causal=False, flex=flex)
@@ -262,21 +385,35 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
                 for i, l in enumerate(self.layers): x = l(x, rope, mask, layout.audio, cache, i)
             else: x = run_layers(self.layers, x, rope, mask, cache)
             text_logits = self.lm_head(self.norm(x if logits_at is None else x[logits_at]))
-            if c.arch == "sct":  # the generation stack: add the projected noisy latents again at audio positions
-                x = x + torch.where(layout.audio[..., None], self.gen_in(latents.to(x.dtype)) + tau, torch.zeros_like(x))
+            # the generation stack: add the projected noisy latents again at audio positions
+            if c.arch == "sct":
+                x = x + torch.where(
+                    layout.audio[..., None],
+                    self.gen_in(latents.to(x.dtype)) + tau,
+                    torch.zeros_like(x),
+                )
                 x = run_layers(self.gen_layers, x, rope, mask, cache, first=len(self.layers))
         finally:
             if cache is not None: cache.read_only = False
         if cache is not None and commit: cache.advance(layout)
         return AudioChatOutput(text_logits, self.diffusion_head(self.audio_norm(x)))
 
-    def forward_text(self, tokens, layout: Layout | None = None, cache: KVCache | None = None, flex: bool = False,
-                     logits_at: torch.Tensor | None = None):
-        "Next-token logits (B, T, vocab) for text only, through the text path (SCT: understanding layers only); `flex`, `logits_at` as in `forward`."
-        if self.config.arch == "dit": raise ValueError("arch 'dit' has no text head: it cannot read or write text")
+    def forward_text(
+        self,
+        tokens,
+        layout: Layout | None = None,
+        cache: KVCache | None = None,
+        flex: bool = False,
+        logits_at: torch.Tensor | None = None,
+    ):
+        """Next-token logits (B, T, vocab) for text only, through the text path (SCT: understanding
+        layers only); `flex`, `logits_at` as in `forward`."""
+        if self.config.arch == "dit":
+            raise ValueError("arch 'dit' has no text head: it cannot read or write text")
         self._check_cache(cache, text_only=True)
         layout = Layout.text_only(tokens) if layout is None else layout
-        if layout.audio.any(): raise ValueError("forward_text takes text positions only; use forward for audio")
+        if layout.audio.any():
+            raise ValueError("forward_text takes text positions only; use forward for audio")
         mask, rope = prepare(layout, self.rotary, cache, flex=flex)
         x = self.embed_tokens(tokens)
         if self.config.arch == "mot":
@@ -286,28 +423,64 @@ class AudioChatModel(nn.Module, PyTorchModelHubMixin, library_name="audiochat", 
         return self.lm_head(self.norm(x if logits_at is None else x[logits_at]))
 
     @torch.no_grad()
-    def generate_text(self, tokens, max_new_tokens: int, pad: torch.Tensor | None = None, eos_id: int | None = None):
+    def generate_text(
+        self,
+        tokens,
+        max_new_tokens: int,
+        pad: torch.Tensor | None = None,
+        eos_id: int | None = None,
+    ):
         "Greedy text continuation with a KV cache over the text path; returns (B, T + new) tokens."
-        return greedy_generate(self.forward_text, tokens, max_new_tokens, self.text_depth, pad, eos_id)
+        return greedy_generate(
+            self.forward_text, tokens, max_new_tokens, self.text_depth, pad, eos_id
+        )
 
 # %% ../../nbs/09_sct.ipynb #ac4364ee
 @patch(cls_method=True)
-def from_hf(cls: AudioChatModel, path, config: ModelConfig | None = None, **overrides) -> AudioChatModel:
-    "An AudioChatModel whose embeddings, first n_layers layers and text head come from a Llama-family checkpoint."
+def from_hf(
+    cls: AudioChatModel, path, config: ModelConfig | None = None, **overrides
+) -> AudioChatModel:
+    """An AudioChatModel whose embeddings, first n_layers layers and text head come from a
+    Llama-family checkpoint."""
     tc = config_from_hf(path)
     if config is None:
-        shape = dict(vocab_size=tc.vocab_size, d_model=tc.d_model, n_heads=tc.n_heads, n_kv_heads=tc.n_kv_heads,
-                     n_layers=tc.n_layers, d_ff=tc.d_ff, head_dim=tc.head_dim, rope_theta=tc.rope_theta,
-                     rope_scaling=tc.rope_scaling, norm_eps=tc.norm_eps, qkv_bias=tc.qkv_bias,
-                     tie_embeddings=tc.tie_embeddings, pretrained=str(path))
+        shape = dict(
+            vocab_size=tc.vocab_size,
+            d_model=tc.d_model,
+            n_heads=tc.n_heads,
+            n_kv_heads=tc.n_kv_heads,
+            n_layers=tc.n_layers,
+            d_ff=tc.d_ff,
+            head_dim=tc.head_dim,
+            rope_theta=tc.rope_theta,
+            rope_scaling=tc.rope_scaling,
+            norm_eps=tc.norm_eps,
+            qkv_bias=tc.qkv_bias,
+            tie_embeddings=tc.tie_embeddings,
+            pretrained=str(path),
+        )
         config = ModelConfig(**{**shape, **overrides})
     elif overrides: config = replace(config, **overrides)
-    if config.arch == "dit": raise ValueError("arch 'dit' has no language model to initialise from a checkpoint")
-    wrong = [f"{name}: config {getattr(config, name)} vs checkpoint {getattr(tc, name)}"
-             for name in ("d_model", "n_heads", "n_kv_heads", "d_ff", "head_dim", "rope_theta", "qkv_bias", "tie_embeddings")
-             if getattr(config, name) != getattr(tc, name)]
-    if config.n_layers > tc.n_layers: wrong.append(f"n_layers: config {config.n_layers} > checkpoint {tc.n_layers}")
-    if config.vocab_size < tc.vocab_size: wrong.append(f"vocab_size: config {config.vocab_size} < checkpoint {tc.vocab_size}")
+    if config.arch == "dit":
+        raise ValueError("arch 'dit' has no language model to initialise from a checkpoint")
+    wrong = [
+        f"{name}: config {getattr(config, name)} vs checkpoint {getattr(tc, name)}"
+        for name in (
+            "d_model",
+            "n_heads",
+            "n_kv_heads",
+            "d_ff",
+            "head_dim",
+            "rope_theta",
+            "qkv_bias",
+            "tie_embeddings",
+        )
+        if getattr(config, name) != getattr(tc, name)
+    ]
+    if config.n_layers > tc.n_layers:
+        wrong.append(f"n_layers: config {config.n_layers} > checkpoint {tc.n_layers}")
+    if config.vocab_size < tc.vocab_size:
+        wrong.append(f"vocab_size: config {config.vocab_size} < checkpoint {tc.vocab_size}")
     if wrong: raise ValueError("config does not match the checkpoint: " + "; ".join(wrong))
     model = cls(config)
     state = hf_state_dict(load_safetensors_dir(path), tc, n_layers=config.n_layers)
@@ -319,8 +492,12 @@ def from_hf(cls: AudioChatModel, path, config: ModelConfig | None = None, **over
                 i, rest = name.split(".", 2)[1:]
                 targets = [f"layers.{i}.text.{rest}", f"layers.{i}.audio.{rest}"]
             for target in targets:
-                if target not in own: raise ValueError(f"checkpoint tensor {name} has no place in arch {config.arch!r}")
-                own[target][: tensor.shape[0]].copy_(tensor)  # vocab rows beyond the checkpoint keep their init
+                if target not in own:
+                    raise ValueError(
+                        f"checkpoint tensor {name} has no place in arch {config.arch!r}"
+                    )
+                # vocab rows beyond the checkpoint keep their init
+                own[target][: tensor.shape[0]].copy_(tensor)
     return model
 
 # %% ../../nbs/09_sct.ipynb #64095508
@@ -333,7 +510,8 @@ def save(self: AudioChatModel, directory):
     tmp = directory / "model.safetensors.tmp"
     save_model(self, str(tmp))
     (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-    tmp.replace(directory / "model.safetensors")  # atomic: a half-written file never has the final name
+    # atomic: a half-written file never has the final name
+    tmp.replace(directory / "model.safetensors")
 
 @patch(cls_method=True)
 def load(cls: AudioChatModel, directory, device=None) -> AudioChatModel:
@@ -356,7 +534,8 @@ def flops_per_token(config: ModelConfig, seq_len: int, text_only: bool = False) 
     c = config
     if text_only and c.arch == "dit": raise ValueError("arch 'dit' has no text path")
     d, hd = c.d_model, c.head_dim
-    layer = d * c.n_heads * hd + 2 * d * c.n_kv_heads * hd + c.n_heads * hd * d + 3 * d * c.d_ff  # one routed branch for mot
+    # one routed branch for mot
+    layer = d * c.n_heads * hd + 2 * d * c.n_kv_heads * hd + c.n_heads * hd * d + 3 * d * c.d_ff
     attn = 2 * c.n_heads * hd * seq_len  # multiply-adds of QK^T and AV for one query
     n_text = c.n_layers if c.arch == "sct" else c.depth
     if text_only: return 2 * (n_text * (layer + attn) + d * c.vocab_size)
@@ -369,10 +548,13 @@ def flops_per_token(config: ModelConfig, seq_len: int, text_only: bool = False) 
 
 # %% ../../nbs/09_sct.ipynb #cb8b0950
 @patch(cls_method=True)
-def from_pretrained(cls: AudioChatModel, name_or_path, *, ema: bool = True, **kwargs) -> AudioChatModel:
-    """A saved model (a folder, or a Hub id `ORG/NAME` / `hf:ORG/NAME`) through the Hub mixin, every tensor checked.
-    A training checkpoint that keeps EMA weights (`ema.safetensors`) gives those, the weights the chat engine samples
-    with; `ema=False` the raw ones. `model.weights` says which it gave: "ema" or "raw"."""
+def from_pretrained(
+    cls: AudioChatModel, name_or_path, *, ema: bool = True, **kwargs
+) -> AudioChatModel:
+    """A saved model (a folder, or a Hub id `ORG/NAME` / `hf:ORG/NAME`) through the Hub mixin, every
+    tensor checked. A training checkpoint that keeps EMA weights (`ema.safetensors`) gives those,
+    the weights the chat engine samples with; `ema=False` the raw ones. `model.weights` says which
+    it gave: "ema" or "raw"."""
     from safetensors.torch import load_file
     s = str(name_or_path)
     name = s.removeprefix("hf:") if s.startswith("hf:") else name_or_path
@@ -385,7 +567,10 @@ def from_pretrained(cls: AudioChatModel, name_or_path, *, ema: bool = True, **kw
     if not ema or folder is None or not (folder / "ema.safetensors").is_file(): return model
     averaged, own = load_file(str(folder / "ema.safetensors")), model.state_dict()
     unknown = sorted(set(averaged) - set(own))
-    if unknown: raise ValueError(f"{folder / 'ema.safetensors'} has weights the model does not: {unknown[:3]}")
+    if unknown:
+        raise ValueError(
+            f"{folder / 'ema.safetensors'} has weights the model does not: {unknown[:3]}"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in averaged.items()}, strict=False)
     model.weights = "ema"
     return model

@@ -1,6 +1,6 @@
-"""A byte-level BPE trained in seconds on the project's dialogue text, saved and reloaded as a 🤗 `transformers`
-fast tokenizer, with special tokens for roles, turn ends and the start and end of an audio span; the same special
-tokens added to any pretrained Hugging Face tokenizer.
+"""A byte-level BPE trained in seconds on the project's dialogue text, saved and reloaded as a 🤗
+`transformers` fast tokenizer, with special tokens for roles, turn ends and the start and end
+of an audio span; the same special tokens added to any pretrained Hugging Face tokenizer.
 
 Docs: https://audiochat.github.io/audiochat/tokenizer.html.md"""
 
@@ -17,9 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from ..core.scene import Scene, Source
 from ..codec.codecs import resolve_pretrained
-from ..core.scene import diff
+from ..core.scene import Scene, Source, diff
 from ..sim.copilot import SUBTASKS, TemplateLLM, UserSimulator, seed_text
 
 # %% auto #0
@@ -28,31 +27,96 @@ __all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'TOKENIZER_FILES', 'random_scene', '
 
 # %% ../../nbs/07_tokenizer.ipynb #e1ab231c
 SPECIAL_TOKENS = {
-    "pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>",
-    "system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "end_turn": "<|end_turn|>",
-    "audio_start": "<|audio_start|>", "audio_end": "<|audio_end|>",
+    "pad": "<|pad|>",
+    "bos": "<|bos|>",
+    "eos": "<|eos|>",
+    "system": "<|system|>",
+    "user": "<|user|>",
+    "assistant": "<|assistant|>",
+    "end_turn": "<|end_turn|>",
+    "audio_start": "<|audio_start|>",
+    "audio_end": "<|audio_end|>",
 }
-ROLE_TOKENS = ("system", "user", "assistant", "end_turn", "audio_start", "audio_end")  # added to every tokenizer
+# added to every tokenizer
+ROLE_TOKENS = ("system", "user", "assistant", "end_turn", "audio_start", "audio_end")
 
 # %% ../../nbs/07_tokenizer.ipynb #086a5f7e
-_SPEAKERS = ["narrator", "girl", "boy", "old man", "old woman", "captain", "robot", "teacher", "doctor", "child"]
-_EMOTIONS = ["calm", "happy", "sad", "angry", "scared", "excited", "whispering", "surprised", "tired"]
-_SOUNDS = ["steady rain on a window", "three knocks on a wooden door", "a dog barking in the distance",
-           "footsteps on gravel", "distant rolling thunder", "birds singing in a park", "a car engine starting",
-           "waves crashing on a beach", "a crackling campfire", "wind through the trees", "a clock ticking",
-           "glass shattering", "a door creaking open", "a crowd cheering", "a phone ringing", "a kettle whistling"]
-_MUSIC = ["soft piano melody", "tense string ostinato", "cheerful acoustic guitar", "slow ambient synth pad",
-          "upbeat drum loop", "a music box lullaby"]
-_WORDS = ("the a an and but then it was is were dark stormy night day morning we they you I she he hear see go come "
-          "door rain house forest sea ship city road light voice sound quiet loud old new long little big who what "
-          "where when why how did do not never always here there now again look listen wait run stop story friend "
-          "strange home window fire sky storm dream river mountain garden train station letter song secret").split()
+_SPEAKERS = [
+    "narrator",
+    "girl",
+    "boy",
+    "old man",
+    "old woman",
+    "captain",
+    "robot",
+    "teacher",
+    "doctor",
+    "child",
+]
+_EMOTIONS = [
+    "calm",
+    "happy",
+    "sad",
+    "angry",
+    "scared",
+    "excited",
+    "whispering",
+    "surprised",
+    "tired",
+]
+_SOUNDS = [
+    "steady rain on a window",
+    "three knocks on a wooden door",
+    "a dog barking in the distance",
+    "footsteps on gravel",
+    "distant rolling thunder",
+    "birds singing in a park",
+    "a car engine starting",
+    "waves crashing on a beach",
+    "a crackling campfire",
+    "wind through the trees",
+    "a clock ticking",
+    "glass shattering",
+    "a door creaking open",
+    "a crowd cheering",
+    "a phone ringing",
+    "a kettle whistling",
+]
+_MUSIC = [
+    "soft piano melody",
+    "tense string ostinato",
+    "cheerful acoustic guitar",
+    "slow ambient synth pad",
+    "upbeat drum loop",
+    "a music box lullaby",
+]
+_WORDS = (
+    "the a an and but then it was is were dark stormy night day morning we they you I she he hear "
+    "see go come "
+    "door rain house forest sea ship city road light voice sound quiet loud old new long little "
+    "big who what "
+    "where when why how did do not never always here there now again look listen wait run stop "
+    "story friend "
+    "strange home window fire sky storm dream river mountain garden train station letter song "
+    "secret"
+).split()
 _REQUESTS = [
-    "Tell me a story about {a}.", "Make a short scene with {a} and a {s} voice.", "Add {a} at {t} seconds.",
-    "Remove the {a}.", "Replace {a} with {b}.", "Make the {a} louder.", "Make the {a} quieter by {d} dB.",
-    "Move the {a} to {t} seconds.", "Pan the {a} to the left.", "Pan the {a} hard right.",
-    "Who speaks after the {a}?", "What sounds do you hear, and when?", "Transcribe the speech with speakers and times.",
-    "Can the {s} sound more {e}?", "Start the music {t} seconds later.", "Thanks, that sounds great!",
+    "Tell me a story about {a}.",
+    "Make a short scene with {a} and a {s} voice.",
+    "Add {a} at {t} seconds.",
+    "Remove the {a}.",
+    "Replace {a} with {b}.",
+    "Make the {a} louder.",
+    "Make the {a} quieter by {d} dB.",
+    "Move the {a} to {t} seconds.",
+    "Pan the {a} to the left.",
+    "Pan the {a} hard right.",
+    "Who speaks after the {a}?",
+    "What sounds do you hear, and when?",
+    "Transcribe the speech with speakers and times.",
+    "Can the {s} sound more {e}?",
+    "Start the music {t} seconds later.",
+    "Thanks, that sounds great!",
 ]
 
 def _sentence(rng: random.Random) -> str:
@@ -61,9 +125,10 @@ def _sentence(rng: random.Random) -> str:
 
 # %% ../../nbs/07_tokenizer.ipynb #7f5320ae
 def random_scene(rng: random.Random) -> Scene:
-    """A random valid scene (speech, sound effects, music) for training text and tests. Unlike the template stories
-    (`copilot.random_story`: what the tools can render, ids like `s1`), it spans the whole schema: any id, caption or
-    time the JSON form allows, so the tokenizer and the free grammar are exercised beyond the data's own forms."""
+    """A random valid scene (speech, sound effects, music) for training text and tests. Unlike the
+    template stories (`copilot.random_story`: what the tools can render, ids like `s1`), it spans
+    the whole schema: any id, caption or time the JSON form allows, so the tokenizer and the free
+    grammar are exercised beyond the data's own forms."""
     duration = rng.choice([4, 5, 6, 8, 10, 12, 15, 20, 30])
     sources = []
     for i in range(rng.randint(1, 6)):
@@ -83,15 +148,22 @@ def random_scene(rng: random.Random) -> Scene:
 
 # %% ../../nbs/07_tokenizer.ipynb #52e688de
 def dialogue_corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    "`n` texts shaped like the dialogues: compact scene JSON (the CoT), edit diffs and user requests."
+    """`n` texts shaped like the dialogues: compact scene JSON (the CoT), edit diffs and user
+    requests."""
     if n < 1: raise ValueError(f"n must be >= 1 (got {n})")
     rng = random.Random(seed)
     texts = []
     for _ in range(n):
         scene = random_scene(rng)
         pick = lambda: rng.choice(_SOUNDS + _MUSIC).split(" ", 1)[-1]
-        request = rng.choice(_REQUESTS).format(a=pick(), b=pick(), s=rng.choice(_SPEAKERS), e=rng.choice(_EMOTIONS),
-                                               t=rng.randint(0, 20), d=rng.randint(1, 12))
+        request = rng.choice(_REQUESTS).format(
+            a=pick(),
+            b=pick(),
+            s=rng.choice(_SPEAKERS),
+            e=rng.choice(_EMOTIONS),
+            t=rng.randint(0, 20),
+            d=rng.randint(1, 12),
+        )
         edited = {"changed": {scene.ids[0]: {"loudness_db": round(rng.uniform(-40, -10), 1)}},
                   "removed": scene.ids[1:2]}
         texts += [request, scene.to_json(), json.dumps(edited, separators=(",", ":"))]
@@ -99,7 +171,8 @@ def dialogue_corpus(n: int = 2000, seed: int = 0) -> list[str]:
 
 # %% ../../nbs/07_tokenizer.ipynb #4aa33200
 def copilot_corpus(n: int = 200, seed: int = 0, edits: int = 2) -> list[str]:
-    "Text of `n` simulated dialogues (TemplateLLM): each turn's request, planned scene JSON, and edit diff."
+    """Text of `n` simulated dialogues (TemplateLLM): each turn's request, planned scene JSON, and
+    edit diff."""
     if n < 1: raise ValueError(f"n must be >= 1 (got {n})")
     texts = []
     for i in range(seed, seed + n):
@@ -110,9 +183,14 @@ def copilot_corpus(n: int = 200, seed: int = 0, edits: int = 2) -> list[str]:
         texts += [request, scene.to_json()]
         for subtask in rng.sample(SUBTASKS, edits):
             try: request = user.edit_request(scene, subtask)
-            except (ValueError, IndexError): break  # an edit the planner cannot make in this scene: end the dialogue
+            # an edit the planner cannot make in this scene: end the dialogue
+            except (ValueError, IndexError): break
             new = llm.plans[request]
-            texts += [request, new.to_json(), json.dumps(diff(scene, new).to_dict(), separators=(",", ":"))]
+            texts += [
+                request,
+                new.to_json(),
+                json.dumps(diff(scene, new).to_dict(), separators=(",", ":")),
+            ]
             scene = new
     return texts
 
@@ -123,36 +201,58 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
         tokenizer_object=tokenizer, pad_token=s["pad"], bos_token=s["bos"], eos_token=s["eos"],
         extra_special_tokens=[s[k] for k in ROLE_TOKENS], clean_up_tokenization_spaces=False)
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    "Train a byte-level BPE on `texts` (any iterable of strings) with the special tokens at ids 0..8."
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts` (any iterable of strings) with the special tokens at ids
+    0..8."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special "
+            f"tokens), got {vocab_size}"
+        )
     texts = (t for t in texts if isinstance(t, str) and t)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=list(SPECIAL_TOKENS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     return _wrap(tok)
 
 # %% ../../nbs/07_tokenizer.ipynb #51db49a8
 def special_token_ids(tokenizer) -> dict[str, int]:
-    "Ids of the special tokens by name (`pad`, `bos`, `eos`, roles, `end_turn`, `audio_start`, `audio_end`)."
-    ids = {"pad": tokenizer.pad_token_id, "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id}
+    """Ids of the special tokens by name (`pad`, `bos`, `eos`, roles, `end_turn`, `audio_start`,
+    `audio_end`)."""
+    ids = {
+        "pad": tokenizer.pad_token_id,
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+    }
     for k in ROLE_TOKENS: ids[k] = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[k])
     unk = tokenizer.unk_token_id
-    missing = [k for k, i in ids.items() if i is None or (unk is not None and i == unk and k != "unk")]
+    missing = [
+        k for k, i in ids.items() if i is None or (unk is not None and i == unk and k != "unk")
+    ]
     if missing:
-        raise KeyError(f"tokenizer lacks special tokens {missing}; load it with load_tokenizer() or add_special_tokens()")
+        raise KeyError(
+            f"tokenizer lacks special tokens {missing}; load it with load_tokenizer() or "
+            "add_special_tokens()"
+        )
     return ids
 
 # %% ../../nbs/07_tokenizer.ipynb #9867ee5a
 def add_special_tokens(tokenizer) -> int:
-    """Add the role, turn and audio-span tokens to a (pretrained) tokenizer, plus a pad token if it has none.
-    Existing bos/eos are kept (the pretrained model was trained with them); ours are used only where missing.
-    Returns the number of tokens added: grow the model's embedding table to `len(tokenizer)`."""
+    """Add the role, turn and audio-span tokens to a (pretrained) tokenizer, plus a pad token if it
+    has
+    none. Existing bos/eos are kept (the pretrained model was trained with them); ours are used only
+    where missing. Returns the number of tokens added: grow the model's embedding table to
+    `len(tokenizer)`."""
     before = len(tokenizer)
     extra = {}
     for k in ("pad", "bos", "eos"):
@@ -163,12 +263,22 @@ def add_special_tokens(tokenizer) -> int:
     if extra: tokenizer.add_special_tokens(extra, replace_extra_special_tokens=False)
     return len(tokenizer) - before
 
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "*.model", "chat_template.jinja"]  # what a tokenizer needs from a Hub repo
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    # what a tokenizer needs from a Hub repo
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+    "chat_template.jinja",
+]
 
 def load_tokenizer(path: str | Path):
-    """Load a tokenizer saved with `save_pretrained` (ours or any Hugging Face one) and add the special tokens;
-    `path` is a folder or a Hub id `ORG/NAME` (`hf:ORG/NAME` too)."""
+    """Load a tokenizer saved with `save_pretrained` (ours or any Hugging Face one) and add the
+    special
+    tokens; `path` is a folder or a Hub id `ORG/NAME` (`hf:ORG/NAME` too)."""
     path = resolve_pretrained(path, TOKENIZER_FILES, what="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(path)
     add_special_tokens(tokenizer)

@@ -1,7 +1,8 @@
-"""RMSNorm, rotary position embeddings (RoPE), grouped-query attention through `scaled_dot_product_attention`,
-SwiGLU; the attention mask built from a per-position layout (causal text, bidirectional audio spans, packed
-documents, classifier-free-guidance isolation); a KV cache for decoding; and loading Llama-family checkpoints
-(Llama, Qwen2, SmolLM2) from Hugging Face files.
+"""RMSNorm, rotary position embeddings (RoPE), grouped-query attention through
+`scaled_dot_product_attention`, SwiGLU; the attention mask built from a per-position layout
+(causal text, bidirectional audio spans, packed documents, classifier-free-guidance
+isolation); a KV cache for decoding; and loading Llama-family checkpoints (Llama, Qwen2,
+SmolLM2) from Hugging Face files.
 
 Docs: https://audiochat.github.io/audiochat/transformer.html.md"""
 
@@ -13,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
 from ..codec.codecs import hub_id, resolve_pretrained
 from ..core.audio import inside
 
@@ -39,20 +41,29 @@ class TransformerConfig:
     n_heads: int = 4
     n_kv_heads: int = 2  # grouped-query attention: n_heads must be a multiple of n_kv_heads
     n_layers: int = 2
-    d_ff: int | None = None  # SwiGLU hidden size; None -> ~8/3 d_model rounded up to a multiple of 32
+    # SwiGLU hidden size; None -> ~8/3 d_model rounded up to a multiple of 32
+    d_ff: int | None = None
     head_dim: int | None = None  # None -> d_model // n_heads
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # None or a Llama-3 style {"rope_type": "llama3", "factor": ..., ...}
+    # None or a Llama-3 style {"rope_type": "llama3", "factor": ..., ...}
+    rope_scaling: dict | None = None
     norm_eps: float = 1e-5
     qkv_bias: bool = False  # Qwen2 has biases on q, k and v
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
 
     def __post_init__(self):
         if self.head_dim is None:
-            if self.d_model % self.n_heads: raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}"
+                )
             self.head_dim = self.d_model // self.n_heads
-        if self.n_heads % self.n_kv_heads: raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.head_dim % 2: raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.d_ff is None: self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)
 
 # %% ../../nbs/08_transformer.ipynb #a7692727
@@ -63,35 +74,47 @@ class RMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.dtype == self.weight.dtype and not torch.is_autocast_enabled(x.device.type):  # one fused kernel, same numbers
+        # one fused kernel, same numbers
+        if x.dtype == self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         y = x.float()
         y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * y.to(x.dtype)
 
 # %% ../../nbs/08_transformer.ipynb #c58d5e72
-def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None) -> torch.Tensor:
-    "Inverse frequencies omega_i = theta^(-2i/head_dim), optionally with Llama-3 low-frequency scaling."
+def rope_frequencies(
+    head_dim: int, theta: float = 10000.0, scaling: dict | None = None
+) -> torch.Tensor:
+    """Inverse frequencies omega_i = theta^(-2i/head_dim), optionally with Llama-3 low-frequency
+    scaling."""
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     kind = (scaling or {}).get("rope_type", "default")
     if kind == "default": return inv
-    if kind != "llama3": raise ValueError(f"unsupported rope_type {kind!r} (supported: default, llama3)")
+    if kind != "llama3":
+        raise ValueError(f"unsupported rope_type {kind!r} (supported: default, llama3)")
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv
-    smooth = ((old_len / wavelen - low) / (high - low)).clamp(0, 1)  # 0 -> long wavelengths, 1 -> short ones
+    # 0 -> long wavelengths, 1 -> short ones
+    smooth = ((old_len / wavelen - low) / (high - low)).clamp(0, 1)
     scaled = (1 - smooth) * inv / factor + smooth * inv
-    return torch.where(wavelen > old_len / low, inv / factor, torch.where(wavelen < old_len / high, inv, scaled))
+    return torch.where(
+        wavelen > old_len / low, inv / factor, torch.where(wavelen < old_len / high, inv, scaled)
+    )
+
 
 class Rotary(nn.Module):
     "Cos/sin tables for integer positions (B, T) -> two tensors (B, 1, T, head_dim)."
     def __init__(self, head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
         super().__init__()
-        self.register_buffer("inv_freq", rope_frequencies(head_dim, theta, scaling), persistent=False)
+        self.register_buffer(
+            "inv_freq", rope_frequencies(head_dim, theta, scaling), persistent=False
+        )
 
     def forward(self, positions):
         angles = positions[..., None].float() * self.inv_freq  # (B, T, D/2)
-        angles = torch.cat([angles, angles], -1)[:, None]  # (B, 1, T, D): feature i and i + D/2 share an angle
+        # (B, 1, T, D): feature i and i + D/2 share an angle
+        angles = torch.cat([angles, angles], -1)[:, None]
         return angles.cos(), angles.sin()
 
 def apply_rotary(x, cos, sin):
@@ -114,11 +137,18 @@ class Layout:
 
     def __post_init__(self):
         shape = self.modality.shape
-        if len(shape) != 2: raise ValueError(f"Layout fields must be (B, T) tensors, got modality of shape {tuple(shape)}")
+        if len(shape) != 2:
+            raise ValueError(
+                f"Layout fields must be (B, T) tensors, got modality of shape {tuple(shape)}"
+            )
         for name in ("span", "document", "pad", "isolated"):
             if getattr(self, name).shape != shape:
-                raise ValueError(f"Layout.{name} has shape {tuple(getattr(self, name).shape)}, expected {tuple(shape)}")
-        if ((self.modality == AUDIO) & (self.span < 0)).any(): raise ValueError("every audio position needs a span id >= 0")
+                raise ValueError(
+                    f"Layout.{name} has shape {tuple(getattr(self, name).shape)}, expected "
+                    f"{tuple(shape)}"
+                )
+        if ((self.modality == AUDIO) & (self.span < 0)).any():
+            raise ValueError("every audio position needs a span id >= 0")
 
     @property
     def shape(self): return tuple(self.modality.shape)
@@ -134,11 +164,21 @@ class Layout:
         return (self.modality == TEXT) & ~self.pad
 
     def to(self, device):
-        return Layout(*(getattr(self, f).to(device) for f in ("modality", "span", "document", "pad", "isolated")))
+        return Layout(
+            *(
+                getattr(self, f).to(device)
+                for f in ("modality", "span", "document", "pad", "isolated")
+            )
+        )
 
     def slice(self, start: int, stop: int | None = None) -> Layout:
         "The positions start:stop of every row (e.g. the new tokens of a decoding step)."
-        return Layout(*(getattr(self, f)[:, start:stop] for f in ("modality", "span", "document", "pad", "isolated")))
+        return Layout(
+            *(
+                getattr(self, f)[:, start:stop]
+                for f in ("modality", "span", "document", "pad", "isolated")
+            )
+        )
 
     def positions(self) -> torch.Tensor:
         "RoPE positions (B, T): 0, 1, 2, ... restarting at each new document; padding gets 0."
@@ -148,7 +188,9 @@ class Layout:
         start[:, 1:] = self.document[:, 1:] != self.document[:, :-1]
         # count of valid positions before each document start, carried forward along the row
         before = torch.where(start, count - valid, torch.zeros_like(count))
-        before = torch.cummax(torch.where(start, before, torch.full_like(count, -1)), 1).values.clamp_min(0)
+        before = torch.cummax(
+            torch.where(start, before, torch.full_like(count, -1)), 1
+        ).values.clamp_min(0)
         return ((count - valid - before) * valid)
 
     @classmethod
@@ -161,17 +203,22 @@ class Layout:
     @classmethod
     def from_segments(cls, rows: list[list[tuple]], device=None) -> Layout:
         """Build a layout from rows of segments `(kind, length)` or `(kind, length, document)` or
-        `(kind, length, document, isolated)`, kind in {"text", "audio", "pad"}; rows are padded to the longest."""
+        `(kind, length, document, isolated)`, kind in {"text", "audio", "pad"}; rows are padded to
+        the longest."""
         T = max(sum(seg[1] for seg in row) for row in rows)
         B = len(rows)
-        modality, span = torch.zeros(B, T, dtype=torch.long), torch.full((B, T), -1, dtype=torch.long)
+        modality, span = (
+            torch.zeros(B, T, dtype=torch.long),
+            torch.full((B, T), -1, dtype=torch.long),
+        )
         document, pad = torch.zeros(B, T, dtype=torch.long), torch.ones(B, T, dtype=torch.bool)
         isolated = torch.zeros(B, T, dtype=torch.bool)
         for b, row in enumerate(rows):
             i, n_span, doc = 0, 0, 0
             for seg in row:
                 kind, length = seg[0], seg[1]
-                if kind not in ("text", "audio", "pad"): raise ValueError(f"segment kind must be text, audio or pad, got {kind!r}")
+                if kind not in ("text", "audio", "pad"):
+                    raise ValueError(f"segment kind must be text, audio or pad, got {kind!r}")
                 if length < 0: raise ValueError(f"segment length must be >= 0, got {length}")
                 doc = seg[2] if len(seg) > 2 else doc
                 sl = slice(i, i + length)
@@ -189,27 +236,44 @@ class Layout:
 
 # %% ../../nbs/08_transformer.ipynb #9eef3400
 def build_mask(layout: Layout, causal: bool = True) -> torch.Tensor:
-    """Boolean attention mask (B, 1, T, T), True = query (row) may attend to key (column).
-    Same document and key not padding, and (key <= query or same audio span); isolated queries see only their own
-    span. `causal=False` drops the causal rule (a bidirectional model such as the DiT)."""
+    """Boolean attention mask (B, 1, T, T), True = query (row) may attend to key (column). Same
+    document and key not padding, and (key <= query or same audio span); isolated queries see only
+    their own span. `causal=False` drops the causal rule (a bidirectional model such as the DiT)."""
     T = layout.modality.shape[1]
     idx = torch.arange(T, device=layout.modality.device)
     same_doc = layout.document[:, :, None] == layout.document[:, None, :]
-    same_span = (layout.span[:, :, None] == layout.span[:, None, :]) & (layout.span[:, :, None] >= 0)
-    order = (idx[None, :] <= idx[:, None])[None] if causal else torch.ones(1, T, T, dtype=torch.bool, device=idx.device)
+    same_span = (layout.span[:, :, None] == layout.span[:, None, :]) & (
+        layout.span[:, :, None] >= 0
+    )
+    order = (
+        (idx[None, :] <= idx[:, None])[None]
+        if causal
+        else torch.ones(1, T, T, dtype=torch.bool, device=idx.device)
+    )
     allowed = same_doc & ~layout.pad[:, None, :] & (order | same_span)
     allowed = torch.where(layout.isolated[:, :, None], allowed & same_span, allowed)
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=idx.device)  # everyone sees itself (no empty rows)
+    # everyone sees itself (no empty rows)
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=idx.device)
     return allowed[:, None]
 
 # %% ../../nbs/08_transformer.ipynb #94cd8a38
 def block_mask(layout: Layout, causal: bool = True, block_size: int = 128):
     "The mask of `build_mask` as a FlexAttention BlockMask (same rule, evaluated block-wise)."
     from torch.nn.attention.flex_attention import create_block_mask
-    mod, span, doc, pad, iso = layout.modality, layout.span, layout.document, layout.pad, layout.isolated
+
+    mod, span, doc, pad, iso = (
+        layout.modality,
+        layout.span,
+        layout.document,
+        layout.pad,
+        layout.isolated,
+    )
+
     def mask_mod(b, h, q, k):
         same_span = (span[b, q] == span[b, k]) & (span[b, q] >= 0)
-        ok = (doc[b, q] == doc[b, k]) & ~pad[b, k] & (((k <= q) if causal else (q >= 0)) | same_span)
+        ok = (
+            (doc[b, q] == doc[b, k]) & ~pad[b, k] & (((k <= q) if causal else (q >= 0)) | same_span)
+        )
         return (torch.where(iso[b, q], ok & same_span, ok)) | (q == k)
     B, T = mod.shape
     return create_block_mask(mask_mod, B, None, T, T, device=mod.device, BLOCK_SIZE=block_size)
@@ -221,40 +285,59 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "b heads t d -> b t (heads d)")
 
 def additive_mask(mask: torch.Tensor) -> torch.Tensor:
-    "A bool mask as the float mask SDPA adds to the scores (0 where allowed, -inf elsewhere): converted once per batch, not per layer."
+    """A bool mask as the float mask SDPA adds to the scores (0 where allowed, -inf elsewhere):
+    converted once per batch, not per layer."""
     return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 def attention_backend(device) -> str:
-    "The attention path training takes on `device`: 'flex' (FlexAttention block masks, compiled) on CUDA when PyTorch has it, else 'sdpa'."
+    """The attention path training takes on `device`: 'flex' (FlexAttention block masks, compiled)
+    on CUDA when PyTorch has it, else 'sdpa'."""
     import importlib.util
-    if torch.device(device).type != "cuda" or importlib.util.find_spec("triton") is None: return "sdpa"
+
+    if torch.device(device).type != "cuda" or importlib.util.find_spec("triton") is None:
+        return "sdpa"
     try: from torch.nn.attention.flex_attention import flex_attention, create_block_mask
     except ImportError: return "sdpa"
     return "flex"
 
-CAUSAL = "causal"  # the mask of plain causal text (`plain_causal`): SDPA's causal kernel, which skips the blocks above the diagonal
+# the mask of plain causal text (`plain_causal`): SDPA's causal kernel, which skips the blocks above
+# the diagonal
+CAUSAL = "causal"
 
 def plain_causal(layout: Layout) -> bool:
-    """Whether `layout` is plain causal text: all text, one document per row, padding only at the end of a row, nothing
-    isolated. Then the causal rule alone gives every real position what `build_mask` does (a padding position may see
-    other padding, and no real position ever sees it)."""
+    """Whether `layout` is plain causal text: all text, one document per row, padding only at the
+    end
+    of a row, nothing isolated. Then the causal rule alone gives every real position what
+    `build_mask` does (a padding position may see other padding, and no real position ever sees it).
+    """
     lay = layout
-    return bool((lay.modality == TEXT).all() and not lay.isolated.any() and (lay.document == lay.document[:, :1]).all()
-                and (lay.pad[:, 1:] >= lay.pad[:, :-1]).all())
+    return bool(
+        (lay.modality == TEXT).all()
+        and not lay.isolated.any()
+        and (lay.document == lay.document[:, :1]).all()
+        and (lay.pad[:, 1:] >= lay.pad[:, :-1]).all()
+    )
 
 def attention(q, k, v, mask) -> torch.Tensor:
-    """Grouped-query attention of q (B, H, T, D) over k, v (B, H_kv, S, D); `mask` is a bool or additive float (B, 1, T, S)
-    tensor (SDPA), `CAUSAL` or a FlexAttention BlockMask. Returns (B, H, T, D)."""
+    """Grouped-query attention of q (B, H, T, D) over k, v (B, H_kv, S, D); `mask` is a bool or
+    additive float (B, 1, T, S) tensor (SDPA), `CAUSAL` or a FlexAttention BlockMask. Returns (B, H,
+    T, D)."""
     if isinstance(mask, str):
         if mask != CAUSAL: raise ValueError(f"unknown mask {mask!r}")
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1]
+        )
     if isinstance(mask, torch.Tensor) or mask is None:
-        if mask is not None and mask.dtype not in (torch.bool, q.dtype): mask = mask.to(q.dtype)  # bf16 autocast
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+        # bf16 autocast
+        if mask is not None and mask.dtype not in (torch.bool, q.dtype): mask = mask.to(q.dtype)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
+        )
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
     if q.is_cuda:
-        _compiled_flex = _compiled_flex or torch.compile(flex_attention)  # dynamic after a second length: batches vary
+        # dynamic after a second length: batches vary
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention)
         return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unfused CPU path: correct but slow, fine for tests
@@ -262,12 +345,14 @@ def attention(q, k, v, mask) -> torch.Tensor:
 
 # %% ../../nbs/08_transformer.ipynb #7b0ce36e
 class KVCache:
-    "Keys and values of past positions for each layer, plus which cached keys are valid and the next position."
+    """Keys and values of past positions for each layer, plus which cached keys are valid and the
+    next position."""
     def __init__(self, n_layers: int):
         self.keys, self.values = [None] * n_layers, [None] * n_layers
         self.valid = None  # bool (B, S): cached key is a real (not padding) position
         self.next_position = None  # long (B,): RoPE position of the next new token
-        self.read_only = False  # True: update() returns past + new keys without storing the new ones
+        # True: update() returns past + new keys without storing the new ones
+        self.read_only = False
 
     @property
     def length(self) -> int: return 0 if self.valid is None else self.valid.shape[1]
@@ -285,7 +370,10 @@ class KVCache:
         new = build_mask(layout, causal)
         positions = layout.positions()
         if self.valid is None: return new, positions
-        past = self.valid[:, None, None, :].expand(B, 1, T, self.length) & ~layout.isolated[:, None, :, None]
+        past = (
+            self.valid[:, None, None, :].expand(B, 1, T, self.length)
+            & ~layout.isolated[:, None, :, None]
+        )
         return torch.cat([past, new], -1), positions + self.next_position[:, None]
 
     def advance(self, layout: Layout):
@@ -294,7 +382,9 @@ class KVCache:
         valid = ~layout.pad
         self.valid = valid if self.valid is None else torch.cat([self.valid, valid], 1)
         last = layout.positions().max(1).values + 1
-        self.next_position = last if self.next_position is None else self.next_position + valid.sum(1)
+        self.next_position = (
+            last if self.next_position is None else self.next_position + valid.sum(1)
+        )
 
 # %% ../../nbs/08_transformer.ipynb #06804193
 class Attention(nn.Module):
@@ -307,14 +397,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
 
-    def split(self, x, n): return rearrange(x, "b t (heads d) -> b heads t d", heads=n)  # one (T, D) sequence per head
+    # one (T, D) sequence per head
+    def split(self, x, n): return rearrange(x, "b t (heads d) -> b heads t d", heads=n)
 
     def project(self, x, rope):
-        "Rotated queries and keys and the values: one matmul (the three weights side by side), one rotation for q and k."
+        """Rotated queries and keys and the values: one matmul (the three weights side by side), one
+        rotation for q and k."""
         H, Hkv, ps = self.n_heads, self.n_kv_heads, (self.q_proj, self.k_proj, self.v_proj)
         bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in ps])
-        qk, v = self.split(F.linear(x, torch.cat([p.weight for p in ps]), bias), H + 2 * Hkv).split([H + Hkv, Hkv], 1)
-        return *apply_rotary(qk, *rope).split([H, Hkv], 1), v  # split, not slices: one gradient copy back, not one per slice
+        qk, v = self.split(F.linear(x, torch.cat([p.weight for p in ps]), bias), H + 2 * Hkv).split(
+            [H + Hkv, Hkv], 1
+        )
+        # split, not slices: one gradient copy back, not one per slice
+        return *apply_rotary(qk, *rope).split([H, Hkv], 1), v
 
     def forward(self, x, rope, mask, cache: KVCache | None = None, layer: int = 0):
         q, k, v = self.project(x, rope)
@@ -325,11 +420,15 @@ class MLP(nn.Module):
     "SwiGLU feed-forward: down(silu(gate(x)) * up(x))."
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
-        self.gate_proj, self.up_proj = nn.Linear(d_model, d_ff, bias=False), nn.Linear(d_model, d_ff, bias=False)
+        self.gate_proj, self.up_proj = (
+            nn.Linear(d_model, d_ff, bias=False),
+            nn.Linear(d_model, d_ff, bias=False),
+        )
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x):
-        gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, -1)  # one matmul for both
+        # one matmul for both
+        gate, up = F.linear(x, torch.cat([self.gate_proj.weight, self.up_proj.weight])).chunk(2, -1)
         return self.down_proj(F.silu(gate) * up)
 
 # %% ../../nbs/08_transformer.ipynb #175686f8
@@ -337,7 +436,10 @@ class DecoderLayer(nn.Module):
     "Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(.))."
     def __init__(self, c: TransformerConfig):
         super().__init__()
-        self.input_layernorm, self.post_attention_layernorm = RMSNorm(c.d_model, c.norm_eps), RMSNorm(c.d_model, c.norm_eps)
+        self.input_layernorm, self.post_attention_layernorm = (
+            RMSNorm(c.d_model, c.norm_eps),
+            RMSNorm(c.d_model, c.norm_eps),
+        )
         self.self_attn, self.mlp = Attention(c), MLP(c.d_model, c.d_ff)
 
     def forward(self, x, rope, mask, cache: KVCache | None = None, layer: int = 0):
@@ -357,15 +459,26 @@ def run_layers(layers, x, rope, mask, cache: KVCache | None = None, first: int =
     for i, layer in enumerate(layers): x = layer(x, rope, mask, cache, first + i)
     return x
 
-def prepare(layout: Layout, rotary: Rotary, cache: KVCache | None = None, causal: bool = True, flex: bool = False):
+def prepare(
+    layout: Layout,
+    rotary: Rotary,
+    cache: KVCache | None = None,
+    causal: bool = True,
+    flex: bool = False,
+):
     "Mask and RoPE (cos, sin) for one forward pass over the positions described by `layout`."
     if cache is not None:
-        if flex: raise ValueError("the FlexAttention path is for full sequences; decode with the SDPA path")
+        if flex:
+            raise ValueError(
+                "the FlexAttention path is for full sequences; decode with the SDPA path"
+            )
         mask, positions = cache.step_mask_and_positions(layout, causal)
     else:
         if flex: mask = block_mask(layout, causal)
-        elif causal and plain_causal(layout): mask = CAUSAL  # text-only batches: half the attention work
-        else: mask = additive_mask(build_mask(layout, causal))  # converted once here, not in every layer
+        # text-only batches: half the attention work
+        elif causal and plain_causal(layout): mask = CAUSAL
+        # converted once here, not in every layer
+        else: mask = additive_mask(build_mask(layout, causal))
         positions = layout.positions()
     return mask, rotary(positions)
 
@@ -383,7 +496,9 @@ class Transformer(nn.Module):
         init_weights(self)
         if c.tie_embeddings: self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, tokens, layout: Layout | None = None, cache: KVCache | None = None, flex: bool = False):
+    def forward(
+        self, tokens, layout: Layout | None = None, cache: KVCache | None = None, flex: bool = False
+    ):
         "Logits (B, T, vocab) for tokens (B, T); a plain causal text layout when `layout` is None."
         layout = Layout.text_only(tokens) if layout is None else layout
         mask, rope = prepare(layout, self.rotary, cache, flex=flex)
@@ -393,9 +508,16 @@ class Transformer(nn.Module):
 
 # %% ../../nbs/08_transformer.ipynb #e2fdc7cb
 @torch.no_grad()
-def greedy_generate(step, tokens, max_new_tokens: int, n_layers: int, pad: torch.Tensor | None = None,
-                    eos_id: int | None = None) -> torch.Tensor:
-    "Greedy decoding with a KV cache; returns (B, T + new) tokens (rows that hit eos_id continue with eos_id)."
+def greedy_generate(
+    step,
+    tokens,
+    max_new_tokens: int,
+    n_layers: int,
+    pad: torch.Tensor | None = None,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Greedy decoding with a KV cache; returns (B, T + new) tokens (rows that hit eos_id continue
+    with eos_id)."""
     if max_new_tokens < 0: raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     cache = KVCache(n_layers)
     layout = Layout.text_only(tokens, pad)
@@ -403,7 +525,9 @@ def greedy_generate(step, tokens, max_new_tokens: int, n_layers: int, pad: torch
     out, done = [tokens], torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     for _ in range(max_new_tokens):
         nxt = logits[:, -1].argmax(-1)
-        if eos_id is not None: nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt); done |= nxt == eos_id
+        if eos_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= nxt == eos_id
         out.append(nxt[:, None])
         if eos_id is not None and bool(done.all()): break
         logits = step(nxt[:, None], Layout.text_only(nxt[:, None]), cache)
@@ -411,60 +535,91 @@ def greedy_generate(step, tokens, max_new_tokens: int, n_layers: int, pad: torch
 
 # %% ../../nbs/08_transformer.ipynb #0c707f93
 SUPPORTED_HF_TYPES = ("llama", "qwen2")
-HF_WEIGHT_FILES = ["config.json", "model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
+HF_WEIGHT_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+]
+
 
 def _resolve(path, allow_patterns) -> Path:
-    "An existing local path as it is; a Hub id (`ORG/NAME` or `hf:ORG/NAME`) through the Hub cache (`resolve_pretrained`)."
-    if (Path(path).exists() and not str(path).startswith("hf:")) or hub_id(path) is None: return Path(path)
+    """An existing local path as it is; a Hub id (`ORG/NAME` or `hf:ORG/NAME`) through the Hub cache
+    (`resolve_pretrained`)."""
+    if (Path(path).exists() and not str(path).startswith("hf:")) or hub_id(path) is None:
+        return Path(path)
     return resolve_pretrained(path, allow_patterns)
 
 # %% ../../nbs/08_transformer.ipynb #1b348840
 def config_from_hf(path) -> TransformerConfig:
-    "TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2): a file, a folder or a Hub id `ORG/NAME`."
+    """TransformerConfig from a Hugging Face `config.json` (Llama, Qwen2, SmolLM2): a file, a folder
+    or a Hub id `ORG/NAME`."""
     path = _resolve(path, ["config.json"])
     file = path / "config.json" if path.is_dir() else path
     if not file.exists(): raise FileNotFoundError(f"no config.json in {path}")
     hf = json.loads(file.read_text())
     kind = hf.get("model_type")
-    if kind not in SUPPORTED_HF_TYPES: raise ValueError(f"model_type {kind!r} is not supported (supported: {SUPPORTED_HF_TYPES})")
-    if hf.get("hidden_act", "silu") != "silu": raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
+    if kind not in SUPPORTED_HF_TYPES:
+        raise ValueError(f"model_type {kind!r} is not supported (supported: {SUPPORTED_HF_TYPES})")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
     if hf.get("mlp_bias") or (kind == "llama" and hf.get("attention_bias")):
         raise ValueError("Llama checkpoints with mlp_bias or attention_bias are not supported")
-    if kind == "qwen2" and hf.get("use_sliding_window"): raise ValueError("Qwen2 sliding-window attention is not supported")
+    if kind == "qwen2" and hf.get("use_sliding_window"):
+        raise ValueError("Qwen2 sliding-window attention is not supported")
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
     kind_rope = rope.get("rope_type", rope.get("type", "default"))
     return TransformerConfig(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"],
-        n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"], n_layers=hf["num_hidden_layers"],
-        d_ff=hf["intermediate_size"], head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        rope_theta=float(theta), rope_scaling=None if kind_rope == "default" else {**rope, "rope_type": kind_rope},
-        norm_eps=hf.get("rms_norm_eps", 1e-6), qkv_bias=kind == "qwen2",
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_heads=hf["num_attention_heads"],
+        n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        n_layers=hf["num_hidden_layers"],
+        d_ff=hf["intermediate_size"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        rope_theta=float(theta),
+        rope_scaling=None if kind_rope == "default" else {**rope, "rope_type": kind_rope},
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        qkv_bias=kind == "qwen2",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
 
 # %% ../../nbs/08_transformer.ipynb #7fd55e3f
 def _index_files(index: Path) -> list[str]:
-    "The shard files a `model.safetensors.index.json` names (a ValueError naming the index when it is not one)."
-    try: names = json.loads(index.read_text())["weight_map"].values()
-    except (ValueError, KeyError, TypeError, AttributeError) as e: raise ValueError(f"{index} is not a safetensors index ({type(e).__name__}: {e})") from None
+    """The shard files a `model.safetensors.index.json` names (a ValueError naming the index when it
+    is not one)."""
+    try:
+        names = json.loads(index.read_text())["weight_map"].values()
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a safetensors index ({type(e).__name__}: {e})") from None
     return sorted(set(map(str, names)))
 
 def load_safetensors_dir(path) -> dict[str, torch.Tensor]:
-    "All tensors of a checkpoint directory (single file or shards listed in the index), or of a Hub id `ORG/NAME`."
+    """All tensors of a checkpoint directory (single file or shards listed in the index), or of a
+    Hub id `ORG/NAME`."""
     from safetensors.torch import load_file
     path = _resolve(path, HF_WEIGHT_FILES)
     index = path / "model.safetensors.index.json"
     files = _index_files(index) if index.exists() else ["model.safetensors"]
     if not (path / files[0]).exists(): raise FileNotFoundError(f"no model.safetensors in {path}")
     out = {}
-    for f in files: out.update(load_file(inside(path, f, f"{index}: weight_map")))  # a shard name never leads out of the folder
+    # a shard name never leads out of the folder
+    for f in files: out.update(load_file(inside(path, f, f"{index}: weight_map")))
     return out
 
-def hf_state_dict(tensors: dict[str, torch.Tensor], config: TransformerConfig, n_layers: int | None = None) -> dict:
-    "Map Hugging Face tensor names to this module's names (first `n_layers` layers; all by default)."
+def hf_state_dict(
+    tensors: dict[str, torch.Tensor], config: TransformerConfig, n_layers: int | None = None
+) -> dict:
+    """Map Hugging Face tensor names to this module's names (first `n_layers` layers; all by
+    default)."""
     n_layers = config.n_layers if n_layers is None else n_layers
-    out = {"embed_tokens.weight": tensors["model.embed_tokens.weight"], "norm.weight": tensors["model.norm.weight"]}
-    if not config.tie_embeddings: out["lm_head.weight"] = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"])
+    out = {
+        "embed_tokens.weight": tensors["model.embed_tokens.weight"],
+        "norm.weight": tensors["model.norm.weight"],
+    }
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"])
     for name, t in tensors.items():
         if name.startswith("model.layers."):
             i = int(name.split(".")[2])
@@ -473,12 +628,16 @@ def hf_state_dict(tensors: dict[str, torch.Tensor], config: TransformerConfig, n
 
 # %% ../../nbs/08_transformer.ipynb #1d8ef2c2
 def from_hf(path, dtype: torch.dtype = torch.float32) -> Transformer:
-    "A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub repository (`ORG/NAME`)."
+    """A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub
+    repository (`ORG/NAME`)."""
     path = _resolve(path, HF_WEIGHT_FILES)
     config = config_from_hf(path)
     model = Transformer(config)
     state = hf_state_dict(load_safetensors_dir(path), config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (config.tie_embeddings and m == "lm_head.weight")]
-    if missing or unexpected: raise ValueError(f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}"
+        )
     return model.to(dtype)

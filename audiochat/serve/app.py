@@ -1,5 +1,6 @@
-"""`audiochat serve --run DIR` puts the chat engine of notebook 16 behind a Gradio page: tell a story, plan an edit and
-change its scene before it is rendered, upload a file and read the scene the model hears in it.
+"""`audiochat serve --run DIR` puts the chat engine of notebook 16 behind a Gradio page: tell a
+story, plan an edit and change its scene before it is rendered, upload a file and read the
+scene the model hears in it.
 
 Docs: https://audiochat.github.io/audiochat/app.html.md"""
 
@@ -31,20 +32,28 @@ __all__ = ['INSTALL_UI', 'MAX_UPLOAD_MB', 'SCENE_COLUMNS', 'EXAMPLE_REQUEST', 'B
 INSTALL_UI = "pip install 'audiochat[ui]'"
 
 def require_gradio():
-    "The `gradio` module, imported on first use; without it, an ImportError of one line that says what to install."
-    try: import gradio
-    except ImportError: raise ImportError(f"the web app needs gradio, which is not installed: {INSTALL_UI}") from None
+    """The `gradio` module, imported on first use; without it, an ImportError of one line that says
+    what to install."""
+    try:
+        import gradio
+    except ImportError:
+        raise ImportError(
+            f"the web app needs gradio, which is not installed: {INSTALL_UI}"
+        ) from None
     return gradio
 
 # %% ../../nbs/18_app.ipynb #3f1c87eb
 class Session:
-    """One browser's conversation: a `ChatEngine` of its own that shares the loaded model, tokenizer and codec with
-    every other session (a shallow copy with a fresh history), a folder for its audio files, the lock that lets one
-    request at a time use the model, and the planned turn that waits for `render`."""
+    """One browser's conversation: a `ChatEngine` of its own that shares the loaded model, tokenizer
+    and codec with every other session (a shallow copy with a fresh history), a folder for its audio
+    files, the lock that lets one request at a time use the model, and the planned turn that waits
+    for `render`."""
     def __init__(self, engine, folder=None, lock=None):
         self.engine = copy.copy(engine)
         self.engine.reset()  # new lists: the copy's history is not the original's
-        self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="audiochat-app-"))
+        self.folder = (
+            Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="audiochat-app-"))
+        )
         self.lock = lock if lock is not None else threading.Lock()
         self.pending = None  # the `Plan` waiting between plan and render
 
@@ -52,24 +61,32 @@ class Session:
     def sample_rate(self) -> int: return self.engine.codec.config.sample_rate
 
     def has_audio(self) -> bool:
-        "Whether the conversation holds audio (a story, an edit, an uploaded file): the next plan is then an edit."
+        """Whether the conversation holds audio (a story, an edit, an uploaded file): the next plan
+        is then an edit."""
         return any(t.audio is not None for t in self.engine.history)
 
     def __deepcopy__(self, memo):
-        """A copy for another browser (Gradio deep-copies a state's first value for each session): the same model and
+        """A copy for another browser (Gradio deep-copies a state's first value for each session):
+        the same model and
         lock, the conversation so far in lists of its own, a folder of its own, no plan waiting."""
         other = copy.copy(self)
         other.engine = copy.copy(self.engine)
-        other.engine.history, other.engine.replies = list(self.engine.history), list(self.engine.replies)
+        other.engine.history, other.engine.replies = (
+            list(self.engine.history),
+            list(self.engine.replies),
+        )
         other.folder, other.pending = Path(tempfile.mkdtemp(dir=self.folder.parent)), None
         return other
 
 # %% ../../nbs/18_app.ipynb #1466167e
-MAX_UPLOAD_MB = 20  # largest upload the page takes (30 s of 48 kHz stereo float WAV is 11.5 MB); bigger ones are refused
+# largest upload the page takes (30 s of 48 kHz stereo float WAV is 11.5 MB); bigger ones are
+# refused
+MAX_UPLOAD_MB = 20
 
 def one_line(err: BaseException, limit: int = 300) -> str:
-    """An exception as one short line for the page: whitespace collapsed, folders of the server's paths left out
-    (`/tmp/gradio/…/rain.wav` shows as `rain.wav`), cut at `limit` characters."""
+    """An exception as one short line for the page: whitespace collapsed, folders of the server's
+    paths
+    left out (`/tmp/gradio/…/rain.wav` shows as `rain.wav`), cut at `limit` characters."""
     import re
     text = " ".join(str(err).split()) or type(err).__name__
     text = re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"()]+)+[\\/]([^\s\\/'\"()]+)", r"\1", text)
@@ -80,7 +97,11 @@ def checked_upload(path) -> str:
     "An uploaded file's path, refused (ValueError) when it is larger than MAX_UPLOAD_MB."
     if not Path(path).is_file(): raise FileNotFoundError(f"audio file not found: {path}")
     size = Path(path).stat().st_size
-    if size > MAX_UPLOAD_MB * 2**20: raise ValueError(f"the file is {size / 2**20:.1f} MB; at most {MAX_UPLOAD_MB} MB are taken (MAX_UPLOAD_MB)")
+    if size > MAX_UPLOAD_MB * 2**20:
+        raise ValueError(
+            f"the file is {size / 2**20:.1f} MB; at most {MAX_UPLOAD_MB} MB are taken "
+            "(MAX_UPLOAD_MB)"
+        )
     return str(path)
 
 SCENE_COLUMNS = ["id", "kind", "start (s)", "end (s)", "dB", "pan", "who / what"]
@@ -88,31 +109,64 @@ EXAMPLE_REQUEST = "A 6-second story: a girl greets an old man while rain falls."
 
 def scene_rows(scene: Scene) -> list[list]:
     "One row per source of `scene`, in the order of `SCENE_COLUMNS`, for the page's table."
-    def what(s): return f"{s.speaker}{f' ({s.emotion})' if s.emotion else ''}: {s.text}" if s.kind == "speech" else s.caption
+
+    def what(s):
+        return (
+            f"{s.speaker}{f' ({s.emotion})' if s.emotion else ''}: {s.text}"
+            if s.kind == "speech"
+            else s.caption
+        )
+
     return [[s.id, s.kind, s.start, s.end, s.loudness_db, s.pan, what(s)] for s in scene.sources]
 
 def scene_text(scene: Scene) -> str:
     "The scene as JSON with one source per line: short enough to read, easy to change by hand."
     d = scene.to_dict()
     rows = ",\n  ".join(json.dumps(s, ensure_ascii=False) for s in d["sources"])
-    return f'{{"duration": {json.dumps(d["duration"])}, "sources": [' + (f"\n  {rows}\n" if rows else "") + "]}"
+    return (
+        f'{{"duration": {json.dumps(d["duration"])}, "sources": ['
+        + (f"\n  {rows}\n" if rows else "")
+        + "]}"
+    )
 
 # %% ../../nbs/18_app.ipynb #74967d43
 def status_line(reply) -> str:
     "One line about a reply: its task, its scene, where the time went."
     t = reply.timings
-    what = f"{reply.scene.duration:g} s, {len(reply.scene.sources)} sources" if reply.scene is not None else "no scene"
-    audio = f", audio in {t.diffusion_seconds + t.decode_seconds:.1f} s" if reply.audio is not None else ""
-    return f"{reply.task}: {what}; chain of thought: {t.cot_tokens} tokens in {t.cot_seconds:.1f} s{audio}"
+    what = (
+        f"{reply.scene.duration:g} s, {len(reply.scene.sources)} sources"
+        if reply.scene is not None
+        else "no scene"
+    )
+    audio = (
+        f", audio in {t.diffusion_seconds + t.decode_seconds:.1f} s"
+        if reply.audio is not None
+        else ""
+    )
+    cot = f"chain of thought: {t.cot_tokens} tokens in {t.cot_seconds:.1f} s"
+    return f"{reply.task}: {what}; {cot}{audio}"
 
 # %% ../../nbs/18_app.ipynb #595c10dd
 def _audio_out(session: Session, reply) -> tuple[str, object]:
-    "The reply's audio written as a wav in the session's folder, and its figure (the scene's sources drawn as spans)."
+    """The reply's audio written as a wav in the session's folder, and its figure (the scene's
+    sources drawn as spans)."""
     import matplotlib.pyplot as plt
+
     from audiochat.core.audio import plot_audio, save_audio
-    path = save_audio(session.folder / f"{reply.task}-{uuid.uuid4().hex[:8]}.wav", reply.audio, session.sample_rate)
+
+    path = save_audio(
+        session.folder / f"{reply.task}-{uuid.uuid4().hex[:8]}.wav",
+        reply.audio,
+        session.sample_rate,
+    )
     spans = reply.scene.spans() if reply.scene is not None else None
-    fig = plot_audio(reply.audio, session.sample_rate, spans=spans, title=f"{reply.task}: {reply.request[:70]}", figsize=(9, 3.2))
+    fig = plot_audio(
+        reply.audio,
+        session.sample_rate,
+        spans=spans,
+        title=f"{reply.task}: {reply.request[:70]}",
+        figsize=(9, 3.2),
+    )
     plt.close(fig)  # a figure for the page; pyplot keeps no reference to it
     return str(path), fig
 
@@ -120,33 +174,51 @@ def tell(session: Session, request: str) -> tuple[str, str, object, str]:
     "A new conversation with a story for `request`: (scene JSON, wav path, figure, status line)."
     if not (request or "").strip(): raise ValueError("type a request first")
     with session.lock:
-        session.engine.reset(); session.pending = None
+        session.engine.reset()
+        session.pending = None
         reply = session.engine.tell(request)
         wav, fig = _audio_out(session, reply)
-    return (scene_text(reply.scene) if reply.scene is not None else ""), wav, fig, status_line(reply)
+    return (
+        (scene_text(reply.scene) if reply.scene is not None else ""),
+        wav,
+        fig,
+        status_line(reply),
+    )
 
 # %% ../../nbs/18_app.ipynb #aed71a17
 def plan(session: Session, request: str, audio=None) -> tuple[str, str]:
-    """The scene the model plans for `request`, as JSON to read and change before `render`: an edit of the uploaded
-    `audio` (a file) or of the conversation's last audio; a story when there is neither. Returns (scene JSON, status);
-    an edit answered in words returns no scene, the words in the status, and the turn joins the conversation."""
+    """The scene the model plans for `request`, as JSON to read and change before `render`: an edit
+    of
+    the uploaded `audio` (a file) or of the conversation's last audio; a story when there is
+    neither. Returns (scene JSON, status); an edit answered in words returns no scene, the words in
+    the status, and the turn joins the conversation."""
     if not (request or "").strip(): raise ValueError("type a request first")
     with session.lock:
-        p = session.engine.plan(request, checked_upload(audio) if audio else None)  # ChatEngine.plan: nothing joins the conversation yet
+        # ChatEngine.plan: nothing joins the conversation yet
+        p = session.engine.plan(request, checked_upload(audio) if audio else None)
         session.pending = p if p.scene is not None else None
-    if p.scene is None: return "", f"{p.task}: the model answered: {p.message}"  # words: nothing to render
+    # words: nothing to render
+    if p.scene is None: return "", f"{p.task}: the model answered: {p.message}"
     t = p.timings
-    return scene_text(p.scene), f"{p.task}: planned in {t.cot_seconds:.1f} s ({t.cot_tokens} tokens); change the scene if you like, then render"
+    return (
+        scene_text(p.scene),
+        f"{p.task}: planned in {t.cot_seconds:.1f} s ({t.cot_tokens} tokens); change the scene if "
+        "you like, then render",
+    )
 
 # %% ../../nbs/18_app.ipynb #5a4a9f55
 def render(session: Session, scene_json: str) -> tuple[str, object, str]:
-    """Render the planned turn with the scene in `scene_json` (the plan, changed by hand or not): the audio follows
-    that scene and the turn joins the conversation. Returns (wav path, figure, status line)."""
+    """Render the planned turn with the scene in `scene_json` (the plan, changed by hand or not):
+    the
+    audio follows that scene and the turn joins the conversation. Returns (wav path, figure, status
+    line)."""
     try: scene = Scene.from_json(scene_json or "")
     except ValueError as err: raise ValueError(f"the scene is not valid: {one_line(err)}") from None
     with session.lock:
-        if session.pending is None: raise ValueError("nothing to render: plan a story or an edit first")
-        reply = session.engine.render_plan(session.pending, scene)  # refuses a scene longer than the engine renders
+        if session.pending is None:
+            raise ValueError("nothing to render: plan a story or an edit first")
+        # refuses a scene longer than the engine renders
+        reply = session.engine.render_plan(session.pending, scene)
         session.pending = None
         wav, fig = _audio_out(session, reply)
     return wav, fig, status_line(reply)
@@ -162,7 +234,9 @@ def understand(session: Session, audio) -> tuple[list[list], str, str]:
 
 def new_conversation(session: Session) -> tuple[str]:
     "Forget the session's conversation (and any plan waiting for render)."
-    with session.lock: session.engine.reset(); session.pending = None
+    with session.lock:
+        session.engine.reset()
+        session.pending = None
     return ("a new conversation: the next plan is a story",)
 
 # %% ../../nbs/18_app.ipynb #7d81ba32
@@ -171,19 +245,27 @@ def _forget(session):
     if session is not None: shutil.rmtree(session.folder, ignore_errors=True)
 
 def _handler(gr, fn, engine, folder: Path, lock):
-    """`fn(session, *inputs)` as a Gradio event handler: the browser's `Session` is made on its first request, and
-    bad input (a ValueError, a file that cannot be read) comes back as a one-line error on the page."""
+    """`fn(session, *inputs)` as a Gradio event handler: the browser's `Session` is made on its
+    first
+    request, and bad input (a ValueError, a file that cannot be read) comes back as a one-line error
+    on the page."""
     from functools import wraps
-    @wraps(fn)  # the page's API names its parameters after fn's (request, audio, ...), not param_1, param_2
+    # the page's API names its parameters after fn's (request, audio, ...), not param_1, param_2
+    @wraps(fn)
     def handle(session, *inputs):
-        session = session if session is not None else Session(engine, tempfile.mkdtemp(dir=folder), lock)
-        try: out = fn(session, *inputs)
-        except (ValueError, OSError) as err: raise gr.Error(one_line(err), print_exception=False) from None
+        session = (
+            session if session is not None else Session(engine, tempfile.mkdtemp(dir=folder), lock)
+        )
+        try:
+            out = fn(session, *inputs)
+        except (ValueError, OSError) as err:
+            raise gr.Error(one_line(err), print_exception=False) from None
         return (session, *out)
     return handle
 
 def _outputs(gr, label: str, wav=None, fig=None, status: str = ""):
-    "An audio player, a status line and a figure (with their first values), for a tab whose answer is audio."
+    """An audio player, a status line and a figure (with their first values), for a tab whose answer
+    is audio."""
     with gr.Row():
         audio = gr.Audio(wav, label=label, type="filepath", interactive=False)
         status = gr.Textbox(status, label="status", interactive=False, lines=2)
@@ -192,47 +274,82 @@ def _outputs(gr, label: str, wav=None, fig=None, status: str = ""):
 
 # %% ../../nbs/18_app.ipynb #a3a8c9ea
 def _tell_tab(gr, state, wrap, example: str = "", told=None):
-    "The Tell tab; `told`: the answer to `example` (scene JSON, wav, figure, status), shown as the page opens."
+    """The Tell tab; `told`: the answer to `example` (scene JSON, wav, figure, status), shown as the
+    page opens."""
     scene_json, wav, fig, status_text = told or ("", None, None, "")
     with gr.Tab("Tell"):
-        gr.Markdown("A new story: the model writes its scene (the chain of thought), then the audio. Starts a new conversation.")
+        gr.Markdown(
+            "A new story: the model writes its scene (the chain of thought), then the audio. "
+            "Starts a new conversation."
+        )
         with gr.Row():
             request = gr.Textbox(example, label="request", scale=5, placeholder=EXAMPLE_REQUEST)
             go = gr.Button("Tell", variant="primary", scale=1)
         audio, status, figure = _outputs(gr, "the story", wav, fig, status_text)
-        scene = gr.Code(scene_json, label="scene (the chain of thought)", language="json", interactive=False)
-    gr.on([go.click, request.submit], wrap(tell), [state, request], [state, scene, audio, figure, status], api_name="tell")
+        scene = gr.Code(
+            scene_json, label="scene (the chain of thought)", language="json", interactive=False
+        )
+    gr.on(
+        [go.click, request.submit],
+        wrap(tell),
+        [state, request],
+        [state, scene, audio, figure, status],
+        api_name="tell",
+    )
 
 # %% ../../nbs/18_app.ipynb #115c0283
 def _edit_tab(gr, state, wrap):
     "The Edit tab: Plan shows the scene in an editable box, Render renders the box's scene."
     with gr.Tab("Edit"):
-        gr.Markdown("**Plan** asks the model for the scene of an edit of the conversation's last audio (or of an uploaded "
-                    "file; with neither, of a new story). Change the scene if you like: move, remove or add a source, "
-                    "change a line or the length. **Render** makes the audio of the scene in the box.")
+        gr.Markdown(
+            "**Plan** asks the model for the scene of an edit of the conversation's last audio (or "
+            "of an uploaded "
+            "file; with neither, of a new story). Change the scene if you like: move, remove or "
+            "add a source, "
+            "change a line or the length. **Render** makes the audio of the scene in the box."
+        )
         with gr.Row():
             request = gr.Textbox(label="instruction", placeholder="Make the rain louder.", scale=3)
-            upload = gr.Audio(label="audio to edit (optional)", type="filepath", sources=["upload"], scale=2)
+            upload = gr.Audio(
+                label="audio to edit (optional)", type="filepath", sources=["upload"], scale=2
+            )
         with gr.Row():
             plan_button, render_button = gr.Button("Plan", variant="primary"), gr.Button("Render")
-        scene = gr.Code(label="the planned scene: change it, then Render", language="json", interactive=True)
+        scene = gr.Code(
+            label="the planned scene: change it, then Render", language="json", interactive=True
+        )
         audio, status, figure = _outputs(gr, "the result")
-    gr.on([plan_button.click, request.submit], wrap(plan), [state, request, upload], [state, scene, status], api_name="plan")
-    render_button.click(wrap(render), [state, scene], [state, audio, figure, status], api_name="render")
+    gr.on(
+        [plan_button.click, request.submit],
+        wrap(plan),
+        [state, request, upload],
+        [state, scene, status],
+        api_name="plan",
+    )
+    render_button.click(
+        wrap(render), [state, scene], [state, audio, figure, status], api_name="render"
+    )
 
 # %% ../../nbs/18_app.ipynb #c0c4ec23
 def _understand_tab(gr, state, wrap, max_seconds: float):
     "The Understand tab: an upload, then the scene the model hears as a table and as JSON."
     with gr.Tab("Understand"):
-        gr.Markdown(f"Upload a story (wav, flac or ogg, at most {max_seconds:g} s): the model writes the scene it hears. "
-                    "The file joins the conversation, so the Edit tab can change it next.")
+        gr.Markdown(
+            f"Upload a story (wav, flac or ogg, at most {max_seconds:g} s): the model writes the "
+            "scene it hears. "
+            "The file joins the conversation, so the Edit tab can change it next."
+        )
         upload = gr.Audio(label="audio", type="filepath", sources=["upload"])
         go = gr.Button("Understand", variant="primary")
-        table = gr.Dataframe(headers=SCENE_COLUMNS, label="the scene the model heard", interactive=False)
+        table = gr.Dataframe(
+            headers=SCENE_COLUMNS, label="the scene the model heard", interactive=False
+        )
         with gr.Row():
             scene = gr.Code(label="scene", language="json", interactive=False)
             status = gr.Textbox(label="status", interactive=False, lines=2)
-    go.click(wrap(understand), [state, upload], [state, table, scene, status], api_name="understand")
+    go.click(
+        wrap(understand), [state, upload], [state, table, scene, status], api_name="understand"
+    )
 
 # %% ../../nbs/18_app.ipynb #43fb0b13
 def _alive(pid: int) -> bool:
@@ -243,9 +360,11 @@ def _alive(pid: int) -> bool:
     return True
 
 def app_folder() -> Path:
-    """A new `audiochat-app-PID-*` folder for the sessions' audio in the system's temporary folder, removed when the
-    server exits; the folders of servers that are gone (killed) are removed now."""
-    import atexit, os, re
+    """A new `audiochat-app-PID-*` folder for the sessions' audio in the system's temporary folder,
+    removed when the server exits; the folders of servers that are gone (killed) are removed now."""
+    import atexit
+    import os
+    import re
     for old in Path(tempfile.gettempdir()).glob("audiochat-app-*"):
         m = re.match(r"audiochat-app-(\d+)-", old.name)
         if m and not _alive(int(m[1])): shutil.rmtree(old, ignore_errors=True)
@@ -254,9 +373,10 @@ def app_folder() -> Path:
     return folder
 
 def build_app(engine, example: str | None = None, title: str = "audiochat"):
-    """The Gradio page for `engine`: Tell, Edit (plan, change the scene, render) and Understand tabs and a button for a
-    new conversation. Each browser gets its own `Session`; all share the engine's model, one request at a time.
-    `example`: a request told now, as the page is built; every browser's conversation starts with that story."""
+    """The Gradio page for `engine`: Tell, Edit (plan, change the scene, render) and Understand tabs
+    and a button for a new conversation. Each browser gets its own `Session`; all share the engine's
+    model, one request at a time. `example`: a request told now, as the page is built; every
+    browser's conversation starts with that story."""
     gr = require_gradio()
     folder, lock = app_folder(), threading.Lock()
     wrap = lambda fn: _handler(gr, fn, engine, folder, lock)
@@ -265,11 +385,15 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
         first = Session(engine, tempfile.mkdtemp(dir=folder), lock)
         told = tell(first, example)
     source = getattr(engine, "run_dir", None)
-    source = Path(source).name if source is not None else None  # the run's name, not the server's folders
+    # the run's name, not the server's folders
+    source = Path(source).name if source is not None else None
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         state = gr.State(first, delete_callback=_forget)
         with gr.Row():
-            gr.Markdown(f"## {title}: tell, edit and understand audio stories" + (f"\nmodel: `{source}`" if source else ""))
+            gr.Markdown(
+                f"## {title}: tell, edit and understand audio stories"
+                + (f"\nmodel: `{source}`" if source else "")
+            )
             new = gr.Button("New conversation", size="sm", scale=0)
         note = gr.Markdown()
         _tell_tab(gr, state, wrap, example or "", told)
@@ -281,8 +405,10 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
 
 # %% ../../nbs/18_app.ipynb #027efe4c
 def _clean_on_close(app):
-    """`app.close()` (also called at exit, and by Gradio on Ctrl-C) then deletes what the page left on disk: the files
-    Gradio cached for it in GRADIO_TEMP_DIR (answers and uploads, with their emptied folders) and the sessions' folder."""
+    """`app.close()` (also called at exit, and by Gradio on Ctrl-C) then deletes what the page left
+    on
+    disk: the files Gradio cached for it in GRADIO_TEMP_DIR (answers and uploads, with their emptied
+    folders) and the sessions' folder."""
     import atexit
     close = app.close
     def close_and_clean(*args, **kwargs):
@@ -296,21 +422,38 @@ def _clean_on_close(app):
     app.close = close_and_clean
     atexit.register(close_and_clean)
 
-def serve(run, host: str | None = None, port: int | None = None, steps: int = 25, example: str | None = None,
-          block: bool = True, quiet: bool = False):
-    """Load `run` (a run folder, a bundle folder or a Hub id `ORG/NAME`; or a loaded `ChatEngine`) and serve its page at
-    http://host:port (None: Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else 127.0.0.1 and the first free port
-    from 7860), `steps` diffusion steps per render. With `block` False it returns at once and the server runs in
-    a thread (`app.close()` stops it). Returns the Gradio app."""
+def serve(
+    run,
+    host: str | None = None,
+    port: int | None = None,
+    steps: int = 25,
+    example: str | None = None,
+    block: bool = True,
+    quiet: bool = False,
+):
+    """Load `run` (a run folder, a bundle folder or a Hub id `ORG/NAME`; or a loaded `ChatEngine`)
+    and
+    serve its page at http://host:port (None: Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else
+    127.0.0.1 and the first free port from 7860), `steps` diffusion steps per render. With `block`
+    False it returns at once and the server runs in a thread (`app.close()` stops it). Returns the
+    Gradio app."""
     require_gradio()  # before the model loads: a missing extra is said at once
-    if port is not None and not 1 <= port <= 65535: raise ValueError(f"port {port}: give a TCP port from 1 to 65535")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port {port}: give a TCP port from 1 to 65535")
     from audiochat.serve.chat import ChatEngine
     engine = run if isinstance(run, ChatEngine) else ChatEngine.load(run, steps=steps)
     app = build_app(engine, example)
     app.queue(default_concurrency_limit=1)
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, inline=False,
-               inbrowser=False, share=False,
-               max_file_size=f"{MAX_UPLOAD_MB}mb")
+    app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        inline=False,
+        inbrowser=False,
+        share=False,
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
+    )
     _clean_on_close(app)
     return app
 
@@ -318,33 +461,60 @@ def serve(run, host: str | None = None, port: int | None = None, steps: int = 25
 def serve_main(argv: list[str]) -> int:
     "`audiochat serve --run DIR|ORG/NAME [--host 127.0.0.1] [--port 7860] [--steps N]`"
     import argparse
-    p = argparse.ArgumentParser(prog="audiochat serve", description="A web page (Gradio) to tell, edit and understand "
-                                "audio stories with a trained run. Needs the ui extra: " + INSTALL_UI)
-    p.add_argument("--run", default=None, help="a training run folder, a bundle folder, or a Hub bundle ORG/NAME (hf:ORG/NAME "
-                   "too); default: the model shipped with the package")
-    p.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this "
-                   "machine only; 0.0.0.0: the network)")
-    p.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)")
-    p.add_argument("--steps", type=int, default=25, help="diffusion (DPM-Solver++) steps per rendered audio (default: 25)")
+
+    p = argparse.ArgumentParser(
+        prog="audiochat serve",
+        description="A web page (Gradio) to tell, edit and understand "
+        "audio stories with a trained run. Needs the ui extra: " + INSTALL_UI,
+    )
+    p.add_argument(
+        "--run",
+        default=None,
+        help="a training run folder, a bundle folder, or a Hub bundle ORG/NAME (hf:ORG/NAME "
+        "too); default: the model shipped with the package",
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this "
+        "machine only; 0.0.0.0: the network)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (default: $GRADIO_SERVER_PORT, else the first free one from 7860)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=25,
+        help="diffusion (DPM-Solver++) steps per rendered audio (default: 25)",
+    )
     a = p.parse_args(argv)
-    if a.port is not None and not 1 <= a.port <= 65535: p.error(f"--port {a.port}: give a TCP port from 1 to 65535")  # before the model loads
+    if a.port is not None and not 1 <= a.port <= 65535:
+        p.error(f"--port {a.port}: give a TCP port from 1 to 65535")  # before the model loads
     try:
         require_gradio()
         import matplotlib
-        matplotlib.use("Agg")  # figures are drawn in the server's threads, for the page, never on a screen
+        # figures are drawn in the server's threads, for the page, never on a screen
+        matplotlib.use("Agg")
         from audiochat.serve.chat import SHIPPED_MODEL
         run = a.run or SHIPPED_MODEL
         print(f"audiochat serve: loading {run}", flush=True)
         serve(run, a.host, a.port, a.steps)
-    except (ImportError, OSError) as e:  # no gradio, a port in use, a run that is not there: one line
-        print(f"audiochat serve: error: {one_line(e)}", file=sys.stderr); return 1
+    # no gradio, a port in use, a run that is not there: one line
+    except (ImportError, OSError) as e:
+        print(f"audiochat serve: error: {one_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 # %% ../../nbs/18_app.ipynb #3d755cf4
 def free_port(host: str = "127.0.0.1") -> int:
     "A TCP port on `host` that nothing listens on now."
     with socket.socket() as s:
-        s.bind((host, 0)); return s.getsockname()[1]
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 # %% ../../nbs/18_app.ipynb #edfe4fdb
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -354,16 +524,36 @@ def find_browser() -> str | None:
     return next((p for p in map(shutil.which, BROWSERS) if p), None)
 
 def screenshot(url: str, out, size=(1280, 1600), wait_ms: int = 8000, colors: int = 96) -> Path:
-    """A PNG of the page at `url` taken by headless Chromium after `wait_ms` of the page's time, reduced to `colors`
-    colours. A FileNotFoundError when no Chromium is installed."""
+    """A PNG of the page at `url` taken by headless Chromium after `wait_ms` of the page's time,
+    reduced to `colors` colours. A FileNotFoundError when no Chromium is installed."""
     exe = find_browser()
-    if exe is None: raise FileNotFoundError("no Chromium on the PATH: install it (Debian: apt-get install -y chromium)")
-    out = Path(out).resolve(); out.parent.mkdir(parents=True, exist_ok=True); out.unlink(missing_ok=True)
+    if exe is None:
+        raise FileNotFoundError(
+            "no Chromium on the PATH: install it (Debian: apt-get install -y chromium)"
+        )
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
-                        f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-                        f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url], capture_output=True, timeout=180)
-    if not out.exists() or out.stat().st_size == 0: raise RuntimeError(f"Chromium wrote no screenshot of {url}")
+        subprocess.run(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--mute-audio",
+                f"--user-data-dir={profile}",
+                f"--window-size={size[0]},{size[1]}",
+                f"--virtual-time-budget={wait_ms}",
+                f"--screenshot={out}",
+                url,
+            ],
+            capture_output=True,
+            timeout=180,
+        )
+    if not out.exists() or out.stat().st_size == 0:
+        raise RuntimeError(f"Chromium wrote no screenshot of {url}")
     from PIL import Image
     Image.open(out).convert("RGB").quantize(colors).save(out, optimize=True)
     return out
@@ -371,7 +561,8 @@ def screenshot(url: str, out, size=(1280, 1600), wait_ms: int = 8000, colors: in
 # %% ../../nbs/18_app.ipynb #6b1cd57b
 def save_screenshot(run, out="docs/figures/app.png", example: str = EXAMPLE_REQUEST, steps: int = 8,
                     size=(1280, 1080)) -> Path:
-    "A screenshot of the page serving `run` (anything `serve` takes), opened on the story told for `example`."
+    """A screenshot of the page serving `run` (anything `serve` takes), opened on the story told for
+    `example`."""
     app = serve(run, port=free_port(), steps=steps, example=example, block=False, quiet=True)
     try: return screenshot(app.local_url, out, size)
     finally: app.close()

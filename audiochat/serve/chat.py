@@ -1,7 +1,8 @@
-"""`ChatEngine` loads a training run (model, tokenizer, config, codec, latent statistics), keeps the conversation
-(text turns and audio spans) and answers three kinds of request: **tell** a story, **edit** the last (or a given)
-audio, **understand** an audio file. The grammar it decodes with is notebook 15; the terminal commands, the
-report and the Jupyter panel built on it are notebook 17.
+"""`ChatEngine` loads a training run (model, tokenizer, config, codec, latent statistics), keeps
+the conversation (text turns and audio spans) and answers three kinds of request: **tell** a
+story, **edit** the last (or a given) audio, **understand** an audio file. The grammar it
+decodes with is notebook 15; the terminal commands, the report and the Jupyter panel built on
+it are notebook 17.
 
 Docs: https://audiochat.github.io/audiochat/chat.html.md"""
 
@@ -18,23 +19,42 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 
-from ..core.audio import FRAME_RATE
-from ..sim.data import DATA_SAMPLES
-from ..codec.codecs import Codec
-from ..training.config import load_config
-from ..model.diffusion import sample
-from ..model.grammar import (ANSWER_GRAMMAR, DeadEnd, EditGrammar, SceneGrammar, answer_text, decode_text, edit_pattern,
-                              known_vocabulary, scene_pattern, token_pieces)
-from ..model.forcing import Turn, collate, pack_dialogue, plan_frames, span_denoiser
+from audiochat.codec.codecs import (
+    Codec,
+    codec_preset,
+    hub_id,
+    load_latents,
+    make_codec,
+    resolve_pretrained,
+)
+from ..core.audio import FRAME_RATE, load_audio
 from ..core.scene import Edit, Scene, SceneError
-from ..model.sct import AudioChatModel
+from ..model.diffusion import sample
+from audiochat.model.forcing import (
+    Turn,
+    collate,
+    pack_dialogue,
+    plan_frames,
+    span_denoiser,
+)
+from audiochat.model.grammar import (
+    ANSWER_GRAMMAR,
+    DeadEnd,
+    EditGrammar,
+    SceneGrammar,
+    answer_text,
+    decode_text,
+    edit_pattern,
+    known_vocabulary,
+    scene_pattern,
+    token_pieces,
+)
+from ..model.sct import AudioChatModel, count_parameters
 from ..model.tokenizer import load_tokenizer, special_token_ids
-from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from ..model.transformer import Layout
-from ..codec.codecs import codec_preset, hub_id, load_latents, make_codec, resolve_pretrained
-from ..core.audio import load_audio
-from ..model.sct import count_parameters
-from ..training.config import PRESETS, resolve, save_config
+from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
+from ..sim.data import DATA_SAMPLES
+from ..training.config import PRESETS, load_config, resolve, save_config
 from ..training.train import latest_checkpoint, load_run_model, train
 
 # %% auto #0
@@ -43,26 +63,44 @@ __all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'BUNDLE_FORMAT', 'SHIPPED_MODEL',
            'headline_table', 'model_card']
 
 # %% ../../nbs/16_chat.ipynb #fe4c16d4
-def train_tiny_run(out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()) -> Path:
-    """Train a tiny run on the sample dialogues in `out` (the tiny preset's mel codec, unfitted, is saved in
-    `out/codec` unless `codec_dir` is given; `overrides` are more `--key=value` settings). For tests and demos:
-    seconds on a CPU, poor output."""
+def train_tiny_run(
+    out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()
+) -> Path:
+    """Train a tiny run on the sample dialogues in `out` (the tiny preset's mel codec, unfitted, is
+    saved in `out/codec` unless `codec_dir` is given; `overrides` are more `--key=value` settings).
+    For tests and demos: seconds on a CPU, poor output."""
     out = Path(out)
     if codec_dir is None:
         codec_dir = out / "codec"
         if not (codec_dir / "model.safetensors").exists():
-            torch.manual_seed(seed); make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(codec_dir)
+            torch.manual_seed(seed)
+            make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(codec_dir)
     data_dir = Path(data_dir) if data_dir else DATA_SAMPLES / "dialogues"
-    config = resolve("tiny", overrides=[f"--data.source={data_dir}", f"--data.codec={codec_dir}", "--data.batch_size=2",
-                                        "--data.eval_dialogues=0", f"--optim.steps={steps}", "--data.max_frames=16",
-                                        "--data.max_turns=1", f"--run.out={out}", "--run.progress=false", "--run.eval_every=0",
-                                        "--optim.warmup=1", f"--run.seed={seed}", *overrides])
+    config = resolve(
+        "tiny",
+        overrides=[
+            f"--data.source={data_dir}",
+            f"--data.codec={codec_dir}",
+            "--data.batch_size=2",
+            "--data.eval_dialogues=0",
+            f"--optim.steps={steps}",
+            "--data.max_frames=16",
+            "--data.max_turns=1",
+            f"--run.out={out}",
+            "--run.progress=false",
+            "--run.eval_every=0",
+            "--optim.warmup=1",
+            f"--run.seed={seed}",
+            *overrides,
+        ],
+    )
     train(config)
     return out
 
 # %% ../../nbs/16_chat.ipynb #ee235f60
 class ChatError(ValueError):
-    "The model's chain of thought could not be turned into a valid scene; `raw` holds the last text it wrote."
+    """The model's chain of thought could not be turned into a valid scene; `raw` holds the last
+    text it wrote."""
     def __init__(self, message: str, raw: str):
         super().__init__(f"{message}; the model wrote: {raw[:300]!r}")
         self.raw = raw
@@ -82,18 +120,29 @@ class Timings:
     @property
     def steps_per_s(self) -> float: return self.diffusion_steps / max(self.diffusion_seconds, 1e-9)
     @property
-    def total_seconds(self) -> float: return self.cot_seconds + self.diffusion_seconds + self.decode_seconds
+    def total_seconds(self) -> float:
+        return self.cot_seconds + self.diffusion_seconds + self.decode_seconds
 
     def to_dict(self) -> dict:
-        return dict(cot_tokens=self.cot_tokens, cot_seconds=self.cot_seconds, tokens_per_s=self.tokens_per_s, attempts=self.attempts,
-                    diffusion_steps=self.diffusion_steps, diffusion_seconds=self.diffusion_seconds, steps_per_s=self.steps_per_s,
-                    decode_seconds=self.decode_seconds, total_seconds=self.total_seconds)
+        return dict(
+            cot_tokens=self.cot_tokens,
+            cot_seconds=self.cot_seconds,
+            tokens_per_s=self.tokens_per_s,
+            attempts=self.attempts,
+            diffusion_steps=self.diffusion_steps,
+            diffusion_seconds=self.diffusion_seconds,
+            steps_per_s=self.steps_per_s,
+            decode_seconds=self.decode_seconds,
+            total_seconds=self.total_seconds,
+        )
 
 # %% ../../nbs/16_chat.ipynb #4d5db0a5
 @dataclass
 class Reply:
-    """One answered request: the task, the request text, the scene (the CoT; None for a model without CoT or an answer
-    in words), its raw text, audio, timings, and `message`: the model's answer in words when it made no scene."""
+    """One answered request: the task, the request text, the scene (the CoT; None for a model
+    without
+    CoT or an answer in words), its raw text, audio, timings, and `message`: the model's answer in
+    words when it made no scene."""
     task: str  # tell / edit / understand
     request: str
     scene: Scene | None
@@ -102,60 +151,110 @@ class Reply:
     audio: torch.Tensor | None = None  # (channels, samples) at the codec's rate
     timings: Timings = field(default_factory=Timings)
     message: str | None = None
-    edit: Edit | None = None  # an edit in the diff form: the change the model wrote (`scene` is it applied)
+    # an edit in the diff form: the change the model wrote (`scene` is it applied)
+    edit: Edit | None = None
 
 def read_latent_stats(path) -> tuple[torch.Tensor, torch.Tensor]:
-    "`mean` and `std` of a `latent_stats.safetensors` file: two finite vectors of one size, std > 0; else a ValueError naming the file."
+    """`mean` and `std` of a `latent_stats.safetensors` file: two finite vectors of one size, std >
+    0; else a ValueError naming the file."""
     from safetensors.torch import load_file
-    try: s = load_file(str(path))
-    except Exception as e: raise ValueError(f"{path} is damaged: not a safetensors file ({str(e)[:120]})") from None
+    try:
+        s = load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path} is damaged: not a safetensors file ({str(e)[:120]})") from None
     mean, std = s.get("mean"), s.get("std")
     if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
-        raise ValueError(f"{path} is damaged: it must hold 'mean' and 'std' vectors of one size (it holds {sorted(s)[:5]})")
+        raise ValueError(
+            f"{path} is damaged: it must hold 'mean' and 'std' vectors of one size (it holds "
+            f"{sorted(s)[:5]})"
+        )
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
         raise ValueError(f"{path} is damaged: its mean/std are not finite or std is not positive")
     return mean.float(), std.float()
 
 def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if (run / "latent_stats.safetensors").exists(): return read_latent_stats(run / "latent_stats.safetensors")
+    if (run / "latent_stats.safetensors").exists():
+        return read_latent_stats(run / "latent_stats.safetensors")
     if config.data.latent_cache and Path(config.data.latent_cache).exists():
-        _, mean, std = load_latents(config.data.latent_cache); return mean, std
+        _, mean, std = load_latents(config.data.latent_cache)
+        return mean, std
     return None, None
 
 # %% ../../nbs/16_chat.ipynb #56c14be2
-MAX_REQUEST_CHARS = 2000  # longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
+# longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
+MAX_REQUEST_CHARS = 2000
 MAX_RETRIES = 10  # sampled retries after an invalid CoT (each one a full decode)
 
 def checked_request(text: str, what: str = "request") -> str:
-    "`text` without its outer spaces; a ValueError when it is empty or longer than MAX_REQUEST_CHARS."
+    """`text` without its outer spaces; a ValueError when it is empty or longer than
+    MAX_REQUEST_CHARS."""
     if not text or not text.strip(): raise ValueError(f"the {what} is empty")
-    if len(text) > MAX_REQUEST_CHARS: raise ValueError(f"the {what} is {len(text)} characters; at most {MAX_REQUEST_CHARS}")
+    if len(text) > MAX_REQUEST_CHARS:
+        raise ValueError(f"the {what} is {len(text)} characters; at most {MAX_REQUEST_CHARS}")
     if not text.isascii():
-        try: text.encode("utf-8")
-        except UnicodeEncodeError: raise ValueError(f"the {what} is not valid Unicode text (a lone surrogate)") from None
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"the {what} is not valid Unicode text (a lone surrogate)") from None
     return text.strip()
 
 # %% ../../nbs/16_chat.ipynb #e08d2b12
 class ChatEngine:
-    """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds the turns and
-    `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar` (constrained CoT),
-    `retries` (sampled retries after an invalid CoT), `temperature` (of the retries), `max_new_tokens`, `max_seconds`,
-    `default_seconds` (story length for a model without CoT), `vocabulary` ("known": the grammar allows only the tools'
-    speakers, emotions and captions and the data's ids; "free": any strings). Every reply's scene lasts at most
-    `max_seconds` and its audio is exactly as long as its scene. A run trained without CoT (`data.cot=False`, and every
-    DiT) has `thinks` False: it renders audio straight from the request and cannot describe audio. A run trained with
-    requests about missing sounds (`data.refusals > 0`) has `answers` True: it may answer an edit in words."""
-    def __init__(self, model: AudioChatModel, tokenizer, codec: Codec, config, mean=None, std=None, *, steps: int = 25,
-                 cfg_scale: float = 3.0, grammar: bool = True, retries: int = 2, temperature: float = 0.8,
-                 max_new_tokens: int = 4096, max_seconds: float = 30.0, default_seconds: float = 10.0, seed: int = 0,
-                 vocabulary: str = "known"):
-        if vocabulary not in ("known", "free"): raise ValueError(f"vocabulary must be 'known' or 'free', got {vocabulary!r}")
-        if not 0 < default_seconds <= max_seconds: raise ValueError(f"default_seconds must be in (0, max_seconds={max_seconds:g}], got {default_seconds}")
+    """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds
+    the
+    turns and `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar`
+    (constrained CoT), `retries` (sampled retries after an invalid CoT), `temperature` (of the
+    retries), `max_new_tokens`, `max_seconds`, `default_seconds` (story length for a model without
+    CoT), `vocabulary` ("known": the grammar allows only the tools' speakers, emotions and captions
+    and the data's ids; "free": any strings). Every reply's scene lasts at most `max_seconds` and
+    its audio is exactly as long as its scene. A run trained without CoT (`data.cot=False`, and
+    every DiT) has `thinks` False: it renders audio straight from the request and cannot describe
+    audio. A run trained with requests about missing sounds (`data.refusals > 0`) has `answers`
+    True: it may answer an edit in words."""
+
+    def __init__(
+        self,
+        model: AudioChatModel,
+        tokenizer,
+        codec: Codec,
+        config,
+        mean=None,
+        std=None,
+        *,
+        steps: int = 25,
+        cfg_scale: float = 3.0,
+        grammar: bool = True,
+        retries: int = 2,
+        temperature: float = 0.8,
+        max_new_tokens: int = 4096,
+        max_seconds: float = 30.0,
+        default_seconds: float = 10.0,
+        seed: int = 0,
+        vocabulary: str = "known",
+    ):
+        if vocabulary not in ("known", "free"):
+            raise ValueError(f"vocabulary must be 'known' or 'free', got {vocabulary!r}")
+        if not 0 < default_seconds <= max_seconds:
+            raise ValueError(
+                f"default_seconds must be in (0, max_seconds={max_seconds:g}], got "
+                f"{default_seconds}"
+            )
         if codec.config.frame_dim != model.config.latent_dim:
-            raise ValueError(f"the codec's frames have {codec.config.frame_dim} dims but the model's latents {model.config.latent_dim}")
+            raise ValueError(
+                f"the codec's frames have {codec.config.frame_dim} dims but the model's latents "
+                f"{model.config.latent_dim}"
+            )
         if mean is not None and mean.shape[-1] != model.config.latent_dim:
-            raise ValueError(f"the latent statistics have {mean.shape[-1]} dims but the model's latents {model.config.latent_dim}")
-        self.model, self.tokenizer, self.codec, self.config = model.eval(), tokenizer, codec.eval(), config
+            raise ValueError(
+                f"the latent statistics have {mean.shape[-1]} dims but the model's latents "
+                f"{model.config.latent_dim}"
+            )
+        self.model, self.tokenizer, self.codec, self.config = (
+            model.eval(),
+            tokenizer,
+            codec.eval(),
+            config,
+        )
         self.mean, self.std = mean, std
         self.ids = special_token_ids(tokenizer)
         self.vocabulary = known_vocabulary() if vocabulary == "known" else {}
@@ -164,36 +263,77 @@ class ChatEngine:
         self.scene_grammar = SceneGrammar(scene, max_seconds)
         self.edit_grammar = SceneGrammar(rf'(?:{scene}|{ANSWER_GRAMMAR})', max_seconds)
         self.thinks = model.config.arch != "dit" and config.data.cot
-        self.answers = self.thinks and config.data.refusals > 0  # edits may be answered in words (only if it was taught to)
+        # edits may be answered in words (only if it was taught to)
+        self.answers = self.thinks and config.data.refusals > 0
         self.default_seconds = default_seconds
-        self.steps, self.cfg_scale, self.grammar, self.retries, self.temperature = steps, cfg_scale, grammar, retries, temperature
+        self.steps, self.cfg_scale, self.grammar, self.retries, self.temperature = (
+            steps,
+            cfg_scale,
+            grammar,
+            retries,
+            temperature,
+        )
         self.max_new_tokens, self.max_seconds, self.seed = max_new_tokens, max_seconds, seed
-        if steps < 1 or not 0 <= retries <= MAX_RETRIES or max_new_tokens < 1 or not max_seconds > 0 or not cfg_scale >= 0:
-            raise ValueError(f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 and <= {MAX_RETRIES} (got {retries}), "
-                             f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), cfg_scale >= 0 (got {cfg_scale})")
-        self.edit_form = config.data.edit_form  # "diff": an edit is written as its change (notebook 02), else restated
-        self.scene: Scene | None = None  # the scene of the conversation's last audio (what an edit changes)
+        if (
+            steps < 1
+            or not 0 <= retries <= MAX_RETRIES
+            or max_new_tokens < 1
+            or not max_seconds > 0
+            or not cfg_scale >= 0
+        ):
+            raise ValueError(
+                f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 and <= "
+                f"{MAX_RETRIES} (got {retries}), "
+                f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), "
+                f"cfg_scale >= 0 (got {cfg_scale})"
+            )
+        # "diff": an edit is written as its change (notebook 02), else restated
+        self.edit_form = config.data.edit_form
+        # the scene of the conversation's last audio (what an edit changes)
+        self.scene: Scene | None = None
         self.history: list[Turn] = []
         self.replies: list[Reply] = []
 
     @classmethod
-    def load(cls, run_dir, codec_dir=None, device="cpu", ema: bool = True, **settings) -> ChatEngine:
-        """An engine for the latest checkpoint of the training run in `run_dir` (codec: `codec_dir` or the run's data.codec);
-        a bundle (`save_pretrained`: a folder, or a Hub id `ORG/NAME`) is loaded with `from_pretrained`."""
-        if (Path(run_dir) / "bundle.json").exists() or (hub_id(run_dir) and (str(run_dir).startswith("hf:") or not Path(run_dir).exists())):
+    def load(
+        cls, run_dir, codec_dir=None, device="cpu", ema: bool = True, **settings
+    ) -> ChatEngine:
+        """An engine for the latest checkpoint of the training run in `run_dir` (codec: `codec_dir`
+        or the run's data.codec);
+        a bundle (`save_pretrained`: a folder, or a Hub id `ORG/NAME`) is loaded with
+        `from_pretrained`."""
+        if (Path(run_dir) / "bundle.json").exists() or (
+            hub_id(run_dir) and (str(run_dir).startswith("hf:") or not Path(run_dir).exists())
+        ):
             return cls.from_pretrained(run_dir, device, **settings)
         run = Path(run_dir)
         if not run.is_dir(): raise FileNotFoundError(f"run folder not found: {run}")
         ck = latest_checkpoint(run)
-        if ck is None: raise FileNotFoundError(f"{run} has no checkpoints/latest: train a model first (audiochat train --run.out={run})")
+        if ck is None:
+            raise FileNotFoundError(
+                f"{run} has no checkpoints/latest: train a model first (audiochat train "
+                f"--run.out={run})"
+            )
         config = load_config(ck / "config.yaml")
-        model = load_run_model(ck, device, ema=ema)  # the EMA weights when the run kept them (ema=False: the raw ones)
+        # the EMA weights when the run kept them (ema=False: the raw ones)
+        model = load_run_model(ck, device, ema=ema)
         tok_dir = run / "tokenizer" if (run / "tokenizer").exists() else config.data.tokenizer
-        if tok_dir is None: raise FileNotFoundError(f"{run} has no tokenizer/ folder and the config names none")
-        codec_dir = codec_dir or (run / "codec" if (run / "codec" / "config.json").exists() else config.data.codec)
+        if tok_dir is None:
+            raise FileNotFoundError(f"{run} has no tokenizer/ folder and the config names none")
+        codec_dir = codec_dir or (
+            run / "codec" if (run / "codec" / "config.json").exists() else config.data.codec
+        )
         if codec_dir is None: raise ValueError("the run's config has no data.codec: give codec_dir")
         mean, std = _load_stats(run, config)
-        engine = cls(model, load_tokenizer(tok_dir), Codec.from_pretrained(codec_dir, device), config, mean, std, **settings)
+        engine = cls(
+            model,
+            load_tokenizer(tok_dir),
+            Codec.from_pretrained(codec_dir, device),
+            config,
+            mean,
+            std,
+            **settings,
+        )
         engine.run_dir, engine.step = run, ck.name  # for save_pretrained's model card
         return engine
 
@@ -209,15 +349,23 @@ class ChatEngine:
 # %% ../../nbs/16_chat.ipynb #648a794a
 @patch
 def encode(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor:
-    """Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at `sample_rate`. A file is
-    checked from its header against `max_seconds` before anything is decoded."""
+    """Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at
+    `sample_rate`. A file is checked from its header against `max_seconds` before anything is
+    decoded."""
     c = self.codec.config
     if isinstance(audio, (str, Path)):
-        audio, sample_rate = load_audio(audio, c.sample_rate, channels=c.channels, max_seconds=self.max_seconds), c.sample_rate
+        audio, sample_rate = (
+            load_audio(audio, c.sample_rate, channels=c.channels, max_seconds=self.max_seconds),
+            c.sample_rate,
+        )
     x = torch.as_tensor(audio, dtype=torch.float32)
     if x.numel() == 0: raise ValueError("the audio is empty")
     n = x.shape[-1] / (sample_rate or c.sample_rate)
-    if n > self.max_seconds: raise ValueError(f"the audio is {n:.1f} s long; this engine takes at most max_seconds={self.max_seconds:g} s")
+    if n > self.max_seconds:
+        raise ValueError(
+            f"the audio is {n:.1f} s long; this engine takes at most "
+            f"max_seconds={self.max_seconds:g} s"
+        )
     with torch.inference_mode(): z = self.codec.encode(x, sample_rate).float()
     return self.normalize(z)
 
@@ -228,74 +376,153 @@ def _context(self: ChatEngine, turns: list[Turn]):
     b = collate([seq], self.ids["pad"])
     a = torch.tensor([[self.ids["assistant"]]])
     lay = b.layout
-    layout = Layout(*(torch.cat([getattr(lay, f), torch.zeros_like(getattr(lay, f)[:, :1]) + v], 1)
-                      for f, v in (("modality", 0), ("span", -1), ("document", 0), ("pad", False), ("isolated", False))))
+    layout = Layout(
+        *(
+            torch.cat([getattr(lay, f), torch.zeros_like(getattr(lay, f)[:, :1]) + v], 1)
+            for f, v in (
+                ("modality", 0),
+                ("span", -1),
+                ("document", 0),
+                ("pad", False),
+                ("isolated", False),
+            )
+        )
+    )
     latents = torch.cat([b.latents, torch.zeros(1, 1, b.latents.shape[-1])], 1)
-    return (torch.cat([b.tokens, a], 1).to(self.device), latents.to(self.device), layout.to(self.device))
+    return (
+        torch.cat([b.tokens, a], 1).to(self.device),
+        latents.to(self.device),
+        layout.to(self.device),
+    )
 
 # %% ../../nbs/16_chat.ipynb #5f61447f
 @patch
-def _grammar(self: ChatEngine, previous: Scene | None, answers: bool, seconds: float | None = None) -> SceneGrammar:
-    """The grammar of the next chain of thought: a scene (maybe an answer in words), or an edit of `previous`; a scene
-    of exactly `seconds` when given (the length of the audio described or restated)."""
+def _grammar(
+    self: ChatEngine, previous: Scene | None, answers: bool, seconds: float | None = None
+) -> SceneGrammar:
+    """The grammar of the next chain of thought: a scene (maybe an answer in words), or an edit of
+    `previous`; a scene of exactly `seconds` when given (the length of the audio described or
+    restated)."""
     if previous is None and seconds is not None:
         scene = scene_pattern(**self.vocabulary, duration=seconds)
-        return SceneGrammar(rf"(?:{scene}|{ANSWER_GRAMMAR})" if answers else scene, self.max_seconds)
+        return SceneGrammar(
+            rf"(?:{scene}|{ANSWER_GRAMMAR})" if answers else scene, self.max_seconds
+        )
     if previous is None: return self.edit_grammar if answers else self.scene_grammar
     pattern = edit_pattern(previous, **self.vocabulary)
-    return EditGrammar(previous, rf"(?:{pattern}|{ANSWER_GRAMMAR})" if answers else pattern, self.max_seconds)
+    return EditGrammar(
+        previous, rf"(?:{pattern}|{ANSWER_GRAMMAR})" if answers else pattern, self.max_seconds
+    )
+
 
 @patch
-def think(self: ChatEngine, turns: list[Turn], timings: Timings | None = None, answers: bool = False,
-          previous: Scene | None = None, seconds: float | None = None) -> tuple[Scene | None, str]:
-    """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the first text that
-    `Scene.from_json` accepts wins, else a ChatError with the last raw text. With `answers` (edits) the model may
-    instead answer in words, `{"answer": ...}`: then the scene is None and the text is the raw answer. With `previous`
-    (the scene an edit changes) a run trained with the diff form writes only the change, applied to `previous` in
-    code: the scene returned is the whole new scene, the text the change. `seconds`: the grammar allows only a scene
-    of that length (understanding a file; restating an edit)."""
-    if not self.thinks: raise ValueError("this model was trained without a chain of thought: it writes no scenes")
+def think(
+    self: ChatEngine,
+    turns: list[Turn],
+    timings: Timings | None = None,
+    answers: bool = False,
+    previous: Scene | None = None,
+    seconds: float | None = None,
+) -> tuple[Scene | None, str]:
+    """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the
+    first text that `Scene.from_json` accepts wins, else a ChatError with the last raw text. With
+    `answers` (edits) the model may instead answer in words, `{"answer": ...}`: then the scene is
+    None and the text is the raw answer. With `previous` (the scene an edit changes) a run trained
+    with the diff form writes only the change, applied to `previous` in code: the scene returned is
+    the whole new scene, the text the change. `seconds`: the grammar allows only a scene of that
+    length (understanding a file; restating an edit)."""
+    if not self.thinks:
+        raise ValueError("this model was trained without a chain of thought: it writes no scenes")
     timings = timings if timings is not None else Timings()
     tokens, latents, layout = self._context(turns)
     stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"], self.ids["system"]]
     by_diff = previous is not None and self.edit_form == "diff"
-    grammar = self._grammar(previous if by_diff else None, answers, None if by_diff or seconds is None else round(seconds, 2))
+    grammar = self._grammar(
+        previous if by_diff else None,
+        answers,
+        None if by_diff or seconds is None else round(seconds, 2),
+    )
     gen = torch.Generator().manual_seed(self.seed)
     raw, problem = "", ""
     for attempt in range(1 + self.retries):
-        try: d = decode_text(self.model, tokens, latents, layout, stop_ids=stop, max_new_tokens=self.max_new_tokens,
-                        temperature=0.0 if attempt == 0 else self.temperature, generator=gen,
-                        grammar=grammar if self.grammar else None,
-                        pieces=self.pieces, tokenizer=self.tokenizer)
-        except DeadEnd as e: raw, problem = e.raw, str(e); timings.attempts += 1; continue
-        timings.cot_tokens += len(d.ids); timings.cot_seconds += d.seconds; timings.attempts += 1
+        try:
+            d = decode_text(
+                self.model,
+                tokens,
+                latents,
+                layout,
+                stop_ids=stop,
+                max_new_tokens=self.max_new_tokens,
+                temperature=0.0 if attempt == 0 else self.temperature,
+                generator=gen,
+                grammar=grammar if self.grammar else None,
+                pieces=self.pieces,
+                tokenizer=self.tokenizer,
+            )
+        except DeadEnd as e:
+            raw, problem = e.raw, str(e)
+            timings.attempts += 1
+            continue
+        timings.cot_tokens += len(d.ids)
+        timings.cot_seconds += d.seconds
+        timings.attempts += 1
         raw = d.text
         if answers and answer_text(raw) is not None: return None, raw
-        try: scene = Edit.from_json(raw).apply(previous) if by_diff else Scene.from_json(raw)
-        except SceneError as e: problem = str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"; continue
-        if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds: return scene, raw
-        problem = f"the scene lasts {scene.duration:g} s, not between one frame and max_seconds={self.max_seconds:g}"
+        try:
+            scene = Edit.from_json(raw).apply(previous) if by_diff else Scene.from_json(raw)
+        except SceneError as e:
+            problem = (
+                str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"
+            )
+            continue
+        if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds:
+            return scene, raw
+        problem = (f"the scene lasts {scene.duration:g} s, not between one frame and "
+                   f"max_seconds={self.max_seconds:g}")
     raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
 # %% ../../nbs/16_chat.ipynb #0719209d
 @patch
 def frame_plan(self: ChatEngine, scene: Scene | None, frames: int) -> torch.Tensor | None:
-    "The scene frame by frame (`plan_frames`, notebook 11) for a model built with `plan_features`, else None."
-    return plan_frames(scene, frames) if self.model.config.plan_features and scene is not None else None
+    """The scene frame by frame (`plan_frames`, notebook 11) for a model built with `plan_features`,
+    else None."""
+    return (
+        plan_frames(scene, frames)
+        if self.model.config.plan_features and scene is not None
+        else None
+    )
 
 # %% ../../nbs/16_chat.ipynb #b6889805
 @patch
-def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, timings: Timings | None = None,
-           seconds: float | None = None, tool: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns` (DPM-Solver++ with CFG),
-    exactly as long as the scene (or `seconds`), which must not exceed `max_seconds`. `tool`: the tool result after
-    `cot` (the whole scene after an edit written as its change)."""
+def render(
+    self: ChatEngine,
+    turns: list[Turn],
+    scene: Scene | None,
+    cot: str,
+    timings: Timings | None = None,
+    seconds: float | None = None,
+    tool: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns`
+    (DPM-Solver++ with CFG), exactly as long as the scene (or `seconds`), which must not exceed
+    `max_seconds`. `tool`: the tool result after `cot` (the whole scene after an edit written as its
+    change)."""
     timings = timings if timings is not None else Timings()
     seconds = seconds if seconds is not None else scene.duration
-    if not 0 < seconds <= self.max_seconds: raise ValueError(f"cannot render {seconds:g} s: this engine renders at most max_seconds={self.max_seconds:g} s")
+    if not 0 < seconds <= self.max_seconds:
+        raise ValueError(
+            f"cannot render {seconds:g} s: this engine renders at most "
+            f"max_seconds={self.max_seconds:g} s"
+        )
     frames = max(1, round(seconds * FRAME_RATE))
     D = self.model.config.latent_dim
-    planned = Turn("assistant", cot, audio=torch.zeros(frames, D), tool=tool, plan=self.frame_plan(scene, frames))
+    planned = Turn(
+        "assistant",
+        cot,
+        audio=torch.zeros(frames, D),
+        tool=tool,
+        plan=self.frame_plan(scene, frames),
+    )
     seq = pack_dialogue(turns + [planned], self.tokenizer, D)
     batch = collate([seq], self.ids["pad"]).to(self.device)
     span = int(batch.layout.span.max())
@@ -303,40 +530,77 @@ def render(self: ChatEngine, turns: list[Turn], scene: Scene | None, cot: str, t
     cond, shape = span_denoiser(self.model, batch, span, process=process, seed=self.seed)
     lay = batch.layout
     iso = Layout(lay.modality, lay.span, lay.document, lay.pad, lay.audio & (lay.span == span))
-    alone = type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target, batch.plan)  # CFG: the span alone
+    # CFG: the span alone
+    alone = type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target, batch.plan)
     uncond, _ = span_denoiser(self.model, alone, span, process=process, seed=self.seed)
     calls = [0]
     def counted(fn):
-        def f(x, t): calls[0] += 1; return fn(x, t)
+        def f(x, t):
+            calls[0] += 1
+            return fn(x, t)
+
         return f
     t0 = time.perf_counter()
     with torch.no_grad():
-        z = sample(counted(cond), shape, self.steps, cfg_scale=self.cfg_scale, uncond_fn=counted(uncond), process=process,
-                   generator=torch.Generator().manual_seed(self.seed), device=self.device)[0]
-    timings.diffusion_steps += calls[0]; timings.diffusion_seconds += time.perf_counter() - t0
+        z = sample(
+            counted(cond),
+            shape,
+            self.steps,
+            cfg_scale=self.cfg_scale,
+            uncond_fn=counted(uncond),
+            process=process,
+            generator=torch.Generator().manual_seed(self.seed),
+            device=self.device,
+        )[0]
+    timings.diffusion_steps += calls[0]
+    timings.diffusion_seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
-    with torch.inference_mode(): audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
+    with torch.inference_mode():
+        audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
     timings.decode_seconds += time.perf_counter() - t0
     return z.cpu(), audio
 
 # %% ../../nbs/16_chat.ipynb #98bb1cc3
 @patch
-def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bool = True, seconds: float | None = None) -> Reply:
+def _answer(
+    self: ChatEngine,
+    task: str,
+    request: str,
+    user: Turn,
+    audio_out: bool = True,
+    seconds: float | None = None,
+) -> Reply:
     timings = Timings()
     turns = self.history + [user]
-    context = [user] if task == "understand" else turns  # understanding opens its dialogue in training: the audio alone
+    # understanding opens its dialogue in training: the audio alone
+    context = [user] if task == "understand" else turns
     previous = self.scene if task == "edit" else None
-    known = seconds if task in ("understand", "edit") else None  # the audio described, or the one an edit keeps the length of
-    if self.thinks: scene, cot = self.think(context, timings, answers=task == "edit" and self.answers, previous=previous, seconds=known)
+    # the audio described, or the one an edit keeps the length of
+    known = seconds if task in ("understand", "edit") else None
+    if self.thinks:
+        scene, cot = self.think(
+            context,
+            timings,
+            answers=task == "edit" and self.answers,
+            previous=previous,
+            seconds=known,
+        )
     else: scene, cot = None, NO_COT_TEXT
     message = answer_text(cot) if self.thinks and scene is None else None
-    change = Edit.from_json(cot) if scene is not None and previous is not None and self.edit_form == "diff" else None
+    change = (
+        Edit.from_json(cot)
+        if scene is not None and previous is not None and self.edit_form == "diff"
+        else None
+    )
     tool = scene.to_json() if change is not None else ""
     latents = audio = None
     if audio_out and message is None:
-        latents, audio = self.render(turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool)
+        latents, audio = self.render(
+            turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool
+        )
         self.scene = scene
-    if task == "understand" and scene is not None: self.scene = scene  # an edit that follows changes what was heard
+    # an edit that follows changes what was heard
+    if task == "understand" and scene is not None: self.scene = scene
     plan = None if latents is None else self.frame_plan(scene, latents.shape[0])
     self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool, plan=plan)]
     reply = Reply(task, request, scene, cot, latents, audio, timings, message, change)
@@ -345,40 +609,57 @@ def _answer(self: ChatEngine, task: str, request: str, user: Turn, audio_out: bo
 
 @patch
 def tell(self: ChatEngine, prompt: str, seconds: float | None = None) -> Reply:
-    """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a model without
-    CoT (default `default_seconds`); a thinking model plans the length itself."""
+    """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a
+    model without CoT (default `default_seconds`); a thinking model plans the length itself."""
     prompt = checked_request(prompt)
-    return self._answer("tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds)
+    return self._answer(
+        "tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds
+    )
 
 # %% ../../nbs/16_chat.ipynb #cb9f1bf8
 @patch
 def edit(self: ChatEngine, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
-    """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor, which becomes
-    the user turn's span) following `instruction`. When the instruction cannot be done (e.g. it names a sound
-    that is not there) a trained model answers in words: `reply.message`, no audio."""
+    """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor,
+    which becomes the user turn's span) following `instruction`. When the instruction cannot be done
+    (e.g. it names a sound that is not there) a trained model answers in words: `reply.message`, no
+    audio."""
     instruction = checked_request(instruction, "instruction")
     if audio is None and not any(t.audio is not None for t in self.history):
         raise ValueError("nothing to edit: tell a story first or give the audio to edit")
     z = None if audio is None else self._edited_audio(audio, sample_rate)
-    last = z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
-    return self._answer("edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE)
+    last = (
+        z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
+    )
+    return self._answer(
+        "edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE
+    )
 
 
 @patch
 def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply:
-    """The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which sounds play when. The
-    model hears the audio alone, as in training (an understanding example opens its dialogue); the turn then joins the
-    conversation, and an edit that follows changes the scene heard."""
-    if not self.thinks: raise ValueError("this model was trained without a chain of thought: it cannot describe audio")
+    """The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which
+    sounds
+    play when. The model hears the audio alone, as in training (an understanding example opens its
+    dialogue); the turn then joins the conversation, and an edit that follows changes the scene
+    heard."""
+    if not self.thinks:
+        raise ValueError(
+            "this model was trained without a chain of thought: it cannot describe audio"
+        )
     z = self.encode(audio, sample_rate)
-    return self._answer("understand", UNDERSTAND_PROMPT, Turn("user", UNDERSTAND_PROMPT, audio=z), audio_out=False,
-                        seconds=z.shape[0] / FRAME_RATE)
+    return self._answer(
+        "understand",
+        UNDERSTAND_PROMPT,
+        Turn("user", UNDERSTAND_PROMPT, audio=z),
+        audio_out=False,
+        seconds=z.shape[0] / FRAME_RATE,
+    )
 
 @patch
 def _edited_audio(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor | None:
-    """The latents of a given audio to edit, as a user span. A run that writes edits as their change needs the scene
-    being changed: it first describes the audio (an understanding turn, kept in the history) and edits that scene,
-    so no user span is left (None)."""
+    """The latents of a given audio to edit, as a user span. A run that writes edits as their change
+    needs the scene being changed: it first describes the audio (an understanding turn, kept in the
+    history) and edits that scene, so no user span is left (None)."""
     z = self.encode(audio, sample_rate)
     if not (self.thinks and self.edit_form == "diff"): return z
     ask = Turn("user", UNDERSTAND_PROMPT, audio=z)
@@ -395,7 +676,8 @@ def reset(self: ChatEngine):
 # %% ../../nbs/16_chat.ipynb #462f9e40
 @dataclass
 class Plan:
-    "The first half of a turn: the chain of thought the model wrote for `request`, not rendered yet."
+    """The first half of a turn: the chain of thought the model wrote for `request`, not rendered
+    yet."""
     task: str  # tell / edit
     request: str
     user: Turn
@@ -407,16 +689,20 @@ class Plan:
 
 @patch
 def plan(self: ChatEngine, request: str, audio=None, sample_rate: int | None = None) -> Plan:
-    """The scene the model plans for `request`: an edit of `audio` (a path or a (channels, samples) tensor) or of the
-    conversation's last audio, else a story. Change the scene (or not) and give it to `render_plan`. An edit the model
-    answers in words is recorded at once."""
+    """The scene the model plans for `request`: an edit of `audio` (a path or a (channels, samples)
+    tensor) or of the conversation's last audio, else a story. Change the scene (or not) and give it
+    to `render_plan`. An edit the model answers in words is recorded at once."""
     text = checked_request(request)
     task = "edit" if audio is not None or any(t.audio is not None for t in self.history) else "tell"
     z = None if audio is None else self._edited_audio(audio, sample_rate)
     user, timings = Turn("user", text, audio=z), Timings()
     previous = self.scene if task == "edit" else None
-    scene, cot = self.think(self.history + [user], timings, answers=task == "edit" and self.answers, previous=previous)
-    plan = Plan(task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None, previous)
+    scene, cot = self.think(
+        self.history + [user], timings, answers=task == "edit" and self.answers, previous=previous
+    )
+    plan = Plan(
+        task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None, previous
+    )
     if scene is None:
         self.history += [user, Turn("assistant", cot)]
         self.replies.append(Reply(task, text, None, cot, timings=timings, message=plan.message))
@@ -425,12 +711,17 @@ def plan(self: ChatEngine, request: str, audio=None, sample_rate: int | None = N
 # %% ../../nbs/16_chat.ipynb #d8a05257
 @patch
 def render_plan(self: ChatEngine, plan: Plan, scene: Scene | None = None) -> Reply:
-    "The second half: render `scene` (default: the plan's own) after the conversation, and add the turn to it."
+    """The second half: render `scene` (default: the plan's own) after the conversation, and add the
+    turn to it."""
     scene = scene if scene is not None else plan.scene
-    if scene is None: raise ValueError("this plan has no scene to render: the model answered in words")
+    if scene is None:
+        raise ValueError("this plan has no scene to render: the model answered in words")
     turns, change, tool = self.history + [plan.user], None, ""
-    if plan.previous is not None and self.edit_form == "diff":  # the change that gives this scene (the plan's, or new)
-        change = Edit.from_json(plan.cot) if scene == plan.scene else Edit.between(plan.previous, scene)
+    # the change that gives this scene (the plan's, or new)
+    if plan.previous is not None and self.edit_form == "diff":
+        change = (
+            Edit.from_json(plan.cot) if scene == plan.scene else Edit.between(plan.previous, scene)
+        )
         cot, tool = change.to_json(), scene.to_json()
     else: cot = scene.to_json()
     latents, audio = self.render(turns, scene, cot, plan.timings, tool=tool)
@@ -441,8 +732,18 @@ def render_plan(self: ChatEngine, plan: Plan, scene: Scene | None = None) -> Rep
 
 # %% ../../nbs/16_chat.ipynb #cc743bc1
 BUNDLE_FORMAT = "audiochat-bundle/1"
-# the model that comes with the package: `make course-model` then `make bundle` (its model card says how it scores)
-SHIPPED_MODEL = (Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent / "audiochat") / "models" / "course"
+# the model that comes with the package: `make course-model` then `make bundle` (its model card says
+# how it scores)
+SHIPPED_MODEL = (
+    (
+        Path(__file__).resolve().parents[1]
+        if "__file__" in globals()
+        else Path.cwd().parent / "audiochat"
+    )
+    / "models"
+    / "course"
+)
+
 
 def _preset_of(config) -> str:
     "The preset whose model the run's model is (tiny / small / base), else custom."
@@ -456,8 +757,10 @@ def _figures(d, prefix="") -> list[tuple[str, float]]:
     "The numeric leaves of a nested dict of figures, as (dotted.name, value)."
     out = []
     for k, v in (d or {}).items():
-        if isinstance(v, dict): out += _figures(v, f"{prefix}{k}.")
-        elif isinstance(v, (int, float)) and not isinstance(v, bool): out.append((f"{prefix}{k}", v))
+        if isinstance(v, dict):
+            out += _figures(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append((f"{prefix}{k}", v))
     return out
 
 # %% ../../nbs/16_chat.ipynb #2bd02876
@@ -474,7 +777,10 @@ HEADLINE = [  # (figure, path in learning.json; "{g}" is grammar_off or grammar_
     ("story multiFLAM, share of the ground truth's", "audio.model_over_truth.story_multiflam"),
     ("editFLAM, share of the ground truth's", "audio.model_over_truth.editflam"),
     ("Delta-multiFLAM, x the ground truth's (lower)", "audio.model_over_truth.delta_multiflam"),
-    ("keep error outside the edited span, x the ground truth's (lower)", "audio.model_over_truth.keep_error"),
+    (
+        "keep error outside the edited span, x the ground truth's (lower)",
+        "audio.model_over_truth.keep_error",
+    ),
     ("plan-vs-render mel distance (lower)", "audio.plan_vs_render.mel_distance"),
 ]
 
@@ -483,117 +789,235 @@ def _at(d, path: str):
     return d
 
 def headline(learning: dict) -> list[tuple[str, float | None, float | None]]:
-    "The learning benchmark's main figures: (figure, grammar off, grammar on), None where the run has no such figure."
-    return [(name, _at(learning, path.format(g="grammar_off")), _at(learning, path.format(g="grammar_on")) if "{g}" in path else None)
-            for name, path in HEADLINE]
+    """The learning benchmark's main figures: (figure, grammar off, grammar on), None where the run
+    has no such figure."""
+    return [
+        (
+            name,
+            _at(learning, path.format(g="grammar_off")),
+            _at(learning, path.format(g="grammar_on")) if "{g}" in path else None,
+        )
+        for name, path in HEADLINE
+    ]
 
 def headline_table(columns: dict) -> str:
-    """A markdown table of `headline` figures side by side: `columns` maps a column name to a learning benchmark's
-    figures (a dict) or to a run or bundle folder holding `learning.json`. "a / b": without / with the grammar."""
-    read = lambda v: v if isinstance(v, dict) else json.loads((Path(v) / "learning.json").read_text())
+    """A markdown table of `headline` figures side by side: `columns` maps a column name to a
+    learning
+    benchmark's figures (a dict) or to a run or bundle folder holding `learning.json`. "a / b":
+    without / with the grammar."""
+    read = lambda v: (
+        v if isinstance(v, dict) else json.loads((Path(v) / "learning.json").read_text())
+    )
     cols = {name: headline(read(v)) for name, v in columns.items()}
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
     rows = [f"| figure | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
     for i, (name, *_) in enumerate(HEADLINE):
-        cells = [fmt(c[i][1]) + ("" if c[i][2] is None else f" / {fmt(c[i][2])}") for c in cols.values()]
+        cells = [
+            fmt(c[i][1]) + ("" if c[i][2] is None else f" / {fmt(c[i][2])}") for c in cols.values()
+        ]
         rows.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(rows)
 
 # %% ../../nbs/16_chat.ipynb #1e4972a9
 def model_card(config, model, bundle: dict, learning: dict | None = None) -> str:
-    "The README.md of a bundle: what it is, how it was trained, how to use it, the learning benchmark's figures."
+    """The README.md of a bundle: what it is, how it was trained, how to use it, the learning
+    benchmark's figures."""
     src = config.data.source
-    lines = ["---", "library_name: audiochat", "license: apache-2.0", "tags: [audio, text-to-audio, audio-editing, transfusion]", "---",
-             "", f"# AudioChat ({bundle['preset']} preset, {model.config.arch})", "",
-             "A model of the educational AudioChat implementation: one transformer that tells, edits and understands "
-             "multi-speaker audio stories (the chain of thought is a JSON scene, the audio codec latents are generated by "
-             "diffusion).", "", "| | |", "|---|---|",
-             f"| preset | {bundle['preset']} |", f"| architecture | {model.config.arch}, d_model {model.config.d_model}, "
-             f"{model.config.n_layers} layers |", f"| parameters | {count_parameters(model) / 1e6:.2f} M |",
-             f"| weights | {bundle['weights']} |", f"| training data | {src if src == 'synthetic' else Path(src).name} "
-             f"({'simulated dialogues' if src != 'synthetic' else 'random latents and short texts'}) |",
-             f"| checkpoint | {bundle['step']} of {config.optim.steps} training steps |", f"| chain of thought | {config.data.cot} |",
-             f"| edits written as | {'a diff' if config.data.edit_form == 'diff' else 'the whole scene restated'} |",
-             f"| stored as | {bundle.get('dtype', 'float32')} |",
-             f"| codec | {config.codec.kind}, {config.codec.frame_dim} dims per frame |", "",
-             "## Use", "", "```python", "from audiochat.serve.chat import ChatEngine",
-             "engine = ChatEngine.from_pretrained('THIS_FOLDER')  # or 'ORG/NAME' on the Hub",
-             "story = engine.tell('A 5-second story: rain on a window, a narrator.')", "```", "",
-             "or `audiochat tell \"...\" -o story.wav --run THIS_FOLDER`.", ""]
-    figures = _figures({k: learning[k] for k in ("cot", "free_form", "understanding", "audio") if isinstance(learning, dict) and learning.get(k)})
+    lines = [
+        "---",
+        "library_name: audiochat",
+        "license: apache-2.0",
+        "tags: [audio, text-to-audio, audio-editing, transfusion]",
+        "---",
+        "",
+        f"# AudioChat ({bundle['preset']} preset, {model.config.arch})",
+        "",
+        "A model of the educational AudioChat implementation: one transformer that tells, edits "
+        "and understands "
+        "multi-speaker audio stories (the chain of thought is a JSON scene, the audio codec "
+        "latents are generated by "
+        "diffusion).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| preset | {bundle['preset']} |",
+        f"| architecture | {model.config.arch}, d_model {model.config.d_model}, "
+        f"{model.config.n_layers} layers |",
+        f"| parameters | {count_parameters(model) / 1e6:.2f} M |",
+        f"| weights | {bundle['weights']} |",
+        f"| training data | {src if src == 'synthetic' else Path(src).name} "
+        f"({'simulated dialogues' if src != 'synthetic' else 'random latents and short texts'}) |",
+        f"| checkpoint | {bundle['step']} of {config.optim.steps} training steps |",
+        f"| chain of thought | {config.data.cot} |",
+        "| edits written as | "
+        f"{'a diff' if config.data.edit_form == 'diff' else 'the whole scene restated'} |",
+        f"| stored as | {bundle.get('dtype', 'float32')} |",
+        f"| codec | {config.codec.kind}, {config.codec.frame_dim} dims per frame |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from audiochat.serve.chat import ChatEngine",
+        "engine = ChatEngine.from_pretrained('THIS_FOLDER')  # or 'ORG/NAME' on the Hub",
+        "story = engine.tell('A 5-second story: rain on a window, a narrator.')",
+        "```",
+        "",
+        'or `audiochat tell "..." -o story.wav --run THIS_FOLDER`.',
+        "",
+    ]
+    figures = _figures(
+        {
+            k: learning[k]
+            for k in ("cot", "free_form", "understanding", "audio")
+            if isinstance(learning, dict) and learning.get(k)
+        }
+    )
     if figures:
-        lines += ["## Learning benchmark", "", "From `learning.json` (benchmarks/learning.py), on "
-                  f"{learning.get('dialogues', '?')} StoryGen-Eval-mini dialogues, the repository's free-form requests "
-                  "and the held-out phrasings; \"a / b\": without / with the scene grammar.", "", "### Main figures", "",
-                  headline_table({"value": learning}), "", "### Every figure", "",
-                  "| figure | value |", "|---|---|"]
+        lines += [
+            "## Learning benchmark",
+            "",
+            "From `learning.json` (benchmarks/learning.py), on "
+            f"{learning.get('dialogues', '?')} StoryGen-Eval-mini dialogues, the repository's "
+            "free-form requests "
+            'and the held-out phrasings; "a / b": without / with the scene grammar.',
+            "",
+            "### Main figures",
+            "",
+            headline_table({"value": learning}),
+            "",
+            "### Every figure",
+            "",
+            "| figure | value |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v:.4g} |" for k, v in figures[:60]]
         if len(figures) > 60: lines.append(f"| ... | {len(figures) - 60} more in learning.json |")
-    else: lines += ["No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling to add them."]
+    else:
+        lines += [
+            "No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling "
+            "to add them."
+        ]
     return "\n".join(lines) + "\n"
 
 # %% ../../nbs/16_chat.ipynb #3199561c
 def _halved(module: torch.nn.Module, state: dict) -> dict:
-    "`state` with `module`'s float32 parameters in float16 (buffers such as filter banks keep their precision)."
+    """`state` with `module`'s float32 parameters in float16 (buffers such as filter banks keep
+    their precision)."""
     params = {k for k, _ in module.named_parameters()}
-    return {k: v.half() if k in params and v.dtype == torch.float32 else v for k, v in state.items()}
+    return {
+        k: v.half() if k in params and v.dtype == torch.float32 else v for k, v in state.items()
+    }
+
 
 def _save_pretrained(self, out, run_dir=None, half: bool = False) -> Path:
-    """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent statistics, config and
-    a model card. `run_dir` (default: the run it was loaded from) supplies `learning.json` for the card. `half`:
-    the model's and the codec's parameters are stored in float16 (half the size; loading casts them back)."""
-    import dataclasses, shutil
+    """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent
+    statistics, config and a model card. `run_dir` (default: the run it was loaded from) supplies
+    `learning.json` for the card. `half`: the model's and the codec's parameters are stored in
+    float16 (half the size; loading casts them back)."""
+    import dataclasses
+    import shutil
+
     from safetensors.torch import save_file
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     run_dir = run_dir or getattr(self, "run_dir", None)
     (out / "model").mkdir(exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-    save_file(_halved(self.model, state) if half else state, str(out / "model" / "model.safetensors"))
+    save_file(
+        _halved(self.model, state) if half else state, str(out / "model" / "model.safetensors")
+    )
     (out / "model" / "config.json").write_text(json.dumps(self.model.config.to_dict(), indent=1))
     self.codec.save_pretrained(out / "codec")
     if half:  # the codec writes float32; store its parameters halved, atomically
         codec_file = out / "codec" / "model.safetensors"
-        state = _halved(self.codec, {k: v.detach().cpu().contiguous() for k, v in self.codec.state_dict().items()})
+        state = _halved(
+            self.codec,
+            {k: v.detach().cpu().contiguous() for k, v in self.codec.state_dict().items()},
+        )
         save_file(state, str(codec_file.with_suffix(".tmp")), metadata={"format": "pt"})
         codec_file.with_suffix(".tmp").replace(codec_file)
     self.tokenizer.save_pretrained(str(out / "tokenizer"))
     if self.mean is not None:
-        save_file({"mean": self.mean.float().cpu().contiguous(), "std": self.std.float().cpu().contiguous()}, str(out / "latent_stats.safetensors"))
+        save_file(
+            {
+                "mean": self.mean.float().cpu().contiguous(),
+                "std": self.std.float().cpu().contiguous(),
+            },
+            str(out / "latent_stats.safetensors"),
+        )
     c = self.config
     name = lambda s: None if s is None else Path(s).name  # a dataset is named, not pointed to
-    data = dataclasses.replace(c.data, codec="codec", tokenizer="tokenizer", latent_cache=None,
-                               source=c.data.source if c.data.source == "synthetic" else name(c.data.source),
-                               eval_source=name(c.data.eval_source))
+    data = dataclasses.replace(
+        c.data,
+        codec="codec",
+        tokenizer="tokenizer",
+        latent_cache=None,
+        source=c.data.source if c.data.source == "synthetic" else name(c.data.source),
+        eval_source=name(c.data.eval_source),
+    )
     stages = [dataclasses.replace(s, source=name(s.source)) for s in c.stages]
-    save_config(dataclasses.replace(c, data=data, stages=stages, run=dataclasses.replace(c.run, out=".")), out / "config.yaml")
+    save_config(
+        dataclasses.replace(c, data=data, stages=stages, run=dataclasses.replace(c.run, out=".")),
+        out / "config.yaml",
+    )
     learning = None
     if run_dir is not None and (Path(run_dir) / "learning.json").exists():
         learning = json.loads((Path(run_dir) / "learning.json").read_text())
         shutil.copyfile(Path(run_dir) / "learning.json", out / "learning.json")
-    bundle = dict(format=BUNDLE_FORMAT, preset=_preset_of(c), weights=getattr(self.model, "weights", "raw"),
-                  step=getattr(self, "step", None), dtype="float16" if half else "float32")
+    bundle = dict(
+        format=BUNDLE_FORMAT,
+        preset=_preset_of(c),
+        weights=getattr(self.model, "weights", "raw"),
+        step=getattr(self, "step", None),
+        dtype="float16" if half else "float32",
+    )
     (out / "bundle.json").write_text(json.dumps(bundle, indent=1))
     (out / "README.md").write_text(model_card(c, self.model, bundle, learning))
     return out
 
 # %% ../../nbs/16_chat.ipynb #d1b2a749
 def _from_pretrained(cls, name_or_path=SHIPPED_MODEL, device="cpu", **settings) -> ChatEngine:
-    """An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository `ORG/NAME` (`hf:ORG/NAME`
-    too); by default the model shipped with the package (`SHIPPED_MODEL`). Weights stored in float16 are loaded as
-    float32."""
+    """An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository
+    `ORG/NAME`
+    (`hf:ORG/NAME` too); by default the model shipped with the package (`SHIPPED_MODEL`). Weights
+    stored in float16 are loaded as float32."""
     d = resolve_pretrained(name_or_path, what="bundle")
-    if not (d / "bundle.json").exists(): raise FileNotFoundError(f"{d} has no bundle.json: not a bundle written by ChatEngine.save_pretrained")
-    try: bundle = json.loads((d / "bundle.json").read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{d / 'bundle.json'} is not JSON ({e})") from None
-    if not isinstance(bundle, dict): raise ValueError(f"{d / 'bundle.json'} must hold a JSON object, not {type(bundle).__name__}")
-    if bundle.get("format") != BUNDLE_FORMAT: raise ValueError(f"{d / 'bundle.json'}: format {bundle.get('format')!r}, this version reads {BUNDLE_FORMAT!r}")
+    if not (d / "bundle.json").exists():
+        raise FileNotFoundError(
+            f"{d} has no bundle.json: not a bundle written by ChatEngine.save_pretrained"
+        )
+    try:
+        bundle = json.loads((d / "bundle.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{d / 'bundle.json'} is not JSON ({e})") from None
+    if not isinstance(bundle, dict):
+        raise ValueError(
+            f"{d / 'bundle.json'} must hold a JSON object, not {type(bundle).__name__}"
+        )
+    if bundle.get("format") != BUNDLE_FORMAT:
+        raise ValueError(
+            f"{d / 'bundle.json'}: format {bundle.get('format')!r}, this version reads "
+            f"{BUNDLE_FORMAT!r}"
+        )
     model = load_run_model(d / "model", device)
     model.weights = bundle.get("weights", "raw")
     mean = std = None
-    if (d / "latent_stats.safetensors").exists(): mean, std = read_latent_stats(d / "latent_stats.safetensors")
-    engine = cls(model, load_tokenizer(d / "tokenizer"), Codec.from_pretrained(d / "codec", device), load_config(d / "config.yaml"),
-                 mean, std, **settings)
+    if (d / "latent_stats.safetensors").exists():
+        mean, std = read_latent_stats(d / "latent_stats.safetensors")
+    engine = cls(
+        model,
+        load_tokenizer(d / "tokenizer"),
+        Codec.from_pretrained(d / "codec", device),
+        load_config(d / "config.yaml"),
+        mean,
+        std,
+        **settings,
+    )
     engine.run_dir, engine.step = d, bundle.get("step")
     return engine
 
-ChatEngine.save_pretrained, ChatEngine.from_pretrained = _save_pretrained, classmethod(_from_pretrained)
+ChatEngine.save_pretrained, ChatEngine.from_pretrained = (
+    _save_pretrained,
+    classmethod(_from_pretrained),
+)

@@ -1,5 +1,6 @@
-"""The faces of `ChatEngine`: the `tell`, `edit`, `understand` and `chat` commands, `write_report` (an HTML page
-with players and spectrograms) and `ChatPanel` (an ipywidgets chat whose plan you can edit before it is rendered).
+"""The faces of `ChatEngine`: the `tell`, `edit`, `understand` and `chat` commands,
+`write_report` (an HTML page with players and spectrograms) and `ChatPanel` (an ipywidgets
+chat whose plan you can edit before it is rendered).
 
 Docs: https://audiochat.github.io/audiochat/ui.html.md"""
 
@@ -11,14 +12,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
-from ..core.scene import Scene, SceneError, edited_spans
-
-if TYPE_CHECKING: from audiochat.serve.chat import ChatEngine, Plan, Reply, Timings  # imported where used: `--help` needs no torch
-from ..core.audio import SAMPLE_RATE, audio_player, plot_audio, plot_before_after, resample, save_audio, show_jpeg
-from ..core.scene import to_seglst
-from .chat import ChatEngine, MAX_RETRIES, SHIPPED_MODEL
+from audiochat.core.audio import (
+    SAMPLE_RATE,
+    audio_player,
+    plot_audio,
+    plot_before_after,
+    resample,
+    save_audio,
+    show_jpeg,
+)
+from ..core.scene import Scene, SceneError, edited_spans, to_seglst
+from audiochat.serve.chat import (
+    MAX_RETRIES,
+    SHIPPED_MODEL,
+    ChatEngine,
+    Plan,
+    Reply,
+    Timings,
+)
 from ..sim.data import check_writable
 from ..sim.tools import render
 
@@ -32,43 +43,86 @@ def scene_table(scene: Scene) -> str:
     rows = [("id", "kind", "start", "end", "dB", "pan", "who / what")]
     for s in scene.sources:
         what = f"{s.speaker}: {s.text}" if s.kind == "speech" else s.caption
-        rows.append((s.id, s.kind, f"{s.start:.2f}", f"{s.end:.2f}", f"{s.loudness_db:.1f}", f"{s.pan:+.2f}", what[:60]))
+        rows.append(
+            (
+                s.id,
+                s.kind,
+                f"{s.start:.2f}",
+                f"{s.end:.2f}",
+                f"{s.loudness_db:.1f}",
+                f"{s.pan:+.2f}",
+                what[:60],
+            )
+        )
     w = [max(len(r[i]) for r in rows) for i in range(6)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r[:6])) + "  " + r[6] for r in rows]
     return f"scene: {scene.duration:g} s, {len(scene.sources)} sources\n" + "\n".join(lines)
 
 def timing_line(t: Timings) -> str:
     "One line of a turn's timings."
-    return (f"CoT {t.cot_tokens} tokens in {t.cot_seconds:.2f} s ({t.tokens_per_s:.0f} tokens/s, {t.attempts} attempt(s)); "
-            f"diffusion {t.diffusion_steps} evaluations in {t.diffusion_seconds:.2f} s ({t.steps_per_s:.1f}/s); decode {t.decode_seconds:.2f} s")
+    return (
+        f"CoT {t.cot_tokens} tokens in {t.cot_seconds:.2f} s ({t.tokens_per_s:.0f} tokens/s, "
+        f"{t.attempts} attempt(s)); "
+        f"diffusion {t.diffusion_steps} evaluations in {t.diffusion_seconds:.2f} s "
+        f"({t.steps_per_s:.1f}/s); decode {t.decode_seconds:.2f} s"
+    )
+
 
 def _engine_parser(prog: str, description: str):
     import argparse
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--run", default=None, help="a training run folder (checkpoints/latest, tokenizer/), a bundle folder or a Hub "
-                   "bundle ORG/NAME (default: the model shipped with the package, audiochat/models/course)")
+    p.add_argument(
+        "--run",
+        default=None,
+        help="a training run folder (checkpoints/latest, tokenizer/), a bundle folder or a Hub "
+        "bundle ORG/NAME (default: the model shipped with the package, audiochat/models/course)",
+    )
     p.add_argument("--codec", default=None, help="codec folder (default: the run's data.codec)")
     p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default: 25)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    p.add_argument("--no-grammar", action="store_true", help="decode the CoT without the scene grammar")
-    p.add_argument("--retries", type=int, default=2, help="sampled retries after an invalid CoT (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the retries (default: 0)")
-    p.add_argument("--raw-weights", action="store_true", help="sample with the raw weights, not the run's EMA weights")
+    p.add_argument(
+        "--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)"
+    )
+    p.add_argument(
+        "--no-grammar", action="store_true", help="decode the CoT without the scene grammar"
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="sampled retries after an invalid CoT (default: 2)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the noise and of the retries (default: 0)"
+    )
+    p.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="sample with the raw weights, not the run's EMA weights",
+    )
     return p
 
 # %% ../../nbs/17_ui.ipynb #6435105f
 def _engine(a) -> ChatEngine:
-    if not 0 <= a.retries <= MAX_RETRIES: raise ValueError(f"--retries {a.retries}: give 0 to {MAX_RETRIES} (MAX_RETRIES)")
-    if getattr(a, "out", None) is not None and getattr(a, "check_out", False): _check_audio_out(a.out)  # before any generation
+    if not 0 <= a.retries <= MAX_RETRIES:
+        raise ValueError(f"--retries {a.retries}: give 0 to {MAX_RETRIES} (MAX_RETRIES)")
+    if getattr(a, "out", None) is not None and getattr(a, "check_out", False):
+        _check_audio_out(a.out)  # before any generation
     for path in getattr(a, "outputs", []): _check_writable(path)
-    return ChatEngine.load(a.run or SHIPPED_MODEL, a.codec, steps=a.steps, cfg_scale=a.cfg, grammar=not a.no_grammar, retries=a.retries, seed=a.seed,
-                           ema=not a.raw_weights)
+    return ChatEngine.load(
+        a.run or SHIPPED_MODEL,
+        a.codec,
+        steps=a.steps,
+        cfg_scale=a.cfg,
+        grammar=not a.no_grammar,
+        retries=a.retries,
+        seed=a.seed,
+        ema=not a.raw_weights,
+    )
 
 def _check_audio_out(path):
     "An output path soundfile can write (by its suffix), checked before the model runs."
     import soundfile as sf
     ext = Path(path).suffix.lower().lstrip(".")
-    if ext.upper() not in sf.available_formats(): raise ValueError(f"-o {path}: give an audio file name ending in .wav, .flac or .ogg")
+    if ext.upper() not in sf.available_formats():
+        raise ValueError(f"-o {path}: give an audio file name ending in .wav, .flac or .ogg")
+
 
 def _check_writable(path):
     "A new file can be written at `path` (its folder is made), checked before the model is loaded."
@@ -76,15 +130,19 @@ def _check_writable(path):
     path = Path(path)
     check_writable(path.parent)
     if path.is_dir(): raise ValueError(f"{path} is a folder: give a file name")
-    if path.exists() and not os.access(path, os.W_OK): raise ValueError(f"cannot write to {path}: permission denied")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write to {path}: permission denied")
+
 
 def _write(reply: Reply, path, engine: ChatEngine) -> Path:
     path = save_audio(path, reply.audio, engine.codec.config.sample_rate)
-    if reply.scene is not None: path.with_suffix(".json").write_text(reply.scene.to_json(indent=2) + "\n")
+    if reply.scene is not None:
+        path.with_suffix(".json").write_text(reply.scene.to_json(indent=2) + "\n")
     return path
 
 def _show(reply: Reply):
-    "Print the reply: an edit's change, its scene as a table (or the model's answer in words) and the timings."
+    """Print the reply: an edit's change, its scene as a table (or the model's answer in words) and
+    the timings."""
     if reply.edit is not None: print(f"edit: {reply.edit.to_json()}")
     if reply.message is not None: print(f"the model answered: {reply.message}")
     elif reply.scene is not None: print(scene_table(reply.scene))
@@ -95,16 +153,24 @@ def _show(reply: Reply):
 def _write_and_show(reply: Reply, path, engine: ChatEngine):
     "Print the reply; write its audio and scene (if it made audio) and say where."
     _show(reply)
-    if reply.audio is None: print("no audio was made, nothing written"); return
+    if reply.audio is None:
+        print("no audio was made, nothing written")
+        return
     path = _write(reply, path, engine)
-    print(f"wrote {path}" + (f" and {path.with_suffix('.json')}" if reply.scene is not None else ""))
+    print(
+        f"wrote {path}" + (f" and {path.with_suffix('.json')}" if reply.scene is not None else "")
+    )
+
 
 def tell_main(argv: list[str]) -> int:
     "`audiochat tell TEXT -o story.wav --run DIR`"
     p = _engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
     p.add_argument("request", help="what the story should be")
-    p.add_argument("-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv); a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
+    p.add_argument(
+        "-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)"
+    )
+    a = p.parse_args(argv)
+    a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
     engine = _engine(a)
     r = engine.tell(a.request)
     _write_and_show(r, a.out, engine)
@@ -116,8 +182,11 @@ def edit_main(argv: list[str]) -> int:
     p = _engine_parser("audiochat edit", "Edit an audio file following an instruction.")
     p.add_argument("audio", help="the audio file to edit")
     p.add_argument("instruction", help="what to change")
-    p.add_argument("-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)")
-    a = p.parse_args(argv); a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
+    p.add_argument(
+        "-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)"
+    )
+    a = p.parse_args(argv)
+    a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
     engine = _engine(a)
     r = engine.edit(a.instruction, a.audio)
     _write_and_show(r, a.out, engine)
@@ -125,9 +194,17 @@ def edit_main(argv: list[str]) -> int:
 
 def understand_main(argv: list[str]) -> int:
     "`audiochat understand in.wav --run DIR`: print the scene; write its speech as SegLST JSON."
-    p = _engine_parser("audiochat understand", "Describe an audio file: who says what when, which sounds play when.")
+    p = _engine_parser(
+        "audiochat understand",
+        "Describe an audio file: who says what when, which sounds play when.",
+    )
     p.add_argument("audio", help="the audio file")
-    p.add_argument("-o", "--out", default=None, help="SegLST JSON output (default: AUDIO_STEM.seglst.json here)")
+    p.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        help="SegLST JSON output (default: AUDIO_STEM.seglst.json here)",
+    )
     a = p.parse_args(argv)
     out = Path(a.out or f"{Path(a.audio).stem}.seglst.json")
     a.outputs = [out, out.with_suffix("").with_suffix(".scene.json")]
@@ -135,12 +212,15 @@ def understand_main(argv: list[str]) -> int:
     r = engine.understand(a.audio)
     out.write_text(json.dumps(to_seglst(r.scene, Path(a.audio).stem), indent=1) + "\n")
     out.with_suffix("").with_suffix(".scene.json").write_text(r.scene.to_json(indent=2) + "\n")
-    print(scene_table(r.scene)); print(timing_line(r.timings)); print(f"wrote {out}")
+    print(scene_table(r.scene))
+    print(timing_line(r.timings))
+    print(f"wrote {out}")
     return 0
 
 # %% ../../nbs/17_ui.ipynb #eb3aae5a
 def next_turn_file(out: Path) -> Path:
-    "The first `turn-NN.wav` in `out` not taken yet: a new conversation (`/reset`) or a new session never overwrites a turn."
+    """The first `turn-NN.wav` in `out` not taken yet: a new conversation (`/reset`) or a new
+    session never overwrites a turn."""
     n = 1
     while (out / f"turn-{n:02d}.wav").exists(): n += 1
     return out / f"turn-{n:02d}.wav"
@@ -148,8 +228,13 @@ def next_turn_file(out: Path) -> Path:
 def chat_main(argv: list[str], stdin=None) -> int:
     "`audiochat chat --run DIR`: a read-eval-print loop over one conversation."
     import sys
-    p = _engine_parser("audiochat chat", "Chat with a trained model: a line tells a story, the next lines edit it.")
-    p.add_argument("--out", default="runs/chat", help="folder for the turns' audio (default: runs/chat)")
+
+    p = _engine_parser(
+        "audiochat chat", "Chat with a trained model: a line tells a story, the next lines edit it."
+    )
+    p.add_argument(
+        "--out", default="runs/chat", help="folder for the turns' audio (default: runs/chat)"
+    )
     a = p.parse_args(argv)
     out = check_writable(a.out)  # before the model is loaded
     engine, stdin = _engine(a), stdin or sys.stdin
@@ -158,13 +243,18 @@ def chat_main(argv: list[str], stdin=None) -> int:
         line = line.strip()
         if not line: continue
         if line in ("/quit", "/exit"): break
-        if line == "/reset": engine.reset(); print("(new conversation)"); continue
+        if line == "/reset":
+            engine.reset()
+            print("(new conversation)")
+            continue
         try:
             if line.startswith("/understand"):
                 r = engine.understand(line.split(maxsplit=1)[1] if " " in line else "")
             elif any(t.audio is not None for t in engine.history): r = engine.edit(line)
             else: r = engine.tell(line)
-        except (ValueError, FileNotFoundError) as e: print(f"error: {e}"); continue
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}")
+            continue
         _show(r)
         if r.audio is not None: print(f"audio: {_write(r, next_turn_file(out), engine)}")
     return 0
@@ -172,55 +262,131 @@ def chat_main(argv: list[str], stdin=None) -> int:
 # %% ../../nbs/17_ui.ipynb #585b8313
 def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
     import html
+
     import matplotlib.pyplot as plt
     parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
     if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
     if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
-    if s.get("edit"): parts.append(f"<p><b>edit (the change the model wrote):</b> <code>{html.escape(s['edit'])}</code></p>")
+    if s.get("edit"):
+        parts.append(
+            "<p><b>edit (the change the model wrote):</b> "
+            f"<code>{html.escape(s['edit'])}</code></p>"
+        )
     if s.get("audio") is not None:
         wav = save_audio(out / f"turn-{i:02d}.wav", s["audio"], sample_rate)
-        fig = plot_audio(s["audio"], sample_rate, spans=s["scene"].spans() if s.get("scene") else None, title=s["title"], figsize=(9, 3.5))
-        fig.savefig(out / f"turn-{i:02d}.png", dpi=90); plt.close(fig)
-        parts.append(f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" alt="spectrogram of turn {i}" width="810">')
-    if s.get("rendered") is not None:  # the same scene through the tools: what the model's audio should sound like
-        tools = resample(s["rendered"], SAMPLE_RATE, sample_rate)  # the tools render at the project's rate
+        fig = plot_audio(
+            s["audio"],
+            sample_rate,
+            spans=s["scene"].spans() if s.get("scene") else None,
+            title=s["title"],
+            figsize=(9, 3.5),
+        )
+        fig.savefig(out / f"turn-{i:02d}.png", dpi=90)
+        plt.close(fig)
+        parts.append(
+            f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" '
+            f'alt="spectrogram of turn {i}" width="810">'
+        )
+    # the same scene through the tools: what the model's audio should sound like
+    if s.get("rendered") is not None:
+        # the tools render at the project's rate
+        tools = resample(s["rendered"], SAMPLE_RATE, sample_rate)
         wav = save_audio(out / f"turn-{i:02d}-tools.wav", tools, sample_rate)
-        fig = plot_audio(tools, sample_rate, spans=s["scene"].spans(), title="the tools' rendering of the same scene", figsize=(9, 3.5))
-        fig.savefig(out / f"turn-{i:02d}-tools.png", dpi=90); plt.close(fig)
-        parts.append(f'<h3>the tools\' rendering of the same scene</h3><audio controls src="{wav.name}"></audio><br>'
-                     f'<img src="turn-{i:02d}-tools.png" alt="spectrogram of the tools\' rendering of turn {i}" width="810">')
+        fig = plot_audio(
+            tools,
+            sample_rate,
+            spans=s["scene"].spans(),
+            title="the tools' rendering of the same scene",
+            figsize=(9, 3.5),
+        )
+        fig.savefig(out / f"turn-{i:02d}-tools.png", dpi=90)
+        plt.close(fig)
+        parts.append(
+            '<h3>the tools\' rendering of the same scene</h3><audio controls '
+            f'src="{wav.name}"></audio><br>'
+            f'<img src="turn-{i:02d}-tools.png" alt="spectrogram of the tools\' rendering of turn '
+            f'{i}" width="810">'
+        )
     if s.get("before") is not None and s.get("audio") is not None:
         wav = save_audio(out / f"turn-{i:02d}-before.wav", s["before"], sample_rate)
-        fig = plot_before_after(s["before"], s["audio"], sample_rate, s.get("changed") or [], "before / after (changed spans outlined)")
-        fig.savefig(out / f"turn-{i:02d}-edit.png", dpi=90); plt.close(fig)
-        parts.append(f'<h3>before / after</h3>before: <audio controls src="{wav.name}"></audio><br>'
-                     f'<img src="turn-{i:02d}-edit.png" alt="spectrograms before and after the edit of turn {i}" width="810">')
-    if s.get("scene") is not None and s.get("truth") is not None:  # understanding: what the model heard beside the truth
-        parts.append("<div style='display:flex;gap:1em'>" + "".join(
-            f"<div><h3>{name}</h3><pre>{html.escape(scene_table(sc))}</pre></div>"
-            for name, sc in (("what the model heard", s["scene"]), ("the truth", s["truth"]))) + "</div>")
-    elif s.get("scene") is not None: parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
+        fig = plot_before_after(
+            s["before"],
+            s["audio"],
+            sample_rate,
+            s.get("changed") or [],
+            "before / after (changed spans outlined)",
+        )
+        fig.savefig(out / f"turn-{i:02d}-edit.png", dpi=90)
+        plt.close(fig)
+        parts.append(
+            f'<h3>before / after</h3>before: <audio controls src="{wav.name}"></audio><br>'
+            f'<img src="turn-{i:02d}-edit.png" alt="spectrograms before and after the edit of turn '
+            f'{i}" width="810">'
+        )
+    # understanding: what the model heard beside the truth
+    if s.get("scene") is not None and s.get("truth") is not None:
+        parts.append(
+            "<div style='display:flex;gap:1em'>"
+            + "".join(
+                f"<div><h3>{name}</h3><pre>{html.escape(scene_table(sc))}</pre></div>"
+                for name, sc in (("what the model heard", s["scene"]), ("the truth", s["truth"]))
+            )
+            + "</div>"
+        )
+    elif s.get("scene") is not None:
+        parts.append(f"<h3>scene</h3><pre>{html.escape(scene_table(s['scene']))}</pre>")
     if s.get("table"): parts.append(f"<pre>{html.escape(s['table'])}</pre>")
-    if s.get("cot"): parts.append(f"<details><summary>chain of thought (raw)</summary><pre>{html.escape(s['cot'])}</pre></details>")
+    if s.get("cot"):
+        parts.append(
+            "<details><summary>chain of thought "
+            f"(raw)</summary><pre>{html.escape(s['cot'])}</pre></details>"
+        )
     if s.get("timings"):
-        rows = "".join(f"<tr><td>{k}</td><td>{v:.3f}</td></tr>" if isinstance(v, float) else f"<tr><td>{k}</td><td>{v}</td></tr>"
-                       for k, v in s["timings"].items())
+        rows = "".join(
+            f"<tr><td>{k}</td><td>{v:.3f}</td></tr>"
+            if isinstance(v, float)
+            else f"<tr><td>{k}</td><td>{v}</td></tr>"
+            for k, v in s["timings"].items()
+        )
         parts.append(f"<h3>timings (s)</h3><table>{rows}</table>")
     return "\n".join(parts) + "</section>"
 
-def reply_section(reply: Reply, before: Reply | None = None, truth: Scene | None = None, rendered: bool = False) -> dict:
-    """A report section for a chat reply; an edit with the reply it changed (`before`) also shows the audio before it.
-    `truth`: the scene an understood audio really has, shown beside what the model heard. `rendered`: a reply with
-    audio also gets the tools' rendering of its scene (notebook 03), what its audio should sound like."""
-    s = dict(title=f"{reply.task}", request=reply.request, scene=reply.scene, cot=reply.cot, audio=reply.audio,
-             timings=reply.timings.to_dict(), message=reply.message, edit=reply.edit.to_json() if reply.edit else None, truth=truth)
-    if rendered and reply.audio is not None and reply.scene is not None: s["rendered"] = render(reply.scene).mix
-    if reply.task == "edit" and before is not None and before.audio is not None and reply.audio is not None:
-        s.update(before=before.audio, changed=edited_spans(before.scene, reply.scene) if before.scene and reply.scene else [])
+def reply_section(
+    reply: Reply, before: Reply | None = None, truth: Scene | None = None, rendered: bool = False
+) -> dict:
+    """A report section for a chat reply; an edit with the reply it changed (`before`) also shows
+    the
+    audio before it. `truth`: the scene an understood audio really has, shown beside what the model
+    heard. `rendered`: a reply with audio also gets the tools' rendering of its scene (notebook 03),
+    what its audio should sound like."""
+    s = dict(
+        title=f"{reply.task}",
+        request=reply.request,
+        scene=reply.scene,
+        cot=reply.cot,
+        audio=reply.audio,
+        timings=reply.timings.to_dict(),
+        message=reply.message,
+        edit=reply.edit.to_json() if reply.edit else None,
+        truth=truth,
+    )
+    if rendered and reply.audio is not None and reply.scene is not None:
+        s["rendered"] = render(reply.scene).mix
+    if (
+        reply.task == "edit"
+        and before is not None
+        and before.audio is not None
+        and reply.audio is not None
+    ):
+        s.update(
+            before=before.audio,
+            changed=edited_spans(before.scene, reply.scene) if before.scene and reply.scene else [],
+        )
     return s
 
 def report_sections(replies: list) -> list[dict]:
-    "Report sections of a conversation's replies, each edit paired with the last reply before it that made audio."
+    """Report sections of a conversation's replies, each edit paired with the last reply before it
+    that made audio."""
     out, last = [], None
     for r in replies:
         out.append(reply_section(r, last if r.task == "edit" else None))
@@ -228,34 +394,56 @@ def report_sections(replies: list) -> list[dict]:
     return out
 
 # %% ../../nbs/17_ui.ipynb #adf8c6e7
-def write_report(out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = "") -> Path:
-    """Write `out_dir/report.html` (with one wav and one png per section that has audio). `sections`: `Reply`s or dicts
-    with title, request, scene, cot, audio (channels, samples), timings (dict), and optionally `reply_section`'s
-    before / changed (an edit), rendered (the tools' audio of the scene), truth (the real scene of understood audio),
-    table (preformatted text, e.g. figures)."""
+def write_report(
+    out_dir, sections: list, sample_rate: int, title: str = "audiochat report", note: str = ""
+) -> Path:
+    """Write `out_dir/report.html` (with one wav and one png per section that has audio).
+    `sections`:
+    `Reply`s or dicts with title, request, scene, cot, audio (channels, samples), timings (dict),
+    and optionally `reply_section`'s before / changed (an edit), rendered (the tools' audio of the
+    scene), truth (the real scene of understood audio), table (preformatted text, e.g. figures)."""
     import html
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     replies = [s for s in sections if not isinstance(s, dict)]
     paired = iter(report_sections(replies))
     sections = [s if isinstance(s, dict) else next(paired) for s in sections]
     body = "\n".join(_section_html(i, s, out, sample_rate) for i, s in enumerate(sections, 1))
-    style = ("body{font-family:sans-serif;max-width:900px;margin:auto;padding:1em} pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"
-             " section{border-top:1px solid #ccc;margin-top:1.5em} td{padding:0 1em 0 0}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{body}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:900px;margin:auto;padding:1em} "
+        "pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"
+        " section{border-top:1px solid #ccc;margin-top:1.5em} td{padding:0 1em 0 0}"
+    )
+    page = (
+        "<!doctype html><html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{body}</body></html>\n"
+    )
     path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp"); tmp.write_text(page); tmp.replace(path)
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
     return path
 
 # %% ../../nbs/17_ui.ipynb #f13fbeec
-def show_reply(reply: Reply, sample_rate: int, before: Reply | None = None, truth: Scene | None = None, rendered: bool = False):
-    "Display `reply` in Jupyter as a report section (`reply_section`'s arguments): text, players, spectrograms, scene tables."
+def show_reply(
+    reply: Reply,
+    sample_rate: int,
+    before: Reply | None = None,
+    truth: Scene | None = None,
+    rendered: bool = False,
+):
+    """Display `reply` in Jupyter as a report section (`reply_section`'s arguments): text, players,
+    spectrograms, scene tables."""
     import html
+
     from IPython.display import HTML, display
     s = reply_section(reply, before, truth, rendered)
     labels = dict(message="the model answered", edit="the change it wrote")
-    text = [f"<b>{s['title']}:</b> {html.escape(s['request'])}"] + [f"<b>{labels[k]}:</b> <code>{html.escape(s[k])}</code>"
-                                                                    for k in labels if s.get(k)]
+    text = [f"<b>{s['title']}:</b> {html.escape(s['request'])}"] + [
+        f"<b>{labels[k]}:</b> <code>{html.escape(s[k])}</code>" for k in labels if s.get(k)
+    ]
     display(HTML("<br>".join(text)))
     spans = s["scene"].spans() if s.get("scene") else None
     for name, x, sr in (("the model's audio", s.get("audio"), sample_rate),
@@ -266,50 +454,114 @@ def show_reply(reply: Reply, sample_rate: int, before: Reply | None = None, trut
         show_jpeg(plot_audio(x, sample_rate, spans=spans, title=name, figsize=(9, 3)))
     if s.get("before") is not None:
         display(HTML("<i>before the edit</i>"), audio_player(s["before"], sample_rate))
-        show_jpeg(plot_before_after(s["before"], s["audio"], sample_rate, s["changed"], "before / after (changed spans outlined)"))
+        show_jpeg(
+            plot_before_after(
+                s["before"],
+                s["audio"],
+                sample_rate,
+                s["changed"],
+                "before / after (changed spans outlined)",
+            )
+        )
     tables = [("scene", s.get("scene")), ("the truth", s.get("truth"))]
-    if any(sc is not None for _, sc in tables): display(HTML("<div style='display:flex;gap:1em'>" + "".join(f"<div><b>{n}</b><pre>{html.escape(scene_table(sc))}</pre></div>"
-                                                                for n, sc in tables if sc is not None) + "</div>"))
+    if any(sc is not None for _, sc in tables):
+        display(
+            HTML(
+                "<div style='display:flex;gap:1em'>"
+                + "".join(
+                    f"<div><b>{n}</b><pre>{html.escape(scene_table(sc))}</pre></div>"
+                    for n, sc in tables
+                    if sc is not None
+                )
+                + "</div>"
+            )
+        )
 
 # %% ../../nbs/17_ui.ipynb #63aba1dc
 class ChatPanel:
-    "An ipywidgets chat with `engine`: a request box, the editable scene (CoT), Render, and the history."
+    """An ipywidgets chat with `engine`: a request box, the editable scene (CoT), Render, and the
+    history."""
     def __init__(self, engine: ChatEngine):
         import ipywidgets as w
         self.engine, self.pending = engine, None
-        self.request = w.Text(placeholder="ask for a story, then for edits", layout=w.Layout(width="70%"))
-        self.plan_button, self.render_button = w.Button(description="Plan"), w.Button(description="Render", disabled=True)
-        self.cot = w.Textarea(placeholder="the scene the model plans appears here; edit it, then Render", layout=w.Layout(width="100%", height="140px"))
+        self.request = w.Text(
+            placeholder="ask for a story, then for edits", layout=w.Layout(width="70%")
+        )
+        self.plan_button, self.render_button = (
+            w.Button(description="Plan"),
+            w.Button(description="Render", disabled=True),
+        )
+        self.cot = w.Textarea(
+            placeholder="the scene the model plans appears here; edit it, then Render",
+            layout=w.Layout(width="100%", height="140px"),
+        )
         self.status, self.history = w.HTML(), w.Output()
-        self.plan_button.on_click(lambda _: self.plan()); self.render_button.on_click(lambda _: self.render())
-        self.widget = w.VBox([w.HBox([self.request, self.plan_button, self.render_button]), self.cot, self.status, self.history])
+        self.plan_button.on_click(lambda _: self.plan())
+        self.render_button.on_click(lambda _: self.render())
+        self.widget = w.VBox(
+            [
+                w.HBox([self.request, self.plan_button, self.render_button]),
+                self.cot,
+                self.status,
+                self.history,
+            ]
+        )
 
     def plan(self):
-        "Ask the model for the scene of the request in the text box (`ChatEngine.plan`); show it for editing."
+        """Ask the model for the scene of the request in the text box (`ChatEngine.plan`); show it
+        for editing."""
         import html
-        if not self.request.value.strip(): self.status.value = "<b>type a request first</b>"; return
-        try: plan = self.engine.plan(self.request.value)
-        except ValueError as err: self.status.value = f"<b>no plan:</b> {html.escape(str(err))}"; return
-        if plan.scene is None: self.status.value = f"<b>the model answered:</b> {html.escape(plan.message)}"; return
-        self.pending, self.cot.value, self.render_button.disabled = plan, plan.scene.to_json(indent=1), False
+
+        if not self.request.value.strip():
+            self.status.value = "<b>type a request first</b>"
+            return
+        try:
+            plan = self.engine.plan(self.request.value)
+        except ValueError as err:
+            self.status.value = f"<b>no plan:</b> {html.escape(str(err))}"
+            return
+        if plan.scene is None:
+            self.status.value = f"<b>the model answered:</b> {html.escape(plan.message)}"
+            return
+        self.pending, self.cot.value, self.render_button.disabled = (
+            plan,
+            plan.scene.to_json(indent=1),
+            False,
+        )
         t = plan.timings
-        self.status.value = f"{plan.task}: planned in {t.cot_seconds:.2f} s ({t.tokens_per_s:.0f} tokens/s); edit the scene or Render"
+        speed = f"planned in {t.cot_seconds:.2f} s ({t.tokens_per_s:.0f} tokens/s)"
+        self.status.value = f"{plan.task}: {speed}; edit the scene or Render"
 
     def render(self):
-        "Render the (possibly edited) scene in the text box into audio and add the turn to the history."
+        """Render the (possibly edited) scene in the text box into audio and add the turn to the
+        history."""
         import html
+
         import matplotlib.pyplot as plt
-        from IPython.display import display, HTML
-        if self.pending is None: self.status.value = "<b>Plan first</b>"; return
-        try: scene = Scene.from_json(self.cot.value)
-        except SceneError as err: self.status.value = f"<b>the scene is not valid:</b> {html.escape(str(err))}"; return
+        from IPython.display import HTML, display
+
+        if self.pending is None:
+            self.status.value = "<b>Plan first</b>"
+            return
+        try:
+            scene = Scene.from_json(self.cot.value)
+        except SceneError as err:
+            self.status.value = f"<b>the scene is not valid:</b> {html.escape(str(err))}"
+            return
         e, reply = self.engine, self.engine.render_plan(self.pending, scene)
         task, text, audio = reply.task, reply.request, reply.audio
         self.pending, self.render_button.disabled = None, True
         with self.history:
             display(HTML(f"<b>{len(e.replies)}. {task}:</b> {html.escape(text)}"))
             display(audio_player(audio, e.codec.config.sample_rate))
-            fig = plot_audio(audio, e.codec.config.sample_rate, spans=scene.spans(), title=f"{task}: {scene.duration:g} s", figsize=(9, 3))
-            display(fig); plt.close(fig)
+            fig = plot_audio(
+                audio,
+                e.codec.config.sample_rate,
+                spans=scene.spans(),
+                title=f"{task}: {scene.duration:g} s",
+                figsize=(9, 3),
+            )
+            display(fig)
+            plt.close(fig)
         self.status.value = html.escape(timing_line(reply.timings))
         return reply

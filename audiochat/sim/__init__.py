@@ -1,1 +1,2 @@
-"""The simulator: the tools that render a scene, the agents that write dialogues, and the dataset builds."""
+"""The simulator: the tools that render a scene, the agents that write dialogues, and the dataset
+builds."""

@@ -1,5 +1,6 @@
-"""`audiochat data build`: simulated dialogues (notebook 04) written as sharded, resumable, inspectable folders,
-built in parallel and deterministically from seeds; and StoryGen-Eval-mini, a fixed evaluation split.
+"""`audiochat data build`: simulated dialogues (notebook 04) written as sharded, resumable,
+inspectable folders, built in parallel and deterministically from seeds; and
+StoryGen-Eval-mini, a fixed evaluation split.
 
 Docs: https://audiochat.github.io/audiochat/data.html.md"""
 
@@ -18,9 +19,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .copilot import SUBTASKS, simulate_dialogue
 from ..core.scene import Scene
-# audiochat.core.audio (torch) is imported inside the functions that read or write audio: `audiochat data --help` stays light
+from .copilot import SUBTASKS, simulate_dialogue
+# audiochat.core.audio (torch) is imported inside the functions that read or write audio: `audiochat
+# data --help` stays light
 
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
@@ -30,8 +32,13 @@ __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 
            'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
 
 # %% ../../nbs/05_data.ipynb #77631958
-# shipped inside the package (the repository's top-level data_samples/ links here), so an installed wheel finds them
-DATA_SAMPLES = (Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent / "audiochat") / "data_samples"
+# shipped inside the package (the repository's top-level data_samples/ links here), so an installed
+# wheel finds them
+DATA_SAMPLES = (
+    Path(__file__).resolve().parents[1]
+    if "__file__" in globals()
+    else Path.cwd().parent / "audiochat"
+) / "data_samples"
 
 # %% ../../nbs/05_data.ipynb #7a3a72a8
 TRAIN_SEED_RANGE = (0, 1_000_000_000)
@@ -40,23 +47,34 @@ RUN_STRIDE = 1_000_000  # training dialogues per run seed
 
 @dataclass(frozen=True)
 class DataConfig:
-    "What to build. `seed` picks a block of training seeds; the eval split always uses the same seeds."
+    """What to build. `seed` picks a block of training seeds; the eval split always uses the same
+    seeds."""
     dialogues: int = 32  # number of dialogues to simulate (rejected ones are counted, not replaced)
     shard_size: int = 8  # dialogues per shard
     edits: int = 2  # edit turns after the story
     split: str = "train"  # "train" or "eval"
     seed: int = 0  # run seed (train split only)
-    mistake_rate: float = 0.1  # how often the template designer first sends a broken scene and repairs it
+    # how often the template designer first sends a broken scene and repairs it
+    mistake_rate: float = 0.1
     max_duration: float = 15.0  # longest story in seconds (5-15)
 
     def __post_init__(self):
-        if self.split not in ("train", "eval"): raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
-        if self.dialogues < 1 or self.shard_size < 1: raise ValueError("dialogues and shard_size must be >= 1")
+        if self.split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
+        if self.dialogues < 1 or self.shard_size < 1:
+            raise ValueError("dialogues and shard_size must be >= 1")
         if not 0 <= self.edits <= 8: raise ValueError(f"edits must be in [0, 8], got {self.edits}")
-        if self.split == "train" and not (0 <= self.seed < TRAIN_SEED_RANGE[1] // RUN_STRIDE and self.dialogues <= RUN_STRIDE):
-            raise ValueError(f"train seed must be in [0, {TRAIN_SEED_RANGE[1] // RUN_STRIDE}) with at most {RUN_STRIDE} dialogues")
-        if self.split == "eval" and self.dialogues > EVAL_SEED_RANGE[1] - EVAL_SEED_RANGE[0]: raise ValueError("too many eval dialogues")
-        if not 5 <= self.max_duration <= 15: raise ValueError(f"max_duration must be in [5, 15] seconds, got {self.max_duration}")
+        if self.split == "train" and not (
+            0 <= self.seed < TRAIN_SEED_RANGE[1] // RUN_STRIDE and self.dialogues <= RUN_STRIDE
+        ):
+            raise ValueError(
+                f"train seed must be in [0, {TRAIN_SEED_RANGE[1] // RUN_STRIDE}) with at most "
+                f"{RUN_STRIDE} dialogues"
+            )
+        if self.split == "eval" and self.dialogues > EVAL_SEED_RANGE[1] - EVAL_SEED_RANGE[0]:
+            raise ValueError("too many eval dialogues")
+        if not 5 <= self.max_duration <= 15:
+            raise ValueError(f"max_duration must be in [5, 15] seconds, got {self.max_duration}")
 
     @property
     def shards(self) -> int: return -(-self.dialogues // self.shard_size)
@@ -64,8 +82,10 @@ class DataConfig:
 # %% ../../nbs/05_data.ipynb #3ee4b98a
 PRESETS = {
     "tiny": DataConfig(dialogues=32, shard_size=8),  # about a minute on a 2-core CPU
-    "demo": DataConfig(dialogues=240, shard_size=16, max_duration=8.0),  # `make demo`: short stories, about 2 minutes on 2 cores
-    "small": DataConfig(dialogues=4000, shard_size=100),  # about an hour on 2 cores, minutes on a many-core machine
+    # `make demo`: short stories, about 2 minutes on 2 cores
+    "demo": DataConfig(dialogues=240, shard_size=16, max_duration=8.0),
+    # about an hour on 2 cores, minutes on a many-core machine
+    "small": DataConfig(dialogues=4000, shard_size=100),
 }
 EVAL_DIALOGUES = 60  # StoryGen-Eval-mini: 60 stories + 120 edits, each of the six subtasks 20 times
 
@@ -75,7 +95,8 @@ def dialogue_seed(config: DataConfig, i: int) -> int:
     return TRAIN_SEED_RANGE[0] + config.seed * RUN_STRIDE + i
 
 def dialogue_subtasks(config: DataConfig, i: int) -> list[str] | None:
-    "Eval: subtasks cycle through the six in order (so every 3 dialogues cover each once); train: drawn from the seed."
+    """Eval: subtasks cycle through the six in order (so every 3 dialogues cover each once); train:
+    drawn from the seed."""
     if config.split != "eval": return None
     return [SUBTASKS[(config.edits * i + j) % len(SUBTASKS)] for j in range(config.edits)]
 
@@ -88,13 +109,24 @@ def _record(d, config: DataConfig, audio_dir: Path, rel: str) -> dict:
         name = f"{rid}-{j}.flac"
         save_audio(audio_dir / name, t.audio)
         calls = [c["function"]["name"] for m in t.messages for c in (m.get("tool_calls") or [])]
-        turns.append(dict(user=t.user, subtask=t.subtask, scene=t.scene.to_dict(), audio=f"{rel}/{name}",
-                          duration=t.scene.duration, answer=t.answer, tool_calls=calls, **({"edit": t.edit} if t.edit else {})))
+        turns.append(
+            dict(
+                user=t.user,
+                subtask=t.subtask,
+                scene=t.scene.to_dict(),
+                audio=f"{rel}/{name}",
+                duration=t.scene.duration,
+                answer=t.answer,
+                tool_calls=calls,
+                **({"edit": t.edit} if t.edit else {}),
+            )
+        )
     return dict(id=rid, split=config.split, seed=d.seed, seed_text=d.seed_text, turns=turns)
 
 def shard_done(folder) -> bool:
-    """Whether a shard folder is complete: `stats.json`, written last, is there and `records.jsonl` holds as many
-    records as it counts. A folder without them (audio but no records) is not a shard."""
+    """Whether a shard folder is complete: `stats.json`, written last, is there and `records.jsonl`
+    holds as many records as it counts. A folder without them (audio but no records) is not a shard.
+    """
     folder = Path(folder)
     try:
         stats = json.loads((folder / "stats.json").read_text())
@@ -113,34 +145,50 @@ def _current_build(out: Path) -> str | None:
 
 # %% ../../nbs/05_data.ipynb #9069b16a
 def build_shard(out, config: DataConfig, k: int, build_id: str | None = None) -> dict | None:
-    """Build shard `k` of `config` into `out/shard-KKKKK/` (skipped if complete); returns its stats. The shard is
-    written in a temporary folder and renamed when complete, `stats.json` last. `build_id`: the build this worker
-    belongs to; if another build has started since (`out/.build-id` changed) or the temporary folder was deleted
-    under it, the shard is dropped (None) instead of landing half-written."""
+    """Build shard `k` of `config` into `out/shard-KKKKK/` (skipped if complete); returns its stats.
+    The shard is written in a temporary folder and renamed when complete, `stats.json` last.
+    `build_id`: the build this worker belongs to; if another build has started since
+    (`out/.build-id` changed) or the temporary folder was deleted under it, the shard is dropped
+    (None) instead of landing half-written."""
     out = Path(out)
     final = out / f"shard-{k:05d}"
     if shard_done(final): return json.loads((final / "stats.json").read_text())
     tmp = out / f".tmp-shard-{k:05d}-{os.getpid()}"
     if tmp.exists(): shutil.rmtree(tmp)
     (tmp / "audio").mkdir(parents=True)
-    stats = dict(shard=k, dialogues=0, turns=0, seconds=0.0, rejected={}, subtasks={}, build_seconds=0.0)
+    stats = dict(
+        shard=k, dialogues=0, turns=0, seconds=0.0, rejected={}, subtasks={}, build_seconds=0.0
+    )
     t0, rejected, subtasks = time.perf_counter(), Counter(), Counter()
     with open(tmp / "records.jsonl", "w") as f:
         for i in range(k * config.shard_size, min(config.dialogues, (k + 1) * config.shard_size)):
-            d = simulate_dialogue(dialogue_seed(config, i), dialogue_subtasks(config, i), config.edits,
-                                  mistake_rate=config.mistake_rate, max_duration=config.max_duration)
+            d = simulate_dialogue(
+                dialogue_seed(config, i),
+                dialogue_subtasks(config, i),
+                config.edits,
+                mistake_rate=config.mistake_rate,
+                max_duration=config.max_duration,
+            )
             if d.rejected:
-                rejected[d.rejected] += 1; continue
-            f.write(json.dumps(_record(d, config, tmp / "audio", "audio"), ensure_ascii=False) + "\n")
-            stats["dialogues"] += 1; stats["turns"] += len(d.turns)
+                rejected[d.rejected] += 1
+                continue
+            f.write(
+                json.dumps(_record(d, config, tmp / "audio", "audio"), ensure_ascii=False) + "\n"
+            )
+            stats["dialogues"] += 1
+            stats["turns"] += len(d.turns)
             stats["seconds"] = round(stats["seconds"] + sum(t.scene.duration for t in d.turns), 2)
             subtasks.update(t.subtask for t in d.turns)
     stats.update(rejected=dict(sorted(rejected.items())), subtasks=dict(sorted(subtasks.items())),
                  build_seconds=round(time.perf_counter() - t0, 2))
-    lost = not (tmp / "records.jsonl").exists()  # the folder was deleted under this worker (a newer build cleaned up)
+    # the folder was deleted under this worker (a newer build cleaned up)
+    lost = not (tmp / "records.jsonl").exists()
     if lost or (build_id is not None and _current_build(out) != build_id):
-        shutil.rmtree(tmp, ignore_errors=True); return None  # a stale worker never commits into another build
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")  # the completion mark, written last
+        # a stale worker never commits into another build
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    # the completion mark, written last
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     if final.exists(): shutil.rmtree(final)  # an incomplete leftover
     os.replace(tmp, final)  # atomic: the shard appears complete or not at all
     return stats
@@ -154,37 +202,63 @@ def _build_one(args):
     return build_shard(*args)
 
 # %% ../../nbs/05_data.ipynb #dd53c8d3
-def build(out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress: bool = True) -> dict:
-    "Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns and writes the summary."
+def build(
+    out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress: bool = True
+) -> dict:
+    """Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns
+    and writes the summary."""
     from tqdm.auto import tqdm
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
     meta = out / "config.json"
     if meta.exists() and json.loads(meta.read_text()) != asdict(config):
-        raise ValueError(f"{out} holds a build with another config ({meta.read_text().strip()}); use a new folder to build {asdict(config)}")
+        raise ValueError(
+            f"{out} holds a build with another config ({meta.read_text().strip()}); use a new "
+            f"folder to build {asdict(config)}"
+        )
     meta.write_text(json.dumps(asdict(config)) + "\n")
     build_id = f"{os.getpid()}-{time.time_ns()}"
-    (out / ".build-id.tmp").write_text(build_id + "\n"); os.replace(out / ".build-id.tmp", out / ".build-id")  # stale workers stop here
-    for tmp in out.glob(".tmp-shard-*"): shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a killed build
+    (out / ".build-id.tmp").write_text(build_id + "\n")
+    os.replace(out / ".build-id.tmp", out / ".build-id")  # stale workers stop here
+    # leftovers of a killed build
+    for tmp in out.glob(".tmp-shard-*"): shutil.rmtree(tmp, ignore_errors=True)
     jobs = [(str(out), config, k, build_id) for k in range(config.shards)]
     todo = [j for j in jobs if not shard_done(out / f"shard-{j[2]:05d}")]
-    for j in todo:  # a shard folder that is not complete (e.g. audio without records) is built again
+    # a shard folder that is not complete (e.g. audio without records) is built again
+    for j in todo:
         if (out / f"shard-{j[2]:05d}").exists(): shutil.rmtree(out / f"shard-{j[2]:05d}")
     t0, stats = time.perf_counter(), []
-    bar = tqdm(total=config.dialogues, initial=config.dialogues - sum(
-        min(config.dialogues, (k + 1) * config.shard_size) - k * config.shard_size for _, _, k, _ in todo),
-        unit="dialogue", desc=f"{config.split} shards", disable=not progress)
+    bar = tqdm(
+        total=config.dialogues,
+        initial=config.dialogues
+        - sum(
+            min(config.dialogues, (k + 1) * config.shard_size) - k * config.shard_size
+            for _, _, k, _ in todo
+        ),
+        unit="dialogue",
+        desc=f"{config.split} shards",
+        disable=not progress,
+    )
     if workers == 1 or len(todo) <= 1:
         for j in todo:
             s = _build_one(j)
-            if s is None: raise RuntimeError(f"{out} was taken over by another build while this one ran")
-            stats.append(s); bar.update(s["dialogues"] + sum(s["rejected"].values()))
+            if s is None:
+                raise RuntimeError(f"{out} was taken over by another build while this one ran")
+            stats.append(s)
+            bar.update(s["dialogues"] + sum(s["rejected"].values()))
     else:
         import multiprocessing as mp
-        with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_worker_init) as pool:
+
+        with mp.get_context("spawn").Pool(
+            min(workers, len(todo)), initializer=_worker_init
+        ) as pool:
             for s in pool.imap_unordered(_build_one, todo):
-                if s is None: raise RuntimeError(f"{out} was taken over by another build while this one ran")
-                stats.append(s); bar.update(s["dialogues"] + sum(s["rejected"].values()))
+                if s is None:
+                    raise RuntimeError(f"{out} was taken over by another build while this one ran")
+                stats.append(s)
+                bar.update(s["dialogues"] + sum(s["rejected"].values()))
     bar.close()
     summary = summarize(out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
@@ -194,28 +268,43 @@ def build(out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress:
 
 # %% ../../nbs/05_data.ipynb #3d3237b4
 def summarize(out) -> dict:
-    "Totals over the finished shards of `out`: dialogues, turns, hours, rejections by reason, subtasks."
+    """Totals over the finished shards of `out`: dialogues, turns, hours, rejections by reason,
+    subtasks."""
     total = dict(shards=0, dialogues=0, turns=0, hours=0.0, rejected={}, subtasks={})
     rejected, subtasks, seconds = Counter(), Counter(), 0.0
     for p in [f / "stats.json" for f in finished_shards(out)]:
         s = json.loads(p.read_text())
-        total["shards"] += 1; total["dialogues"] += s["dialogues"]; total["turns"] += s["turns"]
-        seconds += s["seconds"]; rejected.update(s["rejected"]); subtasks.update(s["subtasks"])
-    total.update(hours=round(seconds / 3600, 4), rejected=dict(sorted(rejected.items())), subtasks=dict(sorted(subtasks.items())))
+        total["shards"] += 1
+        total["dialogues"] += s["dialogues"]
+        total["turns"] += s["turns"]
+        seconds += s["seconds"]
+        rejected.update(s["rejected"])
+        subtasks.update(s["subtasks"])
+    total.update(
+        hours=round(seconds / 3600, 4),
+        rejected=dict(sorted(rejected.items())),
+        subtasks=dict(sorted(subtasks.items())),
+    )
     return total
 
 def format_summary(s: dict) -> str:
     rej = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
-    line = f"{s['dialogues']} dialogues ({s['turns']} turns, {s['hours'] * 60:.1f} min of audio) in {s['shards']} shards; rejected: {rej}"
+    size = f"{s['dialogues']} dialogues ({s['turns']} turns, {s['hours'] * 60:.1f} min of audio)"
+    line = f"{size} in {s['shards']} shards; rejected: {rej}"
     if s.get("wall_seconds") and s.get("built_now"):
-        line += f"\nbuilt {s['built_now']} dialogues now in {s['wall_seconds']:.1f} s ({s['built_now'] / s['wall_seconds']:.2f} dialogues/s)"
+        rate = s["built_now"] / s["wall_seconds"]
+        line += f"\nbuilt {s['built_now']} dialogues now in {s['wall_seconds']:.1f} s "
+        line += f"({rate:.2f} dialogues/s)"
     return line + "\nsubtasks: " + ", ".join(f"{k} {v}" for k, v in s["subtasks"].items())
 
 # %% ../../nbs/05_data.ipynb #d07de14a
 def checked_record(r, where: str, folder: Path) -> dict:
-    "`r` with its turns' audio paths joined to `folder`: each must stay inside it; else a ValueError naming the record."
+    """`r` with its turns' audio paths joined to `folder`: each must stay inside it; else a
+    ValueError naming the record."""
     from audiochat.core.audio import inside
-    if not isinstance(r, dict) or not isinstance(r.get("turns"), list): raise ValueError(f"{where}: not a dialogue record (no list of turns)")
+
+    if not isinstance(r, dict) or not isinstance(r.get("turns"), list):
+        raise ValueError(f"{where}: not a dialogue record (no list of turns)")
     for j, t in enumerate(r["turns"]):
         if not isinstance(t, dict): raise ValueError(f"{where}: turns[{j}] is not an object")
         inside(folder, t.get("audio"), f"{where}: turns[{j}].audio")
@@ -223,16 +312,23 @@ def checked_record(r, where: str, folder: Path) -> dict:
     return r
 
 def read_records(out):
-    """Iterate over the dialogue records of a built dataset (finished shards only), audio paths joined to the shard
-    folder; a path that leads outside it (`../..`, an absolute path) is a ValueError naming the record."""
+    """Iterate over the dialogue records of a built dataset (finished shards only), audio paths
+    joined
+    to the shard folder; a path that leads outside it (`../..`, an absolute path) is a ValueError
+    naming the record."""
     out = Path(out)
     shards = [f / "records.jsonl" for f in finished_shards(out)]
-    if not shards: raise FileNotFoundError(f"no finished shards in {out} (expected shard-*/records.jsonl and stats.json)")
+    if not shards:
+        raise FileNotFoundError(
+            f"no finished shards in {out} (expected shard-*/records.jsonl and stats.json)"
+        )
     for p in shards:
         with open(p) as f:
             for n, line in enumerate(f, 1):
-                try: r = json.loads(line)
-                except json.JSONDecodeError as e: raise ValueError(f"{p} line {n} is not a valid JSON record: {e.msg}") from None
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p} line {n} is not a valid JSON record: {e.msg}") from None
                 yield checked_record(r, f"{p} line {n}", p.parent)
 
 def load_turn(turn: dict) -> tuple[Scene, object]:
@@ -248,15 +344,22 @@ def format_dialogue(record: dict) -> str:
         lines += [f"\n[{j}] user ({t['subtask']}): {t['user']}",
                   f"    designer calls: {', '.join(t['tool_calls'])}",
                   f"    scene ({scene.duration:g} s, audio {Path(t['audio']).name}):"]
-        lines += [f"      {s.start:5.2f}-{s.end:5.2f}  {s.loudness_db:5.1f} dB  pan {s.pan:+.1f}  {s.label}" for s in scene.sources]
+        lines += [
+            f"      {s.start:5.2f}-{s.end:5.2f}  {s.loudness_db:5.1f} dB  pan {s.pan:+.1f}  "
+            f"{s.label}"
+            for s in scene.sources
+        ]
     return "\n".join(lines)
 
 # %% ../../nbs/05_data.ipynb #df51c229
 def eval_config(dialogues: int = EVAL_DIALOGUES) -> DataConfig:
-    "The StoryGen-Eval-mini configuration (fixed seeds, even subtask coverage when `dialogues` is a multiple of 3)."
+    """The StoryGen-Eval-mini configuration (fixed seeds, even subtask coverage when `dialogues` is
+    a multiple of 3)."""
     return DataConfig(dialogues=dialogues, shard_size=20, edits=2, split="eval", mistake_rate=0.0)
 
-def build_eval(out, dialogues: int = EVAL_DIALOGUES, workers: int = 1, progress: bool = True) -> dict:
+def build_eval(
+    out, dialogues: int = EVAL_DIALOGUES, workers: int = 1, progress: bool = True
+) -> dict:
     "Build StoryGen-Eval-mini into `out`."
     return build(out, eval_config(dialogues), workers, progress)
 
@@ -264,8 +367,10 @@ def build_eval(out, dialogues: int = EVAL_DIALOGUES, workers: int = 1, progress:
 SAMPLES_RUN_SEED = 999  # the block of training seeds the committed samples come from
 
 def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
-    "Write `n` short dialogues (stories of at most `max_seconds`) covering the edit subtasks evenly into `out/shard-00000/`."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    """Write `n` short dialogues (stories of at most `max_seconds`) covering the edit subtasks
+    evenly into `out/shard-00000/`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     config = DataConfig(dialogues=n, shard_size=n, seed=SAMPLES_RUN_SEED)
     final, tmp = out / "shard-00000", out / f".tmp-shard-00000-{os.getpid()}"
     if final.exists(): shutil.rmtree(final)
@@ -274,69 +379,122 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     records, i = [], 0
     while len(records) < n:
         subtasks = [SUBTASKS[(2 * len(records) + j) % len(SUBTASKS)] for j in range(2)]
-        d = simulate_dialogue(dialogue_seed(config, i), subtasks, mistake_rate=config.mistake_rate, max_duration=max_seconds)
+        d = simulate_dialogue(
+            dialogue_seed(config, i),
+            subtasks,
+            mistake_rate=config.mistake_rate,
+            max_duration=max_seconds,
+        )
         i += 1
         if d.rejected: continue
         records.append(_record(d, config, tmp / "audio", "audio"))
-    (tmp / "records.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    (tmp / "records.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    )
     seconds = sum(t["duration"] for r in records for t in r["turns"])
-    stats = dict(shard=0, dialogues=n, turns=3 * n, seconds=round(seconds, 2), rejected={},
-                 subtasks=dict(sorted(Counter(t["subtask"] for r in records for t in r["turns"]).items())), build_seconds=0.0)
+    stats = dict(
+        shard=0,
+        dialogues=n,
+        turns=3 * n,
+        seconds=round(seconds, 2),
+        rejected={},
+        subtasks=dict(sorted(Counter(t["subtask"] for r in records for t in r["turns"]).items())),
+        build_seconds=0.0,
+    )
     (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     os.replace(tmp, final)
     return summarize(out)
 
 # %% ../../nbs/05_data.ipynb #38c67ea9
 def check_writable(folder) -> Path:
-    "Create `folder` and write a probe file in it, before any work: a ValueError naming it when it cannot be written."
+    """Create `folder` and write a probe file in it, before any work: a ValueError naming it when it
+    cannot be written."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"; probe.write_bytes(b""); probe.unlink()
-    except OSError as e: raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
     return folder
 
 def damaged_shards(data) -> list[Path]:
-    "Shard folders of `data` that are not complete (`stats.json` or `records.jsonl` missing, damaged or disagreeing)."
+    """Shard folders of `data` that are not complete (`stats.json` or `records.jsonl` missing,
+    damaged or disagreeing)."""
     return [p for p in sorted(Path(data).glob("shard-*")) if p.is_dir() and not shard_done(p)]
 
 def turns_in(shard) -> int | None:
     "Turns in a shard's `records.jsonl`, None when it cannot be read."
-    try: return sum(len(json.loads(line)["turns"]) for line in open(Path(shard) / "records.jsonl") if line.strip())
-    except (OSError, ValueError, KeyError, TypeError): return None
+    try:
+        return sum(
+            len(json.loads(line)["turns"])
+            for line in open(Path(shard) / "records.jsonl")
+            if line.strip()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows: int = 500):
-    """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hub-ready dataset folder `out`
-    (parquet shards and a dataset card, `write_hub_folder`) that `datasets.load_dataset(out)` reads, and
-    `load_dataset("ORG/NAME")` once uploaded (`huggingface_hub.upload_folder`); returns it loaded. One row per turn
-    with the dialogue id, split, turn index, the user's request, the subtask,
-    the scene as JSON, the designer's answer and the turn's audio, an `Audio` feature holding the FLAC file itself.
-    A damaged shard is an error unless `skip_damaged` (then `damaged_shards` and `turns_in` say what was left out)."""
+    """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hub-ready
+    dataset
+    folder `out` (parquet shards and a dataset card, `write_hub_folder`) that
+    `datasets.load_dataset(out)` reads, and `load_dataset("ORG/NAME")` once uploaded
+    (`huggingface_hub.upload_folder`); returns it loaded. One row per turn with the dialogue id,
+    split, turn index, the user's request, the subtask, the scene as JSON, the designer's answer and
+    the turn's audio, an `Audio` feature holding the FLAC file itself. A damaged shard is an error
+    unless `skip_damaged` (then `damaged_shards` and `turns_in` say what was left out)."""
     import tempfile
-    try: import datasets
-    except ImportError: raise ImportError("the export needs `datasets`: pip install 'audiochat[hf]'") from None
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("the export needs `datasets`: pip install 'audiochat[hf]'") from None
     from audiochat.core.audio import SAMPLE_RATE
     V = datasets.Value
-    features = datasets.Features(dict(id=V("string"), split=V("string"), turn=V("int32"), request=V("string"),
-                                      subtask=V("string"), scene=V("string"), answer=V("string"), duration=V("float32"),
-                                      audio=dict(bytes=V("binary"), path=V("string"))))
+    features = datasets.Features(
+        dict(
+            id=V("string"),
+            split=V("string"),
+            turn=V("int32"),
+            request=V("string"),
+            subtask=V("string"),
+            scene=V("string"),
+            answer=V("string"),
+            duration=V("float32"),
+            audio=dict(bytes=V("binary"), path=V("string")),
+        )
+    )
     bad = damaged_shards(data)
     if bad and not skip_damaged:
-        raise ValueError(f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild them with `audiochat data build` "
-                         "or export without them (--skip-damaged)")
-    for r in read_records(data):  # every record and audio file checked before `datasets` starts (clear, one-line errors)
+        raise ValueError(
+            f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild "
+            "them with `audiochat data build` "
+            "or export without them (--skip-damaged)"
+        )
+    # every record and audio file checked before `datasets` starts (clear, one-line errors)
+    for r in read_records(data):
         missing = [k for k in ("id", "split") if not isinstance(r.get(k), str)]
-        if missing: raise ValueError(f"dialogue record {str(r.get('id'))[:40]!r} has no {missing[0]!r} text")
+        if missing:
+            raise ValueError(
+                f"dialogue record {str(r.get('id'))[:40]!r} has no {missing[0]!r} text"
+            )
         for j, t in enumerate(r["turns"]):
             gone = [k for k in ("user", "scene", "duration") if k not in t]
             if gone: raise ValueError(f"dialogue {r['id']!r} turns[{j}] has no {gone[0]!r}")
-            if not Path(t["audio"]).is_file(): raise ValueError(f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing")
+            if not Path(t["audio"]).is_file():
+                raise ValueError(
+                    f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing"
+                )
     check_writable(Path(out).parent)
-    with tempfile.TemporaryDirectory() as tmp:  # the generator's arrow cache: temporary, `out` is the copy that stays
-        ds = datasets.Dataset.from_generator(_hf_rows, features=features, gen_kwargs=dict(data=str(data)),
-                                             cache_dir=cache_dir or tmp)
-        # the FLAC bytes go in as they are; casting (not encoding) makes the column an `Audio` feature, which needs no
-        # audio encoder (recent `datasets` wants `torchcodec` to encode, but not to cast stored bytes)
+    # the generator's arrow cache: temporary, `out` is the copy that stays
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = datasets.Dataset.from_generator(
+            _hf_rows, features=features, gen_kwargs=dict(data=str(data)), cache_dir=cache_dir or tmp
+        )
+        # the FLAC bytes go in as they are; casting (not encoding) makes the column an `Audio`
+        # feature, which needs no
+        # audio encoder (recent `datasets` wants `torchcodec` to encode, but not to cast stored
+        # bytes)
         ds = ds.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
         write_hub_folder(ds, out, shard_rows)
     return datasets.load_dataset(str(out))
@@ -354,36 +512,50 @@ tags:
 ---
 # {name}
 
-Dialogues of the `audiochat` project (`audiochat data export`), one row per turn: `id` (the dialogue), `split`,
-`turn`, `request` (the user's words), `subtask`, `scene` (the designer's chain of thought, as JSON), `answer` (the
-words of an answer without audio), `duration` (seconds) and `audio`, the turn's FLAC file as it was rendered.
+Dialogues of the `audiochat` project (`audiochat data export`), one row per turn: `id` (the
+dialogue), `split`, `turn`, `request` (the user's words), `subtask`, `scene` (the designer's chain
+of thought, as JSON), `answer` (the words of an answer without audio), `duration` (seconds) and
+`audio`, the turn's FLAC file as it was rendered.
 
 ```python
 from datasets import load_dataset, Audio
 ds = load_dataset("THIS_FOLDER_OR_ORG/NAME")
-rows = ds["{first}"].cast_column("audio", Audio(decode=False))  # the FLAC bytes (soundfile reads them); decoded
-                                                                # arrays need torchcodec and FFmpeg
+# the FLAC bytes (soundfile reads them); decoded arrays need torchcodec and FFmpeg
+rows = ds["{first}"].cast_column("audio", Audio(decode=False))
 ```
 """
 
 def write_hub_folder(ds, out, shard_rows: int = 500) -> Path:
-    """Write `ds` (rows with a `split` column) as the Hub lays out a dataset repository: `data/SPLIT-NNNNN-of-MMMMM.parquet`
-    shards of at most `shard_rows` rows per split and a dataset card `README.md` naming them. Built beside `out`, then
-    moved into place: a reader never sees a half-written folder. An existing `out` is replaced only if it is such a folder."""
+    """Write `ds` (rows with a `split` column) as the Hub lays out a dataset repository:
+    `data/SPLIT-NNNNN-of-MMMMM.parquet` shards of at most `shard_rows` rows per split and a dataset
+    card `README.md` naming them. Built beside `out`, then moved into place: a reader never sees a
+    half-written folder. An existing `out` is replaced only if it is such a folder."""
     import shutil
     out = Path(out)
-    ours = out.is_dir() and (not any(out.iterdir()) or ((out / "README.md").is_file() and (out / "data").is_dir()))
+    ours = out.is_dir() and (
+        not any(out.iterdir()) or ((out / "README.md").is_file() and (out / "data").is_dir())
+    )
     if out.exists() and not ours:
-        raise ValueError(f"{out} exists and is not a dataset folder written by `audiochat data export`: give a new --out")
+        raise ValueError(
+            f"{out} exists and is not a dataset folder written by `audiochat data export`: give a "
+            "new --out"
+        )
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     files = []
     for split in dict.fromkeys(ds["split"]):  # the splits in the order the dialogues came
         part = ds.filter(lambda s, split=split: s == split, input_columns="split")
         n = -(-len(part) // shard_rows)
-        for i in range(n): part.shard(n, i, contiguous=True).to_parquet(str(tmp / "data" / f"{split}-{i:05d}-of-{n:05d}.parquet"))
+        for i in range(n):
+            part.shard(n, i, contiguous=True).to_parquet(
+                str(tmp / "data" / f"{split}-{i:05d}-of-{n:05d}.parquet")
+            )
         files.append(f"  - split: {split}\n    path: data/{split}-*.parquet")
-    (tmp / "README.md").write_text(HF_CARD.format(files="\n".join(files), name=out.name, first=next(iter(dict.fromkeys(ds["split"])))))
+    (tmp / "README.md").write_text(
+        HF_CARD.format(
+            files="\n".join(files), name=out.name, first=next(iter(dict.fromkeys(ds["split"])))
+        )
+    )
     if out.exists(): shutil.rmtree(out)
     tmp.rename(out)
     return out
@@ -392,45 +564,104 @@ def _hf_rows(data):
     for r in read_records(data):
         for j, t in enumerate(r["turns"]):
             audio = Path(t["audio"])
-            yield dict(id=r["id"], split=r["split"], turn=j, request=t["user"], subtask=t["subtask"] or "",
-                       scene=json.dumps(t["scene"]), answer=t.get("answer") or "", duration=t["duration"],
-                       audio=dict(path=audio.name, bytes=audio.read_bytes()))
+            yield dict(
+                id=r["id"],
+                split=r["split"],
+                turn=j,
+                request=t["user"],
+                subtask=t["subtask"] or "",
+                scene=json.dumps(t["scene"]),
+                answer=t.get("answer") or "",
+                duration=t["duration"],
+                audio=dict(path=audio.name, bytes=audio.read_bytes()),
+            )
 
 # %% ../../nbs/05_data.ipynb #0c649154
 def data_main(argv: list[str]) -> int:
     "`audiochat data build|eval|samples|show|export`."
-    p = argparse.ArgumentParser(prog="audiochat data", description="Build and inspect the simulated dialogue dataset.")
+    p = argparse.ArgumentParser(
+        prog="audiochat data", description="Build and inspect the simulated dialogue dataset."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or resume) a training dataset")
-    b.add_argument("--preset", choices=list(PRESETS), default="tiny", help="size preset (default: tiny)")
-    b.add_argument("--out", required=True, help="output folder (a killed build resumes when run again)")
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    b.add_argument(
+        "--preset", choices=list(PRESETS), default="tiny", help="size preset (default: tiny)"
+    )
+    b.add_argument(
+        "--out", required=True, help="output folder (a killed build resumes when run again)"
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: all cores)",
+    )
     b.add_argument("--dialogues", type=int, help="override the preset's number of dialogues")
     b.add_argument("--shard-size", type=int, help="override the preset's dialogues per shard")
     b.add_argument("--edits", type=int, help="edit turns per dialogue (default 2)")
-    b.add_argument("--seed", type=int, default=0, help="run seed: picks a disjoint block of training seeds")
+    b.add_argument(
+        "--seed", type=int, default=0, help="run seed: picks a disjoint block of training seeds"
+    )
     b.add_argument("--max-duration", type=float, help="longest story in seconds, 5-15 (default 15)")
-    e = sub.add_parser("eval", help="build StoryGen-Eval-mini (fixed seeds, disjoint from training)")
+    e = sub.add_parser(
+        "eval", help="build StoryGen-Eval-mini (fixed seeds, disjoint from training)"
+    )
     e.add_argument("--out", required=True)
-    e.add_argument("--dialogues", type=int, default=EVAL_DIALOGUES, help=f"number of dialogues (default {EVAL_DIALOGUES})")
+    e.add_argument(
+        "--dialogues",
+        type=int,
+        default=EVAL_DIALOGUES,
+        help=f"number of dialogues (default {EVAL_DIALOGUES})",
+    )
     e.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    m = sub.add_parser("samples", help="write a few short dialogues covering every edit subtask (data_samples/)")
-    m.add_argument("--out", default="data_samples/dialogues"); m.add_argument("-n", type=int, default=6)
+    m = sub.add_parser(
+        "samples", help="write a few short dialogues covering every edit subtask (data_samples/)"
+    )
+    m.add_argument("--out", default="data_samples/dialogues")
+    m.add_argument("-n", type=int, default=6)
     s = sub.add_parser("show", help="print dialogues of a built dataset as chats")
-    s.add_argument("dir"); s.add_argument("-n", type=int, default=1, help="how many dialogues (default 1)")
-    x = sub.add_parser("export", help="write a dataset as a Hugging Face `datasets` dataset (one row per turn, audio included)")
-    x.add_argument("--format", choices=["hf"], default="hf", help="hf: parquet shards + a dataset card, the Hub's layout (default)")
-    x.add_argument("--data", required=True, help="a built dataset, StoryGen-Eval-mini or data_samples/dialogues")
-    x.add_argument("--out", required=True, help="output folder (load it with datasets.load_dataset(OUT); upload it as it is)")
-    x.add_argument("--skip-damaged", action="store_true", help="export without the damaged shards (counted and named) instead of failing")
+    s.add_argument("dir")
+    s.add_argument("-n", type=int, default=1, help="how many dialogues (default 1)")
+    x = sub.add_parser(
+        "export",
+        help="write a dataset as a Hugging Face `datasets` dataset (one row per turn, audio "
+             "included)",
+    )
+    x.add_argument(
+        "--format",
+        choices=["hf"],
+        default="hf",
+        help="hf: parquet shards + a dataset card, the Hub's layout (default)",
+    )
+    x.add_argument(
+        "--data",
+        required=True,
+        help="a built dataset, StoryGen-Eval-mini or data_samples/dialogues",
+    )
+    x.add_argument(
+        "--out",
+        required=True,
+        help="output folder (load it with datasets.load_dataset(OUT); upload it as it is)",
+    )
+    x.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="export without the damaged shards (counted and named) instead of failing",
+    )
     a = p.parse_args(argv)
     if a.command == "export":
         ds = export_hf(a.data, a.out, skip_damaged=a.skip_damaged)
         turns, columns = sum(map(len, ds.values())), next(iter(ds.values())).column_names
-        print(f"wrote {a.out}/: {turns} turns in {len(ds)} split(s) ({', '.join(columns)}); datasets.load_dataset({str(a.out)!r})")
+        print(
+            f"wrote {a.out}/: {turns} turns in {len(ds)} split(s) ({', '.join(columns)}); "
+            f"datasets.load_dataset({str(a.out)!r})"
+        )
         for shard in damaged_shards(a.data):
             n = turns_in(shard)
-            print(f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported", file=sys.stderr)
+            print(
+                f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported",
+                file=sys.stderr,
+            )
         return 0
     if a.command == "show":
         for i, r in enumerate(read_records(a.dir)):
@@ -438,10 +669,16 @@ def data_main(argv: list[str]) -> int:
             print(format_dialogue(r) + "\n")
         return 0
     if a.command == "samples":
-        print(format_summary(build_samples(a.out, a.n))); return 0
+        print(format_summary(build_samples(a.out, a.n)))
+        return 0
     check_writable(a.out)  # before any work
     if a.command == "build":
-        over = dict(dialogues=a.dialogues, shard_size=a.shard_size, edits=a.edits, max_duration=a.max_duration)
+        over = dict(
+            dialogues=a.dialogues,
+            shard_size=a.shard_size,
+            edits=a.edits,
+            max_duration=a.max_duration,
+        )
         over = {k: v for k, v in over.items() if v is not None}
         config = replace(PRESETS[a.preset], seed=a.seed, **over)
         summary = build(a.out, config, a.workers)

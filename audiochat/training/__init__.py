@@ -1,1 +1,2 @@
-"""Training runs: the config and its presets, the run layout, the data streams and the training loop."""
+"""Training runs: the config and its presets, the run layout, the data streams and the training
+loop."""

@@ -1,5 +1,6 @@
-"""One resolved config describes a training run: data, codec, model, loss, optimiser, run settings. Presets `tiny`,
-`small` and `base`; a YAML file and dotted command-line overrides (`--model.d_model=256`) on top, type-checked.
+"""One resolved config describes a training run: data, codec, model, loss, optimiser, run
+settings. Presets `tiny`, `small` and `base`; a YAML file and dotted command-line overrides
+(`--model.d_model=256`) on top, type-checked.
 
 Docs: https://audiochat.github.io/audiochat/config.html.md"""
 
@@ -19,10 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from ..codec.codecs import CodecConfig, PRESETS as CODEC_PRESETS
-from ..sim.data import DataConfig, PRESETS as DATA_PRESETS
+from ..codec.codecs import PRESETS as CODEC_PRESETS
+from ..codec.codecs import CodecConfig
 from ..model.forcing import ForcingConfig
-from ..model.sct import ModelConfig, PRESETS as MODEL_PRESETS
+from ..model.sct import PRESETS as MODEL_PRESETS
+from ..model.sct import ModelConfig
+from ..sim.data import PRESETS as DATA_PRESETS
+from ..sim.data import DataConfig
 
 # %% auto #0
 __all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'DEVICE_RE', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config',
@@ -34,29 +38,46 @@ __all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'DEVICE_RE', 'TrainDataConfig', 'Opt
 @dataclass
 class TrainDataConfig:
     "Where training examples come from and how they are batched."
-    source: str = "synthetic"  # "synthetic" (random latents + short texts) or a dataset folder (`audiochat data build`)
-    eval_source: str | None = None  # held-out dataset folder (e.g. StoryGen-Eval-mini); None: hold out eval_dialogues of source
+    # "synthetic" (random latents + short texts) or a dataset folder (`audiochat data build`)
+    source: str = "synthetic"
+    # held-out dataset folder (e.g. StoryGen-Eval-mini); None: hold out eval_dialogues of source
+    eval_source: str | None = None
     eval_dialogues: int = 4  # dialogues held out from `source` when there is no eval_source
-    latent_cache: str | None = None  # folder written by `audiochat codec encode --data SOURCE`; None: SOURCE/latents if it exists
-    codec: str | None = None  # codec folder (Codec.save_pretrained) to encode audio on the fly when there is no cache
-    tokenizer: str | None = None  # tokenizer folder; None: train a BPE on the dataset text (saved in the run folder)
-    build: DataConfig | None = None  # if set and `source` does not exist, simulate the dataset there first
+    # folder written by `audiochat codec encode --data SOURCE`; None: SOURCE/latents if it exists
+    latent_cache: str | None = None
+    # codec folder (Codec.save_pretrained) to encode audio on the fly when there is no cache
+    codec: str | None = None
+    # tokenizer folder; None: train a BPE on the dataset text (saved in the run folder)
+    tokenizer: str | None = None
+    # if set and `source` does not exist, simulate the dataset there first
+    build: DataConfig | None = None
     batch_size: int = 4  # dialogues per micro-batch on each process
     max_frames: int = 64  # audio frames kept per span (40 frames = 1 s); longer spans are cut
-    max_turns: int = 3  # turns of a dialogue kept (each turn = a user request + the assistant's scene and audio)
-    window: int = 64  # dialogues shuffled together, then sorted by length into micro-batches (length bucketing)
+    # turns of a dialogue kept (each turn = a user request + the assistant's scene and audio)
+    max_turns: int = 3
+    # dialogues shuffled together, then sorted by length into micro-batches (length bucketing)
+    window: int = 64
     synthetic_dialogues: int = 256  # size of the synthetic training set
-    cot: bool = True  # False: assistant turns say a fixed short text instead of the scene (the no-CoT and DiT baselines)
-    understanding: float = 0.25  # fraction of dialogues also given as an understanding example (audio in, scene out)
-    refusals: float = 0.1  # fraction of dialogues ending with an edit of a sound that is not there, answered in words
-    planned_dialogues: int = 0  # text-only dialogues planned without audio (notebook 04) mixed in for the text path; 0: none
-    planned_share: float = 0.5  # share of the micro-batches drawn from the planned dialogues (when there are any)
-    planned_batch_size: int | None = None  # dialogues per planned micro-batch; None: 2 x batch_size (they are short)
-    edit_form: str = "diff"  # an edit's chain of thought: "diff" (only the change; code writes the whole new scene
-    #                          after it as a tool result) or "scene" (the whole scene restated: the paper's form)
+    # False: assistant turns say a fixed short text instead of the scene (the no-CoT and DiT
+    # baselines)
+    cot: bool = True
+    # fraction of dialogues also given as an understanding example (audio in, scene out)
+    understanding: float = 0.25
+    # fraction of dialogues ending with an edit of a sound that is not there, answered in words
+    refusals: float = 0.1
+    # text-only dialogues planned without audio (notebook 04) mixed in for the text path; 0: none
+    planned_dialogues: int = 0
+    # share of the micro-batches drawn from the planned dialogues (when there are any)
+    planned_share: float = 0.5
+    # dialogues per planned micro-batch; None: 2 x batch_size (they are short)
+    planned_batch_size: int | None = None
+    # an edit's chain of thought: "diff" (only the change; code writes the whole new scene
+    edit_form: str = "diff"
+    # after it as a tool result) or "scene" (the whole scene restated: the paper's form)
 
     def __post_init__(self):
-        if self.edit_form not in ("diff", "scene"): raise ValueError(f"data.edit_form must be 'diff' or 'scene', got {self.edit_form!r}")
+        if self.edit_form not in ("diff", "scene"):
+            raise ValueError(f"data.edit_form must be 'diff' or 'scene', got {self.edit_form!r}")
 
 # %% ../../nbs/13_config.ipynb #532aa3f5
 @dataclass
@@ -69,16 +90,19 @@ class OptimConfig:
     steps: int = 200  # total optimiser steps (all stages)
     min_lr_ratio: float = 0.1  # final lr / peak lr
     grad_clip: float = 1.0  # max global grad norm (0: off)
-    accumulate: int = 1  # micro-batches per optimiser step (global batch = batch_size x accumulate x processes)
+    # micro-batches per optimiser step (global batch = batch_size x accumulate x processes)
+    accumulate: int = 1
 
 # %% ../../nbs/13_config.ipynb #787b4145
 @dataclass
 class RunConfig:
     "Where and how a run executes."
-    out: str = "runs/train-tiny"  # run folder: checkpoints/, tb/ (TensorBoard), log.jsonl, config.yaml
+    # run folder: checkpoints/, tb/ (TensorBoard), log.jsonl, config.yaml
+    out: str = "runs/train-tiny"
     seed: int = 0
     device: str = "auto"  # auto: cuda -> mps -> cpu
-    precision: str = "auto"  # auto (bf16 autocast on cuda when supported, fp32 elsewhere) | bf16 | fp32
+    # auto (bf16 autocast on cuda when supported, fp32 elsewhere) | bf16 | fp32
+    precision: str = "auto"
     compile: bool = False  # torch.compile the model
     parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard per layer) when run under torchrun
     ema: float = 0.999  # EMA decay of the weights kept for sampling (0: off)
@@ -113,50 +137,113 @@ class Config:
 
     def __post_init__(self):
         if self.model.latent_dim != self.codec.frame_dim:
-            raise ValueError(f"model.latent_dim ({self.model.latent_dim}) must equal the codec's frame size "
-                             f"codec.channels x codec.latent_dim = {self.codec.frame_dim}")
-        if not self.run.out.strip(): raise ConfigError("run.out must name the run folder (it is empty)", key="run.out")
-        if self.run.precision not in ("auto", "bf16", "fp32"): raise ValueError(f"run.precision must be auto, bf16 or fp32, got {self.run.precision!r}")
-        if self.run.parallel not in ("ddp", "fsdp"): raise ValueError(f"run.parallel must be ddp or fsdp, got {self.run.parallel!r}")
+            raise ValueError(
+                f"model.latent_dim ({self.model.latent_dim}) must equal the codec's frame size "
+                f"codec.channels x codec.latent_dim = {self.codec.frame_dim}"
+            )
+        if not self.run.out.strip():
+            raise ConfigError("run.out must name the run folder (it is empty)", key="run.out")
+        if self.run.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(
+                f"run.precision must be auto, bf16 or fp32, got {self.run.precision!r}"
+            )
+        if self.run.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"run.parallel must be ddp or fsdp, got {self.run.parallel!r}")
         for k in ("batch_size", "max_frames", "max_turns", "window"):
-            if getattr(self.data, k) < 1: raise ValueError(f"data.{k} must be >= 1, got {getattr(self.data, k)}")
+            if getattr(self.data, k) < 1:
+                raise ValueError(f"data.{k} must be >= 1, got {getattr(self.data, k)}")
         for k in ("understanding", "refusals"):
-            if not 0 <= getattr(self.data, k) <= 1: raise ValueError(f"data.{k} is a fraction in [0, 1], got {getattr(self.data, k)}")
-        if self.optim.accumulate < 1 or self.optim.steps < 0: raise ValueError("optim.accumulate must be >= 1 and optim.steps >= 0")
+            if not 0 <= getattr(self.data, k) <= 1:
+                raise ValueError(f"data.{k} is a fraction in [0, 1], got {getattr(self.data, k)}")
+        if self.optim.accumulate < 1 or self.optim.steps < 0:
+            raise ValueError("optim.accumulate must be >= 1 and optim.steps >= 0")
         if self.stages and sum(s.steps for s in self.stages) != self.optim.steps:
-            raise ValueError(f"the stages' steps add up to {sum(s.steps for s in self.stages)}, not optim.steps = {self.optim.steps}")
+            raise ValueError(
+                f"the stages' steps add up to {sum(s.steps for s in self.stages)}, not optim.steps "
+                f"= {self.optim.steps}"
+            )
 
 # %% ../../nbs/13_config.ipynb #fe73f077
-SECTIONS = {"data": TrainDataConfig, "codec": CodecConfig, "model": ModelConfig, "loss": ForcingConfig,
-            "optim": OptimConfig, "run": RunConfig}
+SECTIONS = {
+    "data": TrainDataConfig,
+    "codec": CodecConfig,
+    "model": ModelConfig,
+    "loss": ForcingConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
 
 PRESETS = {
-    "tiny": dict(  # a 2-core CPU in minutes: whole short stories, and planned text-only dialogues for the text path
-        model={**MODEL_PRESETS["tiny"], "d_model": 128, "vocab_size": 1024}, codec=CODEC_PRESETS["tiny"],
-        data=dict(batch_size=4, max_frames=320, max_turns=2, planned_dialogues=200_000, planned_share=0.75),
+    # a 2-core CPU in minutes: whole short stories, and planned text-only dialogues for the text
+    # path
+    "tiny": dict(
+        model={**MODEL_PRESETS["tiny"], "d_model": 128, "vocab_size": 1024},
+        codec=CODEC_PRESETS["tiny"],
+        data=dict(
+            batch_size=4, max_frames=320, max_turns=2, planned_dialogues=200_000, planned_share=0.75
+        ),
         optim=dict(lr=2e-3, warmup=50, steps=1500),
-        run=dict(out="runs/train-tiny", ema=0.99, eval_every=200, save_every=200, keep=8, log_every=20)),
+        run=dict(
+            out="runs/train-tiny", ema=0.99, eval_every=200, save_every=200, keep=8, log_every=20
+        ),
+    ),
     "small": dict(  # one GPU, about 10 minutes, from cached latents
-        model=MODEL_PRESETS["small"], codec=CODEC_PRESETS["small"],
-        data=dict(batch_size=16, max_frames=400, max_turns=3, window=1024, build=asdict(DATA_PRESETS["small"])),
+        model=MODEL_PRESETS["small"],
+        codec=CODEC_PRESETS["small"],
+        data=dict(
+            batch_size=16,
+            max_frames=400,
+            max_turns=3,
+            window=1024,
+            build=asdict(DATA_PRESETS["small"]),
+        ),
         optim=dict(lr=1e-3, warmup=200, steps=3000),
-        run=dict(out="runs/train-small", compile=True, eval_every=500, save_every=1000, log_every=50)),
-    "base": dict(  # many GPUs: understanding layers from a Hugging Face LLM, a 48 kHz-class codec, three stages
+        run=dict(
+            out="runs/train-small", compile=True, eval_every=500, save_every=1000, log_every=50
+        ),
+    ),
+    # many GPUs: understanding layers from a Hugging Face LLM, a 48 kHz-class codec, three stages
+    "base": dict(
         model=MODEL_PRESETS["base"],
-        codec={**CODEC_PRESETS["small"], "sample_rate": 48000, "strides": (2, 4, 5, 6, 5), "latent_dim": 64},
-        data=dict(batch_size=8, max_frames=1200, max_turns=5, window=4096,
-                  tokenizer=MODEL_PRESETS["base"]["pretrained"]),  # SmolLM2: its weights with its own tokenizer
+        codec={
+            **CODEC_PRESETS["small"],
+            "sample_rate": 48000,
+            "strides": (2, 4, 5, 6, 5),
+            "latent_dim": 64,
+        },
+        data=dict(
+            batch_size=8,
+            max_frames=1200,
+            max_turns=5,
+            window=4096,
+            # SmolLM2: its weights with its own tokenizer
+            tokenizer=MODEL_PRESETS["base"]["pretrained"],
+        ),
         optim=dict(lr=1e-4, warmup=2000, steps=220000),
-        run=dict(out="runs/train-base", compile=True, parallel="fsdp", eval_every=2000, save_every=5000, log_every=100),
-        stages=[dict(name="pretrain", source="data/pretrain", steps=100000, lr=2.5e-5),
-                dict(name="dialogues", source="data/dialogues", steps=100000, lr=2.5e-5),
-                dict(name="finetune", source="data/dialogues-best", steps=20000, lr=1e-4)]),
+        run=dict(
+            out="runs/train-base",
+            compile=True,
+            parallel="fsdp",
+            eval_every=2000,
+            save_every=5000,
+            log_every=100,
+        ),
+        stages=[
+            dict(name="pretrain", source="data/pretrain", steps=100000, lr=2.5e-5),
+            dict(name="dialogues", source="data/dialogues", steps=100000, lr=2.5e-5),
+            dict(name="finetune", source="data/dialogues-best", steps=20000, lr=1e-4),
+        ],
+    ),
 }
 
 # %% ../../nbs/13_config.ipynb #6840e2e8
 def _field_types(cls) -> dict[str, set[str]]:
     "{field name: set of type names} from the (string) annotations of a dataclass."
-    return {f.name: {t.strip() for t in str(f.type).replace("Optional[", "").rstrip("]").split("|")} for f in dataclasses.fields(cls)}
+    return {
+        f.name: {t.strip() for t in str(f.type).replace("Optional[", "").rstrip("]").split("|")}
+        for f in dataclasses.fields(cls)
+    }
+
 
 def all_keys() -> list[str]:
     "Every dotted config key (`model.d_model`, `optim.lr`, ...)."
@@ -165,9 +252,12 @@ def all_keys() -> list[str]:
     return keys + ["stages"]
 
 class ConfigError(ValueError):
-    "A config that cannot be used: `key` names the field (`optim.lr`), `file` the YAML file it came from (if any)."
+    """A config that cannot be used: `key` names the field (`optim.lr`), `file` the YAML file it
+    came from (if any)."""
     def __init__(self, message: str, key: str | None = None, file=None):
-        super().__init__(message); self.key, self.file = key, None if file is None else str(file)
+        super().__init__(message)
+        self.key, self.file = key, None if file is None else str(file)
+
     __str__ = Exception.__str__  # plain text, also for the KeyError and TypeError kinds below
 
 class ConfigKeyError(ConfigError, KeyError): "An unknown config key."
@@ -175,7 +265,9 @@ class ConfigTypeError(ConfigError, TypeError): "A config value of the wrong type
 
 def _unknown(key: str) -> ConfigKeyError:
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    return ConfigKeyError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""), key=key)
+    return ConfigKeyError(
+        f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""), key=key
+    )
 
 # %% ../../nbs/13_config.ipynb #0366cd06
 def check_value(key: str, value, types: set[str]):
@@ -183,37 +275,90 @@ def check_value(key: str, value, types: set[str]):
     if value is None and "None" in types: return None
     if isinstance(value, bool):
         if "bool" in types: return value
-    elif isinstance(value, int) and ("int" in types or "float" in types): return value if "int" in types else float(value)
+    elif isinstance(value, int) and ("int" in types or "float" in types):
+        return value if "int" in types else float(value)
     elif isinstance(value, float) and "float" in types: return value
     elif isinstance(value, str):
         if "str" in types: return value
         if "float" in types:  # YAML reads 1e-3 as a string
             try: return float(value)
             except ValueError: pass
-    elif isinstance(value, (list, tuple)) and types & {"tuple", "list"}: return tuple(value) if "tuple" in types else list(value)
+    elif isinstance(value, (list, tuple)) and types & {"tuple", "list"}:
+        return tuple(value) if "tuple" in types else list(value)
     elif isinstance(value, dict) and types & {"dict", "DataConfig"}: return value
-    raise ConfigTypeError(f"config key {key!r} expects {' or '.join(sorted(types))}, got {value!r:.80} ({type(value).__name__})", key=key)
+    raise ConfigTypeError(
+        f"config key {key!r} expects {' or '.join(sorted(types))}, got {value!r:.80} "
+        f"({type(value).__name__})",
+        key=key,
+    )
 
 # %% ../../nbs/13_config.ipynb #9997e84e
-# The range of every numeric field that has one: "> 0", ">= 1", "[0, 1)" (closed / open ends), None values are skipped.
+# The range of every numeric field that has one: "> 0", ">= 1", "[0, 1)" (closed / open ends), None
+# values are skipped.
 RANGES = {
-    "data.eval_dialogues": ">= 0", "data.synthetic_dialogues": ">= 1", "data.planned_dialogues": ">= 0", "data.planned_share": "[0, 1)", "data.planned_batch_size": ">= 1",
-    "codec.n_fft": ">= 2", "codec.n_mels": ">= 1", "codec.mel_floor": "> 0", "codec.griffin_lim_iters": ">= 1",
-    "codec.vocoder_dim": ">= 1", "codec.vocoder_layers": ">= 1", "codec.pca_seconds": "> 0",
-    "model.vocab_size": ">= 1", "model.d_model": ">= 1", "model.n_heads": ">= 1", "model.n_kv_heads": ">= 1",
-    "model.n_layers": ">= 1", "model.n_gen_layers": ">= 0", "model.d_ff": ">= 1", "model.head_dim": ">= 1",
-    "model.latent_dim": ">= 1", "model.rope_theta": "> 0", "model.norm_eps": "> 0", "model.time_freqs": ">= 2",
-    "codec.sample_rate": "[1000, 384000]", "codec.latent_dim": ">= 1", "codec.encoder_channels": ">= 1",
-    "codec.decoder_channels": ">= 1", "codec.mel_weight": ">= 0", "codec.stft_weight": ">= 0", "codec.kl_weight": ">= 0",
-    "codec.adversarial_weight": ">= 0", "codec.feature_weight": ">= 0", "codec.discriminator_channels": ">= 1",
-    "codec.segment_seconds": "> 0", "codec.batch_size": ">= 1", "codec.learning_rate": "> 0", "codec.grad_clip": ">= 0",
-    "codec.save_every": ">= 1", "codec.seed": ">= 0",
-    "loss.lambda_diff": ">= 0", "loss.t_min": "[0, 1)", "loss.context_cap": "[0, 1]", "loss.clean_p": "[0, 1]", "loss.cfg_p": "[0, 1]",
-    "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup": ">= 0", "optim.steps": ">= 1", "optim.min_lr_ratio": "[0, 1]",
-    "optim.grad_clip": ">= 0", "optim.accumulate": ">= 1",
-    "run.seed": ">= 0", "run.ema": "[0, 1)", "run.eval_every": ">= 0", "run.eval_batches": ">= 1", "run.save_every": ">= 0",
-    "run.keep": ">= 0", "run.log_every": ">= 1", "run.max_bad_steps": ">= 1", "run.threads": ">= 0",
-    "stages.steps": ">= 0", "stages.lr": "> 0",
+    "data.eval_dialogues": ">= 0",
+    "data.synthetic_dialogues": ">= 1",
+    "data.planned_dialogues": ">= 0",
+    "data.planned_share": "[0, 1)",
+    "data.planned_batch_size": ">= 1",
+    "codec.n_fft": ">= 2",
+    "codec.n_mels": ">= 1",
+    "codec.mel_floor": "> 0",
+    "codec.griffin_lim_iters": ">= 1",
+    "codec.vocoder_dim": ">= 1",
+    "codec.vocoder_layers": ">= 1",
+    "codec.pca_seconds": "> 0",
+    "model.vocab_size": ">= 1",
+    "model.d_model": ">= 1",
+    "model.n_heads": ">= 1",
+    "model.n_kv_heads": ">= 1",
+    "model.n_layers": ">= 1",
+    "model.n_gen_layers": ">= 0",
+    "model.d_ff": ">= 1",
+    "model.head_dim": ">= 1",
+    "model.latent_dim": ">= 1",
+    "model.rope_theta": "> 0",
+    "model.norm_eps": "> 0",
+    "model.time_freqs": ">= 2",
+    "codec.sample_rate": "[1000, 384000]",
+    "codec.latent_dim": ">= 1",
+    "codec.encoder_channels": ">= 1",
+    "codec.decoder_channels": ">= 1",
+    "codec.mel_weight": ">= 0",
+    "codec.stft_weight": ">= 0",
+    "codec.kl_weight": ">= 0",
+    "codec.adversarial_weight": ">= 0",
+    "codec.feature_weight": ">= 0",
+    "codec.discriminator_channels": ">= 1",
+    "codec.segment_seconds": "> 0",
+    "codec.batch_size": ">= 1",
+    "codec.learning_rate": "> 0",
+    "codec.grad_clip": ">= 0",
+    "codec.save_every": ">= 1",
+    "codec.seed": ">= 0",
+    "loss.lambda_diff": ">= 0",
+    "loss.t_min": "[0, 1)",
+    "loss.context_cap": "[0, 1]",
+    "loss.clean_p": "[0, 1]",
+    "loss.cfg_p": "[0, 1]",
+    "optim.lr": "> 0",
+    "optim.weight_decay": ">= 0",
+    "optim.warmup": ">= 0",
+    "optim.steps": ">= 1",
+    "optim.min_lr_ratio": "[0, 1]",
+    "optim.grad_clip": ">= 0",
+    "optim.accumulate": ">= 1",
+    "run.seed": ">= 0",
+    "run.ema": "[0, 1)",
+    "run.eval_every": ">= 0",
+    "run.eval_batches": ">= 1",
+    "run.save_every": ">= 0",
+    "run.keep": ">= 0",
+    "run.log_every": ">= 1",
+    "run.max_bad_steps": ">= 1",
+    "run.threads": ">= 0",
+    "stages.steps": ">= 0",
+    "stages.lr": "> 0",
 }
 
 # %% ../../nbs/13_config.ipynb #84948976
@@ -224,17 +369,30 @@ def in_range(value, rule: str) -> bool:
     if rule.startswith(">="): return value >= float(rule[2:])
     if rule.startswith(">"): return value > float(rule[1:])
     lo, hi = (float(v) for v in rule[1:-1].split(","))
-    return (value >= lo if rule[0] == "[" else value > lo) and (value <= hi if rule[-1] == "]" else value < hi)
+    return (value >= lo if rule[0] == "[" else value > lo) and (
+        value <= hi if rule[-1] == "]" else value < hi
+    )
+
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # the values run.device takes
 
 def check_range(key: str, value):
-    "A ConfigError naming `key` if `value` (a number, or a tuple of numbers such as optim.betas) is out of its range."
+    """A ConfigError naming `key` if `value` (a number, or a tuple of numbers such as optim.betas)
+    is out of its range."""
     if key == "optim.betas" and (not isinstance(value, (tuple, list)) or len(value) != 2):
-        raise ConfigError(f"config key 'optim.betas' must be two numbers [beta1, beta2], got {value!r}", key=key)
+        raise ConfigError(
+            f"config key 'optim.betas' must be two numbers [beta1, beta2], got {value!r}", key=key
+        )
     if key == "run.device" and not (isinstance(value, str) and DEVICE_RE.fullmatch(value)):
-        raise ConfigError(f"config key 'run.device' must be auto, cpu, mps, cuda or cuda:N, got {value!r}", key=key)
-    rule = "[0, 1)" if key == "optim.betas" else RANGES.get(key if not key.startswith("stages[") else "stages." + key.rsplit(".", 1)[1])
+        raise ConfigError(
+            f"config key 'run.device' must be auto, cpu, mps, cuda or cuda:N, got {value!r}",
+            key=key,
+        )
+    rule = (
+        "[0, 1)"
+        if key == "optim.betas"
+        else RANGES.get(key if not key.startswith("stages[") else "stages." + key.rsplit(".", 1)[1])
+    )
     if rule is None or value is None or isinstance(value, bool): return
     for v in (value if isinstance(value, (tuple, list)) else [value]):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not in_range(v, rule):
@@ -245,12 +403,17 @@ def merge(base: dict, new: dict) -> dict:
     "`new` over `base`, nested dicts merged key by key; a copy (neither input changes)."
     out = copy.deepcopy(base)
     for k, v in new.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = (
+            merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict)
+            else copy.deepcopy(v)
+        )
     return out
 
 def _check_section(name: str, cls, values: dict) -> dict:
     types, out = _field_types(cls), {}
-    if not isinstance(values, dict): raise TypeError(f"config section {name!r} must be a mapping, got {values!r}")
+    if not isinstance(values, dict):
+        raise TypeError(f"config section {name!r} must be a mapping, got {values!r}")
     for k, v in values.items():
         if k not in types: raise _unknown(f"{name}.{k}")
         out[k] = check_value(f"{name}.{k}", v, types[k])
@@ -258,26 +421,42 @@ def _check_section(name: str, cls, values: dict) -> dict:
     return out
 
 def _build(name: str, cls, values: dict):
-    "The dataclass of one section; its own checks (in __post_init__) become ConfigErrors naming the section."
-    try: return cls(**values)
-    except ConfigError: raise
-    except (ValueError, TypeError, ZeroDivisionError) as e: raise ConfigError(f"config section {name!r}: {e}", key=name) from None
+    """The dataclass of one section; its own checks (in __post_init__) become ConfigErrors naming
+    the section."""
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise ConfigError(f"config section {name!r}: {e}", key=name) from None
 
 # %% ../../nbs/13_config.ipynb #ed905f92
 def _check_dict(d: dict) -> tuple[dict, dict | None, list]:
-    "(sections' checked values, data.build's, stages') of a nested dict: keys, types and ranges checked, nothing built."
-    if not isinstance(d, dict): raise ConfigTypeError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    """(sections' checked values, data.build's, stages') of a nested dict: keys, types and ranges
+    checked, nothing built."""
+    if not isinstance(d, dict):
+        raise ConfigTypeError(f"a config must be a mapping of sections, got {type(d).__name__}")
     for k in d:
         if k not in SECTIONS and k != "stages": raise _unknown(str(k))
     parts = {s: _check_section(s, cls, d.get(s) or {}) for s, cls in SECTIONS.items()}
     build = parts["data"].get("build")
     build = None if build is None else _check_section("data.build", DataConfig, build)
     stages = d.get("stages") or []
-    if not isinstance(stages, list): raise ConfigTypeError(f"config key 'stages' expects a list of stage mappings, got {stages!r:.80}", key="stages")
-    return parts, build, [_check_section(f"stages[{i}]", StageConfig, s) for i, s in enumerate(stages)]
+    if not isinstance(stages, list):
+        raise ConfigTypeError(
+            f"config key 'stages' expects a list of stage mappings, got {stages!r:.80}",
+            key="stages",
+        )
+    return (
+        parts,
+        build,
+        [_check_section(f"stages[{i}]", StageConfig, s) for i, s in enumerate(stages)],
+    )
+
 
 def config_from_dict(d: dict) -> Config:
-    "A Config from a nested dict (a preset, a YAML file, a saved config.yaml), every key, type and range checked."
+    """A Config from a nested dict (a preset, a YAML file, a saved config.yaml), every key, type and
+    range checked."""
     parts, build, stages = _check_dict(d)
     if build is not None: parts["data"]["build"] = _build("data.build", DataConfig, build)
     stages = [_build(f"stages[{i}]", StageConfig, s) for i, s in enumerate(stages)]
@@ -285,45 +464,66 @@ def config_from_dict(d: dict) -> Config:
 
 # %% ../../nbs/13_config.ipynb #4eaa25e7
 def parse_overrides(args: list[str]) -> dict:
-    "['--model.d_model=256', '--optim.lr', '1e-3'] -> nested dict {'model': {'d_model': 256}, 'optim': {'lr': '1e-3'}}."
+    """['--model.d_model=256', '--optim.lr', '1e-3'] -> nested dict {'model': {'d_model': 256},
+    'optim': {'lr': '1e-3'}}."""
     out, i = {}, 0
     while i < len(args):
         a = args[i]
         if not a.startswith("--"): raise ConfigError(f"expected --section.key=value, got {a!r}")
-        if "=" in a: key, text = a[2:].split("=", 1)
-        elif i + 1 < len(args): key, text = a[2:], args[i + 1]; i += 1
+        if "=" in a:
+            key, text = a[2:].split("=", 1)
+        elif i + 1 < len(args):
+            key, text = a[2:], args[i + 1]
+            i += 1
         else: raise ConfigError(f"{a} needs a value", key=a[2:])
         if key not in all_keys(): raise _unknown(key)
         node = out
         *path, leaf = key.split(".")
         for p in path: node = node.setdefault(p, {})
-        try: node[leaf] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as e: raise ConfigError(f"--{key}: {text!r:.80} is not a valid value ({str(e).splitlines()[0]})", key=key) from None
+        try:
+            node[leaf] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"--{key}: {text!r:.80} is not a valid value ({str(e).splitlines()[0]})", key=key
+            ) from None
         i += 1
     return out
 
 # %% ../../nbs/13_config.ipynb #8731897d
-def resolve(preset: str = "tiny", file: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    "The Config of `preset`, updated by a YAML `file` and then by `overrides` (dotted CLI arguments or a nested dict)."
-    if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
+def resolve(
+    preset: str = "tiny", file: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> Config:
+    """The Config of `preset`, updated by a YAML `file` and then by `overrides` (dotted CLI
+    arguments or a nested dict)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
     d = copy.deepcopy(PRESETS[preset])
     if file is not None:
         loaded = read_yaml(file)
-        try: _check_dict(loaded)  # the file's own keys, types and ranges, checked with its name in the message
+        # the file's own keys, types and ranges, checked with its name in the message
+        try: _check_dict(loaded)
         except ConfigError as e: raise type(e)(f"{file}: {e}", e.key, file) from None
         d = merge(d, loaded)
-    if overrides: d = merge(d, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+    if overrides:
+        d = merge(d, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     return config_from_dict(d)
 
 def read_yaml(path) -> dict:
-    "A YAML file of config sections (safe_load: plain data only); bad syntax or another shape is a ConfigError naming the file."
+    """A YAML file of config sections (safe_load: plain data only); bad syntax or another shape is a
+    ConfigError naming the file."""
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"config file not found: {path}")
-    try: loaded = yaml.safe_load(path.read_text())
+    try:
+        loaded = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})", file=path) from None
+        raise ConfigError(
+            f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})", file=path
+        ) from None
     loaded = {} if loaded is None else loaded
-    if not isinstance(loaded, dict): raise ConfigError(f"{path} must hold a mapping of config sections, got {type(loaded).__name__}", file=path)
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of config sections, got {type(loaded).__name__}", file=path
+        )
     return loaded
 
 def to_dict(config: Config) -> dict:
@@ -333,8 +533,10 @@ def to_dict(config: Config) -> dict:
 # %% ../../nbs/13_config.ipynb #1d90ced3
 def save_config(config: Config, path) -> Path:
     "Write the resolved config as YAML (atomically)."
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False)); os.replace(tmp, path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    os.replace(tmp, path)
     return path
 
 def load_config(path) -> Config:
@@ -342,8 +544,15 @@ def load_config(path) -> Config:
     try:
         d = read_yaml(path)
         missing = [s for s in SECTIONS if s not in d]
-        if missing: raise ConfigError(f"{path} has no {', '.join(missing)} section(s): not a complete saved config (an empty or cut file?)", missing[0], path)
-        if isinstance(d["data"], dict) and "edit_form" not in d["data"]: d["data"]["edit_form"] = "scene"  # saved before the diff form existed
+        if missing:
+            raise ConfigError(
+                f"{path} has no {', '.join(missing)} section(s): not a complete saved config (an "
+                "empty or cut file?)",
+                missing[0],
+                path,
+            )
+        if isinstance(d["data"], dict) and "edit_form" not in d["data"]:
+            d["data"]["edit_form"] = "scene"  # saved before the diff form existed
         return config_from_dict(d)
     except ConfigError as e:
         if e.file is not None: raise

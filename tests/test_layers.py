@@ -1,0 +1,89 @@
+"""The package's architecture as a test: layers imported only downward, no import cycles, no private names borrowed
+across modules, imports at the top of modules (a few deliberate lazy ones, to keep light commands free of torch)."""
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).parents[1] / "audiochat"
+LAYERS = ["core", "sim", "codec", "model", "training", "serve", "eval", "cli"]  # each imports only from its left
+# import statements of the package inside functions, each deliberate: the command and the web app answer `--help`
+# without torch (tests/test_conventions.py), and the agents and dataset records stay free of torch (the tools import it)
+LAZY_IMPORTS = {"cli": 13, "serve.app": 3, "sim.copilot": 15, "sim.data": 4}
+
+
+def _name(path: Path) -> str: return ".".join(path.relative_to(PKG).with_suffix("").parts)
+
+
+MODULES = {_name(p): p for p in PKG.rglob("*.py") if p.name not in ("_modidx.py", "__main__.py", "__init__.py")}
+
+
+def _lazy_statements(module: str) -> int:
+    "The import statements of the package's own modules inside functions of `module`."
+    tree = ast.parse(MODULES[module].read_text())
+    top = {id(n) for n in tree.body}
+    return sum(1 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and id(n) not in top
+               and (n.level or (n.module or "").startswith("audiochat")))
+
+
+def _imports(module: str) -> list[tuple[str, str | None, bool]]:
+    "(imported module, imported name or None, at module level) for every import of the package inside `module`."
+    tree = ast.parse(MODULES[module].read_text())
+    top, out = {id(n) for n in tree.body}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level: source = ".".join(module.split(".")[:-node.level] + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("audiochat."): source = node.module[len("audiochat."):]
+            else: continue
+            for a in node.names:  # `from audiochat.sim import tools` imports a module
+                target = f"{source}.{a.name}" if f"{source}.{a.name}" in MODULES else source
+                out.append((target, a.name, id(node) in top))
+        elif isinstance(node, ast.Import):
+            out += [(a.name[len("audiochat."):], None, id(node) in top) for a in node.names if a.name.startswith("audiochat.")]
+    return out
+
+
+def _layer(module: str) -> int: return LAYERS.index(module.split(".")[0])
+
+
+def test_every_module_sits_in_a_layer():
+    assert {m.split(".")[0] for m in MODULES} == set(LAYERS)
+
+
+def test_layers_import_only_downward():
+    backward = [(m, t) for m in MODULES for t, _, _ in _imports(m) if t != "" and _layer(t) > _layer(m)]
+    assert backward == []
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t, _, _ in _imports(m) if t in MODULES and t != m} for m in MODULES}
+    done, path = set(), []
+
+    def visit(m):
+        assert m not in path, f"import cycle: {' -> '.join(path[path.index(m):] + [m])}"
+        if m in done: return
+        path.append(m)
+        for t in sorted(graph[m]): visit(t)
+        path.pop(); done.add(m)
+
+    for m in sorted(graph): visit(m)
+
+
+def test_no_private_names_imported_across_modules():
+    private = [(m, t, n) for m in MODULES for t, n, _ in _imports(m) if n and n.startswith("_") and t != m]
+    assert private == []
+
+
+def test_imports_sit_at_the_top():
+    lazy = {m: n for m in MODULES if (n := _lazy_statements(m))}
+    assert all(n <= LAZY_IMPORTS.get(m, 0) for m, n in lazy.items()), lazy
+
+
+def test_lines_fit_in_100_characters():
+    "Every line of the package in 100 characters, but the `__all__` lists nbdev writes (120 wide)."
+    long = []
+    for m, path in MODULES.items():
+        in_all = False
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            in_all = in_all or line.startswith("__all__ = [")
+            if not in_all and len(line) > 100: long.append(f"{m}:{i}")
+            if in_all and line.rstrip().endswith("]"): in_all = False
+    assert long == []
