@@ -18,7 +18,8 @@ import audiochat
 CONFIG_MODULE = "training.config"  # the module whose dataclasses are the training config
 
 # %% auto #0
-__all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'codec_parser']
+__all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'codec_parser',
+           'engine_parser', 'tell_parser', 'edit_parser', 'understand_parser', 'chat_parser']
 
 # %% ../../nbs/05a_args.ipynb #27a7b3cb
 @lru_cache(None)
@@ -305,5 +306,86 @@ def codec_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="cpu")
     return p
 
+# %% ../../nbs/05a_args.ipynb #e258094d
+def engine_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every command that runs the chat engine shares (`tell`, `edit`, `understand`,
+    `chat`)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--run",
+        default=None,
+        help="a training run folder (checkpoints/latest, tokenizer/), a bundle folder or a Hub "
+        "bundle ORG/NAME (default: the model shipped with the package, audiochat/models/course)",
+    )
+    p.add_argument("--codec", default=None, help="codec folder (default: the run's data.codec)")
+    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default: 25)")
+    p.add_argument(
+        "--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)"
+    )
+    p.add_argument(
+        "--no-grammar", action="store_true", help="decode the CoT without the scene grammar"
+    )
+    p.add_argument(
+        "--retries", type=int, default=2, help="sampled retries after an invalid CoT (default: 2)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the noise and of the retries (default: 0)"
+    )
+    p.add_argument("--raw-weights", action="store_true",
+                   help="sample with the raw weights, not the run's EMA weights")
+    return p
+
+def tell_parser() -> argparse.ArgumentParser:
+    "`audiochat tell TEXT -o story.wav`"
+    p = engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
+    p.add_argument("request", help="what the story should be")
+    p.add_argument(
+        "-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)"
+    )
+    return p
+
+def edit_parser() -> argparse.ArgumentParser:
+    "`audiochat edit in.wav INSTRUCTION -o out.wav`"
+    p = engine_parser("audiochat edit", "Edit an audio file following an instruction.")
+    p.add_argument("audio", help="the audio file to edit")
+    p.add_argument("instruction", help="what to change")
+    p.add_argument(
+        "-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)"
+    )
+    return p
+
+def understand_parser() -> argparse.ArgumentParser:
+    "`audiochat understand in.wav`"
+    p = engine_parser(
+        "audiochat understand",
+        "Describe an audio file: who says what when, which sounds play when.",
+    )
+    p.add_argument("audio", help="the audio file")
+    p.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        help="SegLST JSON output (default: AUDIO_STEM.seglst.json here)",
+    )
+    return p
+
+def chat_parser() -> argparse.ArgumentParser:
+    "`audiochat chat`"
+    p = engine_parser(
+        "audiochat chat", "Chat with a trained model: a line tells a story, the next lines edit it."
+    )
+    p.add_argument(
+        "--out", default="runs/chat", help="folder for the turns' audio (default: runs/chat)"
+    )
+    return p
+
 # %% ../../nbs/05a_args.ipynb #3b839fbb
-HELP_PARSERS = {"train": train_parser, "eval": eval_parser, "codec": codec_parser}
+HELP_PARSERS = {
+    "train": train_parser,
+    "eval": eval_parser,
+    "codec": codec_parser,
+    "tell": tell_parser,
+    "edit": edit_parser,
+    "understand": understand_parser,
+    "chat": chat_parser,
+}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.args import chat_parser, edit_parser, tell_parser, understand_parser
 from audiochat.core.audio import (
     SAMPLE_RATE,
     audio_player,
@@ -66,37 +67,6 @@ def timing_line(t: Timings) -> str:
         f"diffusion {t.diffusion_steps} evaluations in {t.diffusion_seconds:.2f} s "
         f"({t.steps_per_s:.1f}/s); decode {t.decode_seconds:.2f} s"
     )
-
-
-def _engine_parser(prog: str, description: str):
-    import argparse
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument(
-        "--run",
-        default=None,
-        help="a training run folder (checkpoints/latest, tokenizer/), a bundle folder or a Hub "
-        "bundle ORG/NAME (default: the model shipped with the package, audiochat/models/course)",
-    )
-    p.add_argument("--codec", default=None, help="codec folder (default: the run's data.codec)")
-    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default: 25)")
-    p.add_argument(
-        "--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)"
-    )
-    p.add_argument(
-        "--no-grammar", action="store_true", help="decode the CoT without the scene grammar"
-    )
-    p.add_argument(
-        "--retries", type=int, default=2, help="sampled retries after an invalid CoT (default: 2)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the noise and of the retries (default: 0)"
-    )
-    p.add_argument(
-        "--raw-weights",
-        action="store_true",
-        help="sample with the raw weights, not the run's EMA weights",
-    )
-    return p
 
 # %% ../../nbs/17_ui.ipynb #6435105f
 def _engine(a) -> ChatEngine:
@@ -164,12 +134,7 @@ def _write_and_show(reply: Reply, path, engine: ChatEngine):
 
 def tell_main(argv: list[str]) -> int:
     "`audiochat tell TEXT -o story.wav --run DIR`"
-    p = _engine_parser("audiochat tell", "Tell a story: the model writes a scene, then its audio.")
-    p.add_argument("request", help="what the story should be")
-    p.add_argument(
-        "-o", "--out", default="story.wav", help="output wav (the scene goes beside it as .json)"
-    )
-    a = p.parse_args(argv)
+    a = tell_parser().parse_args(argv)
     a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
     engine = _engine(a)
     r = engine.tell(a.request)
@@ -179,13 +144,7 @@ def tell_main(argv: list[str]) -> int:
 # %% ../../nbs/17_ui.ipynb #f159ff08
 def edit_main(argv: list[str]) -> int:
     "`audiochat edit in.wav INSTRUCTION -o out.wav --run DIR`"
-    p = _engine_parser("audiochat edit", "Edit an audio file following an instruction.")
-    p.add_argument("audio", help="the audio file to edit")
-    p.add_argument("instruction", help="what to change")
-    p.add_argument(
-        "-o", "--out", default="edited.wav", help="output wav (the scene goes beside it as .json)"
-    )
-    a = p.parse_args(argv)
+    a = edit_parser().parse_args(argv)
     a.check_out, a.outputs = True, [a.out, Path(a.out).with_suffix(".json")]
     engine = _engine(a)
     r = engine.edit(a.instruction, a.audio)
@@ -194,18 +153,7 @@ def edit_main(argv: list[str]) -> int:
 
 def understand_main(argv: list[str]) -> int:
     "`audiochat understand in.wav --run DIR`: print the scene; write its speech as SegLST JSON."
-    p = _engine_parser(
-        "audiochat understand",
-        "Describe an audio file: who says what when, which sounds play when.",
-    )
-    p.add_argument("audio", help="the audio file")
-    p.add_argument(
-        "-o",
-        "--out",
-        default=None,
-        help="SegLST JSON output (default: AUDIO_STEM.seglst.json here)",
-    )
-    a = p.parse_args(argv)
+    a = understand_parser().parse_args(argv)
     out = Path(a.out or f"{Path(a.audio).stem}.seglst.json")
     a.outputs = [out, out.with_suffix("").with_suffix(".scene.json")]
     engine = _engine(a)
@@ -229,13 +177,7 @@ def chat_main(argv: list[str], stdin=None) -> int:
     "`audiochat chat --run DIR`: a read-eval-print loop over one conversation."
     import sys
 
-    p = _engine_parser(
-        "audiochat chat", "Chat with a trained model: a line tells a story, the next lines edit it."
-    )
-    p.add_argument(
-        "--out", default="runs/chat", help="folder for the turns' audio (default: runs/chat)"
-    )
-    a = p.parse_args(argv)
+    a = chat_parser().parse_args(argv)
     out = check_writable(a.out)  # before the model is loaded
     engine, stdin = _engine(a), stdin or sys.stdin
     print("type a request (a story, then edits); /understand FILE, /reset, /quit")
