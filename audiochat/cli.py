@@ -126,8 +126,7 @@ DEMO_STORY = "A 6-second story: a girl greets an old man while rain falls."
 
 def demo_edit(scene) -> str:
     """An edit of a sound the story has (its first sound effect or music, else its first voice), in
-    the
-    words of the simulated user's loudness edits (notebook 04)."""
+    the words of the simulated user's loudness edits (notebook 04)."""
     import random
 
     from audiochat.sim.copilot import describe
@@ -149,8 +148,7 @@ def absent_edit(scene) -> str:
 
 def held_out_story(folder) -> tuple:
     """The first story of StoryGen-Eval-mini (built into `folder`: one dialogue, seconds), never
-    seen
-    in training: (audio (channels, samples) at SAMPLE_RATE, its true scene)."""
+    seen in training: (audio (channels, samples) at SAMPLE_RATE, its true scene)."""
     from audiochat.core.audio import load_audio
     from audiochat.core.scene import Scene
     from audiochat.sim.data import build_eval, read_records
@@ -160,9 +158,8 @@ def held_out_story(folder) -> tuple:
 
 def chat_sections(engine, name: str, truth, heard_audio) -> list[dict]:
     """The three jobs with `engine`, as report sections titled by `name`: a story (its audio beside
-    the
-    tools' rendering of its scene), an edit of one of its sounds (the diff, before / after), an edit
-    naming a sound it lacks (answered in words by a model taught to), and the understanding of
+    the tools' rendering of its scene), an edit of one of its sounds (the diff, before / after), an
+    edit naming a sound it lacks (answered in words by a model taught to), and the understanding of
     `heard_audio` (at SAMPLE_RATE) beside its true scene `truth`."""
     from audiochat.core.audio import SAMPLE_RATE
     from audiochat.serve.ui import reply_section
@@ -191,11 +188,10 @@ def demo(
     shipped: bool = True,
 ) -> dict:
     """Render the sample scene into `out_dir` and write `report.html`. The report adds a chat (a
-    story,
-    two edits, a held-out StoryGen-Eval-mini story understood) with the shipped model (`shipped`,
-    when the package has it) and with a training run (`run`, or `tiny_run`: train one for a few
-    steps in `out_dir/tiny-run`), and their learning benchmark figures side by side when they have
-    them. Returns the paths (and `figures`, the table, when there is one)."""
+    story, two edits, a held-out StoryGen-Eval-mini story understood) with the shipped model
+    (`shipped`, when the package has it) and with a training run (`run`, or `tiny_run`: train one
+    for a few steps in `out_dir/tiny-run`), and their learning benchmark figures side by side when
+    they have them. Returns the paths (and `figures`, the table, when there is one)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

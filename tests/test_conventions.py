@@ -34,7 +34,8 @@ def _tiny_llama(folder, vocab_size: int, d_model: int = 128, n_heads: int = 4, n
 # 1. One Hub id convention
 def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
     "Codec, tokenizer, Hugging Face weights and the model load from `ORG/NAME` (and `hf:ORG/NAME`) in the offline cache."
-    from audiochat.codec.codecs import CodecConfig, hub_id, make_codec, resolve_pretrained
+    from audiochat.codec.codecs import CodecConfig, make_codec
+    from audiochat.core.io import hub_id, resolve_pretrained
     from audiochat.model.sct import AudioChatModel, preset
     from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
     from audiochat.model.transformer import config_from_hf, from_hf

@@ -63,7 +63,7 @@ def test_export_hf_refuses_a_folder_without_data(tmp_path):
 
 
 def test_resolve_pretrained(tmp_path, hub):
-    from audiochat.codec.codecs import resolve_pretrained
+    from audiochat.core.io import resolve_pretrained
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "config.json").write_text("{}")
     assert resolve_pretrained(tmp_path / "local") == tmp_path / "local"  # a local folder, as it is

@@ -9,10 +9,8 @@ Docs: https://audiochat.github.io/audiochat/codec.html.md"""
 
 # %% ../../nbs/06_codec.ipynb #3f347c12
 # Longer than the ~500 lines aimed at: one interface (`Codec`) with its two codecs (the mel codec
-# and the VAE it
-# subclasses), and the training, evaluation and latent cache every codec shares. Split by codec,
-# each half would
-# import most of the other.
+# and the VAE it subclasses), and the training, evaluation and latent cache every codec shares.
+# Split by codec, each half would import most of the other.
 from __future__ import annotations
 
 import argparse
@@ -51,6 +49,7 @@ from audiochat.core.audio import (
     save_audio,
     to_channels,
 )
+from ..core.io import atomic_write, hub_id, pick_device, resolve_pretrained
 from audiochat.core.learner import (
     Checkpoint,
     ClipGrad,
@@ -64,12 +63,11 @@ from audiochat.core.learner import (
 )
 
 # %% auto #0
-__all__ = ['PRESETS', 'HUB_ID', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
-           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'hub_id',
-           'resolve_pretrained', 'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec',
-           'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator',
-           'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files', 'AudioCrops',
-           'synthesize_audio_folder', 'pick_device', 'save_checkpoint', 'load_checkpoint', 'codec_loss', 'codec_row',
+__all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
+           'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'make_codec', 'dct_basis',
+           'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss',
+           'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files',
+           'AudioCrops', 'synthesize_audio_folder', 'save_checkpoint', 'load_checkpoint', 'codec_loss', 'codec_row',
            'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder', 'load_latents',
            'codec_main']
 
@@ -401,72 +399,16 @@ class Codec(nn.Module):
         y = self.decoder(z.reshape(b * c, d, frames)).reshape(b, c, -1)[..., :x.shape[-1]]
         return dict(reconstruction=y, kl=gaussian_kl(mean, std, dim=2), mean=mean, std=std)
 
-# %% ../../nbs/06_codec.ipynb #67b27fd9
-HUB_ID = re.compile(
-    r"(?:hf:)?(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?"
-)
-
-
-def hub_id(name_or_path) -> tuple[str, str | None] | None:
-    """(repository, revision) when `name_or_path` is written as a Hub id (`ORG/NAME`, `hf:ORG/NAME`,
-    `...@REVISION`), else None."""
-    m = HUB_ID.fullmatch(str(name_or_path))
-    if m is None or ".." in m["repo"] or "--" in m["repo"]: return None
-    return m["repo"], m["revision"]
-
-def resolve_pretrained(name_or_path, allow_patterns=None, what: str = "checkpoint") -> Path:
-    """The local folder of a pretrained checkpoint. An existing local folder is used as it is;
-    otherwise a Hub id (`ORG/NAME`, `hf:ORG/NAME`, `...@REVISION`):
-    `huggingface_hub.snapshot_download` fetches the files matching `allow_patterns` into the Hub
-    cache, or finds them there when `HF_HUB_OFFLINE=1`."""
-    s = str(name_or_path)
-    d = Path(s).expanduser()
-    if not s.startswith("hf:") and d.is_dir(): return d
-    hub = hub_id(s)
-    # `runs/x` with a local `runs/`: a path
-    here = not s.startswith("hf:") and d.parent != Path(".") and d.parent.is_dir()
-    if hub is None or here:
-        if s.startswith("hf:"):
-            raise ValueError(f"{s!r}: a Hub repository is written ORG/NAME (or hf:ORG/NAME)")
-        why = (
-            f"{d.parent}/ is a local folder, so it is not read as a Hub id (hf:{s} is)"
-            if hub
-            else "and not a Hugging Face Hub id ORG/NAME"
-        )
-        raise FileNotFoundError(f"{what} folder not found: {s} (no such folder; {why})")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    local = "" if s.startswith("hf:") else "no such local folder; "
-    try:
-        return Path(snapshot_download(hub[0], revision=hub[1], allow_patterns=allow_patterns))
-    # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
-    except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f"{what} {s}: {local}not in the local Hugging Face cache and the Hub cannot be reached "
-            f"({str(e)[:200]})"
-        ) from None
-    except HfHubHTTPError as e:  # unknown repository, gated or private without a token
-        raise FileNotFoundError(f"{what} {s}: {local}the Hub refused it ({str(e)[:200]})") from None
-
 # %% ../../nbs/06_codec.ipynb #7f68be0b
-def _atomic_write(path: Path, write) -> Path:
-    """Call `write(tmp_path)`, then move the temporary file onto `path`: readers never see a
-    half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
 def _save_pretrained(self, directory) -> Path:
     "Write `config.json` and `model.safetensors` into `directory`; returns it."
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-    _atomic_write(
+    atomic_write(
         d / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"})
     )
-    _atomic_write(
+    atomic_write(
         d / "config.json",
         lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"),
     )
@@ -976,14 +918,6 @@ def synthesize_audio_folder(
     return paths
 
 # %% ../../nbs/06_codec.ipynb #b7a76ddf
-def pick_device(name: str = "auto") -> torch.device:
-    "`name` as a torch device; 'auto' picks cuda, then mps, then cpu."
-    if name != "auto": return torch.device(name)
-    if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
 def save_checkpoint(
     folder, model, optimizer, state: dict, discriminator=None, optimizer_d=None
 ) -> Path:
@@ -1000,8 +934,8 @@ def save_checkpoint(
         )
         t, state["param_groups_d"] = optimizer_tensors(optimizer_d, "discriminator")
         tensors.update(t)
-    _atomic_write(d / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
-    _atomic_write(
+    atomic_write(d / "optimizer.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write(
         d / "trainer_state.json", lambda p: p.write_text(json.dumps(state, indent=1) + "\n")
     )
     return d
@@ -1223,7 +1157,7 @@ def encode_folder(
 
     def flush():
         name = f"latents-{len(index['shards']):05d}.safetensors"
-        _atomic_write(out / name, lambda p: save_file(shard, str(p)))
+        atomic_write(out / name, lambda p: save_file(shard, str(p)))
         index["shards"].append(name)
         shard.clear()
 
@@ -1248,11 +1182,11 @@ def encode_folder(
     if shard: flush()
     mean = total / frames_seen
     std = (total_sq / frames_seen - mean ** 2).clamp(min=0).sqrt()
-    _atomic_write(
+    atomic_write(
         out / "stats.safetensors",
         lambda p: save_file(dict(mean=mean.float(), std=std.float()), str(p)),
     )
-    _atomic_write(out / "index.json", lambda p: p.write_text(json.dumps(index, indent=1) + "\n"))
+    atomic_write(out / "index.json", lambda p: p.write_text(json.dumps(index, indent=1) + "\n"))
     return index
 
 # %% ../../nbs/06_codec.ipynb #41b64d53

@@ -68,9 +68,8 @@ def _default(value: ast.expr | None) -> str:
 
 def config_fields() -> dict[str, tuple[str, str, str]]:
     """{dotted key: (type, default, comment)} of every training config key, read from the
-    dataclasses'
-    source without importing them (nor torch). The defaults are the dataclasses'; a preset changes
-    some (`train --show-config`)."""
+    dataclasses' source without importing them (nor torch). The defaults are the dataclasses'; a
+    preset changes some (`train --show-config`)."""
     config = _tree(CONFIG_MODULE)
     home = {
         a.asname or a.name: _absolute(n, CONFIG_MODULE)

@@ -155,8 +155,8 @@ class Schedule(Callback):
 # %% ../../nbs/12_learner.ipynb #bf2ee4d0
 class GradientAccumulation(Callback):
     """`n` micro-batches per optimiser step: the gradient of n times the batch. Under DDP the
-    processes
-    average their gradients only after the last micro-batch (`no_sync` around the others)."""
+    processes average their gradients only after the last micro-batch (`no_sync` around the others).
+    """
     def __init__(self, n: int): self.n = n
     def before_fit(self, learn): learn.accumulate = self.n
     def before_batch(self, learn):
@@ -461,9 +461,8 @@ def rng_tensors() -> dict:
 # %% ../../nbs/12_learner.ipynb #3bc2d239
 def write_checkpoint(out, step: int, fill, keep: int = 2) -> Path:
     """Make `out/checkpoints/step-NNNNNNN` with `fill(folder)` (which writes `trainer_state.json`
-    among
-    its files) under a temporary name, rename it and point `latest` at it (both atomic); keep the
-    last `keep` (<= 0: all)."""
+    among its files) under a temporary name, rename it and point `latest` at it (both atomic); keep
+    the last `keep` (<= 0: all)."""
     ckdir = Path(out) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
@@ -507,8 +506,7 @@ def latest_checkpoint(out) -> Path | None:
 # %% ../../nbs/12_learner.ipynb #37d6c6eb
 class Checkpoint(Callback):
     """`save(learn)` -> path of a checkpoint, every `every` steps (0: never; not right after a
-    skipped
-    step) and at the end of a run whose last step has none; the path goes to
+    skipped step) and at the end of a run whose last step has none; the path goes to
     state['last_checkpoint']."""
     order = 70
     def __init__(self, save, every: int = 0): self.save, self.every = save, every

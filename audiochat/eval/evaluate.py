@@ -10,8 +10,8 @@ Docs: https://audiochat.github.io/audiochat/eval.html.md"""
 
 # %% ../../nbs/20_eval.ipynb #6f8e6de5
 # Longer than the ~500 lines aimed at: the harness runs every system the paper's tables compare
-# (ground truth, codec
-# ceiling, cascade, checkpoints) and writes the four tables; each system is a small class.
+# (ground truth, codec ceiling, cascade, checkpoints) and writes the four tables; each system is a
+# small class.
 from __future__ import annotations
 
 import argparse
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codec.codecs import Codec, pick_device
+from ..codec.codecs import Codec
 from ..core.args import eval_parser
 from ..core.audio import SAMPLE_RATE, check_audio, resample, to_channels
+from ..core.io import pick_device
 from ..core.scene import Scene, SceneError, Source, to_seglst
 from audiochat.eval.metrics import (
     ClapEmbedder,
@@ -753,8 +754,7 @@ def evaluate(
     systems, split, scorer, dialogues: int | None = None, progress: bool = True, embedder=None
 ) -> dict:
     """Evaluate `systems` (System objects or `make_system` specs) on the first `dialogues` dialogues
-    of
-    the built `split` folder with `scorer`; returns the per-turn results and the reference story
+    of the built `split` folder with `scorer`; returns the per-turn results and the reference story
     embeddings (for KAD and FAD), from `embedder` (clips -> (N, D), e.g. a `ClapEmbedder`) when
     given, else from the scorer."""
     from tqdm.auto import tqdm

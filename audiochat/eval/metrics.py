@@ -7,9 +7,8 @@ Docs: https://audiochat.github.io/audiochat/metrics.html.md"""
 
 # %% ../../nbs/19_metrics.ipynb #8a374544
 # Longer than the ~500 lines aimed at: the scoring metrics need the frame-wise scorer they are
-# defined with; the
-# scorer's training runs on `fit`. The two halves are kept in one lesson because neither is usable
-# alone.
+# defined with; the scorer's training runs on `fit`. The two halves are kept in one lesson because
+# neither is usable alone.
 from __future__ import annotations
 
 import logging
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..codec.codecs import hub_id, resolve_pretrained
 from ..core.audio import resample
+from ..core.io import hub_id, resolve_pretrained
 from ..core.scene import Scene, to_seglst
 from ..sim.copilot import random_story, simulate_dialogue
 from ..sim.data import dialogue_seed, dialogue_subtasks, eval_config
@@ -752,9 +751,8 @@ def train_scorer(
     log_every: int = 0,
 ) -> tuple[TinyFLAM, list[float]]:
     """Train a `TinyFLAM` on `(mix, labels)` examples with the frame-wise sigmoid loss (through
-    `fit`);
-    the last `held_out` phrasings stay unseen. Augmentation: a random gain within +-`gain_db` per
-    crop, a `silence` fraction of silent crops. A NaN/inf loss stops training with a
+    `fit`); the last `held_out` phrasings stay unseen. Augmentation: a random gain within
+    +-`gain_db` per crop, a `silence` fraction of silent crops. A NaN/inf loss stops training with a
     FloatingPointError."""
     if not examples: raise ValueError("train_scorer needs at least one example")
     torch.manual_seed(seed)

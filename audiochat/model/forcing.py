@@ -468,9 +468,8 @@ def span_denoiser(
     seed: int = 0,
 ):
     """A `denoise_fn` for `diffusion.sample` that generates audio span `span_id` of every row (each
-    row
-    must have the same number of frames in it). Other spans keep their latents, clean or noised to
-    `history_t` (with fixed noise); text is as in the batch. Returns (denoise_fn, shape of the
+    row must have the same number of frames in it). Other spans keep their latents, clean or noised
+    to `history_t` (with fixed noise); text is as in the batch. Returns (denoise_fn, shape of the
     span's latents (B, F, D))."""
     lay = batch.layout
     sel = lay.audio & (lay.span == span_id)

@@ -147,9 +147,8 @@ def _can_reach(number: bytes, done: bool, lo: float, hi: float) -> bool:
 # %% ../../nbs/15_grammar.ipynb #0bf885f6
 class SceneGrammar:
     """Prefix checks of UTF-8 bytes against the canonical scene JSON grammar, plus the scene's
-    numeric
-    rules on the numbers written so far (start < end <= duration <= max_seconds, loudness >= -60
-    LUFS, unique ids)."""
+    numeric rules on the numbers written so far (start < end <= duration <= max_seconds, loudness >=
+    -60 LUFS, unique ids)."""
     def __init__(self, pattern: str = SCENE_GRAMMAR, max_seconds: float = 119.99):
         if not 0.01 <= max_seconds <= 119.99:
             raise ValueError(f"max_seconds must be in [0.01, 119.99], got {max_seconds}")

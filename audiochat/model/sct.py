@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..codec.codecs import resolve_pretrained
+from ..core.io import atomic_write, resolve_pretrained
 from audiochat.model.transformer import (
     MLP,
     Attention,
@@ -352,17 +352,13 @@ class AudioChatModel(
         plan: torch.Tensor | None = None,
     ) -> AudioChatOutput:
         """Text logits and diffusion predictions for a mixed sequence. tokens (B, T) long, latents
-        (B, T, latent_dim),
-        t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses FlexAttention block
-        masks.
-        With `cache` (from `new_cache()`) the positions continue the cached context; `commit=False`
-        leaves the cache
-        unchanged (a diffusion sampler's repeated evaluations of one span). `logits_at` (bool (B,
-        T)): text logits
-        only at these positions, as (N, vocab) in row-major order (what a loss reads; the LM head is
-        a large matmul).
-        `plan` (B, T, plan_features): the scene at each audio frame, for a model built with
-        `plan_features` (else ignored)."""
+        (B, T, latent_dim), t (B, T) diffusion time at audio positions, layout: Layout. `flex` uses
+        FlexAttention block masks. With `cache` (from `new_cache()`) the positions continue the
+        cached context; `commit=False` leaves the cache unchanged (a diffusion sampler's repeated
+        evaluations of one span). `logits_at` (bool (B, T)): text logits only at these positions, as
+        (N, vocab) in row-major order (what a loss reads; the LM head is a large matmul). `plan` (B,
+        T, plan_features): the scene at each audio frame, for a model built with `plan_features`
+        (else ignored)."""
         self.check_inputs(tokens, latents, t, layout)
         self._check_cache(cache, text_only=False)
         c = self.config
@@ -507,11 +503,12 @@ def save(self: AudioChatModel, directory):
     from safetensors.torch import save_model
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_model(self, str(tmp))
-    (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-    # atomic: a half-written file never has the final name
-    tmp.replace(directory / "model.safetensors")
+    atomic_write(directory / "model.safetensors", lambda p: save_model(self, str(p)))
+    atomic_write(
+        directory / "config.json",
+        lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2)),
+    )
+
 
 @patch(cls_method=True)
 def load(cls: AudioChatModel, directory, device=None) -> AudioChatModel:

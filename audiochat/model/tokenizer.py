@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from ..codec.codecs import resolve_pretrained
+from ..core.io import resolve_pretrained
 from ..core.scene import Scene, Source, diff
 from ..sim.copilot import SUBTASKS, TemplateLLM, UserSimulator, seed_text
 
@@ -249,9 +249,8 @@ def special_token_ids(tokenizer) -> dict[str, int]:
 # %% ../../nbs/07_tokenizer.ipynb #9867ee5a
 def add_special_tokens(tokenizer) -> int:
     """Add the role, turn and audio-span tokens to a (pretrained) tokenizer, plus a pad token if it
-    has
-    none. Existing bos/eos are kept (the pretrained model was trained with them); ours are used only
-    where missing. Returns the number of tokens added: grow the model's embedding table to
+    has none. Existing bos/eos are kept (the pretrained model was trained with them); ours are used
+    only where missing. Returns the number of tokens added: grow the model's embedding table to
     `len(tokenizer)`."""
     before = len(tokenizer)
     extra = {}
@@ -277,8 +276,7 @@ TOKENIZER_FILES = [
 
 def load_tokenizer(path: str | Path):
     """Load a tokenizer saved with `save_pretrained` (ours or any Hugging Face one) and add the
-    special
-    tokens; `path` is a folder or a Hub id `ORG/NAME` (`hf:ORG/NAME` too)."""
+    special tokens; `path` is a folder or a Hub id `ORG/NAME` (`hf:ORG/NAME` too)."""
     path = resolve_pretrained(path, TOKENIZER_FILES, what="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(path)
     add_special_tokens(tokenizer)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..codec.codecs import hub_id, resolve_pretrained
 from ..core.audio import inside
+from ..core.io import hub_id, resolve_pretrained
 
 # %% auto #0
 __all__ = ['TEXT', 'AUDIO', 'CAUSAL', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', 'TransformerConfig', 'RMSNorm', 'rope_frequencies',
@@ -306,8 +306,7 @@ CAUSAL = "causal"
 
 def plain_causal(layout: Layout) -> bool:
     """Whether `layout` is plain causal text: all text, one document per row, padding only at the
-    end
-    of a row, nothing isolated. Then the causal rule alone gives every real position what
+    end of a row, nothing isolated. Then the causal rule alone gives every real position what
     `build_mask` does (a padding position may see other padding, and no real position ever sees it).
     """
     lay = layout

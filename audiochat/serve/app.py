@@ -67,8 +67,8 @@ class Session:
 
     def __deepcopy__(self, memo):
         """A copy for another browser (Gradio deep-copies a state's first value for each session):
-        the same model and
-        lock, the conversation so far in lists of its own, a folder of its own, no plan waiting."""
+        the same model and lock, the conversation so far in lists of its own, a folder of its own,
+        no plan waiting."""
         other = copy.copy(self)
         other.engine = copy.copy(self.engine)
         other.engine.history, other.engine.replies = (
@@ -85,8 +85,7 @@ MAX_UPLOAD_MB = 20
 
 def one_line(err: BaseException, limit: int = 300) -> str:
     """An exception as one short line for the page: whitespace collapsed, folders of the server's
-    paths
-    left out (`/tmp/gradio/…/rain.wav` shows as `rain.wav`), cut at `limit` characters."""
+    paths left out (`/tmp/gradio/…/rain.wav` shows as `rain.wav`), cut at `limit` characters."""
     import re
     text = " ".join(str(err).split()) or type(err).__name__
     text = re.sub(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"()]+)+[\\/]([^\s\\/'\"()]+)", r"\1", text)
@@ -188,8 +187,7 @@ def tell(session: Session, request: str) -> tuple[str, str, object, str]:
 # %% ../../nbs/18_app.ipynb #aed71a17
 def plan(session: Session, request: str, audio=None) -> tuple[str, str]:
     """The scene the model plans for `request`, as JSON to read and change before `render`: an edit
-    of
-    the uploaded `audio` (a file) or of the conversation's last audio; a story when there is
+    of the uploaded `audio` (a file) or of the conversation's last audio; a story when there is
     neither. Returns (scene JSON, status); an edit answered in words returns no scene, the words in
     the status, and the turn joins the conversation."""
     if not (request or "").strip(): raise ValueError("type a request first")
@@ -209,9 +207,8 @@ def plan(session: Session, request: str, audio=None) -> tuple[str, str]:
 # %% ../../nbs/18_app.ipynb #5a4a9f55
 def render(session: Session, scene_json: str) -> tuple[str, object, str]:
     """Render the planned turn with the scene in `scene_json` (the plan, changed by hand or not):
-    the
-    audio follows that scene and the turn joins the conversation. Returns (wav path, figure, status
-    line)."""
+    the audio follows that scene and the turn joins the conversation. Returns (wav path, figure,
+    status line)."""
     try: scene = Scene.from_json(scene_json or "")
     except ValueError as err: raise ValueError(f"the scene is not valid: {one_line(err)}") from None
     with session.lock:
@@ -246,9 +243,8 @@ def _forget(session):
 
 def _handler(gr, fn, engine, folder: Path, lock):
     """`fn(session, *inputs)` as a Gradio event handler: the browser's `Session` is made on its
-    first
-    request, and bad input (a ValueError, a file that cannot be read) comes back as a one-line error
-    on the page."""
+    first request, and bad input (a ValueError, a file that cannot be read) comes back as a one-line
+    error on the page."""
     from functools import wraps
     # the page's API names its parameters after fn's (request, audio, ...), not param_1, param_2
     @wraps(fn)
@@ -406,9 +402,8 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
 # %% ../../nbs/18_app.ipynb #027efe4c
 def _clean_on_close(app):
     """`app.close()` (also called at exit, and by Gradio on Ctrl-C) then deletes what the page left
-    on
-    disk: the files Gradio cached for it in GRADIO_TEMP_DIR (answers and uploads, with their emptied
-    folders) and the sessions' folder."""
+    on disk: the files Gradio cached for it in GRADIO_TEMP_DIR (answers and uploads, with their
+    emptied folders) and the sessions' folder."""
     import atexit
     close = app.close
     def close_and_clean(*args, **kwargs):

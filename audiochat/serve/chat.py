@@ -19,15 +19,9 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 
-from audiochat.codec.codecs import (
-    Codec,
-    codec_preset,
-    hub_id,
-    load_latents,
-    make_codec,
-    resolve_pretrained,
-)
+from ..codec.codecs import Codec, codec_preset, load_latents, make_codec
 from ..core.audio import FRAME_RATE, load_audio
+from ..core.io import hub_id, resolve_pretrained
 from ..core.scene import Edit, Scene, SceneError
 from ..model.diffusion import sample
 from audiochat.model.forcing import (
@@ -201,16 +195,15 @@ def checked_request(text: str, what: str = "request") -> str:
 # %% ../../nbs/16_chat.ipynb #e08d2b12
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds
-    the
-    turns and `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`, `grammar`
-    (constrained CoT), `retries` (sampled retries after an invalid CoT), `temperature` (of the
-    retries), `max_new_tokens`, `max_seconds`, `default_seconds` (story length for a model without
-    CoT), `vocabulary` ("known": the grammar allows only the tools' speakers, emotions and captions
-    and the data's ids; "free": any strings). Every reply's scene lasts at most `max_seconds` and
-    its audio is exactly as long as its scene. A run trained without CoT (`data.cot=False`, and
-    every DiT) has `thinks` False: it renders audio straight from the request and cannot describe
-    audio. A run trained with requests about missing sounds (`data.refusals > 0`) has `answers`
-    True: it may answer an edit in words."""
+    the turns and `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`,
+    `grammar` (constrained CoT), `retries` (sampled retries after an invalid CoT), `temperature` (of
+    the retries), `max_new_tokens`, `max_seconds`, `default_seconds` (story length for a model
+    without CoT), `vocabulary` ("known": the grammar allows only the tools' speakers, emotions and
+    captions and the data's ids; "free": any strings). Every reply's scene lasts at most
+    `max_seconds` and its audio is exactly as long as its scene. A run trained without CoT
+    (`data.cot=False`, and every DiT) has `thinks` False: it renders audio straight from the request
+    and cannot describe audio. A run trained with requests about missing sounds (`data.refusals >
+    0`) has `answers` True: it may answer an edit in words."""
 
     def __init__(
         self,
@@ -299,9 +292,8 @@ class ChatEngine:
         cls, run_dir, codec_dir=None, device="cpu", ema: bool = True, **settings
     ) -> ChatEngine:
         """An engine for the latest checkpoint of the training run in `run_dir` (codec: `codec_dir`
-        or the run's data.codec);
-        a bundle (`save_pretrained`: a folder, or a Hub id `ORG/NAME`) is loaded with
-        `from_pretrained`."""
+        or the run's data.codec); a bundle (`save_pretrained`: a folder, or a Hub id `ORG/NAME`) is
+        loaded with `from_pretrained`."""
         if (Path(run_dir) / "bundle.json").exists() or (
             hub_id(run_dir) and (str(run_dir).startswith("hf:") or not Path(run_dir).exists())
         ):
@@ -638,10 +630,9 @@ def edit(self: ChatEngine, instruction: str, audio=None, sample_rate: int | None
 @patch
 def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply:
     """The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which
-    sounds
-    play when. The model hears the audio alone, as in training (an understanding example opens its
-    dialogue); the turn then joins the conversation, and an edit that follows changes the scene
-    heard."""
+    sounds play when. The model hears the audio alone, as in training (an understanding example
+    opens its dialogue); the turn then joins the conversation, and an edit that follows changes the
+    scene heard."""
     if not self.thinks:
         raise ValueError(
             "this model was trained without a chain of thought: it cannot describe audio"
@@ -802,9 +793,8 @@ def headline(learning: dict) -> list[tuple[str, float | None, float | None]]:
 
 def headline_table(columns: dict) -> str:
     """A markdown table of `headline` figures side by side: `columns` maps a column name to a
-    learning
-    benchmark's figures (a dict) or to a run or bundle folder holding `learning.json`. "a / b":
-    without / with the grammar."""
+    learning benchmark's figures (a dict) or to a run or bundle folder holding `learning.json`. "a /
+    b": without / with the grammar."""
     read = lambda v: (
         v if isinstance(v, dict) else json.loads((Path(v) / "learning.json").read_text())
     )

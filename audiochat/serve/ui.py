@@ -22,6 +22,7 @@ from audiochat.core.audio import (
     save_audio,
     show_jpeg,
 )
+from ..core.io import atomic_write, check_writable
 from ..core.scene import Scene, SceneError, edited_spans, to_seglst
 from audiochat.serve.chat import (
     MAX_RETRIES,
@@ -31,7 +32,6 @@ from audiochat.serve.chat import (
     Reply,
     Timings,
 )
-from ..sim.data import check_writable
 from ..sim.tools import render
 
 # %% auto #0
@@ -297,10 +297,9 @@ def reply_section(
     reply: Reply, before: Reply | None = None, truth: Scene | None = None, rendered: bool = False
 ) -> dict:
     """A report section for a chat reply; an edit with the reply it changed (`before`) also shows
-    the
-    audio before it. `truth`: the scene an understood audio really has, shown beside what the model
-    heard. `rendered`: a reply with audio also gets the tools' rendering of its scene (notebook 03),
-    what its audio should sound like."""
+    the audio before it. `truth`: the scene an understood audio really has, shown beside what the
+    model heard. `rendered`: a reply with audio also gets the tools' rendering of its scene
+    (notebook 03), what its audio should sound like."""
     s = dict(
         title=f"{reply.task}",
         request=reply.request,
@@ -362,11 +361,7 @@ def write_report(
         f"charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head>"
         f"<body><h1>{html.escape(title)}</h1><p>{html.escape(note)}</p>{body}</body></html>\n"
     )
-    path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return atomic_write(out / "report.html", lambda p: p.write_text(page))
 
 # %% ../../nbs/17_ui.ipynb #f13fbeec
 def show_reply(

@@ -8,8 +8,7 @@ Docs: https://audiochat.github.io/audiochat/copilot.html.md"""
 
 # %% ../../nbs/04_copilot.ipynb #38b03e31
 # Longer than the ~500 lines aimed at: the agents' loop, the LLM backends and the offline template
-# grammar that
-# plays both agents; the edit subtasks are one small function each.
+# grammar that plays both agents; the edit subtasks are one small function each.
 from __future__ import annotations
 
 import copy
@@ -111,8 +110,7 @@ def call_tool(tools, call: dict) -> dict:
 # %% ../../nbs/04_copilot.ipynb #d7a7280d
 def run_agent(llm, messages: list[dict], tools=None, max_steps: int = 8) -> list[dict]:
     """The tool-calling loop: ask `llm`, run its tool calls on `tools`, feed the results back, until
-    a
-    reply without tool calls. Returns the new messages (the last one is the final answer); raises
+    a reply without tool calls. Returns the new messages (the last one is the final answer); raises
     `AgentError` after `max_steps` replies."""
     new = []
     schemas = tools.schemas() if tools is not None else None
@@ -1338,9 +1336,8 @@ def _request_vocabulary() -> list[tuple[str, str, tuple]]:
 
 def read_request(request: str) -> dict:
     """What a story request asks for, read with the generator's vocabulary: the quoted lines, the
-    sound
-    classes and music moods it names or implies, the speakers it names (by preset name or character)
-    and the seconds it asks for."""
+    sound classes and music moods it names or implies, the speakers it names (by preset name or
+    character) and the seconds it asks for."""
     rest = _QUOTED.sub(" ", request).lower()
     out = dict(
         quotes=_QUOTED.findall(request), sfx=set(), music=set(), speakers=set(), seconds=None
@@ -1359,9 +1356,8 @@ def read_request(request: str) -> dict:
 
 def check_request(request: str, scene: Scene) -> str | None:
     """None if `request` is true to `scene`: every quoted line is said, the sounds and music named
-    or
-    implied are exactly the scene's, the speakers named are exactly its speakers, a duration asked
-    for is its duration rounded to whole seconds. Else a message saying what is wrong."""
+    or implied are exactly the scene's, the speakers named are exactly its speakers, a duration
+    asked for is its duration rounded to whole seconds. Else a message saying what is wrong."""
     got, (sfx, mood) = read_request(request), scene_sounds(scene)
     said = {s.text for s in scene.sources if s.kind == "speech"}
     if bad := [q for q in got["quotes"] if q not in said]:
@@ -1755,9 +1751,8 @@ def missing_source_request(scene: Scene, rng: random.Random) -> tuple[str, str]:
 
 def heard_scene(scene: Scene, seconds: float) -> Scene:
     """The part of `scene` inside its first `seconds` (sources cut at that time, later ones
-    dropped):
-    the right answer for understanding when training keeps only the first `data.max_frames` frames
-    of the audio."""
+    dropped): the right answer for understanding when training keeps only the first
+    `data.max_frames` frames of the audio."""
     import dataclasses as dc
     if seconds >= scene.duration: return scene
     keep = [

@@ -19,17 +19,18 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..core.scene import Scene
-from .copilot import SUBTASKS, simulate_dialogue
 # audiochat.core.audio (torch) is imported inside the functions that read or write audio: `audiochat
 # data --help` stays light
+from ..core.io import check_writable
+from ..core.scene import Scene
+from .copilot import SUBTASKS, simulate_dialogue
 
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
            'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
            'build_shard', 'build', 'summarize', 'format_summary', 'checked_record', 'read_records', 'load_turn',
-           'format_dialogue', 'eval_config', 'build_eval', 'build_samples', 'check_writable', 'damaged_shards',
-           'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
+           'format_dialogue', 'eval_config', 'build_eval', 'build_samples', 'damaged_shards', 'turns_in', 'export_hf',
+           'write_hub_folder', 'data_main']
 
 # %% ../../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed
@@ -313,9 +314,8 @@ def checked_record(r, where: str, folder: Path) -> dict:
 
 def read_records(out):
     """Iterate over the dialogue records of a built dataset (finished shards only), audio paths
-    joined
-    to the shard folder; a path that leads outside it (`../..`, an absolute path) is a ValueError
-    naming the record."""
+    joined to the shard folder; a path that leads outside it (`../..`, an absolute path) is a
+    ValueError naming the record."""
     out = Path(out)
     shards = [f / "records.jsonl" for f in finished_shards(out)]
     if not shards:
@@ -406,19 +406,6 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     return summarize(out)
 
 # %% ../../nbs/05_data.ipynb #38c67ea9
-def check_writable(folder) -> Path:
-    """Create `folder` and write a probe file in it, before any work: a ValueError naming it when it
-    cannot be written."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
-    return folder
-
 def damaged_shards(data) -> list[Path]:
     """Shard folders of `data` that are not complete (`stats.json` or `records.jsonl` missing,
     damaged or disagreeing)."""
@@ -437,8 +424,7 @@ def turns_in(shard) -> int | None:
 
 def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows: int = 500):
     """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hub-ready
-    dataset
-    folder `out` (parquet shards and a dataset card, `write_hub_folder`) that
+    dataset folder `out` (parquet shards and a dataset card, `write_hub_folder`) that
     `datasets.load_dataset(out)` reads, and `load_dataset("ORG/NAME")` once uploaded
     (`huggingface_hub.upload_folder`); returns it loaded. One row per turn with the dialogue id,
     split, turn index, the user's request, the subtask, the scene as JSON, the designer's answer and
@@ -492,9 +478,8 @@ def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows:
             _hf_rows, features=features, gen_kwargs=dict(data=str(data)), cache_dir=cache_dir or tmp
         )
         # the FLAC bytes go in as they are; casting (not encoding) makes the column an `Audio`
-        # feature, which needs no
-        # audio encoder (recent `datasets` wants `torchcodec` to encode, but not to cast stored
-        # bytes)
+        # feature, which needs no audio encoder (recent `datasets` wants `torchcodec` to encode, but
+        # not to cast stored bytes)
         ds = ds.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
         write_hub_folder(ds, out, shard_rows)
     return datasets.load_dataset(str(out))

@@ -8,9 +8,8 @@ Docs: https://audiochat.github.io/audiochat/tools.html.md"""
 
 # %% ../../nbs/03_tools.ipynb #2171bc0d
 # Longer than the ~500 lines aimed at: a third of it is the tables of voices, sounds and moods
-# (data, not logic);
-# speech, synthesis and the mixer meet in `render`, which is the one thing the rest of the package
-# calls.
+# (data, not logic); speech, synthesis and the mixer meet in `render`, which is the one thing the
+# rest of the package calls.
 from __future__ import annotations
 
 import dataclasses
@@ -1061,8 +1060,7 @@ BUILTIN_SOUNDS = frozenset(SOUND_EFFECTS)
 
 def register_sound(name: str, synth, paraphrases, caption: str | None = None) -> SoundEffect:
     """Add sound-effect class `name`: `synth(n_samples, rng) -> np.ndarray` makes it, `paraphrases`
-    are
-    how people ask for it (the first is the caption unless `caption` is given). Returns the new
+    are how people ask for it (the first is the caption unless `caption` is given). Returns the new
     `SoundEffect`."""
     key = _key(name) if isinstance(name, str) else ""
     if not key: raise ValueError(f"register_sound: name must be a non-empty string, got {name!r}")

@@ -22,6 +22,7 @@ import yaml
 
 from ..codec.codecs import PRESETS as CODEC_PRESETS
 from ..codec.codecs import CodecConfig
+from ..core.io import atomic_write
 from ..model.forcing import ForcingConfig
 from ..model.sct import PRESETS as MODEL_PRESETS
 from ..model.sct import ModelConfig
@@ -533,11 +534,8 @@ def to_dict(config: Config) -> dict:
 # %% ../../nbs/13_config.ipynb #1d90ced3
 def save_config(config: Config, path) -> Path:
     "Write the resolved config as YAML (atomically)."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    return atomic_write(path, lambda p: p.write_text(text))
 
 def load_config(path) -> Config:
     "A Config saved by `save_config`; any problem is a ConfigError naming the file (and the key)."

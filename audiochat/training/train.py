@@ -33,9 +33,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..codec.codecs import Codec, load_latents, pick_device
+from ..codec.codecs import Codec, load_latents
 from ..core.args import train_parser
 from ..core.audio import load_audio, mel_spectrogram
+from ..core.io import atomic_write, pick_device
 from audiochat.core.learner import (
     EMA,
     Checkpoint,
@@ -313,10 +314,9 @@ class DialogueSource:
 
     def turns(self, i: int) -> list[Turn]:
         """Example `i` as Turns. A dialogue: user request; assistant scene JSON (the plan;
-        `NO_COT_TEXT` without CoT) +
-        the turn's audio latents; maybe a request about a missing sound and its answer in words,
-        after any turn. An understanding
-        example: `UNDERSTAND_PROMPT` with the story's audio; the story's scene as text."""
+        `NO_COT_TEXT` without CoT) + the turn's audio latents; maybe a request about a missing sound
+        and its answer in words, after any turn. An understanding example: `UNDERSTAND_PROMPT` with
+        the story's audio; the story's scene as text."""
         if self.source == "synthetic":
             return synthetic_dialogue(
                 self.entries[i][1], self.latent_dim, self.max_frames, self.max_turns
@@ -667,9 +667,8 @@ def check_leftovers(out, config: Config):
 def write_data_key(out, config: Config):
     """Record in `out/data.json` what the run's tokenizer, statistics and codec are made for
     (`data_key`)."""
-    tmp = Path(out) / ".data.json.tmp"
-    tmp.write_text(json.dumps(data_key(config), indent=1) + "\n")
-    os.replace(tmp, Path(out) / "data.json")
+    text = json.dumps(data_key(config), indent=1) + "\n"
+    atomic_write(Path(out) / "data.json", lambda p: p.write_text(text))
 
 
 def clean_temporary(out):
@@ -751,9 +750,8 @@ def load_checkpoint(path) -> dict:
 # %% ../../nbs/14_train.ipynb #58db0478
 def load_run_model(path, device=None, ema: bool = True) -> AudioChatModel:
     """The model of checkpoint folder `path`, every file checked (`RunFolderError` naming it).
-    `ema`:
-    sample with the EMA weights when the checkpoint has them (`model.weights` says "ema" or "raw").
-    """
+    `ema`: sample with the EMA weights when the checkpoint has them (`model.weights` says "ema" or
+    "raw")."""
     path = Path(path)
     try:
         mc = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
@@ -934,9 +932,8 @@ def denoise_preview(
     model, batch, config: Config, t: float = 0.5, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean, estimate): the latents (frames, D) of the last audio span of the batch's first row,
-    and
-    the model's one-step estimate of them from noise level `t` (the other spans stay clean: an edit
-    / continuation setting)."""
+    and the model's one-step estimate of them from noise level `t` (the other spans stay clean: an
+    edit / continuation setting)."""
     lay = batch.layout
     if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
     sel = lay.audio & (lay.span == lay.span[0][lay.audio[0]].max())
@@ -959,8 +956,7 @@ def sample_preview(
     model, batch, config: Config, steps: int = 20, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean, sampled): the latents (frames, D) of the last audio span of the batch's first row,
-    and
-    the span generated from pure noise by DPM-Solver++(2M) in `steps` steps, the rest of the
+    and the span generated from pure noise by DPM-Solver++(2M) in `steps` steps, the rest of the
     dialogue clean (as deployed)."""
     lay = batch.layout
     if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
@@ -987,8 +983,7 @@ def sample_preview(
 # %% ../../nbs/14_train.ipynb #89a02539
 def log_preview(writer, step: int, previews: dict, codec=None, mean=None, std=None):
     """TensorBoard: named latents (frames, D), e.g. clean / one-step estimate / sampled, as images
-    side
-    by side; with a codec, each decoded as audio (`preview/NAME`) and mel spectrograms."""
+    side by side; with a codec, each decoded as audio (`preview/NAME`) and mel spectrograms."""
     import matplotlib.pyplot as plt
     names = list(previews)
     fig, ax = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True)
@@ -1076,9 +1071,8 @@ def _latent_source(
 # %% ../../nbs/14_train.ipynb #f1094d36
 def model_vocab(config: Config, tokenizer) -> int:
     """The model's vocabulary size: `model.vocab_size`; with a pretrained tokenizer
-    (`data.tokenizer`,
-    e.g. SmolLM2's) it follows the tokenizer, its length rounded up to a multiple of 64 when larger
-    (the added special tokens)."""
+    (`data.tokenizer`, e.g. SmolLM2's) it follows the tokenizer, its length rounded up to a multiple
+    of 64 when larger (the added special tokens)."""
     if config.data.tokenizer is None or len(tokenizer) <= config.model.vocab_size:
         return config.model.vocab_size
     return -(-len(tokenizer) // 64) * 64
