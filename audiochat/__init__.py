@@ -4,7 +4,7 @@ Modules:
 
 - `audiochat.cli`: One console script, one subcommand per job. Each subcommand lives in the module that does the work and is imported only when it runs, so `audiochat --help` is instant.
 - `audiochat.codec.codecs`: A DAC-style convolutional autoencoder with a VAE bottleneck: 16 kHz stereo in, 40 latent frames per second out, each channel encoded on its own and the two latent vectors stacked per frame. Losses, training, a latent cache for language-model training, and an evaluation next to trivial baselines.
-- `audiochat.core.args`: The parsers of `audiochat train`, `audiochat eval` and `audiochat codec`, built from the package's source read as text, so `--help` answers before torch loads.
+- `audiochat.core.args`: The parsers of the `audiochat` commands that train, evaluate and chat, built without importing torch (the config keys read from the package's source as text), so `--help` answers at once.
 - `audiochat.core.audio`: Load and save audio, resample, measure and set loudness, pan in stereo, draw spectrograms with labelled sources, and play clips.
 - `audiochat.core.io`: Writing a file so that no reader ever sees it half-written, checking a folder can be written before any work, finding a pretrained checkpoint in a folder or on the Hugging Face Hub, and picking the device.
 - `audiochat.core.learner`: One training loop for every trained part: `fit` runs optimiser steps and calls callbacks at fixed events. Gradient accumulation, clipping, NaN/inf skipping, EMA, logging (JSONL, TensorBoard, tqdm), evaluation and atomic safetensors checkpoints with exact resume are one small callback each.

@@ -67,9 +67,9 @@ __all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_prese
            'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'make_codec', 'dct_basis',
            'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss',
            'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files',
-           'AudioCrops', 'synthesize_audio_folder', 'save_checkpoint', 'load_checkpoint', 'codec_loss', 'codec_row',
-           'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder', 'load_latents',
-           'codec_main']
+           'AudioCrops', 'synthesize_audio_folder', 'save_codec_checkpoint', 'load_codec_checkpoint', 'codec_loss',
+           'codec_row', 'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder',
+           'load_latents', 'codec_main']
 
 # %% ../../nbs/06_codec.ipynb #758cccc3
 @dataclass
@@ -918,7 +918,7 @@ def synthesize_audio_folder(
     return paths
 
 # %% ../../nbs/06_codec.ipynb #b7a76ddf
-def save_checkpoint(
+def save_codec_checkpoint(
     folder, model, optimizer, state: dict, discriminator=None, optimizer_d=None
 ) -> Path:
     "Write the codec (save_pretrained), the optimizer(s) and the trainer state into `folder`."
@@ -940,9 +940,11 @@ def save_checkpoint(
     )
     return d
 
-def load_checkpoint(folder, model, optimizer, state: dict, discriminator=None, optimizer_d=None):
-    """Restore what `save_checkpoint` wrote into `folder`: the weights and optimiser state(s); param
-    groups are taken from `state`."""
+def load_codec_checkpoint(
+    folder, model, optimizer, state: dict, discriminator=None, optimizer_d=None
+):
+    """Restore what `save_codec_checkpoint` wrote into `folder`: the weights and optimiser state(s);
+    param groups are taken from `state`."""
     folder = Path(folder)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     tensors = load_file(str(folder / "optimizer.safetensors"))
@@ -1040,7 +1042,7 @@ def train_codec(
     if config.adversarial:
         disc = Discriminator(config.discriminator_channels, config.stft_windows).to(dev)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=config.learning_rate, betas=(0.8, 0.99))
-    if resume: load_checkpoint(out, model, opt, state, disc, opt_d)
+    if resume: load_codec_checkpoint(out, model, opt, state, disc, opt_d)
     crops = AudioCrops(
         files,
         config.segment_seconds,
@@ -1058,7 +1060,7 @@ def train_codec(
         SkipNonFinite(1, "Lower the learning rate."),
         Recorder(log_every, codec_row),
         Checkpoint(
-            lambda learn: save_checkpoint(out, model, opt, learn.state, disc, opt_d),
+            lambda learn: save_codec_checkpoint(out, model, opt, learn.state, disc, opt_d),
             config.save_every,
         ),
         TimeLimit(minutes) if minutes is not None else None,

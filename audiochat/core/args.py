@@ -1,5 +1,5 @@
-"""The parsers of `audiochat train`, `audiochat eval` and `audiochat codec`, built from the
-package's source read as text, so `--help` answers before torch loads.
+"""The parsers of the `audiochat` commands that train, evaluate and chat, built without importing
+torch (the config keys read from the package's source as text), so `--help` answers at once.
 
 Docs: https://audiochat.github.io/audiochat/args.html.md"""
 

@@ -276,17 +276,16 @@ def timed_streams(
     return streams
 
 # %% ../../nbs/19_metrics.ipynb #2ed860c4
+def _check_collar(collar):
+    "A ValueError unless `collar` is a finite number of seconds >= 0."
+    if isinstance(collar, bool) or not isinstance(collar, (int, float)) or not 0 <= collar < math.inf:
+        raise ValueError(f"collar: must be a finite number of seconds >= 0, got {collar!r}")
+
 def tcpwer_from_scratch(reference, hypothesis, collar: float = DEFAULT_COLLAR) -> WordErrorRate:
     """tcpWER written out by hand: pseudo-word timings, collar, best speaker assignment,
     time-constrained Levenshtein."""
     reference, hypothesis = _check_pair(reference, hypothesis)
-    if (
-        isinstance(collar, bool)
-        or not isinstance(collar, (int, float))
-        or not collar >= 0
-        or math.isinf(collar)
-    ):
-        raise ValueError(f"collar: must be a finite number of seconds >= 0, got {collar!r}")
+    _check_collar(collar)
     ref = timed_streams(reference)
     hyp = {
         k: [(w, a - collar, b + collar) for w, a, b in v]
@@ -406,13 +405,7 @@ def tcpwer(reference, hypothesis, collar: float = DEFAULT_COLLAR) -> WordErrorRa
     if not has_meeteval(): return tcpwer_from_scratch(reference, hypothesis, collar)
     import meeteval
     reference, hypothesis = _check_pair(reference, hypothesis)
-    if (
-        isinstance(collar, bool)
-        or not isinstance(collar, (int, float))
-        or not collar >= 0
-        or math.isinf(collar)
-    ):
-        raise ValueError(f"collar: must be a finite number of seconds >= 0, got {collar!r}")
+    _check_collar(collar)
     with _quiet_meeteval():
         r = meeteval.wer.time_constrained_minimum_permutation_word_error_rate(
             _meeteval_segments(reference), _meeteval_segments(hypothesis), collar=collar,

@@ -22,9 +22,9 @@ from .transformer import Layout
 from ..sim.tools import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
 
 # %% auto #0
-__all__ = ['KNOWN_IDS', 'MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'source_pattern', 'scene_pattern',
-           'known_vocabulary', 'answer_text', 'SceneGrammar', 'fresh_id', 'edit_pattern', 'EditGrammar', 'token_pieces',
-           'DeadEnd', 'Decoded', 'decode_text']
+__all__ = ['KNOWN_IDS', 'GRAMMAR_MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'source_pattern',
+           'scene_pattern', 'known_vocabulary', 'answer_text', 'SceneGrammar', 'fresh_id', 'edit_pattern',
+           'EditGrammar', 'token_pieces', 'DeadEnd', 'Decoded', 'decode_text']
 
 # %% ../../nbs/15_grammar.ipynb #e43ca1eb
 # printable ASCII but " and \, or a JSON escape
@@ -39,7 +39,7 @@ _TAIL = rf',"start":{_TIME},"end":{_TIME}(?:,"loudness_db":{_DB})?(?:,"pan":{_PA
 _ID = r'"[A-Za-z0-9_-]{1,32}"'
 # the ids the project's dialogues use: s1, fx2, music
 KNOWN_IDS = r'"(?:s[1-9][0-9]?|fx[1-9][0-9]?|music)"'
-MAX_SOURCES = 12
+GRAMMAR_MAX_SOURCES = 12
 
 def _one_of(words) -> str:
     "A regex matching exactly one of `words`, each as a JSON string."
@@ -83,9 +83,8 @@ def scene_pattern(
             json.dumps(int(duration) if float(duration).is_integer() else round(duration, 2))
         )
     )
-    return (
-        rf'\{{"duration":{dur},"sources":\[(?:{source}(?:,{source}){{0,{MAX_SOURCES - 1}}})?\]\}}'
-    )
+    more = GRAMMAR_MAX_SOURCES - 1
+    return rf'\{{"duration":{dur},"sources":\[(?:{source}(?:,{source}){{0,{more}}})?\]\}}'
 
 # %% ../../nbs/15_grammar.ipynb #a0eefecc
 def known_vocabulary() -> dict:

@@ -24,9 +24,9 @@ from ..core.scene import Scene
 
 # %% auto #0
 __all__ = ['INSTALL_UI', 'MAX_UPLOAD_MB', 'SCENE_COLUMNS', 'EXAMPLE_REQUEST', 'BROWSERS', 'require_gradio', 'Session', 'one_line',
-           'checked_upload', 'scene_rows', 'scene_text', 'status_line', 'tell', 'plan', 'render', 'understand',
-           'new_conversation', 'app_folder', 'build_app', 'serve', 'serve_main', 'free_port', 'find_browser',
-           'screenshot', 'save_screenshot']
+           'checked_upload', 'scene_rows', 'scene_text', 'status_line', 'on_tell', 'on_plan', 'on_render',
+           'on_understand', 'new_conversation', 'app_folder', 'build_app', 'serve', 'serve_main', 'free_port',
+           'find_browser', 'screenshot', 'save_screenshot']
 
 # %% ../../nbs/18_app.ipynb #82f2dfd0
 INSTALL_UI = "pip install 'audiochat[ui]'"
@@ -169,7 +169,7 @@ def _audio_out(session: Session, reply) -> tuple[str, object]:
     plt.close(fig)  # a figure for the page; pyplot keeps no reference to it
     return str(path), fig
 
-def tell(session: Session, request: str) -> tuple[str, str, object, str]:
+def on_tell(session: Session, request: str) -> tuple[str, str, object, str]:
     "A new conversation with a story for `request`: (scene JSON, wav path, figure, status line)."
     if not (request or "").strip(): raise ValueError("type a request first")
     with session.lock:
@@ -185,7 +185,7 @@ def tell(session: Session, request: str) -> tuple[str, str, object, str]:
     )
 
 # %% ../../nbs/18_app.ipynb #aed71a17
-def plan(session: Session, request: str, audio=None) -> tuple[str, str]:
+def on_plan(session: Session, request: str, audio=None) -> tuple[str, str]:
     """The scene the model plans for `request`, as JSON to read and change before `render`: an edit
     of the uploaded `audio` (a file) or of the conversation's last audio; a story when there is
     neither. Returns (scene JSON, status); an edit answered in words returns no scene, the words in
@@ -205,7 +205,7 @@ def plan(session: Session, request: str, audio=None) -> tuple[str, str]:
     )
 
 # %% ../../nbs/18_app.ipynb #5a4a9f55
-def render(session: Session, scene_json: str) -> tuple[str, object, str]:
+def on_render(session: Session, scene_json: str) -> tuple[str, object, str]:
     """Render the planned turn with the scene in `scene_json` (the plan, changed by hand or not):
     the audio follows that scene and the turn joins the conversation. Returns (wav path, figure,
     status line)."""
@@ -221,7 +221,7 @@ def render(session: Session, scene_json: str) -> tuple[str, object, str]:
     return wav, fig, status_line(reply)
 
 # %% ../../nbs/18_app.ipynb #7fd82b71
-def understand(session: Session, audio) -> tuple[list[list], str, str]:
+def on_understand(session: Session, audio) -> tuple[list[list], str, str]:
     "The scene the model hears in the uploaded `audio` file: (table rows, scene JSON, status line)."
     if not audio: raise ValueError("upload an audio file first")
     with session.lock:
@@ -287,7 +287,7 @@ def _tell_tab(gr, state, wrap, example: str = "", told=None):
         )
     gr.on(
         [go.click, request.submit],
-        wrap(tell),
+        wrap(on_tell),
         [state, request],
         [state, scene, audio, figure, status],
         api_name="tell",
@@ -317,13 +317,13 @@ def _edit_tab(gr, state, wrap):
         audio, status, figure = _outputs(gr, "the result")
     gr.on(
         [plan_button.click, request.submit],
-        wrap(plan),
+        wrap(on_plan),
         [state, request, upload],
         [state, scene, status],
         api_name="plan",
     )
     render_button.click(
-        wrap(render), [state, scene], [state, audio, figure, status], api_name="render"
+        wrap(on_render), [state, scene], [state, audio, figure, status], api_name="render"
     )
 
 # %% ../../nbs/18_app.ipynb #c0c4ec23
@@ -344,7 +344,7 @@ def _understand_tab(gr, state, wrap, max_seconds: float):
             scene = gr.Code(label="scene", language="json", interactive=False)
             status = gr.Textbox(label="status", interactive=False, lines=2)
     go.click(
-        wrap(understand), [state, upload], [state, table, scene, status], api_name="understand"
+        wrap(on_understand), [state, upload], [state, table, scene, status], api_name="understand"
     )
 
 # %% ../../nbs/18_app.ipynb #43fb0b13
@@ -379,7 +379,7 @@ def build_app(engine, example: str | None = None, title: str = "audiochat"):
     first = told = None
     if example:
         first = Session(engine, tempfile.mkdtemp(dir=folder), lock)
-        told = tell(first, example)
+        told = on_tell(first, example)
     source = getattr(engine, "run_dir", None)
     # the run's name, not the server's folders
     source = Path(source).name if source is not None else None

@@ -24,16 +24,17 @@ from ..core.scene import Edit, Scene, SceneError, Source, diff
 
 # %% auto #0
 __all__ = ['MAX_TOOL_CALLS', 'MAX_RESPONSE_BYTES', 'SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS',
-           'EVENTS', 'OBJECTS', 'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'EDIT_PLANS', 'REJECTION_REASONS',
-           'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'FAMILY_WORDS', 'REQUEST_FACETS', 'FAMILIES',
-           'HELD_OUT_FAMILIES', 'SETTING_SOUNDS', 'CHARACTER_PHRASES', 'LINE_GISTS', 'GIST_OBJECTS', 'NUMBER_WORDS',
-           'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'EDIT_FORMS', 'AgentError', 'tool_call', 'assistant_message',
-           'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls', 'TransformersLLM', 'OpenAILLM',
-           'seed_text', 'speech_seconds', 'random_story', 'names_by_caption', 'describe', 'plan_edit', 'check_edit',
-           'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner', 'rendered', 'choose_family', 'family_name',
-           'scene_sounds', 'read_request', 'check_request', 'held_out_stories', 'TemplateLLM', 'Turn', 'Dialogue',
-           'silent_sources', 'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask',
-           'answer_json', 'missing_source_request', 'heard_scene', 'assistant_plan']
+           'STORY_EVENTS', 'OBJECTS', 'LINES', 'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'EDIT_PLANS',
+           'REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'FAMILY_WORDS', 'REQUEST_FACETS',
+           'FAMILIES', 'HELD_OUT_FAMILIES', 'SETTING_SOUNDS', 'CHARACTER_PHRASES', 'LINE_GISTS', 'GIST_OBJECTS',
+           'NUMBER_WORDS', 'UNDERSTAND_PROMPT', 'NO_COT_TEXT', 'EDIT_FORMS', 'AgentError', 'tool_call',
+           'assistant_message', 'call_tool', 'run_agent', 'FunctionTools', 'ChatLLM', 'parse_tool_calls',
+           'TransformersLLM', 'OpenAILLM', 'seed_text', 'speech_seconds', 'random_story', 'names_by_caption',
+           'describe', 'plan_edit', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner',
+           'rendered', 'choose_family', 'family_name', 'scene_sounds', 'read_request', 'check_request',
+           'held_out_stories', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue',
+           'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json', 'missing_source_request',
+           'heard_scene', 'assistant_plan']
 
 # %% ../../nbs/04_copilot.ipynb #e454bb8e
 class AgentError(RuntimeError):
@@ -482,7 +483,7 @@ CHARACTERS = [
     "a lost tourist",
     "a shy librarian",
 ]
-EVENTS = [
+STORY_EVENTS = [
     "finds a letter that was never sent",
     "waits for someone who is late",
     "hears a strange noise",
@@ -549,7 +550,7 @@ def seed_text(rng: random.Random) -> str:
     return rng.choice(NARRATION).format(
         setting=rng.choice(list(SETTINGS)),
         character=rng.choice(CHARACTERS),
-        event=rng.choice(EVENTS),
+        event=rng.choice(STORY_EVENTS),
     )
 
 

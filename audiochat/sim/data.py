@@ -28,7 +28,7 @@ from .copilot import SUBTASKS, simulate_dialogue
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
            'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
-           'build_shard', 'build', 'summarize', 'format_summary', 'checked_record', 'read_records', 'load_turn',
+           'build_shard', 'build', 'summarize_build', 'format_summary', 'checked_record', 'read_records', 'load_turn',
            'format_dialogue', 'eval_config', 'build_eval', 'build_samples', 'damaged_shards', 'turns_in', 'export_hf',
            'write_hub_folder', 'data_main']
 
@@ -261,14 +261,14 @@ def build(
                 stats.append(s)
                 bar.update(s["dialogues"] + sum(s["rejected"].values()))
     bar.close()
-    summary = summarize(out)
+    summary = summarize_build(out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
     summary["built_now"] = sum(s["dialogues"] + sum(s["rejected"].values()) for s in stats)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 # %% ../../nbs/05_data.ipynb #3d3237b4
-def summarize(out) -> dict:
+def summarize_build(out) -> dict:
     """Totals over the finished shards of `out`: dialogues, turns, hours, rejections by reason,
     subtasks."""
     total = dict(shards=0, dialogues=0, turns=0, hours=0.0, rejected={}, subtasks={})
@@ -403,7 +403,7 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     )
     (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     os.replace(tmp, final)
-    return summarize(out)
+    return summarize_build(out)
 
 # %% ../../nbs/05_data.ipynb #38c67ea9
 def damaged_shards(data) -> list[Path]:

@@ -110,7 +110,7 @@ __all__ = ['SYNTHETIC_SOUNDS', 'PLANNED_SEEDS', 'RUN_FILES', 'LEFTOVERS', 'LOCK_
            'lr_at', 'check_run_folder', 'lock_run_folder', 'unlock_run_folder', 'data_key', 'check_leftovers',
            'write_data_key', 'clean_temporary', 'save_checkpoint', 'load_checkpoint', 'load_run_model',
            'gather_full_state', 'load_optimizer_state', 'oom_advice', 'setup_distributed', 'wrap_model',
-           'noise_generator', 'evaluate', 'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab',
+           'noise_generator', 'held_out_losses', 'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab',
            'prepare_data', 'open_run', 'build_model', 'autocast_for', 'step_losses', 'batch_counts', 'log_row',
            'loss_postfix', 'evaluate_run', 'save_run', 'train', 'resume_config', 'train_main']
 
@@ -907,7 +907,7 @@ def noise_generator(seed: int, g: int) -> torch.Generator:
 
 # %% ../../nbs/14_train.ipynb #2a4e19f3
 @torch.no_grad()
-def evaluate(
+def held_out_losses(
     model, stream: BatchStream, config: Config, audio_end_id: int, batches: int, autocast
 ) -> dict:
     """Mean losses over the first `batches` micro-batches of a held-out stream (fixed noise:
@@ -1294,14 +1294,14 @@ def evaluate_run(
     """Held-out losses of `model` and, with `ema`, of its EMA weights (`ema_loss`, ...); then the
     previews of the first held-out batch (every process computes them: FSDP), drawn in
     `tensorboard`'s event files when given."""
-    ev = evaluate(model, stream, config, audio_end_id, config.run.eval_batches, amp())
+    ev = held_out_losses(model, stream, config, audio_end_id, config.run.eval_batches, amp())
     # the EMA weights swapped in place (works for sharded parameters too), then restored
     if ema is not None:
         with ema.swapped():
             ev.update(
                 {
                     f"ema_{k}": v
-                    for k, v in evaluate(
+                    for k, v in held_out_losses(
                         model, stream, config, audio_end_id, config.run.eval_batches, amp()
                     ).items()
                 }
