@@ -284,9 +284,9 @@ def test_half_written_shard_is_not_counted_and_is_rebuilt(tmp_path):
     D.build(tmp_path, ONE, workers=1, progress=False)
     broken = tmp_path / "shard-00001"
     (broken / "records.jsonl").unlink()  # audio and stats, no records: what a stale worker used to leave
-    assert not D.shard_done(broken) and D.summarize(tmp_path)["dialogues"] == readable(tmp_path)
+    assert not D.shard_done(broken) and D.summarize_build(tmp_path)["dialogues"] == readable(tmp_path)
     s = D.build(tmp_path, ONE, workers=1, progress=False)
-    assert D.shard_done(broken) and s["dialogues"] == readable(tmp_path) == D.summarize(tmp_path)["dialogues"]
+    assert D.shard_done(broken) and s["dialogues"] == readable(tmp_path) == D.summarize_build(tmp_path)["dialogues"]
 
 
 def _children(pid):
@@ -315,7 +315,7 @@ def test_kill_only_the_main_process_then_rebuild(tmp_path):
     for w in workers:  # let the stale workers finish (or fail to commit) before looking
         while Path(f"/proc/{w}").exists() and time.time() < deadline + 120: time.sleep(0.1)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dialogues"] == readable(out) == D.summarize(out)["dialogues"]
+    assert summary["dialogues"] == readable(out) == D.summarize_build(out)["dialogues"]
     for shard in sorted(out.glob("shard-*")):
         assert D.shard_done(shard), f"{shard.name} is not a complete shard: {sorted(p.name for p in shard.iterdir())}"
 

@@ -61,9 +61,10 @@ from audiochat.core.learner import (
     load_optimizer,
     optimizer_tensors,
 )
+from ..sim.tools import SPEAKERS, EspeakNotFoundError, speak
 
 # %% auto #0
-__all__ = ['PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
+__all__ = ['CODEC_PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
            'encoder_block', 'decoder_block', 'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'make_codec', 'dct_basis',
            'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec', 'fit_mel_codec', 'SpectralDistance', 'si_sdr', 'CodecLoss',
            'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files',
@@ -169,7 +170,7 @@ class CodecConfig:
         return cls(**d)
 
 # %% ../../nbs/06_codec.ipynb #56d9c1c0
-PRESETS = {
+CODEC_PRESETS = {
     # PCA in seconds, its decoder in minutes
     "tiny": dict(kind="mel", batch_size=8, learning_rate=2e-3, save_every=1000),
     # the VAE's defaults: trains on a laptop CPU in minutes (and carries little after that)
@@ -190,9 +191,9 @@ PRESETS = {
 def codec_preset(name: str, **overrides) -> CodecConfig:
     """The `CodecConfig` of preset `name` ('tiny': the mel codec; 'vae-tiny', 'small': the VAE) with
     `overrides` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown codec preset {name!r}; choose from {sorted(PRESETS)}")
-    return CodecConfig.from_dict({**PRESETS[name], **overrides})
+    if name not in CODEC_PRESETS:
+        raise ValueError(f"unknown codec preset {name!r}; choose from {sorted(CODEC_PRESETS)}")
+    return CodecConfig.from_dict({**CODEC_PRESETS[name], **overrides})
 
 # %% ../../nbs/06_codec.ipynb #f9004207
 class Snake(nn.Module):
@@ -843,23 +844,11 @@ SENTENCES = [
 ]
 
 def _speech(text: str, rng: random.Random, sample_rate: int) -> torch.Tensor | None:
-    "Mono espeak-ng speech at `sample_rate`, or None if espeak-ng is not installed."
-    voice = rng.choice(["en", "en-us", "en+f3", "en+m3", "en+f4"])
-    cmd = [
-        "espeak-ng",
-        "--stdout",
-        "-v",
-        voice,
-        "-s",
-        str(rng.randint(130, 190)),
-        "-p",
-        str(rng.randint(30, 70)),
-        text,
-    ]
-    try: wav = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout
-    except (FileNotFoundError, subprocess.CalledProcessError): return None
-    data, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    return resample(torch.from_numpy(data)[None], sr, sample_rate)
+    """Mono speech at `sample_rate` in one of the tools' voices (notebook 03), or None if espeak-ng
+    is not installed."""
+    try: x = speak(text, rng.choice(sorted(SPEAKERS)), rate_factor=rng.uniform(0.85, 1.15))
+    except EspeakNotFoundError: return None
+    return resample(x, SAMPLE_RATE, sample_rate)
 
 # %% ../../nbs/06_codec.ipynb #26bc0618
 def synthesize_audio_folder(

@@ -237,7 +237,7 @@ def eval_parser() -> argparse.ArgumentParser:
 def codec_parser() -> argparse.ArgumentParser:
     """The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets
     read from `audiochat/codec/codecs.py`)."""
-    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec.codecs"), "PRESETS").keys]
+    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec.codecs"), "CODEC_PRESETS").keys]
     p = argparse.ArgumentParser(
         prog="audiochat codec", description="Train, use and evaluate the audio codec."
     )

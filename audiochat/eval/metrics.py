@@ -278,7 +278,11 @@ def timed_streams(
 # %% ../../nbs/19_metrics.ipynb #2ed860c4
 def _check_collar(collar):
     "A ValueError unless `collar` is a finite number of seconds >= 0."
-    if isinstance(collar, bool) or not isinstance(collar, (int, float)) or not 0 <= collar < math.inf:
+    if (
+        isinstance(collar, bool)
+        or not isinstance(collar, (int, float))
+        or not 0 <= collar < math.inf
+    ):
         raise ValueError(f"collar: must be a finite number of seconds >= 0, got {collar!r}")
 
 def tcpwer_from_scratch(reference, hypothesis, collar: float = DEFAULT_COLLAR) -> WordErrorRate:

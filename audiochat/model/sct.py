@@ -46,7 +46,7 @@ from audiochat.model.transformer import (
 )
 
 # %% auto #0
-__all__ = ['ARCHS', 'PRESETS', 'ModelConfig', 'preset', 'timestep_features', 'TimestepEmbedding', 'match_norm', 'route',
+__all__ = ['ARCHS', 'MODEL_PRESETS', 'ModelConfig', 'preset', 'timestep_features', 'TimestepEmbedding', 'match_norm', 'route',
            'MoTLayer', 'DiTLayer', 'AudioChatOutput', 'AudioChatModel', 'count_parameters', 'flops_per_token']
 
 # %% ../../nbs/09_sct.ipynb #19da368d
@@ -125,7 +125,7 @@ class ModelConfig:
         return cls(**d)
 
 # %% ../../nbs/09_sct.ipynb #66075d00
-PRESETS = {
+MODEL_PRESETS = {
     "tiny": dict(
         vocab_size=512,
         d_model=64,
@@ -161,9 +161,9 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> ModelConfig:
     "A named ModelConfig (tiny, small, base) with fields overridden by keyword."
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r} (choose from {sorted(PRESETS)})")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown preset {name!r} (choose from {sorted(MODEL_PRESETS)})")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
 
 # %% ../../nbs/09_sct.ipynb #41b9547d
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

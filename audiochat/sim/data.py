@@ -26,11 +26,11 @@ from ..core.scene import Scene
 from .copilot import SUBTASKS, simulate_dialogue
 
 # %% auto #0
-__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'PRESETS', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED',
-           'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
-           'build_shard', 'build', 'summarize_build', 'format_summary', 'checked_record', 'read_records', 'load_turn',
-           'format_dialogue', 'eval_config', 'build_eval', 'build_samples', 'damaged_shards', 'turns_in', 'export_hf',
-           'write_hub_folder', 'data_main']
+__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'DATA_PRESETS', 'EVAL_DIALOGUES',
+           'SAMPLES_RUN_SEED', 'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done',
+           'finished_shards', 'build_shard', 'build', 'summarize_build', 'format_summary', 'checked_record',
+           'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval', 'build_samples',
+           'damaged_shards', 'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
 
 # %% ../../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed
@@ -81,7 +81,7 @@ class DataConfig:
     def shards(self) -> int: return -(-self.dialogues // self.shard_size)
 
 # %% ../../nbs/05_data.ipynb #3ee4b98a
-PRESETS = {
+DATA_PRESETS = {
     "tiny": DataConfig(dialogues=32, shard_size=8),  # about a minute on a 2-core CPU
     # `make demo`: short stories, about 2 minutes on 2 cores
     "demo": DataConfig(dialogues=240, shard_size=16, max_duration=8.0),
@@ -204,7 +204,7 @@ def _build_one(args):
 
 # %% ../../nbs/05_data.ipynb #dd53c8d3
 def build(
-    out, config: DataConfig = PRESETS["tiny"], workers: int = 1, progress: bool = True
+    out, config: DataConfig = DATA_PRESETS["tiny"], workers: int = 1, progress: bool = True
 ) -> dict:
     """Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns
     and writes the summary."""
@@ -570,7 +570,7 @@ def data_main(argv: list[str]) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or resume) a training dataset")
     b.add_argument(
-        "--preset", choices=list(PRESETS), default="tiny", help="size preset (default: tiny)"
+        "--preset", choices=list(DATA_PRESETS), default="tiny", help="size preset (default: tiny)"
     )
     b.add_argument(
         "--out", required=True, help="output folder (a killed build resumes when run again)"
@@ -665,7 +665,7 @@ def data_main(argv: list[str]) -> int:
             max_duration=a.max_duration,
         )
         over = {k: v for k, v in over.items() if v is not None}
-        config = replace(PRESETS[a.preset], seed=a.seed, **over)
+        config = replace(DATA_PRESETS[a.preset], seed=a.seed, **over)
         summary = build(a.out, config, a.workers)
     else:
         summary = build_eval(a.out, a.dialogues, a.workers)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from ..codec.codecs import PRESETS as CODEC_PRESETS
+from ..codec.codecs import CODEC_PRESETS
 from ..codec.codecs import CodecConfig
 from ..core.io import atomic_write
 from ..model.forcing import ForcingConfig
-from ..model.sct import PRESETS as MODEL_PRESETS
+from ..model.sct import MODEL_PRESETS
 from ..model.sct import ModelConfig
-from ..sim.data import PRESETS as DATA_PRESETS
+from ..sim.data import DATA_PRESETS
 from ..sim.data import DataConfig
 
 # %% auto #0
