@@ -358,7 +358,7 @@ def stage_data(a, work: Path, results: Results, left) -> dict:
 
 
 def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
-    from audiochat.codec.codecs import codecs as C
+    from audiochat.codec import codecs as C
     if a.codec:
         return dict(codec=a.codec, trained=False)
     preset = "tiny"

@@ -32,7 +32,7 @@ __all__ = ['MAX_TOOL_CALLS', 'MAX_RESPONSE_BYTES', 'SUBTASKS', 'BUILTIN_SUBTASKS
            'TransformersLLM', 'OpenAILLM', 'seed_text', 'speech_seconds', 'random_story', 'names_by_caption',
            'describe', 'plan_edit', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner',
            'rendered', 'choose_family', 'family_name', 'scene_sounds', 'read_request', 'check_request',
-           'held_out_stories', 'TemplateLLM', 'Turn', 'Dialogue', 'silent_sources', 'simulate_dialogue',
+           'held_out_stories', 'TemplateLLM', 'SimulatedTurn', 'Dialogue', 'silent_sources', 'simulate_dialogue',
            'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json', 'missing_source_request',
            'heard_scene', 'assistant_plan']
 
@@ -1522,7 +1522,7 @@ class TemplateLLM(ChatLLM):
 
 # %% ../../nbs/04_copilot.ipynb #49992f3f
 @dataclass
-class Turn:
+class SimulatedTurn:
     """One turn: the user's request, its subtask (`story` or an edit subtask), the rendered scene
     and stereo mix."""
     user: str
@@ -1623,7 +1623,9 @@ def simulate_dialogue(
                 "silent_audio", f"turn {k}: silent where {', '.join(silent)} should sound"
             )
         change = None if before is None else Edit.between(before, scene, sub, request).to_dict()
-        out.turns.append(Turn(request, sub, scene, mix, new[-1].get("content") or "", new, change))
+        out.turns.append(
+            SimulatedTurn(request, sub, scene, mix, new[-1].get("content") or "", new, change)
+        )
         before = scene
     return out
 
