@@ -259,7 +259,9 @@ def test_meeteval_and_tensorboard_are_extras():
 
 
 def test_every_imported_package_is_declared_with_a_tested_floor():
-    "Every package the code imports (lazily too) is a declared requirement, and each floor is the installed major.minor."
+    """Every package the code imports (lazily too) is a declared requirement, and the installed version satisfies its
+    floor. A fresh install takes the newest release above each floor, so the floor (the version the project was
+    developed and tested with) may lie below what is installed, never above."""
     import ast
     from importlib.metadata import packages_distributions, version
     declared, dists = _requirements(_pyproject()["project"]), packages_distributions()
@@ -275,7 +277,7 @@ def test_every_imported_package_is_declared_with_a_tested_floor():
         assert names & set(declared), f"audiochat imports {module} ({names or 'not installed'}) but pyproject declares none of it"
     for name, (_, floor) in declared.items():
         installed = tuple(int(x) for x in version(name).split(".")[:2])
-        assert tuple(int(x) for x in floor.split(".")[:2]) == installed, f"{name}: floor {floor}, installed and tested {version(name)}"
+        assert tuple(int(x) for x in floor.split(".")[:2]) <= installed, f"{name}: floor {floor} above the installed {version(name)}"
 
 
 def test_tcpwer_and_cpwer_without_meeteval(monkeypatch):
