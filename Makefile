@@ -139,8 +139,8 @@ install-check: espeak
 	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv" && "$$tmp/venv/bin/python" -m pip install --disable-pip-version-check -q . && \
 	cd "$$tmp" && "$$tmp/venv/bin/python" -c "import importlib, pkgutil, audiochat; \
-	  mods = [m.name for m in pkgutil.iter_modules(audiochat.__path__) if m.name != '__main__']; \
-	  [importlib.import_module('audiochat.' + m) for m in mods]; print('imports:', len(mods), 'modules')" && \
+	  mods = [m.name for m in pkgutil.walk_packages(audiochat.__path__, 'audiochat.') if m.name != 'audiochat.__main__']; \
+	  [importlib.import_module(m) for m in mods]; print('imports:', len(mods), 'modules')" && \
 	"$$tmp/venv/bin/audiochat" --help >/dev/null && "$$tmp/venv/bin/python" -m audiochat --version >/dev/null && \
 	OMP_NUM_THREADS=1 "$$tmp/venv/bin/audiochat" demo --out "$$tmp/demo" >/dev/null && test -s "$$tmp/demo/report.html" && \
 	echo "install-check: a clean install imports, runs --help and the demo"
