@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from audiochat.serve.chat import ChatEngine, ChatError
-from audiochat.model.forcing import Turn
-from audiochat.sim.data import build_eval, read_records
 from audiochat.core.scene import Scene
+from audiochat.model.forcing import Turn
+from audiochat.serve.chat import ChatEngine, ChatError
 from audiochat.sim.copilot import UNDERSTAND_PROMPT, heard_scene, missing_source_request
+from audiochat.sim.data import build_eval, read_records
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", default="runs/pipeline/model")

@@ -6,13 +6,20 @@ chain of thought, SCT with one shared noise level, SCT with always-clean history
 DiT) are trained with several seeds; every figure is reported as mean and range over the seeds, and a verdict claims
 an ordering only when the ranges do not overlap.
 
+    python benchmarks/findings.py --scale demo   # the forcing claims at the `make demo` budget: about 3.5 hours on 2 cores
     python benchmarks/findings.py --scale full   # about 90 minutes on a 2-core CPU (make findings)
     python benchmarks/findings.py --scale small  # about 45 minutes: 200 steps per run, 4 evaluation dialogues
     python benchmarks/findings.py --scale tiny   # a few minutes: the same code path (make findings FINDINGS_SCALE=tiny)
 
 `--data DIR --codec DIR` reuse a built data set and codec (e.g. `make demo`'s runs/pipeline/data and codec).
 Training runs are cached under --out/runs/NAME-sSEED (a finished run is reused; a half-finished one resumes);
-outputs: --out/findings.md (tables and verdicts), --out/findings.json, --out/curves.png (training curves of every run)."""
+outputs: --out/findings.md (tables and verdicts), --out/findings.json, --out/curves.png (training curves of every run).
+
+`--scale demo` is the scale where the forcing claims can show: every run trains for the `make demo` budget (1,000 steps
+of the tiny recipe on make demo's data and codec; `runs/pipeline/model` is its SCT seed 0), every row has three seeds,
+and every run is measured by the learning benchmark (benchmarks/learning.py: 20 StoryGen-Eval-mini dialogues, 40 edits,
+exact edit diffs, editFLAM and the keep error, each also over the small edits alone). Each finished run and each
+benchmark is cached, so the job can stop and go on later."""
 import argparse
 import json
 import math
@@ -152,6 +159,125 @@ def curves(runs: dict, path: Path):
     ax[1].legend(fontsize=6, ncol=2); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
+# ---- the forcing claims at the `make demo` budget ---------------------------------------------------------------------
+
+DEMO = dict(steps=1000, seeds=(0, 1, 2), dialogues=20, data="runs/pipeline/data", codec="runs/pipeline/codec",
+            reuse={"sct-s0": "runs/pipeline/model"})  # make demo's model is the SCT run of seed 0 at this recipe
+DEMO_SYSTEMS = {"sct": [], "shared-noise": ["--loss.policy=shared"], "clean-history": ["--loss.policy=clean_history"],
+                "scene-form": ["--data.edit_form=scene"]}  # the last: an edit restates the whole scene (the paper's form)
+DEMO_FIGURES = {  # name -> (path in learning.json, better)
+    "exact edit diffs %": (("cot", "grammar_on", "edit", "exact_share"), "higher"),
+    "editFLAM": (("audio", "systems", "model", "edit", "editflam"), "higher"),
+    "editFLAM, small edits": (("audio", "systems", "model", "edit", "sizes", "small", "editflam"), "higher"),
+    "keep error": (("audio", "systems", "model", "edit", "keep_error"), "lower"),
+    "keep error, small edits": (("audio", "systems", "model", "edit", "sizes", "small", "keep_error"), "lower"),
+    "Delta-multiFLAM": (("audio", "systems", "model", "edit", "delta_multiflam"), "lower"),
+}
+DEMO_CLAIMS = [  # (the paper's finding, figure, winner, loser, what the paper reports)
+    ("Forcing beats one shared noise level on edits", "editFLAM", "sct", "shared-noise", "stated, no figure"),
+    ("... and on small edits, next to what stays", "editFLAM, small edits", "sct", "shared-noise", "stated, no figure"),
+    ("... and keeps what stays at small edits", "keep error, small edits", "sct", "shared-noise", "stated, no figure"),
+    ("Forcing beats always-clean history on edits (clean history copies)", "editFLAM", "sct", "clean-history",
+     "stated: collapses into copying"),
+    ("... and on small edits, next to what stays", "editFLAM, small edits", "sct", "clean-history", "stated, no figure"),
+    ("... and keeps what stays at small edits", "keep error, small edits", "sct", "clean-history", "stated, no figure"),
+    ("The change alone is easier to learn than the whole scene restated", "exact edit diffs %", "sct", "scene-form",
+     "not in the paper (it restates)"),
+]
+# expected range of n draws from a normal distribution, in standard deviations (n = 2..20)
+EXPECTED_RANGE = {2: 1.13, 3: 1.69, 4: 2.06, 5: 2.33, 6: 2.53, 7: 2.70, 8: 2.85, 10: 3.08, 12: 3.26, 15: 3.47, 20: 3.73}
+
+
+def seeds_needed(a: list[float], b: list[float]) -> int | None:
+    """Seeds per side at which the ranges of `a` and `b` would be expected not to overlap: the smallest n whose expected
+    range (in standard deviations of the seeds, pooled) is under the gap of the means; None past 20 or with no spread."""
+    if len(a) < 2 or len(b) < 2: return None
+    var = lambda v: sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)
+    sd = math.sqrt((var(a) + var(b)) / 2)
+    gap = abs(sum(a) / len(a) - sum(b) / len(b))
+    if sd == 0: return 2 if gap > 0 else None
+    return next((n for n, r in EXPECTED_RANGE.items() if r * sd < gap), None)
+
+
+def demo_verdict(a: list[float], b: list[float], better: str) -> str:
+    "Decided only when the seeds' ranges do not overlap; otherwise the lean of the means and the seeds that would decide."
+    if len(a) < 3 or len(b) < 3: return f"waiting for seeds ({len(a)} and {len(b)} of 3)"
+    sign = 1 if better == "higher" else -1
+    if min(sign * x for x in a) > max(sign * x for x in b): return "reproduced (ranges apart)"
+    if max(sign * x for x in a) < min(sign * x for x in b): return "reversed (ranges apart)"
+    lean = "the paper's way" if sign * (sum(a) / len(a) - sum(b) / len(b)) > 0 else "against the paper"
+    n = seeds_needed(a, b)
+    return f"undecided: ranges overlap, means lean {lean}; " + (f"about {n} seeds a side would decide it" if n else "more than 20 seeds a side")
+
+
+def run_demo(out: Path, systems: list[str], threads: int) -> dict:
+    "Train (or reuse) every system x seed at the demo budget, then benchmark each; returns {run name: learning.json}."
+    figures = {}
+    for seed in DEMO["seeds"]:  # seed by seed, so a partial job still compares the systems
+        for name in systems:
+            key = f"{name}-s{seed}"
+            run = Path(DEMO["reuse"].get(key) or out / "runs" / key)
+            if not (run / "done").exists():
+                resume = ["--resume"] if (run / "checkpoints" / "latest").exists() else []
+                sh(audiochat("train", "--preset", "tiny", f"--data.source={DEMO['data']}", f"--data.codec={DEMO['codec']}",
+                             f"--run.out={run}", f"--optim.steps={DEMO['steps']}", f"--run.seed={seed}",
+                             f"--run.threads={threads}", "--run.progress=false", *DEMO_SYSTEMS[name], *resume), run.with_suffix(".log"))
+                (run / "done").touch()
+            bench = out / "bench" / f"{key}.json"
+            if not bench.exists():
+                bench.parent.mkdir(parents=True, exist_ok=True)
+                sh([sys.executable, str(Path(__file__).with_name("learning.py")), "--run", str(run), "--dialogues",
+                    str(DEMO["dialogues"]), "--free-form", "", "--held-out", "0", "--threads", str(threads), "--quiet",
+                    "--out", str(bench)], bench.with_suffix(".log"))
+            figures[key] = json.loads(bench.read_text())
+    return figures
+
+
+def demo_values(figures: dict, system: str, figure: str) -> list[float]:
+    path, _ = DEMO_FIGURES[figure]
+    vals = [dig(f, path) for k, f in figures.items() if k.rsplit("-s", 1)[0] == system]
+    scale = 100 if figure.endswith("%") else 1
+    return [scale * v for v in vals if v is not None and math.isfinite(v)]
+
+
+def dig(d, path):
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def demo_report(out: Path, figures: dict, systems: list[str], seconds: float) -> str:
+    truth = next(iter(figures.values()))["audio"]["systems"]["truth"]["edit"] if figures else {}
+    rows = ["# The forcing claims at the `make demo` budget", "",
+            f"Every run: the tiny recipe, {DEMO['steps']} steps on make demo's data and codec, seeds {list(DEMO['seeds'])}; "
+            f"the learning benchmark on {DEMO['dialogues']} StoryGen-Eval-mini dialogues ({2 * DEMO['dialogues']} edits; small "
+            "edits: a few dB, a small pan or move, a short added sound). Figures: mean [min, max] over the seeds finished "
+            f"(n). {len(figures)} runs, {seconds / 60:.0f} minutes in this call.", "",
+            "| system | n | " + " | ".join(DEMO_FIGURES) + " |", "|---|---|" + "---|" * len(DEMO_FIGURES)]
+    for name in systems:
+        n = sum(k.rsplit("-s", 1)[0] == name for k in figures)
+        rows.append(f"| {name} | {n} | " + " | ".join(fmt(demo_values(figures, name, f)) for f in DEMO_FIGURES) + " |")
+    if truth:
+        t = {"editFLAM": truth.get("editflam"), "editFLAM, small edits": dig(truth, ("sizes", "small", "editflam")),
+             "keep error": truth.get("keep_error"), "keep error, small edits": dig(truth, ("sizes", "small", "keep_error")),
+             "Delta-multiFLAM": truth.get("delta_multiflam")}
+        rows.append("| ground truth | - | - | " + " | ".join(fmt([t[f]] if t.get(f) is not None else []) for f in list(DEMO_FIGURES)[1:]) + " |")
+    rows += ["", "## Verdicts", "", "| the paper's finding | figure | verdict | ours | the paper |", "|---|---|---|---|---|"]
+    verdicts = []
+    for claim, figure, a, b, paper in DEMO_CLAIMS:
+        if a not in systems or b not in systems: continue
+        va, vb = demo_values(figures, a, figure), demo_values(figures, b, figure)
+        v = demo_verdict(va, vb, DEMO_FIGURES[figure][1])
+        verdicts.append(dict(claim=claim, figure=figure, verdict=v, a=va, b=vb))
+        rows.append(f"| {claim} | {figure} | {v} | {a} {fmt(va)} vs {b} {fmt(vb)} | {paper} |")
+    (out / "findings.json").write_text(json.dumps(dict(scale=DEMO, figures={k: dig(f, ("audio", "systems", "model", "edit"))
+                                                                             for k, f in figures.items()},
+                                                       verdicts=verdicts), indent=1, default=str) + "\n")
+    text = "\n".join(rows) + "\n"
+    (out / "findings.md").write_text(text)
+    return text
+
+
 def report(out: Path, results: dict, runs: dict, scale: dict, seconds: float) -> str:
     summary = results["summary"]  # `audiochat eval`'s results.json: meta, summary, ...
     rows = ["# Findings at teaching scale", "",
@@ -182,15 +308,22 @@ def report(out: Path, results: dict, runs: dict, scale: dict, seconds: float) ->
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="full")
+    p.add_argument("--scale", choices=sorted(SCALES) + ["demo"], default="full")
+    p.add_argument("--systems", default=None, help="--scale demo: the systems to run, comma-separated (default: all)")
     p.add_argument("--out", default=None, help="output folder (default: runs/findings-SCALE)")
     p.add_argument("--data", default=None, help="a built data set to reuse (with --codec)")
     p.add_argument("--codec", default=None, help="a trained codec folder to reuse (with --data)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads and build workers (default: all cores)")
     a = p.parse_args(argv)
-    scale, out = SCALES[a.scale], Path(a.out or f"runs/findings-{a.scale}")
+    out, t0 = Path(a.out or f"runs/findings-{a.scale}"), time.time()
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    if a.scale == "demo":
+        systems = a.systems.split(",") if a.systems else list(DEMO_SYSTEMS)
+        if unknown := [s for s in systems if s not in DEMO_SYSTEMS]: p.error(f"--systems: unknown {unknown}; known: {list(DEMO_SYSTEMS)}")
+        print(demo_report(out, run_demo(out, systems, a.threads), systems, time.time() - t0))
+        print(f"wrote {out / 'findings.md'}, {out / 'findings.json'}")
+        return 0
+    scale = SCALES[a.scale]
     if bool(a.data) != bool(a.codec): p.error("give both --data and --codec, or neither")
     data, codec = prepare(out, scale, a.threads, a.data, a.codec)
     runs = train_all(out, data, codec, scale, a.threads)

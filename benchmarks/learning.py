@@ -24,10 +24,10 @@ A run without a chain of thought gets only the audio figures.
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning.py --run runs/pipeline/model [--dialogues 20] [--curve]
      [--no-audio] [--steps 10] [--out runs/pipeline/model/learning.json]"""
 import argparse
-import random
 import json
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -37,18 +37,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
-from audiochat.serve.chat import ChatEngine, ChatError
-from audiochat.model.forcing import Turn
 from audiochat.codec.codecs import SpectralDistance
-from audiochat.sim.data import load_turn, read_records
+from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
+from audiochat.core.scene import Scene, diff, edited_spans, to_seglst
 from audiochat.eval.evaluate import as_eval_audio, load_scorer, resolve_split
 from audiochat.eval.metrics import delta_multiflam, editflam, multiflam, tcpwer
-from audiochat.core.scene import Scene, diff, edited_spans, to_seglst
+from audiochat.model.forcing import Turn
 from audiochat.model.sct import AudioChatModel
-from audiochat.sim.tools import render, resolve_sound
-from audiochat.sim.copilot import (HELD_OUT_FAMILIES, NUMBER_WORDS, UNDERSTAND_PROMPT, assistant_plan, heard_scene,
-                               held_out_stories, missing_source_request)
+from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.sim.copilot import (
+    UNDERSTAND_PROMPT,
+    assistant_plan,
+    heard_scene,
+    missing_source_request,
+)
+from audiochat.sim.data import load_turn, read_records
+from audiochat.sim.requests import HELD_OUT_FAMILIES, NUMBER_WORDS, held_out_stories
+from audiochat.sim.sounds import resolve_sound
+from audiochat.sim.tools import render
 
 FREE_FORM = Path(__file__).with_name("free_form.json")
 TOLERANCE = dict(start=0.25, end=0.25, loudness_db=1.5, pan=0.2)  # a written number this close to the truth is right
@@ -363,10 +369,27 @@ def keep_error(distance: SpectralDistance, a, b, spans: list, rate: int = SAMPLE
             if keep.any(): out.append(float((la - lb).abs()[..., keep].mean()))
     return sum(out) / len(out) if out else None
 
+# an edit is small when it changes little next to what stays, where the paper says copying the previous audio is most
+# tempting: a few dB of loudness, a small pan or move, a short added sound (remove and replace change a whole sound)
+SMALL_EDIT = dict(loudness_db=6.0, pan=0.8, start=2.0, added_seconds=2.0)
+
+def edit_size(before: Scene, after: Scene) -> str:
+    "'small' or 'large': the size of the true edit from `before` to `after` (SMALL_EDIT's bounds)."
+    d = diff(before, after)
+    if d.removed or len(d.added) + len(d.changed) != 1: return "large"
+    if d.added:
+        a = d.added[0] if not isinstance(d.added[0], str) else after[d.added[0]]
+        return "small" if a.end - a.start <= SMALL_EDIT["added_seconds"] else "large"
+    (_, fields), = d.changed.items()
+    if "caption" in fields or not set(fields) <= {"loudness_db", "pan", "start", "end"}: return "large"
+    step = lambda f: abs(fields[f][1] - fields[f][0]) if f in fields else 0.0
+    return "small" if all(step(f) <= SMALL_EDIT[f] for f in ("loudness_db", "pan", "start")) else "large"
+
 def turn_scores(scorer, system: str, d: dict, audios: list, distance: SpectralDistance | None = None) -> list:
     rows = []
     for j, (scene, audio) in enumerate(zip(d["scenes"], audios)):
         row = dict(system=system, task="story" if j == 0 else "edit", subtask=d["turns"][j]["subtask"], ok=audio is not None)
+        if j: row["size"] = edit_size(d["scenes"][j - 1], scene)
         if audio is not None and j == 0: row["multiflam"] = attempt(multiflam, scorer, audio, scene)
         elif audio is not None and audios[j - 1] is not None:
             args = (scorer, audios[j - 1], d["scenes"][j - 1], audio, scene)
@@ -388,7 +411,8 @@ def audio_summary(rows: list) -> dict:
         stat = lambda rs: dict(n=len(rs), failed=sum(not r["ok"] for r in rs), delta_multiflam=mean(rs, "delta_multiflam"),
                                editflam=mean(rs, "editflam"), keep_error=mean(rs, "keep"))
         out[system] = dict(story=dict(n=len(story), failed=sum(not r["ok"] for r in story), multiflam=mean(story, "multiflam")),
-                           edit=dict(stat(edits), subtasks={k: stat([r for r in edits if r["subtask"] == k]) for k in dict.fromkeys(r["subtask"] for r in edits)}))
+                           edit=dict(stat(edits), subtasks={k: stat([r for r in edits if r["subtask"] == k]) for k in dict.fromkeys(r["subtask"] for r in edits)},
+                                     sizes={k: stat([r for r in edits if r.get("size") == k]) for k in ("small", "large")}))
     return out
 
 def ratios(summary: dict) -> dict:

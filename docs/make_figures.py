@@ -15,12 +15,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from audiochat.core.audio import plot_audio
-from audiochat.sim.data import DATA_SAMPLES
-from audiochat.model.forcing import ForcingConfig, Turn, collate, noise_levels, pack_dialogue
 from audiochat.core.scene import Scene
+from audiochat.model.forcing import ForcingConfig, Turn, collate, noise_levels, pack_dialogue
 from audiochat.model.tokenizer import dialogue_corpus, special_token_ids, train_tokenizer
-from audiochat.sim.tools import render
 from audiochat.model.transformer import Layout, build_mask
+from audiochat.sim.data import DATA_SAMPLES
+from audiochat.sim.tools import render
 
 p = argparse.ArgumentParser()
 p.add_argument("--eval", default=None, help="results.json of `audiochat eval` for the evaluation figure")
@@ -73,7 +73,7 @@ if a.run:
     from audiochat.serve.chat import ChatEngine
     from audiochat.serve.ui import scene_table
     engine = ChatEngine.load(a.run, steps=25)
-    from audiochat.sim.tools import ToolError
+    from audiochat.sim.sounds import ToolError
     requests = ["I need a 7-second story. On a rainy night, a girl greets an old man at the door. Voices: narrator, girl. Sounds: steady rain falling and a dog barking.",
                 "Create a scene: In a quiet kitchen, a tired detective hears a knock. Include a clock ticking and a knock on a door. Speakers: narrator. Keep it near 6 s.",
                 "Tell me a short audio story: a girl greets an old man while steady rain falls, then a dog barks."]
@@ -103,12 +103,13 @@ if a.run:
         save(plot_before_after(story.audio, edit.audio, engine.codec.config.sample_rate, edited_spans(story.scene, edit.scene),
                                f"{edit.request}  ->  {edit.edit.to_json() if edit.edit else 'the scene restated'}"), f"{a.name}_edit.png")
     else: print(f"the model answered the edit in words: {edit.message}")
-    from audiochat.cli import absent_edit
+    from audiochat.serve.demo import absent_edit
     absent = engine.edit(absent_edit(story.scene))
     print(absent.request, "->", absent.message or (absent.edit.to_json() if absent.edit else absent.cot))
     # understanding: the first story of StoryGen-Eval-mini (never trained on), the scene the model hears beside the true one
     import tempfile
-    from audiochat.cli import held_out_story
+
+    from audiochat.serve.demo import held_out_story
     heard_audio, truth = held_out_story(Path(tempfile.mkdtemp()) / "held-out")
     heard = engine.understand(heard_audio, 16000)
     print("the model hears a held-out story as:"); print(scene_table(heard.scene)); print("the truth:"); print(scene_table(truth))

@@ -277,7 +277,7 @@ def run(*args):
 def test_cli_train_reload_encode(folder, tmp_path):
     out = tmp_path / "codec"
     r = run("codec", "train", "--preset", "tiny", "--data", str(folder), "--out", str(out), "--steps", "3",
-            "--set", "batch_size=2", "--set", "segment_seconds=0.25", "--no-progress")
+            "--codec.batch_size=2", "--codec.segment_seconds", "0.25", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "saved codec to" in r.stdout
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
@@ -293,9 +293,11 @@ def test_cli_train_reload_encode(folder, tmp_path):
     with contextlib.redirect_stderr(err):
         assert main(["codec", "encode", "--model", str(out), "--data", str(folder), "--out", str(tmp_path / "latents")]) == 1
         assert main(["codec", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 1
-        assert main(["codec", "train", "--data", str(folder), "--set", "nonsense=1", "--steps", "1"]) == 1
+        assert main(["codec", "train", "--data", str(folder), "--codec.nonsense=1", "--steps", "1"]) == 1
+        assert main(["codec", "train", "--data", str(folder), "--set", "latent_dim=8", "--steps", "1"]) == 1  # the old syntax
         assert main(["codec", "eval", "--model", str(tmp_path / "none"), "--data", str(folder)]) == 1
-    for message in ("already holds a latent cache", "audio folder not found", "unknown codec config key", "codec folder not found"):
+    for message in ("already holds a latent cache", "audio folder not found", "unknown codec config key",
+                    "expected --section.key=value, got '--set'", "codec folder not found"):
         assert message in err.getvalue()
 
 

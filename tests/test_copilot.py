@@ -12,27 +12,27 @@ import pytest
 import torch
 
 from audiochat.core.scene import Scene, diff
-from audiochat.sim.copilot import (
-    SUBTASKS,
+from audiochat.sim.agents import (
     AgentError,
     ChatLLM,
     FunctionTools,
     OpenAILLM,
-    SoundDesigner,
-    TemplateLLM,
     TransformersLLM,
-    UserSimulator,
     assistant_message,
-    check_edit,
     parse_tool_calls,
-    plan_edit,
-    random_story,
-    rendered,
     run_agent,
-    silent_sources,
-    simulate_dialogue,
     tool_call,
 )
+from audiochat.sim.copilot import (
+    SoundDesigner,
+    TemplateLLM,
+    UserSimulator,
+    check_edit,
+    rendered,
+    silent_sources,
+    simulate_dialogue,
+)
+from audiochat.sim.stories import SUBTASKS, plan_edit, random_story
 
 DEMO = Scene.from_json((Path(__file__).parent.parent / "data_samples/demo/scene.json").read_text())
 
@@ -384,7 +384,8 @@ def test_template_designer_gives_up_on_an_impossible_scene():
 
 def test_move_picks_a_source_that_can_move():
     from audiochat.core.scene import Scene, Source
-    from audiochat.sim.copilot import check_edit, plan_edit
+    from audiochat.sim.copilot import check_edit
+    from audiochat.sim.stories import plan_edit
     # the bed cannot start 0.5 s away from 0.3 s (it may start anywhere in [0, 0.7]); the knock can
     scene = Scene((Source("bed", "sfx", 0.3, 4.6, caption="steady rain"), Source("knock", "sfx", 1.0, 1.5, caption="door knock")), 5)
     for seed in range(40):

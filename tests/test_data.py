@@ -15,7 +15,7 @@ import pytest
 
 from audiochat.cli import main
 from audiochat.core.scene import Scene
-from audiochat.sim.copilot import SUBTASKS, check_edit
+from audiochat.sim.copilot import check_edit
 from audiochat.sim.data import (
     DATA_PRESETS,
     EVAL_SEED_RANGE,
@@ -31,6 +31,7 @@ from audiochat.sim.data import (
     load_turn,
     read_records,
 )
+from audiochat.sim.stories import SUBTASKS
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "data_samples" / "dialogues"

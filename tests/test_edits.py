@@ -12,7 +12,8 @@ from audiochat.model.grammar import (
     fresh_id,
     known_vocabulary,
 )
-from audiochat.sim.copilot import SUBTASKS, assistant_plan, plan_edit, random_story
+from audiochat.sim.copilot import assistant_plan
+from audiochat.sim.stories import SUBTASKS, plan_edit, random_story
 
 BUILTIN = ["add", "remove", "replace", "loudness", "move", "pan"]
 

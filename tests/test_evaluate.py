@@ -32,7 +32,7 @@ from audiochat.eval.evaluate import (
 )
 from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
 from audiochat.serve.chat import ChatError, train_tiny_run
-from audiochat.sim.copilot import AgentError
+from audiochat.sim.agents import AgentError
 from audiochat.sim.data import build_eval, load_turn, read_records
 from audiochat.training.config import resolve
 

@@ -33,3 +33,35 @@ def test_verdicts_follow_the_metric_direction(better, a, b, expected):
 
 def test_a_missing_system_is_not_measurable():
     assert findings.verdict(summary(**{"sct-s0": 1.0}), "edit", "editflam", "higher", "sct", "dense")[0] == "not measurable at this scale"
+
+
+# the forcing claims at the demo budget: decided only with three seeds a side and apart ranges; otherwise the lean of
+# the means and the seeds that would decide, from the spread measured
+@pytest.mark.parametrize("better, a, b, start", [
+    ("higher", [5, 6, 7], [1, 2, 3], "reproduced (ranges apart)"),
+    ("lower", [5, 6, 7], [1, 2, 3], "reversed (ranges apart)"),
+    ("higher", [1, 5, 9], [0, 4, 8], "undecided: ranges overlap, means lean the paper's way"),
+    ("lower", [1, 5, 9], [0, 4, 8], "undecided: ranges overlap, means lean against the paper"),
+    ("higher", [5, 6], [1, 2, 3], "waiting for seeds (2 and 3 of 3)"),
+])
+def test_demo_verdicts(better, a, b, start):
+    assert findings.demo_verdict(a, b, better).startswith(start)
+
+
+def test_seeds_needed_grows_as_the_gap_shrinks_against_the_spread():
+    wide = findings.seeds_needed([0.0, 2.0, 4.0], [1.0, 3.0, 5.0])  # a gap of half a standard deviation
+    near = findings.seeds_needed([0.0, 2.0, 4.0], [3.0, 5.0, 7.0])  # a gap of 1.5 standard deviations
+    assert wide is None and near is not None and near <= 3  # past 20 seeds; the expected range of 2 or 3 draws fits
+    assert findings.seeds_needed([1.0], [2.0, 3.0]) is None  # no spread from one seed
+
+
+def test_edit_size_small_and_large():
+    spec = importlib.util.spec_from_file_location("learning", Path(__file__).parents[1] / "benchmarks" / "learning.py")
+    learning = importlib.util.module_from_spec(spec); spec.loader.exec_module(learning)
+    from audiochat.core.scene import Scene
+    before = Scene.from_dict({"duration": 8, "sources": [
+        {"id": "fx1", "kind": "sfx", "caption": "steady rain falling", "start": 0, "end": 8, "loudness_db": -30}]})
+    louder = Scene.from_dict({**before.to_dict(), "sources": [{**before.sources[0].to_dict(), "loudness_db": -26}]})
+    much = Scene.from_dict({**before.to_dict(), "sources": [{**before.sources[0].to_dict(), "loudness_db": -15}]})
+    assert learning.edit_size(before, louder) == "small" and learning.edit_size(before, much) == "large"
+    assert learning.edit_size(louder, before) == "small" and learning.edit_size(before, before) == "large"

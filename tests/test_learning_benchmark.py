@@ -8,8 +8,8 @@ import pytest
 from audiochat.core.scene import Scene, edited_spans
 from audiochat.eval.metrics import scorer_examples, train_scorer
 from audiochat.serve.chat import train_tiny_run
-from audiochat.sim.copilot import SUBTASKS
 from audiochat.sim.data import build_eval, load_turn, read_records
+from audiochat.sim.stories import SUBTASKS
 
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "learning.py"
 

@@ -268,7 +268,8 @@ from audiochat.eval.metrics import (  # noqa: E402
     train_scorer,
     unbiased_score,
 )
-from audiochat.sim.copilot import SUBTASKS, plan_edit, random_story  # noqa: E402
+from audiochat.sim.copilot import random_story  # noqa: E402
+from audiochat.sim.stories import SUBTASKS, plan_edit
 from audiochat.sim.tools import render  # noqa: E402
 
 

@@ -402,7 +402,7 @@ def test_speech_cache_is_bounded_by_audio_length(monkeypatch):
 import http.server
 import threading
 
-from audiochat.sim.copilot import MAX_TOOL_CALLS, AgentError, FunctionTools, OpenAILLM, run_agent
+from audiochat.sim.agents import MAX_TOOL_CALLS, AgentError, FunctionTools, OpenAILLM, run_agent
 
 
 def completion(message):
@@ -528,7 +528,7 @@ def test_local_codec_path_never_goes_to_the_network(monkeypatch, tmp_path):
 import gzip
 import resource
 
-from audiochat.sim.copilot import MAX_RESPONSE_BYTES
+from audiochat.sim.agents import MAX_RESPONSE_BYTES
 
 
 def _peak_rss_mb():

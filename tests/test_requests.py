@@ -8,29 +8,30 @@ import pytest
 import audiochat.sim.copilot as copilot
 from audiochat.core.scene import Scene, Source
 from audiochat.sim.copilot import (
-    FAMILIES,
-    HELD_OUT_FAMILIES,
-    REQUEST_FACETS,
     TemplateLLM,
     UserSimulator,
-    _story_phrase,
-    check_request,
-    choose_family,
-    held_out_stories,
     plan_dialogue,
-    random_story,
-    read_request,
-    seed_text,
     simulate_dialogue,
     story_task,
 )
+from audiochat.sim.requests import (
+    FAMILIES,
+    HELD_OUT_FAMILIES,
+    REQUEST_FACETS,
+    check_request,
+    choose_family,
+    held_out_stories,
+    read_request,
+    story_phrase,
+)
+from audiochat.sim.stories import random_story, seed_text
 
 
 def training_request(i: int):
     rng = random.Random(i)
     text = seed_text(rng)
     scene = random_story(rng, text)
-    return (*_story_phrase(scene, text, rng), scene)
+    return (*story_phrase(scene, text, rng), scene)
 
 
 def test_every_family_is_produced_and_every_request_is_true_to_its_scene():

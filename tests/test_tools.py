@@ -18,22 +18,24 @@ from hypothesis import strategies as st
 from audiochat.core.audio import SAMPLE_RATE, pan_gains
 from audiochat.core.scene import Scene, Source
 from audiochat.sim import tools
-from audiochat.sim.tools import (
+from audiochat.sim.sounds import (
     EMOTIONS,
-    LIMIT_CEILING,
-    MAX_SPEEDUP,
     MUSIC_MOODS,
     SOUND_EFFECTS,
     SPEAKERS,
+    ToolError,
+    UnknownSoundError,
+    resolve_sound,
+)
+from audiochat.sim.tools import (
+    LIMIT_CEILING,
+    MAX_SPEEDUP,
     EspeakNotFoundError,
     TimingError,
     Toolbox,
-    ToolError,
-    UnknownSoundError,
     limit_peaks,
     phonemes,
     render,
-    resolve_sound,
     speak,
     synth_music,
     synth_sfx,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import io
 import json
 import math
@@ -33,10 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
+import yaml
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.parametrizations import weight_norm
 
-from ..core.args import codec_parser
+from ..core.args import codec_parser, split_overrides
 from audiochat.core.audio import (
     FRAME_RATE,
     SAMPLE_RATE,
@@ -61,7 +63,8 @@ from audiochat.core.learner import (
     load_optimizer,
     optimizer_tensors,
 )
-from ..sim.tools import SPEAKERS, EspeakNotFoundError, speak
+from ..sim.sounds import SPEAKERS
+from ..sim.tools import EspeakNotFoundError, speak
 
 # %% auto #0
 __all__ = ['CODEC_PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit',
@@ -70,7 +73,7 @@ __all__ = ['CODEC_PRESETS', 'AUDIO_SUFFIXES', 'SENTENCES', 'CodecConfig', 'codec
            'STFTDiscriminator', 'Discriminator', 'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files',
            'AudioCrops', 'synthesize_audio_folder', 'save_codec_checkpoint', 'load_codec_checkpoint', 'codec_loss',
            'codec_row', 'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation', 'encode_folder',
-           'load_latents', 'codec_main']
+           'load_latents', 'codec_overrides', 'codec_main']
 
 # %% ../../nbs/06_codec.ipynb #758cccc3
 @dataclass
@@ -1194,26 +1197,41 @@ def load_latents(cache_dir) -> tuple[dict, torch.Tensor, torch.Tensor]:
     return latents, stats["mean"], stats["std"]
 
 # %% ../../nbs/06_codec.ipynb #6b3e290c
-def _parse_override(text: str) -> tuple[str, object]:
-    "'key=value' -> (key, value) typed like the config field."
-    if "=" not in text: raise ValueError(f"--set expects key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    fields = {f.name: f for f in dataclasses.fields(CodecConfig)}
-    if key not in fields:
-        raise ValueError(f"unknown codec config key {key!r}; known: {', '.join(fields)}")
-    default = getattr(CodecConfig(), key)
-    if isinstance(default, bool): return key, value.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, tuple): return key, tuple(int(v) for v in value.split(","))
-    return key, type(default)(value)
+def codec_overrides(args: list[str]) -> dict:
+    """['--codec.latent_dim=8', '--codec.strides=[2,200]'] -> {'latent_dim': 8, 'strides': (2,
+    200)}: the `--codec.KEY=VALUE` options of `codec train` / `fit`, each typed like its config
+    field."""
+    fields, out = {f.name for f in dataclasses.fields(CodecConfig)}, {}
+    for key, text in split_overrides(args):
+        section, _, name = key.partition(".")
+        if section != "codec" or name not in fields:
+            close = difflib.get_close_matches(name, fields, n=3)
+            hint = f"; did you mean {', '.join(f'--codec.{c}' for c in close)}?" if close else ""
+            raise ValueError(f"unknown codec config key --{key} (keys are --codec.KEY=VALUE){hint}")
+        default, value = getattr(CodecConfig(), name), yaml.safe_load(text)
+        if isinstance(default, tuple):
+            value = (
+                tuple(value)
+                if isinstance(value, list)
+                else tuple(int(v) for v in str(text).split(","))
+            )
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"--{key}: expected true or false, got {text!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            value = type(default)(value)
+        out[name] = value
+    return out
 
 # %% ../../nbs/06_codec.ipynb #a3c25508
 def codec_main(argv: list[str]) -> int:
     "`audiochat codec train|encode|eval`: train a codec, cache latents, evaluate."
     p = codec_parser()
-    a = p.parse_args(argv)
+    a, rest = p.parse_known_args(argv)
+    if rest and a.action not in ("train", "fit"):
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if a.action == "train":
         out = a.out or f"runs/codec-{a.preset}"
-        config = codec_preset(a.preset, **dict(_parse_override(s) for s in a.set))
+        config = codec_preset(a.preset, **codec_overrides(rest))
         steps = a.steps if a.steps is not None or a.minutes is not None else 2000
         state = train_codec(
             config,
@@ -1234,7 +1252,7 @@ def codec_main(argv: list[str]) -> int:
         )
     elif a.action == "fit":
         config = codec_preset(
-            "tiny", **{"decoder": "griffinlim", **dict(_parse_override(s) for s in a.set)}
+            "tiny", **{"decoder": "griffinlim", **codec_overrides(rest)}
         )
         model, t0 = make_codec(config), time.perf_counter()
         fit = fit_mel_codec(

@@ -18,8 +18,8 @@ import audiochat
 CONFIG_MODULE = "training.config"  # the module whose dataclasses are the training config
 
 # %% auto #0
-__all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'train_parser', 'eval_parser', 'codec_parser',
-           'engine_parser', 'tell_parser', 'edit_parser', 'understand_parser', 'chat_parser']
+__all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'split_overrides', 'train_parser', 'eval_parser',
+           'codec_parser', 'engine_parser', 'tell_parser', 'edit_parser', 'understand_parser', 'chat_parser']
 
 # %% ../../nbs/05a_args.ipynb #27a7b3cb
 @lru_cache(None)
@@ -116,6 +116,22 @@ def config_help() -> str:
             + (f"  {note}" if note else "")
         )
     return "\n".join(lines)
+
+# %% ../../nbs/05a_args.ipynb #67c78014
+def split_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """['--model.d_model=256', '--optim.lr', '1e-3'] -> [('model.d_model', '256'), ('optim.lr',
+    '1e-3')]: the `--section.key=value` syntax of every command (ValueError for anything else)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or "." not in a.split("=", 1)[0]:
+            raise ValueError(f"expected --section.key=value, got {a!r}")
+        if "=" in a: key, text = a[2:].split("=", 1)
+        elif i + 1 < len(args): key, text, i = a[2:], args[i + 1], i + 1
+        else: raise ValueError(f"{a} needs a value")
+        out.append((key, text))
+        i += 1
+    return out
 
 # %% ../../nbs/05a_args.ipynb #a1cd3af5
 def train_parser() -> argparse.ArgumentParser:
@@ -242,7 +258,20 @@ def codec_parser() -> argparse.ArgumentParser:
         prog="audiochat codec", description="Train, use and evaluate the audio codec."
     )
     sub = p.add_subparsers(dest="action", required=True)
-    t = sub.add_parser("train", help="train a codec on the audio files under a folder")
+    keys = (
+        "config keys, each set as --codec.KEY=VALUE (defaults before a preset applies):\n"
+        + "\n".join(
+            f"  --{k}={default}  ({kind})" + (f"  {note}" if note else "")
+            for k, (kind, default, note) in config_fields().items()
+            if k.startswith("codec.")
+        )
+    )
+    t = sub.add_parser(
+        "train",
+        help="train a codec on the audio files under a folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=keys,
+    )
     t.add_argument("--preset", default="tiny", choices=sorted(presets))
     t.add_argument(
         "--data",
@@ -259,9 +288,6 @@ def codec_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this run")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    t.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
-    )
     t.add_argument("--device", default="auto")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument(
@@ -269,6 +295,8 @@ def codec_parser() -> argparse.ArgumentParser:
     )
     f = sub.add_parser(
         "fit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=keys,
         help="fit the mel codec's PCA basis on audio (seconds; a Griffin-Lim decoder, nothing to "
              "train)",
     )
@@ -280,13 +308,6 @@ def codec_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)"
-    )
-    f.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field of the tiny preset",
     )
     e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
     e.add_argument("--model", required=True, help="codec folder (save_pretrained)")

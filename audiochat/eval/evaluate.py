@@ -46,30 +46,20 @@ from audiochat.eval.metrics import (
     train_scorer,
 )
 from ..serve.chat import ChatEngine
-from audiochat.sim.copilot import (
-    BACKGROUND,
-    LINES,
-    PAN_WORDS,
+from audiochat.sim.agents import (
     AgentError,
+    assistant_message,
     ChatLLM,
     OpenAILLM,
-    SoundDesigner,
-    TransformersLLM,
-    assistant_message,
-    names_by_caption,
-    read_request,
-    rendered,
-    speech_seconds,
     tool_call,
+    TransformersLLM,
 )
+from ..sim.stories import BACKGROUND, LINES, names_by_caption, PAN_WORDS, speech_seconds
+from ..sim.requests import read_request
+from ..sim.copilot import rendered, SoundDesigner
 from ..sim.data import build_eval, load_turn, read_records
-from audiochat.sim.tools import (
-    MUSIC_MOODS,
-    SOUND_EFFECTS,
-    Toolbox,
-    resolve_sound,
-    sound_phrases,
-)
+from ..sim.sounds import MUSIC_MOODS, SOUND_EFFECTS, resolve_sound, sound_phrases
+from ..sim.tools import Toolbox
 from ..training.config import load_config
 from ..training.train import latest_checkpoint
 

@@ -22,15 +22,11 @@ from scipy.optimize import linear_sum_assignment
 from ..core.audio import resample
 from ..core.io import hub_id, resolve_pretrained
 from ..core.scene import Scene, to_seglst
-from ..sim.copilot import random_story, simulate_dialogue
+from ..sim.stories import random_story
+from ..sim.copilot import simulate_dialogue
 from ..sim.data import dialogue_seed, dialogue_subtasks, eval_config
-from audiochat.sim.tools import (
-    MUSIC_MOODS,
-    SOUND_EFFECTS,
-    SPEAKERS,
-    render,
-    resolve_sound,
-)
+from ..sim.sounds import MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS, resolve_sound
+from ..sim.tools import render
 
 # %% auto #0
 __all__ = ['DEFAULT_COLLAR', 'VERDICT_COLORS', 'SPEECH_TEMPLATES', 'SILENT_FEATURE', 'WordErrorRate', 'check_segments',

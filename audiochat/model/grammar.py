@@ -19,7 +19,7 @@ import torch
 from ..core.audio import FRAME_RATE
 from ..core.scene import Edit, Scene, SceneError
 from .transformer import Layout
-from ..sim.tools import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
+from ..sim.sounds import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
 
 # %% auto #0
 __all__ = ['KNOWN_IDS', 'GRAMMAR_MAX_SOURCES', 'SCENE_GRAMMAR', 'ANSWER_GRAMMAR', 'EDIT_GRAMMAR', 'source_pattern',

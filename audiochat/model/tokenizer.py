@@ -19,7 +19,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..core.io import resolve_pretrained
 from ..core.scene import Scene, Source, diff
-from ..sim.copilot import SUBTASKS, TemplateLLM, UserSimulator, seed_text
+from ..sim.stories import seed_text, SUBTASKS
+from ..sim.copilot import TemplateLLM, UserSimulator
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'TOKENIZER_FILES', 'random_scene', 'dialogue_corpus', 'copilot_corpus',
@@ -126,7 +127,7 @@ def _sentence(rng: random.Random) -> str:
 # %% ../../nbs/07_tokenizer.ipynb #7f5320ae
 def random_scene(rng: random.Random) -> Scene:
     """A random valid scene (speech, sound effects, music) for training text and tests. Unlike the
-    template stories (`copilot.random_story`: what the tools can render, ids like `s1`), it spans
+    template stories (`stories.random_story`: what the tools can render, ids like `s1`), it spans
     the whole schema: any id, caption or time the JSON form allows, so the tokenizer and the free
     grammar are exercised beyond the data's own forms."""
     duration = rng.choice([4, 5, 6, 8, 10, 12, 15, 20, 30])

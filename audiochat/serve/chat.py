@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from fastcore.basics import patch
 
 from ..codec.codecs import Codec, codec_preset, load_latents, make_codec
 from ..core.audio import FRAME_RATE, load_audio
@@ -52,8 +51,8 @@ from ..training.config import PRESETS, load_config, resolve, save_config
 from ..training.train import latest_checkpoint, load_run_model, train
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'BUNDLE_FORMAT', 'SHIPPED_MODEL', 'HEADLINE', 'train_tiny_run', 'ChatError',
-           'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'ChatEngine', 'Plan', 'headline',
+__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'BUNDLE_FORMAT', 'HEADLINE', 'train_tiny_run', 'ChatError',
+           'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'Plan', 'ChatEngine', 'headline',
            'headline_table', 'model_card']
 
 # %% ../../nbs/16_chat.ipynb #fe4c16d4
@@ -178,6 +177,17 @@ def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | 
 # longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
 MAX_REQUEST_CHARS = 2000
 MAX_RETRIES = 10  # sampled retries after an invalid CoT (each one a full decode)
+# the model that comes with the package: `make course-model` then `make bundle` (its model card says
+# how it scores)
+SHIPPED_MODEL = (
+    (
+        Path(__file__).resolve().parents[1]
+        if "__file__" in globals()
+        else Path.cwd().parent / "audiochat"
+    )
+    / "models"
+    / "course"
+)
 
 def checked_request(text: str, what: str = "request") -> str:
     """`text` without its outer spaces; a ValueError when it is empty or longer than
@@ -191,6 +201,20 @@ def checked_request(text: str, what: str = "request") -> str:
         except UnicodeEncodeError:
             raise ValueError(f"the {what} is not valid Unicode text (a lone surrogate)") from None
     return text.strip()
+
+# %% ../../nbs/16_chat.ipynb #673e47bd
+@dataclass
+class Plan:
+    """The first half of a turn: the chain of thought the model wrote for `request`, not rendered
+    yet."""
+    task: str  # tell / edit
+    request: str
+    user: Turn
+    scene: Scene | None  # None when the model answered in words (`message`): nothing to render
+    cot: str
+    timings: Timings
+    message: str | None = None
+    previous: Scene | None = None  # an edit: the scene it changes
 
 # %% ../../nbs/16_chat.ipynb #e08d2b12
 class ChatEngine:
@@ -338,402 +362,495 @@ class ChatEngine:
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.mean is None else z * self.std.to(z).clamp_min(1e-5) + self.mean.to(z)
 
-# %% ../../nbs/16_chat.ipynb #648a794a
-@patch
-def encode(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor:
-    """Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at
-    `sample_rate`. A file is checked from its header against `max_seconds` before anything is
-    decoded."""
-    c = self.codec.config
-    if isinstance(audio, (str, Path)):
-        audio, sample_rate = (
-            load_audio(audio, c.sample_rate, channels=c.channels, max_seconds=self.max_seconds),
-            c.sample_rate,
-        )
-    x = torch.as_tensor(audio, dtype=torch.float32)
-    if x.numel() == 0: raise ValueError("the audio is empty")
-    n = x.shape[-1] / (sample_rate or c.sample_rate)
-    if n > self.max_seconds:
-        raise ValueError(
-            f"the audio is {n:.1f} s long; this engine takes at most "
-            f"max_seconds={self.max_seconds:g} s"
-        )
-    with torch.inference_mode(): z = self.codec.encode(x, sample_rate).float()
-    return self.normalize(z)
+    def encode(self, audio, sample_rate: int | None = None) -> torch.Tensor:
+        """Normalised latents (frames, D) of audio: a path, or a (channels, samples) tensor at
+        `sample_rate`. A file is checked from its header against `max_seconds` before anything is
+        decoded."""
+        c = self.codec.config
+        if isinstance(audio, (str, Path)):
+            audio, sample_rate = (
+                load_audio(audio, c.sample_rate, channels=c.channels, max_seconds=self.max_seconds),
+                c.sample_rate,
+            )
+        x = torch.as_tensor(audio, dtype=torch.float32)
+        if x.numel() == 0: raise ValueError("the audio is empty")
+        n = x.shape[-1] / (sample_rate or c.sample_rate)
+        if n > self.max_seconds:
+            raise ValueError(
+                f"the audio is {n:.1f} s long; this engine takes at most "
+                f"max_seconds={self.max_seconds:g} s"
+            )
+        with torch.inference_mode(): z = self.codec.encode(x, sample_rate).float()
+        return self.normalize(z)
 
-@patch
-def _context(self: ChatEngine, turns: list[Turn]):
-    "tokens (1, T), latents, layout of the dialogue so far followed by `<|assistant|>`."
-    seq = pack_dialogue(turns, self.tokenizer, self.model.config.latent_dim)
-    b = collate([seq], self.ids["pad"])
-    a = torch.tensor([[self.ids["assistant"]]])
-    lay = b.layout
-    layout = Layout(
-        *(
-            torch.cat([getattr(lay, f), torch.zeros_like(getattr(lay, f)[:, :1]) + v], 1)
-            for f, v in (
-                ("modality", 0),
-                ("span", -1),
-                ("document", 0),
-                ("pad", False),
-                ("isolated", False),
+    def _context(self, turns: list[Turn]):
+        "tokens (1, T), latents, layout of the dialogue so far followed by `<|assistant|>`."
+        seq = pack_dialogue(turns, self.tokenizer, self.model.config.latent_dim)
+        b = collate([seq], self.ids["pad"])
+        a = torch.tensor([[self.ids["assistant"]]])
+        lay = b.layout
+        layout = Layout(
+            *(
+                torch.cat([getattr(lay, f), torch.zeros_like(getattr(lay, f)[:, :1]) + v], 1)
+                for f, v in (
+                    ("modality", 0),
+                    ("span", -1),
+                    ("document", 0),
+                    ("pad", False),
+                    ("isolated", False),
+                )
             )
         )
-    )
-    latents = torch.cat([b.latents, torch.zeros(1, 1, b.latents.shape[-1])], 1)
-    return (
-        torch.cat([b.tokens, a], 1).to(self.device),
-        latents.to(self.device),
-        layout.to(self.device),
-    )
-
-# %% ../../nbs/16_chat.ipynb #5f61447f
-@patch
-def _grammar(
-    self: ChatEngine, previous: Scene | None, answers: bool, seconds: float | None = None
-) -> SceneGrammar:
-    """The grammar of the next chain of thought: a scene (maybe an answer in words), or an edit of
-    `previous`; a scene of exactly `seconds` when given (the length of the audio described or
-    restated)."""
-    if previous is None and seconds is not None:
-        scene = scene_pattern(**self.vocabulary, duration=seconds)
-        return SceneGrammar(
-            rf"(?:{scene}|{ANSWER_GRAMMAR})" if answers else scene, self.max_seconds
+        latents = torch.cat([b.latents, torch.zeros(1, 1, b.latents.shape[-1])], 1)
+        return (
+            torch.cat([b.tokens, a], 1).to(self.device),
+            latents.to(self.device),
+            layout.to(self.device),
         )
-    if previous is None: return self.edit_grammar if answers else self.scene_grammar
-    pattern = edit_pattern(previous, **self.vocabulary)
-    return EditGrammar(
-        previous, rf"(?:{pattern}|{ANSWER_GRAMMAR})" if answers else pattern, self.max_seconds
-    )
 
-
-@patch
-def think(
-    self: ChatEngine,
-    turns: list[Turn],
-    timings: Timings | None = None,
-    answers: bool = False,
-    previous: Scene | None = None,
-    seconds: float | None = None,
-) -> tuple[Scene | None, str]:
-    """The chain of thought after `turns`: greedy first, then up to `retries` sampled attempts; the
-    first text that `Scene.from_json` accepts wins, else a ChatError with the last raw text. With
-    `answers` (edits) the model may instead answer in words, `{"answer": ...}`: then the scene is
-    None and the text is the raw answer. With `previous` (the scene an edit changes) a run trained
-    with the diff form writes only the change, applied to `previous` in code: the scene returned is
-    the whole new scene, the text the change. `seconds`: the grammar allows only a scene of that
-    length (understanding a file; restating an edit)."""
-    if not self.thinks:
-        raise ValueError("this model was trained without a chain of thought: it writes no scenes")
-    timings = timings if timings is not None else Timings()
-    tokens, latents, layout = self._context(turns)
-    stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"], self.ids["system"]]
-    by_diff = previous is not None and self.edit_form == "diff"
-    grammar = self._grammar(
-        previous if by_diff else None,
-        answers,
-        None if by_diff or seconds is None else round(seconds, 2),
-    )
-    gen = torch.Generator().manual_seed(self.seed)
-    raw, problem = "", ""
-    for attempt in range(1 + self.retries):
-        try:
-            d = decode_text(
-                self.model,
-                tokens,
-                latents,
-                layout,
-                stop_ids=stop,
-                max_new_tokens=self.max_new_tokens,
-                temperature=0.0 if attempt == 0 else self.temperature,
-                generator=gen,
-                grammar=grammar if self.grammar else None,
-                pieces=self.pieces,
-                tokenizer=self.tokenizer,
+    def _grammar(
+        self, previous: Scene | None, answers: bool, seconds: float | None = None
+    ) -> SceneGrammar:
+        """The grammar of the next chain of thought: a scene (maybe an answer in words), or an
+        edit of `previous`; a scene of exactly `seconds` when given (the length of the audio
+        described or restated)."""
+        if previous is None and seconds is not None:
+            scene = scene_pattern(**self.vocabulary, duration=seconds)
+            return SceneGrammar(
+                rf"(?:{scene}|{ANSWER_GRAMMAR})" if answers else scene, self.max_seconds
             )
-        except DeadEnd as e:
-            raw, problem = e.raw, str(e)
+        if previous is None: return self.edit_grammar if answers else self.scene_grammar
+        pattern = edit_pattern(previous, **self.vocabulary)
+        return EditGrammar(
+            previous, rf"(?:{pattern}|{ANSWER_GRAMMAR})" if answers else pattern, self.max_seconds
+        )
+
+    def think(
+        self,
+        turns: list[Turn],
+        timings: Timings | None = None,
+        answers: bool = False,
+        previous: Scene | None = None,
+        seconds: float | None = None,
+    ) -> tuple[Scene | None, str]:
+        """The chain of thought after `turns`: greedy first, then up to `retries` sampled
+        attempts; the first text that `Scene.from_json` accepts wins, else a ChatError with the
+        last raw text. With `answers` (edits) the model may instead answer in words, `{"answer":
+        ...}`: then the scene is None and the text is the raw answer. With `previous` (the scene
+        an edit changes) a run trained with the diff form writes only the change, applied to
+        `previous` in code: the scene returned is the whole new scene, the text the change.
+        `seconds`: the grammar allows only a scene of that length (understanding a file;
+        restating an edit)."""
+        if not self.thinks:
+            raise ValueError(
+                "this model was trained without a chain of thought: it writes no scenes"
+            )
+        timings = timings if timings is not None else Timings()
+        tokens, latents, layout = self._context(turns)
+        stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"], self.ids["system"]]
+        by_diff = previous is not None and self.edit_form == "diff"
+        grammar = self._grammar(
+            previous if by_diff else None,
+            answers,
+            None if by_diff or seconds is None else round(seconds, 2),
+        )
+        gen = torch.Generator().manual_seed(self.seed)
+        raw, problem = "", ""
+        for attempt in range(1 + self.retries):
+            try:
+                d = decode_text(
+                    self.model,
+                    tokens,
+                    latents,
+                    layout,
+                    stop_ids=stop,
+                    max_new_tokens=self.max_new_tokens,
+                    temperature=0.0 if attempt == 0 else self.temperature,
+                    generator=gen,
+                    grammar=grammar if self.grammar else None,
+                    pieces=self.pieces,
+                    tokenizer=self.tokenizer,
+                )
+            except DeadEnd as e:
+                raw, problem = e.raw, str(e)
+                timings.attempts += 1
+                continue
+            timings.cot_tokens += len(d.ids)
+            timings.cot_seconds += d.seconds
             timings.attempts += 1
-            continue
-        timings.cot_tokens += len(d.ids)
-        timings.cot_seconds += d.seconds
-        timings.attempts += 1
-        raw = d.text
-        if answers and answer_text(raw) is not None: return None, raw
-        try:
-            scene = Edit.from_json(raw).apply(previous) if by_diff else Scene.from_json(raw)
-        except SceneError as e:
-            problem = (
-                str(e) if d.stopped else f"no complete scene in {self.max_new_tokens} tokens ({e})"
-            )
-            continue
-        if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds:
-            return scene, raw
-        problem = (f"the scene lasts {scene.duration:g} s, not between one frame and "
-                   f"max_seconds={self.max_seconds:g}")
-    raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
+            raw = d.text
+            if answers and answer_text(raw) is not None: return None, raw
+            try:
+                scene = Edit.from_json(raw).apply(previous) if by_diff else Scene.from_json(raw)
+            except SceneError as e:
+                problem = (
+                    str(e)
+                    if d.stopped
+                    else f"no complete scene in {self.max_new_tokens} tokens ({e})"
+                )
+                continue
+            if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds:
+                return scene, raw
+            problem = (f"the scene lasts {scene.duration:g} s, not between one frame and "
+                       f"max_seconds={self.max_seconds:g}")
+        raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
 
-# %% ../../nbs/16_chat.ipynb #0719209d
-@patch
-def frame_plan(self: ChatEngine, scene: Scene | None, frames: int) -> torch.Tensor | None:
-    """The scene frame by frame (`plan_frames`, notebook 11) for a model built with `plan_features`,
-    else None."""
-    return (
-        plan_frames(scene, frames)
-        if self.model.config.plan_features and scene is not None
-        else None
-    )
-
-# %% ../../nbs/16_chat.ipynb #b6889805
-@patch
-def render(
-    self: ChatEngine,
-    turns: list[Turn],
-    scene: Scene | None,
-    cot: str,
-    timings: Timings | None = None,
-    seconds: float | None = None,
-    tool: str = "",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns`
-    (DPM-Solver++ with CFG), exactly as long as the scene (or `seconds`), which must not exceed
-    `max_seconds`. `tool`: the tool result after `cot` (the whole scene after an edit written as its
-    change)."""
-    timings = timings if timings is not None else Timings()
-    seconds = seconds if seconds is not None else scene.duration
-    if not 0 < seconds <= self.max_seconds:
-        raise ValueError(
-            f"cannot render {seconds:g} s: this engine renders at most "
-            f"max_seconds={self.max_seconds:g} s"
+    def frame_plan(self, scene: Scene | None, frames: int) -> torch.Tensor | None:
+        """The scene frame by frame (`plan_frames`, notebook 11) for a model built with
+        `plan_features`, else None."""
+        return (
+            plan_frames(scene, frames)
+            if self.model.config.plan_features and scene is not None
+            else None
         )
-    frames = max(1, round(seconds * FRAME_RATE))
-    D = self.model.config.latent_dim
-    planned = Turn(
-        "assistant",
-        cot,
-        audio=torch.zeros(frames, D),
-        tool=tool,
-        plan=self.frame_plan(scene, frames),
-    )
-    seq = pack_dialogue(turns + [planned], self.tokenizer, D)
-    batch = collate([seq], self.ids["pad"]).to(self.device)
-    span = int(batch.layout.span.max())
-    process = self.config.loss.process
-    cond, shape = span_denoiser(self.model, batch, span, process=process, seed=self.seed)
-    lay = batch.layout
-    iso = Layout(lay.modality, lay.span, lay.document, lay.pad, lay.audio & (lay.span == span))
-    # CFG: the span alone
-    alone = type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target, batch.plan)
-    uncond, _ = span_denoiser(self.model, alone, span, process=process, seed=self.seed)
-    calls = [0]
-    def counted(fn):
-        def f(x, t):
-            calls[0] += 1
-            return fn(x, t)
 
-        return f
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        z = sample(
-            counted(cond),
-            shape,
-            self.steps,
-            cfg_scale=self.cfg_scale,
-            uncond_fn=counted(uncond),
-            process=process,
-            generator=torch.Generator().manual_seed(self.seed),
-            device=self.device,
-        )[0]
-    timings.diffusion_steps += calls[0]
-    timings.diffusion_seconds += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
-    timings.decode_seconds += time.perf_counter() - t0
-    return z.cpu(), audio
+    def render(
+        self,
+        turns: list[Turn],
+        scene: Scene | None,
+        cot: str,
+        timings: Timings | None = None,
+        seconds: float | None = None,
+        tool: str = "",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (frames, D) and waveform of the audio span that follows `cot` after `turns`
+        (DPM-Solver++ with CFG), exactly as long as the scene (or `seconds`), which must not
+        exceed `max_seconds`. `tool`: the tool result after `cot` (the whole scene after an edit
+        written as its change)."""
+        timings = timings if timings is not None else Timings()
+        seconds = seconds if seconds is not None else scene.duration
+        if not 0 < seconds <= self.max_seconds:
+            raise ValueError(
+                f"cannot render {seconds:g} s: this engine renders at most "
+                f"max_seconds={self.max_seconds:g} s"
+            )
+        frames = max(1, round(seconds * FRAME_RATE))
+        D = self.model.config.latent_dim
+        planned = Turn(
+            "assistant",
+            cot,
+            audio=torch.zeros(frames, D),
+            tool=tool,
+            plan=self.frame_plan(scene, frames),
+        )
+        seq = pack_dialogue(turns + [planned], self.tokenizer, D)
+        batch = collate([seq], self.ids["pad"]).to(self.device)
+        span = int(batch.layout.span.max())
+        process = self.config.loss.process
+        cond, shape = span_denoiser(self.model, batch, span, process=process, seed=self.seed)
+        lay = batch.layout
+        iso = Layout(lay.modality, lay.span, lay.document, lay.pad, lay.audio & (lay.span == span))
+        # CFG: the span alone
+        alone = type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target, batch.plan)
+        uncond, _ = span_denoiser(self.model, alone, span, process=process, seed=self.seed)
+        calls = [0]
+        def counted(fn):
+            def f(x, t):
+                calls[0] += 1
+                return fn(x, t)
 
-# %% ../../nbs/16_chat.ipynb #98bb1cc3
-@patch
-def _answer(
-    self: ChatEngine,
-    task: str,
-    request: str,
-    user: Turn,
-    audio_out: bool = True,
-    seconds: float | None = None,
-) -> Reply:
-    timings = Timings()
-    turns = self.history + [user]
-    # understanding opens its dialogue in training: the audio alone
-    context = [user] if task == "understand" else turns
-    previous = self.scene if task == "edit" else None
-    # the audio described, or the one an edit keeps the length of
-    known = seconds if task in ("understand", "edit") else None
-    if self.thinks:
+            return f
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            z = sample(
+                counted(cond),
+                shape,
+                self.steps,
+                cfg_scale=self.cfg_scale,
+                uncond_fn=counted(uncond),
+                process=process,
+                generator=torch.Generator().manual_seed(self.seed),
+                device=self.device,
+            )[0]
+        timings.diffusion_steps += calls[0]
+        timings.diffusion_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
+        timings.decode_seconds += time.perf_counter() - t0
+        return z.cpu(), audio
+
+    def _answer(
+        self,
+        task: str,
+        request: str,
+        user: Turn,
+        audio_out: bool = True,
+        seconds: float | None = None,
+    ) -> Reply:
+        timings = Timings()
+        turns = self.history + [user]
+        # understanding opens its dialogue in training: the audio alone
+        context = [user] if task == "understand" else turns
+        previous = self.scene if task == "edit" else None
+        # the audio described, or the one an edit keeps the length of
+        known = seconds if task in ("understand", "edit") else None
+        if self.thinks:
+            scene, cot = self.think(
+                context,
+                timings,
+                answers=task == "edit" and self.answers,
+                previous=previous,
+                seconds=known,
+            )
+        else: scene, cot = None, NO_COT_TEXT
+        message = answer_text(cot) if self.thinks and scene is None else None
+        change = (
+            Edit.from_json(cot)
+            if scene is not None and previous is not None and self.edit_form == "diff"
+            else None
+        )
+        tool = scene.to_json() if change is not None else ""
+        latents = audio = None
+        if audio_out and message is None:
+            latents, audio = self.render(
+                turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool
+            )
+            self.scene = scene
+        # an edit that follows changes what was heard
+        if task == "understand" and scene is not None: self.scene = scene
+        plan = None if latents is None else self.frame_plan(scene, latents.shape[0])
+        self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool, plan=plan)]
+        reply = Reply(task, request, scene, cot, latents, audio, timings, message, change)
+        self.replies.append(reply)
+        return reply
+
+    def tell(self, prompt: str, seconds: float | None = None) -> Reply:
+        """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only
+        for a model without CoT (default `default_seconds`); a thinking model plans the length
+        itself."""
+        prompt = checked_request(prompt)
+        return self._answer(
+            "tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds
+        )
+
+    def edit(self, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
+        """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples)
+        tensor, which becomes the user turn's span) following `instruction`. When the instruction
+        cannot be done (e.g. it names a sound that is not there) a trained model answers in
+        words: `reply.message`, no audio."""
+        instruction = checked_request(instruction, "instruction")
+        if audio is None and not any(t.audio is not None for t in self.history):
+            raise ValueError("nothing to edit: tell a story first or give the audio to edit")
+        z = None if audio is None else self._edited_audio(audio, sample_rate)
+        last = (
+            z
+            if z is not None
+            else next(t.audio for t in reversed(self.history) if t.audio is not None)
+        )
+        return self._answer(
+            "edit",
+            instruction,
+            Turn("user", instruction, audio=z),
+            seconds=last.shape[0] / FRAME_RATE,
+        )
+
+    def understand(self, audio, sample_rate: int | None = None) -> Reply:
+        """The scene of `audio` (a path or a (channels, samples) tensor): who says what when,
+        which sounds play when. The model hears the audio alone, as in training (an understanding
+        example opens its dialogue); the turn then joins the conversation, and an edit that
+        follows changes the scene heard."""
+        if not self.thinks:
+            raise ValueError(
+                "this model was trained without a chain of thought: it cannot describe audio"
+            )
+        z = self.encode(audio, sample_rate)
+        return self._answer(
+            "understand",
+            UNDERSTAND_PROMPT,
+            Turn("user", UNDERSTAND_PROMPT, audio=z),
+            audio_out=False,
+            seconds=z.shape[0] / FRAME_RATE,
+        )
+
+    def _edited_audio(self, audio, sample_rate: int | None = None) -> torch.Tensor | None:
+        """The latents of a given audio to edit, as a user span. A run that writes edits as their
+        change needs the scene being changed: it first describes the audio (an understanding
+        turn, kept in the history) and edits that scene, so no user span is left (None)."""
+        z = self.encode(audio, sample_rate)
+        if not (self.thinks and self.edit_form == "diff"): return z
+        ask = Turn("user", UNDERSTAND_PROMPT, audio=z)
+        heard, cot = self.think([ask], seconds=z.shape[0] / FRAME_RATE)
+        self.history += [ask, Turn("assistant", cot)]
+        self.scene = heard
+        return None
+
+    def reset(self):
+        "Forget the conversation."
+        self.history, self.replies, self.scene = [], [], None
+
+    def plan(self, request: str, audio=None, sample_rate: int | None = None) -> Plan:
+        """The scene the model plans for `request`: an edit of `audio` (a path or a (channels,
+        samples) tensor) or of the conversation's last audio, else a story. Change the scene (or
+        not) and give it to `render_plan`. An edit the model answers in words is recorded at
+        once."""
+        text = checked_request(request)
+        task = (
+            "edit"
+            if audio is not None or any(t.audio is not None for t in self.history)
+            else "tell"
+        )
+        z = None if audio is None else self._edited_audio(audio, sample_rate)
+        user, timings = Turn("user", text, audio=z), Timings()
+        previous = self.scene if task == "edit" else None
         scene, cot = self.think(
-            context,
+            self.history + [user],
             timings,
             answers=task == "edit" and self.answers,
             previous=previous,
-            seconds=known,
         )
-    else: scene, cot = None, NO_COT_TEXT
-    message = answer_text(cot) if self.thinks and scene is None else None
-    change = (
-        Edit.from_json(cot)
-        if scene is not None and previous is not None and self.edit_form == "diff"
-        else None
-    )
-    tool = scene.to_json() if change is not None else ""
-    latents = audio = None
-    if audio_out and message is None:
-        latents, audio = self.render(
-            turns, scene, cot, timings, seconds=None if self.thinks else seconds, tool=tool
+        plan = Plan(
+            task,
+            text,
+            user,
+            scene,
+            cot,
+            timings,
+            answer_text(cot) if scene is None else None,
+            previous,
         )
-        self.scene = scene
-    # an edit that follows changes what was heard
-    if task == "understand" and scene is not None: self.scene = scene
-    plan = None if latents is None else self.frame_plan(scene, latents.shape[0])
-    self.history = turns + [Turn("assistant", cot, audio=latents, tool=tool, plan=plan)]
-    reply = Reply(task, request, scene, cot, latents, audio, timings, message, change)
-    self.replies.append(reply)
-    return reply
+        if scene is None:
+            self.history += [user, Turn("assistant", cot)]
+            self.replies.append(Reply(task, text, None, cot, timings=timings, message=plan.message))
+        return plan
 
-@patch
-def tell(self: ChatEngine, prompt: str, seconds: float | None = None) -> Reply:
-    """A story for `prompt`: the scene (CoT), then its audio. `seconds` sets the length only for a
-    model without CoT (default `default_seconds`); a thinking model plans the length itself."""
-    prompt = checked_request(prompt)
-    return self._answer(
-        "tell", prompt, Turn("user", prompt), seconds=seconds or self.default_seconds
-    )
-
-# %% ../../nbs/16_chat.ipynb #cb9f1bf8
-@patch
-def edit(self: ChatEngine, instruction: str, audio=None, sample_rate: int | None = None) -> Reply:
-    """Edit the last audio of the conversation (or `audio`: a path or a (channels, samples) tensor,
-    which becomes the user turn's span) following `instruction`. When the instruction cannot be done
-    (e.g. it names a sound that is not there) a trained model answers in words: `reply.message`, no
-    audio."""
-    instruction = checked_request(instruction, "instruction")
-    if audio is None and not any(t.audio is not None for t in self.history):
-        raise ValueError("nothing to edit: tell a story first or give the audio to edit")
-    z = None if audio is None else self._edited_audio(audio, sample_rate)
-    last = (
-        z if z is not None else next(t.audio for t in reversed(self.history) if t.audio is not None)
-    )
-    return self._answer(
-        "edit", instruction, Turn("user", instruction, audio=z), seconds=last.shape[0] / FRAME_RATE
-    )
-
-
-@patch
-def understand(self: ChatEngine, audio, sample_rate: int | None = None) -> Reply:
-    """The scene of `audio` (a path or a (channels, samples) tensor): who says what when, which
-    sounds play when. The model hears the audio alone, as in training (an understanding example
-    opens its dialogue); the turn then joins the conversation, and an edit that follows changes the
-    scene heard."""
-    if not self.thinks:
-        raise ValueError(
-            "this model was trained without a chain of thought: it cannot describe audio"
+    def render_plan(self, plan: Plan, scene: Scene | None = None) -> Reply:
+        """The second half: render `scene` (default: the plan's own) after the conversation, and
+        add the turn to it."""
+        scene = scene if scene is not None else plan.scene
+        if scene is None:
+            raise ValueError("this plan has no scene to render: the model answered in words")
+        turns, change, tool = self.history + [plan.user], None, ""
+        # the change that gives this scene (the plan's, or new)
+        if plan.previous is not None and self.edit_form == "diff":
+            change = (
+                Edit.from_json(plan.cot)
+                if scene == plan.scene
+                else Edit.between(plan.previous, scene)
+            )
+            cot, tool = change.to_json(), scene.to_json()
+        else: cot = scene.to_json()
+        latents, audio = self.render(turns, scene, cot, plan.timings, tool=tool)
+        self.history, self.scene = turns + [Turn("assistant", cot, audio=latents, tool=tool)], scene
+        reply = Reply(
+            plan.task, plan.request, scene, cot, latents, audio, plan.timings, edit=change
         )
-    z = self.encode(audio, sample_rate)
-    return self._answer(
-        "understand",
-        UNDERSTAND_PROMPT,
-        Turn("user", UNDERSTAND_PROMPT, audio=z),
-        audio_out=False,
-        seconds=z.shape[0] / FRAME_RATE,
-    )
+        self.replies.append(reply)
+        return reply
 
-@patch
-def _edited_audio(self: ChatEngine, audio, sample_rate: int | None = None) -> torch.Tensor | None:
-    """The latents of a given audio to edit, as a user span. A run that writes edits as their change
-    needs the scene being changed: it first describes the audio (an understanding turn, kept in the
-    history) and edits that scene, so no user span is left (None)."""
-    z = self.encode(audio, sample_rate)
-    if not (self.thinks and self.edit_form == "diff"): return z
-    ask = Turn("user", UNDERSTAND_PROMPT, audio=z)
-    heard, cot = self.think([ask], seconds=z.shape[0] / FRAME_RATE)
-    self.history += [ask, Turn("assistant", cot)]
-    self.scene = heard
-    return None
+    def save_pretrained(self, out, run_dir=None, half: bool = False) -> Path:
+        """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent
+        statistics, config and a model card. `run_dir` (default: the run it was loaded from)
+        supplies `learning.json` for the card. `half`: the model's and the codec's parameters are
+        stored in float16 (half the size; loading casts them back)."""
+        import dataclasses
+        import shutil
 
-@patch
-def reset(self: ChatEngine):
-    "Forget the conversation."
-    self.history, self.replies, self.scene = [], [], None
+        from safetensors.torch import save_file
 
-# %% ../../nbs/16_chat.ipynb #462f9e40
-@dataclass
-class Plan:
-    """The first half of a turn: the chain of thought the model wrote for `request`, not rendered
-    yet."""
-    task: str  # tell / edit
-    request: str
-    user: Turn
-    scene: Scene | None  # None when the model answered in words (`message`): nothing to render
-    cot: str
-    timings: Timings
-    message: str | None = None
-    previous: Scene | None = None  # an edit: the scene it changes
-
-@patch
-def plan(self: ChatEngine, request: str, audio=None, sample_rate: int | None = None) -> Plan:
-    """The scene the model plans for `request`: an edit of `audio` (a path or a (channels, samples)
-    tensor) or of the conversation's last audio, else a story. Change the scene (or not) and give it
-    to `render_plan`. An edit the model answers in words is recorded at once."""
-    text = checked_request(request)
-    task = "edit" if audio is not None or any(t.audio is not None for t in self.history) else "tell"
-    z = None if audio is None else self._edited_audio(audio, sample_rate)
-    user, timings = Turn("user", text, audio=z), Timings()
-    previous = self.scene if task == "edit" else None
-    scene, cot = self.think(
-        self.history + [user], timings, answers=task == "edit" and self.answers, previous=previous
-    )
-    plan = Plan(
-        task, text, user, scene, cot, timings, answer_text(cot) if scene is None else None, previous
-    )
-    if scene is None:
-        self.history += [user, Turn("assistant", cot)]
-        self.replies.append(Reply(task, text, None, cot, timings=timings, message=plan.message))
-    return plan
-
-# %% ../../nbs/16_chat.ipynb #d8a05257
-@patch
-def render_plan(self: ChatEngine, plan: Plan, scene: Scene | None = None) -> Reply:
-    """The second half: render `scene` (default: the plan's own) after the conversation, and add the
-    turn to it."""
-    scene = scene if scene is not None else plan.scene
-    if scene is None:
-        raise ValueError("this plan has no scene to render: the model answered in words")
-    turns, change, tool = self.history + [plan.user], None, ""
-    # the change that gives this scene (the plan's, or new)
-    if plan.previous is not None and self.edit_form == "diff":
-        change = (
-            Edit.from_json(plan.cot) if scene == plan.scene else Edit.between(plan.previous, scene)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        run_dir = run_dir or getattr(self, "run_dir", None)
+        (out / "model").mkdir(exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(
+            _halved(self.model, state) if half else state, str(out / "model" / "model.safetensors")
         )
-        cot, tool = change.to_json(), scene.to_json()
-    else: cot = scene.to_json()
-    latents, audio = self.render(turns, scene, cot, plan.timings, tool=tool)
-    self.history, self.scene = turns + [Turn("assistant", cot, audio=latents, tool=tool)], scene
-    reply = Reply(plan.task, plan.request, scene, cot, latents, audio, plan.timings, edit=change)
-    self.replies.append(reply)
-    return reply
+        (out / "model" / "config.json").write_text(
+            json.dumps(self.model.config.to_dict(), indent=1)
+        )
+        self.codec.save_pretrained(out / "codec")
+        if half:  # the codec writes float32; store its parameters halved, atomically
+            codec_file = out / "codec" / "model.safetensors"
+            state = _halved(
+                self.codec,
+                {k: v.detach().cpu().contiguous() for k, v in self.codec.state_dict().items()},
+            )
+            save_file(state, str(codec_file.with_suffix(".tmp")), metadata={"format": "pt"})
+            codec_file.with_suffix(".tmp").replace(codec_file)
+        self.tokenizer.save_pretrained(str(out / "tokenizer"))
+        if self.mean is not None:
+            save_file(
+                {
+                    "mean": self.mean.float().cpu().contiguous(),
+                    "std": self.std.float().cpu().contiguous(),
+                },
+                str(out / "latent_stats.safetensors"),
+            )
+        c = self.config
+        name = lambda s: None if s is None else Path(s).name  # a dataset is named, not pointed to
+        data = dataclasses.replace(
+            c.data,
+            codec="codec",
+            tokenizer="tokenizer",
+            latent_cache=None,
+            source=c.data.source if c.data.source == "synthetic" else name(c.data.source),
+            eval_source=name(c.data.eval_source),
+        )
+        stages = [dataclasses.replace(s, source=name(s.source)) for s in c.stages]
+        save_config(
+            dataclasses.replace(
+                c, data=data, stages=stages, run=dataclasses.replace(c.run, out=".")
+            ),
+            out / "config.yaml",
+        )
+        learning = None
+        if run_dir is not None and (Path(run_dir) / "learning.json").exists():
+            learning = json.loads((Path(run_dir) / "learning.json").read_text())
+            shutil.copyfile(Path(run_dir) / "learning.json", out / "learning.json")
+        bundle = dict(
+            format=BUNDLE_FORMAT,
+            preset=_preset_of(c),
+            weights=getattr(self.model, "weights", "raw"),
+            step=getattr(self, "step", None),
+            dtype="float16" if half else "float32",
+        )
+        (out / "bundle.json").write_text(json.dumps(bundle, indent=1))
+        (out / "README.md").write_text(model_card(c, self.model, bundle, learning))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=SHIPPED_MODEL, device="cpu", **settings) -> ChatEngine:
+        """An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository
+        `ORG/NAME` (`hf:ORG/NAME` too); by default the model shipped with the package
+        (`SHIPPED_MODEL`). Weights stored in float16 are loaded as float32."""
+        d = resolve_pretrained(name_or_path, what="bundle")
+        if not (d / "bundle.json").exists():
+            raise FileNotFoundError(
+                f"{d} has no bundle.json: not a bundle written by ChatEngine.save_pretrained"
+            )
+        try:
+            bundle = json.loads((d / "bundle.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{d / 'bundle.json'} is not JSON ({e})") from None
+        if not isinstance(bundle, dict):
+            raise ValueError(
+                f"{d / 'bundle.json'} must hold a JSON object, not {type(bundle).__name__}"
+            )
+        if bundle.get("format") != BUNDLE_FORMAT:
+            raise ValueError(
+                f"{d / 'bundle.json'}: format {bundle.get('format')!r}, this version reads "
+                f"{BUNDLE_FORMAT!r}"
+            )
+        model = load_run_model(d / "model", device)
+        model.weights = bundle.get("weights", "raw")
+        mean = std = None
+        if (d / "latent_stats.safetensors").exists():
+            mean, std = read_latent_stats(d / "latent_stats.safetensors")
+        engine = cls(
+            model,
+            load_tokenizer(d / "tokenizer"),
+            Codec.from_pretrained(d / "codec", device),
+            load_config(d / "config.yaml"),
+            mean,
+            std,
+            **settings,
+        )
+        engine.run_dir, engine.step = d, bundle.get("step")
+        return engine
 
 # %% ../../nbs/16_chat.ipynb #cc743bc1
 BUNDLE_FORMAT = "audiochat-bundle/1"
-# the model that comes with the package: `make course-model` then `make bundle` (its model card says
-# how it scores)
-SHIPPED_MODEL = (
-    (
-        Path(__file__).resolve().parents[1]
-        if "__file__" in globals()
-        else Path.cwd().parent / "audiochat"
-    )
-    / "models"
-    / "course"
-)
 
 
 def _preset_of(config) -> str:
@@ -897,117 +1014,3 @@ def _halved(module: torch.nn.Module, state: dict) -> dict:
     return {
         k: v.half() if k in params and v.dtype == torch.float32 else v for k, v in state.items()
     }
-
-
-def _save_pretrained(self, out, run_dir=None, half: bool = False) -> Path:
-    """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent
-    statistics, config and a model card. `run_dir` (default: the run it was loaded from) supplies
-    `learning.json` for the card. `half`: the model's and the codec's parameters are stored in
-    float16 (half the size; loading casts them back)."""
-    import dataclasses
-    import shutil
-
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    run_dir = run_dir or getattr(self, "run_dir", None)
-    (out / "model").mkdir(exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-    save_file(
-        _halved(self.model, state) if half else state, str(out / "model" / "model.safetensors")
-    )
-    (out / "model" / "config.json").write_text(json.dumps(self.model.config.to_dict(), indent=1))
-    self.codec.save_pretrained(out / "codec")
-    if half:  # the codec writes float32; store its parameters halved, atomically
-        codec_file = out / "codec" / "model.safetensors"
-        state = _halved(
-            self.codec,
-            {k: v.detach().cpu().contiguous() for k, v in self.codec.state_dict().items()},
-        )
-        save_file(state, str(codec_file.with_suffix(".tmp")), metadata={"format": "pt"})
-        codec_file.with_suffix(".tmp").replace(codec_file)
-    self.tokenizer.save_pretrained(str(out / "tokenizer"))
-    if self.mean is not None:
-        save_file(
-            {
-                "mean": self.mean.float().cpu().contiguous(),
-                "std": self.std.float().cpu().contiguous(),
-            },
-            str(out / "latent_stats.safetensors"),
-        )
-    c = self.config
-    name = lambda s: None if s is None else Path(s).name  # a dataset is named, not pointed to
-    data = dataclasses.replace(
-        c.data,
-        codec="codec",
-        tokenizer="tokenizer",
-        latent_cache=None,
-        source=c.data.source if c.data.source == "synthetic" else name(c.data.source),
-        eval_source=name(c.data.eval_source),
-    )
-    stages = [dataclasses.replace(s, source=name(s.source)) for s in c.stages]
-    save_config(
-        dataclasses.replace(c, data=data, stages=stages, run=dataclasses.replace(c.run, out=".")),
-        out / "config.yaml",
-    )
-    learning = None
-    if run_dir is not None and (Path(run_dir) / "learning.json").exists():
-        learning = json.loads((Path(run_dir) / "learning.json").read_text())
-        shutil.copyfile(Path(run_dir) / "learning.json", out / "learning.json")
-    bundle = dict(
-        format=BUNDLE_FORMAT,
-        preset=_preset_of(c),
-        weights=getattr(self.model, "weights", "raw"),
-        step=getattr(self, "step", None),
-        dtype="float16" if half else "float32",
-    )
-    (out / "bundle.json").write_text(json.dumps(bundle, indent=1))
-    (out / "README.md").write_text(model_card(c, self.model, bundle, learning))
-    return out
-
-# %% ../../nbs/16_chat.ipynb #d1b2a749
-def _from_pretrained(cls, name_or_path=SHIPPED_MODEL, device="cpu", **settings) -> ChatEngine:
-    """An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository
-    `ORG/NAME`
-    (`hf:ORG/NAME` too); by default the model shipped with the package (`SHIPPED_MODEL`). Weights
-    stored in float16 are loaded as float32."""
-    d = resolve_pretrained(name_or_path, what="bundle")
-    if not (d / "bundle.json").exists():
-        raise FileNotFoundError(
-            f"{d} has no bundle.json: not a bundle written by ChatEngine.save_pretrained"
-        )
-    try:
-        bundle = json.loads((d / "bundle.json").read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{d / 'bundle.json'} is not JSON ({e})") from None
-    if not isinstance(bundle, dict):
-        raise ValueError(
-            f"{d / 'bundle.json'} must hold a JSON object, not {type(bundle).__name__}"
-        )
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(
-            f"{d / 'bundle.json'}: format {bundle.get('format')!r}, this version reads "
-            f"{BUNDLE_FORMAT!r}"
-        )
-    model = load_run_model(d / "model", device)
-    model.weights = bundle.get("weights", "raw")
-    mean = std = None
-    if (d / "latent_stats.safetensors").exists():
-        mean, std = read_latent_stats(d / "latent_stats.safetensors")
-    engine = cls(
-        model,
-        load_tokenizer(d / "tokenizer"),
-        Codec.from_pretrained(d / "codec", device),
-        load_config(d / "config.yaml"),
-        mean,
-        std,
-        **settings,
-    )
-    engine.run_dir, engine.step = d, bundle.get("step")
-    return engine
-
-ChatEngine.save_pretrained, ChatEngine.from_pretrained = (
-    _save_pretrained,
-    classmethod(_from_pretrained),
-)

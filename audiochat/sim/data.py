@@ -23,7 +23,8 @@ from pathlib import Path
 # data --help` stays light
 from ..core.io import check_writable
 from ..core.scene import Scene
-from .copilot import SUBTASKS, simulate_dialogue
+from .stories import SUBTASKS
+from .copilot import simulate_dialogue
 
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'DATA_PRESETS', 'EVAL_DIALOGUES',

@@ -22,6 +22,7 @@ import yaml
 
 from ..codec.codecs import CODEC_PRESETS
 from ..codec.codecs import CodecConfig
+from ..core.args import split_overrides
 from ..core.io import atomic_write
 from ..model.forcing import ForcingConfig
 from ..model.sct import MODEL_PRESETS
@@ -467,16 +468,11 @@ def config_from_dict(d: dict) -> Config:
 def parse_overrides(args: list[str]) -> dict:
     """['--model.d_model=256', '--optim.lr', '1e-3'] -> nested dict {'model': {'d_model': 256},
     'optim': {'lr': '1e-3'}}."""
-    out, i = {}, 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--"): raise ConfigError(f"expected --section.key=value, got {a!r}")
-        if "=" in a:
-            key, text = a[2:].split("=", 1)
-        elif i + 1 < len(args):
-            key, text = a[2:], args[i + 1]
-            i += 1
-        else: raise ConfigError(f"{a} needs a value", key=a[2:])
+    out = {}
+    try:
+        pairs = split_overrides(list(args))
+    except ValueError as e: raise ConfigError(str(e)) from None
+    for key, text in pairs:
         if key not in all_keys(): raise _unknown(key)
         node = out
         *path, leaf = key.split(".")
@@ -487,7 +483,6 @@ def parse_overrides(args: list[str]) -> dict:
             raise ConfigError(
                 f"--{key}: {text!r:.80} is not a valid value ({str(e).splitlines()[0]})", key=key
             ) from None
-        i += 1
     return out
 
 # %% ../../nbs/13_config.ipynb #8731897d

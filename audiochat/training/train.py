@@ -10,7 +10,7 @@ Docs: https://audiochat.github.io/audiochat/train.html.md"""
 # %% ../../nbs/14_train.ipynb #0ccd2f49
 # Longer than the ~500 lines aimed at: the data streams (rendered and planned dialogues),
 # checkpoints of the model,
-# DDP/FSDP setup and the CLI of one recipe; the loop itself is `fit` (notebook 12), `train` is its
+# DDP/FSDP setup and the CLI of one recipe; the loop itself is `fit` (notebook 05b), `train` is its
 # setup.
 from __future__ import annotations
 
@@ -79,12 +79,12 @@ from audiochat.model.sct import (
 from ..model.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from ..model.transformer import Layout
 from audiochat.sim.copilot import (
-    NO_COT_TEXT,
-    UNDERSTAND_PROMPT,
     assistant_plan,
     heard_scene,
     missing_source_request,
+    NO_COT_TEXT,
     plan_dialogue,
+    UNDERSTAND_PROMPT,
 )
 from ..sim.data import build as build_dataset
 from ..sim.data import checked_record, finished_shards, read_records
