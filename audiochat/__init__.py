@@ -4,6 +4,8 @@ Modules:
 
 - `audiochat.cli`: One console script, one subcommand per job. Each subcommand lives in the module that does the work and is imported only when it runs, so `audiochat --help` is instant.
 - `audiochat.codec.codecs`: A DAC-style convolutional autoencoder with a VAE bottleneck: 16 kHz stereo in, 40 latent frames per second out, each channel encoded on its own and the two latent vectors stacked per frame. Losses, training, a latent cache for language-model training, and an evaluation next to trivial baselines.
+- `audiochat.codec.latents`: A folder of audio encoded once into sharded latents with their statistics, and the command that trains, fits, encodes and evaluates codecs.
+- `audiochat.codec.training`: The losses (multi-resolution mel and STFT, optionally adversarial), random crops of any folder of audio, one training loop for every codec, and an evaluation beside trivial baselines.
 - `audiochat.core.args`: The parsers of the `audiochat` commands that train, evaluate and chat, built without importing torch (the config keys read from the package's source as text), so `--help` answers at once.
 - `audiochat.core.audio`: Load and save audio, resample, measure and set loudness, pan in stereo, draw spectrograms with labelled sources, and play clips.
 - `audiochat.core.io`: Writing a file so that no reader ever sees it half-written, checking a folder can be written before any work, finding a pretrained checkpoint in a folder or on the Hugging Face Hub, and picking the device.
@@ -26,9 +28,13 @@ Modules:
 - `audiochat.sim.data`: `audiochat data build`: simulated dialogues (notebook 04) written as sharded, resumable, inspectable folders, built in parallel and deterministically from seeds; and StoryGen-Eval-mini, a fixed evaluation split.
 - `audiochat.sim.requests`: Story requests in phrasing families (sounds named, paraphrased or implied; voices or characters; lines quoted, described or left out; a length or none), each read back and checked against its scene.
 - `audiochat.sim.sounds`: Every name a scene may use for a speaker, an emotion, a sound effect or a music mood, the phrases people use for each, and `resolve_sound`, which turns a caption into a class.
+- `audiochat.sim.speech`: Text-to-speech from espeak-ng: a speaker preset and an emotion become an argument list (never a shell string), the WAV it writes is decoded, trimmed and cached.
 - `audiochat.sim.stories`: Random story scenes from a seed text, and for each edit subtask (add, remove, replace, loudness, move, pan) the edited scene together with the instruction that asks for it.
-- `audiochat.sim.tools`: Text-to-speech with espeak-ng, a procedural sound-effect and music synthesiser, the mixer that renders a scene into a stereo story, and the same tools as JSON-schema functions for tool-calling language models.
+- `audiochat.sim.synth`: A recipe for each of the 28 sound-effect classes (noise, filters, envelopes, events), your own with `register_sound`, and music beds played from chord progressions.
+- `audiochat.sim.tools`: The mixer that renders a scene into a stereo story, and the tools (speech, sound effects, music, the mixer) as JSON-schema functions for tool-calling language models.
+- `audiochat.training.checkpoints`: The one layout of a run folder (config, log, checkpoints, the data it was trained on), locked while a run writes it, saved atomically and loaded back exactly, also under FSDP.
 - `audiochat.training.config`: One resolved config describes a training run: data, codec, model, loss, optimiser, run settings. Presets `tiny`, `small` and `base`; a YAML file and dotted command-line overrides (`--model.d_model=256`) on top, type-checked.
+- `audiochat.training.streams`: The dialogues a run learns from, rendered or planned, packed into fixed-size batches by a stream that can stop and resume at any step.
 - `audiochat.training.train`: The loop that trains every preset: dialogues streamed into packed sequences, AdamW with warmup + cosine, EMA, evaluation, TensorBoard, atomic safetensors checkpoints with exact resume, NaN/inf skipping, DDP / FSDP2 under `torchrun`. The `tiny` preset trains on a laptop CPU in a minute."""
 
 __version__ = "0.0.1"

@@ -34,7 +34,7 @@ COMMANDS = {
         "render a sample scene from data_samples/ into runs/demo/",
     ),
     "codec": (
-        "audiochat.codec.codecs",
+        "audiochat.codec.latents",
         "codec_main",
         "train the audio codec, cache latents, evaluate (train|encode|eval)",
     ),

@@ -379,7 +379,8 @@ def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
 
 
 def stage_encode(a, work: Path, data: dict, codec: dict, results: Results, device) -> dict:
-    from audiochat.codec.codecs import Codec, encode_folder
+    from audiochat.codec.codecs import Codec
+    from audiochat.codec.latents import encode_folder
     model = Codec.from_pretrained(codec["codec"], device)
     cache = work / "latents"
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from audiochat.codec.codecs import SpectralDistance
+from audiochat.codec.training import SpectralDistance
 from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
 from audiochat.core.scene import Scene, diff, edited_spans, to_seglst
 from audiochat.eval.evaluate import as_eval_audio, load_scorer, resolve_split
@@ -45,12 +45,7 @@ from audiochat.eval.metrics import delta_multiflam, editflam, multiflam, tcpwer
 from audiochat.model.forcing import Turn
 from audiochat.model.sct import AudioChatModel
 from audiochat.serve.chat import ChatEngine, ChatError
-from audiochat.sim.copilot import (
-    UNDERSTAND_PROMPT,
-    assistant_plan,
-    heard_scene,
-    missing_source_request,
-)
+from audiochat.sim.copilot import assistant_plan, heard_scene, missing_source_request, UNDERSTAND_PROMPT
 from audiochat.sim.data import load_turn, read_records
 from audiochat.sim.requests import HELD_OUT_FAMILIES, NUMBER_WORDS, held_out_stories
 from audiochat.sim.sounds import resolve_sound

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from audiochat.sim import tools
 from audiochat.core.audio import SAMPLE_RATE
 from audiochat.core.scene import Scene
+from audiochat.sim import sounds, speech, synth, tools
 
 
 def timed(fn, repeat):
@@ -24,7 +24,7 @@ def timed(fn, repeat):
 
 def uncached(fn):
     def run():
-        tools._speak_cached.cache_clear()
+        speech._speak_cached.cache_clear()
         return fn()
     return run
 
@@ -43,20 +43,20 @@ def main():
         print(f"{name:<42} {seconds * 1000:9.1f} ms/call  {audio_s:6.2f} s audio  {seconds / audio_s * 1000:8.1f} ms per audio second")
 
     text = "It was a dark and stormy night, and the rain fell in torrents."
-    t, x = timed(uncached(lambda: tools.speak(text, "narrator")), a.repeat)
+    t, x = timed(uncached(lambda: speech.speak(text, "narrator")), a.repeat)
     row("speak (espeak-ng + trim + resample)", t, x.shape[1] / SAMPLE_RATE)
-    t, x = timed(lambda: tools.speak(text, "narrator"), a.repeat)
+    t, x = timed(lambda: speech.speak(text, "narrator"), a.repeat)
     row("speak, cached", t, x.shape[1] / SAMPLE_RATE)
 
     per_class = {}
-    for name in tools.SOUND_EFFECTS:
-        per_class[name], _ = timed(lambda name=name: tools.synth_sfx(name, 5.0, 0), a.repeat)
+    for name in sounds.SOUND_EFFECTS:
+        per_class[name], _ = timed(lambda name=name: synth.synth_sfx(name, 5.0, 0), a.repeat)
     total = sum(per_class.values())
     row(f"synth_sfx, mean of {len(per_class)} classes (5 s)", total / len(per_class), 5.0)
     slow = max(per_class, key=per_class.get)
     row(f"synth_sfx, slowest class ({slow})", per_class[slow], 5.0)
-    for mood in tools.MUSIC_MOODS:
-        t, _ = timed(lambda mood=mood: tools.synth_music(mood, 10.0, 0), a.repeat)
+    for mood in sounds.MUSIC_MOODS:
+        t, _ = timed(lambda mood=mood: synth.synth_music(mood, 10.0, 0), a.repeat)
         row(f"synth_music {mood} (10 s)", t, 10.0)
 
     demo = Scene.from_json((Path(__file__).resolve().parent.parent / "data_samples/demo/scene.json").read_text())

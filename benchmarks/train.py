@@ -48,7 +48,8 @@ def run_arch(args) -> dict:
     from audiochat.model.sct import AudioChatModel, count_parameters, flops_per_token
     from audiochat.model.tokenizer import special_token_ids
     from audiochat.model.tokenizer import train_tokenizer
-    from audiochat.training.train import BatchStream, MixedStream, PlannedSource, build_model, noise_generator, prepare_data, synthetic_texts
+    from audiochat.training.streams import BatchStream, MixedStream, PlannedSource, synthetic_texts
+    from audiochat.training.train import build_model, noise_generator, prepare_data
     torch.manual_seed(0)
     config = resolve(args.preset, overrides=[f"--model.arch={args.arch}", "--data.source=synthetic", f"--run.compile={str(args.compile).lower()}"] + args.set)
     device, d = torch.device(args.device), config.data

@@ -15,18 +15,14 @@ import torchaudio
 from safetensors.torch import load_file
 
 from audiochat.cli import main
-from audiochat.codec.codecs import (
+from audiochat.codec.codecs import Codec, CodecConfig, codec_preset, gaussian_kl
+from audiochat.codec.latents import encode_folder, load_latents
+from audiochat.codec.training import (
     AudioCrops,
-    Codec,
-    CodecConfig,
     CodecLoss,
     SpectralDistance,
-    codec_preset,
-    encode_folder,
     evaluate_codec,
-    gaussian_kl,
     list_audio_files,
-    load_latents,
     lowpass,
     si_sdr,
     synthesize_audio_folder,
@@ -297,7 +293,7 @@ def test_cli_train_reload_encode(folder, tmp_path):
         assert main(["codec", "train", "--data", str(folder), "--set", "latent_dim=8", "--steps", "1"]) == 1  # the old syntax
         assert main(["codec", "eval", "--model", str(tmp_path / "none"), "--data", str(folder)]) == 1
     for message in ("already holds a latent cache", "audio folder not found", "unknown codec config key",
-                    "expected --section.key=value, got '--set'", "codec folder not found"):
+                    "unknown codec config key --set", "codec folder not found"):
         assert message in err.getvalue()
 
 

@@ -140,7 +140,7 @@ def test_free_form_items_are_consistent(learning):
 
 
 def test_plan_vs_render_of_a_true_scene(learning, files):
-    from audiochat.codec.codecs import SpectralDistance
+    from audiochat.codec.training import SpectralDistance
     from audiochat.eval.metrics import TinyFLAM
     scene, audio = load_turn(next(read_records(files / "split"))["turns"][0])
     p = learning.plan_vs_render(TinyFLAM.load(files / "scorer"), SpectralDistance(), audio, scene)
@@ -150,7 +150,7 @@ def test_plan_vs_render_of_a_true_scene(learning, files):
 def test_keep_error_looks_only_outside_the_edited_span(learning):
     import torch
 
-    from audiochat.codec.codecs import SpectralDistance
+    from audiochat.codec.training import SpectralDistance
     g = torch.Generator().manual_seed(0)
     a = torch.randn(2, 3 * 16000, generator=g) * 0.1
     b = a.clone()

@@ -109,8 +109,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+import audiochat.training.checkpoints as CT
+import audiochat.training.streams as ST
 import audiochat.training.train as T
 from audiochat.cli import main as cli
+from audiochat.core.learner import RunFolderError
 from audiochat.training.config import ConfigError, resolve
 
 SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
@@ -134,7 +137,7 @@ def test_new_run_into_a_used_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     T.train(small(out, "--optim.steps=3", "--run.save_every=1", "--run.keep=2"))
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
-    with pytest.raises(T.RunFolderError, match="already holds a run.*--resume"):
+    with pytest.raises(RunFolderError, match="already holds a run.*--resume"):
         T.train(small(out, "--optim.steps=2", "--run.save_every=1"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing of the old run touched
     assert cli(["train", *SMALL, f"--run.out={out}", "--optim.steps=2"]) == 1
@@ -151,7 +154,7 @@ def test_latest_pointer_stays_in_the_run_folder(run2, tmp_path):
     outside = tmp_path / "elsewhere" / "step-0000009"; shutil.copytree(T.latest_checkpoint(run2), outside)
     for target in ["../../elsewhere/step-0000009", str(outside), "step-0000002/../../../elsewhere/step-0000009"]:
         (out / "checkpoints" / "latest").write_text(target + "\n")
-        with pytest.raises(T.RunFolderError, match="must name a step-NNNNNNN folder"): T.latest_checkpoint(out)
+        with pytest.raises(RunFolderError, match="must name a step-NNNNNNN folder"): T.latest_checkpoint(out)
 
 
 def corrupt(ck: Path, how: str):
@@ -181,10 +184,10 @@ def test_bad_checkpoint_files_are_named_errors(run2, tmp_path, how, capsys):
     ck = T.latest_checkpoint(out); corrupt(ck, how)
     model_file = how.startswith(("truncated", "empty", "garbage", "nan", "config.json"))
     if model_file:
-        with pytest.raises(T.RunFolderError) as e: T.load_run_model(ck)
+        with pytest.raises(RunFolderError) as e: CT.load_run_model(ck)
         assert str(ck) in str(e.value)
     if how.startswith("config.json"): return  # the chat engine's file (training reads config.yaml)
-    with pytest.raises((T.RunFolderError, ConfigError)) as e: T.train(small(out), resume=True)
+    with pytest.raises((RunFolderError, ConfigError)) as e: T.train(small(out), resume=True)
     assert str(ck) in str(e.value)
     assert cli(["train", "--resume", f"--run.out={out}"]) == 1  # one line, no traceback
     err = capsys.readouterr().err
@@ -193,11 +196,11 @@ def test_bad_checkpoint_files_are_named_errors(run2, tmp_path, how, capsys):
 
 def test_unwritable_run_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(T.RunFolderError, match="cannot write to the run folder"): T.train(small(tmp_path / "file" / "run"))
+    with pytest.raises(RunFolderError, match="cannot write to the run folder"): T.train(small(tmp_path / "file" / "run"))
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"; ro.mkdir(); ro.chmod(0o500)
         try:
-            with pytest.raises(T.RunFolderError, match="cannot write"): T.train(small(ro / "run"))
+            with pytest.raises(RunFolderError, match="cannot write"): T.train(small(ro / "run"))
         finally: ro.chmod(0o700)
     assert cli(["train", *SMALL, f"--run.out={tmp_path / 'file' / 'run'}"]) == 1
     assert "cannot write to the run folder" in capsys.readouterr().err
@@ -245,7 +248,7 @@ def test_resume_restores_the_random_state_after_the_codec(tmp_path):
 def test_ema_weights_are_loaded_for_sampling(run2):
     ck = T.latest_checkpoint(run2)
     ema, raw = load_file(str(ck / "ema.safetensors")), load_file(str(ck / "model.safetensors"))
-    m, r = T.load_run_model(ck), T.load_run_model(ck, ema=False)
+    m, r = CT.load_run_model(ck), CT.load_run_model(ck, ema=False)
     assert m.weights == "ema" and r.weights == "raw"
     k = "diffusion_head.weight"
     assert not torch.equal(ema[k], raw[k])
@@ -372,30 +375,32 @@ def test_odd_sample_rate_resamples_in_little_memory(tmp_path):
 
 
 # ---- tools: text limits ----
+import audiochat.core.audio as core_audio
 import audiochat.sim.tools as tools
+from audiochat.sim import sounds, speech
 
 
 def test_tts_text_limits_and_control_characters(monkeypatch):
-    with pytest.raises(tools.ToolError, match="at most 2000 characters"): tools.clean_text("word " * 20_000)
-    assert tools.clean_text("one\x00two three") == "one two three"
+    with pytest.raises(sounds.ToolError, match="at most 2000 characters"): speech.clean_text("word " * 20_000)
+    assert speech.clean_text("one\x00two three") == "one two three"
     box = tools.Toolbox()
     assert "at most 2000 characters" in box.call("text_to_speech", {"text": "a " * 50_000, "speaker": "narrator"})["error"]
     if shutil.which("espeak-ng"):
-        full, cut = tools.speak("hello there my old friend"), tools.speak("hello there\x00 my old friend")
+        full, cut = speech.speak("hello there my old friend"), speech.speak("hello there\x00 my old friend")
         assert abs(full.shape[-1] - cut.shape[-1]) < 0.1 * full.shape[-1]  # the NUL no longer ends the text
-        tools._speak_cached.cache_clear()
-        monkeypatch.setattr(tools, "ESPEAK_TIMEOUT", 1e-4)
-        with pytest.raises(tools.ToolError, match="espeak-ng took more than"): tools.speak("a slow line")
+        speech._speak_cached.cache_clear()
+        monkeypatch.setattr(speech, "ESPEAK_TIMEOUT", 1e-4)
+        with pytest.raises(sounds.ToolError, match="espeak-ng took more than"): speech.speak("a slow line")
         assert "espeak-ng took more than" in box.call("text_to_speech", {"text": "another line", "speaker": "narrator"})["error"]
 
 
 def test_speech_cache_is_bounded_by_audio_length(monkeypatch):
     import torch
-    tools._speak_cached.cache_clear()
-    monkeypatch.setattr(tools, "_speak_uncached", lambda program, text, args: torch.zeros(1, 60 * tools.SAMPLE_RATE))
-    for i in range(40): tools._speak_cached("p", f"text {i}", ())
-    assert sum(v.shape[-1] for v in tools._speech_cache.values()) <= tools.SPEECH_CACHE_SECONDS * tools.SAMPLE_RATE
-    tools._speak_cached.cache_clear()
+    speech._speak_cached.cache_clear()
+    monkeypatch.setattr(speech, "_speak_uncached", lambda program, text, args: torch.zeros(1, 60 * core_audio.SAMPLE_RATE))
+    for i in range(40): speech._speak_cached("p", f"text {i}", ())
+    assert sum(v.shape[-1] for v in speech._speech_cache.values()) <= speech.SPEECH_CACHE_SECONDS * core_audio.SAMPLE_RATE
+    speech._speak_cached.cache_clear()
 
 
 # ---- the tool loop against a misbehaving OpenAI-compatible server ----
@@ -705,7 +710,8 @@ def test_lone_surrogate_and_newline_ids():
 
 
 def test_numbers_that_would_mean_no_work_or_endless_work(capsys, tmp_path):
-    from audiochat.codec.codecs import codec_preset, train_codec
+    from audiochat.codec.codecs import codec_preset
+    from audiochat.codec.training import train_codec
     with pytest.raises(ValueError, match="minutes > 0"): train_codec(codec_preset("tiny"), str(tmp_path), tmp_path / "c", minutes=-1)
     assert cli(["codec", "train", "--data", str(tmp_path), "--minutes", "-1", "--out", str(tmp_path / "c")]) == 1
     assert "minutes > 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
@@ -754,7 +760,7 @@ def test_record_audio_path_cannot_leave_its_shard(tmp_path, capsys):
     assert cli(["data", "export", "--data", str(data), "--out", str(tmp_path / "hf")]) == 1
     err = capsys.readouterr().err
     assert "records.jsonl line 1: turns[1].audio: '../../" in err and "points outside" in err and not (tmp_path / "hf").exists()
-    src = T.DialogueSource(str(data), 8)  # training reads the same records
+    src = ST.DialogueSource(str(data), 8)  # training reads the same records
     with pytest.raises(ValueError, match="turns\\[1\\].audio: '../../.*points outside"): src.record(0)
 
 
@@ -790,12 +796,12 @@ TRAIN = [sys.executable, "-c", "import sys; from audiochat.cli import main; sys.
 
 def test_a_second_training_into_a_folder_in_use_is_refused(tmp_path):
     out = tmp_path / "run"; out.mkdir()
-    T.lock_run_folder(out)  # this process trains into it
+    CT.lock_run_folder(out)  # this process trains into it
     try:
         r = subprocess.run(TRAIN + [f"--run.out={out}", "--optim.steps=1"], capture_output=True, text=True, timeout=300,
                            env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert r.returncode == 1 and f"is in use by pid {os.getpid()}" in r.stderr and not (out / "checkpoints").exists()
-    finally: T.unlock_run_folder(out)
+    finally: CT.unlock_run_folder(out)
 
 
 def test_two_trainings_at_once_one_wins(tmp_path):
@@ -807,12 +813,12 @@ def test_two_trainings_at_once_one_wins(tmp_path):
     assert sorted(rc for rc, _ in results) == [0, 1], results
     assert any("in use by" in err or "already holds a run" in err for rc, err in results if rc == 1)
     winner = T.load_config(out / "config.yaml")
-    assert T.load_checkpoint(T.latest_checkpoint(out))["config"].run.seed == winner.run.seed
+    assert CT.load_checkpoint(T.latest_checkpoint(out))["config"].run.seed == winner.run.seed
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "run"; out.mkdir()
-    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.training.train import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.training.checkpoints import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
                              str(out)], capture_output=True)
     assert killed.returncode == 9 and (out / ".lock").read_text().startswith("pid ")  # what a killed run leaves: the file, no holder
     T.train(small(out, "--optim.steps=1"))
@@ -822,10 +828,10 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_leftovers_of_a_killed_run_are_not_reused_for_other_data(tmp_path, capsys):
     out = tmp_path / "run"
     first = small(out, "--optim.steps=1")
-    T.open_run(first); T.prepare_data(first, out); T.unlock_run_folder(out)  # a run killed before its first checkpoint
+    T.open_run(first); T.prepare_data(first, out); CT.unlock_run_folder(out)  # a run killed before its first checkpoint
     assert (out / "tokenizer").exists() and T.latest_checkpoint(out) is None
     (out / "checkpoints").mkdir(exist_ok=True); (out / "checkpoints" / ".tmp-step-0000001-99999").mkdir()  # a save cut short
-    with pytest.raises(T.RunFolderError, match="holds tokenizer made for other data settings"):
+    with pytest.raises(RunFolderError, match="holds tokenizer made for other data settings"):
         T.train(small(out, "--optim.steps=1", "--data.synthetic_dialogues=30"))
     assert not list((out / "checkpoints").glob(".tmp-*"))  # cleaned on the next start
     T.train(small(out, "--optim.steps=1"))  # the same data: the tokenizer is its own

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from audiochat.core.audio import SAMPLE_RATE, pan_gains
 from audiochat.core.scene import Scene, Source
-from audiochat.sim import tools
+from audiochat.sim import sounds, speech, synth, tools
 from audiochat.sim.sounds import (
     EMOTIONS,
     MUSIC_MOODS,
@@ -27,18 +27,15 @@ from audiochat.sim.sounds import (
     UnknownSoundError,
     resolve_sound,
 )
+from audiochat.sim.speech import EspeakNotFoundError, phonemes, speak
+from audiochat.sim.synth import synth_music, synth_sfx
 from audiochat.sim.tools import (
     LIMIT_CEILING,
     MAX_SPEEDUP,
-    EspeakNotFoundError,
     TimingError,
     Toolbox,
     limit_peaks,
-    phonemes,
     render,
-    speak,
-    synth_music,
-    synth_sfx,
 )
 
 SR = SAMPLE_RATE
@@ -72,11 +69,11 @@ def test_every_speaker_speaks_differently():
 def test_speak_matches_espeak_read_directly(tmp_path):
     "Parity: the clip equals espeak-ng's own WAV (written with -w), trimmed and resampled by torchaudio."
     text = "It was a dark and stormy night."
-    args = [a for a in tools.espeak_args("old woman", "sad") if a not in ("--stdin", "--stdout")]
+    args = [a for a in speech.espeak_args("old woman", "sad") if a not in ("--stdin", "--stdout")]
     (tmp_path / "t.txt").write_text(text)
     subprocess.run(["espeak-ng", *args, "-w", str(tmp_path / "t.wav"), "-f", str(tmp_path / "t.txt")], check=True)
     data, sr = sf.read(str(tmp_path / "t.wav"), dtype="float32", always_2d=True)
-    ref = torchaudio.functional.resample(tools.trim_silence(torch.from_numpy(data.T.copy())), sr, SR)
+    ref = torchaudio.functional.resample(speech.trim_silence(torch.from_numpy(data.T.copy())), sr, SR)
     x = speak(text, "old woman", "sad")
     assert x.shape == ref.shape and torch.allclose(x, ref, atol=1e-5)
 
@@ -126,7 +123,7 @@ def test_option_like_text_is_spoken_literally():
 def test_ssml_is_not_obeyed(tmp_path):
     text = '<prosody rate="x-slow">hi</prosody>'
     literal = speak(text)
-    args = [a for a in tools.espeak_args() if a not in ("--stdin", "--stdout")]
+    args = [a for a in speech.espeak_args() if a not in ("--stdin", "--stdout")]
     (tmp_path / "t.txt").write_text(text)
     parsed = subprocess.run(["espeak-ng", *args, "-m", "--stdout", "-f", str(tmp_path / "t.txt")], capture_output=True).stdout
     parsed_len = sf.info(io.BytesIO(parsed)).frames / sf.info(io.BytesIO(parsed)).samplerate
@@ -136,7 +133,7 @@ def test_ssml_is_not_obeyed(tmp_path):
 
 def test_phoneme_escape_is_defused():
     assert phonemes("[[h@'loU]]") != phonemes("hello")
-    assert tools.clean_text("a [[b]] c") == "a [ [b] ] c"
+    assert speech.clean_text("a [[b]] c") == "a [ [b] ] c"
 
 
 @pytest.mark.parametrize("text", ["", "   ", "...", "!?", None, 42])
@@ -446,15 +443,15 @@ def test_toolbox_errors(name, arguments, expected):
 def _frog(n, rng):
     def croak(i):
         m = int(rng.uniform(0.12, 0.25) * SR)
-        return tools.tone(rng.uniform(180, 260), m, harmonics=(1, 0.6, 0.3)) * tools.decay(m, 0.08, attack=0.01)
-    return tools.events(n, tools.times_poisson(n, rng, 2.5), croak)
+        return synth.tone(rng.uniform(180, 260), m, harmonics=(1, 0.6, 0.3)) * synth.decay(m, 0.08, attack=0.01)
+    return synth.events(n, synth.times_poisson(n, rng, 2.5), croak)
 
 
 @pytest.fixture
 def frog():
-    effect = tools.register_sound("frog", _frog, ["a frog croaking", "frogs croak in the pond", "croaking frogs at night"])
+    effect = synth.register_sound("frog", _frog, ["a frog croaking", "frogs croak in the pond", "croaking frogs at night"])
     try: yield effect
-    finally: tools.unregister_sound("frog")
+    finally: synth.unregister_sound("frog")
 
 
 def test_register_sound_reaches_every_user(frog):
@@ -472,14 +469,14 @@ def test_register_sound_reaches_every_user(frog):
 
 
 def test_register_sound_replaces_and_unregisters():
-    tools.register_sound("frog", _frog, ["a frog croaking"])
-    tools.register_sound("frog", _frog, ["a toad croaking", "toads"])  # a rerun cell replaces it
+    synth.register_sound("frog", _frog, ["a frog croaking"])
+    synth.register_sound("frog", _frog, ["a toad croaking", "toads"])  # a rerun cell replaces it
     try:
         assert SOUND_EFFECTS["frog"].caption == "a toad croaking" and resolve_sound("toads") == "frog"
-    finally: tools.unregister_sound("frog")
+    finally: synth.unregister_sound("frog")
     assert "frog" not in SOUND_EFFECTS
-    with pytest.raises(tools.UnknownSoundError): resolve_sound("a toad croaking")
-    with pytest.raises(KeyError, match="no registered sound"): tools.unregister_sound("frog")
+    with pytest.raises(sounds.UnknownSoundError): resolve_sound("a toad croaking")
+    with pytest.raises(KeyError, match="no registered sound"): synth.unregister_sound("frog")
 
 
 @pytest.mark.parametrize("args, match", [
@@ -492,5 +489,5 @@ def test_register_sound_replaces_and_unregisters():
     (("frog", lambda n, rng: np.full(n, np.nan), ["x"]), "finite"),
 ])
 def test_register_sound_bad_input(args, match):
-    with pytest.raises((ValueError, TypeError), match=match): tools.register_sound(*args)
+    with pytest.raises((ValueError, TypeError), match=match): synth.register_sound(*args)
     assert "frog" not in SOUND_EFFECTS

@@ -14,8 +14,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import audiochat.training.checkpoints as CT
+import audiochat.training.streams as ST
 import audiochat.training.train as T
 from audiochat.model.forcing import LossOutput
+from audiochat.sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT, heard_scene
 from audiochat.sim.data import read_records
 from audiochat.training.config import load_config, resolve, save_config
 
@@ -103,9 +106,9 @@ def test_schedule_matches_transformers():
 
 # ---- data ----
 def test_plan_epoch_deterministic_bucketed():
-    src = T.DialogueSource("synthetic", 4, max_frames=16, synthetic_dialogues=50)
-    a = T.plan_epoch(src, 3, 1, 4, 20)
-    assert a == T.plan_epoch(src, 3, 1, 4, 20) and a != T.plan_epoch(src, 4, 1, 4, 20) and a != T.plan_epoch(src, 3, 2, 4, 20)
+    src = ST.DialogueSource("synthetic", 4, max_frames=16, synthetic_dialogues=50)
+    a = ST.plan_epoch(src, 3, 1, 4, 20)
+    assert a == ST.plan_epoch(src, 3, 1, 4, 20) and a != ST.plan_epoch(src, 4, 1, 4, 20) and a != ST.plan_epoch(src, 3, 2, 4, 20)
     flat = [i for b in a for i in b]
     assert len(flat) == len(set(flat)) == 48 and all(len(b) == 4 for b in a)  # windows 20, 20, 10 -> 5 + 5 + 2 batches
     for b in a:  # within a window, sorted by length then chunked: batches do not interleave in length
@@ -113,32 +116,32 @@ def test_plan_epoch_deterministic_bucketed():
 
 
 def test_dataset_source_streams_records():
-    src = T.DialogueSource(str(SAMPLES), 32, holdout=2)
+    src = ST.DialogueSource(str(SAMPLES), 32, holdout=2)
     records = list(read_records(SAMPLES))
     assert len(src) == len(records) - 2
     assert [src.record(i)["id"] for i in range(len(src))] == [r["id"] for r in records[:-2]]
-    ev = T.DialogueSource(str(SAMPLES), 32, holdout=2, split="eval")
+    ev = ST.DialogueSource(str(SAMPLES), 32, holdout=2, split="eval")
     assert [ev.record(i)["id"] for i in range(2)] == [r["id"] for r in records[-2:]]
     with pytest.raises(ValueError, match="needs latents"): src.turns(0)
-    with pytest.raises(FileNotFoundError, match="does not exist"): T.DialogueSource(str(SAMPLES / "nope"), 32)
+    with pytest.raises(FileNotFoundError, match="does not exist"): ST.DialogueSource(str(SAMPLES / "nope"), 32)
 
 
 def test_understanding_and_missing_source_examples(codec_dir):
     from audiochat.codec.codecs import Codec
     from audiochat.core.scene import Scene
     codec = Codec.from_pretrained(codec_dir)
-    src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
-    base = T.DialogueSource(str(SAMPLES), 32, max_turns=2)
+    src = ST.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
+    base = ST.DialogueSource(str(SAMPLES), 32, max_turns=2)
     n_understand = src.tasks.count("understand")
     assert len(src) == len(base) + n_understand and src.tasks[: len(base)] == ["dialogue"] * len(base)
-    again = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
+    again = ST.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, understanding=0.5, refusals=0.5, seed=3)
     assert again.tasks == src.tasks  # the same choices every time
     refused = 0
     for i in range(len(src)):
         turns, record = src.turns(i), src.record(i)
         if src.tasks[i] == "understand":
-            assert turns[0].text == T.UNDERSTAND_PROMPT and turns[0].audio is not None and turns[1].audio is None
-            heard = T.heard_scene(Scene.from_dict(record["turns"][0]["scene"]), turns[0].audio.shape[0] / 40)
+            assert turns[0].text == UNDERSTAND_PROMPT and turns[0].audio is not None and turns[1].audio is None
+            heard = heard_scene(Scene.from_dict(record["turns"][0]["scene"]), turns[0].audio.shape[0] / 40)
             assert Scene.from_json(turns[1].text) == heard and heard.duration == 64 / 40  # the 64 frames kept
         elif len(turns) > 2 * len(record["turns"][:2]):
             refused += 1  # the request about a missing sound comes after some turn: it names no sound of that turn's scene
@@ -152,8 +155,8 @@ def test_understanding_and_missing_source_examples(codec_dir):
 
 def test_no_cot_source_and_fraction_checks(codec_dir):
     from audiochat.codec.codecs import Codec
-    src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=Codec.from_pretrained(codec_dir), cot=False, understanding=1, refusals=1)
-    assert all(t.text == T.NO_COT_TEXT for t in src.turns(0) if t.role == "assistant") and len(src) == 6
+    src = ST.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=Codec.from_pretrained(codec_dir), cot=False, understanding=1, refusals=1)
+    assert all(t.text == NO_COT_TEXT for t in src.turns(0) if t.role == "assistant") and len(src) == 6
     with pytest.raises(ValueError, match="data.refusals is a fraction"): resolve("tiny", overrides=["--data.refusals=1.5"])
 
 
@@ -199,17 +202,17 @@ def test_nan_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 
 def test_checkpoint_atomic_and_loaded_without_pickle(tmp_path, monkeypatch):
     c = config(tmp_path, "--optim.steps=4", "--run.save_every=2")
-    real_save, n = T.save_file, {"calls": 0}
+    real_save, n = CT.save_file, {"calls": 0}
     def crash_on_second_checkpoint(tensors, path, *a, **k):
         n["calls"] += 1
         if n["calls"] == 4: raise OSError("disk full")  # ema + trainer per checkpoint: the 4th call is in the second one
         return real_save(tensors, path, *a, **k)
-    monkeypatch.setattr(T, "save_file", crash_on_second_checkpoint)
+    monkeypatch.setattr(CT, "save_file", crash_on_second_checkpoint)
     with pytest.raises(OSError, match="disk full"): T.train(c)
     ck = T.latest_checkpoint(tmp_path / "run")
     assert ck.name == "step-0000002" and sorted(p.name for p in ck.parent.glob("step-*")) == ["step-0000002"]
     assert {p.suffix for p in ck.iterdir()} <= {".safetensors", ".json", ".yaml"}
-    monkeypatch.setattr(T, "save_file", real_save)
+    monkeypatch.setattr(CT, "save_file", real_save)
 
     def no_unpickling(*a, **k): raise AssertionError("checkpoint loading must not unpickle")
     monkeypatch.setattr(torch, "load", no_unpickling)
@@ -272,7 +275,8 @@ def codec_dir(tmp_path_factory):
 
 def test_cli_trains_on_sample_dialogues(tmp_path, codec_dir, capsys):
     from audiochat.cli import main
-    from audiochat.codec.codecs import Codec, encode_folder
+    from audiochat.codec.codecs import Codec
+    from audiochat.codec.latents import encode_folder
     cache = tmp_path / "latents"
     encode_folder(Codec.from_pretrained(codec_dir), SAMPLES, cache)
     args = ["train", "--preset", "tiny", f"--data.source={SAMPLES}", f"--data.latent_cache={cache}", "--data.batch_size=2",
@@ -302,7 +306,7 @@ def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
                                         "--data.planned_share=0.5", f"--run.out={tmp_path / 'run'}"])
     tokenizer, streams, _ = T.prepare_data(config, tmp_path / "run")
     stream = streams[0]
-    assert isinstance(stream, T.MixedStream)
+    assert isinstance(stream, ST.MixedStream)
     kinds = [stream.pick(g)[0] is stream.planned for g in range(8)]
     assert sum(kinds) == 4
     for g in range(4):
@@ -322,8 +326,8 @@ def test_planned_source_gives_assistant_audio_its_scene(codec_dir):
     from audiochat.core.scene import Scene
     from audiochat.model.forcing import plan_frames
     codec = Codec.from_pretrained(codec_dir)
-    src = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, plan=True)
-    plain = T.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec)
+    src = ST.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec, plan=True)
+    plain = ST.DialogueSource(str(SAMPLES), 32, max_turns=2, codec=codec)
     turns, record = src.turns(0), src.record(0)
     spoken = [t for t in turns if t.role == "assistant" and t.audio is not None]
     assert spoken and all(t.plan is None for t in plain.turns(0))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import audiochat.model.forcing as forcing
 import audiochat.model.transformer as tr
+import audiochat.training.streams as ST
 import audiochat.training.train as T
 from audiochat.model.forcing import (
     ForcingConfig,
@@ -77,7 +78,7 @@ def test_fast_step_has_the_plain_step_losses(tmp_path, monkeypatch, arch):
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_tokenizer(T.synthetic_texts(60) + ['{"sources": [{"id": "fx1", "class": "rain"}]}'] * 20, vocab_size=300)
+    return train_tokenizer(ST.synthetic_texts(60) + ['{"sources": [{"id": "fx1", "class": "rain"}]}'] * 20, vocab_size=300)
 
 
 def text_dialogues(n):

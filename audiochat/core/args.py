@@ -124,7 +124,7 @@ def split_overrides(args: list[str]) -> list[tuple[str, str]]:
     out, i = [], 0
     while i < len(args):
         a = args[i]
-        if not a.startswith("--") or "." not in a.split("=", 1)[0]:
+        if not a.startswith("--") or len(a) == 2:
             raise ValueError(f"expected --section.key=value, got {a!r}")
         if "=" in a: key, text = a[2:].split("=", 1)
         elif i + 1 < len(args): key, text, i = a[2:], args[i + 1], i + 1

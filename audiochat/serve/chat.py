@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..codec.codecs import Codec, codec_preset, load_latents, make_codec
+from ..codec.codecs import Codec, codec_preset, make_codec
+from ..codec.latents import load_latents
 from ..core.audio import FRAME_RATE, load_audio
 from ..core.io import hub_id, resolve_pretrained
 from ..core.scene import Edit, Scene, SceneError
@@ -48,7 +49,8 @@ from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from ..sim.data import DATA_SAMPLES
 from ..training.config import PRESETS, load_config, resolve, save_config
-from ..training.train import latest_checkpoint, load_run_model, train
+from ..training.checkpoints import load_run_model
+from ..training.train import latest_checkpoint, train
 
 # %% auto #0
 __all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'BUNDLE_FORMAT', 'HEADLINE', 'train_tiny_run', 'ChatError',
