@@ -12,7 +12,8 @@ import time
 
 import torch
 
-from audiochat.eval.evaluate import evaluate, load_scorer, make_system, resolve_split
+from audiochat.eval.systems import make_system
+from audiochat.eval.evaluate import evaluate, load_scorer, resolve_split
 
 p = argparse.ArgumentParser()
 p.add_argument("--dialogues", type=int, default=60)

@@ -41,7 +41,8 @@ from audiochat.codec.training import SpectralDistance
 from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
 from audiochat.core.scene import Scene, diff, edited_spans, to_seglst
 from audiochat.eval.evaluate import as_eval_audio, load_scorer, resolve_split
-from audiochat.eval.metrics import delta_multiflam, editflam, multiflam, tcpwer
+from audiochat.eval.wer import tcpwer
+from audiochat.eval.metrics import delta_multiflam, editflam, multiflam
 from audiochat.model.forcing import Turn
 from audiochat.model.sct import AudioChatModel
 from audiochat.serve.chat import ChatEngine, ChatError

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_metrics import random_case  # noqa: E402  (the generator the parity test uses)
 
-from audiochat.eval.metrics import cpwer, cpwer_from_scratch, tcpwer, tcpwer_from_scratch  # noqa: E402
+from audiochat.eval.wer import cpwer, cpwer_from_scratch, tcpwer, tcpwer_from_scratch  # noqa: E402
 
 
 def fields(r):

@@ -282,15 +282,15 @@ def test_every_imported_package_is_declared_with_a_tested_floor():
 
 def test_tcpwer_and_cpwer_without_meeteval(monkeypatch):
     "Without the eval extra the from-scratch scorers answer, with MeetEval's numbers."
-    import audiochat.eval.metrics as M
+    import audiochat.eval.wer as WM
     ref = [dict(speaker="a", words="the rain falls", start_time=0.0, end_time=1.5),
            dict(speaker="b", words="hello there", start_time=1.0, end_time=2.0)]
     hyp = [dict(speaker="x", words="the rain fell", start_time=0.1, end_time=1.4),
            dict(speaker="y", words="hello", start_time=1.2, end_time=2.0)]
-    with_meeteval = M.tcpwer(ref, hyp, collar=0.5), M.cpwer(ref, hyp)
+    with_meeteval = WM.tcpwer(ref, hyp, collar=0.5), WM.cpwer(ref, hyp)
     monkeypatch.setitem(sys.modules, "meeteval", None)  # `import meeteval` now fails, as in a base install
-    monkeypatch.setattr(M, "has_meeteval", lambda: False)
-    assert (M.tcpwer(ref, hyp, collar=0.5), M.cpwer(ref, hyp)) == with_meeteval
+    monkeypatch.setattr(WM, "has_meeteval", lambda: False)
+    assert (WM.tcpwer(ref, hyp, collar=0.5), WM.cpwer(ref, hyp)) == with_meeteval
 
 
 def test_training_without_tensorboard(tmp_path, monkeypatch, capsys):

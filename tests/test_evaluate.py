@@ -10,27 +10,29 @@ from audiochat.cli import main as cli_main
 from audiochat.core.audio import SAMPLE_RATE, resample
 from audiochat.core.scene import Scene, Source, diff
 from audiochat.eval.evaluate import (
+    as_eval_audio,
+    captioning_multiflam,
+    eval_main,
+    evaluate,
+    format_tables,
+    resolve_split,
+    summarize,
+    understanding_scores,
+)
+from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
+from audiochat.eval.systems import (
     CascadeSystem,
     OracleSystem,
     Output,
     ScriptWriter,
     SilenceSystem,
     System,
-    as_eval_audio,
-    captioning_multiflam,
-    eval_main,
-    evaluate,
     find_source,
-    format_tables,
     make_system,
-    resolve_split,
     run_role,
-    summarize,
-    understanding_scores,
     write_edit,
     write_story,
 )
-from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
 from audiochat.serve.chat import ChatError, train_tiny_run
 from audiochat.sim.agents import AgentError
 from audiochat.sim.data import build_eval, load_turn, read_records
@@ -259,7 +261,8 @@ def test_split_and_scorer_are_cached(tmp_path, monkeypatch):
 
 def test_codec_ceiling_row(split, records, scorer, tiny_run, tmp_path):
     "The ground truth through a run's codec: same length as the truth, scored in the story and edit tables, no understanding."
-    from audiochat.eval.evaluate import CodecCeilingSystem, codec_ceilings, format_tables
+    from audiochat.eval.evaluate import format_tables
+    from audiochat.eval.systems import CodecCeilingSystem, codec_ceilings
     run = make_system(f"tiny={tiny_run}", steps=2)
     ceilings = codec_ceilings([run, make_system("oracle"), run])
     assert len(ceilings) == 1 and ceilings[0].role == "codec" and not ceilings[0].understands

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from meeteval.io import SegLST
 
 from audiochat.core.scene import Scene, Source
-from audiochat.eval.metrics import (
+from audiochat.eval.wer import (
     WordErrorRate,
     align_words,
     check_segments,

@@ -10,7 +10,7 @@ import math
 import torch
 
 from audiochat.model.diffusion import add_noise, alpha_sigma, karras_sigmas, predict_x0, sample, time_from_noise_level
-from audiochat.eval.metrics import tcpwer
+from audiochat.eval.wer import tcpwer
 from audiochat.model.transformer import AUDIO, TEXT, Layout, build_mask
 
 # ---------------------------------------------------------------- exercise 1: the span-bidirectional mask
