@@ -190,9 +190,18 @@ eval-tiny: setup espeak $(foreach r,$(EVAL_RUNS),$(PIPE)/baselines/$(r)/done)
 # noise and always-clean history, trained with the same recipe, data and budget, then evaluated with the ground truth,
 # the codec ceiling and the cascade. FINDINGS_SCALE=full: about 90 minutes on 2 cores; tiny: minutes (the same path).
 FINDINGS_SCALE ?= full
-.PHONY: findings
+.PHONY: findings findings-demo
 findings: setup espeak
 	$(BIN)/python benchmarks/findings.py --scale $(FINDINGS_SCALE)
+
+# The forcing claims at the make demo budget (benchmarks/findings.py --scale demo): forcing, one shared noise level,
+# always-clean history and the restated-scene edit form, 1,000 steps per run on make demo's data and codec, three seeds
+# each, every run measured by the learning benchmark (40 edits; the small edits apart). About 3.5 hours on 2 cores for
+# the three forcing systems, 4.5 with the edit form; every run and benchmark is cached under runs/findings-demo, so the
+# job can stop and go on (FINDINGS_SYSTEMS=sct,shared-noise,clean-history for the forcing claims alone).
+FINDINGS_SYSTEMS ?= sct,shared-noise,clean-history,scene-form
+findings-demo: $(PIPE)/codec/done
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/findings.py --scale demo --systems $(FINDINGS_SYSTEMS) --threads 2
 
 # docs/figures/app.png: the web app (`audiochat serve`) serving APP_RUN (default: the shipped model) with an example
 # story told, photographed by headless Chromium (Debian: apt-get install chromium)

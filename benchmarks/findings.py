@@ -216,7 +216,8 @@ def run_demo(out: Path, systems: list[str], threads: int) -> dict:
     for seed in DEMO["seeds"]:  # seed by seed, so a partial job still compares the systems
         for name in systems:
             key = f"{name}-s{seed}"
-            run = Path(DEMO["reuse"].get(key) or out / "runs" / key)
+            reuse = Path(DEMO["reuse"].get(key, out / "runs" / key))
+            run = reuse if (reuse / "done").exists() else out / "runs" / key  # make demo's model, when it is there
             if not (run / "done").exists():
                 resume = ["--resume"] if (run / "checkpoints" / "latest").exists() else []
                 sh(audiochat("train", "--preset", "tiny", f"--data.source={DEMO['data']}", f"--data.codec={DEMO['codec']}",

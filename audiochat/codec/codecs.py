@@ -10,7 +10,6 @@ Docs: https://audiochat.github.io/audiochat/codec.html.md"""
 # %% ../../nbs/06_codec.ipynb #3f347c12
 from __future__ import annotations
 import dataclasses
-import json
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -19,10 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
-from safetensors.torch import load_file, save_file
 from torch.nn.utils.parametrizations import weight_norm
 from ..core.audio import SAMPLE_RATE, AudioError, load_audio, resample
-from ..core.io import atomic_write, resolve_pretrained
+from ..core.io import load_weights, read_config, resolve_pretrained, save_weights
 
 # %% auto #0
 __all__ = ['CODEC_PRESETS', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit', 'encoder_block', 'decoder_block',
@@ -359,41 +357,24 @@ class Codec(nn.Module):
 
 # %% ../../nbs/06_codec.ipynb #7f68be0b
 def _save_pretrained(self, directory) -> Path:
-    "Write `config.json` and `model.safetensors` into `directory`; returns it."
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-    atomic_write(
-        d / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"})
-    )
-    atomic_write(
-        d / "config.json",
-        lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"),
-    )
-    return d
+    "Write `config.json` and `model.safetensors` into `directory` (`save_weights`); returns it."
+    return save_weights(directory, self.state_dict(), self.config.to_dict())
 
 @classmethod
 def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
     """Load a codec saved by `save_pretrained` from a folder (or a Hugging Face Hub repository
     written `hf:ORG/NAME`)."""
     d = resolve_pretrained(name_or_path, ["config.json", "model.safetensors"], what="codec")
-    for f in ("config.json", "model.safetensors"):
-        if not (d / f).exists(): raise FileNotFoundError(f"{d} has no {f}: not a saved codec")
+    config = read_config(d, "saved codec")
     try:
-        model = make_codec(CodecConfig.from_dict(json.loads((d / "config.json").read_text())))
+        model = make_codec(CodecConfig.from_dict(config))
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"{d / 'config.json'}: not a codec config this version reads ({e})"
         ) from None
     if not isinstance(model, cls):
         raise ValueError(f"{d}: holds a {model.config.kind!r} codec, not a {cls.__name__}")
-    try:
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
-    except Exception as e:
-        raise ValueError(
-            f"{d / 'model.safetensors'}: does not match config.json or is damaged ({str(e)[:200]})"
-        ) from None
-    return model.to(device).eval()
+    return load_weights(model, d).to(device).eval()
 
 # %% ../../nbs/06_codec.ipynb #267c3f1b
 Codec.save_pretrained, Codec.from_pretrained = _save_pretrained, _from_pretrained

@@ -1,6 +1,6 @@
-"""Writing a file so that no reader ever sees it half-written, checking a folder can be written
-before any work, finding a pretrained checkpoint in a folder or on the Hugging Face Hub, and
-picking the device.
+"""Writing a file so that no reader ever sees it half-written, saving and loading weights with their
+config, checking a folder can be written before any work, finding a pretrained checkpoint in a
+folder or on the Hugging Face Hub, and picking the device.
 
 Docs: https://audiochat.github.io/audiochat/io.html.md"""
 
@@ -9,6 +9,7 @@ Docs: https://audiochat.github.io/audiochat/io.html.md"""
 # %% ../../nbs/01a_io.ipynb #4c19729b
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING: import torch
 
 # %% auto #0
-__all__ = ['HUB_ID', 'atomic_write', 'check_writable', 'hub_id', 'resolve_pretrained', 'pick_device']
+__all__ = ['WEIGHTS_FILE', 'CONFIG_FILE', 'HUB_ID', 'atomic_write', 'tied_groups', 'save_weights', 'read_config', 'load_weights',
+           'check_writable', 'hub_id', 'resolve_pretrained', 'pick_device']
 
 # %% ../../nbs/01a_io.ipynb #902593dd
 def atomic_write(path: Path, write) -> Path:
@@ -32,6 +34,67 @@ def atomic_write(path: Path, write) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+# %% ../../nbs/01a_io.ipynb #2d44f84b
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+
+def tied_groups(state: dict) -> list[list[str]]:
+    "The names in `state` that share one tensor's memory (tied weights), in groups of two or more."
+    groups = {}
+    for k, v in state.items():
+        ident = (
+            v.untyped_storage().data_ptr(),
+            v.storage_offset(),
+            tuple(v.shape),
+            tuple(v.stride()),
+        )
+        groups.setdefault(ident, []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+def save_weights(directory, state: dict, config: dict) -> Path:
+    """Write `config.json` (`config`) and `model.safetensors` (the tensors of `state`, tied ones
+    once) into `directory`, each atomically; returns the folder."""
+    from safetensors.torch import save_file
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    dropped = {k for g in tied_groups(state) for k in g[1:]}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in dropped}
+    atomic_write(d / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write(d / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return d
+
+# %% ../../nbs/01a_io.ipynb #6e077bfe
+def read_config(directory, what: str = "saved model") -> dict:
+    """`config.json` of a folder written by `save_weights`: FileNotFoundError when either file is
+    missing, ValueError when the config is not a JSON object."""
+    d = Path(directory)
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (d / f).is_file(): raise FileNotFoundError(f"{d} has no {f}: not a {what}")
+    try:
+        config = json.loads((d / CONFIG_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{d / CONFIG_FILE} is not JSON ({e})") from None
+    if not isinstance(config, dict): raise ValueError(f"{d / CONFIG_FILE} must hold a JSON object")
+    return config
+
+def load_weights(module, directory):
+    """The tensors of `directory/model.safetensors` into `module` (cast to its dtypes; a tied
+    weight may be stored under any one of its names); a ValueError naming the file when it is
+    damaged or does not fit."""
+    from safetensors.torch import load_file
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        stored = {k for g in tied_groups(module.state_dict()) if set(g) & set(state) for k in g}
+        missing = [k for k in missing if k not in stored]
+        if missing or unexpected:
+            raise ValueError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    except Exception as e:
+        raise ValueError(
+            f"{path}: does not match {CONFIG_FILE} or is damaged ({str(e)[:200]})"
+        ) from None
+    return module
 
 # %% ../../nbs/01a_io.ipynb #be1095c2
 def check_writable(folder) -> Path:

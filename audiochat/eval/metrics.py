@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 import numpy as np
 from ..core.audio import resample
-from ..core.io import hub_id, resolve_pretrained
+from ..core.io import hub_id, load_weights, read_config, resolve_pretrained, save_weights
 from ..core.scene import Scene
 from ..sim.stories import random_story
 from ..sim.copilot import simulate_dialogue
@@ -249,28 +249,14 @@ class TinyFLAM(
         return self.audio(self.audio.features(audio)[None])[0]
 
     def save(self, directory) -> Path:
-        "Write `config.json` and `model.safetensors` into `directory`."
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in self.state_dict().items()}, d / "model.safetensors"
-        )
-        (d / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
-        return d
+        "Write `config.json` and `model.safetensors` into `directory` (`save_weights`)."
+        return save_weights(directory, self.state_dict(), asdict(self.config))
 
     @classmethod
     def load(cls, directory) -> TinyFLAM:
         "Load a scorer written by `save`."
-        from safetensors.torch import load_file
-        d = Path(directory)
-        for f in ("config.json", "model.safetensors"):
-            if not (d / f).is_file():
-                raise FileNotFoundError(f"{d / f} is missing: not a saved TinyFLAM directory")
-        m = cls(ScorerConfig(**json.loads((d / "config.json").read_text())))
-        m.load_state_dict(load_file(d / "model.safetensors"))
-        return m.eval()
+        config = read_config(directory, "saved TinyFLAM directory")
+        return load_weights(cls(ScorerConfig(**config)), directory).eval()
 
 # %% ../../nbs/19_metrics.ipynb #898a393f
 # the audio tower's feature value of digital silence (-100 dB)

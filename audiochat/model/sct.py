@@ -10,7 +10,6 @@ Docs: https://audiochat.github.io/audiochat/sct.html.md"""
 # %% ../../nbs/09_sct.ipynb #4e15d7db
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from fastcore.basics import patch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..core.io import atomic_write, resolve_pretrained
+from ..core.io import load_weights, read_config, resolve_pretrained, save_weights
 from audiochat.model.transformer import (
     MLP,
     Attention,
@@ -499,26 +498,16 @@ def from_hf(
 # %% ../../nbs/09_sct.ipynb #64095508
 @patch
 def save(self: AudioChatModel, directory):
-    "Write config.json and model.safetensors into `directory` (created if missing)."
-    from safetensors.torch import save_model
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / "model.safetensors", lambda p: save_model(self, str(p)))
-    atomic_write(
-        directory / "config.json",
-        lambda p: p.write_text(json.dumps(self.config.to_dict(), indent=2)),
-    )
+    "Write config.json and model.safetensors into `directory` (created if missing; `save_weights`)."
+    return save_weights(directory, self.state_dict(), self.config.to_dict())
 
 
 @patch(cls_method=True)
 def load(cls: AudioChatModel, directory, device=None) -> AudioChatModel:
     "An AudioChatModel from a directory written by `save`."
-    from safetensors.torch import load_model
-    directory = Path(directory)
-    for f in ("config.json", "model.safetensors"):
-        if not (directory / f).exists(): raise FileNotFoundError(f"{directory / f} is missing")
-    model = cls(ModelConfig.from_dict(json.loads((directory / "config.json").read_text())))
-    load_model(model, str(directory / "model.safetensors"), device="cpu")
+    model = load_weights(
+        cls(ModelConfig.from_dict(read_config(directory, "saved model"))), directory
+    )
     return model if device is None else model.to(device)
 
 # %% ../../nbs/09_sct.ipynb #e73b4867

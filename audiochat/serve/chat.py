@@ -21,7 +21,7 @@ import torch
 from ..codec.codecs import Codec, codec_preset, make_codec
 from ..codec.latents import load_latents
 from ..core.audio import FRAME_RATE, load_audio
-from ..core.io import hub_id, resolve_pretrained
+from ..core.io import hub_id, resolve_pretrained, save_weights
 from ..core.scene import Edit, Scene, SceneError
 from ..model.diffusion import sample
 from audiochat.model.forcing import (
@@ -753,23 +753,9 @@ class ChatEngine:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         run_dir = run_dir or getattr(self, "run_dir", None)
-        (out / "model").mkdir(exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(
-            _halved(self.model, state) if half else state, str(out / "model" / "model.safetensors")
-        )
-        (out / "model" / "config.json").write_text(
-            json.dumps(self.model.config.to_dict(), indent=1)
-        )
-        self.codec.save_pretrained(out / "codec")
-        if half:  # the codec writes float32; store its parameters halved, atomically
-            codec_file = out / "codec" / "model.safetensors"
-            state = _halved(
-                self.codec,
-                {k: v.detach().cpu().contiguous() for k, v in self.codec.state_dict().items()},
-            )
-            save_file(state, str(codec_file.with_suffix(".tmp")), metadata={"format": "pt"})
-            codec_file.with_suffix(".tmp").replace(codec_file)
+        for name, part in (("model", self.model), ("codec", self.codec)):
+            state = part.state_dict()
+            save_weights(out / name, _halved(part, state) if half else state, part.config.to_dict())
         self.tokenizer.save_pretrained(str(out / "tokenizer"))
         if self.mean is not None:
             save_file(
