@@ -127,10 +127,10 @@ def spread(summary: dict, system: str, table: str, metric: str) -> list[float]:
     return [v for v in vals if v is not None and math.isfinite(v)]
 
 
-def fmt(vals: list[float]) -> str:
+def fmt(vals: list[float], digits: int = 1) -> str:
     if not vals: return "-"
     m = sum(vals) / len(vals)
-    return f"{m:.1f}" if len(vals) == 1 else f"{m:.1f} [{min(vals):.1f}, {max(vals):.1f}]"
+    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} [{min(vals):.{digits}f}, {max(vals):.{digits}f}]"
 
 
 def verdict(summary: dict, table, metric, better, a, b) -> tuple[str, str]:
@@ -234,6 +234,11 @@ def run_demo(out: Path, systems: list[str], threads: int) -> dict:
     return figures
 
 
+def finished(out: Path) -> dict:
+    "The learning benchmarks of the runs finished so far: {run name: learning.json}."
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "bench").glob("*.json"))}
+
+
 def demo_values(figures: dict, system: str, figure: str) -> list[float]:
     path, _ = DEMO_FIGURES[figure]
     vals = [dig(f, path) for k, f in figures.items() if k.rsplit("-s", 1)[0] == system]
@@ -247,22 +252,25 @@ def dig(d, path):
     return d
 
 
+def digits(figure: str) -> int: return 4 if figure.startswith("keep error") else 1
+
+
 def demo_report(out: Path, figures: dict, systems: list[str], seconds: float) -> str:
     truth = next(iter(figures.values()))["audio"]["systems"]["truth"]["edit"] if figures else {}
     rows = ["# The forcing claims at the `make demo` budget", "",
             f"Every run: the tiny recipe, {DEMO['steps']} steps on make demo's data and codec, seeds {list(DEMO['seeds'])}; "
             f"the learning benchmark on {DEMO['dialogues']} StoryGen-Eval-mini dialogues ({2 * DEMO['dialogues']} edits; small "
             "edits: a few dB, a small pan or move, a short added sound). Figures: mean [min, max] over the seeds finished "
-            f"(n). {len(figures)} runs, {seconds / 60:.0f} minutes in this call.", "",
+            f"(n). {len(figures)} runs benchmarked so far.", "",
             "| system | n | " + " | ".join(DEMO_FIGURES) + " |", "|---|---|" + "---|" * len(DEMO_FIGURES)]
     for name in systems:
         n = sum(k.rsplit("-s", 1)[0] == name for k in figures)
-        rows.append(f"| {name} | {n} | " + " | ".join(fmt(demo_values(figures, name, f)) for f in DEMO_FIGURES) + " |")
+        rows.append(f"| {name} | {n} | " + " | ".join(fmt(demo_values(figures, name, f), digits(f)) for f in DEMO_FIGURES) + " |")
     if truth:
         t = {"editFLAM": truth.get("editflam"), "editFLAM, small edits": dig(truth, ("sizes", "small", "editflam")),
              "keep error": truth.get("keep_error"), "keep error, small edits": dig(truth, ("sizes", "small", "keep_error")),
              "Delta-multiFLAM": truth.get("delta_multiflam")}
-        rows.append("| ground truth | - | - | " + " | ".join(fmt([t[f]] if t.get(f) is not None else []) for f in list(DEMO_FIGURES)[1:]) + " |")
+        rows.append("| ground truth | - | - | " + " | ".join(fmt([t[f]] if t.get(f) is not None else [], digits(f)) for f in list(DEMO_FIGURES)[1:]) + " |")
     rows += ["", "## Verdicts", "", "| the paper's finding | figure | verdict | ours | the paper |", "|---|---|---|---|---|"]
     verdicts = []
     for claim, figure, a, b, paper in DEMO_CLAIMS:
@@ -270,7 +278,7 @@ def demo_report(out: Path, figures: dict, systems: list[str], seconds: float) ->
         va, vb = demo_values(figures, a, figure), demo_values(figures, b, figure)
         v = demo_verdict(va, vb, DEMO_FIGURES[figure][1])
         verdicts.append(dict(claim=claim, figure=figure, verdict=v, a=va, b=vb))
-        rows.append(f"| {claim} | {figure} | {v} | {a} {fmt(va)} vs {b} {fmt(vb)} | {paper} |")
+        rows.append(f"| {claim} | {figure} | {v} | {a} {fmt(va, digits(figure))} vs {b} {fmt(vb, digits(figure))} | {paper} |")
     (out / "findings.json").write_text(json.dumps(dict(scale=DEMO, figures={k: dig(f, ("audio", "systems", "model", "edit"))
                                                                              for k, f in figures.items()},
                                                        verdicts=verdicts), indent=1, default=str) + "\n")
@@ -311,6 +319,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", choices=sorted(SCALES) + ["demo"], default="full")
     p.add_argument("--systems", default=None, help="--scale demo: the systems to run, comma-separated (default: all)")
+    p.add_argument("--report-only", action="store_true", help="--scale demo: the tables of the benchmarks finished so far")
     p.add_argument("--out", default=None, help="output folder (default: runs/findings-SCALE)")
     p.add_argument("--data", default=None, help="a built data set to reuse (with --codec)")
     p.add_argument("--codec", default=None, help="a trained codec folder to reuse (with --data)")
@@ -321,7 +330,8 @@ def main(argv=None) -> int:
     if a.scale == "demo":
         systems = a.systems.split(",") if a.systems else list(DEMO_SYSTEMS)
         if unknown := [s for s in systems if s not in DEMO_SYSTEMS]: p.error(f"--systems: unknown {unknown}; known: {list(DEMO_SYSTEMS)}")
-        print(demo_report(out, run_demo(out, systems, a.threads), systems, time.time() - t0))
+        figures = finished(out) if a.report_only else run_demo(out, systems, a.threads)
+        print(demo_report(out, figures, systems, time.time() - t0))
         print(f"wrote {out / 'findings.md'}, {out / 'findings.json'}")
         return 0
     scale = SCALES[a.scale]
