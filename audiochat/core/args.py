@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +20,8 @@ CONFIG_MODULE = "training.config"  # the module whose dataclasses are the traini
 
 # %% auto #0
 __all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'split_overrides', 'train_parser', 'eval_parser',
-           'codec_parser', 'engine_parser', 'tell_parser', 'edit_parser', 'understand_parser', 'chat_parser']
+           'codec_parser', 'data_parser', 'engine_parser', 'tell_parser', 'edit_parser', 'understand_parser',
+           'chat_parser']
 
 # %% ../../nbs/05a_args.ipynb #27a7b3cb
 @lru_cache(None)
@@ -168,6 +170,81 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/05a_args.ipynb #375b29a3
+def _eval_what(g, split: str):
+    "The options of `audiochat eval` that choose the systems, the dialogues and the output."
+    g.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="a training run folder (repeatable)",
+    )
+    g.add_argument(
+        "--baselines",
+        default="oracle,cascade",
+        help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth "
+             "through that codec), or none (default: oracle,cascade)",
+    )
+    g.add_argument(
+        "--split",
+        default=split,
+        help=f"a built eval folder, or {split} (built into the cache if missing)",
+    )
+    g.add_argument(
+        "--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)"
+    )
+    g.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
+
+def _eval_how(g):
+    "The options of `audiochat eval` that set how the systems answer."
+    g.add_argument(
+        "--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)"
+    )
+    g.add_argument(
+        "--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)"
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of every system's sampling (default: 0)"
+    )
+    g.add_argument(
+        "--cascade-llm",
+        default="script",
+        help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL",
+    )
+    g.add_argument(
+        "--cascade-url",
+        default=None,
+        help="base URL of the OpenAI-compatible server for --cascade-llm openai:...",
+    )
+
+def _eval_scored(g, clap: str):
+    "The options of `audiochat eval` that set how the answers are scored."
+    g.add_argument(
+        "--scorer",
+        default=None,
+        help="a saved TinyFLAM folder (default: the cached one, trained once)",
+    )
+    g.add_argument(
+        "--embeddings",
+        choices=("scorer", "clap"),
+        default=None,
+        help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a "
+             "CLAP model's, as papers use)",
+    )
+    g.add_argument(
+        "--clap",
+        default=None,
+        metavar="MODEL",
+        help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
+        f"hf:ORG/NAME or ORG/NAME (default: {clap}); implies --embeddings clap",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="no codec-ceiling row (the ground truth through each run's codec)",
+    )
+
 def eval_parser() -> argparse.ArgumentParser:
     """The parser of `audiochat eval`, built without torch (its defaults read from
     `audiochat/eval/evaluate.py`'s source)."""
@@ -181,84 +258,15 @@ def eval_parser() -> argparse.ArgumentParser:
         "story (KAD, FAD, multiFLAM, latency), editing (Δ-multiFLAM, editFLAM, per subtask), "
         "understanding (tcpWER, captioning multiFLAM).",
     )
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        default=[],
-        metavar="[NAME=]DIR",
-        help="a training run folder (repeatable)",
-    )
-    p.add_argument(
-        "--baselines",
-        default="oracle,cascade",
-        help="comma-separated: oracle, cascade, silence, noise, codec:DIR (the ground truth "
-             "through that codec), or none (default: oracle,cascade)",
-    )
-    p.add_argument(
-        "--split",
-        default=split,
-        help=f"a built eval folder, or {split} (built into the cache if missing)",
-    )
-    p.add_argument(
-        "--dialogues", type=int, default=None, help="evaluate the first N dialogues (default: all)"
-    )
-    p.add_argument(
-        "--scorer",
-        default=None,
-        help="a saved TinyFLAM folder (default: the cached one, trained once)",
-    )
-    p.add_argument("--out", default="runs/eval", help="output folder (default: runs/eval)")
-    p.add_argument(
-        "--steps", type=int, default=25, help="DPM-Solver++ steps of the checkpoints (default: 25)"
-    )
-    p.add_argument(
-        "--cfg", type=float, default=3.0, help="classifier-free guidance scale (default: 3)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of every system's sampling (default: 0)"
-    )
-    p.add_argument(
-        "--cascade-llm",
-        default="script",
-        help="the cascade's LLM: script (offline), hf:NAME_OR_PATH, openai:MODEL",
-    )
-    p.add_argument(
-        "--cascade-url",
-        default=None,
-        help="base URL of the OpenAI-compatible server for --cascade-llm openai:...",
-    )
-    p.add_argument(
-        "--embeddings",
-        choices=("scorer", "clap"),
-        default=None,
-        help="clip embeddings of KAD and FAD: scorer (the scorer's own; the default) or clap (a "
-             "CLAP model's, as papers use)",
-    )
-    p.add_argument(
-        "--clap",
-        default=None,
-        metavar="MODEL",
-        help=f"the CLAP checkpoint of --embeddings clap: a folder or a Hub id, "
-        f"hf:ORG/NAME or ORG/NAME (default: {clap}); implies --embeddings clap",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--no-ceiling",
-        action="store_true",
-        help="no codec-ceiling row (the ground truth through each run's codec)",
-    )
+    _eval_what(p.add_argument_group("what to evaluate"), split)
+    _eval_how(p.add_argument_group("how the systems answer"))
+    _eval_scored(p.add_argument_group("how the answers are scored"), clap)
     return p
 
 # %% ../../nbs/05a_args.ipynb #93d00837
-def codec_parser() -> argparse.ArgumentParser:
-    """The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets
-    read from `audiochat/codec/codecs.py`)."""
-    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec.codecs"), "CODEC_PRESETS").keys]
-    p = argparse.ArgumentParser(
-        prog="audiochat codec", description="Train, use and evaluate the audio codec."
-    )
-    sub = p.add_subparsers(dest="action", required=True)
-    keys = (
+def _codec_keys() -> str:
+    "The `codec` section's keys, as `codec train --help` and `codec fit --help` end."
+    return (
         "config keys, each set as --codec.KEY=VALUE (defaults before a preset applies):\n"
         + "\n".join(
             f"  --{k}={default}  ({kind})" + (f"  {note}" if note else "")
@@ -266,6 +274,9 @@ def codec_parser() -> argparse.ArgumentParser:
             if k.startswith("codec.")
         )
     )
+
+def _codec_train(sub, presets: list[str], keys: str):
+    "`audiochat codec train`."
     t = sub.add_parser(
         "train",
         help="train a codec on the audio files under a folder",
@@ -293,6 +304,9 @@ def codec_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--threads", type=int, default=None, help="CPU threads (1 is faster on a busy, shared CPU)"
     )
+
+def _codec_fit(sub, keys: str):
+    "`audiochat codec fit`."
     f = sub.add_parser(
         "fit",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -309,6 +323,9 @@ def codec_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--out", default="runs/codec-mel", help="output folder (default: runs/codec-mel)"
     )
+
+def _codec_encode_eval(sub):
+    "`audiochat codec encode` and `audiochat codec eval`."
     e = sub.add_parser("encode", help="write the latent cache of a folder of audio")
     e.add_argument("--model", required=True, help="codec folder (save_pretrained)")
     e.add_argument("--data", required=True)
@@ -324,6 +341,57 @@ def codec_parser() -> argparse.ArgumentParser:
     v.add_argument("--lowpass-hz", type=float, default=4000.0)
     v.add_argument("--json", default=None, help="also write the result here")
     v.add_argument("--device", default="cpu")
+
+def codec_parser() -> argparse.ArgumentParser:
+    """The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets
+    read from `audiochat/codec/codecs.py`)."""
+    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec.codecs"), "CODEC_PRESETS").keys]
+    p = argparse.ArgumentParser(
+        prog="audiochat codec", description="Train, use and evaluate the audio codec."
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    keys = _codec_keys()
+    _codec_train(sub, presets, keys)
+    _codec_fit(sub, keys)
+    _codec_encode_eval(sub)
+    return p
+
+# %% ../../nbs/05a_args.ipynb #81958c4b
+def data_parser() -> argparse.ArgumentParser:
+    """The parser of `audiochat data` (build, eval, samples, show, export), built without torch (the
+    presets and the split's size read from `audiochat/sim/data.py`)."""
+    tree = _tree("sim.data")
+    presets = [ast.literal_eval(k) for k in _assigned(tree, "DATA_PRESETS").keys]
+    n_eval = ast.literal_eval(_assigned(tree, "EVAL_DIALOGUES"))
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(
+        prog="audiochat data", description="Build and inspect the simulated dialogue dataset."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build (or resume) a training dataset")
+    b.add_argument("--preset", choices=presets, default="tiny", help="size preset (default: tiny)")
+    b.add_argument("--out", required=True, help="output folder (a killed build resumes when rerun)")
+    b.add_argument("--workers", type=int, default=cores, help="processes (default: all cores)")
+    b.add_argument("--dialogues", type=int, help="override the preset's number of dialogues")
+    b.add_argument("--shard-size", type=int, help="override the preset's dialogues per shard")
+    b.add_argument("--edits", type=int, help="edit turns per dialogue (default 2)")
+    b.add_argument("--seed", type=int, default=0, help="run seed: a disjoint block of seeds")
+    b.add_argument("--max-duration", type=float, help="longest story in seconds, 5-15 (default 15)")
+    e = sub.add_parser("eval", help="build StoryGen-Eval-mini (fixed seeds, apart from training's)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--dialogues", type=int, default=n_eval, help=f"dialogues (default {n_eval})")
+    e.add_argument("--workers", type=int, default=cores)
+    m = sub.add_parser("samples", help="a few short dialogues covering every edit subtask")
+    m.add_argument("--out", default="data_samples/dialogues")
+    m.add_argument("-n", type=int, default=6)
+    s = sub.add_parser("show", help="print dialogues of a built dataset as chats")
+    s.add_argument("dir")
+    s.add_argument("-n", type=int, default=1, help="how many dialogues (default 1)")
+    x = sub.add_parser("export", help="a dataset as a Hugging Face `datasets` dataset")
+    x.add_argument("--format", choices=["hf"], default="hf", help="hf: parquet shards and a card")
+    x.add_argument("--data", required=True, help="a built dataset, StoryGen-Eval-mini or samples")
+    x.add_argument("--out", required=True, help="output folder (read by datasets.load_dataset)")
+    x.add_argument("--skip-damaged", action="store_true", help="leave damaged shards out, named")
     return p
 
 # %% ../../nbs/05a_args.ipynb #e258094d
@@ -404,6 +472,7 @@ HELP_PARSERS = {
     "train": train_parser,
     "eval": eval_parser,
     "codec": codec_parser,
+    "data": data_parser,
     "tell": tell_parser,
     "edit": edit_parser,
     "understand": understand_parser,

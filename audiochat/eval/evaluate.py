@@ -440,25 +440,11 @@ def _embeddings_of(summary: dict) -> str:
     )
 
 # %% ../../nbs/20_eval.ipynb #f8a757e1
-def format_tables(summary: dict, meta: dict | None = None) -> str:
-    """The paper-shaped markdown tables of a `summarize` result (`meta`: split, dialogues, scorer,
-    ... for the header)."""
-    meta = meta or {}
-    systems = [(n, s) for n, s in summary.items() if s["available"]]
-    name = lambda n, s: n if n == s["label"] else f"{n} ({s['label']})"
-    lines = ["# StoryGen-Eval-mini results", ""]
-    if meta: lines += ["; ".join(f"{k}: {v}" for k, v in meta.items()), ""]
-    lines += [
-        "Scales differ: the paper evaluates a 3.6B model (trained on ~40K hours) with OpenFLAM at "
-        "48 kHz on 1,200 "
-        "dialogues; these are small models, the TinyFLAM scorer and StoryGen-Eval-mini. The "
-        "paper's figures (docs/method.md "
-        "section 8) are cited beside the row each system stands for; compare orderings, not "
-        "values. Metric columns are "
-        "over the turns a system answered; 'failed' counts the others.",
-        "",
-    ]
-    emb = _embeddings_of(summary)
+def _row_name(n: str, s: dict) -> str: return n if n == s["label"] else f"{n} ({s['label']})"
+
+def _story_table(systems: list, emb: str) -> list[str]:
+    "The story-generation table."
+    lines = []
     lines += [
         "## Story generation",
         "",
@@ -469,10 +455,15 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
     for n, s in systems:
         d = s["story"]
         lines.append(
-            f"| {name(n, s)} | {_fmt(d['kad'], 2)} | {_fmt(d.get('fad'), 3)} | "
+            f"| {_row_name(n, s)} | {_fmt(d['kad'], 2)} | {_fmt(d.get('fad'), 3)} | "
             f"{_fmt(d['multiflam'])} | {_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} "
             f"| {_failed(d)} | {paper_cell('story', s['role'])} |"
         )
+    return lines
+
+def _edit_tables(systems: list) -> list[str]:
+    "The editing table and, when there are any, the per-subtask one."
+    lines = []
     lines += [
         "",
         "## Editing",
@@ -484,7 +475,7 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
     for n, s in systems:
         d = s["edit"]
         lines.append(
-            f"| {name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} | "
+            f"| {_row_name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} | "
             f"{_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | "
             f"{paper_cell('edit', s['role'])} |"
         )
@@ -501,7 +492,12 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
                     if d is None
                     else f"{_fmt(d['delta_multiflam'])} / {_fmt(d['editflam'])} ({_failed(d)})"
                 )
-            lines.append(f"| {name(n, s)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_row_name(n, s)} | " + " | ".join(cells) + " |")
+    return lines
+
+def _understanding_table(systems: list) -> list[str]:
+    "The understanding table, and the systems left out of it."
+    lines = []
     und = [(n, s) for n, s in systems if "understand" in s]
     lines += [
         "",
@@ -514,7 +510,7 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
     for n, s in und:
         d = s["understand"]
         lines.append(
-            f"| {name(n, s)} | {_fmt(d['tcpwer'])} | {_fmt(d['captioning_multiflam'])} | "
+            f"| {_row_name(n, s)} | {_fmt(d['tcpwer'])} | {_fmt(d['captioning_multiflam'])} | "
             f"{_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | "
             f"{paper_cell('understand', s['role'])} |"
         )
@@ -524,6 +520,11 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
             "",
             f"Not evaluated on understanding (they do not describe audio): {', '.join(no_und)}.",
         ]
+    return lines
+
+def _architecture_table(systems: list) -> list[str]:
+    "The architecture ablation (editing), in the paper's order."
+    lines = []
     arch = [(n, s) for n, s in systems if s["role"] in ARCHITECTURES or s["role"] == "codec"]
     lines += [
         "",
@@ -538,11 +539,30 @@ def format_tables(summary: dict, meta: dict | None = None) -> str:
     ):
         d = s["edit"]
         lines.append(
-            f"| {name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} | {_failed(d)} "
-            f"| {paper_cell('architecture', s['role'])} |"
+            f"| {_row_name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} "
+            f"| {_failed(d)} | {paper_cell('architecture', s['role'])} |"
         )
     if not any(s["role"] in ARCHITECTURES for _, s in arch):
         lines.append("| (no dit, dense, mot or sct run given) | | | | |")
+    return lines
+
+def format_tables(summary: dict, meta: dict | None = None) -> str:
+    """The paper-shaped markdown tables of a `summarize` result (`meta`: split, dialogues, scorer,
+    ... for the header)."""
+    meta = meta or {}
+    systems = [(n, s) for n, s in summary.items() if s["available"]]
+    lines = ["# StoryGen-Eval-mini results", ""]
+    if meta: lines += ["; ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+    lines += [
+        "Scales differ: the paper evaluates a 3.6B model (trained on ~40K hours) with OpenFLAM at "
+        "48 kHz on 1,200 dialogues; these are small models, the TinyFLAM scorer and "
+        "StoryGen-Eval-mini. The paper's figures (docs/method.md section 8) are cited beside the "
+        "row each system stands for; compare orderings, not values. Metric columns are over the "
+        "turns a system answered; 'failed' counts the others.",
+        "",
+    ]
+    lines += _story_table(systems, _embeddings_of(summary)) + _edit_tables(systems)
+    lines += _understanding_table(systems) + _architecture_table(systems)
     missing = [(n, s) for n, s in summary.items() if not s["available"]]
     if missing:
         lines += ["", "## Not available", ""] + [

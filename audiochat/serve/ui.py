@@ -202,11 +202,22 @@ def chat_main(argv: list[str], stdin=None) -> int:
     return 0
 
 # %% ../../nbs/17_ui.ipynb #585b8313
-def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
-    import html
-
+def _clip_html(out: Path, wav: str, png: str, audio, fig, sample_rate: int, alt: str) -> str:
+    "`audio` saved as WAV.wav and `fig` as PNG.png in `out`: their player and image, as HTML."
     import matplotlib.pyplot as plt
-    parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"]
+    wav = save_audio(out / f"{wav}.wav", audio, sample_rate)
+    fig.savefig(out / f"{png}.png", dpi=90)
+    plt.close(fig)
+    return (
+        f'<audio controls src="{wav.name}"></audio><br>'
+        f'<img src="{png}.png" alt="{alt}" width="810">'
+    )
+
+
+def _words_html(s: dict) -> list[str]:
+    "The request, the answer in words and the change an edit wrote."
+    import html
+    parts = []
     if s.get("request"): parts.append(f"<p><b>request:</b> {html.escape(s['request'])}</p>")
     if s.get("message"): parts.append(f"<p><b>answer:</b> {html.escape(s['message'])}</p>")
     if s.get("edit"):
@@ -214,58 +225,37 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
             "<p><b>edit (the change the model wrote):</b> "
             f"<code>{html.escape(s['edit'])}</code></p>"
         )
+    return parts
+
+def _audio_html(i: int, s: dict, out: Path, sample_rate: int) -> list[str]:
+    "The turn's audio, the tools' rendering of its scene, and before / after an edit."
+    parts, turn = [], f"turn-{i:02d}"
     if s.get("audio") is not None:
-        wav = save_audio(out / f"turn-{i:02d}.wav", s["audio"], sample_rate)
-        fig = plot_audio(
-            s["audio"],
-            sample_rate,
-            spans=s["scene"].spans() if s.get("scene") else None,
-            title=s["title"],
-            figsize=(9, 3.5),
-        )
-        fig.savefig(out / f"turn-{i:02d}.png", dpi=90)
-        plt.close(fig)
-        parts.append(
-            f'<audio controls src="{wav.name}"></audio><br><img src="turn-{i:02d}.png" '
-            f'alt="spectrogram of turn {i}" width="810">'
-        )
-    # the same scene through the tools: what the model's audio should sound like
+        spans = s["scene"].spans() if s.get("scene") else None
+        fig = plot_audio(s["audio"], sample_rate, spans=spans, title=s["title"], figsize=(9, 3.5))
+        alt = f"spectrogram of turn {i}"
+        parts.append(_clip_html(out, turn, turn, s["audio"], fig, sample_rate, alt))
+    # the same scene through the tools (at the project's rate): what the model's audio should be
     if s.get("rendered") is not None:
-        # the tools render at the project's rate
         tools = resample(s["rendered"], SAMPLE_RATE, sample_rate)
-        wav = save_audio(out / f"turn-{i:02d}-tools.wav", tools, sample_rate)
-        fig = plot_audio(
-            tools,
-            sample_rate,
-            spans=s["scene"].spans(),
-            title="the tools' rendering of the same scene",
-            figsize=(9, 3.5),
-        )
-        fig.savefig(out / f"turn-{i:02d}-tools.png", dpi=90)
-        plt.close(fig)
-        parts.append(
-            '<h3>the tools\' rendering of the same scene</h3><audio controls '
-            f'src="{wav.name}"></audio><br>'
-            f'<img src="turn-{i:02d}-tools.png" alt="spectrogram of the tools\' rendering of turn '
-            f'{i}" width="810">'
-        )
+        title = "the tools' rendering of the same scene"
+        spans = s["scene"].spans()
+        fig = plot_audio(tools, sample_rate, spans=spans, title=title, figsize=(9, 3.5))
+        alt = f"spectrogram of the tools' rendering of turn {i}"
+        parts.append(f"<h3>{title}</h3>" + _clip_html(out, f"{turn}-tools", f"{turn}-tools", tools,
+                                                      fig, sample_rate, alt))
     if s.get("before") is not None and s.get("audio") is not None:
-        wav = save_audio(out / f"turn-{i:02d}-before.wav", s["before"], sample_rate)
-        fig = plot_before_after(
-            s["before"],
-            s["audio"],
-            sample_rate,
-            s.get("changed") or [],
-            "before / after (changed spans outlined)",
-        )
-        fig.savefig(out / f"turn-{i:02d}-edit.png", dpi=90)
-        plt.close(fig)
-        parts.append(
-            f'<h3>before / after</h3>before: <audio controls src="{wav.name}"></audio><br>'
-            f'<img src="turn-{i:02d}-edit.png" alt="spectrograms before and after the edit of turn '
-            f'{i}" width="810">'
-        )
-    # understanding: what the model heard beside the truth
+        fig = plot_before_after(s["before"], s["audio"], sample_rate, s.get("changed") or [],
+                                "before / after (changed spans outlined)")
+        alt = f"spectrograms before and after the edit of turn {i}"
+        parts.append("<h3>before / after</h3>before: " + _clip_html(
+            out, f"{turn}-before", f"{turn}-edit", s["before"], fig, sample_rate, alt))
+    return parts
+
+def _scene_html(s: dict) -> list[str]:
+    "The scene (beside the truth, for understanding), a table, the raw chain of thought, timings."
+    import html
+    parts = []
     if s.get("scene") is not None and s.get("truth") is not None:
         parts.append(
             "<div style='display:flex;gap:1em'>"
@@ -291,6 +281,13 @@ def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
             for k, v in s["timings"].items()
         )
         parts.append(f"<h3>timings (s)</h3><table>{rows}</table>")
+    return parts
+
+def _section_html(i: int, s: dict, out: Path, sample_rate: int) -> str:
+    "One section of the report: what was asked and answered, the audio, the scene."
+    import html
+    parts = [f"<section><h2>{i}. {html.escape(s['title'])}</h2>"] + _words_html(s)
+    parts += _audio_html(i, s, out, sample_rate) + _scene_html(s)
     return "\n".join(parts) + "</section>"
 
 def reply_section(

@@ -9,7 +9,6 @@ Docs: https://audiochat.github.io/audiochat/data.html.md"""
 # %% ../../nbs/05_data.ipynb #984a4520
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -19,8 +18,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-# audiochat.core.audio (torch) is imported inside the functions that read or write audio: `audiochat
-# data --help` stays light
+# audiochat.core.audio (torch) is imported inside the functions that read or write audio: reading
+# records stays light
+from ..core.args import data_parser
 from ..core.io import check_writable
 from ..core.scene import Scene
 from .stories import SUBTASKS
@@ -563,92 +563,40 @@ def _hf_rows(data):
             )
 
 # %% ../../nbs/05_data.ipynb #0c649154
-def data_main(argv: list[str]) -> int:
-    "`audiochat data build|eval|samples|show|export`."
-    p = argparse.ArgumentParser(
-        prog="audiochat data", description="Build and inspect the simulated dialogue dataset."
+def _export_main(a) -> int:
+    ds = export_hf(a.data, a.out, skip_damaged=a.skip_damaged)
+    turns, columns = sum(map(len, ds.values())), next(iter(ds.values())).column_names
+    print(
+        f"wrote {a.out}/: {turns} turns in {len(ds)} split(s) ({', '.join(columns)}); "
+        f"datasets.load_dataset({str(a.out)!r})"
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or resume) a training dataset")
-    b.add_argument(
-        "--preset", choices=list(DATA_PRESETS), default="tiny", help="size preset (default: tiny)"
-    )
-    b.add_argument(
-        "--out", required=True, help="output folder (a killed build resumes when run again)"
-    )
-    b.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes (default: all cores)",
-    )
-    b.add_argument("--dialogues", type=int, help="override the preset's number of dialogues")
-    b.add_argument("--shard-size", type=int, help="override the preset's dialogues per shard")
-    b.add_argument("--edits", type=int, help="edit turns per dialogue (default 2)")
-    b.add_argument(
-        "--seed", type=int, default=0, help="run seed: picks a disjoint block of training seeds"
-    )
-    b.add_argument("--max-duration", type=float, help="longest story in seconds, 5-15 (default 15)")
-    e = sub.add_parser(
-        "eval", help="build StoryGen-Eval-mini (fixed seeds, disjoint from training)"
-    )
-    e.add_argument("--out", required=True)
-    e.add_argument(
-        "--dialogues",
-        type=int,
-        default=EVAL_DIALOGUES,
-        help=f"number of dialogues (default {EVAL_DIALOGUES})",
-    )
-    e.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    m = sub.add_parser(
-        "samples", help="write a few short dialogues covering every edit subtask (data_samples/)"
-    )
-    m.add_argument("--out", default="data_samples/dialogues")
-    m.add_argument("-n", type=int, default=6)
-    s = sub.add_parser("show", help="print dialogues of a built dataset as chats")
-    s.add_argument("dir")
-    s.add_argument("-n", type=int, default=1, help="how many dialogues (default 1)")
-    x = sub.add_parser(
-        "export",
-        help="write a dataset as a Hugging Face `datasets` dataset (one row per turn, audio "
-             "included)",
-    )
-    x.add_argument(
-        "--format",
-        choices=["hf"],
-        default="hf",
-        help="hf: parquet shards + a dataset card, the Hub's layout (default)",
-    )
-    x.add_argument(
-        "--data",
-        required=True,
-        help="a built dataset, StoryGen-Eval-mini or data_samples/dialogues",
-    )
-    x.add_argument(
-        "--out",
-        required=True,
-        help="output folder (load it with datasets.load_dataset(OUT); upload it as it is)",
-    )
-    x.add_argument(
-        "--skip-damaged",
-        action="store_true",
-        help="export without the damaged shards (counted and named) instead of failing",
-    )
-    a = p.parse_args(argv)
-    if a.command == "export":
-        ds = export_hf(a.data, a.out, skip_damaged=a.skip_damaged)
-        turns, columns = sum(map(len, ds.values())), next(iter(ds.values())).column_names
+    for shard in damaged_shards(a.data):
+        n = turns_in(shard)
         print(
-            f"wrote {a.out}/: {turns} turns in {len(ds)} split(s) ({', '.join(columns)}); "
-            f"datasets.load_dataset({str(a.out)!r})"
+            f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported",
+            file=sys.stderr,
         )
-        for shard in damaged_shards(a.data):
-            n = turns_in(shard)
-            print(
-                f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported",
-                file=sys.stderr,
-            )
-        return 0
+    return 0
+
+def _build_main(a) -> int:
+    check_writable(a.out)  # before any work
+    if a.command == "build":
+        over = dict(dialogues=a.dialogues, shard_size=a.shard_size, edits=a.edits)
+        over["max_duration"] = a.max_duration
+        config = replace(
+            DATA_PRESETS[a.preset], seed=a.seed, **{k: v for k, v in over.items() if v is not None}
+        )
+        summary = build(a.out, config, a.workers)
+    else:
+        summary = build_eval(a.out, a.dialogues, a.workers)
+    print(format_summary(summary))
+    print(f"wrote {a.out}/ (summary.json, shard-*/records.jsonl, shard-*/audio/*.flac)")
+    return 0
+
+def data_main(argv: list[str]) -> int:
+    "`audiochat data build|eval|samples|show|export` (the parser: `core.args.data_parser`)."
+    a = data_parser().parse_args(argv)
+    if a.command == "export": return _export_main(a)
     if a.command == "show":
         for i, r in enumerate(read_records(a.dir)):
             if i >= a.n: break
@@ -657,19 +605,4 @@ def data_main(argv: list[str]) -> int:
     if a.command == "samples":
         print(format_summary(build_samples(a.out, a.n)))
         return 0
-    check_writable(a.out)  # before any work
-    if a.command == "build":
-        over = dict(
-            dialogues=a.dialogues,
-            shard_size=a.shard_size,
-            edits=a.edits,
-            max_duration=a.max_duration,
-        )
-        over = {k: v for k, v in over.items() if v is not None}
-        config = replace(DATA_PRESETS[a.preset], seed=a.seed, **over)
-        summary = build(a.out, config, a.workers)
-    else:
-        summary = build_eval(a.out, a.dialogues, a.workers)
-    print(format_summary(summary))
-    print(f"wrote {a.out}/ (summary.json, shard-*/records.jsonl, shard-*/audio/*.flac)")
-    return 0
+    return _build_main(a)
