@@ -615,6 +615,66 @@ def save_run(
     return Path(config.run.out) / "checkpoints" / f"step-{learn.step:07d}"
 
 # %% ../../nbs/14_train.ipynb #ea823f66
+def _new_state(ck) -> dict:
+    "The trainer state of a new run, or the one of the checkpoint `ck` a run resumes from."
+    if ck is None:
+        return dict(
+            step=0,
+            bad_steps=0,
+            bad_in_row=0,
+            last_checkpoint=None,
+            seconds=0.0,
+            history=[],
+            evals=[],
+        )
+    return {
+        **{k: v for k, v in ck["state"].items() if k != "param_groups"},
+        "last_checkpoint": str(ck["path"]),
+    }
+
+def _tensorboard(out: Path, config: Config, ck) -> TensorBoard:
+    "The run's TensorBoard writer (a new run also writes its config as text)."
+    text = None if ck else {"config": f"```\n{yaml.safe_dump(to_dict(config), sort_keys=False)}```"}
+    return TensorBoard(out / "tb", TRAIN_SCALARS, text)
+
+def _step_callbacks(config: Config, model, ema, averaged, world: int, device, main: bool) -> list:
+    "The callbacks of every step: schedule, accumulation, clipping, bad steps, EMA, checkpoints."
+    r = config.run
+    return [
+        Schedule(partial(lr_at, config)),
+        GradientAccumulation(config.optim.accumulate),
+        ClipGrad(config.optim.grad_clip),
+        SkipNonFinite(r.max_bad_steps, NAN_ADVICE, partial(_any_bad, world=world, device=device)),
+        averaged,
+        Checkpoint(
+            partial(save_run, model=model, ema=ema, config=config, world=world, main=main),
+            r.save_every,
+        ),
+    ]
+
+def _log_callbacks(config: Config, out: Path, ck, state: dict, world: int, tb) -> list:
+    "The main process's: the config saved, the recorder, TensorBoard, the JSONL log, the progress."
+    save_config(config, out / "config.yaml")
+    r = config.run
+    start = dict(
+        event="resume" if ck else "start",
+        step=state["step"],
+        processes=world,
+        config=to_dict(config),
+    )
+    return [
+        Recorder(
+            r.log_every,
+            partial(log_row, config=config),
+            step_losses,
+            LOSS_KEYS,
+            partial(batch_counts, world=world),
+        ),
+        tb,
+        JsonlLog(out / "log.jsonl", start),
+        ProgressBar(config.optim.steps, loss_postfix, desc="train") if r.progress else None,
+    ]
+
 def train(
     config: Config, resume: bool = False, until: int | None = None, overwrite: bool = False
 ) -> dict:
@@ -632,14 +692,7 @@ def train(
     audio_end, main = special_token_ids(tokenizer)["audio_end"], rank == 0
     model, fwd, opt, ema = build_model(config, ck, device, world)
     amp = autocast_for(config, device)
-    state = dict(
-        step=0, bad_steps=0, bad_in_row=0, last_checkpoint=None, seconds=0.0, history=[], evals=[]
-    )
-    if ck is not None:
-        state = {
-            **{k: v for k, v in ck["state"].items() if k != "param_groups"},
-            "last_checkpoint": str(ck["path"]),
-        }
+    state = _new_state(ck)
     preview_codec = (
         Codec.from_pretrained(config.data.codec)
         if main and config.data.codec and eval_stream is not None
@@ -665,69 +718,13 @@ def train(
             return None  # counted as a NaN loss: the step is skipped
 
     averaged = EMA(dict(model.named_parameters()), r.ema, ema) if ema is not None else None
-    tb = (
-        TensorBoard(
-            out / "tb",
-            TRAIN_SCALARS,
-            None
-            if ck
-            else {"config": f"```\n{yaml.safe_dump(to_dict(config), sort_keys=False)}```"},
-        )
-        if main
-        else None
-    )
-    cbs = [
-        Schedule(partial(lr_at, config)),
-        GradientAccumulation(config.optim.accumulate),
-        ClipGrad(config.optim.grad_clip),
-        SkipNonFinite(r.max_bad_steps, NAN_ADVICE, partial(_any_bad, world=world, device=device)),
-        averaged,
-        Checkpoint(
-            partial(save_run, model=model, ema=ema, config=config, world=world, main=main),
-            r.save_every,
-        ),
-    ]
+    tb = _tensorboard(out, config, ck) if main else None
+    cbs = _step_callbacks(config, model, ema, averaged, world, device, main)
     if eval_stream is not None:
-        cbs.append(
-            Evaluate(
-                partial(
-                    evaluate_run,
-                    model=model,
-                    stream=eval_stream,
-                    config=config,
-                    audio_end_id=audio_end,
-                    amp=amp,
-                    device=device,
-                    ema=averaged,
-                    tensorboard=tb,
-                    codec=preview_codec,
-                ),
-                r.eval_every,
-                last=total,
-            )
-        )
-    if main:
-        save_config(config, out / "config.yaml")
-        cbs += [
-            Recorder(
-                r.log_every,
-                partial(log_row, config=config),
-                step_losses,
-                LOSS_KEYS,
-                partial(batch_counts, world=world),
-            ),
-            tb,
-            JsonlLog(
-                out / "log.jsonl",
-                dict(
-                    event="resume" if ck else "start",
-                    step=state["step"],
-                    processes=world,
-                    config=to_dict(config),
-                ),
-            ),
-            ProgressBar(total, loss_postfix, desc="train") if r.progress else None,
-        ]
+        every = partial(evaluate_run, model=model, stream=eval_stream, config=config, amp=amp)
+        cbs.append(Evaluate(partial(every, audio_end_id=audio_end, device=device, ema=averaged,
+                                    tensorboard=tb, codec=preview_codec), r.eval_every, last=total))
+    if main: cbs += _log_callbacks(config, out, ck, state, world, tb)
     try:
         with oom_advice():
             return fit(
