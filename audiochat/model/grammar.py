@@ -298,6 +298,32 @@ class Decoded:
 
 # %% ../../nbs/15_grammar.ipynb #ad1cb190
 @torch.no_grad()
+def _start(model, tokens, latents, layout):
+    "The first logits of a decode with a KV cache, and the step that feeds it one more token."
+    dev = tokens.device
+    if layout is not None and bool(layout.audio.any()):
+        cache, D = model.new_cache(), model.config.latent_dim
+        def step(tok):
+            x, t = torch.zeros(1, tok.shape[1], D, device=dev), torch.zeros(tok.shape, device=dev)
+            return model(tok, x, t, Layout.text_only(tok), cache=cache).text_logits
+        t = torch.zeros(tokens.shape, device=dev)
+        return model(tokens, latents, t, layout, cache=cache).text_logits, step
+    cache = model.new_cache(text_only=True)
+    step = lambda tok: model.forward_text(tok, Layout.text_only(tok), cache)
+    return step(tokens), step
+
+def _ranked(z, temperature: float, top_k: int, generator) -> list[int]:
+    "Token ids in the order to try: by logit (greedy), or drawn without replacement from the top_k."
+    if temperature <= 0: return z.argsort(descending=True).tolist()
+    top = z.topk(min(top_k, z.numel()))
+    probs = torch.softmax(top.values / temperature, -1)
+    return top.indices[torch.multinomial(probs, len(probs), generator=generator)].tolist()
+
+def _allowed(i: int, text: bytes, stop: set, grammar: SceneGrammar, pieces: list) -> bool:
+    "May token `i` come next: a stop id once the text is complete, else a piece keeping it viable."
+    if i in stop: return grammar.complete(text)
+    return pieces[i] is not None and grammar.viable(text + pieces[i])
+
 def decode_text(
     model,
     tokens,
@@ -325,63 +351,19 @@ def decode_text(
             "grammar-constrained decoding needs the token pieces (token_pieces(tokenizer))"
         )
     stop, t0 = set(stop_ids), time.perf_counter()
-    dev = tokens.device
-    with_audio = layout is not None and bool(layout.audio.any())
-    if with_audio:
-        cache = model.new_cache()
-        D = model.config.latent_dim
-        step = lambda tok: (
-            model(
-                tok,
-                torch.zeros(1, tok.shape[1], D, device=dev),
-                torch.zeros(tok.shape, device=dev),
-                Layout.text_only(tok),
-                cache=cache,
-            ).text_logits
-        )
-        logits = model(
-            tokens, latents, torch.zeros(tokens.shape, device=dev), layout, cache=cache
-        ).text_logits
-    else:
-        cache = model.new_cache(text_only=True)
-        step = lambda tok: model.forward_text(tok, Layout.text_only(tok), cache)
-        logits = model.forward_text(tokens, Layout.text_only(tokens), cache)
+    logits, step = _start(model, tokens, latents, layout)
     ids, text, stopped = [], b"", False
     for _ in range(max_new_tokens):
         z = logits[0, -1].float()
-        if temperature > 0:
-            top = z.topk(min(top_k, z.numel()))
-            probs = torch.softmax(top.values / temperature, -1)
-            order = top.indices[torch.multinomial(probs, len(probs), generator=generator)].tolist()
-        else: order = z.argsort(descending=True).tolist()
-        nxt = None
-        for i in order if grammar is not None else order[:1]:
-            if grammar is None:
-                nxt = i
-                break
-            if i in stop:
-                if grammar.complete(text):
-                    nxt = i
-                    break
-            elif pieces[i] is not None and grammar.viable(text + pieces[i]):
-                nxt = i
-                break
-        # sampling looked at the top_k only: fall back to the best allowed token of the whole
-        # vocabulary
-        if nxt is None:
-            nxt = next(
-                (
-                    i
-                    for i in z.argsort(descending=True).tolist()
-                    if (i in stop and grammar.complete(text))
-                    or (
-                        i not in stop and pieces[i] is not None and grammar.viable(text + pieces[i])
-                    )
-                ),
-                None,
-            )
-            # complete, and no stop token was given
-            if nxt is None and grammar.complete(text):
+        order = _ranked(z, temperature, top_k, generator)
+        if grammar is None: nxt = order[0]
+        else:
+            ok = lambda i, text=text: _allowed(i, text, stop, grammar, pieces)
+            nxt = next((i for i in order if ok(i)), None)
+            # sampling looked at the top_k only: the best allowed token of the whole vocabulary
+            if nxt is None:
+                nxt = next((i for i in z.argsort(descending=True).tolist() if ok(i)), None)
+            if nxt is None and grammar.complete(text):  # complete, and no stop token was given
                 stopped = True
                 break
             if nxt is None:
@@ -393,6 +375,6 @@ def decode_text(
             break
         ids.append(nxt)
         if pieces is not None and pieces[nxt] is not None: text += pieces[nxt]
-        logits = step(torch.tensor([[nxt]], device=dev))
+        logits = step(torch.tensor([[nxt]], device=tokens.device))
     seconds = time.perf_counter() - t0
     return Decoded(ids, tokenizer.decode(ids) if tokenizer is not None else "", seconds, stopped)
