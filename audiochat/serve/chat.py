@@ -54,7 +54,7 @@ from ..training.train import latest_checkpoint, train
 
 # %% auto #0
 __all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'BUNDLE_FORMAT', 'HEADLINE', 'train_tiny_run', 'ChatError',
-           'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'Plan', 'ChatEngine', 'headline',
+           'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'Plan', 'check_engine', 'ChatEngine', 'headline',
            'headline_table', 'model_card']
 
 # %% ../../nbs/16_chat.ipynb #fe4c16d4
@@ -219,6 +219,39 @@ class Plan:
     previous: Scene | None = None  # an edit: the scene it changes
 
 # %% ../../nbs/16_chat.ipynb #e08d2b12
+def check_engine(model, codec, mean, *, vocabulary, default_seconds, max_seconds, steps, retries,
+                 max_new_tokens, cfg_scale):
+    "A ValueError naming the setting when the engine's parts do not fit or a setting is off."
+    if vocabulary not in ("known", "free"):
+        raise ValueError(f"vocabulary must be 'known' or 'free', got {vocabulary!r}")
+    if not 0 < default_seconds <= max_seconds:
+        raise ValueError(
+            f"default_seconds must be in (0, max_seconds={max_seconds:g}], got {default_seconds}"
+        )
+    if codec.config.frame_dim != model.config.latent_dim:
+        raise ValueError(
+            f"the codec's frames have {codec.config.frame_dim} dims but the model's latents "
+            f"{model.config.latent_dim}"
+        )
+    if mean is not None and mean.shape[-1] != model.config.latent_dim:
+        raise ValueError(
+            f"the latent statistics have {mean.shape[-1]} dims but the model's latents "
+            f"{model.config.latent_dim}"
+        )
+    if (
+        steps < 1
+        or not 0 <= retries <= MAX_RETRIES
+        or max_new_tokens < 1
+        or not max_seconds > 0
+        or not cfg_scale >= 0
+    ):
+        raise ValueError(
+            f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 and <= "
+            f"{MAX_RETRIES} (got {retries}), "
+            f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), "
+            f"cfg_scale >= 0 (got {cfg_scale})"
+        )
+
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds
     the turns and `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`,
@@ -251,23 +284,9 @@ class ChatEngine:
         seed: int = 0,
         vocabulary: str = "known",
     ):
-        if vocabulary not in ("known", "free"):
-            raise ValueError(f"vocabulary must be 'known' or 'free', got {vocabulary!r}")
-        if not 0 < default_seconds <= max_seconds:
-            raise ValueError(
-                f"default_seconds must be in (0, max_seconds={max_seconds:g}], got "
-                f"{default_seconds}"
-            )
-        if codec.config.frame_dim != model.config.latent_dim:
-            raise ValueError(
-                f"the codec's frames have {codec.config.frame_dim} dims but the model's latents "
-                f"{model.config.latent_dim}"
-            )
-        if mean is not None and mean.shape[-1] != model.config.latent_dim:
-            raise ValueError(
-                f"the latent statistics have {mean.shape[-1]} dims but the model's latents "
-                f"{model.config.latent_dim}"
-            )
+        check_engine(model, codec, mean, vocabulary=vocabulary, default_seconds=default_seconds,
+                     max_seconds=max_seconds, steps=steps, retries=retries,
+                     max_new_tokens=max_new_tokens, cfg_scale=cfg_scale)
         self.model, self.tokenizer, self.codec, self.config = (
             model.eval(),
             tokenizer,
@@ -293,19 +312,6 @@ class ChatEngine:
             temperature,
         )
         self.max_new_tokens, self.max_seconds, self.seed = max_new_tokens, max_seconds, seed
-        if (
-            steps < 1
-            or not 0 <= retries <= MAX_RETRIES
-            or max_new_tokens < 1
-            or not max_seconds > 0
-            or not cfg_scale >= 0
-        ):
-            raise ValueError(
-                f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 and <= "
-                f"{MAX_RETRIES} (got {retries}), "
-                f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), "
-                f"cfg_scale >= 0 (got {cfg_scale})"
-            )
         # "diff": an edit is written as its change (notebook 02), else restated
         self.edit_form = config.data.edit_form
         # the scene of the conversation's last audio (what an edit changes)
