@@ -130,43 +130,46 @@ class DialogueSource:
             raise FileNotFoundError(
                 f"no finished shards in {source} (expected shard-*/records.jsonl)"
             )
-        for p in shards:
-            with open(p, "rb") as f:
-                offset = 0
-                for line in f:
-                    r = json.loads(line)
-                    turns = r["turns"][:max_turns]
-                    text = sum(
-                        len(t["user"]) + len(json.dumps(t["scene"], separators=(",", ":")))
-                        for t in turns
-                    )
-                    frames = sum(min(max_frames, math.ceil(t["duration"] * 40)) for t in turns)
-                    self.entries.append((str(p), offset, len(turns)))
-                    self.lengths.append(text // 3 + frames + 6 * len(turns))
-                    offset += len(line)
-        if holdout:
-            if holdout >= len(self.entries):
-                raise ValueError(
-                    f"{source} has {len(self.entries)} dialogues, too few to hold out {holdout} "
-                    "for evaluation"
-                )
-            cut = (
-                slice(len(self.entries) - holdout, None)
-                if split == "eval"
-                else slice(0, len(self.entries) - holdout)
-            )
-            self.entries, self.lengths = self.entries[cut], self.lengths[cut]
+        for p in shards: self._index(p)
+        if holdout: self._hold_out(holdout, split)
         self.tasks = ["dialogue"] * len(self.entries)
         # the chosen dialogues come once more as an understanding example of their story
-        if cot and understanding > 0:
-            chosen = [
-                i
-                for i in range(len(self.entries))
-                if self._rng(i, "understand").random() < understanding
-            ]
-            self.entries += [self.entries[i] for i in chosen]
-            self.tasks += ["understand"] * len(chosen)
-            self.lengths += [self.lengths[i] // max(1, self.entries[i][2]) for i in chosen]
+        if cot and understanding > 0: self._add_understanding(understanding)
+
+    def _index(self, records: Path):
+        "Each dialogue of a shard's `records`: where it starts, its turns, its length in tokens."
+        with open(records, "rb") as f:
+            offset = 0
+            for line in f:
+                turns = json.loads(line)["turns"][: self.max_turns]
+                text = sum(
+                    len(t["user"]) + len(json.dumps(t["scene"], separators=(",", ":")))
+                    for t in turns
+                )
+                frames = sum(min(self.max_frames, math.ceil(t["duration"] * 40)) for t in turns)
+                self.entries.append((str(records), offset, len(turns)))
+                self.lengths.append(text // 3 + frames + 6 * len(turns))
+                offset += len(line)
+
+    def _hold_out(self, holdout: int, split: str):
+        "The last `holdout` dialogues (split `eval`) or all the others (split `train`)."
+        if holdout >= len(self.entries):
+            raise ValueError(
+                f"{self.source} has {len(self.entries)} dialogues, too few to hold out {holdout} "
+                "for evaluation"
+            )
+        n = len(self.entries) - holdout
+        cut = slice(n, None) if split == "eval" else slice(0, n)
+        self.entries, self.lengths = self.entries[cut], self.lengths[cut]
+
+    def _add_understanding(self, share: float):
+        "A `share` of the dialogues again, as understanding examples of their story."
+        chosen = [
+            i for i in range(len(self.entries)) if self._rng(i, "understand").random() < share
+        ]
+        self.entries += [self.entries[i] for i in chosen]
+        self.tasks += ["understand"] * len(chosen)
+        self.lengths += [self.lengths[i] // max(1, self.entries[i][2]) for i in chosen]
 
     def _synthetic_length(self, seed):
         return sum(len(t.text) // 3 + 3 + (0 if t.audio is None else t.audio.shape[0] + 2)
