@@ -153,7 +153,7 @@ def check_tcpwer(mine=tcpwer_by_hand):
     errors, words = _pick("tcpwer_by_hand", mine, tcpwer_by_hand)
     r = tcpwer(TCP_REFERENCE, TCP_HYPOTHESIS, collar=TCP_COLLAR)
     assert (errors, words) == (r.errors, r.length), f"you counted {errors} errors in {words} words; MeetEval counts {r.errors} in {r.length}"
-    print(f"tcpWER by hand = {errors}/{words} = {errors / words:.0%}, as audiochat.eval.metrics.tcpwer (MeetEval) computes")
+    print(f"tcpWER by hand = {errors}/{words} = {errors / words:.0%}, as audiochat.eval.wer.tcpwer (MeetEval) computes")
 
 
 def check_all():
