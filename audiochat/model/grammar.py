@@ -297,7 +297,6 @@ class Decoded:
     def tokens_per_s(self) -> float: return len(self.ids) / max(self.seconds, 1e-9)
 
 # %% ../../nbs/15_grammar.ipynb #ad1cb190
-@torch.no_grad()
 def _start(model, tokens, latents, layout):
     "The first logits of a decode with a KV cache, and the step that feeds it one more token."
     dev = tokens.device
@@ -324,6 +323,7 @@ def _allowed(i: int, text: bytes, stop: set, grammar: SceneGrammar, pieces: list
     if i in stop: return grammar.complete(text)
     return pieces[i] is not None and grammar.viable(text + pieces[i])
 
+@torch.no_grad()
 def decode_text(
     model,
     tokens,
