@@ -344,3 +344,13 @@ def test_plan_features_reach_the_audio_predictions():
     torch.manual_seed(0); plain = AudioChatModel(config("sct")).eval()
     assert torch.equal(plain(tokens, latents, t, layout, plan=plan).audio_pred, plain(tokens, latents, t, layout).audio_pred)
     with pytest.raises(ValueError, match="plan_features"): ModelConfig(plan_features=-1)
+
+
+def test_decoding_builds_no_autograd_graph():
+    "Text decoding runs without autograd: a graph over thousands of cached steps made it twice as slow."
+    from audiochat.model.grammar import decode_text
+    model = AudioChatModel(preset("tiny")).eval()
+    seen, forward = [], model.forward_text
+    model.forward_text = lambda *a, **k: seen.append(torch.is_grad_enabled()) or forward(*a, **k)
+    d = decode_text(model, torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    assert len(d.ids) == 3 and seen and not any(seen)
