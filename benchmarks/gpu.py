@@ -359,6 +359,7 @@ def stage_data(a, work: Path, results: Results, left) -> dict:
 
 def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
     from audiochat.codec import codecs as C
+    from audiochat.codec.training import train_codec
     if a.codec:
         return dict(codec=a.codec, trained=False)
     preset = "tiny"
@@ -370,7 +371,7 @@ def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     minutes = a.codec_minutes
     t0 = time.perf_counter()
-    state = C.train_codec(cfg, data["data"], out_dir, steps=3 if a.dry else None, minutes=None if a.dry else minutes,
+    state = train_codec(cfg, data["data"], out_dir, steps=3 if a.dry else None, minutes=None if a.dry else minutes,
                           device=str(device), progress=False)
     info = dict(codec=str(out_dir), trained=True, preset=preset, kind=getattr(cfg, "kind", "vae"), steps=state["step"],
                 seconds=round(time.perf_counter() - t0, 1), last=(state.get("history") or [None])[-1])
