@@ -374,7 +374,7 @@ def edit_size(before: Scene, after: Scene) -> str:
     d = diff(before, after)
     if d.removed or len(d.added) + len(d.changed) != 1: return "large"
     if d.added:
-        a = d.added[0] if not isinstance(d.added[0], str) else after[d.added[0]]
+        a = d.added[0]
         return "small" if a.end - a.start <= SMALL_EDIT["added_seconds"] else "large"
     (_, fields), = d.changed.items()
     if "caption" in fields or not set(fields) <= {"loudness_db", "pan", "start", "end"}: return "large"
