@@ -21,6 +21,7 @@ and every run is measured by the learning benchmark (benchmarks/learning.py: 20 
 exact edit diffs, editFLAM and the keep error, each also over the small edits alone). Each finished run and each
 benchmark is cached, so the job can stop and go on later."""
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -210,12 +211,51 @@ def demo_verdict(a: list[float], b: list[float], better: str) -> str:
     return f"undecided: ranges overlap, means lean {lean}; " + (f"about {n} seeds a side would decide it" if n else "more than 20 seeds a side")
 
 
+RECORDS = Path(__file__).resolve().parents[1] / "docs" / "results" / "findings-demo"  # one committed record a run
+
+
+def provenance(seconds: float) -> dict:
+    "Where a record comes from: the code, the machine, the codec build (its weights' digest) and the time it took."
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    weights = next(iter(sorted(Path(DEMO["codec"]).glob("*.safetensors"))), None)
+    return dict(commit=commit or None, date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(),
+                codec=hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights else None,
+                bench_seconds=round(seconds))
+
+
+def training_curve(run: Path, every: int = 5) -> list:
+    "Every `every`-th logged row of a run as [step, L_LM, L_diff], and the last (the record's training curve)."
+    rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if "lm" in r and "event" not in r]
+    return [[r["step"], r["lm"], r.get("diff")] for r in rows[::every] + rows[-1:]]
+
+
+def make_record(key: str, run: Path, learning: dict) -> dict:
+    "The part of a run's learning benchmark that the tables and figures read, its training curve and its provenance."
+    return dict(run=key, steps=DEMO["steps"], dialogues=learning["dialogues"],
+                provenance=provenance(learning["seconds"]["total"]),
+                cot=dict(grammar_on=dict(edit=dig(learning, ("cot", "grammar_on", "edit")))),
+                audio=dict(systems={s: dict(edit=dig(learning, ("audio", "systems", s, "edit")))
+                                    for s in ("model", "truth", "codec")}),
+                curve=training_curve(run))
+
+
+def write_record(key: str, record: dict) -> Path:
+    "Written whole or not at all (a temporary file moved into place)."
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    path, tmp = RECORDS / f"{key}.json", RECORDS / f".{key}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def run_demo(out: Path, systems: list[str], threads: int) -> dict:
-    "Train (or reuse) every system x seed at the demo budget, then benchmark each; returns {run name: learning.json}."
-    figures = {}
+    """Train (or reuse) every system x seed at the demo budget, benchmark each and commit its record under
+    docs/results/findings-demo; a run whose record is there is not run again. Returns {run name: record}."""
     for seed in DEMO["seeds"]:  # seed by seed, so a partial job still compares the systems
         for name in systems:
             key = f"{name}-s{seed}"
+            if (RECORDS / f"{key}.json").exists(): continue
             reuse = Path(DEMO["reuse"].get(key, out / "runs" / key))
             run = reuse if (reuse / "done").exists() else out / "runs" / key  # make demo's model, when it is there
             if not (run / "done").exists():
@@ -230,13 +270,13 @@ def run_demo(out: Path, systems: list[str], threads: int) -> dict:
                 sh([sys.executable, str(Path(__file__).with_name("learning.py")), "--run", str(run), "--dialogues",
                     str(DEMO["dialogues"]), "--free-form", "", "--held-out", "0", "--threads", str(threads), "--quiet",
                     "--out", str(bench)], bench.with_suffix(".log"))
-            figures[key] = json.loads(bench.read_text())
-    return figures
+            print("wrote", write_record(key, make_record(key, run, json.loads(bench.read_text()))), flush=True)
+    return finished()
 
 
-def finished(out: Path) -> dict:
-    "The learning benchmarks of the runs finished so far: {run name: learning.json}."
-    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "bench").glob("*.json"))}
+def finished() -> dict:
+    "The committed records of the runs measured so far: {run name: record}."
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))}
 
 
 def demo_values(figures: dict, system: str, figure: str) -> list[float]:
@@ -255,22 +295,42 @@ def dig(d, path):
 def digits(figure: str) -> int: return 4 if figure.startswith("keep error") else 1
 
 
-def demo_report(out: Path, figures: dict, systems: list[str], seconds: float) -> str:
-    truth = next(iter(figures.values()))["audio"]["systems"]["truth"]["edit"] if figures else {}
+FIGURE = RECORDS.parents[1] / "figures" / "findings_demo.png"
+SIZES = {"all edits": "", "small edits": ("sizes", "small"), "large edits": ("sizes", "large")}
+
+
+def provenance_line(figures: dict) -> str:
+    "How many machines, codec builds and code versions the records come from."
+    prov = [f["provenance"] for f in figures.values()]
+    kinds = lambda k: sorted({str(p.get(k)) for p in prov})
+    minutes = sum(p.get("bench_seconds") or 0 for p in prov) / 60 / max(len(prov), 1)
+    return (f"Records: {len(prov)} runs, measured {', '.join(kinds('date'))} on {', '.join(kinds('cores'))}-core "
+            f"machines, code {', '.join(kinds('commit'))}, {len(kinds('codec'))} codec build(s) (make demo's codec "
+            f"trains for 2 minutes, so each machine's build differs a little); a benchmark took {minutes:.0f} min on "
+            "average.")
+
+
+def demo_report(figures: dict, systems: list[str]) -> str:
+    "The tables and verdicts of the records so far, written to docs/results/findings-demo.md (and .json)."
+    first = next(iter(figures.values()), {})
+    truth, codec = (dig(first, ("audio", "systems", s, "edit")) or {} for s in ("truth", "codec"))
     rows = ["# The forcing claims at the `make demo` budget", "",
             f"Every run: the tiny recipe, {DEMO['steps']} steps on make demo's data and codec, seeds {list(DEMO['seeds'])}; "
             f"the learning benchmark on {DEMO['dialogues']} StoryGen-Eval-mini dialogues ({2 * DEMO['dialogues']} edits; small "
             "edits: a few dB, a small pan or move, a short added sound). Figures: mean [min, max] over the seeds finished "
-            f"(n). {len(figures)} runs benchmarked so far.", "",
-            "| system | n | " + " | ".join(DEMO_FIGURES) + " |", "|---|---|" + "---|" * len(DEMO_FIGURES)]
+            f"(n). {len(figures)} runs benchmarked so far.", ""]
+    if figures: rows += [provenance_line(figures), ""]
+    rows += ["| system | n | " + " | ".join(DEMO_FIGURES) + " |", "|---|---|" + "---|" * len(DEMO_FIGURES)]
     for name in systems:
         n = sum(k.rsplit("-s", 1)[0] == name for k in figures)
         rows.append(f"| {name} | {n} | " + " | ".join(fmt(demo_values(figures, name, f), digits(f)) for f in DEMO_FIGURES) + " |")
-    if truth:
-        t = {"editFLAM": truth.get("editflam"), "editFLAM, small edits": dig(truth, ("sizes", "small", "editflam")),
-             "keep error": truth.get("keep_error"), "keep error, small edits": dig(truth, ("sizes", "small", "keep_error")),
-             "Delta-multiFLAM": truth.get("delta_multiflam")}
-        rows.append("| ground truth | - | - | " + " | ".join(fmt([t[f]] if t.get(f) is not None else [], digits(f)) for f in list(DEMO_FIGURES)[1:]) + " |")
+    for label, ref in (("ground truth", truth), ("codec ceiling (first record)", codec)):
+        if not ref: continue
+        t = {"editFLAM": ref.get("editflam"), "editFLAM, small edits": dig(ref, ("sizes", "small", "editflam")),
+             "keep error": ref.get("keep_error"), "keep error, small edits": dig(ref, ("sizes", "small", "keep_error")),
+             "Delta-multiFLAM": ref.get("delta_multiflam")}
+        rows.append(f"| {label} | - | - | " + " | ".join(fmt([t[f]] if t.get(f) is not None else [], digits(f))
+                                                         for f in list(DEMO_FIGURES)[1:]) + " |")
     rows += ["", "## Verdicts", "", "| the paper's finding | figure | verdict | ours | the paper |", "|---|---|---|---|---|"]
     verdicts = []
     for claim, figure, a, b, paper in DEMO_CLAIMS:
@@ -279,12 +339,49 @@ def demo_report(out: Path, figures: dict, systems: list[str], seconds: float) ->
         v = demo_verdict(va, vb, DEMO_FIGURES[figure][1])
         verdicts.append(dict(claim=claim, figure=figure, verdict=v, a=va, b=vb))
         rows.append(f"| {claim} | {figure} | {v} | {a} {fmt(va, digits(figure))} vs {b} {fmt(vb, digits(figure))} | {paper} |")
-    (out / "findings.json").write_text(json.dumps(dict(scale=DEMO, figures={k: dig(f, ("audio", "systems", "model", "edit"))
-                                                                             for k, f in figures.items()},
-                                                       verdicts=verdicts), indent=1, default=str) + "\n")
+    rows += ["", "![training curves, editFLAM and keep error per system and edit size](../figures/findings_demo.png)", ""]
+    summary = dict(scale=DEMO, figures={k: dig(f, ("audio", "systems", "model", "edit")) for k, f in figures.items()},
+                   verdicts=verdicts)
     text = "\n".join(rows) + "\n"
-    (out / "findings.md").write_text(text)
+    for suffix, body in ((".json", json.dumps(summary, indent=1, default=str) + "\n"), (".md", text)):
+        tmp = RECORDS.with_name(f".{RECORDS.name}{suffix}.tmp")
+        tmp.write_text(body)
+        os.replace(tmp, RECORDS.with_suffix(suffix))
     return text
+
+
+def demo_figure(figures: dict, systems: list[str], path: Path) -> Path:
+    """Left: every run's L_diff against the step, one colour a system. Middle and right: editFLAM and the keep error
+    per system and edit size, one dot a seed, the bar the mean; the ground truth's level dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    colours = dict(zip(systems, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
+    for key, f in sorted(figures.items()):
+        system = key.rsplit("-s", 1)[0]
+        pts = [(s, d) for s, _, d in f["curve"] if d is not None]
+        ax[0].plot(*zip(*pts), lw=1, color=colours.get(system, "k"), label=system if key.endswith("-s0") else None)
+    ax[0].set(title="L_diff (audio) while training", xlabel="step", yscale="log"); ax[0].legend(fontsize=7)
+    truth = dig(next(iter(figures.values())), ("audio", "systems", "truth", "edit"))
+    width = 0.8 / max(len(systems), 1)
+    for a, metric, title in ((ax[1], "editflam", "editFLAM (higher is better)"),
+                             (ax[2], "keep_error", "keep error (lower is better)")):
+        for i, (size, sub) in enumerate(SIZES.items()):
+            for j, system in enumerate(systems):
+                vals = [dig(f, ("audio", "systems", "model", "edit", *sub, metric)) for k, f in figures.items()
+                        if k.rsplit("-s", 1)[0] == system]
+                vals = [v for v in vals if v is not None]
+                x = i + (j - (len(systems) - 1) / 2) * width
+                if vals: a.bar(x, sum(vals) / len(vals), width * 0.9, color=colours[system], alpha=0.35)
+                a.scatter([x] * len(vals), vals, s=10, color=colours[system], label=system if i == 0 else None)
+            ref = dig(truth, (*sub, metric)) if truth else None
+            if ref is not None: a.hlines(ref, i - 0.4, i + 0.4, colors="k", linestyles="dashed", lw=1)
+        a.set_xticks(range(len(SIZES)), list(SIZES)); a.set_title(title)
+    ax[2].set_yscale("log"); ax[1].legend(fontsize=7, title="dashed: ground truth", title_fontsize=7)
+    fig.tight_layout(); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100); plt.close(fig)
+    return path
 
 
 def report(out: Path, results: dict, runs: dict, scale: dict, seconds: float) -> str:
@@ -330,9 +427,10 @@ def main(argv=None) -> int:
     if a.scale == "demo":
         systems = a.systems.split(",") if a.systems else list(DEMO_SYSTEMS)
         if unknown := [s for s in systems if s not in DEMO_SYSTEMS]: p.error(f"--systems: unknown {unknown}; known: {list(DEMO_SYSTEMS)}")
-        figures = finished(out) if a.report_only else run_demo(out, systems, a.threads)
-        print(demo_report(out, figures, systems, time.time() - t0))
-        print(f"wrote {out / 'findings.md'}, {out / 'findings.json'}")
+        figures = finished() if a.report_only else run_demo(out, systems, a.threads)
+        print(demo_report(figures, systems))
+        if figures: demo_figure(figures, systems, FIGURE)
+        print(f"wrote {RECORDS}.md, {RECORDS}.json" + (f", {FIGURE}" if figures else ""))
         return 0
     scale = SCALES[a.scale]
     if bool(a.data) != bool(a.codec): p.error("give both --data and --codec, or neither")

@@ -1,5 +1,6 @@
 """The findings benchmark's verdicts: an ordering is claimed only when every seed of one system beats every seed of the
 other, in the metric's own direction, and one seed on a side is never enough."""
+import json
 import importlib.util
 from pathlib import Path
 
@@ -65,3 +66,34 @@ def test_edit_size_small_and_large():
     much = Scene.from_dict({**before.to_dict(), "sources": [{**before.sources[0].to_dict(), "loudness_db": -15}]})
     assert learning.edit_size(before, louder) == "small" and learning.edit_size(before, much) == "large"
     assert learning.edit_size(louder, before) == "small" and learning.edit_size(before, before) == "large"
+
+
+def fake_learning(editflam: float, keep: float, exact: float) -> dict:
+    "The parts of a learning benchmark's figures that a findings record keeps."
+    edit = lambda f, k: dict(editflam=f, keep_error=k, delta_multiflam=1.0,
+                             sizes=dict(small=dict(editflam=f / 2, keep_error=k), large=dict(editflam=f, keep_error=k)))
+    return dict(dialogues=2, seconds=dict(total=60.0), cot=dict(grammar_on=dict(edit=dict(exact_share=exact))),
+                audio=dict(systems=dict(model=dict(edit=edit(editflam, keep)), truth=dict(edit=edit(20.0, 0.002)),
+                                        codec=dict(edit=edit(15.0, 0.01)))))
+
+
+def test_records_make_the_tables_verdicts_and_figure(tmp_path, monkeypatch):
+    "A run's record keeps its figures and curve; the report and figure are made from the records alone."
+    monkeypatch.setattr(findings, "RECORDS", tmp_path / "findings-demo")
+    run = tmp_path / "run"; run.mkdir()
+    rows = [dict(step=s, lm=1.0 / s, diff=0.5 / s) for s in range(20, 1001, 20)] + [dict(event="eval", step=1000)]
+    (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for seed in range(3):
+        for system, flam in (("sct", 10.0), ("shared-noise", 2.0)):
+            record = findings.make_record(f"{system}-s{seed}", run, fake_learning(flam + seed, 0.2, 0.25))
+            findings.write_record(f"{system}-s{seed}", record)
+    records = findings.finished()
+    assert sorted(records) == [f"{s}-s{i}" for s in ("sct", "shared-noise") for i in range(3)]
+    assert records["sct-s2"]["curve"][-1] == [1000, 0.001, 0.0005] and records["sct-s0"]["provenance"]["bench_seconds"] == 60
+    assert findings.demo_values(records, "sct", "editFLAM") == [10.0, 11.0, 12.0]
+    assert findings.demo_values(records, "sct", "exact edit diffs %") == [25.0] * 3
+    text = findings.demo_report(records, ["sct", "shared-noise"])
+    assert "| Forcing beats one shared noise level on edits | editFLAM | reproduced (ranges apart)" in text
+    assert "| ground truth |" in text and (tmp_path / "findings-demo.md").read_text() == text
+    path = findings.demo_figure(records, ["sct", "shared-noise"], tmp_path / "fig.png")
+    assert path.stat().st_size > 10_000 and not list(tmp_path.glob(".*.tmp"))
