@@ -1,7 +1,7 @@
 """The findings benchmark's verdicts: an ordering is claimed only when every seed of one system beats every seed of the
 other, in the metric's own direction, and one seed on a side is never enough."""
-import json
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest

@@ -55,7 +55,7 @@ from ..training.train import latest_checkpoint, train
 # %% auto #0
 __all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'BUNDLE_FORMAT', 'HEADLINE', 'train_tiny_run', 'ChatError',
            'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'Plan', 'check_engine', 'ChatEngine', 'headline',
-           'headline_table', 'model_card']
+           'headline_table', 'card_summary', 'card_figures', 'model_card']
 
 # %% ../../nbs/16_chat.ipynb #fe4c16d4
 def train_tiny_run(
@@ -454,8 +454,7 @@ class ChatEngine:
                 "this model was trained without a chain of thought: it writes no scenes"
             )
         timings = timings if timings is not None else Timings()
-        tokens, latents, layout = self._context(turns)
-        stop = [self.ids["audio_start"], self.ids["end_turn"], self.ids["eos"], self.ids["system"]]
+        context = self._context(turns)
         by_diff = previous is not None and self.edit_form == "diff"
         grammar = self._grammar(
             previous if by_diff else None,
@@ -466,19 +465,7 @@ class ChatEngine:
         raw, problem = "", ""
         for attempt in range(1 + self.retries):
             try:
-                d = decode_text(
-                    self.model,
-                    tokens,
-                    latents,
-                    layout,
-                    stop_ids=stop,
-                    max_new_tokens=self.max_new_tokens,
-                    temperature=0.0 if attempt == 0 else self.temperature,
-                    generator=gen,
-                    grammar=grammar if self.grammar else None,
-                    pieces=self.pieces,
-                    tokenizer=self.tokenizer,
-                )
+                d = self._decode_scene_text(context, grammar, gen, attempt)
             except DeadEnd as e:
                 raw, problem = e.raw, str(e)
                 timings.attempts += 1
@@ -488,20 +475,40 @@ class ChatEngine:
             timings.attempts += 1
             raw = d.text
             if answers and answer_text(raw) is not None: return None, raw
-            try:
-                scene = Edit.from_json(raw).apply(previous) if by_diff else Scene.from_json(raw)
-            except SceneError as e:
-                problem = (
-                    str(e)
-                    if d.stopped
-                    else f"no complete scene in {self.max_new_tokens} tokens ({e})"
-                )
-                continue
-            if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds:
-                return scene, raw
-            problem = (f"the scene lasts {scene.duration:g} s, not between one frame and "
-                       f"max_seconds={self.max_seconds:g}")
+            scene, problem = self._read_scene(d, previous if by_diff else None)
+            if scene is not None: return scene, raw
         raise ChatError(f"no valid scene after {1 + self.retries} attempts (last: {problem})", raw)
+
+    def _decode_scene_text(self, context: tuple, grammar, gen: torch.Generator, attempt: int):
+        "One attempt at the chain of thought: greedy first, then sampled at `temperature`."
+        tokens, latents, layout = context
+        return decode_text(
+            self.model,
+            tokens,
+            latents,
+            layout,
+            stop_ids=[self.ids[k] for k in ("audio_start", "end_turn", "eos", "system")],
+            max_new_tokens=self.max_new_tokens,
+            temperature=0.0 if attempt == 0 else self.temperature,
+            generator=gen,
+            grammar=grammar if self.grammar else None,
+            pieces=self.pieces,
+            tokenizer=self.tokenizer,
+        )
+
+    def _read_scene(self, d, previous: Scene | None) -> tuple[Scene | None, str]:
+        """The scene a decoded text states (a change applied to `previous` when given), or None
+        and what is wrong with it: not a scene, cut at the token limit, or an impossible length."""
+        try:
+            if previous is not None: scene = Edit.from_json(d.text).apply(previous)
+            else: scene = Scene.from_json(d.text)
+        except SceneError as e:
+            cut = not d.stopped
+            return None, f"no complete scene in {self.max_new_tokens} tokens ({e})" if cut else str(e)
+        if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds:
+            return scene, ""
+        return None, (f"the scene lasts {scene.duration:g} s, not between one frame and "
+                      f"max_seconds={self.max_seconds:g}")
 
     def frame_plan(self, scene: Scene | None, frames: int) -> torch.Tensor | None:
         """The scene frame by frame (`plan_frames`, notebook 11) for a model built with
@@ -533,6 +540,18 @@ class ChatEngine:
                 f"max_seconds={self.max_seconds:g} s"
             )
         frames = max(1, round(seconds * FRAME_RATE))
+        cond, uncond, shape = self._span_denoisers(turns, scene, cot, tool, frames)
+        z = self._sample_span(cond, uncond, shape, timings)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
+        timings.decode_seconds += time.perf_counter() - t0
+        return z.cpu(), audio
+
+    def _span_denoisers(self, turns: list[Turn], scene: Scene | None, cot: str, tool: str,
+                        frames: int):
+        """The denoisers of the planned audio span after `turns`: with the whole dialogue
+        (conditional) and with the span alone (unconditional, for CFG), and the span's shape."""
         D = self.model.config.latent_dim
         planned = Turn(
             "assistant",
@@ -551,6 +570,10 @@ class ChatEngine:
         # CFG: the span alone
         alone = type(batch)(batch.tokens, batch.latents, iso, batch.turn, batch.target, batch.plan)
         uncond, _ = span_denoiser(self.model, alone, span, process=process, seed=self.seed)
+        return cond, uncond, shape
+
+    def _sample_span(self, cond, uncond, shape, timings: Timings) -> torch.Tensor:
+        "DPM-Solver++ with CFG from the two denoisers; counts the denoiser calls and the time."
         calls = [0]
         def counted(fn):
             def f(x, t):
@@ -566,17 +589,13 @@ class ChatEngine:
                 self.steps,
                 cfg_scale=self.cfg_scale,
                 uncond_fn=counted(uncond),
-                process=process,
+                process=self.config.loss.process,
                 generator=torch.Generator().manual_seed(self.seed),
                 device=self.device,
             )[0]
         timings.diffusion_steps += calls[0]
         timings.diffusion_seconds += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            audio = self.codec.decode(self.denormalize(z.float())).float().cpu().clamp(-1, 1)
-        timings.decode_seconds += time.perf_counter() - t0
-        return z.cpu(), audio
+        return z
 
     def _answer(
         self,
@@ -920,11 +939,14 @@ def headline_table(columns: dict) -> str:
     return "\n".join(rows)
 
 # %% ../../nbs/16_chat.ipynb #1e4972a9
-def model_card(config, model, bundle: dict, learning: dict | None = None) -> str:
-    """The README.md of a bundle: what it is, how it was trained, how to use it, the learning
-    benchmark's figures."""
+def card_summary(config, model, bundle: dict) -> list[str]:
+    "The model card's head: its metadata, what the model is, how it was trained and how to use it."
     src = config.data.source
-    lines = [
+    data = f"{src if src == 'synthetic' else Path(src).name} " + (
+        "(simulated dialogues)" if src != "synthetic" else "(random latents and short texts)"
+    )
+    form = "a diff" if config.data.edit_form == "diff" else "the whole scene restated"
+    return [
         "---",
         "library_name: audiochat",
         "license: apache-2.0",
@@ -934,10 +956,8 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
         f"# AudioChat ({bundle['preset']} preset, {model.config.arch})",
         "",
         "A model of the educational AudioChat implementation: one transformer that tells, edits "
-        "and understands "
-        "multi-speaker audio stories (the chain of thought is a JSON scene, the audio codec "
-        "latents are generated by "
-        "diffusion).",
+        "and understands multi-speaker audio stories (the chain of thought is a JSON scene, the "
+        "audio codec latents are generated by diffusion).",
         "",
         "| | |",
         "|---|---|",
@@ -946,12 +966,10 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
         f"{model.config.n_layers} layers |",
         f"| parameters | {count_parameters(model) / 1e6:.2f} M |",
         f"| weights | {bundle['weights']} |",
-        f"| training data | {src if src == 'synthetic' else Path(src).name} "
-        f"({'simulated dialogues' if src != 'synthetic' else 'random latents and short texts'}) |",
+        f"| training data | {data} |",
         f"| checkpoint | {bundle['step']} of {config.optim.steps} training steps |",
         f"| chain of thought | {config.data.cot} |",
-        "| edits written as | "
-        f"{'a diff' if config.data.edit_form == 'diff' else 'the whole scene restated'} |",
+        f"| edits written as | {form} |",
         f"| stored as | {bundle.get('dtype', 'float32')} |",
         f"| codec | {config.codec.kind}, {config.codec.frame_dim} dims per frame |",
         "",
@@ -966,39 +984,42 @@ def model_card(config, model, bundle: dict, learning: dict | None = None) -> str
         'or `audiochat tell "..." -o story.wav --run THIS_FOLDER`.',
         "",
     ]
-    figures = _figures(
-        {
-            k: learning[k]
-            for k in ("cot", "free_form", "understanding", "audio")
-            if isinstance(learning, dict) and learning.get(k)
-        }
-    )
-    if figures:
-        lines += [
-            "## Learning benchmark",
-            "",
-            "From `learning.json` (benchmarks/learning.py), on "
-            f"{learning.get('dialogues', '?')} StoryGen-Eval-mini dialogues, the repository's "
-            "free-form requests "
-            'and the held-out phrasings; "a / b": without / with the scene grammar.',
-            "",
-            "### Main figures",
-            "",
-            headline_table({"value": learning}),
-            "",
-            "### Every figure",
-            "",
-            "| figure | value |",
-            "|---|---|",
-        ]
-        lines += [f"| {k} | {v:.4g} |" for k, v in figures[:60]]
-        if len(figures) > 60: lines.append(f"| ... | {len(figures) - 60} more in learning.json |")
-    else:
-        lines += [
+
+
+def card_figures(learning: dict | None, most: int = 60) -> list[str]:
+    "The model card's benchmark section: the main figures, then up to `most` of every figure."
+    parts = ("cot", "free_form", "understanding", "audio")
+    figures = _figures({k: learning[k] for k in parts if isinstance(learning, dict) and learning.get(k)})
+    if not figures:
+        return [
             "No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling "
             "to add them."
         ]
-    return "\n".join(lines) + "\n"
+    lines = [
+        "## Learning benchmark",
+        "",
+        "From `learning.json` (benchmarks/learning.py), on "
+        f"{learning.get('dialogues', '?')} StoryGen-Eval-mini dialogues, the repository's "
+        'free-form requests and the held-out phrasings; "a / b": without / with the scene grammar.',
+        "",
+        "### Main figures",
+        "",
+        headline_table({"value": learning}),
+        "",
+        "### Every figure",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.4g} |" for k, v in figures[:most]]
+    if len(figures) > most: lines.append(f"| ... | {len(figures) - most} more in learning.json |")
+    return lines
+
+
+def model_card(config, model, bundle: dict, learning: dict | None = None) -> str:
+    """The README.md of a bundle: what it is, how it was trained, how to use it, the learning
+    benchmark's figures."""
+    return "\n".join(card_summary(config, model, bundle) + card_figures(learning)) + "\n"
 
 # %% ../../nbs/16_chat.ipynb #3199561c
 def _halved(module: torch.nn.Module, state: dict) -> dict:
