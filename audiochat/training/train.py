@@ -76,9 +76,10 @@ from audiochat.training.checkpoints import (
 # %% auto #0
 __all__ = ['OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE', 'RESUME_FREE', 'learning_rate', 'stages_of', 'stage_at',
            'lr_at', 'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'held_out_losses',
-           'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab', 'prepare_data', 'open_run', 'build_model',
-           'autocast_for', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run',
-           'train', 'resume_config', 'train_main']
+           'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab', 'latent_sources', 'planned_practice',
+           'run_tokenizer', 'batch_streams', 'prepare_data', 'open_run', 'build_model', 'autocast_for', 'step_losses',
+           'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train', 'resume_config',
+           'train_main']
 
 # %% ../../nbs/14_train.ipynb #6ff9cc1b
 def learning_rate(
@@ -353,84 +354,81 @@ def model_vocab(config: Config, tokenizer) -> int:
         return config.model.vocab_size
     return -(-len(tokenizer) // 64) * 64
 
-def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
-    """(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the tokenizer is
-    trained once and kept in `out`."""
-    out, d = Path(out), config.data
-    out.mkdir(parents=True, exist_ok=True)
-    # what the files made below are made for
-    if rank == 0 and not (out / "data.json").exists(): write_data_key(out, config)
-    if (
-        d.build is not None
-        and d.source != "synthetic"
-        and not Path(d.source).exists()
-        and rank == 0
-    ):
-        build_dataset(d.source, d.build, workers=os.cpu_count() or 1)
-    _barrier(world)
-    codec = Codec.from_pretrained(d.codec) if d.codec else None
+def latent_sources(config: Config, out: Path, codec) -> tuple[list, object]:
+    """One latent source per stage and the held-out one (None without): `data.eval_source`, or
+    the last `data.eval_dialogues` of the training source."""
+    d = config.data
     holdout = 0 if d.eval_source else d.eval_dialogues
-    sources = [
-        _latent_source(
-            config,
-            s.source or d.source,
-            "train",
-            holdout if (s.source or d.source) == d.source else 0,
-            out,
-            codec,
-        )
-        for s in stages_of(config)
-    ]
-    if d.eval_source: eval_src = _latent_source(config, d.eval_source, "train", 0, out, codec)
-    elif holdout: eval_src = _latent_source(config, d.source, "eval", holdout, out, codec)
-    else: eval_src = None
-    tok_dir = out / "tokenizer"
+    sources = []
+    for s in stages_of(config):
+        src = s.source or d.source
+        sources.append(_latent_source(config, src, "train", holdout if src == d.source else 0,
+                                      out, codec))
+    if d.eval_source: return sources, _latent_source(config, d.eval_source, "train", 0, out, codec)
+    if holdout: return sources, _latent_source(config, d.source, "eval", holdout, out, codec)
+    return sources, None
+
+
+def planned_practice(config: Config) -> bool:
+    "Text-only planned dialogues train the text path (not without CoT, nor for the synthetic toy)."
+    d = config.data
+    return bool(d.planned_dialogues and d.cot and d.source != "synthetic")
+
+
+def run_tokenizer(config: Config, out: Path, texts, rank: int = 0, world: int = 1):
+    """The run's tokenizer: `data.tokenizer` when given, else trained once on `texts()` and kept
+    in `out/tokenizer`; its size checked against the model's vocabulary."""
+    d, tok_dir = config.data, out / "tokenizer"
     if not tok_dir.exists() and d.tokenizer is None and rank == 0:
-        texts = sources[0].texts() + (
-            PlannedSource(500, config.run.seed, edit_form=d.edit_form).texts()
-            if d.planned_dialogues and d.cot and d.source != "synthetic"
-            else []
-        )
+        texts = texts()
+        if planned_practice(config):  # the planned dialogues' words too
+            texts += PlannedSource(500, config.run.seed, edit_form=d.edit_form).texts()
         train_tokenizer(texts, vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
     _barrier(world)
     tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
-    if codec is not None and rank == 0 and not (out / "codec" / "config.json").exists():
-        # the run keeps its codec: it works when moved, or run from another folder
-        codec.save_pretrained(out / "codec")
     if len(tokenizer) > model_vocab(config, tokenizer):
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
             f"{config.model.vocab_size}"
         )
-    streams = [BatchStream(s, tokenizer, d.batch_size, d.window, config.run.seed) for s in sources]
-    # no plans without CoT, nor for the synthetic toy
-    practice = d.planned_dialogues and d.cot and d.source != "synthetic"
-    if practice:  # text-only practice for the text path
-        planned = PlannedSource(
-            d.planned_dialogues,
-            config.run.seed,
-            max(3, d.max_turns),
-            latent_dim=config.model.latent_dim,
-            # text is cheap: both edits of a planned dialogue
-            edit_form=d.edit_form,
-            refusals=d.refusals,
-        )
-        planned = BatchStream(
-            planned,
-            tokenizer,
-            d.planned_batch_size or 2 * d.batch_size,
-            d.window,
-            config.run.seed + 2,
-        )
+    return tokenizer
+
+
+def batch_streams(config: Config, sources: list, eval_src, tokenizer) -> tuple[list, object]:
+    """One BatchStream per stage (mixed with text-only planned dialogues when they train the
+    text path) and the held-out BatchStream (None without)."""
+    d, seed = config.data, config.run.seed
+    streams = [BatchStream(s, tokenizer, d.batch_size, d.window, seed) for s in sources]
+    if planned_practice(config):
+        # text is cheap: both edits of a planned dialogue
+        planned = PlannedSource(d.planned_dialogues, seed, max(3, d.max_turns),
+                                latent_dim=config.model.latent_dim, edit_form=d.edit_form,
+                                refusals=d.refusals)
+        size = d.planned_batch_size or 2 * d.batch_size
+        planned = BatchStream(planned, tokenizer, size, d.window, seed + 2)
         streams = [MixedStream(s, planned, d.planned_share) for s in streams]
-    ev = (
-        BatchStream(
-            eval_src, tokenizer, min(d.batch_size, len(eval_src)), d.window, config.run.seed + 1
-        )
-        if eval_src is not None and len(eval_src)
-        else None
-    )
-    return tokenizer, streams, ev
+    if eval_src is None or not len(eval_src): return streams, None
+    size = min(d.batch_size, len(eval_src))
+    return streams, BatchStream(eval_src, tokenizer, size, d.window, seed + 1)
+
+
+def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
+    """(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the data set is
+    built when missing and the tokenizer trained once, both kept for the run in `out`."""
+    out, d = Path(out), config.data
+    out.mkdir(parents=True, exist_ok=True)
+    # what the files made below are made for
+    if rank == 0 and not (out / "data.json").exists(): write_data_key(out, config)
+    missing = d.build is not None and d.source != "synthetic" and not Path(d.source).exists()
+    if missing and rank == 0: build_dataset(d.source, d.build, workers=os.cpu_count() or 1)
+    _barrier(world)
+    codec = Codec.from_pretrained(d.codec) if d.codec else None
+    sources, eval_src = latent_sources(config, out, codec)
+    tokenizer = run_tokenizer(config, out, sources[0].texts, rank, world)
+    if codec is not None and rank == 0 and not (out / "codec" / "config.json").exists():
+        # the run keeps its codec: it works when moved, or run from another folder
+        codec.save_pretrained(out / "codec")
+    return (tokenizer, *batch_streams(config, sources, eval_src, tokenizer))
 
 # %% ../../nbs/14_train.ipynb #32902f9e
 def open_run(
