@@ -423,15 +423,8 @@ def train_codec(
         raise ValueError(
             f"steps must be >= 1 and minutes > 0 (got steps={steps}, minutes={minutes})"
         )
-    out, state = Path(out_dir), dict(step=0, seconds=0.0, history=[])
-    if resume:
-        if not (out / "trainer_state.json").exists():
-            raise FileNotFoundError(f"no checkpoint to resume in {out}")
-        config = CodecConfig.from_dict(json.loads((out / "config.json").read_text()))
-        state = {
-            **json.loads((out / "trainer_state.json").read_text()),
-            "last_checkpoint": str(out),
-        }
+    out = Path(out_dir)
+    config, state = _start_state(config, out, resume)
     files = [
         f for d in ([data] if isinstance(data, (str, Path)) else data) for f in list_audio_files(d)
     ]
@@ -457,23 +450,35 @@ def train_codec(
     )
     bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
     loss = lambda learn: codec_loss(learn, loss_fn, config, disc, opt_d, bf16)
-    postfix = lambda row: dict(
-        mel=f"{row['mel']:.3f}", stft=f"{row['stft']:.3f}", kl=f"{row['kl']:.1f}"
-    )
-    cbs = [
-        ClipGrad(config.grad_clip),
-        SkipNonFinite(1, "Lower the learning rate."),
-        Recorder(log_every, codec_row),
-        Checkpoint(
-            lambda learn: save_codec_checkpoint(out, model, opt, learn.state, disc, opt_d),
-            config.save_every,
-        ),
-        TimeLimit(minutes) if minutes is not None else None,
-        ProgressBar(steps, postfix, desc="codec") if progress else None,
-    ]
+    save = lambda learn: save_codec_checkpoint(out, model, opt, learn.state, disc, opt_d)
+    cbs = _codec_callbacks(config, save, steps, minutes, progress, log_every)
     return fit(
         model, opt, loss, lambda learn: crops.batch(config.batch_size).to(dev), steps, cbs, state
     )
+
+
+def _start_state(config: CodecConfig, out: Path, resume: bool) -> tuple[CodecConfig, dict]:
+    "A new run: `config` and an empty trainer state; resumed: the config and state saved in `out`."
+    if not resume: return config, dict(step=0, seconds=0.0, history=[])
+    if not (out / "trainer_state.json").exists():
+        raise FileNotFoundError(f"no checkpoint to resume in {out}")
+    config = CodecConfig.from_dict(json.loads((out / "config.json").read_text()))
+    return config, {**json.loads((out / "trainer_state.json").read_text()), "last_checkpoint": str(out)}
+
+
+def _codec_callbacks(config: CodecConfig, save, steps, minutes, progress: bool, log_every: int):
+    "Clipping, skipping non-finite steps, the log, checkpoints, the time limit and the progress bar."
+    postfix = lambda row: dict(
+        mel=f"{row['mel']:.3f}", stft=f"{row['stft']:.3f}", kl=f"{row['kl']:.1f}"
+    )
+    return [
+        ClipGrad(config.grad_clip),
+        SkipNonFinite(1, "Lower the learning rate."),
+        Recorder(log_every, codec_row),
+        Checkpoint(save, config.save_every),
+        TimeLimit(minutes) if minutes is not None else None,
+        ProgressBar(steps, postfix, desc="codec") if progress else None,
+    ]
 
 # %% ../../nbs/06a_codec_training.ipynb #7b54573a
 def lowpass(audio: torch.Tensor, cutoff_hz: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
