@@ -31,9 +31,9 @@ from .requests import REQUEST_FACETS, choose_family, family_name, story_phrase
 # %% auto #0
 __all__ = ['REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP', 'FAMILY_WORDS', 'UNDERSTAND_PROMPT',
            'NO_COT_TEXT', 'EDIT_FORMS', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner',
-           'rendered', 'TemplateLLM', 'SimulatedTurn', 'Dialogue', 'silent_sources', 'simulate_dialogue',
-           'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json', 'missing_source_request',
-           'heard_scene', 'assistant_plan']
+           'rendered', 'TemplateLLM', 'SimulatedTurn', 'Dialogue', 'silent_sources', 'Rejected', 'simulate_turn',
+           'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json',
+           'missing_source_request', 'heard_scene', 'assistant_plan']
 
 # %% ../../nbs/04_copilot.ipynb #a3ee814a
 REJECTION_REASONS = (
@@ -366,6 +366,42 @@ def silent_sources(mix, scene: Scene, threshold: float = 1e-3) -> list[str]:
     return out
 
 # %% ../../nbs/04_copilot.ipynb #025bab3e
+class Rejected(Exception):
+    "A simulated dialogue turned down: `reason` (a short key, as `Dialogue.rejected`) and the detail."
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def simulate_turn(k: int, sub: str, text: str, before: Scene | None, user: UserSimulator,
+                  designer: SoundDesigner, tools) -> SimulatedTurn:
+    """Turn `k` of a dialogue: the user's request (the story of `text`, or a `sub` edit of
+    `before`), the designer's tool calls and the rendered mix; `Rejected` when any check fails."""
+    try:
+        if k == 0: request = user.story_request(text)
+        else:
+            try: request = user.edit_request(before, sub)
+            except ValueError as e:  # nothing in this scene to edit that way
+                raise Rejected("agent_error",
+                               f"turn {k}: no {sub!r} edit is possible in this scene: {e}") from e
+        new = designer.respond(request)
+    except AgentError as e: raise Rejected(e.reason, str(e)) from e
+    try: scene, result = rendered(new)
+    except SceneError as e: raise Rejected("invalid_scene", str(e)) from e
+    if scene is None:
+        errors = [json.loads(m["content"])["error"]
+                  for m in new if m["role"] == "tool" and '"error"' in m["content"]]
+        last = f"; last tool error: {errors[-1]}" if errors else ""
+        raise Rejected("no_scene", f"turn {k}: the designer never rendered a valid scene{last}")
+    if before is not None and (msg := check_edit(before, scene, sub)):
+        raise Rejected("inconsistent_edit", f"turn {k}: {msg}")
+    mix = tools.clip(result["clip_id"])
+    if silent := silent_sources(mix, scene):
+        raise Rejected("silent_audio", f"turn {k}: silent where {', '.join(silent)} should sound")
+    change = None if before is None else Edit.between(before, scene, sub, request).to_dict()
+    return SimulatedTurn(request, sub, scene, mix, new[-1].get("content") or "", new, change)
+
+
 def simulate_dialogue(
     seed: int,
     subtasks=None,
@@ -378,7 +414,8 @@ def simulate_dialogue(
     max_duration: float = 15.0,
 ) -> Dialogue:
     """Simulate one story + `edits` edit turns; TemplateLLM plays both roles unless `user` /
-    `designer` are given."""
+    `designer` are given. A dialogue that fails a check is returned with `rejected` set (a
+    build goes on)."""
     rng = random.Random(f"dialogue-{seed}")
     text = seed_text(rng)
     subtasks = (
@@ -395,49 +432,13 @@ def simulate_dialogue(
         tools = Toolbox(seed=seed)
     u, d = UserSimulator(user or llm), SoundDesigner(designer or llm, tools, max_steps)
     out, before = Dialogue(seed, text), None
-
-    def reject(reason, detail):
-        out.rejected, out.detail = reason, detail
-        return out
-
     for k, sub in enumerate(["story"] + subtasks):
-        try:
-            if k == 0: request = u.story_request(text)
-            else:
-                try:
-                    request = u.edit_request(before, sub)
-                # nothing in this scene to edit that way: reject the dialogue, a build goes on
-                except ValueError as e:
-                    return reject(
-                        "agent_error", f"turn {k}: no {sub!r} edit is possible in this scene: {e}"
-                    )
-            new = d.respond(request)
-        except AgentError as e: return reject(e.reason, str(e))
-        try: scene, result = rendered(new)
-        except SceneError as e: return reject("invalid_scene", str(e))
-        if scene is None:
-            errors = [
-                json.loads(m["content"])["error"]
-                for m in new
-                if m["role"] == "tool" and '"error"' in m["content"]
-            ]
-            return reject(
-                "no_scene",
-                f"turn {k}: the designer never rendered a valid scene"
-                + (f"; last tool error: {errors[-1]}" if errors else ""),
-            )
-        if before is not None and (msg := check_edit(before, scene, sub)):
-            return reject("inconsistent_edit", f"turn {k}: {msg}")
-        mix = tools.clip(result["clip_id"])
-        if silent := silent_sources(mix, scene):
-            return reject(
-                "silent_audio", f"turn {k}: silent where {', '.join(silent)} should sound"
-            )
-        change = None if before is None else Edit.between(before, scene, sub, request).to_dict()
-        out.turns.append(
-            SimulatedTurn(request, sub, scene, mix, new[-1].get("content") or "", new, change)
-        )
-        before = scene
+        try: turn = simulate_turn(k, sub, text, before, u, d, tools)
+        except Rejected as e:
+            out.rejected, out.detail = e.reason, str(e)
+            return out
+        out.turns.append(turn)
+        before = turn.scene
     return out
 
 # %% ../../nbs/04_copilot.ipynb #579b430b
