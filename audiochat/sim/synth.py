@@ -571,75 +571,62 @@ def _drum(kind, rng):
     return 0.3 * shaped_noise(m, rng, band(6000, 8000)) * decay(m, 0.012)
 
 # %% ../../nbs/02c_synth.ipynb #115e3d38
-def synth_music(mood: str, duration: float, seed: int = 0) -> torch.Tensor:
-    """A music bed for `mood` (a mood name or anything `resolve_sound` understands), `duration` s,
-    as (1, T)."""
-    mood = MUSIC_MOODS[resolve_sound(mood, "music")]
-    n = _samples(duration)
-    rng = _rng(seed, "music", mood.name)
-    key = mood.key + int(rng.integers(-2, 3))
-    beat = 60 / (mood.tempo * rng.uniform(0.95, 1.05))
-    bar = 4 * beat
-    pattern = rng.permutation([0, 1, 2, 1, 2, 0, 1, 2])
-    parts = {v: np.zeros(n) for v in mood.voices}
-    for b in range(int(np.ceil(n / SR / bar))):
-        root, chord = mood.progression[b % len(mood.progression)]
-        notes = [key + root + i for i in chord]
-        t0 = b * bar
-        if "pad" in parts: place(parts["pad"], _pad(midi_hz(notes), int(bar * SR), rng), t0)
-        if "bass" in parts:
-            for k in range(4 if "drums" in parts else 1):
-                place(
-                    parts["bass"],
-                    tone(midi_hz(key + root - 12), int(beat * SR), [1, 0.3])
-                    * decay(int(beat * SR), 0.3 * (4 if k == 0 and "drums" not in parts else 1)),
-                    t0 + k * beat,
-                )
-        if "piano" in parts:
-            for k in range(8):
-                place(
-                    parts["piano"],
-                    _fm(midi_hz(notes[pattern[k] % len(notes)] + 12), int(beat * SR), 0.3),
-                    t0 + k * beat / 2,
-                )
-        if "arp" in parts:
-            for k in range(4):
-                place(
-                    parts["arp"],
-                    _fm(midi_hz(notes[pattern[k] % len(notes)] + 12), int(2 * beat * SR), 0.8, 1.0),
-                    t0 + k * beat,
-                )
-        if "bells" in parts:
-            for k in range(2):
-                place(
-                    parts["bells"],
-                    _fm(
-                        midi_hz(notes[pattern[k] % len(notes)] + 24),
-                        int(2 * beat * SR),
-                        1.0,
-                        1.5,
-                        3.5,
-                    ),
-                    t0 + 2 * k * beat,
-                )
-        if "pulse" in parts:
-            for k in range(16):
-                place(
-                    parts["pulse"],
-                    tone(midi_hz(key + root - 12), int(beat / 4 * SR), [1, 0.5, 0.3])
-                    * decay(int(beat / 4 * SR), 0.05),
-                    t0 + k * beat / 4,
-                )
-        if "drums" in parts:
-            for k in range(8):
-                if k % 4 == 0: place(parts["drums"], _drum("kick", rng), t0 + k * beat / 2)
-                if k % 4 == 2: place(parts["drums"], _drum("snare", rng), t0 + k * beat / 2)
-                place(parts["drums"], _drum("hat", rng), t0 + k * beat / 2)
+def _play_bar(parts: dict, notes: list, bass: int, beat: float, t0: float, pattern, rng):
+    """Add one bar of every voice in `parts` (pad, bass, piano, arp, bells, pulse, drums) at `t0`
+    s: `notes` the chord (MIDI), `bass` its root an octave down, `pattern` the order of its notes."""
+    note = lambda k, up: midi_hz(notes[pattern[k] % len(notes)] + up)
+    if "pad" in parts: place(parts["pad"], _pad(midi_hz(notes), int(4 * beat * SR), rng), t0)
+    if "bass" in parts:
+        for k in range(4 if "drums" in parts else 1):
+            ring = 0.3 * (4 if k == 0 and "drums" not in parts else 1)
+            hit = tone(midi_hz(bass), int(beat * SR), [1, 0.3]) * decay(int(beat * SR), ring)
+            place(parts["bass"], hit, t0 + k * beat)
+    if "piano" in parts:
+        for k in range(8):
+            place(parts["piano"], _fm(note(k, 12), int(beat * SR), 0.3), t0 + k * beat / 2)
+    if "arp" in parts:
+        for k in range(4):
+            place(parts["arp"], _fm(note(k, 12), int(2 * beat * SR), 0.8, 1.0), t0 + k * beat)
+    if "bells" in parts:
+        for k in range(2):
+            bell = _fm(note(k, 24), int(2 * beat * SR), 1.0, 1.5, 3.5)
+            place(parts["bells"], bell, t0 + 2 * k * beat)
+    if "pulse" in parts:
+        tick = int(beat / 4 * SR)
+        for k in range(16):
+            hit = tone(midi_hz(bass), tick, [1, 0.5, 0.3]) * decay(tick, 0.05)
+            place(parts["pulse"], hit, t0 + k * beat / 4)
+    if "drums" in parts:
+        for k in range(8):
+            if k % 4 == 0: place(parts["drums"], _drum("kick", rng), t0 + k * beat / 2)
+            if k % 4 == 2: place(parts["drums"], _drum("snare", rng), t0 + k * beat / 2)
+            place(parts["drums"], _drum("hat", rng), t0 + k * beat / 2)
+
+
+def _mix_voices(parts: dict, n: int, rng) -> np.ndarray:
+    "The voices at their levels, a short noise reverb and a fade out over the last half second."
     level = dict(pad=0.8, bass=0.7, piano=0.5, arp=0.5, bells=0.25, pulse=0.4, drums=0.6)
     x = sum(level[v] * p / (np.abs(p).max() + 1e-9) for v, p in parts.items())
     ir = rng.standard_normal(int(0.6 * SR)) * decay(int(0.6 * SR), 0.15, 0.005)
     wet = np.fft.irfft(np.fft.rfft(x, 2 * n) * np.fft.rfft(ir, 2 * n), 2 * n)[:n]
     x = x + 0.3 * wet / (np.abs(wet).max() + 1e-9) * np.abs(x).max()
     t = _time(n)
-    x = x * np.minimum(1, (n / SR - t) / min(0.5, n / SR / 4))  # fade out
-    return _finish(x)
+    return x * np.minimum(1, (n / SR - t) / min(0.5, n / SR / 4))  # fade out
+
+
+def synth_music(mood: str, duration: float, seed: int = 0) -> torch.Tensor:
+    """A music bed for `mood` (a mood name or anything `resolve_sound` understands), `duration` s,
+    as (1, T): the mood's chord progression played bar by bar by its voices."""
+    mood = MUSIC_MOODS[resolve_sound(mood, "music")]
+    n = _samples(duration)
+    rng = _rng(seed, "music", mood.name)
+    key = mood.key + int(rng.integers(-2, 3))
+    beat = 60 / (mood.tempo * rng.uniform(0.95, 1.05))
+    pattern = rng.permutation([0, 1, 2, 1, 2, 0, 1, 2])
+    parts = {v: np.zeros(n) for v in mood.voices}
+    bar = 4 * beat
+    for b in range(int(np.ceil(n / SR / bar))):
+        root, chord = mood.progression[b % len(mood.progression)]
+        notes = [key + root + i for i in chord]
+        _play_bar(parts, notes, key + root - 12, beat, b * bar, pattern, rng)
+    return _finish(_mix_voices(parts, n, rng))
