@@ -18,7 +18,7 @@ import torch
 # %% auto #0
 __all__ = ['PROCESSES', 'NOISE_DISTRIBUTIONS', 'SAMPLERS', 'alpha_sigma', 'add_noise', 'predict_x0', 'prediction_from_x0',
            'noise_level', 'time_from_noise_level', 'sample_noise_level', 'karras_sigmas', 'mixture_denoiser',
-           'classifier_free_guidance', 'sample']
+           'classifier_free_guidance', 'sampling_sigmas', 'sample']
 
 # %% ../../nbs/10_diffusion.ipynb #eac4f9a5
 PROCESSES = ("cosine_v", "flow")
@@ -168,6 +168,24 @@ def classifier_free_guidance(cond_fn: Callable, uncond_fn: Callable, scale: floa
     return denoise_fn
 
 # %% ../../nbs/10_diffusion.ipynb #f6cd7242
+def sampling_sigmas(steps: int, sigmas=None, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                    rho: float = 7.0) -> torch.Tensor:
+    """The noise levels a sampler walks: Karras sigmas, or the given `sigmas` once checked
+    (a decreasing 1-D sequence of at least 2 non-negative levels)."""
+    if sigmas is None: sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho)
+    else: sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    if (
+        sigmas.ndim != 1
+        or len(sigmas) < 2
+        or not (sigmas[1:] < sigmas[:-1]).all()
+        or sigmas[-1] < 0
+    ):
+        raise ValueError(
+            "sigmas must be a decreasing 1-D sequence of at least 2 non-negative noise levels"
+        )
+    return sigmas
+
+
 def sample(
     denoise_fn: Callable,
     shape,
@@ -196,20 +214,7 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r})")
     if cfg_scale != 1 and uncond_fn is None: raise ValueError("cfg_scale != 1 needs an uncond_fn")
-    sigmas = (
-        karras_sigmas(steps, sigma_min, sigma_max, rho)
-        if sigmas is None
-        else torch.as_tensor(sigmas, dtype=torch.float64)
-    )
-    if (
-        sigmas.ndim != 1
-        or len(sigmas) < 2
-        or not (sigmas[1:] < sigmas[:-1]).all()
-        or sigmas[-1] < 0
-    ):
-        raise ValueError(
-            "sigmas must be a decreasing 1-D sequence of at least 2 non-negative noise levels"
-        )
+    sigmas = sampling_sigmas(steps, sigmas, sigma_min, sigma_max, rho)
     fn = (
         denoise_fn if cfg_scale == 1 else classifier_free_guidance(denoise_fn, uncond_fn, cfg_scale)
     )
