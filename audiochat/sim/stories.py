@@ -16,7 +16,8 @@ from .sounds import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
 # %% auto #0
 __all__ = ['SUBTASKS', 'BUILTIN_SUBTASKS', 'CUSTOM_SUBTASKS', 'SETTINGS', 'CHARACTERS', 'STORY_EVENTS', 'OBJECTS', 'LINES',
            'NARRATION', 'BACKGROUND', 'PAN_WORDS', 'EDIT_PLANS', 'seed_text', 'sfx_caption', 'music_caption',
-           'speech_seconds', 'random_story', 'polite_sentence', 'names_by_caption', 'describe', 'definite', 'plan_edit']
+           'speech_seconds', 'story_speech', 'story_effects', 'random_story', 'polite_sentence', 'names_by_caption',
+           'describe', 'definite', 'plan_edit']
 
 # %% ../../nbs/03b_stories.ipynb #fb7bb795
 # a list: `register_subtask` adds to it
@@ -163,22 +164,10 @@ def speech_seconds(text: str) -> float:
 def _r(x: float, n: int = 2) -> float: return round(x, n)
 
 # %% ../../nbs/03b_stories.ipynb #5408cdaa
-def random_story(rng: random.Random, text: str | None = None, max_duration: float = 15.0) -> Scene:
-    """A story scene from a seed text: 1-3 speakers, 1-4 sound effects, optional music, 5-15 s; all
-    choices from `rng`."""
-    if not 5.0 <= max_duration <= 15.0:
-        raise ValueError(f"max_duration must be in [5, 15] seconds, got {max_duration}")
-    top = max_duration - 0.2
-    text = text or seed_text(rng)
-    setting = next((s for s in SETTINGS if s in text), rng.choice(list(SETTINGS)))
-    names = _sound_names()
-    voices = [s for s in SPEAKERS if s != "narrator"]
-    speakers = (["narrator"] if "narrator" in SPEAKERS else []) + rng.sample(voices, 3)
-    speakers = speakers[:rng.randint(1, 3)]
-    obj = rng.choice(OBJECTS)
-    lines = [(speakers[0], text)] + [(s, rng.choice(LINES).format(obj=obj)) for s in speakers[1:]]
-    if len(speakers) > 1 and rng.random() < 0.4:
-        lines.append((speakers[1], rng.choice(LINES).format(obj=obj)))
+def story_speech(rng: random.Random, lines: list, obj: str, top: float) -> tuple[list, float]:
+    """The speech sources of `lines` ((speaker, words) pairs) one after another from a short
+    pause, ending by `top` s (a seed text too long for the story becomes a short line); returns
+    them and the time after the last."""
     sources, t = [], _r(rng.uniform(0.2, 1.0))
     for i, (who, words) in enumerate(lines):
         d = speech_seconds(words)
@@ -203,12 +192,18 @@ def random_story(rng: random.Random, text: str | None = None, max_duration: floa
             )
         )
         t = _r(min(t + d, top) + rng.uniform(0.2, 0.7))
-    duration = _r(min(max_duration, max(5.0, t + rng.uniform(0.2, 1.5))))
+    return sources, t
+
+
+def story_effects(rng: random.Random, setting: str, duration: float) -> list[Source]:
+    """1-4 sound effects likely in `setting` (any effect when it has none): up to two background
+    beds for the whole story, the others short events."""
+    names = _sound_names()
     likely = [n for n in SETTINGS[setting] if n in names]
     pool = likely + [n for n in names if n not in likely]
     chosen = rng.sample(likely, min(len(likely), rng.randint(1, 4)))
     if not chosen: chosen = rng.sample(pool, 1)
-    beds = 0
+    beds, sources = 0, []
     for j, name in enumerate(chosen):
         if name in BACKGROUND and beds < 2:
             beds += 1
@@ -219,6 +214,27 @@ def random_story(rng: random.Random, text: str | None = None, max_duration: floa
             end, db = start + length, rng.uniform(-26, -20)
         sources.append(Source(f"fx{j + 1}", "sfx", _r(start), _r(end), loudness_db=_r(db, 1),
                               pan=_r(rng.uniform(-0.8, 0.8), 1), caption=sfx_caption(name)))
+    return sources
+
+
+def random_story(rng: random.Random, text: str | None = None, max_duration: float = 15.0) -> Scene:
+    """A story scene from a seed text: 1-3 speakers, 1-4 sound effects, optional music, 5-15 s; all
+    choices from `rng`."""
+    if not 5.0 <= max_duration <= 15.0:
+        raise ValueError(f"max_duration must be in [5, 15] seconds, got {max_duration}")
+    top = max_duration - 0.2
+    text = text or seed_text(rng)
+    setting = next((s for s in SETTINGS if s in text), rng.choice(list(SETTINGS)))
+    voices = [s for s in SPEAKERS if s != "narrator"]
+    speakers = (["narrator"] if "narrator" in SPEAKERS else []) + rng.sample(voices, 3)
+    speakers = speakers[:rng.randint(1, 3)]
+    obj = rng.choice(OBJECTS)
+    lines = [(speakers[0], text)] + [(s, rng.choice(LINES).format(obj=obj)) for s in speakers[1:]]
+    if len(speakers) > 1 and rng.random() < 0.4:
+        lines.append((speakers[1], rng.choice(LINES).format(obj=obj)))
+    sources, t = story_speech(rng, lines, obj, top)
+    duration = _r(min(max_duration, max(5.0, t + rng.uniform(0.2, 1.5))))
+    sources += story_effects(rng, setting, duration)
     if rng.random() < 0.35:
         sources.append(
             Source(
