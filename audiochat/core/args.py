@@ -21,7 +21,7 @@ CONFIG_MODULE = "training.config"  # the module whose dataclasses are the traini
 # %% auto #0
 __all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'split_overrides', 'train_parser', 'eval_parser',
            'codec_parser', 'data_parser', 'engine_parser', 'tell_parser', 'edit_parser', 'understand_parser',
-           'chat_parser']
+           'chat_parser', 'demo_parser']
 
 # %% ../../nbs/05a_args.ipynb #27a7b3cb
 @lru_cache(None)
@@ -468,7 +468,39 @@ def chat_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../../nbs/05a_args.ipynb #3b839fbb
+def demo_parser() -> argparse.ArgumentParser:
+    "`audiochat demo`"
+    p = argparse.ArgumentParser(
+        prog="audiochat demo",
+        description="Render a sample story into a folder (audio, figure, scene) and chat with the "
+        "shipped model (and your run): one HTML report.",
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument(
+        "--sample", default=None, help="sample folder with scene.json (default: data_samples/demo)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sound effects and music (default: 0)"
+    )
+    p.add_argument(
+        "--run", default=None, help="a training run folder: the report adds a chat with it"
+    )
+    p.add_argument(
+        "--tiny-run",
+        action="store_true",
+        help="train a tiny run for a few steps (seconds) and chat with it",
+    )
+    p.add_argument(
+        "--steps", type=int, default=25, help="diffusion steps of the chat (default: 25)"
+    )
+    p.add_argument(
+        "--no-shipped", action="store_true", help="no chat with the model shipped with the package"
+    )
+    return p
+
+
 HELP_PARSERS = {
+    "demo": demo_parser,
     "train": train_parser,
     "eval": eval_parser,
     "codec": codec_parser,

@@ -8,10 +8,10 @@ Docs: https://audiochat.github.io/audiochat/demo.html.md"""
 # %% ../../nbs/18a_demo.ipynb #f0d7e8cb
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 
+from ..core.args import demo_parser
 from ..core.audio import SAMPLE_RATE, load_audio, plot_audio, save_audio
 from ..core.scene import Scene
 from ..sim.stories import describe
@@ -23,7 +23,31 @@ from .ui import reply_section, write_report
 
 
 # %% auto #0
-__all__ = ['DEMO_STORY', 'demo_edit', 'absent_edit', 'held_out_story', 'chat_sections', 'demo', 'demo_main']
+__all__ = ['DEMO_STORY', 'render_sample', 'demo_edit', 'absent_edit', 'held_out_story', 'chat_sections', 'demo', 'demo_main']
+
+# %% ../../nbs/18a_demo.ipynb #834dce4d
+def render_sample(sample_dir, out: Path, seed: int = 0) -> tuple:
+    """Render the sample scene (`sample_dir/scene.json`, default data_samples/demo) with the tools
+    into `out`: story.wav, story.png (its waveform and spectrogram with the sources' spans) and
+    scene.json. Returns their paths, the scene and its mix (2, T)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sample_dir = Path(sample_dir or DATA_SAMPLES / "demo")
+    if not sample_dir.exists(): raise FileNotFoundError(f"sample folder not found: {sample_dir}")
+    scene = Scene.from_json((sample_dir / "scene.json").read_text())
+    x = render(scene, seed=seed).mix
+    out.mkdir(parents=True, exist_ok=True)
+    paths = dict(
+        audio=save_audio(out / "story.wav", x), figure=out / "story.png", scene=out / "scene.json"
+    )
+    title = f"sample story: {len(scene.sources)} sources, {scene.duration:g} s"
+    fig = plot_audio(x, spans=scene.spans(), title=title)
+    fig.savefig(paths["figure"], dpi=110)
+    plt.close(fig)
+    paths["scene"].write_text(scene.to_json(indent=2) + "\n")
+    return paths, scene, x
 
 # %% ../../nbs/18a_demo.ipynb #7c53a3f1
 # in the words of the held-out phrasings
@@ -88,36 +112,10 @@ def demo(
     (`shipped`, when the package has it) and with a training run (`run`, or `tiny_run`: train one
     for a few steps in `out_dir/tiny-run`), and their learning benchmark figures side by side when
     they have them. Returns the paths (and `figures`, the table, when there is one)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sample_dir = Path(sample_dir or DATA_SAMPLES / "demo")
-    if not sample_dir.exists(): raise FileNotFoundError(f"sample folder not found: {sample_dir}")
-    scene = Scene.from_json((sample_dir / "scene.json").read_text())
-    x = render(scene, seed=seed).mix
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = dict(
-        audio=save_audio(out / "story.wav", x), figure=out / "story.png", scene=out / "scene.json"
-    )
-    fig = plot_audio(
-        x,
-        spans=scene.spans(),
-        title=f"sample story: {len(scene.sources)} sources, {scene.duration:g} s",
-    )
-    fig.savefig(paths["figure"], dpi=110)
-    plt.close(fig)
-    paths["scene"].write_text(scene.to_json(indent=2) + "\n")
-
-    sections = [
-        dict(
-            title="sample scene rendered by the tools",
-            scene=scene,
-            cot=scene.to_json(indent=2),
-            audio=x,
-        )
-    ]
+    paths, scene, x = render_sample(sample_dir, out, seed)
+    sections = [dict(title="sample scene rendered by the tools", scene=scene,
+                     cot=scene.to_json(indent=2), audio=x)]
     if tiny_run and run is None: run = train_tiny_run(out / "tiny-run")
     models = {}
     if shipped and (SHIPPED_MODEL / "bundle.json").exists(): models["shipped model"] = SHIPPED_MODEL
@@ -143,32 +141,7 @@ def demo(
 
 # %% ../../nbs/18a_demo.ipynb #29f1b138
 def demo_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="audiochat demo",
-        description="Render a sample story into a folder (audio, figure, scene).",
-    )
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument(
-        "--sample", default=None, help="sample folder with scene.json (default: data_samples/demo)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the sound effects and music (default: 0)"
-    )
-    p.add_argument(
-        "--run", default=None, help="a training run folder: the report adds a chat with it"
-    )
-    p.add_argument(
-        "--tiny-run",
-        action="store_true",
-        help="train a tiny run for a few steps (seconds) and chat with it",
-    )
-    p.add_argument(
-        "--steps", type=int, default=25, help="diffusion steps of the chat (default: 25)"
-    )
-    p.add_argument(
-        "--no-shipped", action="store_true", help="no chat with the model shipped with the package"
-    )
-    a = p.parse_args(argv)
+    a = demo_parser().parse_args(argv)
     paths = demo(a.out, a.sample, a.seed, a.run, a.tiny_run, a.steps, shipped=not a.no_shipped)
     figures = paths.pop("figures", None)
     if figures:
