@@ -29,9 +29,9 @@ from .copilot import simulate_dialogue
 # %% auto #0
 __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'DATA_PRESETS', 'EVAL_DIALOGUES',
            'SAMPLES_RUN_SEED', 'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done',
-           'finished_shards', 'build_shard', 'build', 'summarize_build', 'format_summary', 'checked_record',
-           'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval', 'build_samples',
-           'damaged_shards', 'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
+           'finished_shards', 'build_shard', 'claim_folder', 'build_shards', 'build', 'summarize_build',
+           'format_summary', 'checked_record', 'read_records', 'load_turn', 'format_dialogue', 'eval_config',
+           'build_eval', 'build_samples', 'damaged_shards', 'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
 
 # %% ../../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed
@@ -204,16 +204,11 @@ def _build_one(args):
     return build_shard(*args)
 
 # %% ../../nbs/05_data.ipynb #dd53c8d3
-def build(
-    out, config: DataConfig = DATA_PRESETS["tiny"], workers: int = 1, progress: bool = True
-) -> dict:
-    """Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns
-    and writes the summary."""
-    from tqdm.auto import tqdm
-
-    out = Path(out)
+def claim_folder(out: Path, config: DataConfig) -> str:
+    """Make `out` this build's: refuse a folder built with another config, write the config and a
+    new build id (workers of an older build still running stop at the next shard), clear the
+    leftovers of a killed build. Returns the build id."""
     out.mkdir(parents=True, exist_ok=True)
-    if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
     meta = out / "config.json"
     if meta.exists() and json.loads(meta.read_text()) != asdict(config):
         raise ValueError(
@@ -226,41 +221,45 @@ def build(
     os.replace(out / ".build-id.tmp", out / ".build-id")  # stale workers stop here
     # leftovers of a killed build
     for tmp in out.glob(".tmp-shard-*"): shutil.rmtree(tmp, ignore_errors=True)
+    return build_id
+
+
+def build_shards(todo: list, workers: int, out: Path, bar):
+    "Build the shards of `todo` (in `workers` processes when more than one), yielding their stats."
+    def checked(s):
+        if s is None: raise RuntimeError(f"{out} was taken over by another build while this one ran")
+        bar.update(s["dialogues"] + sum(s["rejected"].values()))
+        return s
+    if workers == 1 or len(todo) <= 1:
+        for j in todo: yield checked(_build_one(j))
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(min(workers, len(todo)), initializer=_worker_init) as pool:
+        for s in pool.imap_unordered(_build_one, todo): yield checked(s)
+
+
+def build(
+    out, config: DataConfig = DATA_PRESETS["tiny"], workers: int = 1, progress: bool = True
+) -> dict:
+    """Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns
+    and writes the summary."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if workers < 1: raise ValueError(f"workers must be >= 1, got {workers}")
+    build_id = claim_folder(out, config)
     jobs = [(str(out), config, k, build_id) for k in range(config.shards)]
     todo = [j for j in jobs if not shard_done(out / f"shard-{j[2]:05d}")]
     # a shard folder that is not complete (e.g. audio without records) is built again
     for j in todo:
         if (out / f"shard-{j[2]:05d}").exists(): shutil.rmtree(out / f"shard-{j[2]:05d}")
-    t0, stats = time.perf_counter(), []
-    bar = tqdm(
-        total=config.dialogues,
-        initial=config.dialogues
-        - sum(
-            min(config.dialogues, (k + 1) * config.shard_size) - k * config.shard_size
-            for _, _, k, _ in todo
-        ),
-        unit="dialogue",
-        desc=f"{config.split} shards",
-        disable=not progress,
-    )
-    if workers == 1 or len(todo) <= 1:
-        for j in todo:
-            s = _build_one(j)
-            if s is None:
-                raise RuntimeError(f"{out} was taken over by another build while this one ran")
-            stats.append(s)
-            bar.update(s["dialogues"] + sum(s["rejected"].values()))
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(
-            min(workers, len(todo)), initializer=_worker_init
-        ) as pool:
-            for s in pool.imap_unordered(_build_one, todo):
-                if s is None:
-                    raise RuntimeError(f"{out} was taken over by another build while this one ran")
-                stats.append(s)
-                bar.update(s["dialogues"] + sum(s["rejected"].values()))
+    left = sum(min(config.dialogues, (k + 1) * config.shard_size) - k * config.shard_size
+               for _, _, k, _ in todo)
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.dialogues, initial=config.dialogues - left, unit="dialogue",
+               desc=f"{config.split} shards", disable=not progress)
+    stats = list(build_shards(todo, workers, out, bar))
     bar.close()
     summary = summarize_build(out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
