@@ -19,7 +19,7 @@ import torchaudio
 # %% auto #0
 __all__ = ['SAMPLE_RATE', 'FRAME_RATE', 'HOP', 'MAX_AUDIO_SECONDS', 'SAMPLE_RATE_RANGE', 'MAX_PEAK', 'MAX_CHANNELS',
            'MAX_DECODED_SAMPLES', 'BLOCK_SECONDS', 'AudioError', 'inside', 'as_tensor', 'check_audio', 'to_channels',
-           'resample', 'load_audio', 'save_audio', 'loudness', 'normalize_loudness', 'pan_gains', 'pan',
+           'resample', 'audio_header', 'load_audio', 'save_audio', 'loudness', 'normalize_loudness', 'pan_gains', 'pan',
            'mel_spectrogram', 'plot_audio', 'plot_before_after', 'show_jpeg', 'audio_player']
 
 # %% ../../nbs/01_audio.ipynb #a24e6c6d
@@ -97,15 +97,12 @@ def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Te
     y = resample_poly(x.detach().cpu().double().numpy(), int(sr_out) // g, int(sr_in) // g, axis=-1)
     return torch.from_numpy(y).to(x.device, torch.float32)
 
-# %% ../../nbs/01_audio.ipynb #59ec5d8e
-def load_audio(
-    path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS
-) -> torch.Tensor:
-    """Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2
-    converts, None keeps the file's. The header is checked before anything is decoded: the rate in
-    `SAMPLE_RATE_RANGE`, at most `MAX_CHANNELS` channels, `max_seconds` seconds and
-    `MAX_DECODED_SAMPLES` samples (a pipe or device is not read); a float file peaking above
-    `MAX_PEAK` is refused too (`AudioError` naming the file)."""
+# %% ../../nbs/01_audio.ipynb #98133b06
+def audio_header(path, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS):
+    """The checked header (`soundfile.info`) of the audio file at `path`: a regular file, a
+    supported format, a rate in `SAMPLE_RATE_RANGE`, at most `MAX_CHANNELS` channels (2 when
+    `channels` is 2), `max_seconds` seconds and `MAX_DECODED_SAMPLES` samples; else `AudioError`
+    (or `FileNotFoundError`) naming the file."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"audio file not found: {path}")
     if path.is_dir(): raise AudioError(f"{path} is a folder, not an audio file")
@@ -140,6 +137,19 @@ def load_audio(
             f"{info.frames * info.channels:,} samples; at most {MAX_DECODED_SAMPLES:,} are decoded "
             "(MAX_DECODED_SAMPLES)"
         )
+    return info
+
+# %% ../../nbs/01_audio.ipynb #59ec5d8e
+def load_audio(
+    path, sr: int = SAMPLE_RATE, channels: int | None = None, max_seconds: float = MAX_AUDIO_SECONDS
+) -> torch.Tensor:
+    """Read an audio file as a (channels, samples) float32 tensor at `sr` Hz; `channels` 1 or 2
+    converts, None keeps the file's. The header is checked before anything is decoded: the rate in
+    `SAMPLE_RATE_RANGE`, at most `MAX_CHANNELS` channels, `max_seconds` seconds and
+    `MAX_DECODED_SAMPLES` samples (a pipe or device is not read); a float file peaking above
+    `MAX_PEAK` is refused too (`AudioError` naming the file)."""
+    path = Path(path)
+    info = audio_header(path, channels, max_seconds)
     try:
         data, file_sr = sf.read(
             str(path),
