@@ -38,7 +38,7 @@ def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
     from audiochat.core.io import hub_id, resolve_pretrained
     from audiochat.model.sct import AudioChatModel, preset
     from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
-    from audiochat.model.transformer import config_from_hf, from_hf
+    from audiochat.model.transformer import Transformer, config_from_hf
 
     assert hub_id("org/name") == ("org/name", None) and hub_id("hf:org/name@v1") == ("org/name", "v1")
     assert hub_id("runs/a/b") is None and hub_id("/abs/path") is None and hub_id("./x") is None and hub_id("a") is None
@@ -57,7 +57,7 @@ def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
     for name in ("org/tok", "hf:org/tok"): assert load_tokenizer(name)(text)["input_ids"] == load_tokenizer(tmp_path / "tok")(text)["input_ids"]
     for name in ("org/lm", "hf:org/lm"):
         assert config_from_hf(name) == config_from_hf(tmp_path / "lm")
-        a, b = from_hf(name).state_dict(), from_hf(tmp_path / "lm").state_dict()
+        a, b = Transformer.from_hf(name).state_dict(), Transformer.from_hf(tmp_path / "lm").state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     for name in ("org/model", "hf:org/model"):
         assert AudioChatModel.from_pretrained(name).config == AudioChatModel.from_pretrained(tmp_path / "model").config

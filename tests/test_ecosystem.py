@@ -84,7 +84,7 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
 
     from audiochat.codec.codecs import CodecConfig, make_codec
     from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
-    from audiochat.model.transformer import config_from_hf, from_hf
+    from audiochat.model.transformer import Transformer, config_from_hf
 
     torch.manual_seed(0)
     codec = make_codec(CodecConfig(strides=(2, 4, 5, 10), latent_dim=4, encoder_channels=4, decoder_channels=8)).eval()
@@ -101,7 +101,7 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
     text = "a rainy night <|audio_start|>"
     assert load_tokenizer("hf:org/tok")(text)["input_ids"] == load_tokenizer(tmp_path / "tok")(text)["input_ids"]
     assert config_from_hf("hf:org/lm") == config_from_hf(tmp_path / "lm")
-    a, b = from_hf("hf:org/lm").state_dict(), from_hf(tmp_path / "lm").state_dict()
+    a, b = Transformer.from_hf("hf:org/lm").state_dict(), Transformer.from_hf(tmp_path / "lm").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(FileNotFoundError): load_tokenizer("hf:org/nope")
 

@@ -18,7 +18,6 @@ from audiochat.model.transformer import (
     block_mask,
     build_mask,
     config_from_hf,
-    from_hf,
     greedy_generate,
     rope_frequencies,
     run_layers,
@@ -85,7 +84,7 @@ CASES = [
 @pytest.mark.parametrize("kind,extra", CASES)
 def test_same_logits_as_transformers(kind, extra, tmp_path):
     hf = tiny_hf(kind, tmp_path, **extra)
-    ours = from_hf(tmp_path).eval()
+    ours = Transformer.from_hf(tmp_path).eval()
     assert ours.config.qkv_bias == (kind == "qwen2")
     tokens = torch.randint(
         0, 97, (2, 40), generator=torch.Generator().manual_seed(1)
@@ -98,7 +97,7 @@ def test_same_logits_as_transformers(kind, extra, tmp_path):
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_greedy_generation_matches_transformers(kind, tmp_path):
     hf = tiny_hf(kind, tmp_path)
-    ours = from_hf(tmp_path).eval()
+    ours = Transformer.from_hf(tmp_path).eval()
     prompt = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(2))
     ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False)
     got = greedy_generate(ours, prompt, 12, n_layers=ours.config.n_layers)

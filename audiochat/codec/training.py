@@ -463,11 +463,12 @@ def _start_state(config: CodecConfig, out: Path, resume: bool) -> tuple[CodecCon
     if not (out / "trainer_state.json").exists():
         raise FileNotFoundError(f"no checkpoint to resume in {out}")
     config = CodecConfig.from_dict(json.loads((out / "config.json").read_text()))
-    return config, {**json.loads((out / "trainer_state.json").read_text()), "last_checkpoint": str(out)}
+    state = json.loads((out / "trainer_state.json").read_text())
+    return config, {**state, "last_checkpoint": str(out)}
 
 
 def _codec_callbacks(config: CodecConfig, save, steps, minutes, progress: bool, log_every: int):
-    "Clipping, skipping non-finite steps, the log, checkpoints, the time limit and the progress bar."
+    "Clipping, skipping non-finite steps, the log, checkpoints, the time limit, the progress bar."
     postfix = lambda row: dict(
         mel=f"{row['mel']:.3f}", stft=f"{row['stft']:.3f}", kl=f"{row['kl']:.1f}"
     )

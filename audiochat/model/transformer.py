@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from fastcore.basics import patch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -30,7 +31,7 @@ __all__ = ['TEXT', 'AUDIO', 'CAUSAL', 'SUPPORTED_HF_TYPES', 'HF_WEIGHT_FILES', '
            'Rotary', 'apply_rotary', 'Layout', 'build_mask', 'block_mask', 'merge_heads', 'additive_mask',
            'attention_backend', 'plain_causal', 'attention', 'KVCache', 'Attention', 'MLP', 'DecoderLayer',
            'init_weights', 'run_layers', 'prepare', 'Transformer', 'greedy_generate', 'config_from_hf',
-           'load_safetensors_dir', 'hf_state_dict', 'from_hf']
+           'load_safetensors_dir', 'hf_state_dict']
 
 # %% ../../nbs/08_transformer.ipynb #e8fb2dcb
 @dataclass
@@ -626,12 +627,13 @@ def hf_state_dict(
     return out
 
 # %% ../../nbs/08_transformer.ipynb #1d8ef2c2
-def from_hf(path, dtype: torch.dtype = torch.float32) -> Transformer:
+@patch(cls_method=True)
+def from_hf(cls: Transformer, path, dtype: torch.dtype = torch.float32) -> Transformer:
     """A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub
     repository (`ORG/NAME`)."""
     path = _resolve(path, HF_WEIGHT_FILES)
     config = config_from_hf(path)
-    model = Transformer(config)
+    model = cls(config)
     state = hf_state_dict(load_safetensors_dir(path), config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (config.tie_embeddings and m == "lm_head.weight")]

@@ -504,7 +504,8 @@ class ChatEngine:
             else: scene = Scene.from_json(d.text)
         except SceneError as e:
             cut = not d.stopped
-            return None, f"no complete scene in {self.max_new_tokens} tokens ({e})" if cut else str(e)
+            if not cut: return None, str(e)
+            return None, f"no complete scene in {self.max_new_tokens} tokens ({e})"
         if 1 <= round(scene.duration * FRAME_RATE) and scene.duration <= self.max_seconds:
             return scene, ""
         return None, (f"the scene lasts {scene.duration:g} s, not between one frame and "
@@ -989,7 +990,8 @@ def card_summary(config, model, bundle: dict) -> list[str]:
 def card_figures(learning: dict | None, most: int = 60) -> list[str]:
     "The model card's benchmark section: the main figures, then up to `most` of every figure."
     parts = ("cot", "free_form", "understanding", "audio")
-    figures = _figures({k: learning[k] for k in parts if isinstance(learning, dict) and learning.get(k)})
+    learning = learning if isinstance(learning, dict) else {}
+    figures = _figures({k: learning[k] for k in parts if learning.get(k)})
     if not figures:
         return [
             "No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling "

@@ -367,7 +367,7 @@ def silent_sources(mix, scene: Scene, threshold: float = 1e-3) -> list[str]:
 
 # %% ../../nbs/04_copilot.ipynb #025bab3e
 class Rejected(Exception):
-    "A simulated dialogue turned down: `reason` (a short key, as `Dialogue.rejected`) and the detail."
+    "A simulated dialogue turned down: `reason` (a key, as `Dialogue.rejected`) and the detail."
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason

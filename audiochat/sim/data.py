@@ -227,7 +227,8 @@ def claim_folder(out: Path, config: DataConfig) -> str:
 def build_shards(todo: list, workers: int, out: Path, bar):
     "Build the shards of `todo` (in `workers` processes when more than one), yielding their stats."
     def checked(s):
-        if s is None: raise RuntimeError(f"{out} was taken over by another build while this one ran")
+        if s is None:
+            raise RuntimeError(f"{out} was taken over by another build while this one ran")
         bar.update(s["dialogues"] + sum(s["rejected"].values()))
         return s
     if workers == 1 or len(todo) <= 1:

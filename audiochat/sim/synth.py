@@ -573,7 +573,7 @@ def _drum(kind, rng):
 # %% ../../nbs/02c_synth.ipynb #115e3d38
 def _play_bar(parts: dict, notes: list, bass: int, beat: float, t0: float, pattern, rng):
     """Add one bar of every voice in `parts` (pad, bass, piano, arp, bells, pulse, drums) at `t0`
-    s: `notes` the chord (MIDI), `bass` its root an octave down, `pattern` the order of its notes."""
+    s: `notes` the chord (MIDI), `bass` its root an octave down, `pattern` its notes' order."""
     note = lambda k, up: midi_hz(notes[pattern[k] % len(notes)] + up)
     if "pad" in parts: place(parts["pad"], _pad(midi_hz(notes), int(4 * beat * SR), rng), t0)
     if "bass" in parts:
