@@ -127,64 +127,70 @@ def codec_overrides(args: list[str]) -> dict:
     return out
 
 # %% ../../nbs/06b_latents.ipynb #a3c25508
+def _train_command(a, rest: list[str]):
+    "`audiochat codec train`: a preset with `--codec.KEY=VALUE` overrides, for steps or minutes."
+    out = a.out or f"runs/codec-{a.preset}"
+    config = codec_preset(a.preset, **codec_overrides(rest))
+    steps = a.steps if a.steps is not None or a.minutes is not None else 2000
+    state = train_codec(
+        config,
+        a.data,
+        out,
+        steps=steps,
+        minutes=a.minutes,
+        resume=a.resume,
+        device=a.device,
+        progress=not a.no_progress,
+        threads=a.threads,
+    )
+    last = state["history"][-1] if state["history"] else {}
+    print(
+        f"saved codec to {out} (step {state['step']}, mel distance "
+        f"{last.get('mel', float('nan')):.3f}); "
+        f"load it with Codec.from_pretrained({str(out)!r})"
+    )
+
+
+def _fit_command(a, rest: list[str]):
+    "`audiochat codec fit`: the mel codec's PCA alone, decoded by Griffin-Lim."
+    config = codec_preset("tiny", **{"decoder": "griffinlim", **codec_overrides(rest)})
+    model, t0 = make_codec(config), time.perf_counter()
+    files = [f for d in a.data for f in list_audio_files(d)]
+    fit = fit_mel_codec(model, files, config.pca_seconds, config.seed)
+    model.save_pretrained(a.out)
+    print(
+        f"fitted the mel codec on {fit['seconds']:.0f} s of audio in "
+        f"{time.perf_counter() - t0:.1f} s: {config.latent_dim} dims "
+        f"per channel keep {fit['explained']:.1%} of the log-mel variance; saved to {a.out}"
+    )
+
+
+def _encode_command(a, rest: list[str]):
+    "`audiochat codec encode`: the latent cache of a folder of audio."
+    model = Codec.from_pretrained(a.model, device=pick_device(a.device))
+    try: index = encode_folder(model, a.data, a.out, a.shard_files, a.overwrite)
+    except FileExistsError as err: raise ValueError(str(err)) from None
+    frames = sum(f["frames"] for f in index["files"])
+    print(
+        f"encoded {len(index['files'])} files ({frames} frames of {index['frame_dim']} dims) "
+        f"into {a.out}"
+    )
+
+
+def _eval_command(a, rest: list[str]):
+    "`audiochat codec eval`: reconstruction figures of a codec on held-out audio."
+    model = Codec.from_pretrained(a.model, device=pick_device(a.device))
+    result = evaluate_codec(model, a.data, a.max_files, a.max_seconds, a.lowpass_hz)
+    print(format_evaluation(result))
+    if a.json: Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def codec_main(argv: list[str]) -> int:
-    "`audiochat codec train|encode|eval`: train a codec, cache latents, evaluate."
+    "`audiochat codec train|fit|encode|eval`: train a codec, cache latents, evaluate."
     p = codec_parser()
     a, rest = p.parse_known_args(argv)
     if rest and a.action not in ("train", "fit"):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    if a.action == "train":
-        out = a.out or f"runs/codec-{a.preset}"
-        config = codec_preset(a.preset, **codec_overrides(rest))
-        steps = a.steps if a.steps is not None or a.minutes is not None else 2000
-        state = train_codec(
-            config,
-            a.data,
-            out,
-            steps=steps,
-            minutes=a.minutes,
-            resume=a.resume,
-            device=a.device,
-            progress=not a.no_progress,
-            threads=a.threads,
-        )
-        last = state["history"][-1] if state["history"] else {}
-        print(
-            f"saved codec to {out} (step {state['step']}, mel distance "
-            f"{last.get('mel', float('nan')):.3f}); "
-            f"load it with Codec.from_pretrained({str(out)!r})"
-        )
-    elif a.action == "fit":
-        config = codec_preset(
-            "tiny", **{"decoder": "griffinlim", **codec_overrides(rest)}
-        )
-        model, t0 = make_codec(config), time.perf_counter()
-        fit = fit_mel_codec(
-            model, [f for d in a.data for f in list_audio_files(d)], config.pca_seconds, config.seed
-        )
-        model.save_pretrained(a.out)
-        print(
-            f"fitted the mel codec on {fit['seconds']:.0f} s of audio in "
-            f"{time.perf_counter() - t0:.1f} s: {config.latent_dim} dims "
-            f"per channel keep {fit['explained']:.1%} of the log-mel variance; saved to {a.out}"
-        )
-    elif a.action == "encode":
-        model = Codec.from_pretrained(a.model, device=pick_device(a.device))
-        try: index = encode_folder(model, a.data, a.out, a.shard_files, a.overwrite)
-        except FileExistsError as err: raise ValueError(str(err)) from None
-        frames = sum(f["frames"] for f in index["files"])
-        print(
-            f"encoded {len(index['files'])} files ({frames} frames of {index['frame_dim']} dims) "
-            f"into {a.out}"
-        )
-    else:
-        result = evaluate_codec(
-            Codec.from_pretrained(a.model, device=pick_device(a.device)),
-            a.data,
-            a.max_files,
-            a.max_seconds,
-            a.lowpass_hz,
-        )
-        print(format_evaluation(result))
-        if a.json: Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    commands = dict(train=_train_command, fit=_fit_command, encode=_encode_command)
+    commands.get(a.action, _eval_command)(a, rest)
     return 0
