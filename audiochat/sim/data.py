@@ -31,7 +31,8 @@ __all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 
            'SAMPLES_RUN_SEED', 'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done',
            'finished_shards', 'build_shard', 'claim_folder', 'build_shards', 'build', 'summarize_build',
            'format_summary', 'checked_record', 'read_records', 'load_turn', 'format_dialogue', 'eval_config',
-           'build_eval', 'build_samples', 'damaged_shards', 'turns_in', 'export_hf', 'write_hub_folder', 'data_main']
+           'build_eval', 'build_samples', 'check_exportable', 'damaged_shards', 'turns_in', 'export_hf',
+           'write_hub_folder', 'data_main']
 
 # %% ../../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed
@@ -406,6 +407,32 @@ def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
     os.replace(tmp, final)
     return summarize_build(out)
 
+# %% ../../nbs/05_data.ipynb #abf02e89
+def check_exportable(data, skip_damaged: bool = False):
+    """Every record and audio file of `data` checked before `datasets` starts, for clear one-line
+    errors: no damaged shard (unless `skip_damaged`), every dialogue's id and split, every turn's
+    request, scene, duration and audio file."""
+    bad = damaged_shards(data)
+    if bad and not skip_damaged:
+        raise ValueError(
+            f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild "
+            "them with `audiochat data build` "
+            "or export without them (--skip-damaged)"
+        )
+    for r in read_records(data):
+        missing = [k for k in ("id", "split") if not isinstance(r.get(k), str)]
+        if missing:
+            raise ValueError(
+                f"dialogue record {str(r.get('id'))[:40]!r} has no {missing[0]!r} text"
+            )
+        for j, t in enumerate(r["turns"]):
+            gone = [k for k in ("user", "scene", "duration") if k not in t]
+            if gone: raise ValueError(f"dialogue {r['id']!r} turns[{j}] has no {gone[0]!r}")
+            if not Path(t["audio"]).is_file():
+                raise ValueError(
+                    f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing"
+                )
+
 # %% ../../nbs/05_data.ipynb #38c67ea9
 def damaged_shards(data) -> list[Path]:
     """Shard folders of `data` that are not complete (`stats.json` or `records.jsonl` missing,
@@ -451,27 +478,7 @@ def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows:
             audio=dict(bytes=V("binary"), path=V("string")),
         )
     )
-    bad = damaged_shards(data)
-    if bad and not skip_damaged:
-        raise ValueError(
-            f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild "
-            "them with `audiochat data build` "
-            "or export without them (--skip-damaged)"
-        )
-    # every record and audio file checked before `datasets` starts (clear, one-line errors)
-    for r in read_records(data):
-        missing = [k for k in ("id", "split") if not isinstance(r.get(k), str)]
-        if missing:
-            raise ValueError(
-                f"dialogue record {str(r.get('id'))[:40]!r} has no {missing[0]!r} text"
-            )
-        for j, t in enumerate(r["turns"]):
-            gone = [k for k in ("user", "scene", "duration") if k not in t]
-            if gone: raise ValueError(f"dialogue {r['id']!r} turns[{j}] has no {gone[0]!r}")
-            if not Path(t["audio"]).is_file():
-                raise ValueError(
-                    f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing"
-                )
+    check_exportable(data, skip_damaged)
     check_writable(Path(out).parent)
     # the generator's arrow cache: temporary, `out` is the copy that stays
     with tempfile.TemporaryDirectory() as tmp:
