@@ -46,7 +46,8 @@ from audiochat.model.transformer import (
 
 # %% auto #0
 __all__ = ['ARCHS', 'MODEL_PRESETS', 'ModelConfig', 'preset', 'timestep_features', 'TimestepEmbedding', 'match_norm', 'route',
-           'MoTLayer', 'DiTLayer', 'AudioChatOutput', 'AudioChatModel', 'count_parameters', 'flops_per_token']
+           'MoTLayer', 'DiTLayer', 'AudioChatOutput', 'AudioChatModel', 'hf_model_config', 'count_parameters',
+           'flops_per_token']
 
 # %% ../../nbs/09_sct.ipynb #19da368d
 ARCHS = ("sct", "dense", "mot", "dit")
@@ -430,14 +431,12 @@ class AudioChatModel(
             self.forward_text, tokens, max_new_tokens, self.text_depth, pad, eos_id
         )
 
-# %% ../../nbs/09_sct.ipynb #ac4364ee
-@patch(cls_method=True)
-def from_hf(
-    cls: AudioChatModel, path, config: ModelConfig | None = None, **overrides
-) -> AudioChatModel:
-    """An AudioChatModel whose embeddings, first n_layers layers and text head come from a
-    Llama-family checkpoint."""
-    tc = config_from_hf(path)
+# %% ../../nbs/09_sct.ipynb #f3542a2a
+def hf_model_config(tc, path: str, config: ModelConfig | None = None, **overrides) -> ModelConfig:
+    """The ModelConfig of a model whose understanding layers start from the checkpoint of shape
+    `tc` (a `TransformerConfig`) at `path`: the checkpoint's shape with `overrides` when `config`
+    is None, else `config` with `overrides`, checked against the checkpoint (ValueError naming
+    every field that differs)."""
     if config is None:
         shape = dict(
             vocab_size=tc.vocab_size,
@@ -452,31 +451,32 @@ def from_hf(
             norm_eps=tc.norm_eps,
             qkv_bias=tc.qkv_bias,
             tie_embeddings=tc.tie_embeddings,
-            pretrained=str(path),
+            pretrained=path,
         )
         config = ModelConfig(**{**shape, **overrides})
     elif overrides: config = replace(config, **overrides)
     if config.arch == "dit":
         raise ValueError("arch 'dit' has no language model to initialise from a checkpoint")
-    wrong = [
-        f"{name}: config {getattr(config, name)} vs checkpoint {getattr(tc, name)}"
-        for name in (
-            "d_model",
-            "n_heads",
-            "n_kv_heads",
-            "d_ff",
-            "head_dim",
-            "rope_theta",
-            "qkv_bias",
-            "tie_embeddings",
-        )
-        if getattr(config, name) != getattr(tc, name)
-    ]
+    same = ("d_model", "n_heads", "n_kv_heads", "d_ff", "head_dim", "rope_theta", "qkv_bias",
+            "tie_embeddings")
+    wrong = [f"{name}: config {getattr(config, name)} vs checkpoint {getattr(tc, name)}"
+             for name in same if getattr(config, name) != getattr(tc, name)]
     if config.n_layers > tc.n_layers:
         wrong.append(f"n_layers: config {config.n_layers} > checkpoint {tc.n_layers}")
     if config.vocab_size < tc.vocab_size:
         wrong.append(f"vocab_size: config {config.vocab_size} < checkpoint {tc.vocab_size}")
     if wrong: raise ValueError("config does not match the checkpoint: " + "; ".join(wrong))
+    return config
+
+# %% ../../nbs/09_sct.ipynb #ac4364ee
+@patch(cls_method=True)
+def from_hf(
+    cls: AudioChatModel, path, config: ModelConfig | None = None, **overrides
+) -> AudioChatModel:
+    """An AudioChatModel whose embeddings, first n_layers layers and text head come from a
+    Llama-family checkpoint."""
+    tc = config_from_hf(path)
+    config = hf_model_config(tc, str(path), config, **overrides)
     model = cls(config)
     state = hf_state_dict(load_safetensors_dir(path), tc, n_layers=config.n_layers)
     own = model.state_dict()
