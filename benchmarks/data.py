@@ -64,10 +64,10 @@ def breakdown(config, n: int) -> dict:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--dialogues", type=int, default=data.DATA_PRESETS["tiny"].dialogues)
+    p.add_argument("--dialogues", type=int, default=data.data_preset("tiny").dialogues)
     p.add_argument("--breakdown", type=int, default=8, help="dialogues in the single-process breakdown")
     a = p.parse_args()
-    config = replace(data.DATA_PRESETS["tiny"], dialogues=a.dialogues)
+    config = data.data_preset("tiny", dialogues=a.dialogues)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"config: {config}")

@@ -366,7 +366,7 @@ def stage_codec(a, work: Path, data: dict, results: Results, device) -> dict:
     cfg = C.codec_preset("tiny") if hasattr(C, "codec_preset") else C.CodecConfig()
     if getattr(cfg, "kind", "vae") != "mel":
         preset = "vae-tiny" if a.dry else "small"
-        cfg = C.codec_preset(preset) if hasattr(C, "codec_preset") else C.CodecConfig(**C.CODEC_PRESETS[preset])
+        cfg = C.codec_preset(preset)
     out_dir = work / "codec"
     shutil.rmtree(out_dir, ignore_errors=True)
     minutes = a.codec_minutes

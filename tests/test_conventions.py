@@ -72,10 +72,11 @@ def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
 
 
 def test_base_preset_names_smollm2_weights_and_tokenizer():
-    from audiochat.training.config import PRESETS, resolve
+    from audiochat.core.presets import PRESETS
+    from audiochat.training.config import resolve
     c = resolve("base")
     assert c.model.pretrained == c.data.tokenizer == "HuggingFaceTB/SmolLM2-360M"
-    assert PRESETS["base"]["data"]["tokenizer"] == PRESETS["base"]["model"]["pretrained"]
+    assert PRESETS["train"]["base"]["data"]["tokenizer"] == PRESETS["train"]["base"]["model"]["pretrained"]
 
 
 def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_path, hub):

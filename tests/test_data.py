@@ -17,13 +17,13 @@ from audiochat.cli import main
 from audiochat.core.scene import Scene
 from audiochat.sim.copilot import check_edit
 from audiochat.sim.data import (
-    DATA_PRESETS,
     EVAL_SEED_RANGE,
     RUN_STRIDE,
     TRAIN_SEED_RANGE,
     DataConfig,
     build,
     build_eval,
+    data_preset,
     dialogue_seed,
     dialogue_subtasks,
     eval_config,
@@ -57,7 +57,7 @@ def test_eval_seeds_are_disjoint_from_every_training_seed():
     ev = eval_config()
     eval_seeds = {dialogue_seed(ev, i) for i in range(ev.dialogues)}
     assert largest_train < TRAIN_SEED_RANGE[1] <= EVAL_SEED_RANGE[0] == min(eval_seeds)
-    train = {dialogue_seed(replace(DATA_PRESETS["small"], seed=s), i) for s in (0, 1, last_run) for i in range(DATA_PRESETS["small"].dialogues)}
+    train = {dialogue_seed(data_preset("small", seed=s), i) for s in (0, 1, last_run) for i in range(data_preset("small").dialogues)}
     assert not train & eval_seeds
     with pytest.raises(ValueError, match="train seed must be"):
         DataConfig(seed=last_run + 1)

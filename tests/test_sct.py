@@ -269,7 +269,7 @@ def test_from_hf_refuses_mismatches(llama_dir):
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="arch must be one of"):
         ModelConfig(arch="moe")
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown model preset"):
         preset("huge")
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({"colour": 1})

@@ -21,11 +21,12 @@ import torchaudio
 from torch.nn.utils.parametrizations import weight_norm
 from ..core.audio import SAMPLE_RATE, AudioError, load_audio, resample
 from ..core.io import load_weights, read_config, resolve_pretrained, save_weights
+from ..core.presets import preset_values
 
 # %% auto #0
-__all__ = ['CODEC_PRESETS', 'CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit', 'encoder_block', 'decoder_block',
-           'Encoder', 'Decoder', 'gaussian_kl', 'Codec', 'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder',
-           'MelCodec', 'fit_mel_codec']
+__all__ = ['CodecConfig', 'codec_preset', 'Snake', 'conv1d', 'ResidualUnit', 'encoder_block', 'decoder_block', 'Encoder',
+           'Decoder', 'gaussian_kl', 'Codec', 'make_codec', 'dct_basis', 'ConvNeXtBlock', 'ISTFTDecoder', 'MelCodec',
+           'fit_mel_codec']
 
 # %% ../../nbs/06_codec.ipynb #758cccc3
 @dataclass
@@ -125,30 +126,10 @@ class CodecConfig:
         return cls(**d)
 
 # %% ../../nbs/06_codec.ipynb #56d9c1c0
-CODEC_PRESETS = {
-    # PCA in seconds, its decoder in minutes
-    "tiny": dict(kind="mel", batch_size=8, learning_rate=2e-3, save_every=1000),
-    # the VAE's defaults: trains on a laptop CPU in minutes (and carries little after that)
-    "vae-tiny": dict(),
-    "small": dict(
-        latent_dim=32,
-        encoder_channels=32,
-        decoder_channels=512,
-        adversarial=True,
-        discriminator_channels=32,
-        segment_seconds=1.0,
-        batch_size=16,
-        learning_rate=3e-4,
-        save_every=1000,
-    ),
-}
-
 def codec_preset(name: str, **overrides) -> CodecConfig:
-    """The `CodecConfig` of preset `name` ('tiny': the mel codec; 'vae-tiny', 'small': the VAE) with
-    `overrides` applied."""
-    if name not in CODEC_PRESETS:
-        raise ValueError(f"unknown codec preset {name!r}; choose from {sorted(CODEC_PRESETS)}")
-    return CodecConfig.from_dict({**CODEC_PRESETS[name], **overrides})
+    """The `CodecConfig` of preset `name` (`core.presets`: 'tiny', the mel codec; 'vae-tiny' and
+    'small', the VAE) with `overrides` applied."""
+    return CodecConfig.from_dict({**preset_values("codec", name), **overrides})
 
 # %% ../../nbs/06_codec.ipynb #f9004207
 class Snake(nn.Module):

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import audiochat
+from .presets import preset_names
 
 CONFIG_MODULE = "training.config"  # the module whose dataclasses are the training config
 
@@ -139,7 +140,7 @@ def split_overrides(args: list[str]) -> list[tuple[str, str]]:
 def train_parser() -> argparse.ArgumentParser:
     """The parser of `audiochat train`; its help lists every config key (`config_help`). Builds
     without torch."""
-    presets = [ast.literal_eval(k) for k in _assigned(_tree(CONFIG_MODULE), "PRESETS").keys]
+    presets = preset_names("train")
     p = argparse.ArgumentParser(
         prog="audiochat train",
         allow_abbrev=False,
@@ -345,7 +346,7 @@ def _codec_encode_eval(sub):
 def codec_parser() -> argparse.ArgumentParser:
     """The parser of `audiochat codec` (train, fit, encode, eval), built without torch (the presets
     read from `audiochat/codec/codecs.py`)."""
-    presets = [ast.literal_eval(k) for k in _assigned(_tree("codec.codecs"), "CODEC_PRESETS").keys]
+    presets = preset_names("codec")
     p = argparse.ArgumentParser(
         prog="audiochat codec", description="Train, use and evaluate the audio codec."
     )
@@ -361,7 +362,7 @@ def data_parser() -> argparse.ArgumentParser:
     """The parser of `audiochat data` (build, eval, samples, show, export), built without torch (the
     presets and the split's size read from `audiochat/sim/data.py`)."""
     tree = _tree("sim.data")
-    presets = [ast.literal_eval(k) for k in _assigned(tree, "DATA_PRESETS").keys]
+    presets = preset_names("data")
     n_eval = ast.literal_eval(_assigned(tree, "EVAL_DIALOGUES"))
     cores = os.cpu_count() or 1
     p = argparse.ArgumentParser(

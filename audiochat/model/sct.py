@@ -21,6 +21,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..core.io import load_weights, read_config, resolve_pretrained, save_weights
+from ..core.presets import preset_values
 from audiochat.model.transformer import (
     MLP,
     Attention,
@@ -45,9 +46,8 @@ from audiochat.model.transformer import (
 )
 
 # %% auto #0
-__all__ = ['ARCHS', 'MODEL_PRESETS', 'ModelConfig', 'preset', 'timestep_features', 'TimestepEmbedding', 'match_norm', 'route',
-           'MoTLayer', 'DiTLayer', 'AudioChatOutput', 'AudioChatModel', 'hf_model_config', 'count_parameters',
-           'flops_per_token']
+__all__ = ['ARCHS', 'ModelConfig', 'preset', 'timestep_features', 'TimestepEmbedding', 'match_norm', 'route', 'MoTLayer',
+           'DiTLayer', 'AudioChatOutput', 'AudioChatModel', 'hf_model_config', 'count_parameters', 'flops_per_token']
 
 # %% ../../nbs/09_sct.ipynb #19da368d
 ARCHS = ("sct", "dense", "mot", "dit")
@@ -125,45 +125,9 @@ class ModelConfig:
         return cls(**d)
 
 # %% ../../nbs/09_sct.ipynb #66075d00
-MODEL_PRESETS = {
-    "tiny": dict(
-        vocab_size=512,
-        d_model=64,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=4,
-        n_gen_layers=2,
-        latent_dim=32,
-    ),
-    "small": dict(
-        vocab_size=8192,
-        d_model=512,
-        n_heads=8,
-        n_kv_heads=4,
-        n_layers=12,
-        n_gen_layers=6,
-        latent_dim=64,
-    ),
-    "base": dict(
-        vocab_size=49152,
-        d_model=960,
-        n_heads=15,
-        n_kv_heads=5,
-        n_layers=32,
-        n_gen_layers=16,
-        d_ff=2560,
-        latent_dim=128,
-        rope_theta=100000.0,
-        tie_embeddings=True,
-        pretrained="HuggingFaceTB/SmolLM2-360M",
-    ),
-}
-
 def preset(name: str, **overrides) -> ModelConfig:
-    "A named ModelConfig (tiny, small, base) with fields overridden by keyword."
-    if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown preset {name!r} (choose from {sorted(MODEL_PRESETS)})")
-    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+    "A named ModelConfig (`core.presets`: tiny, small, base) with fields overridden by keyword."
+    return ModelConfig(**{**preset_values("model", name), **overrides})
 
 # %% ../../nbs/09_sct.ipynb #41b9547d
 def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -48,7 +48,8 @@ from ..model.tokenizer import load_tokenizer, special_token_ids
 from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from ..sim.data import DATA_SAMPLES
-from ..training.config import PRESETS, load_config, resolve, save_config
+from ..core.presets import preset_names
+from ..training.config import load_config, resolve, save_config
 from ..training.checkpoints import load_run_model
 from ..training.train import latest_checkpoint, train
 
@@ -869,7 +870,7 @@ BUNDLE_FORMAT = "audiochat-bundle/1"
 
 def _preset_of(config) -> str:
     "The preset whose model the run's model is (tiny / small / base), else custom."
-    for name in PRESETS:
+    for name in preset_names("train"):
         try:
             if resolve(name).model == config.model: return name
         except Exception: pass

@@ -23,16 +23,17 @@ from pathlib import Path
 from ..core.args import data_parser
 from ..core.io import check_writable
 from ..core.scene import Scene
+from ..core.presets import preset_values
 from .stories import SUBTASKS
 from .copilot import simulate_dialogue
 
 # %% auto #0
-__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'DATA_PRESETS', 'EVAL_DIALOGUES',
-           'SAMPLES_RUN_SEED', 'HF_CARD', 'DataConfig', 'dialogue_seed', 'dialogue_subtasks', 'shard_done',
-           'finished_shards', 'build_shard', 'claim_folder', 'build_shards', 'build', 'summarize_build',
-           'format_summary', 'checked_record', 'read_records', 'load_turn', 'format_dialogue', 'eval_config',
-           'build_eval', 'build_samples', 'check_exportable', 'damaged_shards', 'turns_in', 'export_hf',
-           'write_hub_folder', 'data_main']
+__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED', 'HF_CARD',
+           'DataConfig', 'data_preset', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
+           'build_shard', 'claim_folder', 'build_shards', 'build', 'summarize_build', 'format_summary',
+           'checked_record', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
+           'build_samples', 'check_exportable', 'damaged_shards', 'turns_in', 'export_hf', 'write_hub_folder',
+           'data_main']
 
 # %% ../../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed
@@ -83,13 +84,11 @@ class DataConfig:
     def shards(self) -> int: return -(-self.dialogues // self.shard_size)
 
 # %% ../../nbs/05_data.ipynb #3ee4b98a
-DATA_PRESETS = {
-    "tiny": DataConfig(dialogues=32, shard_size=8),  # about a minute on a 2-core CPU
-    # `make demo`: short stories, about 2 minutes on 2 cores
-    "demo": DataConfig(dialogues=240, shard_size=16, max_duration=8.0),
-    # about an hour on 2 cores, minutes on a many-core machine
-    "small": DataConfig(dialogues=4000, shard_size=100),
-}
+def data_preset(name: str = "tiny", **overrides) -> DataConfig:
+    """The `DataConfig` of build preset `name` (`core.presets`: tiny, about a minute on 2 cores;
+    demo, `make demo`'s short stories; small, about an hour) with fields overridden by keyword."""
+    return DataConfig(**{**preset_values("data", name), **overrides})
+
 EVAL_DIALOGUES = 60  # StoryGen-Eval-mini: 60 stories + 120 edits, each of the six subtasks 20 times
 
 def dialogue_seed(config: DataConfig, i: int) -> int:
@@ -242,10 +241,11 @@ def build_shards(todo: list, workers: int, out: Path, bar):
 
 
 def build(
-    out, config: DataConfig = DATA_PRESETS["tiny"], workers: int = 1, progress: bool = True
+    out, config: DataConfig | None = None, workers: int = 1, progress: bool = True
 ) -> dict:
-    """Build (or resume) a dataset into `out`: shards in parallel over `workers` processes; returns
-    and writes the summary."""
+    """Build (or resume) a dataset into `out` (`config`: the tiny preset when None): shards in
+    parallel over `workers` processes; returns and writes the summary."""
+    config = config or data_preset("tiny")
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -590,9 +590,8 @@ def _build_main(a) -> int:
     if a.command == "build":
         over = dict(dialogues=a.dialogues, shard_size=a.shard_size, edits=a.edits)
         over["max_duration"] = a.max_duration
-        config = replace(
-            DATA_PRESETS[a.preset], seed=a.seed, **{k: v for k, v in over.items() if v is not None}
-        )
+        over = {k: v for k, v in over.items() if v is not None}
+        config = data_preset(a.preset, seed=a.seed, **over)
         summary = build(a.out, config, a.workers)
     else:
         summary = build_eval(a.out, a.dialogues, a.workers)

@@ -20,21 +20,18 @@ from pathlib import Path
 
 import yaml
 
-from ..codec.codecs import CODEC_PRESETS
 from ..codec.codecs import CodecConfig
 from ..core.args import split_overrides
 from ..core.io import atomic_write
+from ..core.presets import preset_names, preset_values
 from ..model.forcing import ForcingConfig
-from ..model.sct import MODEL_PRESETS
 from ..model.sct import ModelConfig
-from ..sim.data import DATA_PRESETS
 from ..sim.data import DataConfig
 
 # %% auto #0
-__all__ = ['SECTIONS', 'PRESETS', 'RANGES', 'DEVICE_RE', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config',
-           'all_keys', 'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range',
-           'merge', 'config_from_dict', 'parse_overrides', 'resolve', 'read_yaml', 'to_dict', 'save_config',
-           'load_config']
+__all__ = ['SECTIONS', 'RANGES', 'DEVICE_RE', 'TrainDataConfig', 'OptimConfig', 'RunConfig', 'StageConfig', 'Config', 'all_keys',
+           'ConfigError', 'ConfigKeyError', 'ConfigTypeError', 'check_value', 'in_range', 'check_range', 'merge',
+           'config_from_dict', 'parse_overrides', 'resolve', 'read_yaml', 'to_dict', 'save_config', 'load_config']
 
 # %% ../../nbs/13_config.ipynb #ae552ede
 @dataclass
@@ -173,69 +170,6 @@ SECTIONS = {
     "loss": ForcingConfig,
     "optim": OptimConfig,
     "run": RunConfig,
-}
-
-PRESETS = {
-    # a 2-core CPU in minutes: whole short stories, and planned text-only dialogues for the text
-    # path
-    "tiny": dict(
-        model={**MODEL_PRESETS["tiny"], "d_model": 128, "vocab_size": 1024},
-        codec=CODEC_PRESETS["tiny"],
-        data=dict(
-            batch_size=4, max_frames=320, max_turns=2, planned_dialogues=200_000, planned_share=0.75
-        ),
-        optim=dict(lr=2e-3, warmup=50, steps=1500),
-        run=dict(
-            out="runs/train-tiny", ema=0.99, eval_every=200, save_every=200, keep=8, log_every=20
-        ),
-    ),
-    "small": dict(  # one GPU, about 10 minutes, from cached latents
-        model=MODEL_PRESETS["small"],
-        codec=CODEC_PRESETS["small"],
-        data=dict(
-            batch_size=16,
-            max_frames=400,
-            max_turns=3,
-            window=1024,
-            build=asdict(DATA_PRESETS["small"]),
-        ),
-        optim=dict(lr=1e-3, warmup=200, steps=3000),
-        run=dict(
-            out="runs/train-small", compile=True, eval_every=500, save_every=1000, log_every=50
-        ),
-    ),
-    # many GPUs: understanding layers from a Hugging Face LLM, a 48 kHz-class codec, three stages
-    "base": dict(
-        model=MODEL_PRESETS["base"],
-        codec={
-            **CODEC_PRESETS["small"],
-            "sample_rate": 48000,
-            "strides": (2, 4, 5, 6, 5),
-            "latent_dim": 64,
-        },
-        data=dict(
-            batch_size=8,
-            max_frames=1200,
-            max_turns=5,
-            window=4096,
-            # SmolLM2: its weights with its own tokenizer
-            tokenizer=MODEL_PRESETS["base"]["pretrained"],
-        ),
-        optim=dict(lr=1e-4, warmup=2000, steps=220000),
-        run=dict(
-            out="runs/train-base",
-            compile=True,
-            parallel="fsdp",
-            eval_every=2000,
-            save_every=5000,
-            log_every=100,
-        ),
-        stages=[
-            dict(name="pretrain", source="data/pretrain", steps=100000, lr=2.5e-5),
-            dict(name="dialogues", source="data/dialogues", steps=100000, lr=2.5e-5),
-            dict(name="finetune", source="data/dialogues-best", steps=20000, lr=1e-4),
-        ],
-    ),
 }
 
 # %% ../../nbs/13_config.ipynb #6840e2e8
@@ -491,9 +425,8 @@ def resolve(
 ) -> Config:
     """The Config of `preset`, updated by a YAML `file` and then by `overrides` (dotted CLI
     arguments or a nested dict)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (choose from {sorted(PRESETS)})")
-    d = copy.deepcopy(PRESETS[preset])
+    try: d = preset_values("train", preset)  # core.presets
+    except ValueError as e: raise ConfigError(str(e)) from None
     if file is not None:
         loaded = read_yaml(file)
         # the file's own keys, types and ranges, checked with its name in the message
