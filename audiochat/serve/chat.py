@@ -48,15 +48,14 @@ from ..model.tokenizer import load_tokenizer, special_token_ids
 from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from ..sim.data import DATA_SAMPLES
-from ..core.presets import preset_names
+from .cards import BUNDLE_FORMAT, model_card, preset_of
 from ..training.config import load_config, resolve, save_config
 from ..training.checkpoints import load_run_model
 from ..training.train import latest_checkpoint, train
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'BUNDLE_FORMAT', 'HEADLINE', 'train_tiny_run', 'ChatError',
-           'Timings', 'Reply', 'read_latent_stats', 'checked_request', 'Plan', 'check_engine', 'ChatEngine', 'headline',
-           'headline_table', 'card_summary', 'card_figures', 'model_card']
+__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'train_tiny_run', 'ChatError', 'Timings', 'Reply',
+           'read_latent_stats', 'checked_request', 'Plan', 'check_engine', 'ChatEngine']
 
 # %% ../../nbs/16_chat.ipynb #fe4c16d4
 def train_tiny_run(
@@ -815,7 +814,7 @@ class ChatEngine:
             shutil.copyfile(Path(run_dir) / "learning.json", out / "learning.json")
         bundle = dict(
             format=BUNDLE_FORMAT,
-            preset=_preset_of(c),
+            preset=preset_of(c),
             weights=getattr(self.model, "weights", "raw"),
             step=getattr(self, "step", None),
             dtype="float16" if half else "float32",
@@ -863,166 +862,6 @@ class ChatEngine:
         )
         engine.run_dir, engine.step = d, bundle.get("step")
         return engine
-
-# %% ../../nbs/16_chat.ipynb #cc743bc1
-BUNDLE_FORMAT = "audiochat-bundle/1"
-
-
-def _preset_of(config) -> str:
-    "The preset whose model the run's model is (tiny / small / base), else custom."
-    for name in preset_names("train"):
-        try:
-            if resolve(name).model == config.model: return name
-        except Exception: pass
-    return "custom"
-
-def _figures(d, prefix="") -> list[tuple[str, float]]:
-    "The numeric leaves of a nested dict of figures, as (dotted.name, value)."
-    out = []
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out += _figures(v, f"{prefix}{k}.")
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append((f"{prefix}{k}", v))
-    return out
-
-# %% ../../nbs/16_chat.ipynb #2bd02876
-HEADLINE = [  # (figure, path in learning.json; "{g}" is grammar_off or grammar_on)
-    ("valid story scenes", "cot.{g}.story.valid_share"),
-    ("requested sound classes, StoryGen-Eval-mini", "cot.{g}.story.class_recall"),
-    ("requested sound classes, free-form requests", "free_form.{g}.story.class_recall"),
-    ("requested sound classes, held-out phrasings", "held_out.{g}.story.class_recall"),
-    ("speaker count right, free-form requests", "free_form.{g}.story.speakers_share"),
-    ("length within 1 s of the asked duration", "cot.{g}.story.duration_share"),
-    ("exact edits", "cot.{g}.edit.exact_share"),
-    ("answered in words when the named sound is absent", "cot.{g}.edit.refusal.words_on_absent"),
-    ("understanding: class/speaker F1", "understanding.whole.f1"),
-    ("story multiFLAM, share of the ground truth's", "audio.model_over_truth.story_multiflam"),
-    ("editFLAM, share of the ground truth's", "audio.model_over_truth.editflam"),
-    ("Delta-multiFLAM, x the ground truth's (lower)", "audio.model_over_truth.delta_multiflam"),
-    (
-        "keep error outside the edited span, x the ground truth's (lower)",
-        "audio.model_over_truth.keep_error",
-    ),
-    ("plan-vs-render mel distance (lower)", "audio.plan_vs_render.mel_distance"),
-]
-
-def _at(d, path: str):
-    for k in path.split("."): d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-def headline(learning: dict) -> list[tuple[str, float | None, float | None]]:
-    """The learning benchmark's main figures: (figure, grammar off, grammar on), None where the run
-    has no such figure."""
-    return [
-        (
-            name,
-            _at(learning, path.format(g="grammar_off")),
-            _at(learning, path.format(g="grammar_on")) if "{g}" in path else None,
-        )
-        for name, path in HEADLINE
-    ]
-
-def headline_table(columns: dict) -> str:
-    """A markdown table of `headline` figures side by side: `columns` maps a column name to a
-    learning benchmark's figures (a dict) or to a run or bundle folder holding `learning.json`. "a /
-    b": without / with the grammar."""
-    read = lambda v: (
-        v if isinstance(v, dict) else json.loads((Path(v) / "learning.json").read_text())
-    )
-    cols = {name: headline(read(v)) for name, v in columns.items()}
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"
-    rows = [f"| figure | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
-    for i, (name, *_) in enumerate(HEADLINE):
-        cells = [
-            fmt(c[i][1]) + ("" if c[i][2] is None else f" / {fmt(c[i][2])}") for c in cols.values()
-        ]
-        rows.append(f"| {name} | {' | '.join(cells)} |")
-    return "\n".join(rows)
-
-# %% ../../nbs/16_chat.ipynb #1e4972a9
-def card_summary(config, model, bundle: dict) -> list[str]:
-    "The model card's head: its metadata, what the model is, how it was trained and how to use it."
-    src = config.data.source
-    data = f"{src if src == 'synthetic' else Path(src).name} " + (
-        "(simulated dialogues)" if src != "synthetic" else "(random latents and short texts)"
-    )
-    form = "a diff" if config.data.edit_form == "diff" else "the whole scene restated"
-    return [
-        "---",
-        "library_name: audiochat",
-        "license: apache-2.0",
-        "tags: [audio, text-to-audio, audio-editing, transfusion]",
-        "---",
-        "",
-        f"# AudioChat ({bundle['preset']} preset, {model.config.arch})",
-        "",
-        "A model of the educational AudioChat implementation: one transformer that tells, edits "
-        "and understands multi-speaker audio stories (the chain of thought is a JSON scene, the "
-        "audio codec latents are generated by diffusion).",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| preset | {bundle['preset']} |",
-        f"| architecture | {model.config.arch}, d_model {model.config.d_model}, "
-        f"{model.config.n_layers} layers |",
-        f"| parameters | {count_parameters(model) / 1e6:.2f} M |",
-        f"| weights | {bundle['weights']} |",
-        f"| training data | {data} |",
-        f"| checkpoint | {bundle['step']} of {config.optim.steps} training steps |",
-        f"| chain of thought | {config.data.cot} |",
-        f"| edits written as | {form} |",
-        f"| stored as | {bundle.get('dtype', 'float32')} |",
-        f"| codec | {config.codec.kind}, {config.codec.frame_dim} dims per frame |",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from audiochat.serve.chat import ChatEngine",
-        "engine = ChatEngine.from_pretrained('THIS_FOLDER')  # or 'ORG/NAME' on the Hub",
-        "story = engine.tell('A 5-second story: rain on a window, a narrator.')",
-        "```",
-        "",
-        'or `audiochat tell "..." -o story.wav --run THIS_FOLDER`.',
-        "",
-    ]
-
-
-def card_figures(learning: dict | None, most: int = 60) -> list[str]:
-    "The model card's benchmark section: the main figures, then up to `most` of every figure."
-    parts = ("cot", "free_form", "understanding", "audio")
-    learning = learning if isinstance(learning, dict) else {}
-    figures = _figures({k: learning[k] for k in parts if learning.get(k)})
-    if not figures:
-        return [
-            "No learning benchmark figures: run `benchmarks/learning.py --run RUN` before bundling "
-            "to add them."
-        ]
-    lines = [
-        "## Learning benchmark",
-        "",
-        "From `learning.json` (benchmarks/learning.py), on "
-        f"{learning.get('dialogues', '?')} StoryGen-Eval-mini dialogues, the repository's "
-        'free-form requests and the held-out phrasings; "a / b": without / with the scene grammar.',
-        "",
-        "### Main figures",
-        "",
-        headline_table({"value": learning}),
-        "",
-        "### Every figure",
-        "",
-        "| figure | value |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v:.4g} |" for k, v in figures[:most]]
-    if len(figures) > most: lines.append(f"| ... | {len(figures) - most} more in learning.json |")
-    return lines
-
-
-def model_card(config, model, bundle: dict, learning: dict | None = None) -> str:
-    """The README.md of a bundle: what it is, how it was trained, how to use it, the learning
-    benchmark's figures."""
-    return "\n".join(card_summary(config, model, bundle) + card_figures(learning)) + "\n"
 
 # %% ../../nbs/16_chat.ipynb #3199561c
 def _halved(module: torch.nn.Module, state: dict) -> dict:

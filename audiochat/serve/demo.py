@@ -18,7 +18,8 @@ from ..sim.stories import describe
 from ..sim.data import DATA_SAMPLES, build_eval, read_records
 from ..sim.sounds import SOUND_EFFECTS
 from ..sim.tools import render
-from .chat import SHIPPED_MODEL, ChatEngine, headline_table, train_tiny_run
+from .cards import headline_table
+from .chat import SHIPPED_MODEL, ChatEngine, train_tiny_run
 from .ui import reply_section, write_report
 
 
