@@ -88,3 +88,27 @@ def test_lines_fit_in_100_characters():
             if not in_all and len(line) > 100: long.append(f"{m}:{i}")
             if in_all and line.rstrip().endswith("]"): in_all = False
     assert long == []
+
+
+# the course's core track (README, 00_index): the method first, each notebook importing only the ones before it
+CORE_TRACK = ["01_audio", "01a_io", "01b_presets", "02_scene", "10_diffusion", "08_transformer", "09_sct",
+              "07_tokenizer", "11_forcing"]
+
+
+def _notebook_imports() -> tuple[dict, dict]:
+    "(notebook -> the package modules its code cells import, module -> the notebook that exports it)."
+    import json
+    import re
+    nbs, made = {}, {}
+    for p in sorted((PKG.parent / "nbs").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code")
+        if m := re.search(r"#\| default_exp (\S+)", code): made[m.group(1)] = p.stem
+        nbs[p.stem] = set(re.findall(r"^\s*(?:from|import) audiochat\.([\w.]+)", code, re.M))
+    return nbs, made
+
+
+def test_core_track_uses_only_what_it_has_taught():
+    nbs, made = _notebook_imports()
+    for i, name in enumerate(CORE_TRACK):
+        needs = {made[m] for m in nbs[name] if m in made} - {name}
+        assert needs <= set(CORE_TRACK[:i]), f"{name} imports {sorted(needs - set(CORE_TRACK[:i]))}, outside the track so far"

@@ -125,7 +125,7 @@ def test_corpus_scenes_valid():
 
 
 def test_copilot_corpus():
-    from audiochat.model.tokenizer import copilot_corpus
+    from audiochat.sim.copilot import copilot_corpus
     texts = copilot_corpus(3, seed=7)
     assert texts == copilot_corpus(3, seed=7)
     scenes = [t for t in texts if t.startswith('{"duration"')]

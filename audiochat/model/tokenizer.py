@@ -19,12 +19,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..core.io import resolve_pretrained
 from ..core.scene import Scene, Source, diff
-from ..sim.stories import seed_text, SUBTASKS
-from ..sim.copilot import TemplateLLM, UserSimulator
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'TOKENIZER_FILES', 'random_scene', 'dialogue_corpus', 'copilot_corpus',
-           'train_tokenizer', 'special_token_ids', 'add_special_tokens', 'load_tokenizer']
+__all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'TOKENIZER_FILES', 'random_scene', 'dialogue_corpus', 'train_tokenizer',
+           'special_token_ids', 'add_special_tokens', 'load_tokenizer']
 
 # %% ../../nbs/07_tokenizer.ipynb #e1ab231c
 SPECIAL_TOKENS = {
@@ -168,31 +166,6 @@ def dialogue_corpus(n: int = 2000, seed: int = 0) -> list[str]:
         edited = {"changed": {scene.ids[0]: {"loudness_db": round(rng.uniform(-40, -10), 1)}},
                   "removed": scene.ids[1:2]}
         texts += [request, scene.to_json(), json.dumps(edited, separators=(",", ":"))]
-    return texts
-
-# %% ../../nbs/07_tokenizer.ipynb #4aa33200
-def copilot_corpus(n: int = 200, seed: int = 0, edits: int = 2) -> list[str]:
-    """Text of `n` simulated dialogues (TemplateLLM): each turn's request, planned scene JSON, and
-    edit diff."""
-    if n < 1: raise ValueError(f"n must be >= 1 (got {n})")
-    texts = []
-    for i in range(seed, seed + n):
-        rng, llm = random.Random(f"corpus-{i}"), TemplateLLM(seed=i)
-        user = UserSimulator(llm)
-        request = user.story_request(seed_text(rng))
-        scene = llm.plans[request]
-        texts += [request, scene.to_json()]
-        for subtask in rng.sample(SUBTASKS, edits):
-            try: request = user.edit_request(scene, subtask)
-            # an edit the planner cannot make in this scene: end the dialogue
-            except (ValueError, IndexError): break
-            new = llm.plans[request]
-            texts += [
-                request,
-                new.to_json(),
-                json.dumps(diff(scene, new).to_dict(), separators=(",", ":")),
-            ]
-            scene = new
     return texts
 
 # %% ../../nbs/07_tokenizer.ipynb #18937f44

@@ -33,7 +33,7 @@ __all__ = ['REJECTION_REASONS', 'USER_SYSTEM', 'DESIGNER_SYSTEM', 'SUBTASK_HELP'
            'NO_COT_TEXT', 'EDIT_FORMS', 'check_edit', 'story_task', 'edit_task', 'UserSimulator', 'SoundDesigner',
            'rendered', 'TemplateLLM', 'SimulatedTurn', 'Dialogue', 'silent_sources', 'Rejected', 'simulate_turn',
            'simulate_dialogue', 'plan_dialogue', 'register_subtask', 'unregister_subtask', 'answer_json',
-           'missing_source_request', 'heard_scene', 'assistant_plan']
+           'missing_source_request', 'heard_scene', 'assistant_plan', 'copilot_corpus']
 
 # %% ../../nbs/04_copilot.ipynb #a3ee814a
 REJECTION_REASONS = (
@@ -577,3 +577,28 @@ def assistant_plan(
         raise ValueError(f"edit form must be one of {EDIT_FORMS}, got {form!r}")
     if before is None or form == "scene": return after.to_json(), ""
     return Edit.between(before, after, subtask, request).to_json(), after.to_json()
+
+# %% ../../nbs/04_copilot.ipynb #de067360
+def copilot_corpus(n: int = 200, seed: int = 0, edits: int = 2) -> list[str]:
+    """Text of `n` simulated dialogues (TemplateLLM): each turn's request, planned scene JSON, and
+    edit diff."""
+    if n < 1: raise ValueError(f"n must be >= 1 (got {n})")
+    texts = []
+    for i in range(seed, seed + n):
+        rng, llm = random.Random(f"corpus-{i}"), TemplateLLM(seed=i)
+        user = UserSimulator(llm)
+        request = user.story_request(seed_text(rng))
+        scene = llm.plans[request]
+        texts += [request, scene.to_json()]
+        for subtask in rng.sample(SUBTASKS, edits):
+            try: request = user.edit_request(scene, subtask)
+            # an edit the planner cannot make in this scene: end the dialogue
+            except (ValueError, IndexError): break
+            new = llm.plans[request]
+            texts += [
+                request,
+                new.to_json(),
+                json.dumps(diff(scene, new).to_dict(), separators=(",", ":")),
+            ]
+            scene = new
+    return texts
