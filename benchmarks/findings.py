@@ -268,7 +268,8 @@ def run_demo(out: Path, systems: list[str], threads: int) -> dict:
             if not bench.exists():
                 bench.parent.mkdir(parents=True, exist_ok=True)
                 sh([sys.executable, str(Path(__file__).with_name("learning.py")), "--run", str(run), "--dialogues",
-                    str(DEMO["dialogues"]), "--free-form", "", "--held-out", "0", "--threads", str(threads), "--quiet",
+                    str(DEMO["dialogues"]), "--free-form", "", "--held-out", "0", "--grammar", "on", "--no-understanding",
+                    "--threads", str(threads), "--quiet",
                     "--out", str(bench)], bench.with_suffix(".log"))
             print("wrote", write_record(key, make_record(key, run, json.loads(bench.read_text()))), flush=True)
     return finished()

@@ -227,10 +227,10 @@ def summarize_edits(rows: list, per_subtask: bool = True) -> dict:
         out["subtasks"] = {k: summarize_edits([r for r in rows if r["subtask_name"] == k], False) for k in names}
     return out
 
-def cot_figures(engine: ChatEngine, dialogues: list, progress: bool) -> dict:
-    "The chain-of-thought figures with the grammar off and on."
+def cot_figures(engine: ChatEngine, dialogues: list, progress: bool, grammars=(False, True)) -> dict:
+    "The chain-of-thought figures with the grammar off and on (each decode is seeded alone, so either may be skipped)."
     out = {}
-    for grammar in (False, True):
+    for grammar in grammars:
         engine.grammar = grammar
         with tqdm(total=len(dialogues), desc=f"CoT, grammar {'on' if grammar else 'off'}", disable=not progress) as bar:
             stories, edits = cot_rows(engine, dialogues, bar)
@@ -491,9 +491,9 @@ def frac(s: dict, key: str = "valid") -> str:
     return f"{s[key]}/{s['n']} ({fmt(s['valid_share'] * 100 if s['n'] else None, 0)}%)"
 
 def cot_lines(title: str, c: dict) -> list:
-    off, on = c["grammar_off"], c["grammar_on"]
+    off, on = c.get("grammar_off"), c["grammar_on"]  # --grammar on: no figures without the grammar
     lines = [(title, "grammar off", "grammar on")]
-    pair = lambda f: ["  " + f[0], f[1](off), f[1](on)]
+    pair = lambda f: ["  " + f[0], f[1](off) if off else "-", f[1](on)]
     rows = [("story: valid scenes", lambda g: frac(g["story"])),
             ("story: recall of the requested sound classes", lambda g: fmt(g["story"]["class_recall"])),
             ("story: speaker count right (share)", lambda g: fmt(g["story"]["speakers_share"])),
@@ -503,7 +503,8 @@ def cot_lines(title: str, c: dict) -> list:
             ("edit in words: when absent / on real edits / right", lambda g: " / ".join(fmt(g["edit"].get("refusal", {}).get(k)) for k in ("words_on_absent", "words_on_real", "words_right")))]
     lines += [tuple(pair(r)) for r in rows]
     for k in on["edit"].get("subtasks", {}):
-        lines.append((f"  edit exact: {k} (n={on['edit']['subtasks'][k]['n']})", fmt(off["edit"]["subtasks"][k]["exact_share"]), fmt(on["edit"]["subtasks"][k]["exact_share"])))
+        lines.append((f"  edit exact: {k} (n={on['edit']['subtasks'][k]['n']})", fmt(off["edit"]["subtasks"][k]["exact_share"]) if off else "-",
+                      fmt(on["edit"]["subtasks"][k]["exact_share"])))
     return lines
 
 def understanding_lines(u: dict) -> list:
@@ -557,6 +558,10 @@ def parse_args(argv):
     p.add_argument("--split", default="storygen-eval-mini", help="a built split folder, or storygen-eval-mini (built and cached)")
     p.add_argument("--dialogues", type=int, default=20, help="the first N dialogues of the split (default 20)")
     p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True, help="the audio figures (default on)")
+    p.add_argument("--grammar", choices=["both", "on"], default="both",
+                   help="the chain-of-thought figures without and with the scene grammar, or with it only (default both)")
+    p.add_argument("--understanding", action=argparse.BooleanOptionalAction, default=True,
+                   help="the understanding figures (default on)")
     p.add_argument("--steps", type=int, default=10, help="diffusion steps for the audio (default 10)")
     p.add_argument("--curve", action="store_true", help="also every checkpoint's text figures: learning_curve.png")
     p.add_argument("--free-form", default=str(FREE_FORM), help="the hand-written requests and edits ('' to skip)")
@@ -592,13 +597,15 @@ def evaluate_run(a) -> dict:
     def timed(key, fn):
         t = time.perf_counter(); v = fn(); out["seconds"][key] = round(time.perf_counter() - t, 2); return v
     if engine.thinks:
-        out["cot"] = timed("cot", lambda: cot_figures(engine, dialogues, progress))
+        grammars = (False, True) if a.grammar == "both" else (True,)
+        out["cot"] = timed("cot", lambda: cot_figures(engine, dialogues, progress, grammars))
         if a.free_form:
             ff = load_free_form(a.free_form, engine, a.free_form_items)
             out["free_form"] = timed("free_form", lambda: free_form_figures(engine, ff, progress))
         if a.held_out > 0:
             out["held_out"] = timed("held_out", lambda: held_out_figures(engine, held_out_stories(a.held_out), progress))
-        out["understanding"] = timed("understanding", lambda: understanding_figures(engine, dialogues, progress))
+        if a.understanding:
+            out["understanding"] = timed("understanding", lambda: understanding_figures(engine, dialogues, progress))
     if a.audio:
         scorer = load_scorer(a.scorer)
         out["audio"] = timed("audio", lambda: audio_figures(engine, dialogues, scorer, a.steps, progress))

@@ -90,6 +90,17 @@ def test_benchmark_writes_every_figure(learning, files, tmp_path, capsys):
     assert "held-out phrasings" in printed
 
 
+def test_grammar_on_alone_gives_the_same_figures(learning, files, tmp_path):
+    "The findings' lighter form (--grammar on --no-understanding): the full form's grammar-on figures, nothing else."
+    full, light = tmp_path / "full.json", tmp_path / "light.json"
+    common = ("--free-form", "", "--held-out", "0", "--no-audio")
+    assert learning.main(_args(files, files / "run", full, *common)) == 0
+    assert learning.main(_args(files, files / "run", light, *common, "--grammar", "on", "--no-understanding")) == 0
+    a, b = json.loads(full.read_text()), json.loads(light.read_text())
+    assert b["cot"]["grammar_on"] == a["cot"]["grammar_on"] and "grammar_off" not in b["cot"]
+    assert b["understanding"] is None and a["understanding"] is not None
+
+
 def test_run_without_chain_of_thought_gets_audio_figures_only(learning, files, tmp_path):
     run = train_tiny_run(tmp_path / "no-cot", steps=2, codec_dir=files / "run" / "codec", overrides=["--data.cot=false"])
     out = tmp_path / "learning.json"
