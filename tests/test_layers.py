@@ -112,3 +112,22 @@ def test_core_track_uses_only_what_it_has_taught():
     for i, name in enumerate(CORE_TRACK):
         needs = {made[m] for m in nbs[name] if m in made} - {name}
         assert needs <= set(CORE_TRACK[:i]), f"{name} imports {sorted(needs - set(CORE_TRACK[:i]))}, outside the track so far"
+
+
+def test_functions_fit_on_a_screen():
+    "No function or method of the package is longer than 60 lines (docstring included)."
+    long = [f"{m}.{n.name} ({n.end_lineno - n.lineno + 1} lines)" for m, path in MODULES.items()
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []
+
+
+def test_public_names_have_one_home():
+    "A public function or class is defined in one module (methods added with fastcore's @patch are the class's own)."
+    homes = {}
+    for m, path in MODULES.items():
+        for n in ast.parse(path.read_text()).body:
+            patched = any("patch" in ast.unparse(d) for d in getattr(n, "decorator_list", []))
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and not patched:
+                homes.setdefault(n.name, []).append(m)
+    assert {k: v for k, v in homes.items() if len(v) > 1} == {}
