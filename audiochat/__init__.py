@@ -38,6 +38,7 @@ Modules:
 - `audiochat.sim.tools`: The mixer that renders a scene into a stereo story, and the tools (speech, sound effects, music, the mixer) as JSON-schema functions for tool-calling language models.
 - `audiochat.training.checkpoints`: The one layout of a run folder (config, log, checkpoints, the data it was trained on), locked while a run writes it, saved atomically and loaded back exactly, also under FSDP.
 - `audiochat.training.config`: One resolved config describes a training run: data, codec, model, loss, optimiser, run settings. Presets `tiny`, `small` and `base`; a YAML file and dotted command-line overrides (`--model.d_model=256`) on top, type-checked.
+- `audiochat.training.previews`: A loss says how far off the model is on average; a preview shows what it makes of one held-out audio span: its one-step estimate from a half-noised span, and the span sampled from pure noise, as images and as audio.
 - `audiochat.training.streams`: The dialogues a run learns from, rendered or planned, packed into fixed-size batches by a stream that can stop and resume at any step.
 - `audiochat.training.train`: The loop that trains every preset: dialogues streamed into packed sequences, AdamW with warmup + cosine, EMA, evaluation, TensorBoard, atomic safetensors checkpoints with exact resume, NaN/inf skipping, DDP / FSDP2 under `torchrun`. The `tiny` preset trains on a laptop CPU in a minute."""
 

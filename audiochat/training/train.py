@@ -59,6 +59,7 @@ from audiochat.training.config import (
     to_dict,
 )
 from .streams import BatchStream, DialogueSource, MixedStream, PlannedSource
+from .previews import denoise_preview, log_preview, sample_preview
 from audiochat.training.checkpoints import (
     check_leftovers,
     check_run_folder,
@@ -76,10 +77,9 @@ from audiochat.training.checkpoints import (
 # %% auto #0
 __all__ = ['OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE', 'RESUME_FREE', 'learning_rate', 'stages_of', 'stage_at',
            'lr_at', 'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'held_out_losses',
-           'denoise_preview', 'sample_preview', 'log_preview', 'model_vocab', 'latent_sources', 'planned_practice',
-           'run_tokenizer', 'batch_streams', 'prepare_data', 'open_run', 'build_model', 'autocast_for', 'step_losses',
-           'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train', 'resume_config',
-           'train_main']
+           'model_vocab', 'latent_sources', 'planned_practice', 'run_tokenizer', 'batch_streams', 'prepare_data',
+           'open_run', 'build_model', 'autocast_for', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix',
+           'evaluate_run', 'save_run', 'train', 'resume_config', 'train_main']
 
 # %% ../../nbs/14_train.ipynb #6ff9cc1b
 def learning_rate(
@@ -203,101 +203,6 @@ def held_out_losses(
         for k in sums: sums[k] += float(getattr(out, k))
         n += 1
     return {k: v / max(n, 1) for k, v in sums.items()}
-
-@torch.no_grad()
-def denoise_preview(
-    model, batch, config: Config, t: float = 0.5, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean, estimate): the latents (frames, D) of the last audio span of the batch's first row,
-    and the model's one-step estimate of them from noise level `t` (the other spans stay clean: an
-    edit / continuation setting)."""
-    lay = batch.layout
-    if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
-    sel = lay.audio & (lay.span == lay.span[0][lay.audio[0]].max())
-    sel[1:] = False
-    tt = torch.where(
-        sel, torch.full(sel.shape, t, device=sel.device), torch.zeros(sel.shape, device=sel.device)
-    )
-    eps = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(seed)).to(
-        batch.latents.device
-    )
-    x_t, _ = add_noise(batch.latents, eps, tt, config.loss.process)
-    x_t = torch.where(lay.audio[..., None], x_t, torch.zeros_like(x_t))
-    out = model(batch.tokens, x_t, tt, lay)
-    estimate = predict_x0(x_t, out.audio_pred.float(), tt, config.loss.process)
-    return batch.latents[0][sel[0]], estimate[0][sel[0]]
-
-# %% ../../nbs/14_train.ipynb #35945467
-@torch.no_grad()
-def sample_preview(
-    model, batch, config: Config, steps: int = 20, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean, sampled): the latents (frames, D) of the last audio span of the batch's first row,
-    and the span generated from pure noise by DPM-Solver++(2M) in `steps` steps, the rest of the
-    dialogue clean (as deployed)."""
-    lay = batch.layout
-    if not lay.audio[0].any(): raise ValueError("the first row of the batch has no audio span")
-    row = Batch(
-        batch.tokens[:1],
-        batch.latents[:1],
-        Layout(*(getattr(lay, f)[:1] for f in ("modality", "span", "document", "pad", "isolated"))),
-        batch.turn[:1],
-        batch.target[:1],
-        None if batch.plan is None else batch.plan[:1],
-    )
-    span = int(lay.span[0][lay.audio[0]].max())
-    fn, shape = span_denoiser(model, row, span, process=config.loss.process, seed=seed)
-    x = sample(
-        fn,
-        shape,
-        steps,
-        process=config.loss.process,
-        generator=torch.Generator().manual_seed(seed),
-        device=batch.latents.device,
-    )
-    return row.latents[0][row.layout.audio[0] & (row.layout.span[0] == span)], x[0]
-
-# %% ../../nbs/14_train.ipynb #89a02539
-def log_preview(writer, step: int, previews: dict, codec=None, mean=None, std=None):
-    """TensorBoard: named latents (frames, D), e.g. clean / one-step estimate / sampled, as images
-    side by side; with a codec, each decoded as audio (`preview/NAME`) and mel spectrograms."""
-    import matplotlib.pyplot as plt
-    names = list(previews)
-    fig, ax = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True)
-    for a, name in zip(ax, names):
-        a.imshow(
-            previews[name].T.float().cpu().numpy(),
-            aspect="auto",
-            origin="lower",
-            cmap="magma",
-            vmin=-3,
-            vmax=3,
-        )
-        a.set(title=name, xlabel="frame")
-    ax[0].set_ylabel("latent dim")
-    fig.tight_layout()
-    writer.add_figure("preview/latents", fig, step)
-    if codec is None: return
-    fig, ax = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True)
-    for a, name in zip(ax, names):
-        z = previews[name].float()
-        if mean is not None: z = z * std + mean
-        audio = codec.decode(z.to(torch.float32)).detach().cpu().clamp(-1, 1)
-        writer.add_audio(
-            f"preview/{name}",
-            audio.mean(0, keepdim=True),
-            step,
-            sample_rate=codec.config.sample_rate,
-        )
-        a.imshow(
-            mel_spectrogram(audio, codec.config.sample_rate).mean(0).numpy(),
-            aspect="auto",
-            origin="lower",
-            cmap="magma",
-        )
-        a.set(title=f"{name} (decoded)")
-    fig.tight_layout()
-    writer.add_figure("preview/mel", fig, step)
 
 # %% ../../nbs/14_train.ipynb #ad35aa2e
 def _latent_source(
