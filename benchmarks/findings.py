@@ -223,11 +223,10 @@ def provenance(seconds: float) -> dict:
                 bench_seconds=round(seconds))
 
 
-def training_curve(run: Path, every: int = 5) -> list:
-    "Every `every`-th logged row of a run as [step, L_LM, L_diff], and the last (the record's training curve)."
+def training_curve(run: Path) -> list:
+    "Every logged row of a run as [step, L_LM, L_diff] (the record's training curve)."
     rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if "lm" in r and "event" not in r]
-    return [[r["step"], r["lm"], r.get("diff")] for r in rows[::every] + rows[-1:]]
+    return [[r["step"], r["lm"], r.get("diff")] for r in rows if "lm" in r and "event" not in r]
 
 
 def make_record(key: str, run: Path, learning: dict) -> dict:
@@ -362,8 +361,11 @@ def demo_figure(figures: dict, systems: list[str], path: Path) -> Path:
     for key, f in sorted(figures.items()):
         system = key.rsplit("-s", 1)[0]
         pts = [(s, d) for s, _, d in f["curve"] if d is not None]
-        ax[0].plot(*zip(*pts), lw=1, color=colours.get(system, "k"), label=system if key.endswith("-s0") else None)
-    ax[0].set(title="L_diff (audio) while training", xlabel="step", yscale="log"); ax[0].legend(fontsize=7)
+        steps, diff = [p[0] for p in pts], [p[1] for p in pts]
+        smooth = [sum(diff[max(0, i - 4):i + 1]) / len(diff[max(0, i - 4):i + 1]) for i in range(len(diff))]
+        ax[0].plot(steps, smooth, lw=1, color=colours.get(system, "k"), label=system if key.endswith("-s0") else None)
+    ax[0].set(title="L_diff (audio) while training, mean of 5 log rows", xlabel="step", yscale="log")
+    ax[0].legend(fontsize=7)
     truth = dig(next(iter(figures.values())), ("audio", "systems", "truth", "edit"))
     width = 0.8 / max(len(systems), 1)
     for a, metric, title in ((ax[1], "editflam", "editFLAM (higher is better)"),

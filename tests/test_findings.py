@@ -89,7 +89,7 @@ def test_records_make_the_tables_verdicts_and_figure(tmp_path, monkeypatch):
             findings.write_record(f"{system}-s{seed}", record)
     records = findings.finished()
     assert sorted(records) == [f"{s}-s{i}" for s in ("sct", "shared-noise") for i in range(3)]
-    assert records["sct-s2"]["curve"][-1] == [1000, 0.001, 0.0005] and records["sct-s0"]["provenance"]["bench_seconds"] == 60
+    assert records["sct-s2"]["curve"][-1] == [1000, 0.001, 0.0005] and len(records["sct-s2"]["curve"]) == 50 and records["sct-s0"]["provenance"]["bench_seconds"] == 60
     assert findings.demo_values(records, "sct", "editFLAM") == [10.0, 11.0, 12.0]
     assert findings.demo_values(records, "sct", "exact edit diffs %") == [25.0] * 3
     text = findings.demo_report(records, ["sct", "shared-noise"])
