@@ -224,9 +224,11 @@ def provenance(seconds: float) -> dict:
 
 
 def training_curve(run: Path) -> list:
-    "Every logged row of a run as [step, L_LM, L_diff] (the record's training curve)."
+    """Every logged step of a run as [step, L_LM, L_diff] (the record's training curve). A resumed run logs the steps
+    after its last checkpoint again: the last row of a step is the one that counts."""
     rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
-    return [[r["step"], r["lm"], r.get("diff")] for r in rows if "lm" in r and "event" not in r]
+    last = {r["step"]: [r["step"], r["lm"], r.get("diff")] for r in rows if "lm" in r and "event" not in r}
+    return [last[k] for k in sorted(last)]
 
 
 def make_record(key: str, run: Path, learning: dict) -> dict:

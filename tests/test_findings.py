@@ -81,7 +81,8 @@ def test_records_make_the_tables_verdicts_and_figure(tmp_path, monkeypatch):
     "A run's record keeps its figures and curve; the report and figure are made from the records alone."
     monkeypatch.setattr(findings, "RECORDS", tmp_path / "findings-demo")
     run = tmp_path / "run"; run.mkdir()
-    rows = [dict(step=s, lm=1.0 / s, diff=0.5 / s) for s in range(20, 1001, 20)] + [dict(event="eval", step=1000)]
+    resumed = [dict(step=s, lm=9.0, diff=9.0) for s in range(20, 101, 20)]  # killed before its first checkpoint
+    rows = resumed + [dict(step=s, lm=1.0 / s, diff=0.5 / s) for s in range(20, 1001, 20)] + [dict(event="eval", step=1000)]
     (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     for seed in range(3):
         for system, flam in (("sct", 10.0), ("shared-noise", 2.0)):
@@ -89,7 +90,8 @@ def test_records_make_the_tables_verdicts_and_figure(tmp_path, monkeypatch):
             findings.write_record(f"{system}-s{seed}", record)
     records = findings.finished()
     assert sorted(records) == [f"{s}-s{i}" for s in ("sct", "shared-noise") for i in range(3)]
-    assert records["sct-s2"]["curve"][-1] == [1000, 0.001, 0.0005] and len(records["sct-s2"]["curve"]) == 50 and records["sct-s0"]["provenance"]["bench_seconds"] == 60
+    assert records["sct-s2"]["curve"][-1] == [1000, 0.001, 0.0005] and len(records["sct-s2"]["curve"]) == 50
+    assert records["sct-s0"]["curve"][0] == [20, 0.05, 0.025]  # the rows logged again after a restart win and records["sct-s0"]["provenance"]["bench_seconds"] == 60
     assert findings.demo_values(records, "sct", "editFLAM") == [10.0, 11.0, 12.0]
     assert findings.demo_values(records, "sct", "exact edit diffs %") == [25.0] * 3
     text = findings.demo_report(records, ["sct", "shared-noise"])
