@@ -198,9 +198,8 @@ findings: setup espeak
 # always-clean history and the restated-scene edit form, 1,000 steps per run on make demo's data and codec, three seeds
 # each, every run measured by the learning benchmark (40 edits; the small edits apart). A run trains in about 14
 # minutes on 2 quiet cores and is measured in 3 (about 2.3 hours for the three forcing systems). Each measured run
-# is committed as a record
-# (docs/results/findings-demo/RUN.json: its figures, training curve and provenance) and is not run again, so the
-# grid can be finished over several jobs; the tables and figure (docs/results/findings-demo.md,
+# is committed as a record (docs/results/findings-demo/RUN.json: its figures, training curve and provenance) and is
+# not run again, so the grid can be finished over several jobs; the tables and figure (docs/results/findings-demo.md,
 # docs/figures/findings_demo.png) are made from the records (FINDINGS_SYSTEMS=sct,shared-noise,clean-history for the
 # forcing claims alone).
 findings-demo: $(PIPE)/codec/done
