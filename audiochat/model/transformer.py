@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from fastcore.basics import patch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -506,6 +505,23 @@ class Transformer(nn.Module):
         if cache is not None: cache.advance(layout)
         return self.lm_head(self.norm(x))
 
+    @classmethod
+    def from_hf(cls, path, dtype: torch.dtype = torch.float32) -> Transformer:
+        """A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or
+        Hub repository (`ORG/NAME`); the reading is taught in "Loading Llama-family checkpoints"
+        below (`config_from_hf`, `hf_state_dict`)."""
+        path = _resolve(path, HF_WEIGHT_FILES)
+        config = config_from_hf(path)
+        model = cls(config)
+        state = hf_state_dict(load_safetensors_dir(path), config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not (config.tie_embeddings and m == "lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}"
+            )
+        return model.to(dtype)
+
 # %% ../../nbs/08_transformer.ipynb #e2fdc7cb
 @torch.no_grad()
 def greedy_generate(
@@ -625,20 +641,3 @@ def hf_state_dict(
             i = int(name.split(".")[2])
             if i < n_layers: out[name[len("model."):]] = t
     return out
-
-# %% ../../nbs/08_transformer.ipynb #1d8ef2c2
-@patch(cls_method=True)
-def from_hf(cls: Transformer, path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A `Transformer` with the weights of a Llama-family Hugging Face checkpoint directory or Hub
-    repository (`ORG/NAME`)."""
-    path = _resolve(path, HF_WEIGHT_FILES)
-    config = config_from_hf(path)
-    model = cls(config)
-    state = hf_state_dict(load_safetensors_dir(path), config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint does not match the config: missing {missing}, unexpected {unexpected}"
-        )
-    return model.to(dtype)
