@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from audiochat.core.io import atomic_write
+
 SYSTEMS = {  # name -> (role in the tables, training overrides)
     "sct": ("sct", []),
     "dense": ("dense", ["--model.arch=dense"]),
@@ -242,12 +244,9 @@ def make_record(key: str, run: Path, learning: dict) -> dict:
 
 
 def write_record(key: str, record: dict) -> Path:
-    "Written whole or not at all (a temporary file moved into place)."
+    "Written whole or not at all (`atomic_write`)."
     RECORDS.mkdir(parents=True, exist_ok=True)
-    path, tmp = RECORDS / f"{key}.json", RECORDS / f".{key}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(RECORDS / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
 
 
 def run_demo(out: Path, systems: list[str], threads: int) -> dict:
@@ -346,9 +345,7 @@ def demo_report(figures: dict, systems: list[str]) -> str:
                    verdicts=verdicts)
     text = "\n".join(rows) + "\n"
     for suffix, body in ((".json", json.dumps(summary, indent=1, default=str) + "\n"), (".md", text)):
-        tmp = RECORDS.with_name(f".{RECORDS.name}{suffix}.tmp")
-        tmp.write_text(body)
-        os.replace(tmp, RECORDS.with_suffix(suffix))
+        atomic_write(RECORDS.with_suffix(suffix), lambda tmp: tmp.write_text(body))
     return text
 
 
