@@ -69,7 +69,7 @@ COMMANDS = {
         "a web app (Gradio) for a run: --run DIR|REPO_ID",
     ),
     "eval": (
-        "audiochat.eval.evaluate",
+        "audiochat.eval.report",
         "eval_main",
         "evaluate runs and baselines on StoryGen-Eval-mini: tables.md, results.json, plots",
     ),

@@ -9,16 +9,8 @@ import torch
 from audiochat.cli import main as cli_main
 from audiochat.core.audio import SAMPLE_RATE, resample
 from audiochat.core.scene import Scene, Source, diff
-from audiochat.eval.evaluate import (
-    as_eval_audio,
-    captioning_multiflam,
-    eval_main,
-    evaluate,
-    format_tables,
-    resolve_split,
-    summarize,
-    understanding_scores,
-)
+from audiochat.eval.evaluate import as_eval_audio, captioning_multiflam, evaluate, resolve_split, summarize, understanding_scores
+from audiochat.eval.report import eval_main, format_tables
 from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
 from audiochat.eval.systems import (
     CascadeSystem,
@@ -261,7 +253,7 @@ def test_split_and_scorer_are_cached(tmp_path, monkeypatch):
 
 def test_codec_ceiling_row(split, records, scorer, tiny_run, tmp_path):
     "The ground truth through a run's codec: same length as the truth, scored in the story and edit tables, no understanding."
-    from audiochat.eval.evaluate import format_tables
+    from audiochat.eval.report import format_tables
     from audiochat.eval.systems import CodecCeilingSystem, codec_ceilings
     run = make_system(f"tiny={tiny_run}", steps=2)
     ceilings = codec_ceilings([run, make_system("oracle"), run])

@@ -10,7 +10,6 @@ Docs: https://audiochat.github.io/audiochat/eval.html.md"""
 
 # %% ../../nbs/20_eval.ipynb #6f8e6de5
 from __future__ import annotations
-import json
 import math
 import os
 import time
@@ -18,85 +17,29 @@ from itertools import islice
 from pathlib import Path
 import numpy as np
 import torch
-from ..core.args import eval_parser
 from ..core.audio import SAMPLE_RATE, check_audio, resample, to_channels
-from ..core.io import pick_device
 from ..core.scene import Scene, to_seglst
 from .wer import tcpwer
 from audiochat.eval.metrics import (
-    ClapEmbedder,
     TinyFLAM,
     clip_embedding,
     delta_multiflam,
-    editflam,
     fad,
     kad,
+    editflam,
     multiflam,
     scorer_examples,
     train_scorer,
 )
-from ..sim.agents import ChatLLM, OpenAILLM, TransformersLLM
 from ..sim.data import build_eval, load_turn, read_records
-from .systems import BASELINES, System, UnavailableSystem, codec_ceilings, make_system
+from .systems import System, UnavailableSystem, make_system
 
 # %% auto #0
-__all__ = ['PAPER_TABLES', 'PAPER_ROW', 'ROLE_LABELS', 'ARCHITECTURES', 'SPLIT_NAME', 'FAILURES', 'SCORER_EMBEDDINGS',
-           'DEFAULT_CLAP', 'METRICS', 'paper_cell', 'cache_dir', 'resolve_split', 'load_scorer', 'as_eval_audio',
-           'captioning_multiflam', 'understanding_scores', 'embeddings_label', 'evaluate_system', 'evaluate',
-           'summarize', 'format_tables', 'plot_metric', 'plot_overview', 'plot_subtasks', 'write_results', 'eval_main']
+__all__ = ['ROLE_LABELS', 'SPLIT_NAME', 'FAILURES', 'SCORER_EMBEDDINGS', 'DEFAULT_CLAP', 'cache_dir', 'resolve_split',
+           'load_scorer', 'as_eval_audio', 'captioning_multiflam', 'understanding_scores', 'embeddings_label',
+           'evaluate_system', 'evaluate', 'summarize']
 
 # %% ../../nbs/20_eval.ipynb #664f2c3a
-PAPER_TABLES = {  # docs/method.md section 8
-    "story": {
-        "columns": ("KAD", "multiFLAM", "latency s"),
-        "rows": {
-            "Stable Audio Open": (7.98, 35.6, 9.1),
-            "LLM + SAO": (10.77, 32.2, 11.5),
-            "WavJourney": (10.82, 47.1, 628),
-            "AudioChat": (2.52, 44.1, 32),
-        },
-    },
-    "edit": {
-        "columns": ("Δ-multiFLAM", "editFLAM"),
-        "rows": {
-            "Ground truth": (8.2, 19.4),
-            "DiT": (12.5, 2.7),
-            "Diffusion LLM, no CoT": (27.8, 18.1),
-            "Cascade, no audio context": (26.7, 17.6),
-            "AudioChat": (11.7, 18.6),
-        },
-    },
-    "understand": {
-        "columns": ("tcpWER", "captioning multiFLAM"),
-        "rows": {
-            "Qwen2-Audio": (74.5, 63.6),
-            "WhisperX": (55.9, None),
-            "Whisper-Story": (5.5, 88.1),
-            "AudioChat": (9.7, 86.3),
-        },
-    },
-    "architecture": {
-        "columns": ("Δ-multiFLAM", "editFLAM"),
-        "rows": {
-            "DiT (same data)": (12.5, 2.7),
-            "Dense": (15.5, 17.2),
-            "MoT": (16.4, 9.6),
-            "SCT": (11.7, 18.6),
-        },
-    },
-}
-PAPER_ROW = {  # system role -> the paper's row in each table (no entry: the paper has no such row)
-    "story": {"cascade": "WavJourney", "sct": "AudioChat"},
-    "edit": {
-        "oracle": "Ground truth",
-        "dit": "DiT",
-        "no-cot": "Diffusion LLM, no CoT",
-        "cascade": "Cascade, no audio context",
-        "sct": "AudioChat",
-    },
-    "understand": {"sct": "AudioChat"},
-    "architecture": {"dit": "DiT (same data)", "dense": "Dense", "mot": "MoT", "sct": "SCT"},
-}
 ROLE_LABELS = {
     "oracle": "ground truth",
     "cascade": "LLM script + tools",
@@ -111,15 +54,6 @@ ROLE_LABELS = {
     "codec": "ground truth through the codec",
     "clean-history": "always-clean history",
 }
-ARCHITECTURES = ("dit", "dense", "mot", "sct")  # the rows of the architecture ablation
-
-def paper_cell(table: str, role: str) -> str:
-    """The paper's figures for the row a system of `role` stands beside in `table` ('' when the
-    paper has no such row)."""
-    row = PAPER_ROW[table].get(role)
-    if row is None: return ""
-    values = PAPER_TABLES[table]["rows"][row]
-    return f"{row}: " + " / ".join("-" if v is None else f"{v:g}" for v in values)
 
 # %% ../../nbs/20_eval.ipynb #7e50204b
 SPLIT_NAME = "storygen-eval-mini"
@@ -416,306 +350,3 @@ def summarize(results: dict) -> dict:
             )
         out[name] = row
     return out
-
-# %% ../../nbs/20_eval.ipynb #6741da74
-def _fmt(v, digits: int = 1) -> str:
-    if v is None: return "-"
-    if isinstance(v, float) and math.isinf(v): return "inf"
-    return f"{v:.{digits}f}"
-
-def _failed(d: dict) -> str: return f"{d['failed']}/{d['n']}"
-
-def _embeddings_of(summary: dict) -> str:
-    """The embeddings the KAD and FAD of a `summarize` result were computed on, as its tables name
-    them."""
-    return (
-        " / ".join(
-            dict.fromkeys(
-                s["story"].get("embeddings", SCORER_EMBEDDINGS)
-                for s in summary.values()
-                if s["available"]
-            )
-        )
-        or SCORER_EMBEDDINGS
-    )
-
-# %% ../../nbs/20_eval.ipynb #f8a757e1
-def _row_name(n: str, s: dict) -> str: return n if n == s["label"] else f"{n} ({s['label']})"
-
-def _story_table(systems: list, emb: str) -> list[str]:
-    "The story-generation table."
-    lines = []
-    lines += [
-        "## Story generation",
-        "",
-        f"| system | KAD (lower; {emb}) | FAD (lower; {emb}) | multiFLAM (higher) | latency s | "
-        "failed | paper (KAD / multiFLAM / latency s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n, s in systems:
-        d = s["story"]
-        lines.append(
-            f"| {_row_name(n, s)} | {_fmt(d['kad'], 2)} | {_fmt(d.get('fad'), 3)} | "
-            f"{_fmt(d['multiflam'])} | {_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} "
-            f"| {_failed(d)} | {paper_cell('story', s['role'])} |"
-        )
-    return lines
-
-def _edit_tables(systems: list) -> list[str]:
-    "The editing table and, when there are any, the per-subtask one."
-    lines = []
-    lines += [
-        "",
-        "## Editing",
-        "",
-        "| system | Δ-multiFLAM (lower) | editFLAM (higher) | latency s | failed | paper "
-        "(Δ-multiFLAM / editFLAM) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, s in systems:
-        d = s["edit"]
-        lines.append(
-            f"| {_row_name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} | "
-            f"{_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | "
-            f"{paper_cell('edit', s['role'])} |"
-        )
-    subtasks = list(dict.fromkeys(k for _, s in systems for k in s["edit"]["subtasks"]))
-    if subtasks:
-        lines += ["", "### Edit subtasks (Δ-multiFLAM / editFLAM, failed)", "",
-                  "| system | " + " | ".join(subtasks) + " |", "|---|" + "---|" * len(subtasks)]
-        for n, s in systems:
-            cells = []
-            for k in subtasks:
-                d = s["edit"]["subtasks"].get(k)
-                cells.append(
-                    "-"
-                    if d is None
-                    else f"{_fmt(d['delta_multiflam'])} / {_fmt(d['editflam'])} ({_failed(d)})"
-                )
-            lines.append(f"| {_row_name(n, s)} | " + " | ".join(cells) + " |")
-    return lines
-
-def _understanding_table(systems: list) -> list[str]:
-    "The understanding table, and the systems left out of it."
-    lines = []
-    und = [(n, s) for n, s in systems if "understand" in s]
-    lines += [
-        "",
-        "## Understanding",
-        "",
-        "| system | tcpWER % (lower) | captioning multiFLAM (higher) | latency s | failed | paper "
-        "(tcpWER / captioning multiFLAM) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, s in und:
-        d = s["understand"]
-        lines.append(
-            f"| {_row_name(n, s)} | {_fmt(d['tcpwer'])} | {_fmt(d['captioning_multiflam'])} | "
-            f"{_fmt(d['latency'] if s['role'] != 'oracle' else None, 2)} | {_failed(d)} | "
-            f"{paper_cell('understand', s['role'])} |"
-        )
-    no_und = [n for n, s in systems if "understand" not in s]
-    if no_und:
-        lines += [
-            "",
-            f"Not evaluated on understanding (they do not describe audio): {', '.join(no_und)}.",
-        ]
-    return lines
-
-def _architecture_table(systems: list) -> list[str]:
-    "The architecture ablation (editing), in the paper's order."
-    lines = []
-    arch = [(n, s) for n, s in systems if s["role"] in ARCHITECTURES or s["role"] == "codec"]
-    lines += [
-        "",
-        "## Architecture ablation (editing)",
-        "",
-        "| system | Δ-multiFLAM | editFLAM | failed | paper (Δ-multiFLAM / editFLAM) |",
-        "|---|---|---|---|---|",
-    ]
-    for n, s in sorted(
-        arch,
-        key=lambda x: ARCHITECTURES.index(x[1]["role"]) if x[1]["role"] in ARCHITECTURES else -1,
-    ):
-        d = s["edit"]
-        lines.append(
-            f"| {_row_name(n, s)} | {_fmt(d['delta_multiflam'])} | {_fmt(d['editflam'])} "
-            f"| {_failed(d)} | {paper_cell('architecture', s['role'])} |"
-        )
-    if not any(s["role"] in ARCHITECTURES for _, s in arch):
-        lines.append("| (no dit, dense, mot or sct run given) | | | | |")
-    return lines
-
-def format_tables(summary: dict, meta: dict | None = None) -> str:
-    """The paper-shaped markdown tables of a `summarize` result (`meta`: split, dialogues, scorer,
-    ... for the header)."""
-    meta = meta or {}
-    systems = [(n, s) for n, s in summary.items() if s["available"]]
-    lines = ["# StoryGen-Eval-mini results", ""]
-    if meta: lines += ["; ".join(f"{k}: {v}" for k, v in meta.items()), ""]
-    lines += [
-        "Scales differ: the paper evaluates a 3.6B model (trained on ~40K hours) with OpenFLAM at "
-        "48 kHz on 1,200 dialogues; these are small models, the TinyFLAM scorer and "
-        "StoryGen-Eval-mini. The paper's figures (docs/method.md section 8) are cited beside the "
-        "row each system stands for; compare orderings, not values. Metric columns are over the "
-        "turns a system answered; 'failed' counts the others.",
-        "",
-    ]
-    lines += _story_table(systems, _embeddings_of(summary)) + _edit_tables(systems)
-    lines += _understanding_table(systems) + _architecture_table(systems)
-    missing = [(n, s) for n, s in summary.items() if not s["available"]]
-    if missing:
-        lines += ["", "## Not available", ""] + [
-            f"- {n} ({s['label']}): {s['reason']}" for n, s in missing
-        ]
-    return "\n".join(lines) + "\n"
-
-# %% ../../nbs/20_eval.ipynb #a2cf1d3d
-METRICS = [
-    ("story", "multiflam", "multiFLAM ↑"),
-    ("story", "kad", "KAD ↓"),
-    ("story", "latency", "story latency s ↓"),
-    ("edit", "delta_multiflam", "Δ-multiFLAM ↓"),
-    ("edit", "editflam", "editFLAM ↑"),
-    ("understand", "tcpwer", "tcpWER % ↓"),
-    ("understand", "captioning_multiflam", "captioning multiFLAM ↑"),
-]
-
-
-def plot_metric(summary: dict, table: str, metric: str, title: str | None = None, ax=None):
-    "A bar chart of one metric over the systems that have it."
-    import matplotlib.pyplot as plt
-    color = {n: f"C{i % 10}" for i, n in enumerate(summary)}  # one colour per system in every panel
-    rows = [
-        (n, s[table][metric])
-        for n, s in summary.items()
-        if s["available"] and table in s and s[table][metric] is not None
-    ]
-    if ax is None: _, ax = plt.subplots(figsize=(4.5, 3))
-    if metric in ("kad", "fad"): title = f"{title or metric.upper()}\n({_embeddings_of(summary)})"
-    ax.bar([n for n, _ in rows], [min(v, 1e6) for _, v in rows], color=[color[n] for n, _ in rows])
-    ax.set_title(title or f"{table} {metric}", fontsize=9)
-    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-    ax.tick_params(axis="y", labelsize=7)
-    return ax
-
-def plot_overview(summary: dict):
-    "All metrics in one figure (2 x 4 panels; the last one shows editFLAM per subtask)."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 4, figsize=(11, 5.5))
-    for ax, (table, metric, title) in zip(axes.flat, METRICS):
-        plot_metric(summary, table, metric, title, ax)
-    plot_subtasks(summary, "editflam", axes.flat[-1])
-    fig.tight_layout()
-    return fig
-
-# %% ../../nbs/20_eval.ipynb #aed06799
-def plot_subtasks(summary: dict, metric: str = "editflam", ax=None):
-    "Grouped bars: `metric` per edit subtask, one bar per system."
-    import matplotlib.pyplot as plt
-    color = {n: f"C{i % 10}" for i, n in enumerate(summary)}
-    rows = [(n, s["edit"]["subtasks"]) for n, s in summary.items() if s["available"]]
-    subtasks = list(dict.fromkeys(k for _, d in rows for k in d))
-    if ax is None: _, ax = plt.subplots(figsize=(9, 3))
-    w = 0.8 / max(1, len(rows))
-    for i, (n, d) in enumerate(rows):
-        v = [d.get(k, {}).get(metric) for k in subtasks]
-        ax.bar(
-            np.arange(len(subtasks)) + i * w,
-            [np.nan if x is None else x for x in v],
-            w,
-            label=n,
-            color=color[n],
-        )
-    ax.set_xticks(np.arange(len(subtasks)) + 0.4 - w / 2, subtasks, fontsize=7, rotation=30)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_title(f"{metric} per edit subtask", fontsize=9)
-    ax.legend(fontsize=6)
-    return ax
-
-# %% ../../nbs/20_eval.ipynb #f8832a0d
-def write_results(out, results: dict, summary: dict, meta: dict) -> Path:
-    "Write results.json, tables.md and plots/ into `out`; returns the tables' path."
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    doc = dict(
-        meta=meta,
-        summary=summary,
-        turns={n: s["turns"] for n, s in results["systems"].items()},
-        dialogue_ids=results["dialogue_ids"],
-    )
-    (out / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    tables = out / "tables.md"
-    tables.write_text(format_tables(summary, meta))
-    for table, metric, title in METRICS:
-        ax = plot_metric(summary, table, metric, title)
-        ax.figure.tight_layout()
-        ax.figure.savefig(out / "plots" / f"{table}_{metric}.png", dpi=90)
-        plt.close(ax.figure)
-    for metric in ("delta_multiflam", "editflam"):
-        ax = plot_subtasks(summary, metric)
-        ax.figure.tight_layout()
-        ax.figure.savefig(out / "plots" / f"subtasks_{metric}.png", dpi=90)
-        plt.close(ax.figure)
-    return tables
-
-def _llm(spec: str | None, url: str | None) -> ChatLLM | None:
-    if not spec or spec == "script": return None
-    if spec.startswith("hf:"): return TransformersLLM.from_pretrained(spec[3:])
-    if spec.startswith("openai:"): return OpenAILLM(spec[7:], **({"base_url": url} if url else {}))
-    raise ValueError(
-        f"--cascade-llm must be 'script', 'hf:NAME_OR_PATH' or 'openai:MODEL', got {spec!r}"
-    )
-
-# %% ../../nbs/20_eval.ipynb #ea6175fe
-def eval_main(argv: list[str]) -> int:
-    """`audiochat eval`: evaluate checkpoints and baselines on StoryGen-Eval-mini; write tables.md,
-    results.json, plots/."""
-    p = eval_parser()
-    a = p.parse_args(argv)
-    if a.dialogues is not None and a.dialogues < 1:
-        raise ValueError(f"--dialogues must be >= 1, got {a.dialogues}")
-    names = [b.strip() for b in a.baselines.split(",") if b.strip() and b.strip() != "none"]
-    for b in names:
-        if b not in BASELINES and not b.startswith("codec:"):
-            raise ValueError(
-                f"unknown baseline {b!r}; baselines: {', '.join(BASELINES)}, codec:DIR"
-            )
-    if not names and not a.checkpoint:
-        raise ValueError("nothing to evaluate: give --checkpoint DIR and/or --baselines")
-    if a.embeddings == "scorer" and a.clap:
-        raise ValueError(
-            "--clap names the model of --embeddings clap, not of the scorer's embeddings"
-        )
-    embedder = None
-    # loaded first: a bad --clap fails before any work
-    if (a.embeddings or ("clap" if a.clap else "scorer")) == "clap":
-        embedder = ClapEmbedder.load(a.clap or DEFAULT_CLAP, pick_device())
-    split = resolve_split(a.split, progress=not a.no_progress)
-    t0 = time.time()
-    scorer = load_scorer(a.scorer)
-    llm = _llm(a.cascade_llm, a.cascade_url)
-    systems = [make_system(b, a.steps, a.cfg, a.seed, llm) for b in names]
-    systems += [make_system(c, a.steps, a.cfg, a.seed) for c in a.checkpoint]
-    if not a.no_ceiling: systems += codec_ceilings(systems)
-    results = evaluate(
-        systems, split, scorer, a.dialogues, progress=not a.no_progress, embedder=embedder
-    )
-    summary = summarize(results)
-    meta = dict(
-        split=str(split),
-        dialogues=results["dialogues"],
-        scorer=a.scorer or "TinyFLAM (cached, 150 scenes x 1500 steps)",
-        embeddings=results["embeddings"],
-        diffusion_steps=a.steps,
-        cfg=a.cfg,
-        seed=a.seed,
-        cascade_llm=a.cascade_llm,
-        seconds=round(time.time() - t0, 1),
-    )
-    tables = write_results(a.out, results, summary, meta)
-    print(tables.read_text())
-    print(f"wrote {tables}, {Path(a.out) / 'results.json'} and {Path(a.out) / 'plots'}/")
-    return 0
