@@ -203,14 +203,22 @@ def seeds_needed(a: list[float], b: list[float]) -> int | None:
 
 
 def demo_verdict(a: list[float], b: list[float], better: str) -> str:
-    "Decided only when the seeds' ranges do not overlap; otherwise the lean of the means and the seeds that would decide."
-    if len(a) < 3 or len(b) < 3: return f"waiting for seeds ({len(a)} and {len(b)} of 3)"
+    """Decided only when three seeds a side have ranges that do not overlap; otherwise the lean of the means and the
+    seeds a side that would decide, from the spread measured (with fewer seeds: the same, marked as not yet decided)."""
+    if not a or not b: return f"waiting for seeds ({len(a)} and {len(b)} of 3)"
     sign = 1 if better == "higher" else -1
-    if min(sign * x for x in a) > max(sign * x for x in b): return "reproduced (ranges apart)"
-    if max(sign * x for x in a) < min(sign * x for x in b): return "reversed (ranges apart)"
+    apart = min(sign * x for x in a) > max(sign * x for x in b) or max(sign * x for x in a) < min(sign * x for x in b)
+    partial = len(a) < 3 or len(b) < 3
+    if apart and not partial:
+        return "reproduced (ranges apart)" if sign * (a[0] - b[0]) > 0 else "reversed (ranges apart)"
     lean = "the paper's way" if sign * (sum(a) / len(a) - sum(b) / len(b)) > 0 else "against the paper"
     n = seeds_needed(a, b)
-    return f"undecided: ranges overlap, means lean {lean}; " + (f"about {n} seeds a side would decide it" if n else "more than 20 seeds a side")
+    decide = (f"about {n} seeds a side would decide it" if n else
+              "more than 20 seeds a side" if min(len(a), len(b)) > 1 else "no spread yet from one seed")
+    if partial:
+        return (f"not decided yet ({len(a)} and {len(b)} of 3 seeds): ranges {'apart' if apart else 'overlap'} so far, "
+                f"means lean {lean}; {decide}")
+    return f"undecided: ranges overlap, means lean {lean}; {decide}"
 
 
 RECORDS = Path(__file__).resolve().parents[1] / "docs" / "results" / "findings-demo"  # one committed record a run

@@ -464,7 +464,7 @@ def make_scorer(a, work: Path) -> tuple[str | None, str]:
     default = cache_dir() / "tinyflam-150x1500"
     if a.scorer == "default" or (a.scorer == "auto" and (default / "model.safetensors").exists()):
         return None, "the package's default TinyFLAM (150 scenes x 1500 steps; trained now if not cached)"
-    from audiochat.eval.metrics import scorer_examples, train_scorer
+    from audiochat.eval.scorer import scorer_examples, train_scorer
     examples, steps = (4, 10) if a.dry else (40, 400)
     scorer, _ = train_scorer(scorer_examples(range(examples)), steps=steps)
     d = work / f"scorer-{examples}x{steps}"

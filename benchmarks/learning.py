@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from audiochat.codec.training import SpectralDistance
 from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
-from audiochat.core.scene import Scene, diff, edited_spans, to_seglst
+from audiochat.core.scene import Scene, to_seglst
+from audiochat.core.edits import diff, edited_spans
 from audiochat.eval.evaluate import as_eval_audio, load_scorer, resolve_split
 from audiochat.eval.wer import tcpwer
 from audiochat.eval.metrics import delta_multiflam, editflam, multiflam

@@ -7,7 +7,8 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scorer.py
 """
 import time
 
-from audiochat.eval.metrics import detection_scores, eval_renders, scorer_examples, train_scorer
+from audiochat.eval.metrics import detection_scores, eval_renders
+from audiochat.eval.scorer import scorer_examples, train_scorer
 
 t0 = time.time()
 scorer, losses = train_scorer(scorer_examples(range(150)), steps=1500)

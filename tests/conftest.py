@@ -30,7 +30,7 @@ def split(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scorer():
     "A quickly trained scorer: its figures are rough, enough to exercise every path."
-    from audiochat.eval.metrics import scorer_examples, train_scorer
+    from audiochat.eval.scorer import scorer_examples, train_scorer
     model, _ = train_scorer(scorer_examples(range(12)), steps=60)
     return model
 

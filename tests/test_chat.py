@@ -264,7 +264,7 @@ def test_a_plan_changed_before_rendering(run):
 
 def test_an_edit_is_written_as_its_change_and_applied_in_code(run):
     "The diff form: the reply's edit applied to the previous scene is the reply's scene, which enters as a tool result."
-    from audiochat.core.scene import Edit
+    from audiochat.core.edits import Edit
     e = ChatEngine.load(run, steps=2)
     assert e.edit_form == "diff"
     story = e.tell("A story with rain and a bell.")

@@ -10,8 +10,8 @@ import transformers
 from audiochat.cli import main as cli_main
 from audiochat.core.audio import SAMPLE_RATE
 from audiochat.eval.evaluate import SCORER_EMBEDDINGS, evaluate, summarize
-from audiochat.eval.report import eval_main, format_tables
 from audiochat.eval.metrics import ClapEmbedder, clap_embeddings, fad, kad, load_clap
+from audiochat.eval.report import eval_main, format_tables
 from audiochat.eval.systems import OracleSystem, SilenceSystem
 
 

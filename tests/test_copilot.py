@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiochat.core.scene import Scene, diff
+from audiochat.core.edits import diff
+from audiochat.core.scene import Scene
 from audiochat.sim.agents import (
     AgentError,
     ChatLLM,

@@ -153,7 +153,7 @@ def test_model_and_scorer_follow_the_hub_convention(tmp_path, hub):
     config (a dataclass) and weights, from the folder and from a repository in the offline Hub cache."""
     import torch
 
-    from audiochat.eval.metrics import ScorerConfig, TinyFLAM
+    from audiochat.eval.scorer import ScorerConfig, TinyFLAM
     from audiochat.model.sct import AudioChatModel, ModelConfig, preset
     for name, model in (("model", AudioChatModel(preset("tiny", vocab_size=300))), ("scorer", TinyFLAM(ScorerConfig()))):
         model.save_pretrained(tmp_path / name)

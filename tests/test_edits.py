@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from audiochat.core.scene import Edit, Scene, SceneError
+from audiochat.core.edits import Edit
+from audiochat.core.scene import Scene, SceneError
 from audiochat.model.grammar import (
     ANSWER_GRAMMAR,
     EditGrammar,

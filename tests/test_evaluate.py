@@ -8,10 +8,19 @@ import torch
 
 from audiochat.cli import main as cli_main
 from audiochat.core.audio import SAMPLE_RATE, resample
-from audiochat.core.scene import Scene, Source, diff
-from audiochat.eval.evaluate import as_eval_audio, captioning_multiflam, evaluate, resolve_split, summarize, understanding_scores
+from audiochat.core.edits import diff
+from audiochat.core.scene import Scene, Source
+from audiochat.eval.evaluate import (
+    as_eval_audio,
+    captioning_multiflam,
+    evaluate,
+    resolve_split,
+    summarize,
+    understanding_scores,
+)
+from audiochat.eval.metrics import multiflam
 from audiochat.eval.report import eval_main, format_tables
-from audiochat.eval.metrics import multiflam, scorer_examples, train_scorer
+from audiochat.eval.scorer import scorer_examples, train_scorer
 from audiochat.eval.systems import (
     CascadeSystem,
     OracleSystem,

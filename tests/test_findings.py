@@ -37,13 +37,14 @@ def test_a_missing_system_is_not_measurable():
 
 
 # the forcing claims at the demo budget: decided only with three seeds a side and apart ranges; otherwise the lean of
-# the means and the seeds that would decide, from the spread measured
+# the means and the seeds that would decide, from the spread measured (fewer seeds: marked as not decided yet)
 @pytest.mark.parametrize("better, a, b, start", [
     ("higher", [5, 6, 7], [1, 2, 3], "reproduced (ranges apart)"),
     ("lower", [5, 6, 7], [1, 2, 3], "reversed (ranges apart)"),
     ("higher", [1, 5, 9], [0, 4, 8], "undecided: ranges overlap, means lean the paper's way"),
     ("lower", [1, 5, 9], [0, 4, 8], "undecided: ranges overlap, means lean against the paper"),
-    ("higher", [5, 6], [1, 2, 3], "waiting for seeds (2 and 3 of 3)"),
+    ("higher", [5, 6], [1, 2, 3], "not decided yet (2 and 3 of 3 seeds): ranges apart so far, means lean the paper's way"),
+    ("higher", [5], [], "waiting for seeds (1 and 0 of 3)"),
 ])
 def test_demo_verdicts(better, a, b, start):
     assert findings.demo_verdict(a, b, better).startswith(start)

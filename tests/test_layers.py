@@ -91,7 +91,7 @@ def test_lines_fit_in_100_characters():
 
 
 # the course's core track (README, 00_index): the method first, each notebook importing only the ones before it
-CORE_TRACK = ["01_audio", "01a_io", "01b_presets", "02_scene", "10_diffusion", "08_transformer", "09_sct",
+CORE_TRACK = ["01_audio", "01a_io", "01b_presets", "02_scene", "02d_edits", "10_diffusion", "08_transformer", "09_sct",
               "07_tokenizer", "11_forcing"]
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from audiochat.core.scene import Scene, edited_spans
-from audiochat.eval.metrics import scorer_examples, train_scorer
+from audiochat.core.edits import edited_spans
+from audiochat.core.scene import Scene
+from audiochat.eval.scorer import scorer_examples, train_scorer
 from audiochat.serve.chat import train_tiny_run
 from audiochat.sim.data import build_eval, load_turn, read_records
 from audiochat.sim.stories import SUBTASKS
@@ -152,7 +153,7 @@ def test_free_form_items_are_consistent(learning):
 
 def test_plan_vs_render_of_a_true_scene(learning, files):
     from audiochat.codec.training import SpectralDistance
-    from audiochat.eval.metrics import TinyFLAM
+    from audiochat.eval.scorer import TinyFLAM
     scene, audio = load_turn(next(read_records(files / "split"))["turns"][0])
     p = learning.plan_vs_render(TinyFLAM.load(files / "scorer"), SpectralDistance(), audio, scene)
     assert set(p) == {"model", "tools", "mel"} and p["mel"] >= 0 and 0 <= p["model"] <= 100 and 0 <= p["tools"] <= 100

@@ -247,24 +247,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
-from audiochat.eval.metrics import (  # noqa: E402
-    FrameScorer,
-    OpenFLAMScorer,
+from audiochat.eval.metrics import (
     StemOracleScorer,
-    TinyFLAM,
-    active_frames,
     auroc,
-    caption_classes,
     delta_multiflam,
     detection_scores,
     editflam,
     f1_score,
-    frame_labels,
     multiflam,
+    source_scores,
+)
+from audiochat.eval.scorer import (
+    FrameScorer,
+    OpenFLAMScorer,
+    TinyFLAM,
+    active_frames,
+    caption_classes,
+    frame_labels,
     scorer_examples,
     source_caption,
     source_class,
-    source_scores,
     train_scorer,
     unbiased_score,
 )

@@ -6,16 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiochat.core.scene import (
-    SCENE_SCHEMA,
-    Scene,
-    SceneDiff,
-    SceneError,
-    Source,
-    apply_edit,
-    diff,
-    to_seglst,
-)
+from audiochat.core.edits import SceneDiff, apply_edit, diff
+from audiochat.core.scene import SCENE_SCHEMA, Scene, SceneError, Source, to_seglst
 
 words = st.text(alphabet="abcdefghij klmnopqrstuvwxyz,.?!'", min_size=1, max_size=40).filter(lambda s: s.strip())
 ids = st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True)

@@ -455,7 +455,7 @@ def frog():
 
 
 def test_register_sound_reaches_every_user(frog):
-    from audiochat.eval.metrics import caption_classes, source_class
+    from audiochat.eval.scorer import caption_classes, source_class
     assert frog.caption == "a frog croaking" and SOUND_EFFECTS["frog"] is frog
     assert resolve_sound("frogs croaking near the pond") == "frog"
     x = synth_sfx("a frog croaking", 1.0, seed=1)

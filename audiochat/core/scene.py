@@ -13,13 +13,12 @@ import json
 import math
 import re
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['KINDS', 'LOUDNESS_RANGE', 'MAX_DURATION', 'MAX_TEXT_CHARS', 'MAX_SOURCES', 'MAX_SCENE_CHARS', 'TIME_DECIMALS',
-           'DB_DECIMALS', 'PAN_DECIMALS', 'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'EDIT_VALUES', 'MAX_GAIN_DB',
-           'short_repr', 'SceneError', 'Source', 'Scene', 'SceneDiff', 'diff', 'apply_edit', 'Edit', 'edited_spans',
-           'to_seglst']
+           'DB_DECIMALS', 'PAN_DECIMALS', 'ID_RE', 'FIELD_ORDER', 'SOURCE_SCHEMA', 'SCENE_SCHEMA', 'short_repr',
+           'SceneError', 'checked_number', 'checked_text', 'Source', 'Scene', 'to_seglst']
 
 # %% ../../nbs/02_scene.ipynb #47dd7819
 KINDS = ("speech", "sfx", "music")
@@ -32,7 +31,7 @@ MAX_SOURCES = 32
 # a scene's canonical JSON (about 1,500 tokens): a model reads it whole at every diffusion step
 MAX_SCENE_CHARS = 4000
 TIME_DECIMALS, DB_DECIMALS, PAN_DECIMALS = 2, 1, 2
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 FIELD_ORDER = (
     "id",
     "kind",
@@ -67,7 +66,8 @@ class SceneError(ValueError):
         )
 
 # %% ../../nbs/02_scene.ipynb #f62881eb
-def _number(where: str, value) -> float:
+def checked_number(where: str, value) -> float:
+    "`value` as a finite float, or a `SceneError` naming `where`."
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SceneError(where, "must be a number", value)
     try: value = float(value)
@@ -76,7 +76,9 @@ def _number(where: str, value) -> float:
     if not math.isfinite(value): raise SceneError(where, "must be finite", value)
     return value
 
-def _text(where: str, value, required: bool, allowed: bool = True) -> str | None:
+def checked_text(where: str, value, required: bool, allowed: bool = True) -> str | None:
+    """`value` as a checked string (None when absent and not `required`; refused when not `allowed`
+    for the kind), or a `SceneError` naming `where`."""
     if value is None:
         if required: raise SceneError(where, "is required")
         return None
@@ -115,20 +117,21 @@ class Source:
 
     def __post_init__(self):
         w = f"source {short_repr(self.id)}"
-        if not isinstance(self.id, str) or not _ID_RE.fullmatch(self.id):
+        if not isinstance(self.id, str) or not ID_RE.fullmatch(self.id):
             raise SceneError(f"{w}.id", "must be 1-32 characters from A-Z a-z 0-9 _ -", self.id)
         if self.kind not in KINDS:
             raise SceneError(f"{w}.kind", f"must be one of {', '.join(KINDS)}", self.kind)
         speech = self.kind == "speech"
         put = lambda k, v: object.__setattr__(self, k, v)
-        put("speaker", _text(f"{w}.speaker", self.speaker, required=speech, allowed=speech))
-        put("text", _text(f"{w}.text", self.text, required=speech, allowed=speech))
-        put("emotion", _text(f"{w}.emotion", self.emotion, required=False, allowed=speech))
-        put("caption", _text(f"{w}.caption", self.caption, required=not speech, allowed=not speech))
-        put("start", round(_number(f"{w}.start", self.start), TIME_DECIMALS))
-        put("end", round(_number(f"{w}.end", self.end), TIME_DECIMALS))
-        put("loudness_db", round(_number(f"{w}.loudness_db", self.loudness_db), DB_DECIMALS))
-        put("pan", round(_number(f"{w}.pan", self.pan), PAN_DECIMALS))
+        put("speaker", checked_text(f"{w}.speaker", self.speaker, required=speech, allowed=speech))
+        put("text", checked_text(f"{w}.text", self.text, required=speech, allowed=speech))
+        put("emotion", checked_text(f"{w}.emotion", self.emotion, required=False, allowed=speech))
+        sound = not speech
+        put("caption", checked_text(f"{w}.caption", self.caption, required=sound, allowed=sound))
+        put("start", round(checked_number(f"{w}.start", self.start), TIME_DECIMALS))
+        put("end", round(checked_number(f"{w}.end", self.end), TIME_DECIMALS))
+        put("loudness_db", round(checked_number(f"{w}.loudness_db", self.loudness_db), DB_DECIMALS))
+        put("pan", round(checked_number(f"{w}.pan", self.pan), PAN_DECIMALS))
         if self.start < 0: raise SceneError(f"{w}.start", "must be >= 0", self.start)
         if self.end <= self.start:
             raise SceneError(
@@ -183,7 +186,7 @@ class Scene:
     duration: float
 
     def __post_init__(self):
-        d = round(_number("scene.duration", self.duration), TIME_DECIMALS)
+        d = round(checked_number("scene.duration", self.duration), TIME_DECIMALS)
         if not 0 < d <= MAX_DURATION:
             raise SceneError("scene.duration", f"must be in (0, {MAX_DURATION:g}] seconds", d)
         object.__setattr__(self, "duration", d)
@@ -289,7 +292,7 @@ _str = {"type": "string", "minLength": 1}
 SOURCE_SCHEMA = {
     "type": "object",
     "properties": {
-        "id": {"type": "string", "pattern": _ID_RE.pattern},
+        "id": {"type": "string", "pattern": ID_RE.pattern},
         "kind": {"enum": list(KINDS)},
         "speaker": _str,
         "emotion": _str,
@@ -334,302 +337,6 @@ SCENE_SCHEMA = {
     "required": ["duration", "sources"],
     "additionalProperties": False,
 }
-
-# %% ../../nbs/02_scene.ipynb #e8938123
-@dataclass(frozen=True)
-class SceneDiff:
-    """What an edit changed: sources added, ids removed, changed fields per id as (old, new), and
-    the duration change."""
-    added: tuple[Source, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: dict = field(default_factory=dict)  # id -> {field: (old, new)}
-    duration: tuple[float, float] | None = None  # (old, new) if the duration changed
-
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.duration)
-
-    def to_dict(self) -> dict:
-        """Compact form for the CoT: added sources in full, removed ids, changed fields with their
-        new values."""
-        d = {}
-        if self.added: d["added"] = [s.to_dict() for s in self.added]
-        if self.removed: d["removed"] = list(self.removed)
-        if self.changed:
-            d["changed"] = {
-                i: {k: new for k, (_, new) in f.items()} for i, f in self.changed.items()
-            }
-        if self.duration: d["duration"] = self.duration[1]
-        return d
-
-# %% ../../nbs/02_scene.ipynb #5f060590
-def diff(before: Scene, after: Scene) -> SceneDiff:
-    "The edit that turns `before` into `after`, matching sources by id."
-    b, a = {s.id: s for s in before.sources}, {s.id: s for s in after.sources}
-    changed = {}
-    for i in b.keys() & a.keys():
-        f = {
-            k: (getattr(b[i], k), getattr(a[i], k))
-            for k in FIELD_ORDER[1:]
-            if getattr(b[i], k) != getattr(a[i], k)
-        }
-        if f: changed[i] = f
-    return SceneDiff(
-        added=tuple(s for s in after.sources if s.id not in b),
-        removed=tuple(s.id for s in before.sources if s.id not in a),
-        changed=dict(sorted(changed.items())),
-        duration=None if before.duration == after.duration else (before.duration, after.duration))
-
-def apply_edit(scene: Scene, edit: SceneDiff) -> Scene:
-    """Apply a diff to a scene; unknown or clashing ids are SceneErrors, and the result is validated
-    as a whole."""
-    srcs = {s.id: s for s in scene.sources}
-    for i in edit.removed:
-        if i not in srcs:
-            raise SceneError(
-                "edit.removed", f"id {i!r} is not in the scene (ids: {', '.join(srcs)})"
-            )
-        del srcs[i]
-    for i, fields in edit.changed.items():
-        if i not in srcs:
-            raise SceneError(
-                "edit.changed", f"id {i!r} is not in the scene (ids: {', '.join(srcs)})"
-            )
-        srcs[i] = dataclasses.replace(srcs[i], **{k: new for k, (_, new) in fields.items()})
-    for s in edit.added:
-        if s.id in srcs: raise SceneError("edit.added", f"id {s.id!r} is already in the scene")
-        srcs[s.id] = s
-    return Scene(tuple(srcs.values()), edit.duration[1] if edit.duration else scene.duration)
-
-# %% ../../nbs/02_scene.ipynb #7bf01e11
-EDIT_VALUES = {
-    "replace": ("caption",),
-    "loudness": ("gain_db",),
-    "move": ("start", "shift"),
-    "pan": ("pan",),
-}
-MAX_GAIN_DB = 60.0  # the largest loudness change an edit may ask for
-_NAME_RE = re.compile(r"^[a-z_]{1,32}$")
-
-def _whole(v): return int(v) if isinstance(v, float) and v.is_integer() else v
-
-@dataclass(frozen=True)
-class Edit:
-    """One edit in the diff form: the subtask, the source id and the new values (`values`: caption,
-    gain_db, start, shift or pan), a whole new `source` (add), or a general `changes` diff (any
-    other subtask)."""
-    subtask: str
-    id: str | None = None
-    values: dict = field(default_factory=dict)
-    source: Source | None = None
-    changes: SceneDiff | None = None
-
-    def to_dict(self) -> dict:
-        d = {"edit": self.subtask}
-        if self.changes is not None: return {**d, "diff": self.changes.to_dict()}
-        if self.source is not None: return {**d, "source": self.source.to_dict()}
-        return {**d, "id": self.id, **{k: _whole(v) for k, v in self.values.items()}}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-
-    @property
-    def target(self) -> str | None:
-        "The id of the source the edit is about (None for a general diff)."
-        return self.source.id if self.source is not None else self.id
-
-# %% ../../nbs/02_scene.ipynb #47717857
-def _diff_from_dict(d, where: str) -> SceneDiff:
-    "A SceneDiff from its compact form (`SceneDiff.to_dict`); old values are unknown (None)."
-    if not isinstance(d, dict): raise SceneError(where, "must be an object", d)
-    extra = set(d) - {"added", "removed", "changed", "duration"}
-    if extra:
-        raise SceneError(
-            f"{where}.{sorted(map(str, extra))[0][:40]}",
-            "is not a diff field (added, removed, changed, duration)",
-        )
-    added = d.get("added", [])
-    removed = d.get("removed", [])
-    changed = d.get("changed", {})
-    if not isinstance(added, list):
-        raise SceneError(f"{where}.added", "must be a list of sources", added)
-    if not isinstance(removed, list) or not all(isinstance(i, str) for i in removed):
-        raise SceneError(f"{where}.removed", "must be a list of ids", removed)
-    if not isinstance(changed, dict) or not all(isinstance(f, dict) for f in changed.values()):
-        raise SceneError(f"{where}.changed", "must map ids to objects of new field values", changed)
-    dur = d.get("duration")
-    return SceneDiff(
-        added=tuple(Source.from_dict(s, f"{where}.added[{i}]") for i, s in enumerate(added)),
-        removed=tuple(removed),
-        changed={i: {k: (None, v) for k, v in f.items()} for i, f in changed.items()},
-        duration=None if dur is None else (None, _number(f"{where}.duration", dur)),
-    )
-
-def _edit_values(op: str, d: dict) -> dict:
-    "The checked values of a built-in subtask's edit (errors name the field)."
-    allowed = EDIT_VALUES.get(op, ())
-    extra = set(d) - {"edit", "id", *allowed}
-    if extra:
-        raise SceneError(
-            f"edit.{sorted(map(str, extra))[0][:40]}",
-            f"is not a field of a {op} edit (fields: edit, id{''.join(', ' + a for a in allowed)})",
-        )
-    values = {k: d[k] for k in allowed if k in d}
-    if op == "move" and len(values) != 1:
-        raise SceneError(
-            "edit.start", "a move gives exactly one of start (seconds) or shift (seconds, signed)"
-        )
-    if op not in ("remove", "move") and not values:
-        raise SceneError(f"edit.{allowed[0]}", "is required")
-    for k, v in values.items():
-        values[k] = (
-            _text(f"edit.{k}", v, required=True) if k == "caption" else _number(f"edit.{k}", v)
-        )
-    if abs(values.get("gain_db", 0)) > MAX_GAIN_DB:
-        raise SceneError(
-            "edit.gain_db", f"must be in [-{MAX_GAIN_DB:g}, {MAX_GAIN_DB:g}] dB", values["gain_db"]
-        )
-    if not -1 <= values.get("pan", 0) <= 1:
-        raise SceneError("edit.pan", "must be in [-1, 1]", values["pan"])
-    return values
-
-# %% ../../nbs/02_scene.ipynb #c067dac8
-@classmethod
-def _edit_from_dict(cls, d) -> Edit:
-    """Validate and build an Edit from its JSON object; errors name the field (`edit.id`,
-    `edit.source.end`, ...)."""
-    if not isinstance(d, dict): raise SceneError("edit", "must be a JSON object", type(d).__name__)
-    op = d.get("edit")
-    if not isinstance(op, str) or not _NAME_RE.match(op):
-        raise SceneError("edit.edit", "must name the subtask (a-z and _)", op)
-    if "diff" in d:
-        if set(d) != {"edit", "diff"}:
-            raise SceneError("edit", "a general edit has exactly the fields edit and diff")
-        return cls(op, changes=_diff_from_dict(d["diff"], "edit.diff"))
-    if op == "add":
-        if set(d) != {"edit", "source"}:
-            raise SceneError(
-                "edit.source" if "source" not in d else "edit",
-                "an add edit has exactly the fields edit and source",
-            )
-        return cls(op, source=Source.from_dict(d["source"], "edit.source"))
-    if op not in ("remove", *EDIT_VALUES):
-        raise SceneError(
-            "edit.edit", f"must be add, remove, {', '.join(EDIT_VALUES)}, or come with a diff", op
-        )
-    i = d.get("id")
-    if not isinstance(i, str) or not _ID_RE.fullmatch(i):
-        raise SceneError("edit.id", "must be the id of a source in the scene", i)
-    return cls(op, i, _edit_values(op, d))
-
-@classmethod
-def _edit_from_json(cls, text) -> Edit:
-    """Parse and validate an edit written as JSON text (malformed JSON is a SceneError naming
-    `edit`)."""
-    if not isinstance(text, (str, bytes)):
-        raise SceneError("edit", "must be JSON text", type(text).__name__)
-    try: d = json.loads(text)
-    except RecursionError: raise SceneError("edit", "is nested too deeply to be an edit") from None
-    except ValueError as e: raise SceneError("edit", f"is not valid JSON: {e}") from None
-    return cls.from_dict(d)
-
-Edit.from_dict, Edit.from_json = _edit_from_dict, _edit_from_json
-
-# %% ../../nbs/02_scene.ipynb #2500c3aa
-def _apply(self: Edit, scene: Scene) -> Scene:
-    """The scene after this edit; an id that is not in the scene (or a clash) is a SceneError naming
-    it."""
-    if self.changes is not None: return apply_edit(scene, self.changes)
-    if self.source is not None:
-        if self.source.id in scene.ids:
-            raise SceneError(
-                "edit.source.id",
-                f"{self.source.id!r} is already in the scene (ids: {', '.join(scene.ids)})",
-            )
-        return Scene(scene.sources + (self.source,), scene.duration)
-    if self.id not in scene.ids:
-        raise SceneError(
-            "edit.id", f"{self.id!r} is not in the scene (ids: {', '.join(scene.ids)})"
-        )
-    old, v = scene[self.id], self.values
-    if self.subtask == "remove":
-        return Scene(tuple(s for s in scene.sources if s.id != self.id), scene.duration)
-    if self.subtask == "replace":
-        if old.kind == "speech":
-            raise SceneError(
-                "edit.id", f"{self.id!r} is speech: replace takes a sound effect or music"
-            )
-        new = dataclasses.replace(old, caption=v["caption"])
-    elif self.subtask == "loudness":
-        new = dataclasses.replace(
-            old, loudness_db=round(old.loudness_db + v["gain_db"], DB_DECIMALS)
-        )
-    elif self.subtask == "pan": new = dataclasses.replace(old, pan=v["pan"])
-    else:  # move: the same length from the new start
-        start = round(v["start"] if "start" in v else old.start + v["shift"], TIME_DECIMALS)
-        new = dataclasses.replace(
-            old, start=start, end=round(start + old.end - old.start, TIME_DECIMALS)
-        )
-    return Scene(tuple(new if s.id == self.id else s for s in scene.sources), scene.duration)
-
-Edit.apply = _apply
-
-def _scene_apply(self: Scene, edit) -> Scene:
-    "This scene after `edit` (an `Edit` or a `SceneDiff`)."
-    return edit.apply(self) if isinstance(edit, Edit) else apply_edit(self, edit)
-
-Scene.apply, Scene.diff = _scene_apply, lambda self, other: diff(self, other)
-
-# %% ../../nbs/02_scene.ipynb #57895cc7
-_RELATIVE_MOVE = re.compile(r"(\d+(?:\.\d+)?) ?(?:s|sec|secs|seconds?) (later|earlier)\b", re.I)
-
-def _as_move(before: Source, after: Source, request: str) -> dict:
-    """{shift} when the request says the change (e.g. '1.5 seconds later') and it gives the new
-    start, else {start}."""
-    shift = round(after.start - before.start, TIME_DECIMALS)
-    for m in _RELATIVE_MOVE.finditer(request or ""):
-        said = float(m.group(1)) * (1 if m.group(2).lower() == "later" else -1)
-        if abs(said - shift) < 0.005: return {"shift": said}
-    return {"start": after.start}
-
-def _between(before: Scene, after: Scene, subtask: str | None = None, request: str = "") -> Edit:
-    """The edit that turns `before` into `after`: the built-in form when the change is one subtask's
-    (checked against `subtask` when given), else a general diff named `subtask` (default "edit")."""
-    d = diff(before, after)
-    if d.duration is None and len(d.added) + len(d.removed) + len(d.changed) == 1:
-        fits = lambda name: subtask in (None, name)
-        if d.added and fits("add"): return Edit("add", source=d.added[0])
-        if d.removed and fits("remove"): return Edit("remove", d.removed[0])
-        if d.changed:
-            (i, fields), = d.changed.items()
-            old, new = before[i], after[i]
-            if set(fields) == {"caption"} and fits("replace"):
-                return Edit("replace", i, {"caption": new.caption})
-            if set(fields) == {"loudness_db"} and fits("loudness"):
-                return Edit(
-                    "loudness",
-                    i,
-                    {"gain_db": round(new.loudness_db - old.loudness_db, DB_DECIMALS)},
-                )
-            if set(fields) == {"pan"} and fits("pan"): return Edit("pan", i, {"pan": new.pan})
-            same_length = abs((new.end - new.start) - (old.end - old.start)) < 0.015
-            if set(fields) == {"start", "end"} and same_length and fits("move"):
-                return Edit("move", i, _as_move(old, new, request))
-    return Edit(subtask or "edit", changes=d)
-
-Edit.between = staticmethod(_between)
-
-# %% ../../nbs/02_scene.ipynb #47a9d3b4
-def edited_spans(before: Scene, after: Scene) -> list[tuple[float, float]]:
-    """The time spans an edit touches, as (start, end) in seconds: removed and changed sources where
-    they were, added and changed ones where they are. Outside them an edit should keep the audio as
-    it was."""
-    d = diff(before, after)
-    return (
-        [(before[i].start, before[i].end) for i in [*d.removed, *d.changed]]
-        + [(after[i].start, after[i].end) for i in d.changed]
-        + [(s.start, s.end) for s in d.added]
-    )
 
 # %% ../../nbs/02_scene.ipynb #db3cd7e8
 def to_seglst(scene: Scene, session_id: str = "session0") -> list[dict]:

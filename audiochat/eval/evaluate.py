@@ -1,8 +1,6 @@
 """One harness runs every system on the same dialogues with the same scorer and seeds: a story
-turn, the edit turns that follow it, and an understanding turn per dialogue. It writes the
-paper's four tables (story generation, editing with its six subtasks, understanding,
-architecture ablation) as markdown and JSON, with plots, and `audiochat eval` does it in one
-command.
+turn, the edit turns that follow it, and an understanding turn per dialogue, and summarizes
+every turn's figures per system and per edit subtask.
 
 Docs: https://audiochat.github.io/audiochat/eval.html.md"""
 
@@ -20,17 +18,8 @@ import torch
 from ..core.audio import SAMPLE_RATE, check_audio, resample, to_channels
 from ..core.scene import Scene, to_seglst
 from .wer import tcpwer
-from audiochat.eval.metrics import (
-    TinyFLAM,
-    clip_embedding,
-    delta_multiflam,
-    fad,
-    kad,
-    editflam,
-    multiflam,
-    scorer_examples,
-    train_scorer,
-)
+from .metrics import clip_embedding, delta_multiflam, fad, kad, editflam, multiflam
+from .scorer import TinyFLAM, scorer_examples, train_scorer
 from ..sim.data import build_eval, load_turn, read_records
 from .systems import System, UnavailableSystem, make_system
 

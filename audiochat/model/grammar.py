@@ -17,7 +17,8 @@ import regex
 import torch
 
 from ..core.audio import FRAME_RATE
-from ..core.scene import Edit, Scene, SceneError
+from ..core.scene import Scene, SceneError
+from ..core.edits import Edit
 from .transformer import Layout
 from ..sim.sounds import EMOTIONS, MUSIC_MOODS, SOUND_EFFECTS, SPEAKERS
 

@@ -22,7 +22,8 @@ from ..codec.codecs import Codec, codec_preset, make_codec
 from ..codec.latents import load_latents
 from ..core.audio import FRAME_RATE, load_audio
 from ..core.io import hub_id, resolve_pretrained, save_weights
-from ..core.scene import Edit, Scene, SceneError
+from ..core.scene import Scene, SceneError
+from ..core.edits import Edit
 from ..model.diffusion import sample
 from audiochat.model.forcing import (
     Turn,

@@ -23,7 +23,8 @@ from audiochat.core.audio import (
     show_jpeg,
 )
 from ..core.io import atomic_write, check_writable
-from ..core.scene import Scene, SceneError, edited_spans, to_seglst
+from ..core.scene import Scene, SceneError, to_seglst
+from ..core.edits import edited_spans
 from audiochat.serve.chat import (
     MAX_RETRIES,
     SHIPPED_MODEL,

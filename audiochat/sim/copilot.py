@@ -12,7 +12,8 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from ..core.scene import Edit, Scene, SceneError, Source, diff
+from ..core.scene import Scene, SceneError, Source
+from ..core.edits import Edit, diff
 from .sounds import SOUND_EFFECTS, SPEAKERS
 from .agents import AgentError, ChatLLM, assistant_message, run_agent, tool_call
 from audiochat.sim.stories import (
