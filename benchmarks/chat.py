@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from audiochat.serve.chat import ChatEngine, train_tiny_run
+from audiochat.serve.chat import ChatEngine
+from audiochat.training.train import train_tiny_run
 from audiochat.model.forcing import Turn
 from audiochat.model.grammar import decode_text
 from audiochat.sim.data import DATA_SAMPLES

@@ -530,7 +530,8 @@ def stage_learning(a, work: Path, data: dict, train_info: dict | None, scorer: s
 
 # ------------------------------------------------------------------------------------------------------------ chat
 def stage_chat(a, work: Path, train_info: dict | None, results: Results, device) -> dict:
-    from audiochat.serve.chat import ChatEngine, Timings, train_tiny_run
+    from audiochat.serve.chat import ChatEngine, Timings
+    from audiochat.training.train import train_tiny_run
     from audiochat.model.forcing import Turn
     from audiochat.model.grammar import decode_text
     from audiochat.sim.data import DATA_SAMPLES

@@ -20,7 +20,7 @@ HAND_WRITTEN = '{"duration":1.5,"sources":[{"id":"fx1","kind":"sfx","caption":"s
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from audiochat.serve.chat import train_tiny_run
+    from audiochat.training.train import train_tiny_run
     # no examples answered in words: every edit here makes audio
     return train_tiny_run(tmp_path_factory.mktemp("app") / "run", steps=4, overrides=["--data.refusals=0"])
 

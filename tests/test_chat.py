@@ -11,7 +11,8 @@ from audiochat.core.audio import save_audio
 from audiochat.core.scene import Scene
 from audiochat.model.forcing import Turn
 from audiochat.model.grammar import Decoded, SceneGrammar, decode_text, token_pieces
-from audiochat.serve.chat import ChatEngine, ChatError, train_tiny_run
+from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.training.train import train_tiny_run
 
 
 @pytest.fixture(scope="module")

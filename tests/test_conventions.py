@@ -86,7 +86,7 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
 
     from audiochat.model.tokenizer import load_tokenizer, train_tokenizer
     from audiochat.model.transformer import load_safetensors_dir
-    from audiochat.serve.chat import train_tiny_run
+    from audiochat.training.train import train_tiny_run
     lm = tmp_path / "lm"
     train_tokenizer(["a rainy night, a door creaks, the detective whispers"] * 40, vocab_size=300).save_pretrained(lm)
     _tiny_llama(lm, vocab_size=300)
@@ -108,7 +108,8 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
 # 2. from_pretrained on a training checkpoint
 def test_from_pretrained_on_a_checkpoint_gives_the_engine_weights(tmp_path):
     from audiochat.model.sct import AudioChatModel
-    from audiochat.serve.chat import ChatEngine, train_tiny_run
+    from audiochat.serve.chat import ChatEngine
+    from audiochat.training.train import train_tiny_run
     run = train_tiny_run(tmp_path / "run", steps=3)
     from audiochat.core.learner import latest_checkpoint
     step = latest_checkpoint(run)
@@ -181,7 +182,7 @@ def test_app_follows_gradio_conventions(tmp_path):
     "GRADIO_SERVER_PORT / GRADIO_SERVER_NAME are honoured, API parameters have names, no temporary folder outlives the server."
     pytest.importorskip("gradio")
     from audiochat.serve.app import free_port
-    from audiochat.serve.chat import train_tiny_run
+    from audiochat.training.train import train_tiny_run
     run = train_tiny_run(tmp_path / "run", steps=2)
     port, temp = free_port(), tmp_path / "gradio-temp"
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "localhost", "GRADIO_TEMP_DIR": str(temp),
@@ -295,7 +296,7 @@ def test_tcpwer_and_cpwer_without_meeteval(monkeypatch):
 
 
 def test_training_without_tensorboard(tmp_path, monkeypatch, capsys):
-    from audiochat.serve.chat import train_tiny_run
+    from audiochat.training.train import train_tiny_run
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as in a base install
     run = train_tiny_run(tmp_path / "run", steps=2)
     assert "TensorBoard logging is off" in capsys.readouterr().err

@@ -121,7 +121,8 @@ def test_bundle_moved_gives_identical_outputs(tmp_path, hub):
 
     import torch
 
-    from audiochat.serve.chat import ChatEngine, train_tiny_run
+    from audiochat.serve.chat import ChatEngine
+    from audiochat.training.train import train_tiny_run
 
     torch.manual_seed(0)
     run = train_tiny_run(tmp_path / "run", steps=2)
@@ -173,7 +174,8 @@ def test_half_precision_bundle_loads_as_float32(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from audiochat.serve.chat import ChatEngine, train_tiny_run
+    from audiochat.serve.chat import ChatEngine
+    from audiochat.training.train import train_tiny_run
 
     run = train_tiny_run(tmp_path / "run", steps=1)
     engine = ChatEngine.load(run, steps=2)

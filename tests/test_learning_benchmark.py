@@ -8,9 +8,9 @@ import pytest
 from audiochat.core.edits import edited_spans
 from audiochat.core.scene import Scene
 from audiochat.eval.scorer import scorer_examples, train_scorer
-from audiochat.serve.chat import train_tiny_run
 from audiochat.sim.data import build_eval, load_turn, read_records
 from audiochat.sim.stories import SUBTASKS
+from audiochat.training.train import train_tiny_run
 
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "learning.py"
 

@@ -52,46 +52,11 @@ from ..sim.data import DATA_SAMPLES
 from .cards import BUNDLE_FORMAT, model_card, preset_of
 from ..training.config import load_config, resolve, save_config
 from ..training.checkpoints import load_run_model
-from ..training.train import latest_checkpoint, train
+from ..core.learner import latest_checkpoint
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'train_tiny_run', 'ChatError', 'Timings', 'Reply',
-           'read_latent_stats', 'checked_request', 'Plan', 'check_engine', 'ChatEngine']
-
-# %% ../../nbs/16_chat.ipynb #fe4c16d4
-def train_tiny_run(
-    out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()
-) -> Path:
-    """Train a tiny run on the sample dialogues in `out` (the tiny preset's mel codec, unfitted, is
-    saved in `out/codec` unless `codec_dir` is given; `overrides` are more `--key=value` settings).
-    For tests and demos: seconds on a CPU, poor output."""
-    out = Path(out)
-    if codec_dir is None:
-        codec_dir = out / "codec"
-        if not (codec_dir / "model.safetensors").exists():
-            torch.manual_seed(seed)
-            make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(codec_dir)
-    data_dir = Path(data_dir) if data_dir else DATA_SAMPLES / "dialogues"
-    config = resolve(
-        "tiny",
-        overrides=[
-            f"--data.source={data_dir}",
-            f"--data.codec={codec_dir}",
-            "--data.batch_size=2",
-            "--data.eval_dialogues=0",
-            f"--optim.steps={steps}",
-            "--data.max_frames=16",
-            "--data.max_turns=1",
-            f"--run.out={out}",
-            "--run.progress=false",
-            "--run.eval_every=0",
-            "--optim.warmup=1",
-            f"--run.seed={seed}",
-            *overrides,
-        ],
-    )
-    train(config)
-    return out
+__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'ChatError', 'Timings', 'Reply', 'read_latent_stats',
+           'checked_request', 'Plan', 'check_engine', 'ChatEngine']
 
 # %% ../../nbs/16_chat.ipynb #ee235f60
 class ChatError(ValueError):

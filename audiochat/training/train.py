@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
-from ..codec.codecs import Codec
+from ..codec.codecs import Codec, codec_preset, make_codec
 from ..codec.latents import load_latents
 from ..core.args import train_parser
 from ..core.audio import mel_spectrogram
@@ -45,6 +45,7 @@ from ..model.forcing import Batch, forcing_loss, span_denoiser
 from ..model.sct import AudioChatModel
 from ..model.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from ..model.transformer import Layout
+from ..sim.data import DATA_SAMPLES
 from ..sim.data import build as build_dataset
 from audiochat.training.config import (
     Config,
@@ -79,7 +80,7 @@ __all__ = ['OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE', 'RESUME_FRE
            'lr_at', 'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'held_out_losses',
            'model_vocab', 'latent_sources', 'planned_practice', 'run_tokenizer', 'batch_streams', 'prepare_data',
            'open_run', 'build_model', 'autocast_for', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix',
-           'evaluate_run', 'save_run', 'train', 'resume_config', 'train_main']
+           'evaluate_run', 'save_run', 'train', 'resume_config', 'train_main', 'train_tiny_run']
 
 # %% ../../nbs/14_train.ipynb #6ff9cc1b
 def learning_rate(
@@ -728,3 +729,38 @@ def train_main(argv: list[str]) -> int:
 # %% ../../nbs/14_train.ipynb #81600bf4
 # python -m audiochat.training.train, torchrun -m
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(train_main(sys.argv[1:]))
+
+# %% ../../nbs/14_train.ipynb #fe4c16d4
+def train_tiny_run(
+    out, steps: int = 4, codec_dir=None, data_dir=None, seed: int = 0, overrides: list[str] = ()
+) -> Path:
+    """Train a tiny run on the sample dialogues in `out` (the tiny preset's mel codec, unfitted, is
+    saved in `out/codec` unless `codec_dir` is given; `overrides` are more `--key=value` settings).
+    For tests and demos: seconds on a CPU, poor output."""
+    out = Path(out)
+    if codec_dir is None:
+        codec_dir = out / "codec"
+        if not (codec_dir / "model.safetensors").exists():
+            torch.manual_seed(seed)
+            make_codec(codec_preset("tiny", decoder="griffinlim")).save_pretrained(codec_dir)
+    data_dir = Path(data_dir) if data_dir else DATA_SAMPLES / "dialogues"
+    config = resolve(
+        "tiny",
+        overrides=[
+            f"--data.source={data_dir}",
+            f"--data.codec={codec_dir}",
+            "--data.batch_size=2",
+            "--data.eval_dialogues=0",
+            f"--optim.steps={steps}",
+            "--data.max_frames=16",
+            "--data.max_turns=1",
+            f"--run.out={out}",
+            "--run.progress=false",
+            "--run.eval_every=0",
+            "--optim.warmup=1",
+            f"--run.seed={seed}",
+            *overrides,
+        ],
+    )
+    train(config)
+    return out
