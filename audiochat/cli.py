@@ -24,7 +24,7 @@ __all__ = ['COMMANDS', 'main']
 # %% ../nbs/21_cli.ipynb #4dbb899d
 COMMANDS = {
     "data": (
-        "audiochat.sim.data",
+        "audiochat.sim.data_export",
         "data_main",
         "build the simulated dialogue dataset (build, eval, samples, show)",
     ),

@@ -310,7 +310,8 @@ def test_export_is_a_hub_dataset_folder_read_back_bit_for_bit(tmp_path):
     import datasets
     import soundfile as sf
 
-    from audiochat.sim.data import DATA_SAMPLES, export_hf, read_records
+    from audiochat.sim.data import DATA_SAMPLES, read_records
+    from audiochat.sim.data_export import export_hf
     out = tmp_path / "audiochat-samples"
     export_hf(DATA_SAMPLES / "dialogues", out)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == ["data/train-00000-of-00001.parquet"]

@@ -55,7 +55,7 @@ def test_export_hf(tmp_path):
 
 
 def test_export_hf_refuses_a_folder_without_data(tmp_path):
-    from audiochat.sim.data import export_hf
+    from audiochat.sim.data_export import export_hf
     with pytest.raises(FileNotFoundError):
         export_hf(tmp_path, tmp_path / "out")
 

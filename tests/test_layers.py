@@ -8,7 +8,7 @@ LAYERS = ["core", "sim", "codec", "model", "training", "serve", "eval", "cli"]  
 # import statements of the package inside functions, each deliberate: the command and the web app answer `--help`
 # without torch (tests/test_conventions.py, tests/test_app.py), and the agents and dataset records stay free of
 # torch (the toolbox and audio I/O import it)
-LAZY_IMPORTS = {"serve.app": 3, "sim.copilot": 1, "sim.data": 4}
+LAZY_IMPORTS = {"serve.app": 3, "sim.copilot": 1, "sim.data": 3, "sim.data_export": 1}
 
 
 def _name(path: Path) -> str: return ".".join(path.relative_to(PKG).with_suffix("").parts)

@@ -12,28 +12,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # audiochat.core.audio (torch) is imported inside the functions that read or write audio: reading
 # records stays light
-from ..core.args import data_parser
-from ..core.io import check_writable
 from ..core.scene import Scene
 from ..core.presets import preset_values
 from .stories import SUBTASKS
 from .copilot import simulate_dialogue
 
 # %% auto #0
-__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'EVAL_DIALOGUES', 'SAMPLES_RUN_SEED', 'HF_CARD',
-           'DataConfig', 'data_preset', 'dialogue_seed', 'dialogue_subtasks', 'shard_done', 'finished_shards',
-           'build_shard', 'claim_folder', 'build_shards', 'build', 'summarize_build', 'format_summary',
-           'checked_record', 'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval',
-           'build_samples', 'check_exportable', 'damaged_shards', 'turns_in', 'export_hf', 'write_hub_folder',
-           'data_main']
+__all__ = ['DATA_SAMPLES', 'TRAIN_SEED_RANGE', 'EVAL_SEED_RANGE', 'RUN_STRIDE', 'EVAL_DIALOGUES', 'DataConfig', 'data_preset',
+           'dialogue_seed', 'dialogue_subtasks', 'dialogue_record', 'shard_done', 'finished_shards', 'build_shard',
+           'claim_folder', 'build_shards', 'build', 'summarize_build', 'format_summary', 'checked_record',
+           'read_records', 'load_turn', 'format_dialogue', 'eval_config', 'build_eval']
 
 # %% ../../nbs/05_data.ipynb #77631958
 # shipped inside the package (the repository's top-level data_samples/ links here), so an installed
@@ -103,7 +98,9 @@ def dialogue_subtasks(config: DataConfig, i: int) -> list[str] | None:
     return [SUBTASKS[(config.edits * i + j) % len(SUBTASKS)] for j in range(config.edits)]
 
 # %% ../../nbs/05_data.ipynb #23fe9ef9
-def _record(d, config: DataConfig, audio_dir: Path, rel: str) -> dict:
+def dialogue_record(d, config: DataConfig, audio_dir: Path, rel: str) -> dict:
+    """The JSON record of simulated dialogue `d`, its turns' audio saved as FLAC in `audio_dir`
+    (named in the record as `rel/NAME.flac`)."""
     from audiochat.core.audio import save_audio
     rid = f"{config.split}-{d.seed:09d}"
     turns = []
@@ -174,9 +171,8 @@ def build_shard(out, config: DataConfig, k: int, build_id: str | None = None) ->
             if d.rejected:
                 rejected[d.rejected] += 1
                 continue
-            f.write(
-                json.dumps(_record(d, config, tmp / "audio", "audio"), ensure_ascii=False) + "\n"
-            )
+            record = dialogue_record(d, config, tmp / "audio", "audio")
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
             stats["dialogues"] += 1
             stats["turns"] += len(d.turns)
             stats["seconds"] = round(stats["seconds"] + sum(t.scene.duration for t in d.turns), 2)
@@ -364,251 +360,3 @@ def build_eval(
 ) -> dict:
     "Build StoryGen-Eval-mini into `out`."
     return build(out, eval_config(dialogues), workers, progress)
-
-# %% ../../nbs/05_data.ipynb #d690d593
-SAMPLES_RUN_SEED = 999  # the block of training seeds the committed samples come from
-
-def build_samples(out, n: int = 6, max_seconds: float = 8.0) -> dict:
-    """Write `n` short dialogues (stories of at most `max_seconds`) covering the edit subtasks
-    evenly into `out/shard-00000/`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = DataConfig(dialogues=n, shard_size=n, seed=SAMPLES_RUN_SEED)
-    final, tmp = out / "shard-00000", out / f".tmp-shard-00000-{os.getpid()}"
-    if final.exists(): shutil.rmtree(final)
-    if tmp.exists(): shutil.rmtree(tmp)
-    (tmp / "audio").mkdir(parents=True)
-    records, i = [], 0
-    while len(records) < n:
-        subtasks = [SUBTASKS[(2 * len(records) + j) % len(SUBTASKS)] for j in range(2)]
-        d = simulate_dialogue(
-            dialogue_seed(config, i),
-            subtasks,
-            mistake_rate=config.mistake_rate,
-            max_duration=max_seconds,
-        )
-        i += 1
-        if d.rejected: continue
-        records.append(_record(d, config, tmp / "audio", "audio"))
-    (tmp / "records.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    )
-    seconds = sum(t["duration"] for r in records for t in r["turns"])
-    stats = dict(
-        shard=0,
-        dialogues=n,
-        turns=3 * n,
-        seconds=round(seconds, 2),
-        rejected={},
-        subtasks=dict(sorted(Counter(t["subtask"] for r in records for t in r["turns"]).items())),
-        build_seconds=0.0,
-    )
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
-    os.replace(tmp, final)
-    return summarize_build(out)
-
-# %% ../../nbs/05_data.ipynb #abf02e89
-def check_exportable(data, skip_damaged: bool = False):
-    """Every record and audio file of `data` checked before `datasets` starts, for clear one-line
-    errors: no damaged shard (unless `skip_damaged`), every dialogue's id and split, every turn's
-    request, scene, duration and audio file."""
-    bad = damaged_shards(data)
-    if bad and not skip_damaged:
-        raise ValueError(
-            f"{data}: {len(bad)} damaged shard(s) ({', '.join(p.name for p in bad[:5])}): rebuild "
-            "them with `audiochat data build` "
-            "or export without them (--skip-damaged)"
-        )
-    for r in read_records(data):
-        missing = [k for k in ("id", "split") if not isinstance(r.get(k), str)]
-        if missing:
-            raise ValueError(
-                f"dialogue record {str(r.get('id'))[:40]!r} has no {missing[0]!r} text"
-            )
-        for j, t in enumerate(r["turns"]):
-            gone = [k for k in ("user", "scene", "duration") if k not in t]
-            if gone: raise ValueError(f"dialogue {r['id']!r} turns[{j}] has no {gone[0]!r}")
-            if not Path(t["audio"]).is_file():
-                raise ValueError(
-                    f"dialogue {r.get('id')!r} turns[{j}]: audio file {t['audio']} is missing"
-                )
-
-# %% ../../nbs/05_data.ipynb #38c67ea9
-def damaged_shards(data) -> list[Path]:
-    """Shard folders of `data` that are not complete (`stats.json` or `records.jsonl` missing,
-    damaged or disagreeing)."""
-    return [p for p in sorted(Path(data).glob("shard-*")) if p.is_dir() and not shard_done(p)]
-
-def turns_in(shard) -> int | None:
-    "Turns in a shard's `records.jsonl`, None when it cannot be read."
-    try:
-        return sum(
-            len(json.loads(line)["turns"])
-            for line in open(Path(shard) / "records.jsonl")
-            if line.strip()
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-def export_hf(data, out, cache_dir=None, skip_damaged: bool = False, shard_rows: int = 500):
-    """Write the dataset in `data` (a build, StoryGen-Eval-mini or the samples) as a Hub-ready
-    dataset folder `out` (parquet shards and a dataset card, `write_hub_folder`) that
-    `datasets.load_dataset(out)` reads, and `load_dataset("ORG/NAME")` once uploaded
-    (`huggingface_hub.upload_folder`); returns it loaded. One row per turn with the dialogue id,
-    split, turn index, the user's request, the subtask, the scene as JSON, the designer's answer and
-    the turn's audio, an `Audio` feature holding the FLAC file itself. A damaged shard is an error
-    unless `skip_damaged` (then `damaged_shards` and `turns_in` say what was left out)."""
-    import tempfile
-    try:
-        import datasets
-    except ImportError:
-        raise ImportError("the export needs `datasets`: pip install 'audiochat[hf]'") from None
-    from audiochat.core.audio import SAMPLE_RATE
-    V = datasets.Value
-    features = datasets.Features(
-        dict(
-            id=V("string"),
-            split=V("string"),
-            turn=V("int32"),
-            request=V("string"),
-            subtask=V("string"),
-            scene=V("string"),
-            answer=V("string"),
-            duration=V("float32"),
-            audio=dict(bytes=V("binary"), path=V("string")),
-        )
-    )
-    check_exportable(data, skip_damaged)
-    check_writable(Path(out).parent)
-    # the generator's arrow cache: temporary, `out` is the copy that stays
-    with tempfile.TemporaryDirectory() as tmp:
-        ds = datasets.Dataset.from_generator(
-            _hf_rows, features=features, gen_kwargs=dict(data=str(data)), cache_dir=cache_dir or tmp
-        )
-        # the FLAC bytes go in as they are; casting (not encoding) makes the column an `Audio`
-        # feature, which needs no audio encoder (recent `datasets` wants `torchcodec` to encode, but
-        # not to cast stored bytes)
-        ds = ds.cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
-        write_hub_folder(ds, out, shard_rows)
-    return datasets.load_dataset(str(out))
-
-HF_CARD = """---
-configs:
-- config_name: default
-  data_files:
-{files}
-task_categories:
-- text-to-audio
-tags:
-- audio
-- audiochat
----
-# {name}
-
-Dialogues of the `audiochat` project (`audiochat data export`), one row per turn: `id` (the
-dialogue), `split`, `turn`, `request` (the user's words), `subtask`, `scene` (the designer's chain
-of thought, as JSON), `answer` (the words of an answer without audio), `duration` (seconds) and
-`audio`, the turn's FLAC file as it was rendered.
-
-```python
-from datasets import load_dataset, Audio
-ds = load_dataset("THIS_FOLDER_OR_ORG/NAME")
-# the FLAC bytes (soundfile reads them); decoded arrays need torchcodec and FFmpeg
-rows = ds["{first}"].cast_column("audio", Audio(decode=False))
-```
-"""
-
-def write_hub_folder(ds, out, shard_rows: int = 500) -> Path:
-    """Write `ds` (rows with a `split` column) as the Hub lays out a dataset repository:
-    `data/SPLIT-NNNNN-of-MMMMM.parquet` shards of at most `shard_rows` rows per split and a dataset
-    card `README.md` naming them. Built beside `out`, then moved into place: a reader never sees a
-    half-written folder. An existing `out` is replaced only if it is such a folder."""
-    import shutil
-    out = Path(out)
-    ours = out.is_dir() and (
-        not any(out.iterdir()) or ((out / "README.md").is_file() and (out / "data").is_dir())
-    )
-    if out.exists() and not ours:
-        raise ValueError(
-            f"{out} exists and is not a dataset folder written by `audiochat data export`: give a "
-            "new --out"
-        )
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    files = []
-    for split in dict.fromkeys(ds["split"]):  # the splits in the order the dialogues came
-        part = ds.filter(lambda s, split=split: s == split, input_columns="split")
-        n = -(-len(part) // shard_rows)
-        for i in range(n):
-            part.shard(n, i, contiguous=True).to_parquet(
-                str(tmp / "data" / f"{split}-{i:05d}-of-{n:05d}.parquet")
-            )
-        files.append(f"  - split: {split}\n    path: data/{split}-*.parquet")
-    (tmp / "README.md").write_text(
-        HF_CARD.format(
-            files="\n".join(files), name=out.name, first=next(iter(dict.fromkeys(ds["split"])))
-        )
-    )
-    if out.exists(): shutil.rmtree(out)
-    tmp.rename(out)
-    return out
-
-def _hf_rows(data):
-    for r in read_records(data):
-        for j, t in enumerate(r["turns"]):
-            audio = Path(t["audio"])
-            yield dict(
-                id=r["id"],
-                split=r["split"],
-                turn=j,
-                request=t["user"],
-                subtask=t["subtask"] or "",
-                scene=json.dumps(t["scene"]),
-                answer=t.get("answer") or "",
-                duration=t["duration"],
-                audio=dict(path=audio.name, bytes=audio.read_bytes()),
-            )
-
-# %% ../../nbs/05_data.ipynb #0c649154
-def _export_main(a) -> int:
-    ds = export_hf(a.data, a.out, skip_damaged=a.skip_damaged)
-    turns, columns = sum(map(len, ds.values())), next(iter(ds.values())).column_names
-    print(
-        f"wrote {a.out}/: {turns} turns in {len(ds)} split(s) ({', '.join(columns)}); "
-        f"datasets.load_dataset({str(a.out)!r})"
-    )
-    for shard in damaged_shards(a.data):
-        n = turns_in(shard)
-        print(
-            f"skipped {shard.name} (damaged): {'its' if n is None else n} turns not exported",
-            file=sys.stderr,
-        )
-    return 0
-
-def _build_main(a) -> int:
-    check_writable(a.out)  # before any work
-    if a.command == "build":
-        over = dict(dialogues=a.dialogues, shard_size=a.shard_size, edits=a.edits)
-        over["max_duration"] = a.max_duration
-        over = {k: v for k, v in over.items() if v is not None}
-        config = data_preset(a.preset, seed=a.seed, **over)
-        summary = build(a.out, config, a.workers)
-    else:
-        summary = build_eval(a.out, a.dialogues, a.workers)
-    print(format_summary(summary))
-    print(f"wrote {a.out}/ (summary.json, shard-*/records.jsonl, shard-*/audio/*.flac)")
-    return 0
-
-def data_main(argv: list[str]) -> int:
-    "`audiochat data build|eval|samples|show|export` (the parser: `core.args.data_parser`)."
-    a = data_parser().parse_args(argv)
-    if a.command == "export": return _export_main(a)
-    if a.command == "show":
-        for i, r in enumerate(read_records(a.dir)):
-            if i >= a.n: break
-            print(format_dialogue(r) + "\n")
-        return 0
-    if a.command == "samples":
-        print(format_summary(build_samples(a.out, a.n)))
-        return 0
-    return _build_main(a)
