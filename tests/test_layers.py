@@ -114,6 +114,28 @@ def test_core_track_uses_only_what_it_has_taught():
         assert needs <= set(CORE_TRACK[:i]), f"{name} imports {sorted(needs - set(CORE_TRACK[:i]))}, outside the track so far"
 
 
+def test_no_notebook_uses_what_a_later_one_teaches():
+    nbs, made = _notebook_imports()
+    later = {n: sorted(made[m] for m in mods if m in made and made[m] > n) for n, mods in nbs.items()}
+    assert {n: v for n, v in later.items() if v} == {}
+
+
+def test_prerequisites_name_the_notebooks_imported():
+    "Each notebook's Before-you-start line links exactly the notebooks whose modules its code imports."
+    import json
+    import re
+    nbs, made = _notebook_imports()
+    wrong = {}
+    for p in sorted((PKG.parent / "nbs").glob("*.ipynb")):
+        md = ["".join(c["source"]) for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "markdown"]
+        before = next((s for s in md if s.startswith("**Before you start.**")), None)
+        if before is None: continue
+        links = set(re.findall(r"\[(\w+)\]\(\1\.ipynb\)", before.split("What you will see")[0]))
+        want = {made[m] for m in nbs[p.stem] if m in made} - {p.stem}
+        if links != want: wrong[p.stem] = sorted(links ^ want)
+    assert wrong == {}
+
+
 def test_functions_fit_on_a_screen():
     "No function or method of the package is longer than 60 lines (docstring included)."
     long = [f"{m}.{n.name} ({n.end_lineno - n.lineno + 1} lines)" for m, path in MODULES.items()
