@@ -29,7 +29,7 @@ COMMANDS = {
         "build the simulated dialogue dataset (build, eval, samples, show)",
     ),
     "demo": (
-        "audiochat.serve.demo",
+        "audiochat.eval.demo",
         "demo_main",
         "render a sample scene from data_samples/ into runs/demo/",
     ),

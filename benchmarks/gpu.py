@@ -396,7 +396,7 @@ def stage_encode(a, work: Path, data: dict, codec: dict, results: Results, devic
 
 def train_config(a, work: Path, data: dict, codec: dict, latents: dict, run: Path, steps: int, device, probe: bool = False):
     from audiochat.codec.codecs import CodecConfig
-    from audiochat.training.config import resolve
+    from audiochat.runs.config import resolve
     ccfg = CodecConfig.from_dict(json.loads((Path(codec["codec"]) / "config.json").read_text()))
     overrides = dict(
         data=dict(source=data["data"], codec=codec["codec"], latent_cache=latents["latents"]),

@@ -43,7 +43,7 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
 
 def run_arch(args) -> dict:
     "One architecture in this process (so that peak memory is its own)."
-    from audiochat.training.config import resolve
+    from audiochat.runs.config import resolve
     from audiochat.model.forcing import forcing_loss
     from audiochat.model.sct import AudioChatModel, count_parameters, flops_per_token
     from audiochat.model.tokenizer import special_token_ids

@@ -64,7 +64,7 @@ fig.tight_layout(); save(fig, "forcing.png")
 
 # 4. the evaluation overview, when results are given
 if a.eval:
-    from audiochat.eval.evaluate import plot_overview
+    from audiochat.eval.report import plot_overview
     fig = plot_overview(json.loads(Path(a.eval).read_text())["summary"])
     save(fig, "evaluation.png")
 
@@ -94,7 +94,7 @@ if a.run:
     axes[1].set_xlabel("seconds"); fig.suptitle(f"request: {request}", fontsize=8); fig.tight_layout(); save(fig, f"{a.name}.png")
     # an edit of that story: the change the model writes, and the audio before and after it
     from audiochat.core.audio import plot_before_after
-    from audiochat.core.scene import edited_spans
+    from audiochat.core.edits import edited_spans
     sound = next((x for x in story.scene.sources if x.kind == "sfx"), story.scene.sources[0])
     name = sound.caption if sound.kind != "speech" else f"{sound.speaker}'s line"
     edit = engine.edit(f"Make the {name} quieter by 10 dB.")
@@ -103,13 +103,13 @@ if a.run:
         save(plot_before_after(story.audio, edit.audio, engine.codec.config.sample_rate, edited_spans(story.scene, edit.scene),
                                f"{edit.request}  ->  {edit.edit.to_json() if edit.edit else 'the scene restated'}"), f"{a.name}_edit.png")
     else: print(f"the model answered the edit in words: {edit.message}")
-    from audiochat.serve.demo import absent_edit
+    from audiochat.eval.demo import absent_edit
     absent = engine.edit(absent_edit(story.scene))
     print(absent.request, "->", absent.message or (absent.edit.to_json() if absent.edit else absent.cot))
     # understanding: the first story of StoryGen-Eval-mini (never trained on), the scene the model hears beside the true one
     import tempfile
 
-    from audiochat.serve.demo import held_out_story
+    from audiochat.eval.demo import held_out_story
     heard_audio, truth = held_out_story(Path(tempfile.mkdtemp()) / "held-out")
     heard = engine.understand(heard_audio, 16000)
     print("the model hears a held-out story as:"); print(scene_table(heard.scene)); print("the truth:"); print(scene_table(truth))

@@ -159,7 +159,7 @@ def test_demo_report_renders_in_headless_chromium(run, tmp_path):
     import shutil
     import subprocess
 
-    from audiochat.serve.demo import demo
+    from audiochat.eval.demo import demo
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None: pytest.skip("chromium is not installed (apt-get install chromium)")
     paths = demo(tmp_path / "demo", run=run, steps=4)

@@ -73,7 +73,7 @@ def test_bare_hub_ids_everywhere(tmp_path, hub, monkeypatch):
 
 def test_base_preset_names_smollm2_weights_and_tokenizer():
     from audiochat.core.presets import PRESETS
-    from audiochat.training.config import resolve
+    from audiochat.runs.config import resolve
     c = resolve("base")
     assert c.model.pretrained == c.data.tokenizer == "HuggingFaceTB/SmolLM2-360M"
     assert PRESETS["train"]["base"]["data"]["tokenizer"] == PRESETS["train"]["base"]["model"]["pretrained"]
@@ -215,8 +215,8 @@ def test_train_help_lists_every_config_key_with_its_default():
     import dataclasses
 
     from audiochat.core.args import config_fields, train_parser
+    from audiochat.runs.config import RANGES, SECTIONS, all_keys
     from audiochat.sim.data import DataConfig
-    from audiochat.training.config import RANGES, SECTIONS, all_keys
     text, fields = train_parser().format_help(), config_fields()
     assert set(fields) == set(all_keys()) - {"stages"}
     checked = 0

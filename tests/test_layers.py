@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).parents[1] / "audiochat"
-LAYERS = ["core", "sim", "codec", "model", "training", "serve", "eval", "cli"]  # each imports only from its left
+LAYERS = ["core", "sim", "codec", "model", "runs", "training", "serve", "eval", "cli"]  # each imports only from its left
 # import statements of the package inside functions, each deliberate: the command and the web app answer `--help`
 # without torch (tests/test_conventions.py, tests/test_app.py), and the agents and dataset records stay free of
 # torch (the toolbox and audio I/O import it)
@@ -52,6 +52,12 @@ def test_every_module_sits_in_a_layer():
 def test_layers_import_only_downward():
     backward = [(m, t) for m in MODULES for t, _, _ in _imports(m) if t != "" and _layer(t) > _layer(m)]
     assert backward == []
+
+
+def test_serving_never_imports_training():
+    "A deployed model reads its run (runs.config, runs.checkpoints) without the training loop, streams or previews."
+    borrowed = [(m, t) for m in MODULES if m.startswith("serve.") for t, _, _ in _imports(m) if t.startswith("training")]
+    assert borrowed == []
 
 
 def test_no_import_cycles():

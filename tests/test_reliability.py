@@ -109,12 +109,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-import audiochat.training.checkpoints as CT
+import audiochat.runs.checkpoints as CT
 import audiochat.training.streams as ST
 import audiochat.training.train as T
 from audiochat.cli import main as cli
 from audiochat.core.learner import RunFolderError
-from audiochat.training.config import ConfigError, resolve
+from audiochat.runs.config import ConfigError, resolve
 
 SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
          "--data.synthetic_dialogues=24", "--data.eval_dialogues=2", "--data.batch_size=2", "--data.max_frames=12",
@@ -818,7 +818,7 @@ def test_two_trainings_at_once_one_wins(tmp_path):
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     out = tmp_path / "run"; out.mkdir()
-    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.training.checkpoints import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
+    killed = subprocess.run([sys.executable, "-c", "import os, sys; from audiochat.runs.checkpoints import lock_run_folder; lock_run_folder(sys.argv[1]); os._exit(9)",
                              str(out)], capture_output=True)
     assert killed.returncode == 9 and (out / ".lock").read_text().startswith("pid ")  # what a killed run leaves: the file, no holder
     T.train(small(out, "--optim.steps=1"))

@@ -14,13 +14,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import audiochat.training.checkpoints as CT
+import audiochat.runs.checkpoints as CT
 import audiochat.training.streams as ST
 import audiochat.training.train as T
 from audiochat.model.forcing import LossOutput
+from audiochat.runs.config import load_config, resolve, save_config
 from audiochat.sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT, heard_scene
 from audiochat.sim.data import read_records
-from audiochat.training.config import load_config, resolve, save_config
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from audiochat.model.forcing import (
 )
 from audiochat.model.sct import AudioChatModel
 from audiochat.model.tokenizer import special_token_ids, train_tokenizer
-from audiochat.training.config import resolve
+from audiochat.runs.config import resolve
 
 torch.set_num_threads(1)
 SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",

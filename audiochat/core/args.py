@@ -17,7 +17,7 @@ from pathlib import Path
 import audiochat
 from .presets import preset_names
 
-CONFIG_MODULE = "training.config"  # the module whose dataclasses are the training config
+CONFIG_MODULE = "runs.config"  # the module whose dataclasses are the training config
 
 # %% auto #0
 __all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'split_overrides', 'train_parser', 'eval_parser',
@@ -27,7 +27,7 @@ __all__ = ['CONFIG_MODULE', 'HELP_PARSERS', 'config_fields', 'config_help', 'spl
 # %% ../../nbs/05a_args.ipynb #27a7b3cb
 @lru_cache(None)
 def _source(module: str) -> str:
-    "The source of the package's module `module` (dotted, e.g. `training.config`), read as text."
+    "The source of the package's module `module` (dotted, e.g. `runs.config`), read as text."
     return (Path(audiochat.__file__).parent / (module.replace(".", "/") + ".py")).read_text()
 
 @lru_cache(None)

@@ -24,7 +24,7 @@ from ..sim.copilot import rendered, SoundDesigner
 from ..sim.data import load_turn
 from ..sim.sounds import MUSIC_MOODS, SOUND_EFFECTS, resolve_sound, sound_phrases
 from ..sim.tools import Toolbox
-from ..training.config import load_config
+from ..runs.config import load_config
 from ..training.train import latest_checkpoint
 
 # %% auto #0

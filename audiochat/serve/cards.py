@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.presets import preset_names
 from ..model.sct import count_parameters
-from ..training.config import resolve
+from ..runs.config import resolve
 
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'HEADLINE', 'preset_of', 'figure_leaves', 'headline', 'headline_table', 'card_summary',

@@ -50,8 +50,8 @@ from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from ..sim.data import DATA_SAMPLES
 from .cards import BUNDLE_FORMAT, model_card, preset_of
-from ..training.config import load_config, resolve, save_config
-from ..training.checkpoints import load_run_model
+from ..runs.config import load_config, resolve, save_config
+from ..runs.checkpoints import load_run_model
 from ..core.learner import latest_checkpoint
 
 # %% auto #0

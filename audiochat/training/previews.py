@@ -15,7 +15,7 @@ from ..core.audio import mel_spectrogram
 from ..model.diffusion import add_noise, predict_x0, sample
 from ..model.forcing import Batch, span_denoiser
 from ..model.transformer import Layout
-from .config import Config
+from ..runs.config import Config
 
 # %% auto #0
 __all__ = ['denoise_preview', 'sample_preview', 'log_preview']

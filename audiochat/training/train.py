@@ -47,7 +47,7 @@ from ..model.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
 from ..model.transformer import Layout
 from ..sim.data import DATA_SAMPLES
 from ..sim.data import build as build_dataset
-from audiochat.training.config import (
+from audiochat.runs.config import (
     Config,
     ConfigError,
     StageConfig,
@@ -61,7 +61,7 @@ from audiochat.training.config import (
 )
 from .streams import BatchStream, DialogueSource, MixedStream, PlannedSource
 from .previews import denoise_preview, log_preview, sample_preview
-from audiochat.training.checkpoints import (
+from audiochat.runs.checkpoints import (
     check_leftovers,
     check_run_folder,
     clean_temporary,
