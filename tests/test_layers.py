@@ -159,3 +159,16 @@ def test_public_names_have_one_home():
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and not patched:
                 homes.setdefault(n.name, []).append(m)
     assert {k: v for k, v in homes.items() if len(v) > 1} == {}
+
+
+def test_scripts_import_names_the_package_has():
+    "Every `from audiochat.X import Y` in the scripts (benchmarks/, docs/) names a module and a name that exist."
+    import importlib
+
+    missing = []
+    for path in sorted([*PKG.parent.glob("benchmarks/*.py"), *PKG.parent.glob("docs/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("audiochat"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+    assert missing == []
