@@ -62,10 +62,11 @@ $(PIPE)/data/summary.json: | setup espeak
 	OMP_NUM_THREADS=1 $(BIN)/audiochat data build --preset demo --out $(PIPE)/data --workers 2
 
 $(PIPE)/codec/done: $(PIPE)/data/summary.json
-	OMP_NUM_THREADS=2 $(BIN)/audiochat codec train --preset tiny --data $(PIPE)/data --out $(PIPE)/codec --minutes $(CODEC_MINUTES) --threads 2
+	OMP_NUM_THREADS=2 $(BIN)/audiochat codec train --preset tiny --data $(PIPE)/data --out $(PIPE)/codec --minutes $(CODEC_MINUTES) --threads 2 \
+	  $$(test -e $(PIPE)/codec/checkpoints/latest && echo --resume)
 	@touch $@
 
-# a run interrupted half-way resumes from its last checkpoint
+# a run interrupted half-way resumes from its last checkpoint (the codec's too)
 $(PIPE)/model/done: $(PIPE)/codec/done
 	OMP_NUM_THREADS=2 $(BIN)/audiochat train --preset tiny --data.source=$(PIPE)/data --data.codec=$(PIPE)/codec \
 	  --run.out=$(PIPE)/model --optim.steps=$(DEMO_STEPS) --run.threads=2 \

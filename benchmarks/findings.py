@@ -80,7 +80,8 @@ def prepare(out: Path, scale: dict, threads: int, data=None, codec=None) -> tupl
         sh(audiochat("data", "build", "--preset", scale["data"], "--out", str(data), "--workers", str(threads)))
     if not (codec / "done").exists():
         sh(audiochat("codec", "train", "--preset", "tiny", "--data", str(data), "--out", str(codec),
-                     "--minutes", str(scale["codec_minutes"]), "--threads", str(threads), "--no-progress"))
+                     "--minutes", str(scale["codec_minutes"]), "--threads", str(threads), "--no-progress",
+                     *(["--resume"] if (codec / "checkpoints" / "latest").exists() else [])))  # a killed build goes on
         (codec / "done").touch()
     return data, codec
 

@@ -21,6 +21,7 @@ from audiochat.codec.training import (
     AudioCrops,
     CodecLoss,
     SpectralDistance,
+    codec_checkpoint,
     evaluate_codec,
     list_audio_files,
     lowpass,
@@ -233,12 +234,31 @@ def test_train_resume_and_adversarial(folder, tmp_path):
     state = train_codec(config, folder, tmp_path / "run", steps=2, progress=False, log_every=1)
     assert state["step"] == 2 and len(state["history"]) == 2
     assert {"mel", "stft", "kl", "adversarial", "features", "discriminator", "total"} <= set(state["history"][0])
-    tensors = load_file(str(tmp_path / "run" / "optimizer.safetensors"))
+    tensors = load_file(str(codec_checkpoint(tmp_path / "run") / "optimizer.safetensors"))
     assert any(k.startswith("discriminator_weights.") for k in tensors) and any(k.startswith("codec.") for k in tensors)
     state = train_codec(config, folder, tmp_path / "run", steps=3, resume=True, progress=False, log_every=1)
     assert state["step"] == 3 and len(state["history"]) == 3
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         train_codec(config, folder, tmp_path / "none", steps=1, resume=True, progress=False)
+
+
+def test_codec_runs_share_the_run_layout(folder, tmp_path):
+    "out/checkpoints/step-N with `latest`; a new run refuses the folder; a folder of the older flat layout loads and resumes."
+    config = codec_preset("vae-tiny", **SMALL, batch_size=2, segment_seconds=0.25, save_every=1)
+    train_codec(config, folder, tmp_path / "run", steps=3, progress=False)
+    ck = codec_checkpoint(tmp_path / "run")
+    assert ck == tmp_path / "run" / "checkpoints" / "step-0000003"
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step-0000002", "step-0000003"]
+    loaded, latest = Codec.from_pretrained(tmp_path / "run").state_dict(), Codec.from_pretrained(ck).state_dict()
+    assert all(torch.equal(loaded[k], latest[k]) for k in latest)
+    with pytest.raises(FileExistsError, match="holds a codec run"):
+        train_codec(config, folder, tmp_path / "run", steps=4, progress=False)
+    flat = tmp_path / "flat"  # the layout codec folders had before: the checkpoint's files in the folder itself
+    flat.mkdir()
+    for f in ck.iterdir(): (flat / f.name).write_bytes(f.read_bytes())
+    assert codec_checkpoint(flat) == flat and Codec.from_pretrained(flat).config == Codec.from_pretrained(ck).config
+    state = train_codec(config, folder, flat, steps=4, resume=True, progress=False)
+    assert state["step"] == 4 and codec_checkpoint(flat) == flat / "checkpoints" / "step-0000004"
 
 
 def test_encode_folder_stats(folder, tmp_path):
@@ -276,7 +296,7 @@ def test_cli_train_reload_encode(folder, tmp_path):
             "--codec.batch_size=2", "--codec.segment_seconds", "0.25", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "saved codec to" in r.stdout
-    assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
+    assert json.loads((codec_checkpoint(out) / "trainer_state.json").read_text())["step"] == 3
     codec = Codec.from_pretrained(out)
     assert codec.config.batch_size == 2
     r = run("codec", "encode", "--model", str(out), "--data", str(folder), "--out", str(tmp_path / "latents"))

@@ -21,6 +21,7 @@ import torchaudio
 from torch.nn.utils.parametrizations import weight_norm
 from ..core.audio import SAMPLE_RATE, AudioError, load_audio, resample
 from ..core.io import load_weights, read_config, resolve_pretrained, save_weights
+from ..core.learner import latest_checkpoint
 from ..core.presets import preset_values
 
 # %% auto #0
@@ -344,8 +345,9 @@ def _save_pretrained(self, directory) -> Path:
 @classmethod
 def _from_pretrained(cls, name_or_path, device="cpu") -> Codec:
     """Load a codec saved by `save_pretrained` from a folder (or a Hugging Face Hub repository
-    written `hf:ORG/NAME`)."""
+    written `hf:ORG/NAME`); a training run's folder gives its latest checkpoint."""
     d = resolve_pretrained(name_or_path, ["config.json", "model.safetensors"], what="codec")
+    d = latest_checkpoint(d) or d  # out/checkpoints/latest, the one run layout (notebook 05b)
     config = read_config(d, "saved codec")
     try:
         model = make_codec(CodecConfig.from_dict(config))

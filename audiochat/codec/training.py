@@ -40,8 +40,10 @@ from audiochat.core.learner import (
     SkipNonFinite,
     TimeLimit,
     fit,
+    latest_checkpoint,
     load_optimizer,
     optimizer_tensors,
+    write_checkpoint,
 )
 from ..sim.sounds import SPEAKERS
 from ..sim.speech import EspeakNotFoundError, speak
@@ -51,7 +53,7 @@ from .codecs import Codec, CodecConfig, fit_mel_codec, make_codec
 __all__ = ['AUDIO_SUFFIXES', 'SENTENCES', 'SpectralDistance', 'si_sdr', 'CodecLoss', 'STFTDiscriminator', 'Discriminator',
            'discriminator_loss', 'generator_adversarial_loss', 'list_audio_files', 'AudioCrops',
            'synthesize_audio_folder', 'save_codec_checkpoint', 'load_codec_checkpoint', 'codec_loss', 'codec_row',
-           'train_codec', 'lowpass', 'evaluate_codec', 'format_evaluation']
+           'train_codec', 'codec_checkpoint', 'lowpass', 'evaluate_codec', 'format_evaluation']
 
 # %% ../../nbs/06a_codec_training.ipynb #550a8a49
 class SpectralDistance(nn.Module):
@@ -440,7 +442,7 @@ def train_codec(
     if config.adversarial:
         disc = Discriminator(config.discriminator_channels, config.stft_windows).to(dev)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=config.learning_rate, betas=(0.8, 0.99))
-    if resume: load_codec_checkpoint(out, model, opt, state, disc, opt_d)
+    if resume: load_codec_checkpoint(state["last_checkpoint"], model, opt, state, disc, opt_d)
     crops = AudioCrops(
         files,
         config.segment_seconds,
@@ -450,21 +452,36 @@ def train_codec(
     )
     bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
     loss = lambda learn: codec_loss(learn, loss_fn, config, disc, opt_d, bf16)
-    save = lambda learn: save_codec_checkpoint(out, model, opt, learn.state, disc, opt_d)
+    fill = lambda learn: lambda d: save_codec_checkpoint(d, model, opt, learn.state, disc, opt_d)
+    save = lambda learn: write_checkpoint(out, learn.step, fill(learn))  # out/checkpoints/step-N
     cbs = _codec_callbacks(config, save, steps, minutes, progress, log_every)
     return fit(
         model, opt, loss, lambda learn: crops.batch(config.batch_size).to(dev), steps, cbs, state
     )
 
 
+def codec_checkpoint(out) -> Path | None:
+    """The checkpoint a codec run in `out` resumes from: the one `out/checkpoints/latest` names (the
+    run layout every training shares), a folder written before that layout (its files in `out`
+    itself), or None."""
+    out = Path(out)
+    if (out / "checkpoints").is_dir(): return latest_checkpoint(out)
+    return out if (out / "trainer_state.json").is_file() else None
+
+
 def _start_state(config: CodecConfig, out: Path, resume: bool) -> tuple[CodecConfig, dict]:
-    "A new run: `config` and an empty trainer state; resumed: the config and state saved in `out`."
-    if not resume: return config, dict(step=0, seconds=0.0, history=[])
-    if not (out / "trainer_state.json").exists():
-        raise FileNotFoundError(f"no checkpoint to resume in {out}")
-    config = CodecConfig.from_dict(json.loads((out / "config.json").read_text()))
-    state = json.loads((out / "trainer_state.json").read_text())
-    return config, {**state, "last_checkpoint": str(out)}
+    """A new run: `config` and an empty trainer state (never into a folder holding another run);
+    resumed: the config and state of the latest checkpoint."""
+    ck = codec_checkpoint(out)
+    if not resume:
+        if ck is not None:
+            raise FileExistsError(f"{out} holds a codec run (step checkpoints): resume it or "
+                                  "train into another folder")
+        return config, dict(step=0, seconds=0.0, history=[])
+    if ck is None: raise FileNotFoundError(f"no checkpoint to resume in {out}")
+    config = CodecConfig.from_dict(json.loads((ck / "config.json").read_text()))
+    state = json.loads((ck / "trainer_state.json").read_text())
+    return config, {**state, "last_checkpoint": str(ck)}
 
 
 def _codec_callbacks(config: CodecConfig, save, steps, minutes, progress: bool, log_every: int):
