@@ -18,7 +18,7 @@ from ..sim.stories import describe
 from ..sim.data import DATA_SAMPLES, build_eval, read_records
 from ..sim.sounds import SOUND_EFFECTS
 from ..sim.tools import render
-from ..serve.cards import headline_table
+from ..serve.bundles import headline_table
 from ..serve.chat import SHIPPED_MODEL, ChatEngine
 from ..training.train import train_tiny_run
 from ..serve.ui import reply_section, write_report

@@ -21,7 +21,7 @@ import torch
 from ..codec.codecs import Codec, codec_preset, make_codec
 from ..codec.latents import load_latents
 from ..core.audio import FRAME_RATE, load_audio
-from ..core.io import hub_id, resolve_pretrained, save_weights
+from ..core.io import hub_id
 from ..core.scene import Scene, SceneError
 from ..core.edits import Edit
 from ..model.diffusion import sample
@@ -49,14 +49,14 @@ from ..model.tokenizer import load_tokenizer, special_token_ids
 from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from ..sim.data import DATA_SAMPLES
-from .cards import BUNDLE_FORMAT, model_card, preset_of
-from ..runs.config import load_config, resolve, save_config
+from .bundles import read_bundle, read_latent_stats, write_bundle
+from ..runs.config import load_config
 from ..runs.checkpoints import load_run_model
 from ..core.learner import latest_checkpoint
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'ChatError', 'Timings', 'Reply', 'read_latent_stats',
-           'checked_request', 'Plan', 'check_engine', 'ChatEngine']
+__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'ChatError', 'Timings', 'Reply', 'checked_request', 'Plan',
+           'check_engine', 'ChatEngine']
 
 # %% ../../nbs/16_chat.ipynb #ee235f60
 class ChatError(ValueError):
@@ -114,24 +114,6 @@ class Reply:
     message: str | None = None
     # an edit in the diff form: the change the model wrote (`scene` is it applied)
     edit: Edit | None = None
-
-def read_latent_stats(path) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mean` and `std` of a `latent_stats.safetensors` file: two finite vectors of one size, std >
-    0; else a ValueError naming the file."""
-    from safetensors.torch import load_file
-    try:
-        s = load_file(str(path))
-    except Exception as e:
-        raise ValueError(f"{path} is damaged: not a safetensors file ({str(e)[:120]})") from None
-    mean, std = s.get("mean"), s.get("std")
-    if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
-        raise ValueError(
-            f"{path} is damaged: it must hold 'mean' and 'std' vectors of one size (it holds "
-            f"{sorted(s)[:5]})"
-        )
-    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-        raise ValueError(f"{path} is damaged: its mean/std are not finite or std is not positive")
-    return mean.float(), std.float()
 
 def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if (run / "latent_stats.safetensors").exists():
@@ -733,107 +715,20 @@ class ChatEngine:
         return reply
 
     def save_pretrained(self, out, run_dir=None, half: bool = False) -> Path:
-        """Write the engine as a self-contained bundle in `out`: model, codec, tokenizer, latent
-        statistics, config and a model card. `run_dir` (default: the run it was loaded from)
-        supplies `learning.json` for the card. `half`: the model's and the codec's parameters are
-        stored in float16 (half the size; loading casts them back)."""
-        import dataclasses
-        import shutil
-
-        from safetensors.torch import save_file
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        """Write the engine as a self-contained bundle in `out` (`write_bundle`, notebook 15a):
+        model, codec, tokenizer, latent statistics, config and a model card. `run_dir` (default:
+        the run it was loaded from) supplies `learning.json` for the card; `half`: float16
+        parameters."""
         run_dir = run_dir or getattr(self, "run_dir", None)
-        for name, part in (("model", self.model), ("codec", self.codec)):
-            state = part.state_dict()
-            save_weights(out / name, _halved(part, state) if half else state, part.config.to_dict())
-        self.tokenizer.save_pretrained(str(out / "tokenizer"))
-        if self.mean is not None:
-            save_file(
-                {
-                    "mean": self.mean.float().cpu().contiguous(),
-                    "std": self.std.float().cpu().contiguous(),
-                },
-                str(out / "latent_stats.safetensors"),
-            )
-        c = self.config
-        name = lambda s: None if s is None else Path(s).name  # a dataset is named, not pointed to
-        data = dataclasses.replace(
-            c.data,
-            codec="codec",
-            tokenizer="tokenizer",
-            latent_cache=None,
-            source=c.data.source if c.data.source == "synthetic" else name(c.data.source),
-            eval_source=name(c.data.eval_source),
-        )
-        stages = [dataclasses.replace(s, source=name(s.source)) for s in c.stages]
-        save_config(
-            dataclasses.replace(
-                c, data=data, stages=stages, run=dataclasses.replace(c.run, out=".")
-            ),
-            out / "config.yaml",
-        )
-        learning = None
-        if run_dir is not None and (Path(run_dir) / "learning.json").exists():
-            learning = json.loads((Path(run_dir) / "learning.json").read_text())
-            shutil.copyfile(Path(run_dir) / "learning.json", out / "learning.json")
-        bundle = dict(
-            format=BUNDLE_FORMAT,
-            preset=preset_of(c),
-            weights=getattr(self.model, "weights", "raw"),
-            step=getattr(self, "step", None),
-            dtype="float16" if half else "float32",
-        )
-        (out / "bundle.json").write_text(json.dumps(bundle, indent=1))
-        (out / "README.md").write_text(model_card(c, self.model, bundle, learning))
-        return out
+        return write_bundle(out, self.model, self.codec, self.tokenizer, self.config, self.mean,
+                            self.std, run_dir=run_dir, step=getattr(self, "step", None), half=half)
 
     @classmethod
     def from_pretrained(cls, name_or_path=SHIPPED_MODEL, device="cpu", **settings) -> ChatEngine:
-        """An engine from a bundle written by `save_pretrained`: a folder, or a Hub repository
-        `ORG/NAME` (`hf:ORG/NAME` too); by default the model shipped with the package
-        (`SHIPPED_MODEL`). Weights stored in float16 are loaded as float32."""
-        d = resolve_pretrained(name_or_path, what="bundle")
-        if not (d / "bundle.json").exists():
-            raise FileNotFoundError(
-                f"{d} has no bundle.json: not a bundle written by ChatEngine.save_pretrained"
-            )
-        try:
-            bundle = json.loads((d / "bundle.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{d / 'bundle.json'} is not JSON ({e})") from None
-        if not isinstance(bundle, dict):
-            raise ValueError(
-                f"{d / 'bundle.json'} must hold a JSON object, not {type(bundle).__name__}"
-            )
-        if bundle.get("format") != BUNDLE_FORMAT:
-            raise ValueError(
-                f"{d / 'bundle.json'}: format {bundle.get('format')!r}, this version reads "
-                f"{BUNDLE_FORMAT!r}"
-            )
-        model = load_run_model(d / "model", device)
-        model.weights = bundle.get("weights", "raw")
-        mean = std = None
-        if (d / "latent_stats.safetensors").exists():
-            mean, std = read_latent_stats(d / "latent_stats.safetensors")
-        engine = cls(
-            model,
-            load_tokenizer(d / "tokenizer"),
-            Codec.from_pretrained(d / "codec", device),
-            load_config(d / "config.yaml"),
-            mean,
-            std,
-            **settings,
-        )
-        engine.run_dir, engine.step = d, bundle.get("step")
+        """An engine from a bundle (`read_bundle`): a folder, or a Hub repository `ORG/NAME`
+        (`hf:ORG/NAME` too); by default the model shipped with the package (`SHIPPED_MODEL`)."""
+        b = read_bundle(name_or_path, device)
+        engine = cls(b["model"], b["tokenizer"], b["codec"], b["config"], b["mean"], b["std"],
+                     **settings)
+        engine.run_dir, engine.step = b["folder"], b["step"]
         return engine
-
-# %% ../../nbs/16_chat.ipynb #3199561c
-def _halved(module: torch.nn.Module, state: dict) -> dict:
-    """`state` with `module`'s float32 parameters in float16 (buffers such as filter banks keep
-    their precision)."""
-    params = {k for k, _ in module.named_parameters()}
-    return {
-        k: v.half() if k in params and v.dtype == torch.float32 else v for k, v in state.items()
-    }
