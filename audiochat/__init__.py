@@ -42,7 +42,9 @@ Modules:
 - `audiochat.sim.stories`: Random story scenes from a seed text, and for each edit subtask (add, remove, replace, loudness, move, pan) the edited scene together with the instruction that asks for it.
 - `audiochat.sim.synth`: A recipe for each of the 28 sound-effect classes (noise, filters, envelopes, events), your own with `register_sound`, and music beds played from chord progressions.
 - `audiochat.sim.tools`: The mixer that renders a scene into a stereo story, and the tools (speech, sound effects, music, the mixer) as JSON-schema functions for tool-calling language models.
+- `audiochat.training.parallel`: Where a run trains and how its processes agree: the device and the process group under `torchrun`, DDP or FSDP2 wrapping, each micro-batch's noise seeded by its global index, a NaN on any process skipped by all, bf16 autocast where the hardware has it, and out-of-memory errors turned into advice.
 - `audiochat.training.previews`: A loss says how far off the model is on average; a preview shows what it makes of one held-out audio span: its one-step estimate from a half-noised span, and the span sampled from pure noise, as images and as audio.
+- `audiochat.training.run_data`: What a run trains on, stage by stage: the dialogue sources (their audio as cached or freshly encoded latents, normalised with statistics kept in the run), the tokenizer trained once for the run, and the batch streams the loop draws from, with text-only planned dialogues mixed in.
 - `audiochat.training.streams`: The dialogues a run learns from, rendered or planned, packed into fixed-size batches by a stream that can stop and resume at any step.
 - `audiochat.training.train`: The loop that trains every preset: dialogues streamed into packed sequences, AdamW with warmup + cosine, EMA, evaluation, TensorBoard, atomic safetensors checkpoints with exact resume, NaN/inf skipping, DDP / FSDP2 under `torchrun`. The `tiny` preset trains on a laptop CPU in a minute."""
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from audiochat.serve.chat import ChatEngine
-from audiochat.training.train import train_tiny_run
+from audiochat.core.scene import Scene
 from audiochat.model.forcing import Turn
 from audiochat.model.grammar import decode_text
+from audiochat.serve.chat import ChatEngine
 from audiochat.sim.data import DATA_SAMPLES
-from audiochat.core.scene import Scene
 from audiochat.sim.tools import render
+from audiochat.training.train import train_tiny_run
 
 torch.set_num_threads(1)
 tmp = Path(tempfile.mkdtemp())

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import torch
 
-from audiochat.sim.data import DATA_SAMPLES
 from audiochat.codec.codecs import Codec, codec_preset
-from audiochat.codec.training import evaluate_codec, format_evaluation, list_audio_files, synthesize_audio_folder, train_codec
+from audiochat.codec.training import (
+    evaluate_codec,
+    format_evaluation,
+    list_audio_files,
+    synthesize_audio_folder,
+    train_codec,
+)
+from audiochat.sim.data import DATA_SAMPLES
 
 
 def split_folders(work: Path, held_out: int) -> tuple[Path, Path]:

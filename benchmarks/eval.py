@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from audiochat.eval.systems import make_system
 from audiochat.eval.evaluate import evaluate, load_scorer, resolve_split
+from audiochat.eval.systems import make_system
 
 p = argparse.ArgumentParser()
 p.add_argument("--dialogues", type=int, default=60)

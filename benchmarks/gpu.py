@@ -530,12 +530,12 @@ def stage_learning(a, work: Path, data: dict, train_info: dict | None, scorer: s
 
 # ------------------------------------------------------------------------------------------------------------ chat
 def stage_chat(a, work: Path, train_info: dict | None, results: Results, device) -> dict:
-    from audiochat.serve.chat import ChatEngine, Timings
-    from audiochat.training.train import train_tiny_run
+    from audiochat.core.scene import Scene
     from audiochat.model.forcing import Turn
     from audiochat.model.grammar import decode_text
+    from audiochat.serve.chat import ChatEngine, Timings
     from audiochat.sim.data import DATA_SAMPLES
-    from audiochat.core.scene import Scene
+    from audiochat.training.train import train_tiny_run
     steps = 5 if a.dry else 25
     if train_info and (Path(train_info["run"]) / "checkpoints").exists():
         run, which = Path(train_info["run"]), "the e2e run"

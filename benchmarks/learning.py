@@ -39,15 +39,20 @@ from tqdm.auto import tqdm
 
 from audiochat.codec.training import SpectralDistance
 from audiochat.core.audio import FRAME_RATE, SAMPLE_RATE
-from audiochat.core.scene import Scene, to_seglst
 from audiochat.core.edits import diff, edited_spans
+from audiochat.core.scene import Scene, to_seglst
 from audiochat.eval.evaluate import as_eval_audio, load_scorer, resolve_split
-from audiochat.eval.wer import tcpwer
 from audiochat.eval.metrics import delta_multiflam, editflam, multiflam
+from audiochat.eval.wer import tcpwer
 from audiochat.model.forcing import Turn
 from audiochat.model.sct import AudioChatModel
 from audiochat.serve.chat import ChatEngine, ChatError
-from audiochat.sim.copilot import assistant_plan, heard_scene, missing_source_request, UNDERSTAND_PROMPT
+from audiochat.sim.copilot import (
+    UNDERSTAND_PROMPT,
+    assistant_plan,
+    heard_scene,
+    missing_source_request,
+)
 from audiochat.sim.data import load_turn, read_records
 from audiochat.sim.requests import HELD_OUT_FAMILIES, NUMBER_WORDS, held_out_stories
 from audiochat.sim.sounds import resolve_sound

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from audiochat.serve.chat import ChatEngine
-from audiochat.model.forcing import Turn
 from audiochat.core.scene import Scene
+from audiochat.model.forcing import Turn
+from audiochat.serve.chat import ChatEngine
 
 
 def main(run, n: int, steps: int = 25):

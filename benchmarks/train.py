@@ -43,13 +43,14 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
 
 def run_arch(args) -> dict:
     "One architecture in this process (so that peak memory is its own)."
-    from audiochat.runs.config import resolve
     from audiochat.model.forcing import forcing_loss
-    from audiochat.model.sct import AudioChatModel, count_parameters, flops_per_token
-    from audiochat.model.tokenizer import special_token_ids
-    from audiochat.model.tokenizer import train_tokenizer
+    from audiochat.model.sct import count_parameters, flops_per_token
+    from audiochat.model.tokenizer import special_token_ids, train_tokenizer
+    from audiochat.runs.config import resolve
+    from audiochat.training.parallel import noise_generator
+    from audiochat.training.run_data import prepare_data
     from audiochat.training.streams import BatchStream, MixedStream, PlannedSource, synthetic_texts
-    from audiochat.training.train import build_model, noise_generator, prepare_data
+    from audiochat.training.train import build_model
     torch.manual_seed(0)
     config = resolve(args.preset, overrides=[f"--model.arch={args.arch}", "--data.source=synthetic", f"--run.compile={str(args.compile).lower()}"] + args.set)
     device, d = torch.device(args.device), config.data

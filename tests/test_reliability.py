@@ -115,6 +115,7 @@ import audiochat.training.train as T
 from audiochat.cli import main as cli
 from audiochat.core.learner import RunFolderError
 from audiochat.runs.config import ConfigError, resolve
+from audiochat.training.run_data import prepare_data
 
 SMALL = ["--model.d_model=32", "--model.n_layers=2", "--model.n_gen_layers=1", "--model.n_heads=2", "--model.n_kv_heads=1",
          "--data.synthetic_dialogues=24", "--data.eval_dialogues=2", "--data.batch_size=2", "--data.max_frames=12",
@@ -828,7 +829,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_leftovers_of_a_killed_run_are_not_reused_for_other_data(tmp_path, capsys):
     out = tmp_path / "run"
     first = small(out, "--optim.steps=1")
-    T.open_run(first); T.prepare_data(first, out); CT.unlock_run_folder(out)  # a run killed before its first checkpoint
+    T.open_run(first); prepare_data(first, out); CT.unlock_run_folder(out)  # a run killed before its first checkpoint
     assert (out / "tokenizer").exists() and T.latest_checkpoint(out) is None
     (out / "checkpoints").mkdir(exist_ok=True); (out / "checkpoints" / ".tmp-step-0000001-99999").mkdir()  # a save cut short
     with pytest.raises(RunFolderError, match="holds tokenizer made for other data settings"):

@@ -21,6 +21,7 @@ from audiochat.model.forcing import LossOutput
 from audiochat.runs.config import load_config, resolve, save_config
 from audiochat.sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT, heard_scene
 from audiochat.sim.data import read_records
+from audiochat.training.run_data import prepare_data
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,7 +305,7 @@ def test_planned_dialogues_are_mixed_into_training(tmp_path, codec_dir):
     config = resolve("tiny", overrides=[f"--data.source={SAMPLES}", f"--data.codec={codec_dir}", "--data.batch_size=2",
                                         "--data.eval_dialogues=2", "--data.max_frames=16", "--data.planned_dialogues=40",
                                         "--data.planned_share=0.5", f"--run.out={tmp_path / 'run'}"])
-    tokenizer, streams, _ = T.prepare_data(config, tmp_path / "run")
+    tokenizer, streams, _ = prepare_data(config, tmp_path / "run")
     stream = streams[0]
     assert isinstance(stream, ST.MixedStream)
     kinds = [stream.pick(g)[0] is stream.planned for g in range(8)]

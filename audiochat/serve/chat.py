@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..codec.codecs import Codec, codec_preset, make_codec
+from ..codec.codecs import Codec
 from ..codec.latents import load_latents
 from ..core.audio import FRAME_RATE, load_audio
 from ..core.io import hub_id
@@ -44,11 +44,10 @@ from audiochat.model.grammar import (
     scene_pattern,
     token_pieces,
 )
-from ..model.sct import AudioChatModel, count_parameters
+from ..model.sct import AudioChatModel
 from ..model.tokenizer import load_tokenizer, special_token_ids
 from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
-from ..sim.data import DATA_SAMPLES
 from .bundles import read_bundle, read_latent_stats, write_bundle
 from ..runs.config import load_config
 from ..runs.checkpoints import load_run_model

@@ -12,19 +12,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
-from torch import nn
 from ..codec.codecs import Codec, codec_preset, make_codec
-from ..codec.latents import load_latents
 from ..core.args import train_parser
-from ..core.audio import mel_spectrogram
-from ..core.io import pick_device
 from audiochat.core.learner import (
     EMA,
     Checkpoint,
@@ -40,17 +34,14 @@ from audiochat.core.learner import (
     fit,
     latest_checkpoint,
 )
-from ..model.diffusion import add_noise, predict_x0, sample
-from ..model.forcing import Batch, forcing_loss, span_denoiser
+from ..model.diffusion import sample
+from ..model.forcing import forcing_loss
 from ..model.sct import AudioChatModel
-from ..model.tokenizer import load_tokenizer, special_token_ids, train_tokenizer
-from ..model.transformer import Layout
+from ..model.tokenizer import special_token_ids
 from ..sim.data import DATA_SAMPLES
-from ..sim.data import build as build_dataset
 from audiochat.runs.config import (
     Config,
     ConfigError,
-    StageConfig,
     load_config,
     merge,
     parse_overrides,
@@ -59,7 +50,17 @@ from audiochat.runs.config import (
     save_config,
     to_dict,
 )
-from .streams import BatchStream, DialogueSource, MixedStream, PlannedSource
+from audiochat.training.parallel import (
+    any_bad,
+    autocast_for,
+    barrier,
+    noise_generator,
+    oom_advice,
+    setup_distributed,
+    wrap_model,
+)
+from .run_data import model_vocab, prepare_data, stage_at
+from .streams import BatchStream
 from .previews import denoise_preview, log_preview, sample_preview
 from audiochat.runs.checkpoints import (
     check_leftovers,
@@ -72,15 +73,12 @@ from audiochat.runs.checkpoints import (
     save_checkpoint,
     shard_like,
     unlock_run_folder,
-    write_data_key,
 )
 
 # %% auto #0
-__all__ = ['OOM_ADVICE', 'LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE', 'RESUME_FREE', 'learning_rate', 'stages_of', 'stage_at',
-           'lr_at', 'oom_advice', 'setup_distributed', 'wrap_model', 'noise_generator', 'held_out_losses',
-           'model_vocab', 'latent_sources', 'planned_practice', 'run_tokenizer', 'batch_streams', 'prepare_data',
-           'open_run', 'build_model', 'autocast_for', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix',
-           'evaluate_run', 'save_run', 'train', 'resume_config', 'train_main', 'train_tiny_run']
+__all__ = ['LOSS_KEYS', 'TRAIN_SCALARS', 'NAN_ADVICE', 'RESUME_FREE', 'learning_rate', 'lr_at', 'held_out_losses', 'open_run',
+           'build_model', 'step_losses', 'batch_counts', 'log_row', 'loss_postfix', 'evaluate_run', 'save_run', 'train',
+           'resume_config', 'train_main', 'train_tiny_run']
 
 # %% ../../nbs/14_train.ipynb #6ff9cc1b
 def learning_rate(
@@ -92,21 +90,6 @@ def learning_rate(
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
     return peak * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-def stages_of(config: Config) -> list[StageConfig]:
-    "The run's stages (one stage of optim.steps on data.source when none are configured)."
-    return config.stages or [
-        StageConfig("main", config.data.source, config.optim.steps, config.optim.lr)
-    ]
-
-
-def stage_at(config: Config, step: int) -> tuple[int, StageConfig, int]:
-    "(stage index, stage, step within the stage) of global optimiser step `step`."
-    start = 0
-    for k, s in enumerate(stages_of(config)):
-        if step < start + s.steps: return k, s, step - start
-        start += s.steps
-    raise ValueError(f"step {step} is past the last stage (optim.steps = {config.optim.steps})")
-
 def lr_at(config: Config, step: int) -> float:
     "The learning rate of global step `step`, following the stage it falls in."
     _, s, local = stage_at(config, step)
@@ -117,71 +100,6 @@ def lr_at(config: Config, step: int) -> float:
         min(config.optim.warmup, s.steps),
         config.optim.min_lr_ratio,
     )
-
-# %% ../../nbs/14_train.ipynb #3af3993d
-OOM_ADVICE = (
-    "out of memory: lower data.batch_size and raise optim.accumulate by the same factor (same "
-    "global batch), "
-    "or shorten data.max_frames / data.max_turns; on GPUs use run.precision=bf16, and "
-    "run.parallel=fsdp for large models"
-)
-
-
-@contextmanager
-def oom_advice():
-    """Out-of-memory errors inside the block re-raised as one `RuntimeError` that says what to
-    change (`OOM_ADVICE`)."""
-    try: yield
-    except torch.cuda.OutOfMemoryError: raise RuntimeError(OOM_ADVICE) from None
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower(): raise RuntimeError(f"{OOM_ADVICE} ({e})") from None
-        raise
-
-def setup_distributed(config: Config) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises torch.distributed when launched by torchrun (gloo on
-    CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(config.run.device)
-    if world == 1: return 0, 1, device
-    import torch.distributed as dist
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-def _barrier(world):
-    if world > 1: torch.distributed.barrier()
-
-# %% ../../nbs/14_train.ipynb #38ceebcb
-def _any_bad(bad: bool, world: int, device) -> bool:
-    "True if any process had a bad (NaN/inf) micro-batch: every process must skip together."
-    if world == 1: return bad
-    flag = torch.tensor([float(bad)], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
-
-def wrap_model(model: nn.Module, config: Config, world: int, device) -> nn.Module:
-    "DDP or FSDP2 under torchrun, then torch.compile if asked; returns the module the loop calls."
-    if world > 1 and config.run.parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-    elif world > 1:
-        from torch.distributed.fsdp import fully_shard
-        for layer in list(model.layers) + list(getattr(model, "gen_layers", [])): fully_shard(layer)
-        fully_shard(model)
-    if config.run.compile: model = torch.compile(model)
-    return model
-
-def noise_generator(seed: int, g: int) -> torch.Generator:
-    "The generator of the noise of micro-batch `g`: the same on any number of processes."
-    return torch.Generator().manual_seed(seed * 1_000_003 + g)
 
 # %% ../../nbs/14_train.ipynb #2a4e19f3
 @torch.no_grad()
@@ -204,137 +122,6 @@ def held_out_losses(
         for k in sums: sums[k] += float(getattr(out, k))
         n += 1
     return {k: v / max(n, 1) for k, v in sums.items()}
-
-# %% ../../nbs/14_train.ipynb #ad35aa2e
-def _latent_source(
-    config: Config, source: str, split: str, holdout: int, out: Path, codec
-) -> DialogueSource:
-    d = config.data
-    latents = mean = std = None
-    if source != "synthetic":
-        cache = d.latent_cache if (source == d.source and d.latent_cache) else None
-        if cache is None and (Path(source) / "latents" / "index.json").exists():
-            cache = str(Path(source) / "latents")
-        if cache is not None: latents, mean, std = load_latents(cache)
-    src = DialogueSource(
-        source,
-        config.model.latent_dim,
-        d.max_frames,
-        d.max_turns,
-        d.synthetic_dialogues,
-        config.run.seed,
-        latents=latents,
-        codec=None if latents is not None else codec,
-        holdout=holdout,
-        split=split,
-        cot=d.cot,
-        understanding=d.understanding if split == "train" else 0.0,
-        refusals=d.refusals,
-        edit_form=d.edit_form,
-        plan=config.model.plan_features > 0,
-    )
-    if source != "synthetic":
-        # no cache: statistics of the first dialogues, computed once per run and saved with it
-        if mean is None:
-            stats = out / "latent_stats.safetensors"
-            if not stats.exists():
-                z = torch.cat(
-                    [
-                        src.audio_latents(t["audio"])
-                        for i in range(min(8, len(src)))
-                        for t in src.record(i)["turns"]
-                    ]
-                )
-                save_file(dict(mean=z.mean(0), std=z.std(0)), str(stats))
-            s = load_file(str(stats))
-            mean, std = s["mean"], s["std"]
-        src.mean, src.std = mean, std
-    return src
-
-# %% ../../nbs/14_train.ipynb #f1094d36
-def model_vocab(config: Config, tokenizer) -> int:
-    """The model's vocabulary size: `model.vocab_size`; with a pretrained tokenizer
-    (`data.tokenizer`, e.g. SmolLM2's) it follows the tokenizer, its length rounded up to a multiple
-    of 64 when larger (the added special tokens)."""
-    if config.data.tokenizer is None or len(tokenizer) <= config.model.vocab_size:
-        return config.model.vocab_size
-    return -(-len(tokenizer) // 64) * 64
-
-def latent_sources(config: Config, out: Path, codec) -> tuple[list, object]:
-    """One latent source per stage and the held-out one (None without): `data.eval_source`, or
-    the last `data.eval_dialogues` of the training source."""
-    d = config.data
-    holdout = 0 if d.eval_source else d.eval_dialogues
-    sources = []
-    for s in stages_of(config):
-        src = s.source or d.source
-        sources.append(_latent_source(config, src, "train", holdout if src == d.source else 0,
-                                      out, codec))
-    if d.eval_source: return sources, _latent_source(config, d.eval_source, "train", 0, out, codec)
-    if holdout: return sources, _latent_source(config, d.source, "eval", holdout, out, codec)
-    return sources, None
-
-
-def planned_practice(config: Config) -> bool:
-    "Text-only planned dialogues train the text path (not without CoT, nor for the synthetic toy)."
-    d = config.data
-    return bool(d.planned_dialogues and d.cot and d.source != "synthetic")
-
-
-def run_tokenizer(config: Config, out: Path, texts, rank: int = 0, world: int = 1):
-    """The run's tokenizer: `data.tokenizer` when given, else trained once on `texts()` and kept
-    in `out/tokenizer`; its size checked against the model's vocabulary."""
-    d, tok_dir = config.data, out / "tokenizer"
-    if not tok_dir.exists() and d.tokenizer is None and rank == 0:
-        texts = texts()
-        if planned_practice(config):  # the planned dialogues' words too
-            texts += PlannedSource(500, config.run.seed, edit_form=d.edit_form).texts()
-        train_tokenizer(texts, vocab_size=config.model.vocab_size).save_pretrained(str(tok_dir))
-    _barrier(world)
-    tokenizer = load_tokenizer(tok_dir if tok_dir.exists() else d.tokenizer)
-    if len(tokenizer) > model_vocab(config, tokenizer):
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
-            f"{config.model.vocab_size}"
-        )
-    return tokenizer
-
-
-def batch_streams(config: Config, sources: list, eval_src, tokenizer) -> tuple[list, object]:
-    """One BatchStream per stage (mixed with text-only planned dialogues when they train the
-    text path) and the held-out BatchStream (None without)."""
-    d, seed = config.data, config.run.seed
-    streams = [BatchStream(s, tokenizer, d.batch_size, d.window, seed) for s in sources]
-    if planned_practice(config):
-        # text is cheap: both edits of a planned dialogue
-        planned = PlannedSource(d.planned_dialogues, seed, max(3, d.max_turns),
-                                latent_dim=config.model.latent_dim, edit_form=d.edit_form,
-                                refusals=d.refusals)
-        size = d.planned_batch_size or 2 * d.batch_size
-        planned = BatchStream(planned, tokenizer, size, d.window, seed + 2)
-        streams = [MixedStream(s, planned, d.planned_share) for s in streams]
-    if eval_src is None or not len(eval_src): return streams, None
-    size = min(d.batch_size, len(eval_src))
-    return streams, BatchStream(eval_src, tokenizer, size, d.window, seed + 1)
-
-
-def prepare_data(config: Config, out, rank: int = 0, world: int = 1):
-    """(tokenizer, one BatchStream per stage, the held-out BatchStream or None); the data set is
-    built when missing and the tokenizer trained once, both kept for the run in `out`."""
-    out, d = Path(out), config.data
-    out.mkdir(parents=True, exist_ok=True)
-    # what the files made below are made for
-    if rank == 0 and not (out / "data.json").exists(): write_data_key(out, config)
-    missing = d.build is not None and d.source != "synthetic" and not Path(d.source).exists()
-    if missing and rank == 0: build_dataset(d.source, d.build, workers=os.cpu_count() or 1)
-    _barrier(world)
-    codec = Codec.from_pretrained(d.codec) if d.codec else None
-    sources, eval_src = latent_sources(config, out, codec)
-    tokenizer = run_tokenizer(config, out, sources[0].texts, rank, world)
-    if codec is not None and rank == 0 and not (out / "codec" / "config.json").exists():
-        # the run keeps its codec: it works when moved, or run from another folder
-        codec.save_pretrained(out / "codec")
-    return (tokenizer, *batch_streams(config, sources, eval_src, tokenizer))
 
 # %% ../../nbs/14_train.ipynb #32902f9e
 def open_run(
@@ -392,15 +179,6 @@ def build_model(config: Config, ck: dict | None, device, world: int = 1) -> tupl
             world > 1 and config.run.parallel == "fsdp",
         )
     return model, fwd, opt, ema
-
-# %% ../../nbs/14_train.ipynb #fd1ec1a0
-def autocast_for(config: Config, device):
-    """A function opening the forward pass's autocast: bf16 when `run.precision` asks (on 'auto': a
-    GPU that has it), else nothing."""
-    bf16 = config.run.precision == "bf16" or (
-        config.run.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
 # %% ../../nbs/14_train.ipynb #72084714
 LOSS_KEYS = ("loss", "lm", "diff", "grad_norm")  # averaged over the steps of a log row
@@ -515,7 +293,7 @@ def save_run(
         save_checkpoint(
             config.run.out, model, learn.opt, ema, learn.state, config, config.run.keep, full
         )
-    _barrier(world)
+    barrier(world)
     return Path(config.run.out) / "checkpoints" / f"step-{learn.step:07d}"
 
 # %% ../../nbs/14_train.ipynb #ea823f66
@@ -548,7 +326,7 @@ def _step_callbacks(config: Config, model, ema, averaged, world: int, device, ma
         Schedule(partial(lr_at, config)),
         GradientAccumulation(config.optim.accumulate),
         ClipGrad(config.optim.grad_clip),
-        SkipNonFinite(r.max_bad_steps, NAN_ADVICE, partial(_any_bad, world=world, device=device)),
+        SkipNonFinite(r.max_bad_steps, NAN_ADVICE, partial(any_bad, world=world, device=device)),
         averaged,
         Checkpoint(
             partial(save_run, model=model, ema=ema, config=config, world=world, main=main),
