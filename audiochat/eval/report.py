@@ -21,7 +21,6 @@ from .systems import BASELINES, codec_ceilings, make_system
 from audiochat.eval.evaluate import (
     DEFAULT_CLAP,
     SCORER_EMBEDDINGS,
-    SPLIT_NAME,
     evaluate,
     load_scorer,
     resolve_split,

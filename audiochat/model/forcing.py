@@ -9,9 +9,8 @@ Docs: https://audiochat.github.io/audiochat/forcing.html.md"""
 from __future__ import annotations
 
 import inspect
-import math
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from audiochat.model.transformer import (
     TEXT,
     Layout,
     attention_backend,
-    build_mask,
 )
 
 # %% auto #0

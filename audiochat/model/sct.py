@@ -33,8 +33,6 @@ from audiochat.model.transformer import (
     TransformerConfig,
     apply_rotary,
     attention,
-    block_mask,
-    build_mask,
     config_from_hf,
     greedy_generate,
     hf_state_dict,

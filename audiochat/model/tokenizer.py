@@ -19,7 +19,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..core.io import resolve_pretrained
 from ..core.scene import Scene, Source
-from ..core.edits import diff
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'ROLE_TOKENS', 'TOKENIZER_FILES', 'random_scene', 'dialogue_corpus', 'train_tokenizer',

@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import difflib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from ..codec.codecs import CodecConfig
 from ..core.args import split_overrides
 from ..core.io import atomic_write
-from ..core.presets import preset_names, preset_values
+from ..core.presets import preset_values
 from ..model.forcing import ForcingConfig
 from ..model.sct import ModelConfig
 from ..sim.data import DataConfig
