@@ -33,7 +33,7 @@ n_tokens = len(e.tokenizer.encode(cot, add_special_tokens=False))
 turns = [Turn("user", "A 10-second story: a girl greets an old man while rain falls.")]
 rows = []
 for _ in range(3):
-    from audiochat.serve.chat import Timings
+    from audiochat.serve.replies import Timings
     t = Timings()
     e.render(turns, scene, cot, t)
     rows.append(t)

@@ -18,7 +18,8 @@ import torch
 
 from audiochat.core.scene import Scene
 from audiochat.model.forcing import Turn
-from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.serve.chat import ChatEngine
+from audiochat.serve.replies import ChatError
 from audiochat.sim.copilot import UNDERSTAND_PROMPT, heard_scene, missing_source_request
 from audiochat.sim.data import build_eval, read_records
 

@@ -533,7 +533,8 @@ def stage_chat(a, work: Path, train_info: dict | None, results: Results, device)
     from audiochat.core.scene import Scene
     from audiochat.model.forcing import Turn
     from audiochat.model.grammar import decode_text
-    from audiochat.serve.chat import ChatEngine, Timings
+    from audiochat.serve.chat import ChatEngine
+    from audiochat.serve.replies import Timings
     from audiochat.sim.data import DATA_SAMPLES
     from audiochat.training.train import train_tiny_run
     steps = 5 if a.dry else 25

@@ -46,7 +46,8 @@ from audiochat.eval.metrics import delta_multiflam, editflam, multiflam
 from audiochat.eval.wer import tcpwer
 from audiochat.model.forcing import Turn
 from audiochat.model.sct import AudioChatModel
-from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.serve.chat import ChatEngine
+from audiochat.serve.replies import ChatError
 from audiochat.sim.copilot import (
     UNDERSTAND_PROMPT,
     assistant_plan,

@@ -11,7 +11,8 @@ from audiochat.core.audio import save_audio
 from audiochat.core.scene import Scene
 from audiochat.model.forcing import Turn
 from audiochat.model.grammar import Decoded, SceneGrammar, decode_text, token_pieces
-from audiochat.serve.chat import ChatEngine, ChatError
+from audiochat.serve.chat import ChatEngine
+from audiochat.serve.replies import ChatError
 from audiochat.training.train import train_tiny_run
 
 
@@ -258,7 +259,7 @@ def test_a_plan_changed_before_rendering(run):
     assert r.audio.shape[1] == 30 * e.codec.hop and e.replies == [r]
     assert e.plan("Make the rain louder.").task == "edit"
     with pytest.raises(ValueError, match="empty"): e.plan("  ")
-    from audiochat.serve.chat import Plan, Timings
+    from audiochat.serve.replies import Plan, Timings
     words = Plan("edit", "Remove the dog.", Turn("user", "Remove the dog."), None, '{"answer":"No dog here."}', Timings(), "No dog here.")
     with pytest.raises(ValueError, match="no scene to render"): e.render_plan(words)
 

@@ -108,7 +108,7 @@ def test_hub_ids_codec_tokenizer_weights(tmp_path, hub):
 
 def _answer(engine, request):
     "The chain of thought and latents of a story (or the raw text of a refused one): what must survive a move."
-    from audiochat.serve.chat import ChatError
+    from audiochat.serve.replies import ChatError
     try: r = engine.tell(request)
     except ChatError as e: return ("error", e.raw), None
     return r.cot, r.latents

@@ -35,7 +35,7 @@ from audiochat.eval.systems import (
     write_story,
 )
 from audiochat.runs.config import resolve
-from audiochat.serve.chat import ChatError
+from audiochat.serve.replies import ChatError
 from audiochat.sim.agents import AgentError
 from audiochat.sim.data import build_eval, load_turn, read_records
 from audiochat.training.train import train_tiny_run

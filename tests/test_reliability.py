@@ -504,7 +504,8 @@ def test_chat_engine_uses_the_ema_weights(engine_parts):
 
 
 def test_chat_inputs_checked_before_generation(engine_parts, tmp_path, capsys):
-    from audiochat.serve.chat import MAX_REQUEST_CHARS, ChatEngine
+    from audiochat.serve.chat import ChatEngine
+    from audiochat.serve.replies import MAX_REQUEST_CHARS
     run, codec = engine_parts
     e = ChatEngine.load(run, codec)
     t0 = time.perf_counter()
@@ -706,7 +707,7 @@ def test_lone_surrogate_and_newline_ids():
         Scene.from_dict({"duration": 4, "sources": [{"id": "a", "kind": "sfx", "caption": "rain \ud800", "start": 0, "end": 1}]})
     with pytest.raises(SceneError, match="id: must be 1-32"):
         Scene.from_dict({"duration": 4, "sources": [{"id": "s1\n", "kind": "sfx", "caption": "rain", "start": 0, "end": 1}]})
-    from audiochat.serve.chat import checked_request
+    from audiochat.serve.replies import checked_request
     with pytest.raises(ValueError, match="not valid Unicode"): checked_request("a story \ud800")
 
 
@@ -869,7 +870,7 @@ def test_chat_reset_never_overwrites_a_turn(tmp_path, monkeypatch, capsys):
     import types
 
     import audiochat.serve.ui as ui
-    from audiochat.serve.chat import Reply, Timings
+    from audiochat.serve.replies import Reply, Timings
 
     class Engine:
         codec = types.SimpleNamespace(config=types.SimpleNamespace(sample_rate=16000))

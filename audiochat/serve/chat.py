@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,71 +48,15 @@ from ..model.tokenizer import load_tokenizer, special_token_ids
 from ..model.transformer import Layout
 from ..sim.copilot import NO_COT_TEXT, UNDERSTAND_PROMPT
 from .bundles import read_bundle, read_latent_stats, write_bundle
+from .replies import ChatError, Plan, Reply, Timings, check_engine, checked_request
 from ..runs.config import load_config
 from ..runs.checkpoints import load_run_model
 from ..core.learner import latest_checkpoint
 
 # %% auto #0
-__all__ = ['MAX_REQUEST_CHARS', 'MAX_RETRIES', 'SHIPPED_MODEL', 'ChatError', 'Timings', 'Reply', 'checked_request', 'Plan',
-           'check_engine', 'ChatEngine']
-
-# %% ../../nbs/16_chat.ipynb #ee235f60
-class ChatError(ValueError):
-    """The model's chain of thought could not be turned into a valid scene; `raw` holds the last
-    text it wrote."""
-    def __init__(self, message: str, raw: str):
-        super().__init__(f"{message}; the model wrote: {raw[:300]!r}")
-        self.raw = raw
-
-@dataclass
-class Timings:
-    "Where a turn's time went (seconds) and the speeds."
-    cot_tokens: int = 0
-    cot_seconds: float = 0.0
-    attempts: int = 0
-    diffusion_steps: int = 0  # model evaluations of the sampler (x2 with CFG)
-    diffusion_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float: return self.cot_tokens / max(self.cot_seconds, 1e-9)
-    @property
-    def steps_per_s(self) -> float: return self.diffusion_steps / max(self.diffusion_seconds, 1e-9)
-    @property
-    def total_seconds(self) -> float:
-        return self.cot_seconds + self.diffusion_seconds + self.decode_seconds
-
-    def to_dict(self) -> dict:
-        return dict(
-            cot_tokens=self.cot_tokens,
-            cot_seconds=self.cot_seconds,
-            tokens_per_s=self.tokens_per_s,
-            attempts=self.attempts,
-            diffusion_steps=self.diffusion_steps,
-            diffusion_seconds=self.diffusion_seconds,
-            steps_per_s=self.steps_per_s,
-            decode_seconds=self.decode_seconds,
-            total_seconds=self.total_seconds,
-        )
+__all__ = ['SHIPPED_MODEL', 'ChatEngine']
 
 # %% ../../nbs/16_chat.ipynb #4d5db0a5
-@dataclass
-class Reply:
-    """One answered request: the task, the request text, the scene (the CoT; None for a model
-    without
-    CoT or an answer in words), its raw text, audio, timings, and `message`: the model's answer in
-    words when it made no scene."""
-    task: str  # tell / edit / understand
-    request: str
-    scene: Scene | None
-    cot: str
-    latents: torch.Tensor | None = None  # (frames, D), normalised as the model sees them
-    audio: torch.Tensor | None = None  # (channels, samples) at the codec's rate
-    timings: Timings = field(default_factory=Timings)
-    message: str | None = None
-    # an edit in the diff form: the change the model wrote (`scene` is it applied)
-    edit: Edit | None = None
-
 def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if (run / "latent_stats.safetensors").exists():
         return read_latent_stats(run / "latent_stats.safetensors")
@@ -123,9 +66,6 @@ def _load_stats(run: Path, config) -> tuple[torch.Tensor | None, torch.Tensor | 
     return None, None
 
 # %% ../../nbs/16_chat.ipynb #56c14be2
-# longest request or instruction the engine takes (a longer one is refused, not decoded for minutes)
-MAX_REQUEST_CHARS = 2000
-MAX_RETRIES = 10  # sampled retries after an invalid CoT (each one a full decode)
 # the model that comes with the package: `make course-model` then `make bundle` (its model card says
 # how it scores)
 SHIPPED_MODEL = (
@@ -138,67 +78,7 @@ SHIPPED_MODEL = (
     / "course"
 )
 
-def checked_request(text: str, what: str = "request") -> str:
-    """`text` without its outer spaces; a ValueError when it is empty or longer than
-    MAX_REQUEST_CHARS."""
-    if not text or not text.strip(): raise ValueError(f"the {what} is empty")
-    if len(text) > MAX_REQUEST_CHARS:
-        raise ValueError(f"the {what} is {len(text)} characters; at most {MAX_REQUEST_CHARS}")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"the {what} is not valid Unicode text (a lone surrogate)") from None
-    return text.strip()
-
-# %% ../../nbs/16_chat.ipynb #673e47bd
-@dataclass
-class Plan:
-    """The first half of a turn: the chain of thought the model wrote for `request`, not rendered
-    yet."""
-    task: str  # tell / edit
-    request: str
-    user: Turn
-    scene: Scene | None  # None when the model answered in words (`message`): nothing to render
-    cot: str
-    timings: Timings
-    message: str | None = None
-    previous: Scene | None = None  # an edit: the scene it changes
-
 # %% ../../nbs/16_chat.ipynb #e08d2b12
-def check_engine(model, codec, mean, *, vocabulary, default_seconds, max_seconds, steps, retries,
-                 max_new_tokens, cfg_scale):
-    "A ValueError naming the setting when the engine's parts do not fit or a setting is off."
-    if vocabulary not in ("known", "free"):
-        raise ValueError(f"vocabulary must be 'known' or 'free', got {vocabulary!r}")
-    if not 0 < default_seconds <= max_seconds:
-        raise ValueError(
-            f"default_seconds must be in (0, max_seconds={max_seconds:g}], got {default_seconds}"
-        )
-    if codec.config.frame_dim != model.config.latent_dim:
-        raise ValueError(
-            f"the codec's frames have {codec.config.frame_dim} dims but the model's latents "
-            f"{model.config.latent_dim}"
-        )
-    if mean is not None and mean.shape[-1] != model.config.latent_dim:
-        raise ValueError(
-            f"the latent statistics have {mean.shape[-1]} dims but the model's latents "
-            f"{model.config.latent_dim}"
-        )
-    if (
-        steps < 1
-        or not 0 <= retries <= MAX_RETRIES
-        or max_new_tokens < 1
-        or not max_seconds > 0
-        or not cfg_scale >= 0
-    ):
-        raise ValueError(
-            f"engine settings out of range: steps >= 1 (got {steps}), retries >= 0 and <= "
-            f"{MAX_RETRIES} (got {retries}), "
-            f"max_new_tokens >= 1 (got {max_new_tokens}), max_seconds > 0 (got {max_seconds}), "
-            f"cfg_scale >= 0 (got {cfg_scale})"
-        )
-
 class ChatEngine:
     """A conversation with a trained AudioChat model: `tell`, `edit`, `understand`; `history` holds
     the turns and `replies` the answers. Settings: `steps` (DPM-Solver++ steps), `cfg_scale`,

@@ -25,14 +25,8 @@ from audiochat.core.audio import (
 from ..core.io import atomic_write, check_writable
 from ..core.scene import Scene, SceneError, to_seglst
 from ..core.edits import edited_spans
-from audiochat.serve.chat import (
-    MAX_RETRIES,
-    SHIPPED_MODEL,
-    ChatEngine,
-    Plan,
-    Reply,
-    Timings,
-)
+from .chat import SHIPPED_MODEL, ChatEngine
+from .replies import MAX_RETRIES, Plan, Reply, Timings
 from ..sim.tools import render
 
 # %% auto #0
