@@ -95,7 +95,7 @@ def test_pretrained_weights_and_tokenizer_from_the_cache_set_the_vocabulary(tmp_
     run = train_tiny_run(tmp_path / "run", steps=1, overrides=[
         "--model.pretrained=HuggingFaceTB/SmolLM2-tiny", "--data.tokenizer=HuggingFaceTB/SmolLM2-tiny", "--model.vocab_size=64",
         "--model.n_layers=4", "--run.ema=0"])
-    from audiochat.core.learner import latest_checkpoint
+    from audiochat.core.checkpointing import latest_checkpoint
     step = latest_checkpoint(run)
     config = json.loads((step / "config.json").read_text())
     assert config["vocab_size"] == -(-n // 64) * 64 >= n > 64
@@ -111,7 +111,7 @@ def test_from_pretrained_on_a_checkpoint_gives_the_engine_weights(tmp_path):
     from audiochat.serve.chat import ChatEngine
     from audiochat.training.train import train_tiny_run
     run = train_tiny_run(tmp_path / "run", steps=3)
-    from audiochat.core.learner import latest_checkpoint
+    from audiochat.core.checkpointing import latest_checkpoint
     step = latest_checkpoint(run)
     assert (step / "ema.safetensors").exists()
     engine = ChatEngine.load(run)

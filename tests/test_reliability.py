@@ -113,7 +113,7 @@ import audiochat.runs.checkpoints as CT
 import audiochat.training.streams as ST
 import audiochat.training.train as T
 from audiochat.cli import main as cli
-from audiochat.core.learner import RunFolderError
+from audiochat.core.checkpointing import RunFolderError
 from audiochat.runs.config import ConfigError, resolve
 from audiochat.training.run_data import prepare_data
 

@@ -21,7 +21,7 @@ import torchaudio
 from torch.nn.utils.parametrizations import weight_norm
 from ..core.audio import SAMPLE_RATE, AudioError, load_audio, resample
 from ..core.io import load_weights, read_config, resolve_pretrained, save_weights
-from ..core.learner import latest_checkpoint
+from ..core.checkpointing import latest_checkpoint
 from ..core.presets import preset_values
 
 # %% auto #0

@@ -32,14 +32,9 @@ from audiochat.core.audio import (
     to_channels,
 )
 from ..core.io import atomic_write, pick_device
-from audiochat.core.learner import (
+from ..core.learner import ClipGrad, ProgressBar, Recorder, SkipNonFinite, TimeLimit, fit
+from audiochat.core.checkpointing import (
     Checkpoint,
-    ClipGrad,
-    ProgressBar,
-    Recorder,
-    SkipNonFinite,
-    TimeLimit,
-    fit,
     latest_checkpoint,
     load_optimizer,
     optimizer_tensors,

@@ -1,7 +1,7 @@
 """One training loop for every trained part: `fit` runs optimiser steps and calls callbacks at
 fixed events. Gradient accumulation, clipping, NaN/inf skipping, EMA, logging (JSONL,
-TensorBoard, tqdm), evaluation and atomic safetensors checkpoints with exact resume are one
-small callback each.
+TensorBoard, tqdm), evaluation and a time budget are one small callback each; saving a run and
+resuming it exactly is notebook 05d.
 
 Docs: https://audiochat.github.io/audiochat/learner.html.md"""
 
@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 # %% auto #0
 __all__ = ['EVENTS', 'SkipStep', 'StopFit', 'Callback', 'Learner', 'fit', 'Schedule', 'GradientAccumulation', 'ClipGrad',
            'SkipNonFinite', 'ema_decay', 'EMA', 'Recorder', 'JsonlLog', 'TensorBoard', 'ProgressBar', 'Evaluate',
-           'TimeLimit', 'RunFolderError', 'read_tensors', 'optimizer_tensors', 'load_optimizer', 'rng_tensors',
-           'write_checkpoint', 'latest_checkpoint', 'Checkpoint']
+           'TimeLimit']
 
 # %% ../../nbs/05b_learner.ipynb #e1fa9850
 class SkipStep(Exception):
@@ -404,120 +399,3 @@ class TimeLimit(Callback):
     def before_fit(self, learn): self.t0 = time.perf_counter()
     def before_step(self, learn):
         if time.perf_counter() - self.t0 >= self.seconds: raise StopFit
-
-# %% ../../nbs/05b_learner.ipynb #58b9809a
-class RunFolderError(ValueError):
-    "A run folder or checkpoint that cannot be used; `path` is the folder or file at fault."
-    def __init__(self, message: str, path=None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
-
-
-def read_tensors(path, what: str = "tensors") -> dict:
-    """A safetensors file as {name: tensor}, checked finite; a missing, truncated or garbage file is
-    a `RunFolderError` naming it."""
-    path = Path(path)
-    if not path.is_file(): raise RunFolderError(f"{path} is missing", path)
-    try:
-        tensors = load_file(str(path))
-    # safetensors raises its own error type for a truncated or garbage header
-    except Exception as e:
-        raise RunFolderError(
-            f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]})", path
-        ) from None
-    for k, v in tensors.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise RunFolderError(f"{path}: {what} {k!r} holds NaN/inf values", path)
-    return tensors
-
-# %% ../../nbs/05b_learner.ipynb #62712e1c
-def optimizer_tensors(optimizer, prefix: str) -> tuple[dict, list]:
-    """The optimiser's state as {`prefix.INDEX.NAME`: tensor} (for safetensors) and its param groups
-    (for JSON)."""
-    sd = optimizer.state_dict()
-    tensors = {
-        f"{prefix}.{i}.{k}": v.detach().cpu().contiguous()
-        for i, s in sd["state"].items()
-        for k, v in s.items()
-    }
-    return tensors, sd["param_groups"]
-
-def load_optimizer(optimizer, tensors: dict, groups: list, prefix: str):
-    "Restore an optimiser from `optimizer_tensors`' output (tensors of other prefixes are ignored)."
-    state = {}
-    for key, v in tensors.items():
-        if key.startswith(prefix + "."):
-            i, k = key[len(prefix) + 1 :].split(".", 1)
-            state.setdefault(int(i), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-def rng_tensors() -> dict:
-    "The random generators' states as tensors: `rng.torch` (CPU) and `rng.cuda.I` per GPU."
-    t = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        t.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return t
-
-# %% ../../nbs/05b_learner.ipynb #3bc2d239
-def write_checkpoint(out, step: int, fill, keep: int = 2) -> Path:
-    """Make `out/checkpoints/step-NNNNNNN` with `fill(folder)` (which writes `trainer_state.json`
-    among its files) under a temporary name, rename it and point `latest` at it (both atomic); keep
-    the last `keep` (<= 0: all)."""
-    ckdir = Path(out) / "checkpoints"
-    ckdir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
-    final, tmp = ckdir / name, ckdir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    fill(tmp)
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = ckdir / ".latest.tmp"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, ckdir / "latest")
-    steps = sorted(
-        ckdir.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1
-    )
-    others = [p for p in steps if p != final]  # never delete the checkpoint just written
-    for old in others if keep == 1 else others[: -(keep - 1)] if keep > 1 else []:
-        shutil.rmtree(old)
-    return final
-
-# %% ../../nbs/05b_learner.ipynb #a1676e01
-def latest_checkpoint(out) -> Path | None:
-    "The folder `latest` points at in `out/checkpoints/`, or None."
-    pointer = Path(out) / "checkpoints" / "latest"
-    if not pointer.exists(): return None
-    try:
-        name = pointer.read_text(errors="replace").strip()
-    except OSError as e:
-        raise RunFolderError(f"cannot read {pointer}: {e.strerror or e}", pointer) from None
-    path = pointer.parent / name
-    # only a checkpoint folder beside the pointer, never elsewhere
-    if not re.fullmatch(r"step-\d{7,}", name) or path.is_symlink():
-        raise RunFolderError(
-            f"{pointer} must name a step-NNNNNNN folder in {pointer.parent}, it says {name[:80]!r}",
-            pointer,
-        )
-    if not (path / "trainer_state.json").exists():
-        raise RunFolderError(f"{pointer} points at {path}, which is incomplete", path)
-    return path
-
-# %% ../../nbs/05b_learner.ipynb #37d6c6eb
-class Checkpoint(Callback):
-    """`save(learn)` -> path of a checkpoint, every `every` steps (0: never; not right after a
-    skipped step) and at the end of a run whose last step has none; the path goes to
-    state['last_checkpoint']."""
-    order = 70
-    def __init__(self, save, every: int = 0): self.save, self.every = save, every
-
-    def before_fit(self, learn):
-        self.saved = learn.step if learn.state.get("last_checkpoint") else None
-
-    def after_step(self, learn):
-        if self.every and learn.step % self.every == 0 and not learn.skipped: self.save_now(learn)
-    def after_fit(self, learn):
-        if self.saved != learn.step: self.save_now(learn)
-    def save_now(self, learn):
-        path = self.save(learn)
-        learn.state["last_checkpoint"], self.saved = str(path), learn.step

@@ -25,7 +25,7 @@ from ..sim.data import load_turn
 from ..sim.sounds import MUSIC_MOODS, SOUND_EFFECTS, resolve_sound, sound_phrases
 from ..sim.tools import Toolbox
 from ..runs.config import load_config
-from ..training.train import latest_checkpoint
+from ..core.checkpointing import latest_checkpoint
 
 # %% auto #0
 __all__ = ['BASELINES', 'Output', 'TurnFailure', 'System', 'OracleSystem', 'SilenceSystem', 'CodecCeilingSystem', 'NoiseSystem',

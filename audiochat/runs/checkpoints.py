@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from ..core.io import atomic_write
-from audiochat.core.learner import (
+from audiochat.core.checkpointing import (
     RunFolderError,
     load_optimizer,
     optimizer_tensors,

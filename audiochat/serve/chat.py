@@ -51,7 +51,7 @@ from .bundles import read_bundle, read_latent_stats, write_bundle
 from .replies import ChatError, Plan, Reply, Timings, check_engine, checked_request
 from ..runs.config import load_config
 from ..runs.checkpoints import load_run_model
-from ..core.learner import latest_checkpoint
+from ..core.checkpointing import latest_checkpoint
 
 # %% auto #0
 __all__ = ['SHIPPED_MODEL', 'ChatEngine']

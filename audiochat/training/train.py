@@ -21,7 +21,6 @@ from ..codec.codecs import Codec, codec_preset, make_codec
 from ..core.args import train_parser
 from audiochat.core.learner import (
     EMA,
-    Checkpoint,
     ClipGrad,
     Evaluate,
     GradientAccumulation,
@@ -32,8 +31,8 @@ from audiochat.core.learner import (
     SkipNonFinite,
     TensorBoard,
     fit,
-    latest_checkpoint,
 )
+from ..core.checkpointing import Checkpoint, latest_checkpoint
 from ..model.diffusion import sample
 from ..model.forcing import forcing_loss
 from ..model.sct import AudioChatModel
