@@ -312,8 +312,9 @@ def test_cli_train_reload_encode(folder, tmp_path):
         assert main(["codec", "train", "--data", str(folder), "--codec.nonsense=1", "--steps", "1"]) == 1
         assert main(["codec", "train", "--data", str(folder), "--set", "latent_dim=8", "--steps", "1"]) == 1  # the old syntax
         assert main(["codec", "eval", "--model", str(tmp_path / "none"), "--data", str(folder)]) == 1
+        assert main(["codec", "train", "--data", str(folder), "--out", str(out), "--steps", "1"]) == 1  # a run is there
     for message in ("already holds a latent cache", "audio folder not found", "unknown codec config key",
-                    "unknown codec config key --set", "codec folder not found"):
+                    "unknown codec config key --set", "codec folder not found", "holds a codec run"):
         assert message in err.getvalue()
 
 
