@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 from audiochat.core.io import atomic_write
 
@@ -188,19 +189,20 @@ DEMO_CLAIMS = [  # (the paper's finding, figure, winner, loser, what the paper r
     ("The change alone is easier to learn than the whole scene restated", "exact edit diffs %", "sct", "scene-form",
      "not in the paper (it restates)"),
 ]
-# expected range of n draws from a normal distribution, in standard deviations (n = 2..20)
-EXPECTED_RANGE = {2: 1.13, 3: 1.69, 4: 2.06, 5: 2.33, 6: 2.53, 7: 2.70, 8: 2.85, 10: 3.08, 12: 3.26, 15: 3.47, 20: 3.73}
+# seeds a side for a difference of means to show: a two-sided test at 5% with 80% power (the normal approximation)
+POWER_Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 
 
 def seeds_needed(a: list[float], b: list[float]) -> int | None:
-    """Seeds per side at which the ranges of `a` and `b` would be expected not to overlap: the smallest n whose expected
-    range (in standard deviations of the seeds, pooled) is under the gap of the means; None past 20 or with no spread."""
+    """Seeds per side at which the difference of the means of `a` and `b` would be expected to show, from the spread
+    measured: n = 2 (z * sd / gap)^2 with the seeds' pooled standard deviation (a two-sided test at 5% with 80%
+    power). None with one seed a side (no spread) or equal means (no gap to find)."""
     if len(a) < 2 or len(b) < 2: return None
     var = lambda v: sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)
     sd = math.sqrt((var(a) + var(b)) / 2)
     gap = abs(sum(a) / len(a) - sum(b) / len(b))
-    if sd == 0: return 2 if gap > 0 else None
-    return next((n for n, r in EXPECTED_RANGE.items() if r * sd < gap), None)
+    if gap == 0: return None
+    return max(2, math.ceil(2 * (POWER_Z * sd / gap) ** 2))
 
 
 def demo_verdict(a: list[float], b: list[float], better: str) -> str:
@@ -214,8 +216,9 @@ def demo_verdict(a: list[float], b: list[float], better: str) -> str:
         return "reproduced (ranges apart)" if sign * (a[0] - b[0]) > 0 else "reversed (ranges apart)"
     lean = "the paper's way" if sign * (sum(a) / len(a) - sum(b) / len(b)) > 0 else "against the paper"
     n = seeds_needed(a, b)
-    decide = (f"about {n} seeds a side would decide it" if n else
-              "more than 20 seeds a side" if min(len(a), len(b)) > 1 else "no spread yet from one seed")
+    decide = (f"about {n:,} seeds a side would tell the means apart" if n else
+              "equal means: no number of seeds tells them apart" if min(len(a), len(b)) > 1
+              else "no spread yet from one seed")
     if partial:
         return (f"not decided yet ({len(a)} and {len(b)} of 3 seeds): ranges {'apart' if apart else 'overlap'} so far, "
                 f"means lean {lean}; {decide}")

@@ -2,6 +2,7 @@
 other, in the metric's own direction, and one seed on a side is never enough."""
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,21 @@ def test_demo_verdicts(better, a, b, start):
 def test_seeds_needed_grows_as_the_gap_shrinks_against_the_spread():
     wide = findings.seeds_needed([0.0, 2.0, 4.0], [1.0, 3.0, 5.0])  # a gap of half a standard deviation
     near = findings.seeds_needed([0.0, 2.0, 4.0], [3.0, 5.0, 7.0])  # a gap of 1.5 standard deviations
-    assert wide is None and near is not None and near <= 3  # past 20 seeds; the expected range of 2 or 3 draws fits
+    assert (wide, near) == (63, 7)  # 2 (2.80 / 0.5)^2 = 62.8 and 2 (2.80 / 1.5)^2 = 7.0
     assert findings.seeds_needed([1.0], [2.0, 3.0]) is None  # no spread from one seed
+    assert findings.seeds_needed([1.0, 3.0], [3.0, 1.0]) is None  # equal means: nothing to find
+
+
+@pytest.mark.parametrize("effect", [0.3, 0.5, 1.0])
+def test_seeds_needed_give_the_power_they_promise(effect):
+    "Checked against scipy's noncentral t: at the seeds returned, a two-sided t-test at 5% finds the gap about 80% of the time."
+    from scipy import stats
+    gap = effect * math.sqrt(2)  # seeds [-1, 1] a side: a pooled standard deviation of sqrt(2)
+    n = findings.seeds_needed([-1.0, 1.0], [gap - 1, gap + 1])
+    df, ncp = 2 * n - 2, effect * math.sqrt(n / 2)
+    t = stats.t.ppf(0.975, df)
+    power = 1 - stats.nct.cdf(t, df, ncp) + stats.nct.cdf(-t, df, ncp)
+    assert 0.75 < power < 0.85, (n, power)
 
 
 def test_edit_size_small_and_large():
