@@ -1,6 +1,7 @@
-"""A tool-calling loop over OpenAI-format messages, a user simulator and a sound designer, one
-`ChatLLM` interface with three backends (an offline template model, a transformers chat model,
-any OpenAI-compatible server), and the validation filter that keeps only consistent dialogues.
+"""A user simulator and a sound designer talking through the tool-calling loop of 03a_agents, the
+offline template model that can play both, whole dialogues simulated turn by turn, the
+validation filter that keeps only consistent ones, and what the assistant writes (a scene, a
+change, an answer in words).
 
 Docs: https://audiochat.github.io/audiochat/copilot.html.md"""
 
