@@ -396,8 +396,10 @@ def stage_encode(a, work: Path, data: dict, codec: dict, results: Results, devic
 
 def train_config(a, work: Path, data: dict, codec: dict, latents: dict, run: Path, steps: int, device, probe: bool = False):
     from audiochat.codec.codecs import CodecConfig
+    from audiochat.core.checkpointing import latest_checkpoint
     from audiochat.runs.config import resolve
-    ccfg = CodecConfig.from_dict(json.loads((Path(codec["codec"]) / "config.json").read_text()))
+    folder = latest_checkpoint(codec["codec"]) or Path(codec["codec"])  # a codec run, or a saved codec
+    ccfg = CodecConfig.from_dict(json.loads((folder / "config.json").read_text()))
     overrides = dict(
         data=dict(source=data["data"], codec=codec["codec"], latent_cache=latents["latents"]),
         codec=ccfg.to_dict(), model=dict(latent_dim=ccfg.frame_dim),
