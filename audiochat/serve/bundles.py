@@ -249,8 +249,8 @@ def write_bundle(out, model, codec, tokenizer, config, mean=None, std=None, *, r
         stats = {"mean": mean.float().cpu().contiguous(), "std": std.float().cpu().contiguous()}
         atomic_write(out / "latent_stats.safetensors", lambda p: save_file(stats, str(p)))
     save_config(portable_config(config), out / "config.yaml")
-    learning, scores = None, Path(run_dir or out) / "learning.json"
-    if run_dir is not None and scores.exists():
+    learning, scores = None, None if run_dir is None else Path(run_dir) / "learning.json"
+    if scores is not None and scores.exists():
         learning = json.loads(scores.read_text())
         atomic_write(out / "learning.json", lambda p: shutil.copyfile(scores, p))
     bundle = dict(format=BUNDLE_FORMAT, preset=preset_of(config),
